@@ -1,0 +1,191 @@
+//! Where state lives and how callers are authenticated: the state directory, the token, and the
+//! one-daemon-per-directory lock. Defaults, then environment (`AIRLOCK_*`), then flags.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// The default address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:27183";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Io(String),
+    #[error(
+        "another airlock daemon is already running with state directory {dir}{pid}; stop it, \
+         or set AIRLOCK_HOME to another directory"
+    )]
+    AlreadyRunning { dir: String, pid: String },
+}
+
+/// The state directory: `AIRLOCK_HOME`, else `~/.airlock`.
+pub fn home_dir() -> PathBuf {
+    if let Some(h) = std::env::var_os("AIRLOCK_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    home.join(".airlock")
+}
+
+/// Creates the state directory if needed and makes it private (0700).
+pub fn prepare_home(dir: &Path) -> Result<(), ConfigError> {
+    fs::create_dir_all(dir).map_err(|e| {
+        ConfigError::Io(format!(
+            "cannot create the state directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+        ConfigError::Io(format!(
+            "cannot make the state directory {} private (mode 0700): {e}",
+            dir.display()
+        ))
+    })?;
+    Ok(())
+}
+
+/// A bearer token. Never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(s: String) -> Self {
+        Token(s)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Constant-time comparison with what a caller presented.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        let mine = self.0.as_bytes();
+        mine.len() == presented.len() && bool::from(mine.ct_eq(presented))
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// The daemon's token: `AIRLOCK_TOKEN` if set, else `<home>/token`, created on first run from
+/// 256 bits of OS randomness with mode 0600.
+pub fn load_or_create_token(dir: &Path) -> Result<Token, ConfigError> {
+    if let Some(t) = env_token() {
+        return Ok(t);
+    }
+    let path = dir.join("token");
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut f) => {
+            let bytes: [u8; 32] = rand::random();
+            let token = hex::encode(bytes);
+            f.write_all(token.as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(|e| ConfigError::Io(format!("cannot write {}: {e}", path.display())))?;
+            Ok(Token(token))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Keep it private even if someone loosened it.
+            let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
+            read_token_file(&path)
+        }
+        Err(e) => Err(ConfigError::Io(format!(
+            "cannot create {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn env_token() -> Option<Token> {
+    std::env::var("AIRLOCK_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .map(Token)
+}
+
+fn read_token_file(path: &Path) -> Result<Token, ConfigError> {
+    let mut s = String::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_string(&mut s))
+        .map_err(|e| ConfigError::Io(format!("cannot read {}: {e}", path.display())))?;
+    let t = s.trim().to_string();
+    if t.is_empty() {
+        return Err(ConfigError::Io(format!(
+            "the token file {} is empty; delete it and restart the daemon to make a new one",
+            path.display()
+        )));
+    }
+    Ok(Token(t))
+}
+
+/// For clients: `AIRLOCK_TOKEN`, else `<home>/token` if it exists.
+pub fn client_token() -> Option<Token> {
+    env_token().or_else(|| read_token_file(&home_dir().join("token")).ok())
+}
+
+/// Holds the exclusive lock on `<home>/daemon.lock` for the daemon's life.
+pub struct DaemonLock {
+    _file: File,
+}
+
+/// Takes the one-daemon-per-directory lock, or explains who holds it.
+pub fn lock_home(dir: &Path) -> Result<DaemonLock, ConfigError> {
+    let path = dir.join("daemon.lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| ConfigError::Io(format!("cannot open {}: {e}", path.display())))?;
+    // SAFETY: flock on a file descriptor we own; no memory is shared.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        let pid = pid.trim();
+        return Err(ConfigError::AlreadyRunning {
+            dir: dir.display().to_string(),
+            pid: if pid.is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {pid})")
+            },
+        });
+    }
+    let _ = file.set_len(0);
+    let _ = write!(file, "{}", std::process::id());
+    let _ = file.sync_all();
+    Ok(DaemonLock { _file: file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_debug_is_redacted_and_compare_is_exact() {
+        let t = Token("secret".into());
+        assert_eq!(format!("{t:?}"), "Token(<redacted>)");
+        assert!(t.matches(b"secret"));
+        assert!(!t.matches(b"secreT"));
+        assert!(!t.matches(b"secret2"));
+    }
+}

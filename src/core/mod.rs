@@ -1,0 +1,530 @@
+//! The domain core: locks, notes, counters, presence, events and tasks, with the wake-up
+//! registry for parked callers and the deadline scheduler for expiries.
+//!
+//! It knows nothing of HTTP, MCP, JSON-RPC or SQL. [`Coordinator`] is the cheap, cloneable handle
+//! the rest of the daemon uses: each method checks its input (a bad argument is refused here and
+//! changes nothing), sends one command to the [`engine`] thread, and awaits the answer, which
+//! arrives only after the change is committed to disk.
+
+pub mod engine;
+pub mod types;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::clock::Clock;
+use crate::store::Store;
+pub use engine::WaitProgress;
+use engine::{Command, Engine, Op, Reply};
+pub use types::*;
+
+/// A callback told, every [`PROGRESS_EVERY`], how a parked call is doing.
+pub type ProgressFn = Arc<dyn Fn(WaitReport) + Send + Sync>;
+
+/// How often a parked call reports progress (so clients with idle timeouts keep waiting).
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// What a progress callback is told.
+#[derive(Debug, Clone)]
+pub struct WaitReport {
+    pub waited_seconds: u64,
+    pub window_seconds: u64,
+    pub progress: Option<WaitProgress>,
+}
+
+/// The handle to the core. Clone freely.
+#[derive(Clone)]
+pub struct Coordinator {
+    tx: mpsc::Sender<Command>,
+    next_call: Arc<AtomicU64>,
+}
+
+/// Owns the engine thread; dropping every [`Coordinator`] lets it finish.
+pub struct EngineThread {
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl EngineThread {
+    /// Waits for the engine to finish its last batch.
+    pub fn join(self) {
+        let _ = self.handle.join();
+    }
+}
+
+/// Sends `Cancel` for a parked call if its caller goes away before the answer arrives.
+struct CancelOnDrop {
+    tx: mpsc::Sender<Command>,
+    call: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.tx.send(Command::Cancel(self.call));
+        }
+    }
+}
+
+impl Coordinator {
+    /// Starts the engine thread over `store`.
+    pub fn start(
+        store: Box<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> CoreResult<(Coordinator, EngineThread)> {
+        let engine = Engine::new(store, clock)?;
+        let (tx, rx) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("airlock-engine".into())
+            .spawn(move || engine.run(rx))
+            .map_err(|e| CoreError::Storage(format!("could not start the engine thread: {e}")))?;
+        Ok((
+            Coordinator {
+                tx,
+                next_call: Arc::new(AtomicU64::new(1)),
+            },
+            EngineThread { handle },
+        ))
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> CoreResult<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Op(make(reply)))
+            .map_err(|_| CoreError::ShuttingDown)?;
+        rx.await.map_err(|_| CoreError::ShuttingDown)?
+    }
+
+    /// Runs an operation that may park. If this future is dropped before the answer arrives the
+    /// call leaves its line at once. While parked, `progress` (if any) hears how it is doing.
+    async fn call_parked<T>(
+        &self,
+        window_seconds: u64,
+        progress: Option<ProgressFn>,
+        make: impl FnOnce(u64, Reply<T>) -> Op,
+    ) -> CoreResult<T> {
+        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let (reply, mut rx) = oneshot::channel();
+        self.tx
+            .send(Command::Op(make(call, reply)))
+            .map_err(|_| CoreError::ShuttingDown)?;
+        let mut guard = CancelOnDrop {
+            tx: self.tx.clone(),
+            call,
+            armed: true,
+        };
+        let started = tokio::time::Instant::now();
+        let result = match progress {
+            None => (&mut rx).await,
+            Some(report) => {
+                let mut ticker = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
+                loop {
+                    tokio::select! {
+                        r = &mut rx => break r,
+                        _ = ticker.tick() => {
+                            let status = self.call(|reply| Op::WaitStatus { call, reply }).await.ok().flatten();
+                            report(WaitReport {
+                                waited_seconds: started.elapsed().as_secs(),
+                                window_seconds,
+                                progress: status,
+                            });
+                        }
+                    }
+                }
+            }
+        };
+        guard.armed = false;
+        result.map_err(|_| CoreError::ShuttingDown)?
+    }
+
+    /// Answers every parked call with its timeout answer; later waits do not park. For shutdown.
+    pub async fn drain(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Command::Drain(done)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    // ------------------------------------------------------------ notes and counters
+
+    pub async fn set_note(
+        &self,
+        key: String,
+        value: String,
+        author: Option<String>,
+        ttl_seconds: Option<i64>,
+    ) -> CoreResult<Saved> {
+        check_name("key", &key)?;
+        check_value("value", &value)?;
+        check_author("author", &author)?;
+        let ttl_ms = ttl_seconds
+            .map(|s| check_ttl("ttl_seconds", s))
+            .transpose()?;
+        self.call(|reply| Op::SetNote {
+            key,
+            value,
+            author,
+            ttl_ms,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn get_note(&self, key: String) -> CoreResult<GetNoteResult> {
+        check_name("key", &key)?;
+        self.call(|reply| Op::GetNote { key, reply }).await
+    }
+
+    pub async fn list_notes(&self) -> CoreResult<Vec<NoteView>> {
+        self.call(|reply| Op::ListNotes { reply }).await
+    }
+
+    pub async fn delete_note(&self, key: String) -> CoreResult<Deleted> {
+        check_name("key", &key)?;
+        self.call(|reply| Op::DeleteNote { key, reply }).await
+    }
+
+    pub async fn set_note_if(
+        &self,
+        key: String,
+        expected: String,
+        new_value: String,
+        author: Option<String>,
+        ttl_seconds: Option<i64>,
+    ) -> CoreResult<Swapped> {
+        check_name("key", &key)?;
+        check_value("expected_value", &expected)?;
+        check_value("new_value", &new_value)?;
+        check_author("author", &author)?;
+        let ttl_ms = ttl_seconds
+            .map(|s| check_ttl("ttl_seconds", s))
+            .transpose()?;
+        self.call(|reply| Op::SetNoteIf {
+            key,
+            expected,
+            new_value,
+            author,
+            ttl_ms,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn increment_counter(
+        &self,
+        name: String,
+        by: Option<i64>,
+    ) -> CoreResult<CounterValue> {
+        check_name("name", &name)?;
+        let by = by.unwrap_or(1);
+        self.call(|reply| Op::IncrementCounter { name, by, reply })
+            .await
+    }
+
+    // ------------------------------------------------------------ locks
+
+    pub async fn lock_resource(
+        &self,
+        name: String,
+        agent_id: String,
+        ttl_seconds: Option<i64>,
+        wait_seconds: Option<i64>,
+        wake_token: Option<String>,
+        progress: Option<ProgressFn>,
+    ) -> CoreResult<LockOutcome> {
+        check_name("name", &name)?;
+        check_name("agent_id", &agent_id)?;
+        let ttl_ms = check_ttl(
+            "ttl_seconds",
+            ttl_seconds.unwrap_or(DEFAULT_LOCK_TTL_SECONDS),
+        )?;
+        let wait_ms = check_wait("wait_seconds", wait_seconds.unwrap_or(0))?;
+        if let Some(t) = &wake_token {
+            check_name("wake_token", t)?;
+        }
+        self.call_parked((wait_ms / 1000) as u64, progress, |call, reply| {
+            Op::LockResource {
+                call,
+                name,
+                agent_id,
+                ttl_ms,
+                wait_ms,
+                wake_token,
+                reply,
+            }
+        })
+        .await
+    }
+
+    pub async fn lock_resources(
+        &self,
+        names: Vec<String>,
+        agent_id: String,
+        ttl_seconds: Option<i64>,
+        wait_seconds: Option<i64>,
+        progress: Option<ProgressFn>,
+    ) -> CoreResult<LockSetOutcome> {
+        if names.is_empty() || names.len() > MAX_LOCK_SET {
+            return Err(CoreError::invalid(
+                "names",
+                format!(
+                    "must list 1 to {MAX_LOCK_SET} lock names, got {}",
+                    names.len()
+                ),
+            ));
+        }
+        for (i, n) in names.iter().enumerate() {
+            check_name(&format!("names[{i}]"), n)?;
+        }
+        let mut sorted = names.clone();
+        sorted.sort();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(CoreError::invalid(
+                "names",
+                format!("must not repeat a name, got {:?} twice", w[0]),
+            ));
+        }
+        check_name("agent_id", &agent_id)?;
+        let ttl_ms = check_ttl(
+            "ttl_seconds",
+            ttl_seconds.unwrap_or(DEFAULT_LOCK_TTL_SECONDS),
+        )?;
+        let wait_ms = check_wait("wait_seconds", wait_seconds.unwrap_or(0))?;
+        self.call_parked((wait_ms / 1000) as u64, progress, |call, reply| {
+            Op::LockResources {
+                call,
+                names: sorted,
+                agent_id,
+                ttl_ms,
+                wait_ms,
+                reply,
+            }
+        })
+        .await
+    }
+
+    pub async fn unlock_resource(&self, name: String, proof: HolderProof) -> CoreResult<Released> {
+        check_name("name", &name)?;
+        check_proof(&proof)?;
+        self.call(|reply| Op::UnlockResource { name, proof, reply })
+            .await
+    }
+
+    pub async fn renew_lock(
+        &self,
+        name: String,
+        proof: HolderProof,
+        ttl_seconds: Option<i64>,
+    ) -> CoreResult<Renewed> {
+        check_name("name", &name)?;
+        check_proof(&proof)?;
+        let ttl_ms = check_ttl(
+            "ttl_seconds",
+            ttl_seconds.unwrap_or(DEFAULT_LOCK_TTL_SECONDS),
+        )?;
+        self.call(|reply| Op::RenewLock {
+            name,
+            proof,
+            ttl_ms,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn list_locks(&self) -> CoreResult<Vec<LockView>> {
+        self.call(|reply| Op::ListLocks { reply }).await
+    }
+
+    // ------------------------------------------------------------ presence
+
+    pub async fn register_agent(
+        &self,
+        agent_id: String,
+        ttl_seconds: Option<i64>,
+    ) -> CoreResult<Registered> {
+        check_name("agent_id", &agent_id)?;
+        let ttl_ms = check_ttl(
+            "ttl_seconds",
+            ttl_seconds.unwrap_or(DEFAULT_AGENT_TTL_SECONDS),
+        )?;
+        self.call(|reply| Op::RegisterAgent {
+            agent_id,
+            ttl_ms,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn unregister_agent(&self, agent_id: String) -> CoreResult<Unregistered> {
+        check_name("agent_id", &agent_id)?;
+        self.call(|reply| Op::UnregisterAgent { agent_id, reply })
+            .await
+    }
+
+    pub async fn list_agents(&self) -> CoreResult<Vec<AgentView>> {
+        self.call(|reply| Op::ListAgents { reply }).await
+    }
+
+    // ------------------------------------------------------------ events
+
+    pub async fn signal_event(&self, name: String) -> CoreResult<Signaled> {
+        check_name("name", &name)?;
+        self.call(|reply| Op::SignalEvent { name, reply }).await
+    }
+
+    pub async fn wait_for_event(
+        &self,
+        name: String,
+        last_seen_generation: Option<i64>,
+        wait_seconds: Option<i64>,
+        progress: Option<ProgressFn>,
+    ) -> CoreResult<EventWaitOutcome> {
+        check_name("name", &name)?;
+        let last_seen = last_seen_generation.unwrap_or(0);
+        if last_seen < 0 {
+            return Err(CoreError::invalid(
+                "last_seen_generation",
+                format!("must be 0 or more, got {last_seen}"),
+            ));
+        }
+        let wait_ms = check_wait(
+            "wait_seconds",
+            wait_seconds.unwrap_or(DEFAULT_EVENT_WAIT_SECONDS),
+        )?;
+        self.call_parked((wait_ms / 1000) as u64, progress, |call, reply| {
+            Op::WaitForEvent {
+                call,
+                name,
+                last_seen,
+                wait_ms,
+                reply,
+            }
+        })
+        .await
+    }
+
+    pub async fn clear_event(&self, name: String) -> CoreResult<Cleared> {
+        check_name("name", &name)?;
+        self.call(|reply| Op::ClearEvent { name, reply }).await
+    }
+
+    // ------------------------------------------------------------ tasks
+
+    pub async fn push_task(
+        &self,
+        queue: String,
+        payload: String,
+        author: Option<String>,
+        priority: Option<i64>,
+    ) -> CoreResult<Pushed> {
+        check_name("queue", &queue)?;
+        check_value("payload", &payload)?;
+        check_author("author", &author)?;
+        let priority = priority.unwrap_or(0);
+        self.call(|reply| Op::PushTask {
+            queue,
+            payload,
+            author,
+            priority,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn claim_next_task(
+        &self,
+        queue: String,
+        agent_id: String,
+        lease_seconds: Option<i64>,
+        wait_seconds: Option<i64>,
+        progress: Option<ProgressFn>,
+    ) -> CoreResult<ClaimOutcome> {
+        check_name("queue", &queue)?;
+        check_name("agent_id", &agent_id)?;
+        let lease_ms = check_ttl(
+            "lease_seconds",
+            lease_seconds.unwrap_or(DEFAULT_LEASE_SECONDS),
+        )?;
+        let wait_ms = check_wait("wait_seconds", wait_seconds.unwrap_or(0))?;
+        self.call_parked((wait_ms / 1000) as u64, progress, |call, reply| {
+            Op::ClaimNextTask {
+                call,
+                queue,
+                agent_id,
+                lease_ms,
+                wait_ms,
+                reply,
+            }
+        })
+        .await
+    }
+
+    pub async fn complete_task(&self, id: i64, lease_token: String) -> CoreResult<Completed> {
+        check_name("lease_token", &lease_token)?;
+        self.call(|reply| Op::CompleteTask {
+            id,
+            lease_token,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn fail_task(
+        &self,
+        id: i64,
+        lease_token: String,
+        requeue: Option<bool>,
+    ) -> CoreResult<Failed> {
+        check_name("lease_token", &lease_token)?;
+        let requeue = requeue.unwrap_or(true);
+        self.call(|reply| Op::FailTask {
+            id,
+            lease_token,
+            requeue,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn extend_lease(
+        &self,
+        id: i64,
+        lease_token: String,
+        lease_seconds: Option<i64>,
+    ) -> CoreResult<Extended> {
+        check_name("lease_token", &lease_token)?;
+        let lease_ms = check_ttl(
+            "lease_seconds",
+            lease_seconds.unwrap_or(DEFAULT_LEASE_SECONDS),
+        )?;
+        self.call(|reply| Op::ExtendLease {
+            id,
+            lease_token,
+            lease_ms,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn list_tasks(&self, queue: Option<String>) -> CoreResult<Vec<TaskView>> {
+        if let Some(q) = &queue {
+            check_name("queue", q)?;
+        }
+        self.call(|reply| Op::ListTasks { queue, reply }).await
+    }
+
+    pub async fn status(&self) -> CoreResult<StatusView> {
+        self.call(|reply| Op::Status { reply }).await
+    }
+}
+
+fn check_proof(proof: &HolderProof) -> CoreResult<()> {
+    match proof {
+        HolderProof::Token(t) => check_name("lock_token", t),
+        HolderProof::Agent(a) => check_name("agent_id", a),
+    }
+}

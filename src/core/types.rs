@@ -1,0 +1,411 @@
+//! The vocabulary of the core: limits, errors, and the typed results of every operation.
+//!
+//! Result structs derive `Serialize` with the field names of the public contract, so the MCP
+//! layer can hand them out unchanged; nothing here knows about MCP, HTTP or SQL.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Names, keys, agent ids, queue names, authors: 1..=512 bytes of UTF-8, no control characters.
+pub const MAX_NAME_BYTES: usize = 512;
+/// Note values and task payloads.
+pub const MAX_VALUE_BYTES: usize = 256 * 1024;
+/// TTLs, leases and heartbeats: 1 second to 30 days.
+pub const MIN_TTL_SECONDS: i64 = 1;
+pub const MAX_TTL_SECONDS: i64 = 30 * 24 * 3600;
+/// Longest a single call may park. Larger requests are capped, not refused.
+pub const MAX_WAIT_SECONDS: i64 = 50;
+/// How long a waiter whose window ended keeps its place in line for its `wake_token`.
+pub const WAKE_GRACE_SECONDS: i64 = 10;
+/// Most names one `lock_resources` call may take.
+pub const MAX_LOCK_SET: usize = 64;
+/// How long completed and failed tasks stay visible before they are deleted.
+pub const FINISHED_TASK_RETENTION_SECONDS: i64 = 24 * 3600;
+
+pub const DEFAULT_LOCK_TTL_SECONDS: i64 = 900;
+pub const DEFAULT_AGENT_TTL_SECONDS: i64 = 60;
+pub const DEFAULT_LEASE_SECONDS: i64 = 120;
+pub const DEFAULT_EVENT_WAIT_SECONDS: i64 = 25;
+
+/// What can go wrong in a core operation. Only the variants a caller acts on.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum CoreError {
+    /// The caller's input broke a rule; nothing changed. The message names the field and rule.
+    #[error("{field}: {rule}")]
+    Invalid { field: String, rule: String },
+    /// The state store failed (disk full, unwritable, corrupt). Nothing was acknowledged.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// The daemon is stopping and takes no new work.
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+}
+
+impl CoreError {
+    pub fn invalid(field: &str, rule: impl Into<String>) -> Self {
+        CoreError::Invalid {
+            field: field.to_string(),
+            rule: rule.into(),
+        }
+    }
+}
+
+pub type CoreResult<T> = Result<T, CoreError>;
+
+/// Checks a name-like field: non-empty, at most [`MAX_NAME_BYTES`], no control characters.
+pub fn check_name(field: &str, value: &str) -> CoreResult<()> {
+    if value.is_empty() {
+        return Err(CoreError::invalid(field, "must not be empty"));
+    }
+    if value.len() > MAX_NAME_BYTES {
+        return Err(CoreError::invalid(
+            field,
+            format!(
+                "must be at most {MAX_NAME_BYTES} bytes of UTF-8, got {} bytes",
+                value.len()
+            ),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(CoreError::invalid(
+            field,
+            "must not contain control characters (including NUL, tab and newline)",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an optional author: same rules as a name when present.
+pub fn check_author(field: &str, value: &Option<String>) -> CoreResult<()> {
+    match value {
+        Some(v) => check_name(field, v),
+        None => Ok(()),
+    }
+}
+
+/// Checks a value or payload: at most [`MAX_VALUE_BYTES`].
+pub fn check_value(field: &str, value: &str) -> CoreResult<()> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(CoreError::invalid(
+            field,
+            format!(
+                "must be at most {MAX_VALUE_BYTES} bytes (256 KiB), got {} bytes",
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a TTL-like duration in seconds and returns it in milliseconds.
+pub fn check_ttl(field: &str, seconds: i64) -> CoreResult<i64> {
+    if !(MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(&seconds) {
+        return Err(CoreError::invalid(
+            field,
+            format!(
+                "must be between {MIN_TTL_SECONDS} and {MAX_TTL_SECONDS} seconds (30 days), got {seconds}"
+            ),
+        ));
+    }
+    Ok(seconds * 1000)
+}
+
+/// Checks a wait window: negative is an error, above [`MAX_WAIT_SECONDS`] is capped.
+pub fn check_wait(field: &str, seconds: i64) -> CoreResult<i64> {
+    if seconds < 0 {
+        return Err(CoreError::invalid(
+            field,
+            format!("must be 0 or more (capped at {MAX_WAIT_SECONDS}), got {seconds}"),
+        ));
+    }
+    Ok(seconds.min(MAX_WAIT_SECONDS) * 1000)
+}
+
+/// Who asks to unlock or renew: the capability token, or (weaker, v1) the agent id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HolderProof {
+    Token(String),
+    Agent(String),
+}
+
+// ---------------------------------------------------------------- notes and counters
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Saved {
+    pub saved: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NoteView {
+    pub key: String,
+    pub value: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum GetNoteResult {
+    Found(NoteView),
+    Missing { found: bool },
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Deleted {
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Swapped {
+    pub swapped: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CounterValue {
+    pub value: i64,
+}
+
+// ---------------------------------------------------------------- locks
+
+/// The exact arguments to call `lock_resource` again and keep one's place in line.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RetryWith {
+    pub name: String,
+    pub agent_id: String,
+    pub ttl_seconds: i64,
+    pub wait_seconds: i64,
+    pub wake_token: String,
+}
+
+/// The answer of `lock_resource`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum LockOutcome {
+    Granted {
+        locked: bool,
+        lock_token: String,
+        expires_in_seconds: i64,
+        fence: i64,
+    },
+    Contended {
+        locked: bool,
+        /// The current holder, or the queued agent the free lock is reserved for.
+        held_by: Option<String>,
+        expires_in_seconds: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        wake_token: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        queue_position: Option<usize>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_with: Option<RetryWith>,
+    },
+}
+
+/// The answer of `lock_resources`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum LockSetOutcome {
+    Granted {
+        locked: bool,
+        tokens: BTreeMap<String, String>,
+        fences: BTreeMap<String, i64>,
+        expires_in_seconds: i64,
+    },
+    Contended {
+        locked: bool,
+        held_by: Option<String>,
+        /// The first name (in lock order) that could not be granted.
+        contended: String,
+        expires_in_seconds: i64,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Released {
+    pub released: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Renewed {
+    Yes {
+        renewed: bool,
+        expires_in_seconds: i64,
+        fence: i64,
+    },
+    No {
+        renewed: bool,
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LockView {
+    pub name: String,
+    pub agent_id: String,
+    pub expires_in_seconds: i64,
+    pub fence: i64,
+    /// Callers parked or holding a place in line for this lock.
+    pub waiters: usize,
+}
+
+// ---------------------------------------------------------------- presence
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Registered {
+    pub registered: bool,
+    pub expires_in_seconds: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Unregistered {
+    pub unregistered: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AgentView {
+    pub agent_id: String,
+    pub expires_in_seconds: i64,
+    pub locks_held: usize,
+    pub leases_held: usize,
+}
+
+// ---------------------------------------------------------------- events
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Signaled {
+    pub generation: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EventWaitOutcome {
+    pub generation: i64,
+    pub fired: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Cleared {
+    pub cleared: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EventView {
+    pub name: String,
+    pub generation: i64,
+    /// Signals at or below this generation were cleared; waits fire only after it.
+    pub cleared_at_generation: i64,
+    pub waiters: usize,
+}
+
+// ---------------------------------------------------------------- tasks
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Pushed {
+    pub id: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ClaimOutcome {
+    Claimed {
+        claimed: bool,
+        id: i64,
+        payload: String,
+        lease_token: String,
+        lease_expires_in_seconds: i64,
+        attempts: i64,
+    },
+    Empty {
+        claimed: bool,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Completed {
+    pub completed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Failed {
+    pub failed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Extended {
+    pub extended: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_expires_in_seconds: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TaskView {
+    pub id: i64,
+    pub queue: String,
+    pub payload: String,
+    pub priority: i64,
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    pub attempts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_expires_in_seconds: Option<i64>,
+}
+
+/// Everything `airlock status` shows, in one consistent snapshot.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StatusView {
+    pub locks: Vec<LockView>,
+    pub agents: Vec<AgentView>,
+    pub notes: Vec<NoteView>,
+    pub events: Vec<EventView>,
+    pub queues: Vec<QueueView>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QueueView {
+    pub queue: String,
+    pub pending: usize,
+    pub claimed: usize,
+    pub completed: usize,
+    pub failed: usize,
+    /// Callers parked in `claim_next_task` on this queue.
+    pub waiting_claimers: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("name", "ok").is_ok());
+        assert!(check_name("name", "").is_err());
+        assert!(check_name("name", "a\0b").is_err());
+        assert!(check_name("name", "a\nb").is_err());
+        assert!(check_name("name", &"x".repeat(512)).is_ok());
+        let e = check_name("name", &"x".repeat(513)).unwrap_err();
+        assert!(e.to_string().starts_with("name: must be at most 512 bytes"));
+    }
+
+    #[test]
+    fn ttls_and_waits_are_checked() {
+        assert_eq!(check_ttl("ttl_seconds", 1).unwrap(), 1000);
+        assert!(check_ttl("ttl_seconds", 0).is_err());
+        assert!(check_ttl("ttl_seconds", MAX_TTL_SECONDS + 1).is_err());
+        assert_eq!(check_wait("wait_seconds", 500).unwrap(), 50_000);
+        assert!(check_wait("wait_seconds", -1).is_err());
+    }
+}

@@ -1,0 +1,140 @@
+//! `airlock serve`: start-up, the listener, and graceful shutdown.
+//!
+//! Order matters: the state directory is made private and locked (one daemon per directory)
+//! before the database is opened, and the port is bound before anything is announced. On SIGTERM
+//! or ctrl-c the listener stops accepting, every parked call is answered with its timeout answer,
+//! in-flight calls finish, the engine commits its last batch, and the process exits 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use tokio::net::TcpListener;
+
+use crate::clock::MonotonicClock;
+use crate::config::{self, Token};
+use crate::core::Coordinator;
+use crate::http::{self, EdgeConfig};
+use crate::store::sqlite::SqliteStore;
+
+/// How the daemon is configured.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: String,
+    pub home: PathBuf,
+    /// Require the bearer token even where the platform would not (macOS).
+    pub require_token: bool,
+}
+
+/// Whether this platform requires the token by default: every OS but macOS, where loopback is
+/// not shared across users in the same way.
+fn platform_requires_token() -> bool {
+    !cfg!(target_os = "macos")
+}
+
+/// Raises the soft open-files limit to the hard limit, so thousands of parked callers fit.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max.min(1 << 20);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    // Every file the daemon creates is private to its user.
+    // SAFETY: umask only changes this process's file-creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+    raise_fd_limit();
+    config::prepare_home(&opts.home)?;
+    let _lock = config::lock_home(&opts.home)?;
+    let addr: SocketAddr = opts.listen.parse().with_context(|| {
+        format!(
+            "--listen {:?} is not an address like 127.0.0.1:27183",
+            opts.listen
+        )
+    })?;
+    let loopback = addr.ip().is_loopback();
+    let token: Token = config::load_or_create_token(&opts.home)?;
+    let require = opts.require_token || platform_requires_token() || !loopback;
+    if !loopback {
+        tracing::warn!(listen = %addr, "listening on a non-loopback address: every request must carry the token");
+    }
+
+    let db_path = opts.home.join("state.db");
+    let store = SqliteStore::open(&db_path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the state database {}: {e}. If it is corrupt, stop here: move it aside \
+             (and its -wal/-shm files) to start empty, or restore a backup",
+            db_path.display()
+        )
+    })?;
+    let (core, engine) = Coordinator::start(Box::new(store), Arc::new(MonotonicClock::new()))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "{addr} is already in use (another airlock daemon, or another program); stop it or \
+             choose another address with --listen or AIRLOCK_LISTEN"
+        ),
+        Err(e) => bail!("cannot listen on {addr}: {e}"),
+    };
+    let local = listener.local_addr()?;
+    let extra_hosts = if loopback {
+        Vec::new()
+    } else {
+        vec![addr.ip().to_string()]
+    };
+    let app = http::app(
+        core.clone(),
+        EdgeConfig {
+            token: require.then_some(token),
+            extra_hosts,
+        },
+    );
+    tracing::info!(listen = %local, home = %opts.home.display(), token_required = require, "airlock is serving");
+    // Scripts and tests read this line to learn the port when listening on port 0.
+    println!("airlock listening on http://{local}");
+
+    let drain_core = core.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: answering parked calls");
+            drain_core.drain().await;
+        })
+        .await
+        .context("the HTTP server failed")?;
+    drop(core);
+    engine.join();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,289 @@
+//! The HTTP edge: axum + tower in front of rmcp's Streamable HTTP service.
+//!
+//! Every MCP request passes [`guard`] before rmcp sees it: Host and Origin checks (DNS rebinding
+//! and cross-site requests from web pages), the bearer token in constant time, a cap on requests
+//! in flight, a 1 MiB body limit, a JSON parse that answers -32700 itself, and an `Accept` fix-up
+//! so a bare `curl -H 'Content-Type: application/json'` gets plain JSON back. Errors produced here
+//! are JSON-RPC-shaped so scripts can read `.error.message`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::config::Token;
+use crate::core::Coordinator;
+use crate::mcp::AirlockMcp;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Most MCP requests in flight at once (parked waits included); more get 503.
+pub const MAX_IN_FLIGHT: usize = 16_384;
+
+/// What the edge enforces.
+#[derive(Clone)]
+pub struct EdgeConfig {
+    /// `Some` when every MCP request must carry `Authorization: Bearer <token>`.
+    pub token: Option<Token>,
+    /// Extra host names or addresses accepted in `Host` besides loopback (the listen address
+    /// when it is not loopback).
+    pub extra_hosts: Vec<String>,
+}
+
+#[derive(Clone)]
+struct EdgeState {
+    config: Arc<EdgeConfig>,
+    in_flight: Arc<Semaphore>,
+}
+
+/// The whole HTTP application.
+pub fn app(core: Coordinator, edge: EdgeConfig) -> Router {
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        // The edge already checked Host and the body size, with its own clearer answers.
+        .disable_allowed_hosts()
+        .with_max_request_body_bytes(MAX_BODY_BYTES + 1);
+    let mcp = StreamableHttpService::new(
+        move || Ok(AirlockMcp::new(core.clone())),
+        Arc::new(NeverSessionManager::default()),
+        config,
+    );
+    let state = EdgeState {
+        config: Arc::new(edge),
+        in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+    };
+    let mcp_routes = Router::new()
+        .route_service("/", mcp.clone())
+        .route_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(state, guard));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(mcp_routes)
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"ok": true, "version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// A JSON-RPC-shaped error response from the edge.
+fn edge_error(status: StatusCode, code: i64, message: &str) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
+    let mut r = (status, Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+/// Whether `host` (no port, brackets stripped) names this machine's loopback.
+fn is_loopback_host(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Splits `host[:port]` / `[v6]:port` and returns the host part.
+fn host_part(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    match authority.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => h,
+        _ => authority,
+    }
+}
+
+fn host_allowed(headers: &HeaderMap, config: &EdgeConfig) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        // HTTP/1.0 without Host: no browser sends this, so no rebinding risk.
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let h = host_part(host.trim());
+    is_loopback_host(h) || config.extra_hosts.iter().any(|x| x.eq_ignore_ascii_case(h))
+}
+
+/// A request from a web page carries its page's Origin; only loopback pages may call.
+fn origin_allowed(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    if scheme != "http" && scheme != "https" {
+        return false;
+    }
+    let authority = rest.split('/').next().unwrap_or("");
+    is_loopback_host(host_part(authority))
+}
+
+fn token_ok(headers: &HeaderMap, token: &Token) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let bytes = value.as_bytes();
+    let Some(presented) = bytes
+        .strip_prefix(b"Bearer ")
+        .or_else(|| bytes.strip_prefix(b"bearer "))
+    else {
+        return false;
+    };
+    token.matches(presented)
+}
+
+fn accepts_both(headers: &HeaderMap) -> bool {
+    let all: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let joined = all.join(",").to_ascii_lowercase();
+    joined.contains("application/json") && joined.contains("text/event-stream")
+}
+
+async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Response {
+    let config = &state.config;
+    if !host_allowed(req.headers(), config) {
+        return edge_error(
+            StatusCode::FORBIDDEN,
+            -32001,
+            "Host is not a loopback name; airlock answers only requests addressed to this machine",
+        );
+    }
+    if !origin_allowed(req.headers()) {
+        return edge_error(
+            StatusCode::FORBIDDEN,
+            -32001,
+            "Origin is not a loopback origin; requests from web pages are refused",
+        );
+    }
+    if let Some(token) = &config.token {
+        if !token_ok(req.headers(), token) {
+            return edge_error(
+                StatusCode::UNAUTHORIZED,
+                -32001,
+                "missing or wrong bearer token: send 'Authorization: Bearer <contents of ~/.airlock/token>'",
+            );
+        }
+    }
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        return edge_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            -32003,
+            &format!("too many requests in flight (the cap is {MAX_IN_FLIGHT}); retry shortly"),
+        );
+    };
+    if req.method() != axum::http::Method::POST {
+        return next.run(req).await;
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        edge_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            -32600,
+            &format!("request body is larger than the {MAX_BODY_BYTES}-byte limit"),
+        )
+    };
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return too_large();
+    }
+    let (mut parts, body) = req.into_parts();
+    let bytes: Bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => return too_large(),
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Err(e) => {
+            return edge_error(
+                StatusCode::BAD_REQUEST,
+                -32700,
+                &format!("parse error: the body is not valid JSON ({e})"),
+            )
+        }
+        Ok(Value::Array(_)) => {
+            return edge_error(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                "JSON-RPC batches are not supported; send one request per POST",
+            )
+        }
+        Ok(Value::Object(_)) => {}
+        Ok(_) => {
+            return edge_error(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                "the body must be one JSON-RPC request object",
+            )
+        }
+    }
+    // curl sends `Accept: */*`; rmcp wants both types listed. We answer plain JSON either way.
+    if !accepts_both(&parts.headers) {
+        parts.headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+    }
+    if !parts.headers.contains_key(header::CONTENT_TYPE) {
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_origins() {
+        assert_eq!(host_part("127.0.0.1:27183"), "127.0.0.1");
+        assert_eq!(host_part("[::1]:80"), "::1");
+        assert_eq!(host_part("localhost"), "localhost");
+        assert!(is_loopback_host("127.0.0.1") && is_loopback_host("::1"));
+        assert!(!is_loopback_host("evil.example.com"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://localhost:3000"),
+        );
+        assert!(origin_allowed(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example.com"),
+        );
+        assert!(!origin_allowed(&h));
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(!origin_allowed(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1.evil.com"),
+        );
+        assert!(!origin_allowed(&h));
+    }
+}

@@ -1,0 +1,17 @@
+//! airlock: a coordination daemon for AI coding agents.
+//!
+//! Map of the crate (see ARCHITECTURE.md for the invariants):
+//! - [`core`]: the domain. Locks, notes, counters, presence, events, tasks; the engine thread that
+//!   batches operations into group commits, parks blocked callers and fires deadlines. Knows
+//!   nothing of HTTP, MCP or SQL.
+//! - [`store`]: durable state behind the [`store::Store`] trait; all SQL lives here.
+//! - [`clock`]: the one injectable, monotonic-within-a-run clock.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod core;
+pub mod daemon;
+pub mod http;
+pub mod mcp;
+pub mod store;

@@ -1,0 +1,15 @@
+//! The `airlock` binary: parse the command line, start logging, dispatch, exit with its code.
+
+use clap::Parser;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn")),
+        )
+        .init();
+    let cli = airlock::cli::Cli::parse();
+    std::process::exit(airlock::cli::run(cli));
+}

@@ -1,0 +1,291 @@
+//! The MCP layer: maps tools to core operations through the official `rmcp` SDK.
+//!
+//! This is the one place where core results become tool results and core errors become tool
+//! errors (`isError: true`, the message naming the field and the rule) or JSON-RPC errors (an
+//! unknown tool). `content[0].text` always carries the contract's return shape as JSON text; an
+//! object result is also given as `structuredContent`.
+
+pub mod args;
+pub mod tools;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities,
+    ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::core::{Coordinator, CoreError, CoreResult, HolderProof, ProgressFn, WaitReport};
+use args::Args;
+
+const INSTRUCTIONS: &str = "airlock coordinates agents working on one repository or machine. \
+Take a named lock before touching a shared resource (lock_resource with wait_seconds up to 50 \
+blocks in the daemon until it frees; never poll), release it with its lock_token. Share state with \
+notes (set_note_if for compare-and-swap) and increment_counter for unique numbers. Heartbeat with \
+register_agent so your locks release if you die. Hand off with signal_event/wait_for_event and \
+share work through push_task/claim_next_task.";
+
+/// The MCP server: a thin shell around the [`Coordinator`]. Cheap to clone (one per request).
+#[derive(Clone)]
+pub struct AirlockMcp {
+    core: Coordinator,
+}
+
+impl AirlockMcp {
+    pub fn new(core: Coordinator) -> Self {
+        AirlockMcp { core }
+    }
+
+    /// Runs one tool and returns its result as JSON, or the error to report.
+    pub async fn run_tool(
+        &self,
+        name: &str,
+        arguments: &Map<String, Value>,
+        progress: Option<ProgressFn>,
+    ) -> Result<CoreResult<Value>, ErrorData> {
+        let Some(spec) = tools::find(name) else {
+            return Err(ErrorData::invalid_params(
+                format!("unknown tool: {name}"),
+                None,
+            ));
+        };
+        let a = match Args::new(arguments, &spec.arg_names()) {
+            Ok(a) => a,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(self.dispatch(name, &a, progress).await)
+    }
+
+    async fn dispatch(
+        &self,
+        name: &str,
+        a: &Args<'_>,
+        progress: Option<ProgressFn>,
+    ) -> CoreResult<Value> {
+        let c = &self.core;
+        match name {
+            "lock_resource" => json(
+                c.lock_resource(
+                    a.str("name")?,
+                    a.str("agent_id")?,
+                    a.ttl_seconds()?,
+                    a.opt_i64("wait_seconds")?,
+                    a.opt_str("wake_token")?,
+                    progress,
+                )
+                .await,
+            ),
+            "unlock_resource" => json(c.unlock_resource(a.str("name")?, holder_proof(a)?).await),
+            "renew_lock" => json(
+                c.renew_lock(a.str("name")?, holder_proof(a)?, a.ttl_seconds()?)
+                    .await,
+            ),
+            "list_locks" => json(c.list_locks().await),
+            "lock_resources" => json(
+                c.lock_resources(
+                    a.str_list("names")?,
+                    a.str("agent_id")?,
+                    a.ttl_seconds()?,
+                    a.opt_i64("wait_seconds")?,
+                    progress,
+                )
+                .await,
+            ),
+            "set_note" => json(
+                c.set_note(
+                    a.str("key")?,
+                    a.str("value")?,
+                    a.opt_str("author")?,
+                    a.ttl_seconds()?,
+                )
+                .await,
+            ),
+            "get_note" => json(c.get_note(a.str("key")?).await),
+            "list_notes" => json(c.list_notes().await),
+            "delete_note" => json(c.delete_note(a.str("key")?).await),
+            "set_note_if" => json(
+                c.set_note_if(
+                    a.str("key")?,
+                    a.str("expected_value")?,
+                    a.str("new_value")?,
+                    a.opt_str("author")?,
+                    a.ttl_seconds()?,
+                )
+                .await,
+            ),
+            "increment_counter" => {
+                json(c.increment_counter(a.str("name")?, a.opt_i64("by")?).await)
+            }
+            "register_agent" => json(c.register_agent(a.str("agent_id")?, a.ttl_seconds()?).await),
+            "unregister_agent" => json(c.unregister_agent(a.str("agent_id")?).await),
+            "list_agents" => json(c.list_agents().await),
+            "signal_event" => json(c.signal_event(a.str("name")?).await),
+            "wait_for_event" => json(
+                c.wait_for_event(
+                    a.str("name")?,
+                    a.opt_i64("last_seen_generation")?,
+                    a.opt_i64("wait_seconds")?,
+                    progress,
+                )
+                .await,
+            ),
+            "clear_event" => json(c.clear_event(a.str("name")?).await),
+            "push_task" => json(
+                c.push_task(
+                    a.str("queue")?,
+                    a.str("payload")?,
+                    a.opt_str("author")?,
+                    a.opt_i64("priority")?,
+                )
+                .await,
+            ),
+            "claim_next_task" => json(
+                c.claim_next_task(
+                    a.str("queue")?,
+                    a.str("agent_id")?,
+                    a.opt_i64("lease_seconds")?,
+                    a.opt_i64("wait_seconds")?,
+                    progress,
+                )
+                .await,
+            ),
+            "complete_task" => json(c.complete_task(a.i64("id")?, a.str("lease_token")?).await),
+            "fail_task" => json(
+                c.fail_task(a.i64("id")?, a.str("lease_token")?, a.opt_bool("requeue")?)
+                    .await,
+            ),
+            "extend_lease" => json(
+                c.extend_lease(
+                    a.i64("id")?,
+                    a.str("lease_token")?,
+                    a.opt_i64("lease_seconds")?,
+                )
+                .await,
+            ),
+            "list_tasks" => json(c.list_tasks(Some(a.str("queue")?)).await),
+            other => Err(CoreError::invalid("name", format!("unknown tool {other}"))),
+        }
+    }
+}
+
+fn json<T: Serialize>(r: CoreResult<T>) -> CoreResult<Value> {
+    r.and_then(|v| {
+        serde_json::to_value(v).map_err(|e| CoreError::Storage(format!("encoding the result: {e}")))
+    })
+}
+
+/// `lock_token` (preferred) or `agent_id` (v1): exactly one of them.
+fn holder_proof(a: &Args<'_>) -> CoreResult<HolderProof> {
+    match (a.opt_str("lock_token")?, a.opt_str("agent_id")?) {
+        (Some(t), _) => Ok(HolderProof::Token(t)),
+        (None, Some(agent)) => Ok(HolderProof::Agent(agent)),
+        (None, None) => Err(CoreError::invalid(
+            "lock_token",
+            "is required (or, weaker and for v1 clients, agent_id)",
+        )),
+    }
+}
+
+/// Turns a tool's outcome into the MCP result: the JSON as text, and as structured content
+/// when it is an object (the spec allows only objects there).
+pub fn tool_result(outcome: CoreResult<Value>) -> CallToolResult {
+    match outcome {
+        Ok(value) => {
+            let text = value.to_string();
+            let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
+            if value.is_object() {
+                r.structured_content = Some(value);
+            }
+            r
+        }
+        Err(e) => CallToolResult::error(vec![ContentBlock::text(e.to_string())]),
+    }
+}
+
+/// Sends MCP progress notifications for a parked call, if the request asked for them.
+fn progress_sender(context: &RequestContext<RoleServer>) -> Option<ProgressFn> {
+    let token = context.meta.get_progress_token()?;
+    let peer = context.peer.clone();
+    Some(std::sync::Arc::new(move |report: WaitReport| {
+        let mut message = format!(
+            "waiting {}s of {}s",
+            report.waited_seconds, report.window_seconds
+        );
+        if let Some(p) = &report.progress {
+            if let Some(pos) = p.queue_position {
+                message.push_str(&format!(", position {pos} in line"));
+            }
+            if let Some(h) = &p.held_by {
+                message.push_str(&format!(", held by {h}"));
+            }
+        }
+        let param = ProgressNotificationParam::new(token.clone(), report.waited_seconds as f64)
+            .with_total(report.window_seconds as f64)
+            .with_message(message);
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            let _ = peer.notify_progress(param).await;
+        });
+    }))
+}
+
+/// Runs `fut` so that a panic becomes an error answer instead of a hung request.
+async fn shielded<T>(fut: impl Future<Output = T>, on_panic: impl FnOnce() -> T) -> T {
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(v) => v,
+        Err(_) => {
+            tracing::error!("a tool call panicked; answered with an internal error");
+            on_panic()
+        }
+    }
+}
+
+impl ServerHandler for AirlockMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("airlock", env!("CARGO_PKG_VERSION")))
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(
+            tools::TOOLS.iter().map(|t| t.to_tool()).collect(),
+        ))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        tools::find(name).map(|t| t.to_tool())
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let empty = Map::new();
+        let arguments = request.arguments.as_ref().unwrap_or(&empty);
+        let progress = progress_sender(&context);
+        let name = request.name.to_string();
+        let run = self.run_tool(&name, arguments, progress);
+        // A caller that disconnects cancels `ct`; dropping `run` then takes it out of any line.
+        let outcome = tokio::select! {
+            r = shielded(run, || Ok(Err(CoreError::Storage("internal error".into())))) => r,
+            _ = context.ct.cancelled() => {
+                tracing::debug!(tool = %name, "caller went away");
+                Ok(Err(CoreError::ShuttingDown))
+            }
+        }?;
+        Ok(tool_result(outcome).into())
+    }
+}

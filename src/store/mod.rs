@@ -1,0 +1,165 @@
+//! Durable state behind one trait. All SQL in airlock lives below this module.
+//!
+//! The core's engine thread is the only caller. It opens one transaction per batch of operations
+//! ([`Store::begin`] … [`Store::commit`]), wraps each operation in a savepoint so one failing
+//! operation cannot spoil its neighbours, and answers nobody before `commit` returns: an
+//! acknowledged write is on disk.
+//!
+//! The trait speaks in rows, not in rules: *which* lock to grant, when a lease is stale, what an
+//! expired note means, all of that is the core's. A backend stores and finds rows.
+
+pub mod sqlite;
+
+use crate::clock::Millis;
+
+/// A failure of the backend. The core turns it into `CoreError::Storage`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoteRow {
+    pub key: String,
+    pub value: String,
+    pub author: Option<String>,
+    pub expires_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockRow {
+    pub name: String,
+    pub agent_id: String,
+    pub token: String,
+    pub fence: i64,
+    pub expires_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRow {
+    pub agent_id: String,
+    pub expires_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventRow {
+    pub name: String,
+    pub generation: i64,
+    pub cleared_at: i64,
+}
+
+/// A task's life: `pending` → `claimed` → `completed` | `failed` (or back to `pending`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    Pending,
+    Claimed,
+    Completed,
+    Failed,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Claimed => "claimed",
+            TaskState::Completed => "completed",
+            TaskState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskState> {
+        Some(match s {
+            "pending" => TaskState::Pending,
+            "claimed" => TaskState::Claimed,
+            "completed" => TaskState::Completed,
+            "failed" => TaskState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRow {
+    pub id: i64,
+    pub queue: String,
+    pub payload: String,
+    pub author: Option<String>,
+    pub priority: i64,
+    pub state: TaskState,
+    pub attempts: i64,
+    pub lease_agent: Option<String>,
+    pub lease_token: Option<String>,
+    pub lease_expires_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+}
+
+/// Every timed row the deadline scheduler must know about after a restart.
+#[derive(Debug, Default)]
+pub struct Expiries {
+    pub locks: Vec<(String, Millis)>,
+    pub agents: Vec<(String, Millis)>,
+    pub leases: Vec<(i64, Millis)>,
+}
+
+/// The storage backend. Called only from the engine thread, inside `begin`/`commit`.
+pub trait Store: Send {
+    fn begin(&mut self) -> StoreResult<()>;
+    /// Makes the transaction durable (fsynced) before returning.
+    fn commit(&mut self) -> StoreResult<()>;
+    fn rollback(&mut self);
+    fn savepoint(&mut self) -> StoreResult<()>;
+    fn release_savepoint(&mut self) -> StoreResult<()>;
+    fn rollback_to_savepoint(&mut self);
+
+    fn note_get(&mut self, key: &str) -> StoreResult<Option<NoteRow>>;
+    fn note_put(&mut self, note: &NoteRow) -> StoreResult<()>;
+    fn note_delete(&mut self, key: &str) -> StoreResult<()>;
+    fn note_list(&mut self, now: Millis) -> StoreResult<Vec<NoteRow>>;
+    fn notes_purge_expired(&mut self, now: Millis) -> StoreResult<usize>;
+
+    /// Adds `by` to the counter (absent = 0) and returns the new value; `None` on overflow.
+    fn counter_add(&mut self, name: &str, by: i64) -> StoreResult<Option<i64>>;
+
+    fn lock_get(&mut self, name: &str) -> StoreResult<Option<LockRow>>;
+    fn lock_put(&mut self, row: &LockRow) -> StoreResult<()>;
+    fn lock_delete(&mut self, name: &str) -> StoreResult<()>;
+    fn lock_list(&mut self) -> StoreResult<Vec<LockRow>>;
+    fn locks_held_by(&mut self, agent_id: &str) -> StoreResult<Vec<LockRow>>;
+    /// The next fence for `name`: strictly greater than every fence ever issued for it.
+    fn fence_next(&mut self, name: &str) -> StoreResult<i64>;
+
+    fn agent_get(&mut self, agent_id: &str) -> StoreResult<Option<AgentRow>>;
+    fn agent_put(&mut self, row: &AgentRow) -> StoreResult<()>;
+    fn agent_delete(&mut self, agent_id: &str) -> StoreResult<()>;
+    fn agent_list(&mut self) -> StoreResult<Vec<AgentRow>>;
+
+    fn event_get(&mut self, name: &str) -> StoreResult<Option<EventRow>>;
+    fn event_put(&mut self, row: &EventRow) -> StoreResult<()>;
+    fn event_list(&mut self) -> StoreResult<Vec<EventRow>>;
+
+    /// Inserts a new pending task and returns its id (ids strictly increase).
+    fn task_insert(
+        &mut self,
+        queue: &str,
+        payload: &str,
+        author: Option<&str>,
+        priority: i64,
+        now: Millis,
+    ) -> StoreResult<i64>;
+    fn task_get(&mut self, id: i64) -> StoreResult<Option<TaskRow>>;
+    fn task_update(&mut self, row: &TaskRow) -> StoreResult<()>;
+    /// The pending task of `queue` to claim next: highest priority, then oldest.
+    fn task_next_pending(&mut self, queue: &str) -> StoreResult<Option<TaskRow>>;
+    /// Tasks of one queue, or of every queue, in id order.
+    fn task_list(&mut self, queue: Option<&str>) -> StoreResult<Vec<TaskRow>>;
+    fn tasks_leased_by(&mut self, agent_id: &str) -> StoreResult<Vec<TaskRow>>;
+    fn tasks_purge_finished(&mut self, before: Millis) -> StoreResult<usize>;
+
+    /// Timed rows, read once at start to rebuild the deadline schedule.
+    fn expiries(&mut self) -> StoreResult<Expiries>;
+}

@@ -1,0 +1,528 @@
+//! The embedded backend: one SQLite file in WAL mode with `synchronous=FULL`, so every commit is
+//! fsynced before [`Store::commit`] returns. Statements are prepared once and cached.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{
+    AgentRow, EventRow, Expiries, LockRow, NoteRow, Store, StoreError, StoreResult, TaskRow,
+    TaskState,
+};
+use crate::clock::Millis;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE notes (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        author TEXT,
+        expires_at INTEGER
+     );
+     CREATE INDEX notes_expires ON notes(expires_at) WHERE expires_at IS NOT NULL;
+     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+     CREATE TABLE locks (
+        name TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        token TEXT NOT NULL,
+        fence INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+     );
+     CREATE INDEX locks_agent ON locks(agent_id);
+     -- Never deleted: a fence must never be reused, even after the lock row is gone.
+     CREATE TABLE lock_fences (name TEXT PRIMARY KEY, last_fence INTEGER NOT NULL);
+     CREATE TABLE agents (agent_id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);
+     CREATE TABLE events (
+        name TEXT PRIMARY KEY,
+        generation INTEGER NOT NULL,
+        cleared_at INTEGER NOT NULL
+     );
+     CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        author TEXT,
+        priority INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        lease_agent TEXT,
+        lease_token TEXT,
+        lease_expires_at INTEGER,
+        created_at INTEGER NOT NULL,
+        finished_at INTEGER
+     );
+     CREATE INDEX tasks_pending ON tasks(queue, priority DESC, id) WHERE state = 'pending';
+     CREATE INDEX tasks_lease_agent ON tasks(lease_agent) WHERE lease_agent IS NOT NULL;
+     CREATE INDEX tasks_finished ON tasks(finished_at) WHERE finished_at IS NOT NULL;",
+];
+
+/// The SQLite store. Owned by the engine thread.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, checks its integrity and migrates it.
+    /// A file that is not a healthy airlock database is refused, never replaced.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory store, for unit tests of the core.
+    pub fn open_in_memory() -> StoreResult<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> StoreResult<Self> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(StoreError::Other(format!(
+                "the database failed its integrity check: {check}"
+            )));
+        }
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if mode != "wal" && mode != "memory" {
+            return Err(StoreError::Other(format!(
+                "could not switch the database to WAL mode (got {mode})"
+            )));
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let mut store = SqliteStore { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> StoreResult<()> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version as usize > MIGRATIONS.len() {
+            return Err(StoreError::Other(format!(
+                "the database has schema version {version}, newer than this airlock ({}); upgrade airlock",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+}
+
+fn note_from(r: &Row) -> rusqlite::Result<NoteRow> {
+    Ok(NoteRow {
+        key: r.get(0)?,
+        value: r.get(1)?,
+        author: r.get(2)?,
+        expires_at: r.get(3)?,
+    })
+}
+
+fn lock_from(r: &Row) -> rusqlite::Result<LockRow> {
+    Ok(LockRow {
+        name: r.get(0)?,
+        agent_id: r.get(1)?,
+        token: r.get(2)?,
+        fence: r.get(3)?,
+        expires_at: r.get(4)?,
+    })
+}
+
+const TASK_COLUMNS: &str = "id, queue, payload, author, priority, state, attempts, lease_agent, \
+                            lease_token, lease_expires_at, finished_at";
+
+fn task_from(r: &Row) -> rusqlite::Result<TaskRow> {
+    let state: String = r.get(5)?;
+    Ok(TaskRow {
+        id: r.get(0)?,
+        queue: r.get(1)?,
+        payload: r.get(2)?,
+        author: r.get(3)?,
+        priority: r.get(4)?,
+        state: TaskState::parse(&state).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                5,
+                rusqlite::types::Type::Text,
+                format!("unknown task state {state:?}").into(),
+            )
+        })?,
+        attempts: r.get(6)?,
+        lease_agent: r.get(7)?,
+        lease_token: r.get(8)?,
+        lease_expires_at: r.get(9)?,
+        finished_at: r.get(10)?,
+    })
+}
+
+impl SqliteStore {
+    fn query_tasks(&mut self, sql: &str, args: impl rusqlite::Params) -> StoreResult<Vec<TaskRow>> {
+        let mut st = self.conn.prepare_cached(sql)?;
+        let rows = st.query_map(args, task_from)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl Store for SqliteStore {
+    fn begin(&mut self) -> StoreResult<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    fn commit(&mut self) -> StoreResult<()> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    fn rollback(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    fn savepoint(&mut self) -> StoreResult<()> {
+        self.conn.execute_batch("SAVEPOINT op")?;
+        Ok(())
+    }
+
+    fn release_savepoint(&mut self) -> StoreResult<()> {
+        self.conn.execute_batch("RELEASE op")?;
+        Ok(())
+    }
+
+    fn rollback_to_savepoint(&mut self) {
+        let _ = self.conn.execute_batch("ROLLBACK TO op; RELEASE op");
+    }
+
+    fn note_get(&mut self, key: &str) -> StoreResult<Option<NoteRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT key, value, author, expires_at FROM notes WHERE key = ?1")?;
+        Ok(st.query_row([key], note_from).optional()?)
+    }
+
+    fn note_put(&mut self, n: &NoteRow) -> StoreResult<()> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO notes (key, value, author, expires_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value, author = excluded.author,
+             expires_at = excluded.expires_at",
+        )?;
+        st.execute(params![n.key, n.value, n.author, n.expires_at])?;
+        Ok(())
+    }
+
+    fn note_delete(&mut self, key: &str) -> StoreResult<()> {
+        let mut st = self
+            .conn
+            .prepare_cached("DELETE FROM notes WHERE key = ?1")?;
+        st.execute([key])?;
+        Ok(())
+    }
+
+    fn note_list(&mut self, now: Millis) -> StoreResult<Vec<NoteRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT key, value, author, expires_at FROM notes
+             WHERE expires_at IS NULL OR expires_at > ?1 ORDER BY key",
+        )?;
+        let rows = st.query_map([now], note_from)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn notes_purge_expired(&mut self, now: Millis) -> StoreResult<usize> {
+        let mut st = self.conn.prepare_cached(
+            "DELETE FROM notes WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+        )?;
+        Ok(st.execute([now])?)
+    }
+
+    fn counter_add(&mut self, name: &str, by: i64) -> StoreResult<Option<i64>> {
+        let current: Option<i64> = {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT value FROM counters WHERE name = ?1")?;
+            st.query_row([name], |r| r.get(0)).optional()?
+        };
+        let Some(next) = current.unwrap_or(0).checked_add(by) else {
+            return Ok(None);
+        };
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO counters (name, value) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+        )?;
+        st.execute(params![name, next])?;
+        Ok(Some(next))
+    }
+
+    fn lock_get(&mut self, name: &str) -> StoreResult<Option<LockRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT name, agent_id, token, fence, expires_at FROM locks WHERE name = ?1",
+        )?;
+        Ok(st.query_row([name], lock_from).optional()?)
+    }
+
+    fn lock_put(&mut self, l: &LockRow) -> StoreResult<()> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO locks (name, agent_id, token, fence, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(name) DO UPDATE SET agent_id = excluded.agent_id, token = excluded.token,
+             fence = excluded.fence, expires_at = excluded.expires_at",
+        )?;
+        st.execute(params![l.name, l.agent_id, l.token, l.fence, l.expires_at])?;
+        Ok(())
+    }
+
+    fn lock_delete(&mut self, name: &str) -> StoreResult<()> {
+        let mut st = self
+            .conn
+            .prepare_cached("DELETE FROM locks WHERE name = ?1")?;
+        st.execute([name])?;
+        Ok(())
+    }
+
+    fn lock_list(&mut self) -> StoreResult<Vec<LockRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT name, agent_id, token, fence, expires_at FROM locks ORDER BY name",
+        )?;
+        let rows = st.query_map([], lock_from)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn locks_held_by(&mut self, agent_id: &str) -> StoreResult<Vec<LockRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT name, agent_id, token, fence, expires_at FROM locks WHERE agent_id = ?1
+             ORDER BY name",
+        )?;
+        let rows = st.query_map([agent_id], lock_from)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn fence_next(&mut self, name: &str) -> StoreResult<i64> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO lock_fences (name, last_fence) VALUES (?1, 1)
+             ON CONFLICT(name) DO UPDATE SET last_fence = last_fence + 1
+             RETURNING last_fence",
+        )?;
+        Ok(st.query_row([name], |r| r.get(0))?)
+    }
+
+    fn agent_get(&mut self, agent_id: &str) -> StoreResult<Option<AgentRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT agent_id, expires_at FROM agents WHERE agent_id = ?1")?;
+        Ok(st
+            .query_row([agent_id], |r| {
+                Ok(AgentRow {
+                    agent_id: r.get(0)?,
+                    expires_at: r.get(1)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn agent_put(&mut self, a: &AgentRow) -> StoreResult<()> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO agents (agent_id, expires_at) VALUES (?1, ?2)
+             ON CONFLICT(agent_id) DO UPDATE SET expires_at = excluded.expires_at",
+        )?;
+        st.execute(params![a.agent_id, a.expires_at])?;
+        Ok(())
+    }
+
+    fn agent_delete(&mut self, agent_id: &str) -> StoreResult<()> {
+        let mut st = self
+            .conn
+            .prepare_cached("DELETE FROM agents WHERE agent_id = ?1")?;
+        st.execute([agent_id])?;
+        Ok(())
+    }
+
+    fn agent_list(&mut self) -> StoreResult<Vec<AgentRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT agent_id, expires_at FROM agents ORDER BY agent_id")?;
+        let rows = st.query_map([], |r| {
+            Ok(AgentRow {
+                agent_id: r.get(0)?,
+                expires_at: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn event_get(&mut self, name: &str) -> StoreResult<Option<EventRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT name, generation, cleared_at FROM events WHERE name = ?1")?;
+        Ok(st
+            .query_row([name], |r| {
+                Ok(EventRow {
+                    name: r.get(0)?,
+                    generation: r.get(1)?,
+                    cleared_at: r.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn event_put(&mut self, e: &EventRow) -> StoreResult<()> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO events (name, generation, cleared_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET generation = excluded.generation,
+             cleared_at = excluded.cleared_at",
+        )?;
+        st.execute(params![e.name, e.generation, e.cleared_at])?;
+        Ok(())
+    }
+
+    fn event_list(&mut self) -> StoreResult<Vec<EventRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT name, generation, cleared_at FROM events ORDER BY name")?;
+        let rows = st.query_map([], |r| {
+            Ok(EventRow {
+                name: r.get(0)?,
+                generation: r.get(1)?,
+                cleared_at: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn task_insert(
+        &mut self,
+        queue: &str,
+        payload: &str,
+        author: Option<&str>,
+        priority: i64,
+        now: Millis,
+    ) -> StoreResult<i64> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO tasks (queue, payload, author, priority, state, attempts, created_at)
+             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5) RETURNING id",
+        )?;
+        Ok(st.query_row(params![queue, payload, author, priority, now], |r| r.get(0))?)
+    }
+
+    fn task_get(&mut self, id: i64) -> StoreResult<Option<TaskRow>> {
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
+        Ok(self.query_tasks(&sql, [id])?.pop())
+    }
+
+    fn task_update(&mut self, t: &TaskRow) -> StoreResult<()> {
+        let mut st = self.conn.prepare_cached(
+            "UPDATE tasks SET state = ?2, attempts = ?3, lease_agent = ?4, lease_token = ?5,
+             lease_expires_at = ?6, finished_at = ?7 WHERE id = ?1",
+        )?;
+        st.execute(params![
+            t.id,
+            t.state.as_str(),
+            t.attempts,
+            t.lease_agent,
+            t.lease_token,
+            t.lease_expires_at,
+            t.finished_at
+        ])?;
+        Ok(())
+    }
+
+    fn task_next_pending(&mut self, queue: &str) -> StoreResult<Option<TaskRow>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE queue = ?1 AND state = 'pending'
+             ORDER BY priority DESC, id LIMIT 1"
+        );
+        Ok(self.query_tasks(&sql, [queue])?.pop())
+    }
+
+    fn task_list(&mut self, queue: Option<&str>) -> StoreResult<Vec<TaskRow>> {
+        match queue {
+            Some(q) => {
+                let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE queue = ?1 ORDER BY id");
+                self.query_tasks(&sql, [q])
+            }
+            None => {
+                let sql = format!("SELECT {TASK_COLUMNS} FROM tasks ORDER BY id");
+                self.query_tasks(&sql, [])
+            }
+        }
+    }
+
+    fn tasks_leased_by(&mut self, agent_id: &str) -> StoreResult<Vec<TaskRow>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE lease_agent = ?1 AND state = 'claimed'
+             ORDER BY id"
+        );
+        self.query_tasks(&sql, [agent_id])
+    }
+
+    fn tasks_purge_finished(&mut self, before: Millis) -> StoreResult<usize> {
+        let mut st = self.conn.prepare_cached(
+            "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at <= ?1",
+        )?;
+        Ok(st.execute([before])?)
+    }
+
+    fn expiries(&mut self) -> StoreResult<Expiries> {
+        let mut out = Expiries::default();
+        {
+            let mut st = self.conn.prepare("SELECT name, expires_at FROM locks")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            out.locks = rows.collect::<Result<_, _>>()?;
+        }
+        {
+            let mut st = self
+                .conn
+                .prepare("SELECT agent_id, expires_at FROM agents")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            out.agents = rows.collect::<Result<_, _>>()?;
+        }
+        {
+            let mut st = self
+                .conn
+                .prepare("SELECT id, lease_expires_at FROM tasks WHERE state = 'claimed'")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            out.leases = rows.collect::<Result<_, _>>()?;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fences_never_repeat_even_after_the_lock_row_is_gone() {
+        let mut s = SqliteStore::open_in_memory().unwrap();
+        s.begin().unwrap();
+        assert_eq!(s.fence_next("a").unwrap(), 1);
+        assert_eq!(s.fence_next("a").unwrap(), 2);
+        assert_eq!(s.fence_next("b").unwrap(), 1);
+        s.commit().unwrap();
+    }
+
+    #[test]
+    fn pending_tasks_come_by_priority_then_age() {
+        let mut s = SqliteStore::open_in_memory().unwrap();
+        s.begin().unwrap();
+        let low = s.task_insert("q", "low", None, 0, 1).unwrap();
+        let high = s.task_insert("q", "high", None, 5, 2).unwrap();
+        let high2 = s.task_insert("q", "high2", None, 5, 3).unwrap();
+        assert!(low < high && high < high2);
+        assert_eq!(s.task_next_pending("q").unwrap().unwrap().id, high);
+        s.commit().unwrap();
+    }
+
+    #[test]
+    fn counter_overflow_is_reported_not_wrapped() {
+        let mut s = SqliteStore::open_in_memory().unwrap();
+        s.begin().unwrap();
+        assert_eq!(s.counter_add("c", i64::MAX).unwrap(), Some(i64::MAX));
+        assert_eq!(s.counter_add("c", 1).unwrap(), None);
+        s.commit().unwrap();
+    }
+}
