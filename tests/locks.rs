@@ -681,3 +681,28 @@ async fn a_parked_call_sends_progress_notifications() {
     let got: Value = serde_json::from_str(text).unwrap();
     token(&got);
 }
+
+#[tokio::test]
+async fn a_caller_back_without_its_wake_token_is_not_stuck_behind_its_own_place() {
+    let d = Arc::new(Daemon::start().await);
+    let a = token(&lock(&d, "x", "a", json!({})).await);
+    // b's window ends; it keeps a place in line for the grace...
+    let w1 = lock(&d, "x", "b", json!({"wait_seconds": 1})).await;
+    assert_eq!(w1["queue_position"], 1);
+    // ...and a newcomer stands behind it.
+    let c = spawn_lock(&d, "x", "c", json!({"wait_seconds": 40}));
+    until_waiters(&d, "x", 2).await;
+    // b calls again the naive way, same arguments, no wake token: it is still first in line.
+    let b = spawn_lock(&d, "x", "b", json!({"wait_seconds": 40}));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(waiters(&d, "x").await, 2, "b now stands in line twice");
+    let released = Instant::now();
+    unlock(&d, "x", &a).await;
+    // Granted at once, not after its own reservation's 10 s grace ran out.
+    let got = within(5, b).await.unwrap();
+    println!("b granted {:?} after the unlock", released.elapsed());
+    assert!(released.elapsed() < Duration::from_secs(5));
+    assert!(!c.is_finished());
+    unlock(&d, "x", &token(&got)).await;
+    token(&within(10, c).await.unwrap());
+}

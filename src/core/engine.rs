@@ -947,7 +947,11 @@ impl Engine {
                 self.tickets.get(id).is_some_and(|t| {
                     t.agent_id == agent_id && t.names.len() == 1 && t.names[0] == name
                 })
-            });
+            })
+            // Coming back without it (a client that simply repeats its call): the agent's own
+            // place kept for the grace is still its place. Otherwise it would stand in line
+            // twice and the free lock would sit reserved for a place nobody comes back to.
+            .or_else(|| self.kept_place(&name, &agent_id));
         if let Some(id) = returning {
             if let Some(t) = self.tickets.get_mut(&id) {
                 let old = std::mem::replace(
@@ -1036,6 +1040,18 @@ impl Engine {
         self.schedule(now + wait_ms, Deadline::TicketWindow(id));
         self.to_pump.insert(name);
         Ok(())
+    }
+
+    /// The place `agent_id` keeps in `name`'s line between two windows (a single-name ticket
+    /// in its grace), if any.
+    fn kept_place(&self, name: &str, agent_id: &str) -> Option<u64> {
+        self.lock_queues.get(name)?.iter().copied().find(|id| {
+            self.tickets.get(id).is_some_and(|t| {
+                matches!(t.state, TicketState::Grace { .. })
+                    && t.agent_id == agent_id
+                    && t.names.len() == 1
+            })
+        })
     }
 
     /// The `locked:false` answer for a caller standing in line with ticket `id` (if any).
