@@ -226,3 +226,34 @@ async fn presence_bad_input_is_refused() {
     }
     assert_eq!(d.call("list_agents", json!({})).await, json!([]));
 }
+
+#[tokio::test]
+async fn a_lapse_due_across_a_restart_still_releases() {
+    let mut d = Daemon::start().await;
+    let tmp = d.take_tmp();
+    d.call("register_agent", json!({"agent_id": "a", "ttl_seconds": 1}))
+        .await;
+    d.call(
+        "register_agent",
+        json!({"agent_id": "stays", "ttl_seconds": 600}),
+    )
+    .await;
+    let l = d
+        .call("lock_resource", json!({"name": "x", "agent_id": "a"}))
+        .await;
+    assert_eq!(l["locked"], json!(true));
+    assert_eq!(d.stop(), Some(0));
+    // The new daemon rebuilds its deadlines from disk: the lapse still happens on time.
+    let d = Daemon::start_in(&d.home).await;
+    within(10, async {
+        while d.call("list_locks", json!({})).await != json!([]) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let agents = d.call("list_agents", json!({})).await;
+    assert!(agent(&agents, "a").is_none());
+    assert!(agent(&agents, "stays").is_some());
+    drop(d);
+    drop(tmp);
+}

@@ -547,3 +547,40 @@ async fn payload_limit_and_bad_input_are_refused() {
     );
     assert_eq!(all[0]["state"], "pending");
 }
+
+#[tokio::test]
+async fn a_lease_due_across_a_restart_still_expires() {
+    let mut d = Daemon::start().await;
+    let tmp = d.take_tmp();
+    let id = push(&d, "q", "job", 0).await;
+    let c = claim(&d, "q", "w", json!({"lease_seconds": 1})).await;
+    assert_eq!(c["id"], id);
+    assert_eq!(d.stop(), Some(0));
+    let d = Daemon::start_in(&d.home).await;
+    let t = until_state(&d, "q", id, "pending").await;
+    assert_eq!(t["attempts"], 1);
+    let again = claim(&d, "q", "w2", json!({})).await;
+    assert_eq!(again["id"], id);
+    assert_eq!(again["attempts"], 2);
+    drop(d);
+    drop(tmp);
+}
+
+#[tokio::test]
+async fn a_gone_claimer_is_skipped() {
+    let d = Arc::new(Daemon::start().await);
+    let gone = spawn_claim(&d, "q", "gone", 40);
+    let_it_park().await;
+    let next = spawn_claim(&d, "q", "next", 40);
+    let_it_park().await;
+    gone.abort();
+    assert!(gone.await.unwrap_err().is_cancelled());
+    // Let the daemon notice the closed connection (nothing over MCP shows parked claimers).
+    let_it_park().await;
+    let id = push(&d, "q", "job", 0).await;
+    let got = within(5, next).await.unwrap();
+    assert_eq!(got["id"], id);
+    // Handed straight to the live claimer, never leased to the gone one first.
+    assert_eq!(got["attempts"], 1);
+    assert_eq!(task(&d, "q", id).await["lease_agent"], "next");
+}
