@@ -706,3 +706,36 @@ async fn a_caller_back_without_its_wake_token_is_not_stuck_behind_its_own_place(
     unlock(&d, "x", &token(&got)).await;
     token(&within(10, c).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_set_including_a_lock_already_held_is_not_stuck_behind_its_own_waiters() {
+    let d = Arc::new(Daemon::start().await);
+    let n1 = token(&lock(&d, "n1", "a", json!({})).await);
+    let n2 = token(&lock(&d, "n2", "c", json!({})).await);
+    // b waits for a's n1.
+    let b = spawn_lock(&d, "n1", "b", json!({"wait_seconds": 40}));
+    until_waiters(&d, "n1", 1).await;
+    // a, still holding n1, asks for {n1, n2} and waits for n2.
+    let d2 = d.clone();
+    let set = tokio::spawn(async move {
+        d2.call(
+            "lock_resources",
+            json!({"names": ["n2", "n1"], "agent_id": "a", "wait_seconds": 40}),
+        )
+        .await
+    });
+    until_waiters(&d, "n2", 1).await;
+    unlock(&d, "n2", &n2).await;
+    // a needs no place in n1's line to keep what it holds: the set is granted now, not when
+    // its window runs out.
+    let got = within(10, set).await.unwrap();
+    assert_eq!(got["locked"], json!(true), "{got}");
+    assert_eq!(
+        got["tokens"]["n1"],
+        json!(n1),
+        "the held lock keeps its token"
+    );
+    assert!(!b.is_finished());
+    unlock(&d, "n1", &n1).await;
+    token(&within(10, b).await.unwrap());
+}

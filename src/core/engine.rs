@@ -1208,8 +1208,8 @@ impl Engine {
         ))
     }
 
-    /// Moves `name`'s line: grants the head ticket if it is parked, first in every line it
-    /// stands in, and every one of its names is free.
+    /// Moves `name`'s line: grants the head ticket if it is parked and every one of its names
+    /// is either already its agent's or free with the ticket first in that name's line.
     fn pump_lock(&mut self, name: &str) -> CoreResult<()> {
         let Some(head) = self.line_head(name) else {
             return Ok(());
@@ -1226,12 +1226,15 @@ impl Engine {
             _ => return Ok(()),
         };
         for n in &names {
-            if self.line_head(n) != Some(head) {
-                return Ok(());
-            }
-            if let Some(l) = self.live_lock(n)? {
-                if l.agent_id != agent_id {
-                    return Ok(());
+            match self.live_lock(n)? {
+                // Already its own: keeping it needs no place in that name's line (waiting there
+                // behind callers who wait for it would never end).
+                Some(l) if l.agent_id == agent_id => {}
+                Some(_) => return Ok(()),
+                None => {
+                    if self.line_head(n) != Some(head) {
+                        return Ok(());
+                    }
                 }
             }
         }
