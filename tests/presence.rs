@@ -257,3 +257,41 @@ async fn a_lapse_due_across_a_restart_still_releases() {
     drop(d);
     drop(tmp);
 }
+
+#[tokio::test]
+async fn unregistering_gives_up_a_place_kept_in_line() {
+    let d = Arc::new(Daemon::start().await);
+    let a = d
+        .call("lock_resource", json!({"name": "x", "agent_id": "a"}))
+        .await;
+    d.call(
+        "register_agent",
+        json!({"agent_id": "b", "ttl_seconds": 600}),
+    )
+    .await;
+    // b's window ends: its place is kept for the wake-token grace...
+    let w = d
+        .call(
+            "lock_resource",
+            json!({"name": "x", "agent_id": "b", "wait_seconds": 1}),
+        )
+        .await;
+    assert_eq!(w["queue_position"], 1);
+    let c = spawn_call(
+        &d,
+        "lock_resource",
+        json!({"name": "x", "agent_id": "c", "wait_seconds": 40}),
+    );
+    until_waiters(&d, "x", 2).await;
+    // ...but b leaves for good: nobody will come back for that place.
+    d.call("unregister_agent", json!({"agent_id": "b"})).await;
+    // At once, not when the 10 s grace runs out.
+    within(5, until_waiters(&d, "x", 1)).await;
+    d.call(
+        "unlock_resource",
+        json!({"name": "x", "lock_token": a["lock_token"]}),
+    )
+    .await;
+    let got = within(5, c).await.unwrap();
+    assert_eq!(got["locked"], json!(true));
+}

@@ -1424,6 +1424,17 @@ impl Engine {
             tracing::info!(task = t.id, agent = %agent_id, "requeued: its claimant is gone");
             self.requeue(t)?;
         }
+        // Places it kept in line between two windows: nobody will come back for them, and a
+        // freed lock must not sit reserved for them until their grace runs out.
+        let kept: Vec<u64> = self
+            .tickets
+            .iter()
+            .filter(|(_, t)| t.agent_id == agent_id && matches!(t.state, TicketState::Grace { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in kept {
+            self.remove_ticket(id);
+        }
         Ok(())
     }
 
