@@ -2347,4 +2347,84 @@ mod tests {
         assert!(fresh.try_recv().unwrap().unwrap().fired);
         assert!(old.try_recv().unwrap().unwrap().fired);
     }
+
+    #[test]
+    fn a_caller_back_without_its_wake_token_keeps_its_place() {
+        let (mut e, clock) = engine();
+        let t = token_of(
+            lock(&mut e, 1, "x", "a", 0, None)
+                .try_recv()
+                .unwrap()
+                .unwrap(),
+        );
+        let mut b = lock(&mut e, 2, "x", "b", 1_000, None);
+        clock.advance_ms(1_000);
+        e.process(vec![]);
+        assert!(b.try_recv().is_ok());
+        let mut c = lock(&mut e, 3, "x", "c", 60_000, None);
+        // b repeats its call without the token: the same place, not a second one.
+        let mut b2 = lock(&mut e, 4, "x", "b", 60_000, None);
+        assert_eq!(e.ticket_count(), 2);
+        assert!(unlock(&mut e, "x", &t).released);
+        token_of(b2.try_recv().unwrap().unwrap());
+        assert!(c.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_set_waiter_needs_no_place_in_line_for_a_name_it_holds() {
+        let (mut e, _clock) = engine();
+        let a1 = token_of(
+            lock(&mut e, 1, "n1", "a", 0, None)
+                .try_recv()
+                .unwrap()
+                .unwrap(),
+        );
+        let c2 = token_of(
+            lock(&mut e, 2, "n2", "c", 0, None)
+                .try_recv()
+                .unwrap()
+                .unwrap(),
+        );
+        let mut b = lock(&mut e, 3, "n1", "b", 60_000, None);
+        let (tx, mut set) = oneshot::channel();
+        e.process(vec![Command::Op(Op::LockResources {
+            call: 4,
+            names: vec!["n1".into(), "n2".into()],
+            agent_id: "a".into(),
+            ttl_ms: 60_000,
+            wait_ms: 60_000,
+            reply: tx,
+        })]);
+        assert!(set.try_recv().is_err());
+        assert!(unlock(&mut e, "n2", &c2).released);
+        let LockSetOutcome::Granted { tokens, .. } = set.try_recv().unwrap().unwrap() else {
+            panic!("expected the set to be granted")
+        };
+        assert_eq!(tokens["n1"], a1);
+        assert!(b.try_recv().is_err());
+    }
+
+    #[test]
+    fn unregistering_drops_the_places_an_agent_kept() {
+        let (mut e, clock) = engine();
+        let t = token_of(
+            lock(&mut e, 1, "x", "a", 0, None)
+                .try_recv()
+                .unwrap()
+                .unwrap(),
+        );
+        let mut b = lock(&mut e, 2, "x", "b", 1_000, None);
+        clock.advance_ms(1_000);
+        e.process(vec![]);
+        assert!(b.try_recv().is_ok());
+        let mut c = lock(&mut e, 3, "x", "c", 60_000, None);
+        let (tx, _rx) = oneshot::channel();
+        e.process(vec![Command::Op(Op::UnregisterAgent {
+            agent_id: "b".into(),
+            reply: tx,
+        })]);
+        assert_eq!(e.ticket_count(), 1);
+        assert!(unlock(&mut e, "x", &t).released);
+        token_of(c.try_recv().unwrap().unwrap());
+    }
 }
