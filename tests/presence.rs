@@ -180,16 +180,16 @@ async fn list_agents_shows_expiry_locks_and_leases_held() {
 #[tokio::test]
 async fn a_heartbeat_keeps_the_locks_of_a_live_agent() {
     let d = Daemon::start().await;
-    d.call("register_agent", json!({"agent_id": "a", "ttl_seconds": 1}))
+    d.call("register_agent", json!({"agent_id": "a", "ttl_seconds": 2}))
         .await;
     let l = d
         .call("lock_resource", json!({"name": "x", "agent_id": "a"}))
         .await;
     assert_eq!(l["locked"], json!(true));
-    // Re-register before the lapse, twice, past the first TTL.
+    // Re-register well before each lapse, past the first TTL.
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        d.call("register_agent", json!({"agent_id": "a", "ttl_seconds": 1}))
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        d.call("register_agent", json!({"agent_id": "a", "ttl_seconds": 2}))
             .await;
     }
     let locks = d.call("list_locks", json!({})).await;
