@@ -490,7 +490,8 @@ async fn a_thousand_parked_waiters_are_all_served_in_order() {
 #[tokio::test]
 async fn a_disconnected_waiter_is_skipped() {
     let d = Arc::new(Daemon::start().await);
-    let a = token(&lock(&d, "x", "a", json!({})).await);
+    let first = lock(&d, "x", "a", json!({})).await;
+    let a = token(&first);
     let gone = spawn_lock(&d, "x", "gone", json!({"wait_seconds": 40}));
     until_waiters(&d, "x", 1).await;
     let next = spawn_lock(&d, "x", "next", json!({"wait_seconds": 40}));
@@ -503,6 +504,8 @@ async fn a_disconnected_waiter_is_skipped() {
     unlock(&d, "x", &a).await;
     let got = within(10, next).await.unwrap();
     token(&got);
+    // The very next grant: the gone caller was never granted in between.
+    assert_eq!(fence(&got), fence(&first) + 1);
     let locks = d.call("list_locks", json!({})).await;
     assert_eq!(locks.as_array().unwrap().len(), 1);
     assert_eq!(locks[0]["agent_id"], "next");
