@@ -964,7 +964,11 @@ impl Engine {
                 self.tickets.get(id).is_some_and(|t| {
                     t.agent_id == agent_id && t.names.len() == 1 && t.names[0] == name
                 })
-            });
+            })
+            // Coming back without it (a client that simply repeats its call): the agent's own
+            // place kept for the grace is still its place. Otherwise it would stand in line
+            // twice and the free lock would sit reserved for a place nobody comes back to.
+            .or_else(|| self.kept_place(&name, &agent_id));
         if let Some(id) = returning {
             if let Some(t) = self.tickets.get_mut(&id) {
                 let old = std::mem::replace(
@@ -1053,6 +1057,18 @@ impl Engine {
         self.schedule(now + wait_ms, Deadline::TicketWindow(id));
         self.to_pump.insert(name);
         Ok(())
+    }
+
+    /// The place `agent_id` keeps in `name`'s line between two windows (a single-name ticket
+    /// in its grace), if any.
+    fn kept_place(&self, name: &str, agent_id: &str) -> Option<u64> {
+        self.lock_queues.get(name)?.iter().copied().find(|id| {
+            self.tickets.get(id).is_some_and(|t| {
+                matches!(t.state, TicketState::Grace { .. })
+                    && t.agent_id == agent_id
+                    && t.names.len() == 1
+            })
+        })
     }
 
     /// The `locked:false` answer for a caller standing in line with ticket `id` (if any).
@@ -1209,8 +1225,8 @@ impl Engine {
         ))
     }
 
-    /// Moves `name`'s line: grants the head ticket if it is parked, first in every line it
-    /// stands in, and every one of its names is free.
+    /// Moves `name`'s line: grants the head ticket if it is parked and every one of its names
+    /// is either already its agent's or free with the ticket first in that name's line.
     fn pump_lock(&mut self, name: &str) -> CoreResult<()> {
         let Some(head) = self.line_head(name) else {
             return Ok(());
@@ -1227,12 +1243,15 @@ impl Engine {
             _ => return Ok(()),
         };
         for n in &names {
-            if self.line_head(n) != Some(head) {
-                return Ok(());
-            }
-            if let Some(l) = self.live_lock(n)? {
-                if l.agent_id != agent_id {
-                    return Ok(());
+            match self.live_lock(n)? {
+                // Already its own: keeping it needs no place in that name's line (waiting there
+                // behind callers who wait for it would never end).
+                Some(l) if l.agent_id == agent_id => {}
+                Some(_) => return Ok(()),
+                None => {
+                    if self.line_head(n) != Some(head) {
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -1421,6 +1440,17 @@ impl Engine {
         for t in self.st(leased)? {
             tracing::info!(task = t.id, agent = %agent_id, "requeued: its claimant is gone");
             self.requeue(t)?;
+        }
+        // Places it kept in line between two windows: nobody will come back for them, and a
+        // freed lock must not sit reserved for them until their grace runs out.
+        let kept: Vec<u64> = self
+            .tickets
+            .iter()
+            .filter(|(_, t)| t.agent_id == agent_id && matches!(t.state, TicketState::Grace { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in kept {
+            self.remove_ticket(id);
         }
         Ok(())
     }
@@ -2369,5 +2399,85 @@ mod tests {
         assert_eq!(signal(&mut e), 3);
         assert!(fresh.try_recv().unwrap().unwrap().fired);
         assert!(old.try_recv().unwrap().unwrap().fired);
+    }
+
+    #[test]
+    fn a_caller_back_without_its_wake_token_keeps_its_place() {
+        let (mut e, clock) = engine();
+        let t = token_of(
+            lock(&mut e, 1, "x", "a", 0, None)
+                .try_recv()
+                .unwrap()
+                .unwrap(),
+        );
+        let mut b = lock(&mut e, 2, "x", "b", 1_000, None);
+        clock.advance_ms(1_000);
+        e.process(vec![]);
+        assert!(b.try_recv().is_ok());
+        let mut c = lock(&mut e, 3, "x", "c", 60_000, None);
+        // b repeats its call without the token: the same place, not a second one.
+        let mut b2 = lock(&mut e, 4, "x", "b", 60_000, None);
+        assert_eq!(e.ticket_count(), 2);
+        assert!(unlock(&mut e, "x", &t).released);
+        token_of(b2.try_recv().unwrap().unwrap());
+        assert!(c.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_set_waiter_needs_no_place_in_line_for_a_name_it_holds() {
+        let (mut e, _clock) = engine();
+        let a1 = token_of(
+            lock(&mut e, 1, "n1", "a", 0, None)
+                .try_recv()
+                .unwrap()
+                .unwrap(),
+        );
+        let c2 = token_of(
+            lock(&mut e, 2, "n2", "c", 0, None)
+                .try_recv()
+                .unwrap()
+                .unwrap(),
+        );
+        let mut b = lock(&mut e, 3, "n1", "b", 60_000, None);
+        let (tx, mut set) = oneshot::channel();
+        e.process(vec![Command::Op(Op::LockResources {
+            call: 4,
+            names: vec!["n1".into(), "n2".into()],
+            agent_id: "a".into(),
+            ttl_ms: 60_000,
+            wait_ms: 60_000,
+            reply: tx,
+        })]);
+        assert!(set.try_recv().is_err());
+        assert!(unlock(&mut e, "n2", &c2).released);
+        let LockSetOutcome::Granted { tokens, .. } = set.try_recv().unwrap().unwrap() else {
+            panic!("expected the set to be granted")
+        };
+        assert_eq!(tokens["n1"], a1);
+        assert!(b.try_recv().is_err());
+    }
+
+    #[test]
+    fn unregistering_drops_the_places_an_agent_kept() {
+        let (mut e, clock) = engine();
+        let t = token_of(
+            lock(&mut e, 1, "x", "a", 0, None)
+                .try_recv()
+                .unwrap()
+                .unwrap(),
+        );
+        let mut b = lock(&mut e, 2, "x", "b", 1_000, None);
+        clock.advance_ms(1_000);
+        e.process(vec![]);
+        assert!(b.try_recv().is_ok());
+        let mut c = lock(&mut e, 3, "x", "c", 60_000, None);
+        let (tx, _rx) = oneshot::channel();
+        e.process(vec![Command::Op(Op::UnregisterAgent {
+            agent_id: "b".into(),
+            reply: tx,
+        })]);
+        assert_eq!(e.ticket_count(), 1);
+        assert!(unlock(&mut e, "x", &t).released);
+        token_of(c.try_recv().unwrap().unwrap());
     }
 }
