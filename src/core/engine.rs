@@ -187,6 +187,8 @@ pub enum Command {
     Op(Op),
     /// The caller of a parked call went away: leave the line now.
     Cancel(u64),
+    /// A parked call was answered with a grant but its caller went away before reading it.
+    Orphaned(Orphan),
     /// Answer every parked call with its timeout answer, and park nobody from now on.
     Drain(oneshot::Sender<()>),
 }
@@ -257,8 +259,9 @@ struct ClaimWaiter {
     window_end: Millis,
 }
 
-/// What to undo if an answer carrying a grant could not be delivered (its caller went away).
-enum Orphan {
+/// What to undo if an answer carrying a grant could not be delivered (its caller went away),
+/// or was delivered but never read (its caller went away right after).
+pub enum Orphan {
     Locks(Vec<(String, String)>),
     Lease { id: i64, lease_token: String },
 }
@@ -440,6 +443,7 @@ impl Engine {
             match cmd {
                 Command::Op(op) => self.apply(op),
                 Command::Cancel(call) => self.cancel(call),
+                Command::Orphaned(orphan) => self.release_orphan(orphan),
                 Command::Drain(done) => {
                     self.draining = true;
                     self.answer_all_parked();
@@ -951,6 +955,7 @@ impl Engine {
                 lock_token: row.token,
                 expires_in_seconds: seconds_left(row.expires_at, now),
                 fence: row.fence,
+                fresh: false,
             };
             self.respond(reply, Ok(out));
             return Ok(());
@@ -1009,6 +1014,7 @@ impl Engine {
                 lock_token: token.clone(),
                 expires_in_seconds: seconds_left(now + ttl_ms, now),
                 fence,
+                fresh: true,
             };
             let mut o = Outgoing::new(reply, Ok(out));
             o.orphan = Some(Orphan::Locks(vec![(name, token)]));
@@ -1220,6 +1226,7 @@ impl Engine {
                 tokens,
                 fences,
                 expires_in_seconds: seconds_left(now + ttl_ms, now),
+                fresh,
             },
             Orphan::Locks(orphan),
         ))
@@ -1262,16 +1269,18 @@ impl Engine {
         match waiter {
             LockWaiter::Single(reply) => {
                 let now = self.now();
-                let out = match self.live_lock(name)? {
+                let (out, fresh) = match self.live_lock(name)? {
                     Some(l) => {
                         let l = self.refresh(l, ttl_ms)?;
-                        (l.name, l.token, l.fence)
+                        ((l.name, l.token, l.fence), false)
                     }
-                    None => self
-                        .grant(&agent_id, &names, ttl_ms)?
-                        .into_iter()
-                        .next()
-                        .expect("one name granted"),
+                    None => (
+                        self.grant(&agent_id, &names, ttl_ms)?
+                            .into_iter()
+                            .next()
+                            .expect("one name granted"),
+                        true,
+                    ),
                 };
                 let (n, token, fence) = out;
                 let mut o = Outgoing::new(
@@ -1281,9 +1290,11 @@ impl Engine {
                         lock_token: token.clone(),
                         expires_in_seconds: seconds_left(now + ttl_ms, now),
                         fence,
+                        fresh,
                     }),
                 );
-                o.orphan = Some(Orphan::Locks(vec![(n, token)]));
+                // A refresh of a lock the agent already held is never undone.
+                o.orphan = fresh.then(|| Orphan::Locks(vec![(n, token)]));
                 self.outbox.push(o);
             }
             LockWaiter::Set(reply) => {

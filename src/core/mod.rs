@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use crate::clock::Clock;
 use crate::store::Store;
 pub use engine::WaitProgress;
-use engine::{Command, Engine, Op, Reply};
+use engine::{Command, Engine, Op, Orphan, Reply};
 pub use types::*;
 
 /// A callback told, every [`PROGRESS_EVERY`], how a parked call is doing.
@@ -55,19 +55,68 @@ impl EngineThread {
     }
 }
 
-/// Sends `Cancel` for a parked call if its caller goes away before the answer arrives.
-struct CancelOnDrop {
+/// A parked call in flight. If its caller goes away before reading the answer, it leaves its
+/// line at once; and if the answer had already arrived carrying a grant, the grant is released.
+struct ParkedCall<T, F: Fn(&T) -> Option<Orphan>> {
     tx: mpsc::Sender<Command>,
     call: u64,
-    armed: bool,
+    /// `None` once the answer has been read.
+    rx: Option<oneshot::Receiver<CoreResult<T>>>,
+    orphan_of: F,
 }
 
-impl Drop for CancelOnDrop {
+impl<T, F: Fn(&T) -> Option<Orphan>> Drop for ParkedCall<T, F> {
     fn drop(&mut self) {
-        if self.armed {
-            let _ = self.tx.send(Command::Cancel(self.call));
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        if let Ok(Ok(unread)) = rx.try_recv() {
+            if let Some(orphan) = (self.orphan_of)(&unread) {
+                let _ = self.tx.send(Command::Orphaned(orphan));
+            }
         }
+        let _ = self.tx.send(Command::Cancel(self.call));
     }
+}
+
+/// The grant a lock answer carries, to release if nobody reads it.
+fn lock_orphan(name: String) -> impl Fn(&LockOutcome) -> Option<Orphan> {
+    move |o| match o {
+        LockOutcome::Granted {
+            lock_token,
+            fresh: true,
+            ..
+        } => Some(Orphan::Locks(vec![(name.clone(), lock_token.clone())])),
+        _ => None,
+    }
+}
+
+fn lock_set_orphan(o: &LockSetOutcome) -> Option<Orphan> {
+    match o {
+        LockSetOutcome::Granted { tokens, fresh, .. } => Some(Orphan::Locks(
+            fresh
+                .iter()
+                .filter_map(|n| tokens.get(n).map(|t| (n.clone(), t.clone())))
+                .collect(),
+        )),
+        _ => None,
+    }
+}
+
+fn claim_orphan(o: &ClaimOutcome) -> Option<Orphan> {
+    match o {
+        ClaimOutcome::Claimed {
+            id, lease_token, ..
+        } => Some(Orphan::Lease {
+            id: *id,
+            lease_token: lease_token.clone(),
+        }),
+        _ => None,
+    }
+}
+
+fn no_orphan<T>(_: &T) -> Option<Orphan> {
+    None
 }
 
 impl Coordinator {
@@ -105,26 +154,29 @@ impl Coordinator {
         &self,
         window_seconds: u64,
         progress: Option<ProgressFn>,
+        orphan_of: impl Fn(&T) -> Option<Orphan>,
         make: impl FnOnce(u64, Reply<T>) -> Op,
     ) -> CoreResult<T> {
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
-        let (reply, mut rx) = oneshot::channel();
+        let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Op(make(call, reply)))
             .map_err(|_| CoreError::ShuttingDown)?;
-        let mut guard = CancelOnDrop {
+        let mut guard = ParkedCall {
             tx: self.tx.clone(),
             call,
-            armed: true,
+            rx: Some(rx),
+            orphan_of,
         };
+        let rx = guard.rx.as_mut().expect("just set");
         let started = tokio::time::Instant::now();
         let result = match progress {
-            None => (&mut rx).await,
+            None => rx.await,
             Some(report) => {
                 let mut ticker = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
                 loop {
                     tokio::select! {
-                        r = &mut rx => break r,
+                        r = &mut *rx => break r,
                         _ = ticker.tick() => {
                             let status = self.call(|reply| Op::WaitStatus { call, reply }).await.ok().flatten();
                             report(WaitReport {
@@ -137,7 +189,7 @@ impl Coordinator {
                 }
             }
         };
-        guard.armed = false;
+        guard.rx = None;
         result.map_err(|_| CoreError::ShuttingDown)?
     }
 
@@ -246,8 +298,11 @@ impl Coordinator {
         if let Some(t) = &wake_token {
             check_name("wake_token", t)?;
         }
-        self.call_parked((wait_ms / 1000) as u64, progress, |call, reply| {
-            Op::LockResource {
+        self.call_parked(
+            (wait_ms / 1000) as u64,
+            progress,
+            lock_orphan(name.clone()),
+            |call, reply| Op::LockResource {
                 call,
                 name,
                 agent_id,
@@ -255,8 +310,8 @@ impl Coordinator {
                 wait_ms,
                 wake_token,
                 reply,
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -294,16 +349,19 @@ impl Coordinator {
             ttl_seconds.unwrap_or(DEFAULT_LOCK_TTL_SECONDS),
         )?;
         let wait_ms = check_wait("wait_seconds", wait_seconds.unwrap_or(0))?;
-        self.call_parked((wait_ms / 1000) as u64, progress, |call, reply| {
-            Op::LockResources {
+        self.call_parked(
+            (wait_ms / 1000) as u64,
+            progress,
+            lock_set_orphan,
+            |call, reply| Op::LockResources {
                 call,
                 names: sorted,
                 agent_id,
                 ttl_ms,
                 wait_ms,
                 reply,
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -395,15 +453,18 @@ impl Coordinator {
             "wait_seconds",
             wait_seconds.unwrap_or(DEFAULT_EVENT_WAIT_SECONDS),
         )?;
-        self.call_parked((wait_ms / 1000) as u64, progress, |call, reply| {
-            Op::WaitForEvent {
+        self.call_parked(
+            (wait_ms / 1000) as u64,
+            progress,
+            no_orphan,
+            |call, reply| Op::WaitForEvent {
                 call,
                 name,
                 last_seen,
                 wait_ms,
                 reply,
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -450,16 +511,19 @@ impl Coordinator {
             lease_seconds.unwrap_or(DEFAULT_LEASE_SECONDS),
         )?;
         let wait_ms = check_wait("wait_seconds", wait_seconds.unwrap_or(0))?;
-        self.call_parked((wait_ms / 1000) as u64, progress, |call, reply| {
-            Op::ClaimNextTask {
+        self.call_parked(
+            (wait_ms / 1000) as u64,
+            progress,
+            claim_orphan,
+            |call, reply| Op::ClaimNextTask {
                 call,
                 queue,
                 agent_id,
                 lease_ms,
                 wait_ms,
                 reply,
-            }
-        })
+            },
+        )
         .await
     }
 

@@ -189,6 +189,10 @@ pub enum LockOutcome {
         lock_token: String,
         expires_in_seconds: i64,
         fence: i64,
+        /// A new grant (not a refresh of a lock the agent already held): if its caller is gone
+        /// before reading it, it must be released.
+        #[serde(skip)]
+        fresh: bool,
     },
     Contended {
         locked: bool,
@@ -213,6 +217,9 @@ pub enum LockSetOutcome {
         tokens: BTreeMap<String, String>,
         fences: BTreeMap<String, i64>,
         expires_in_seconds: i64,
+        /// The names newly granted by this call (the others were already the agent's).
+        #[serde(skip)]
+        fresh: Vec<String>,
     },
     Contended {
         locked: bool,
