@@ -66,6 +66,13 @@ impl Client {
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> ClientError {
+        if !e.is_connect() {
+            // The request may have reached the daemon: say so rather than invite a blind retry.
+            return ClientError::Failed(format!(
+                "the connection to {} broke during the call ({e}); it may or may not have taken effect",
+                self.url
+            ));
+        }
         let mut detail = e.to_string();
         let mut src = std::error::Error::source(e);
         while let Some(s) = src {

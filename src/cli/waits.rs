@@ -110,6 +110,13 @@ impl StatusLine {
     pub fn setter(&self) -> impl FnMut(&str) + Send + 'static {
         let info = self.info.clone();
         move |detail: &str| {
+            // The daemon says "waiting 5s of 50s, position 2 in line, held by X"; the line
+            // already counts the whole wait, so keep only what follows the window.
+            let detail = match detail.split_once(", ") {
+                Some((head, rest)) if head.starts_with("waiting ") => rest,
+                _ if detail.starts_with("waiting ") => "",
+                _ => detail,
+            };
             if let Ok(mut g) = info.lock() {
                 g.detail = detail.to_string();
             }
