@@ -810,3 +810,122 @@ async fn bare_airlock_on_a_pipe_is_the_bridge_and_starts_a_daemon() {
     assert_eq!(got["value"], "v");
     assert!(home.join("daemon.log").exists());
 }
+
+#[tokio::test]
+async fn install_service_without_a_systemd_user_instance_says_so_and_changes_nothing() {
+    let has_user_systemd = std::process::Command::new("systemctl")
+        .args(["--user", "show-environment"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !cfg!(target_os = "linux") || has_user_systemd {
+        eprintln!(
+            "\n*** SKIPPED: a systemd user instance is running here; this test would install a \
+             real service ***\n"
+        );
+        return;
+    }
+    let d = Daemon::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let r = ran(within(
+        30,
+        cmd(&d, &["install-service"])
+            .env("HOME", home.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .output(),
+    )
+    .await
+    .unwrap());
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no systemd user instance"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("serve >>"),
+        "the manual alternative: {}",
+        r.stderr
+    );
+    assert!(!home.path().join(".config").exists());
+}
+
+/// Slow (one full 50 s window): `airlock run --wait forever` calls again with its wake_token
+/// when the daemon's window ends, so it keeps its place ahead of a later waiter.
+#[tokio::test]
+async fn run_keeps_its_place_in_line_past_one_50s_window() {
+    let d = Daemon::start().await;
+    let held = d
+        .call(
+            "lock_resource",
+            json!({"name": "long", "agent_id": "holder"}),
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let script = format!("touch {}", marker.display());
+    let run = cmd(
+        &d,
+        &[
+            "run", "--lock", "long", "--agent", "first", "--", "sh", "-c", &script,
+        ],
+    )
+    .spawn()
+    .unwrap();
+    until_waiters(&d, "long", 1).await;
+    // A later waiter, who re-calls with its retry_with when its own window ends.
+    let later = {
+        let url = d.url.clone();
+        let token = d.token.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let call = |args: Value| {
+                let http = http.clone();
+                let url = url.clone();
+                let token = token.clone();
+                async move {
+                    let body: Value = http
+                        .post(&url)
+                        .bearer_auth(token)
+                        .header("Content-Type", "application/json")
+                        .body(
+                            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                   "params": {"name": "lock_resource", "arguments": args}})
+                            .to_string(),
+                        )
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    serde_json::from_str::<Value>(
+                        body["result"]["content"][0]["text"].as_str().unwrap(),
+                    )
+                    .unwrap()
+                }
+            };
+            let first =
+                call(json!({"name": "long", "agent_id": "second", "wait_seconds": 50})).await;
+            assert_eq!(first["locked"], false, "{first}");
+            call(first["retry_with"].clone()).await
+        })
+    };
+    until_waiters(&d, "long", 2).await;
+    // Both windows end (the run's first, at about 50 s); both call again.
+    tokio::time::sleep(Duration::from_secs(53)).await;
+    assert!(!marker.exists());
+    d.call(
+        "unlock_resource",
+        json!({"name": "long", "lock_token": held["lock_token"]}),
+    )
+    .await;
+    let status = within(60, run.wait_with_output()).await.unwrap().status;
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        marker.exists(),
+        "the run, first in line, got the lock first"
+    );
+    // Then the later waiter gets it.
+    let second = within(60, later).await.unwrap();
+    assert_eq!(second["locked"], true, "{second}");
+}

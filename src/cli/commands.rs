@@ -285,20 +285,7 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
                     Answer::no(r, why)
                 }
             } else {
-                let w = match wait {
-                    Wait::Forever => crate::core::MAX_WAIT_SECONDS as u64,
-                    Wait::Seconds(s) => s,
-                };
-                let r = c
-                    .call(
-                        "lock_resources",
-                        with_ttl(
-                            json!({"names": names, "agent_id": agent, "wait_seconds": w}),
-                            "ttl_seconds",
-                            ttl,
-                        ),
-                    )
-                    .await?;
+                let r = waits::acquire_set(c, &names, &agent, ttl, wait).await?;
                 if r["locked"] == json!(true) {
                     let human = r["tokens"]
                         .as_object()

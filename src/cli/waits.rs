@@ -49,6 +49,14 @@ fn window(deadline: Option<Instant>) -> i64 {
     }
 }
 
+/// A parked call that came back "no" much sooner than its window (the daemon is draining for
+/// shutdown, say) is not re-sent at once: a short pause keeps the loop from spinning.
+async fn pace(started: Instant, window: i64) {
+    if window > 0 && started.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// What a waiter knows about its line, for the live status line.
 #[derive(Debug, Default, Clone)]
 pub struct LineInfo {
@@ -177,6 +185,7 @@ pub async fn acquire(
         if let Some(w) = &wake {
             args["wake_token"] = json!(w);
         }
+        let started = Instant::now();
         let answer = match line {
             Some(l) if this_window > 0 => {
                 client
@@ -196,6 +205,32 @@ pub async fn acquire(
         }
         first = false;
         wake = answer["wake_token"].as_str().map(str::to_string);
+        pace(started, this_window).await;
+    }
+}
+
+/// Takes several locks all or nothing (`lock_resources`), waiting as long as `wait` says: past
+/// 50 s by calling again (a set has no place in line to keep). Returns the last answer.
+pub async fn acquire_set(
+    client: &Client,
+    names: &[String],
+    agent: &str,
+    ttl: Option<u64>,
+    wait: Wait,
+) -> Result<Value, ClientError> {
+    let deadline = wait.deadline();
+    loop {
+        let w = window(deadline);
+        let mut args = json!({"names": names, "agent_id": agent, "wait_seconds": w});
+        if let Some(t) = ttl {
+            args["ttl_seconds"] = json!(t);
+        }
+        let started = Instant::now();
+        let answer = client.call("lock_resources", args).await?;
+        if answer["locked"] == json!(true) || window(deadline) == 0 {
+            return Ok(answer);
+        }
+        pace(started, w).await;
     }
 }
 
@@ -209,6 +244,7 @@ pub async fn wait_event(
     let deadline = wait.deadline();
     loop {
         let w = window(deadline);
+        let started = Instant::now();
         let answer = client
             .call(
                 "wait_for_event",
@@ -218,6 +254,7 @@ pub async fn wait_event(
         if answer["fired"] == json!(true) || window(deadline) == 0 {
             return Ok(answer);
         }
+        pace(started, w).await;
     }
 }
 
