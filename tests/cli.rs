@@ -929,3 +929,112 @@ async fn run_keeps_its_place_in_line_past_one_50s_window() {
     let second = within(60, later).await.unwrap();
     assert_eq!(second["locked"], true, "{second}");
 }
+
+#[tokio::test]
+async fn run_renews_its_lock_while_the_command_runs() {
+    let d = Daemon::start().await;
+    let mut run = cmd(
+        &d,
+        &[
+            "run",
+            "--lock",
+            "renewed",
+            "--ttl",
+            "3",
+            "--agent",
+            "runner",
+            "--",
+            "sh",
+            "-c",
+            "echo up; read _",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut out = BufReader::new(run.stdout.take().unwrap()).lines();
+    assert_eq!(
+        within(30, out.next_line()).await.unwrap().as_deref(),
+        Some("up")
+    );
+    // More than twice the TTL: without renewal the lock would have expired.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let locks = d.call("list_locks", json!({})).await;
+    assert_eq!(locks[0]["name"], "renewed", "{locks}");
+    assert_eq!(locks[0]["agent_id"], "runner", "{locks}");
+    let mut stdin = run.stdin.take().unwrap();
+    stdin.write_all(b"done\n").await.unwrap();
+    drop(stdin);
+    assert_eq!(within(30, run.wait()).await.unwrap().code(), Some(0));
+    assert_eq!(d.call("list_locks", json!({})).await, json!([]));
+}
+
+#[tokio::test]
+async fn status_endpoint_is_behind_the_token() {
+    let d = Daemon::start().await;
+    let r = d
+        .http
+        .get(format!("{}/status", d.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = d
+        .http
+        .get(format!("{}/status", d.url))
+        .bearer_auth(&d.token)
+        .header("Origin", "https://evil.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+}
+
+#[tokio::test]
+async fn a_call_cancelled_through_the_bridge_leaves_the_line() {
+    let d = Daemon::start().await;
+    let child = TokioChildProcess::builder(bridge_command(&d.url, &d.home, &["mcp"]))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+        .0;
+    let client = within(30, ().serve(child)).await.unwrap();
+    d.call("lock_resource", json!({"name": "c", "agent_id": "a"}))
+        .await;
+    let waiting = tokio::spawn({
+        let peer = client.peer().clone();
+        async move {
+            peer.call_tool(call(
+                "lock_resource",
+                json!({"name": "c", "agent_id": "quitter", "wait_seconds": 50}),
+            ))
+            .await
+        }
+    });
+    until_waiters(&d, "c", 1).await;
+    // Dropping the request makes the rmcp client send notifications/cancelled.
+    waiting.abort();
+    within(30, async {
+        loop {
+            let v = d.call("list_locks", json!({})).await;
+            let st: Value = d
+                .http
+                .get(format!("{}/status", d.url))
+                .bearer_auth(&d.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if st["locks"][0]["waiters"] == 0 {
+                assert_eq!(v[0]["agent_id"], "a");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    within(30, client.cancel()).await.unwrap();
+}
