@@ -54,6 +54,7 @@ pub fn app(core: Coordinator, edge: EdgeConfig) -> Router {
         // The edge already checked Host and the body size, with its own clearer answers.
         .disable_allowed_hosts()
         .with_max_request_body_bytes(MAX_BODY_BYTES + 1);
+    let status_core = core.clone();
     let mcp = StreamableHttpService::new(
         move || Ok(AirlockMcp::new(core.clone())),
         Arc::new(NeverSessionManager::default()),
@@ -66,6 +67,8 @@ pub fn app(core: Coordinator, edge: EdgeConfig) -> Router {
     let mcp_routes = Router::new()
         .route_service("/", mcp.clone())
         .route_service("/mcp", mcp)
+        // Not an MCP tool: one consistent snapshot for `airlock status`, behind the same guard.
+        .route("/status", get(status).with_state(status_core))
         .layer(middleware::from_fn_with_state(state, guard));
     Router::new()
         .route("/healthz", get(healthz))
@@ -74,6 +77,15 @@ pub fn app(core: Coordinator, edge: EdgeConfig) -> Router {
 
 async fn healthz() -> Json<Value> {
     Json(json!({"ok": true, "version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// `GET /status`: every lock (with its waiters), agent, note, event and queue, from one
+/// snapshot of the engine, as JSON. For `airlock status`; agents use the `list_*` tools.
+async fn status(State(core): State<Coordinator>) -> Response {
+    match core.status().await {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => edge_error(StatusCode::SERVICE_UNAVAILABLE, -32603, &e.to_string()),
+    }
 }
 
 /// A JSON-RPC-shaped error response from the edge.

@@ -1,9 +1,31 @@
-//! The command line: `airlock serve` runs the daemon; every other command is a client of it.
+//! The command line: `airlock serve` runs the daemon; every other command is a client of it,
+//! talking to its HTTP API like any agent (it never opens `state.db`).
+//!
+//! - [`client`]: JSON-RPC over HTTP to the daemon (address, token, errors → exit codes).
+//! - [`commands`]: one shell command per tool (`lock`, `note get`, `task claim`, …).
+//! - [`waits`]: waiting past the 50 s cap (wake tokens, generations) and the live status line.
+//! - [`run`]: `airlock run --lock NAME -- CMD`, flock(1) for agents.
+//! - [`status`]: `airlock status`.
+//! - [`service`]: `install-service` / `uninstall-service`.
+//! - [`bridge`]: `airlock mcp`, the stdio bridge.
 
-use clap::{Parser, Subcommand};
+pub mod bridge;
+pub mod client;
+pub mod commands;
+pub mod run;
+pub mod service;
+pub mod status;
+pub mod waits;
+
+use std::io::IsTerminal;
+
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config;
 use crate::daemon::{self, ServeOptions};
+use client::{Client, DEFAULT_URL};
+use commands::{AgentCmd, ClientCmd, CounterCmd, EventCmd, NoteCmd, TaskCmd};
+use waits::Wait;
 
 /// Exit codes a script can branch on.
 pub mod exit {
@@ -21,9 +43,19 @@ pub mod exit {
 #[command(
     name = "airlock",
     version,
-    about = "Coordination for AI coding agents: blocking locks, shared notes and counters, presence, events and a leased task queue, over MCP"
+    about = "Coordination for AI coding agents: blocking locks, shared notes and counters, presence, events and a leased task queue, over MCP",
+    after_help = "Exit codes: 0 ok; 1 no (not acquired, not found, timed out, lease lost); 2 usage or \
+                  bad arguments; 3 daemon unreachable, unauthorized or failing. `airlock run` exits \
+                  with its command's status.\n\nWith no command and a non-terminal stdin, airlock \
+                  acts as the stdio MCP bridge (`airlock mcp`)."
 )]
 pub struct Cli {
+    /// The daemon's address.
+    #[arg(long, global = true, env = "AIRLOCK_URL", default_value = DEFAULT_URL)]
+    pub url: String,
+    /// Print the daemon's answer as JSON (for scripts).
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -39,11 +71,99 @@ pub enum Command {
         #[arg(long)]
         require_token: bool,
     },
+    /// Show locks (with waiters), agents, notes, events and task queues.
+    Status,
+    /// Install and start the always-on service (systemd user unit / LaunchAgent).
+    InstallService {
+        /// Show what would be written and run, and change nothing.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Stop and remove the service (the state directory is kept).
+    UninstallService {
+        /// Show what would be removed and run, and change nothing.
+        #[arg(long)]
+        print: bool,
+    },
+    /// The stdio MCP bridge: MCP on stdin/stdout, forwarded to the daemon (started if needed).
+    Mcp,
+    /// Hold locks while a command runs: `airlock run --lock NAME -- CMD ARGS…`.
+    Run(run::RunArgs),
+    /// Take a lock and print its token (several names: all or nothing, one "NAME TOKEN" per line).
+    Lock {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Seconds to wait for it, or `forever` (past 50 s by keeping one's place in line).
+        #[arg(long, default_value = "0")]
+        wait: Wait,
+        /// Lock TTL in seconds (default 900).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// The agent id to hold it as (default cli:USER@HOST:PID).
+        #[arg(long, env = "AIRLOCK_AGENT")]
+        agent: Option<String>,
+    },
+    /// Release a lock.
+    Unlock {
+        name: String,
+        /// The lock_token from `airlock lock`.
+        #[arg(long)]
+        token: Option<String>,
+        /// v1: release by holder identity instead.
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// Extend a lock you hold.
+    Renew {
+        name: String,
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// List held locks.
+    Locks,
+    /// Shared notes: get, set, list, delete, cas.
+    #[command(subcommand)]
+    Note(NoteCmd),
+    /// Collision-free counters.
+    #[command(subcommand)]
+    Counter(CounterCmd),
+    /// Presence: register, unregister, list.
+    #[command(subcommand)]
+    Agent(AgentCmd),
+    /// List live agents.
+    Agents,
+    /// Generation-counted events: signal, wait, clear.
+    #[command(subcommand)]
+    Event(EventCmd),
+    /// The leased task queue: push, claim, complete, fail, extend, list.
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// Call any tool with JSON arguments (`-` reads them from stdin); prints its answer.
+    Call { tool: String, args: Option<String> },
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("airlock: cannot start the async runtime: {e}");
+            None
+        }
+    }
 }
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
-    match cli.command {
+    let Some(rt) = runtime() else {
+        return exit::UNAVAILABLE;
+    };
+    let client = Client::new(&cli.url);
+    let json = cli.json;
+    let cmd = match cli.command {
         Some(Command::Serve {
             listen,
             require_token,
@@ -53,25 +173,57 @@ pub fn run(cli: Cli) -> i32 {
                 home: config::home_dir(),
                 require_token,
             };
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("airlock: cannot start the async runtime: {e}");
-                    return exit::UNAVAILABLE;
-                }
-            };
-            match rt.block_on(daemon::serve(opts)) {
+            return match rt.block_on(daemon::serve(opts)) {
                 Ok(()) => exit::OK,
                 Err(e) => {
                     eprintln!("airlock: {e:#}");
-                    1
+                    exit::NO
                 }
-            }
+            };
+        }
+        None if !std::io::stdin().is_terminal() => {
+            return rt.block_on(bridge::run(client));
         }
         None => {
-            use clap::CommandFactory;
             let _ = Cli::command().print_help();
-            exit::USAGE
+            return exit::USAGE;
         }
-    }
+        Some(Command::Mcp) => return rt.block_on(bridge::run(client)),
+        Some(Command::Status) => return rt.block_on(status::run(&client, json)),
+        Some(Command::InstallService { print }) => return service::install(print),
+        Some(Command::UninstallService { print }) => return service::uninstall(print),
+        Some(Command::Run(args)) => return rt.block_on(run::run(&client, args)),
+        Some(Command::Lock {
+            names,
+            wait,
+            ttl,
+            agent,
+        }) => ClientCmd::Lock {
+            names,
+            wait,
+            ttl,
+            agent,
+        },
+        Some(Command::Unlock { name, token, agent }) => ClientCmd::Unlock { name, token, agent },
+        Some(Command::Renew {
+            name,
+            token,
+            agent,
+            ttl,
+        }) => ClientCmd::Renew {
+            name,
+            token,
+            agent,
+            ttl,
+        },
+        Some(Command::Locks) => ClientCmd::Locks,
+        Some(Command::Note(n)) => ClientCmd::Note(n),
+        Some(Command::Counter(c)) => ClientCmd::Counter(c),
+        Some(Command::Agent(a)) => ClientCmd::Agent(a),
+        Some(Command::Agents) => ClientCmd::Agents,
+        Some(Command::Event(e)) => ClientCmd::Event(e),
+        Some(Command::Task(t)) => ClientCmd::Task(t),
+        Some(Command::Call { tool, args }) => ClientCmd::Call { tool, args },
+    };
+    rt.block_on(commands::run(&client, cmd, json))
 }

@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use crate::core::{Coordinator, CoreError, CoreResult, HolderProof, ProgressFn, WaitReport};
 use args::Args;
 
-const INSTRUCTIONS: &str = "airlock coordinates agents working on one repository or machine. \
+pub const INSTRUCTIONS: &str = "airlock coordinates agents working on one repository or machine. \
 Take a named lock before touching a shared resource (lock_resource with wait_seconds up to 50 \
 blocks in the daemon until it frees; never poll), release it with its lock_token. Share state with \
 notes (set_note_if for compare-and-swap) and increment_counter for unique numbers. Heartbeat with \

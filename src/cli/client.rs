@@ -1,0 +1,321 @@
+//! The CLI's way to the daemon: plain JSON-RPC `tools/call` POSTs (and `GET /status`) over HTTP,
+//! exactly as any agent would. It never opens `state.db`.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::exit;
+use crate::config;
+
+/// The default daemon address.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:27183";
+
+/// Why a call did not produce a tool result.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answered at the address (refused, timed out connecting, reset).
+    #[error("no airlock daemon answers at {url} ({detail}); start one with `airlock serve` or `airlock install-service`")]
+    Unreachable { url: String, detail: String },
+    /// The daemon refused the token.
+    #[error("the daemon at {url} refused the token: set AIRLOCK_TOKEN, or make sure AIRLOCK_HOME points at the daemon's state directory (its token file is read from there)")]
+    Unauthorized { url: String },
+    /// The daemon refused the arguments (a tool error or a JSON-RPC error).
+    #[error("{0}")]
+    Refused(String),
+    /// The daemon failed (storage, shutting down) or answered something unreadable.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ClientError {
+    /// The exit code a script sees for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ClientError::Refused(_) => exit::USAGE,
+            _ => exit::UNAVAILABLE,
+        }
+    }
+}
+
+/// A client of one daemon.
+#[derive(Clone)]
+pub struct Client {
+    pub url: String,
+    http: reqwest::Client,
+    next_id: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Client {
+    pub fn new(url: &str) -> Client {
+        let http = reqwest::Client::builder()
+            // Parked calls last up to 50 s; only connecting is bounded.
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Client {
+            url: url.trim_end_matches('/').to_string(),
+            http,
+            next_id: Default::default(),
+        }
+    }
+
+    /// The token, read fresh each time: a daemon started a moment ago may just have written it.
+    fn token() -> Option<String> {
+        config::client_token().map(|t| t.expose().to_string())
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> ClientError {
+        if !e.is_connect() {
+            // The request may have reached the daemon: say so rather than invite a blind retry.
+            return ClientError::Failed(format!(
+                "the connection to {} broke during the call ({e}); it may or may not have taken effect",
+                self.url
+            ));
+        }
+        let mut detail = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(s) = src {
+            detail = s.to_string();
+            src = s.source();
+        }
+        ClientError::Unreachable {
+            url: self.url.clone(),
+            detail,
+        }
+    }
+
+    fn with_auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match Self::token() {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    /// Posts one JSON-RPC request and returns its `result`.
+    pub async fn rpc(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+        self.rpc_with_progress(method, params, |_| {}).await
+    }
+
+    /// Calls a tool asking for progress reports; `on_progress` hears each report's message
+    /// (e.g. "waiting 5s of 50s, position 2 in line, held by agent:a") while the call is parked.
+    pub async fn call_with_progress(
+        &self,
+        tool: &str,
+        args: Value,
+        mut on_progress: impl FnMut(&str),
+    ) -> Result<Value, ClientError> {
+        let params = json!({"name": tool, "arguments": args, "_meta": {"progressToken": 1}});
+        let result = self
+            .rpc_with_progress("tools/call", params, |p| {
+                if let Some(m) = p["message"].as_str() {
+                    on_progress(m)
+                }
+            })
+            .await?;
+        tool_text(tool, result)
+    }
+
+    /// Posts one JSON-RPC request and returns its `result`; if the daemon streams progress
+    /// notifications first (it does when `params._meta.progressToken` is set and the call parks),
+    /// `on_progress` hears each one's `params`.
+    pub async fn rpc_with_progress(
+        &self,
+        method: &str,
+        params: Value,
+        mut on_progress: impl FnMut(&Value),
+    ) -> Result<Value, ClientError> {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let rb = self
+            .http
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
+            .body(body.to_string());
+        let mut resp = self
+            .with_auth(rb)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(ClientError::Unauthorized {
+                url: self.url.clone(),
+            });
+        }
+        let sse = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !sse {
+            let text = resp.text().await.map_err(|e| self.unreachable(&e))?;
+            return envelope_result(&self.url, status, &text);
+        }
+        // Server-sent events: `data:` lines, events separated by a blank line.
+        let mut buf = String::new();
+        loop {
+            let chunk = resp.chunk().await.map_err(|e| self.unreachable(&e))?;
+            let Some(chunk) = chunk else {
+                return Err(ClientError::Failed(format!(
+                    "{} closed the stream before answering {method}",
+                    self.url
+                )));
+            };
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let event: String = buf.drain(..end + 2).collect();
+                let data: String = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|l| l.trim_start())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                let Ok(msg) = serde_json::from_str::<Value>(&data) else {
+                    continue;
+                };
+                if msg["method"] == "notifications/progress" {
+                    on_progress(&msg["params"]);
+                } else if msg.get("result").is_some() || msg.get("error").is_some() {
+                    return envelope_result(&self.url, status, &data);
+                }
+            }
+        }
+    }
+
+    /// Calls a tool; returns `content[0].text` parsed as JSON.
+    pub async fn call(&self, tool: &str, args: Value) -> Result<Value, ClientError> {
+        let result = self
+            .rpc("tools/call", json!({"name": tool, "arguments": args}))
+            .await?;
+        tool_text(tool, result)
+    }
+
+    /// Whether a daemon answers `/healthz` at the address.
+    pub async fn healthy(&self) -> bool {
+        let base = self
+            .url
+            .strip_suffix("/mcp")
+            .unwrap_or(&self.url)
+            .to_string();
+        match self
+            .http
+            .get(format!("{base}/healthz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            Ok(r) => r.status().is_success(),
+            Err(_) => false,
+        }
+    }
+
+    /// `GET /status`: the daemon's whole state in one snapshot.
+    pub async fn status(&self) -> Result<Value, ClientError> {
+        let base = self.url.strip_suffix("/mcp").unwrap_or(&self.url);
+        let rb = self.http.get(format!("{base}/status"));
+        let resp = self
+            .with_auth(rb)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(ClientError::Unauthorized {
+                url: self.url.clone(),
+            });
+        }
+        let text = resp.text().await.map_err(|e| self.unreachable(&e))?;
+        let v: Value = serde_json::from_str(&text).map_err(|_| {
+            ClientError::Failed(format!(
+                "{base}/status answered HTTP {status}: {}",
+                text.chars().take(200).collect::<String>()
+            ))
+        })?;
+        if !status.is_success() {
+            let msg = v["error"]["message"].as_str().unwrap_or("unknown error");
+            return Err(ClientError::Failed(msg.to_string()));
+        }
+        Ok(v)
+    }
+
+    /// `host:port` of the URL, for display and for starting a daemon that listens there.
+    pub fn authority(&self) -> String {
+        authority_of(&self.url)
+    }
+}
+
+/// A JSON-RPC response body → its `result`, or the error it carries.
+fn envelope_result(
+    url: &str,
+    status: reqwest::StatusCode,
+    text: &str,
+) -> Result<Value, ClientError> {
+    let v: Value = serde_json::from_str(text).map_err(|_| {
+        ClientError::Failed(format!(
+            "{url} answered HTTP {status} with something that is not JSON-RPC: {}",
+            text.chars().take(200).collect::<String>()
+        ))
+    })?;
+    if let Some(err) = v.get("error") {
+        let msg = err["message"]
+            .as_str()
+            .unwrap_or("unknown error")
+            .to_string();
+        return Err(if status.is_server_error() {
+            ClientError::Failed(msg)
+        } else {
+            ClientError::Refused(msg)
+        });
+    }
+    Ok(v.get("result").cloned().unwrap_or(Value::Null))
+}
+
+/// A `tools/call` result → `content[0].text` parsed as JSON. A tool error becomes `Refused`
+/// (bad arguments) or `Failed` (the daemon's storage failed or it is shutting down).
+fn tool_text(tool: &str, result: Value) -> Result<Value, ClientError> {
+    let text = result["content"][0]["text"].as_str().unwrap_or_default();
+    if result["isError"] == json!(true) {
+        let failed = text.starts_with("storage error") || text.contains("shutting down");
+        return Err(if failed {
+            ClientError::Failed(text.to_string())
+        } else {
+            ClientError::Refused(text.to_string())
+        });
+    }
+    serde_json::from_str(text)
+        .map_err(|e| ClientError::Failed(format!("{tool} answered unreadable text ({e}): {text}")))
+}
+
+/// `http://HOST:PORT/path` → `HOST:PORT` (port 80 when absent).
+pub fn authority_of(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let auth = rest.split('/').next().unwrap_or(rest);
+    let has_port = if let Some(v6) = auth.strip_prefix('[') {
+        v6.contains("]:")
+    } else {
+        auth.contains(':')
+    };
+    if has_port {
+        auth.to_string()
+    } else {
+        format!("{auth}:80")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities() {
+        assert_eq!(authority_of("http://127.0.0.1:27183"), "127.0.0.1:27183");
+        assert_eq!(authority_of("http://localhost:9/mcp"), "localhost:9");
+        assert_eq!(authority_of("http://[::1]:5/"), "[::1]:5");
+        assert_eq!(authority_of("http://example"), "example:80");
+    }
+}

@@ -1,0 +1,194 @@
+//! `airlock status`: the daemon's whole state, from one snapshot (`GET /status`), in the seed's
+//! layout, or as JSON for scripts.
+
+use serde_json::Value;
+
+use super::client::{Client, ClientError};
+use super::exit;
+
+pub async fn run(client: &Client, json: bool) -> i32 {
+    match client.status().await {
+        Ok(v) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", render(&client.authority(), &v));
+            }
+            exit::OK
+        }
+        Err(e) => {
+            match &e {
+                ClientError::Unreachable { url, .. } => eprintln!(
+                    "airlock: no daemon answers at {url}; start one with `airlock serve` (foreground) \
+                     or `airlock install-service` (always on)"
+                ),
+                other => eprintln!("airlock: {other}"),
+            }
+            e.exit_code()
+        }
+    }
+}
+
+/// One line of a value, shortened for a table.
+fn short(s: &str, max: usize) -> String {
+    let one_line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if one_line.chars().count() > max {
+        let cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
+    } else {
+        one_line
+    }
+}
+
+fn items(v: &Value, key: &str) -> Vec<Value> {
+    v[key].as_array().cloned().unwrap_or_default()
+}
+
+fn str_of(v: &Value, key: &str) -> String {
+    match &v[key] {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn int(v: &Value, key: &str) -> i64 {
+    v[key].as_i64().unwrap_or(0)
+}
+
+/// Renders a `StatusView` (as JSON) in the seed's layout.
+pub fn render(authority: &str, v: &Value) -> String {
+    let mut out = format!("Airlock — {authority}\n");
+    let mut section = |title: &str, rows: Vec<String>| {
+        out.push_str(&format!("\n{title} ({})\n", rows.len()));
+        if rows.is_empty() {
+            out.push_str("  (none)\n");
+        }
+        for r in rows {
+            out.push_str(&format!("  {r}\n"));
+        }
+    };
+
+    let locks = items(v, "locks")
+        .iter()
+        .map(|l| {
+            let mut row = format!(
+                "{:<28} held by {:<24} expires in {}s  fence {}",
+                short(&str_of(l, "name"), 28),
+                short(&str_of(l, "agent_id"), 24),
+                int(l, "expires_in_seconds"),
+                int(l, "fence"),
+            );
+            let w = int(l, "waiters");
+            if w > 0 {
+                row.push_str(&format!("  {w} waiting"));
+            }
+            row
+        })
+        .collect();
+    section("LOCKS", locks);
+
+    let agents = items(v, "agents")
+        .iter()
+        .map(|a| {
+            format!(
+                "{:<28} expires in {}s  locks {}  leases {}",
+                short(&str_of(a, "agent_id"), 28),
+                int(a, "expires_in_seconds"),
+                int(a, "locks_held"),
+                int(a, "leases_held"),
+            )
+        })
+        .collect();
+    section("AGENTS", agents);
+
+    let notes = items(v, "notes")
+        .iter()
+        .map(|n| {
+            let mut row = format!(
+                "{:<28} = {}",
+                short(&str_of(n, "key"), 28),
+                short(&str_of(n, "value"), 48)
+            );
+            let mut extra = Vec::new();
+            if let Some(a) = n["author"].as_str() {
+                extra.push(format!("by {}", short(a, 24)));
+            }
+            if let Some(e) = n["expires_in_seconds"].as_i64() {
+                extra.push(format!("expires in {e}s"));
+            }
+            if !extra.is_empty() {
+                row.push_str(&format!("  ({})", extra.join(", ")));
+            }
+            row
+        })
+        .collect();
+    section("NOTES", notes);
+
+    let events = items(v, "events")
+        .iter()
+        .map(|e| {
+            let mut row = format!(
+                "{:<28} generation {}",
+                short(&str_of(e, "name"), 28),
+                int(e, "generation")
+            );
+            let cleared = int(e, "cleared_at_generation");
+            if cleared > 0 {
+                row.push_str(&format!("  (cleared at {cleared})"));
+            }
+            let w = int(e, "waiters");
+            if w > 0 {
+                row.push_str(&format!("  {w} waiting"));
+            }
+            row
+        })
+        .collect();
+    section("EVENTS", events);
+
+    let queues = items(v, "queues")
+        .iter()
+        .map(|q| {
+            let mut row = format!(
+                "{:<28} pending {}  claimed {}  completed {}  failed {}",
+                short(&str_of(q, "queue"), 28),
+                int(q, "pending"),
+                int(q, "claimed"),
+                int(q, "completed"),
+                int(q, "failed"),
+            );
+            let w = int(q, "waiting_claimers");
+            if w > 0 {
+                row.push_str(&format!("  {w} waiting to claim"));
+            }
+            row
+        })
+        .collect();
+    section("TASKS", queues);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn empty_sections_say_none() {
+        let v = json!({"locks": [], "agents": [], "notes": [], "events": [], "queues": []});
+        let out = render("127.0.0.1:27183", &v);
+        assert!(out.starts_with("Airlock — 127.0.0.1:27183\n\nLOCKS (0)\n  (none)\n"));
+        for s in ["AGENTS (0)", "NOTES (0)", "EVENTS (0)", "TASKS (0)"] {
+            assert!(out.contains(&format!("\n{s}\n  (none)\n")), "{out}");
+        }
+    }
+
+    #[test]
+    fn values_are_one_line_and_short() {
+        assert_eq!(short("a\nb", 10), "a b");
+        assert_eq!(short("abcdef", 4), "abc…");
+    }
+}
