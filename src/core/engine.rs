@@ -2372,7 +2372,11 @@ mod tests {
             .try_recv()
             .unwrap()
             .unwrap();
-        assert_eq!(a1, a2);
+        // Same token and fence; only the first was a new grant.
+        let as_json = |o: &LockOutcome| serde_json::to_value(o).unwrap();
+        assert_eq!(as_json(&a1), as_json(&a2));
+        assert!(matches!(a1, LockOutcome::Granted { fresh: true, .. }));
+        assert!(matches!(a2, LockOutcome::Granted { fresh: false, .. }));
     }
 
     #[test]
