@@ -592,3 +592,54 @@ fn check_proof(proof: &HolderProof) -> CoreResult<()> {
         HolderProof::Agent(a) => check_name("agent_id", a),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::MonotonicClock;
+    use crate::store::sqlite::SqliteStore;
+
+    fn start() -> (Coordinator, EngineThread) {
+        let store = SqliteStore::open_in_memory().unwrap();
+        Coordinator::start(Box::new(store), Arc::new(MonotonicClock::new())).unwrap()
+    }
+
+    /// A grant that reached a parked call whose caller left before reading it is released,
+    /// and the lock goes on to the next in line.
+    #[tokio::test]
+    async fn an_unread_grant_is_released() {
+        let (core, _engine) = start();
+        let held = core
+            .lock_resource("x".into(), "a".into(), None, None, None, None)
+            .await
+            .unwrap();
+        let LockOutcome::Granted { lock_token, .. } = held else {
+            panic!("expected a grant")
+        };
+        let mut b =
+            Box::pin(core.lock_resource("x".into(), "b".into(), None, Some(30), None, None));
+        assert!(futures::poll!(b.as_mut()).is_pending(), "b parks");
+        let c = tokio::spawn({
+            let core = core.clone();
+            async move {
+                core.lock_resource("x".into(), "c".into(), None, Some(30), None, None)
+                    .await
+            }
+        });
+        // Wait until c stands in line behind b.
+        while core.list_locks().await.unwrap()[0].waiters < 2 {
+            tokio::task::yield_now().await;
+        }
+        let released = core
+            .unlock_resource("x".into(), HolderProof::Token(lock_token))
+            .await
+            .unwrap();
+        assert!(released.released);
+        // b has been answered with the grant but never reads it: it goes away.
+        drop(b);
+        let granted_c = c.await.unwrap().unwrap();
+        assert!(matches!(granted_c, LockOutcome::Granted { fence: 3, .. }));
+        let locks = core.list_locks().await.unwrap();
+        assert_eq!(locks[0].agent_id, "c");
+    }
+}
