@@ -50,10 +50,38 @@ async fn serve_expecting_refusal(home: &Path, listen: &str) -> Output {
 }
 
 /// Spawns a daemon with custom environment and returns it with its URL (read from stdout).
-async fn spawn_with_env(home: &Path, env: &[(&str, &str)]) -> (Child, String) {
-    let mut cmd = serve_cmd(home, "127.0.0.1:0", env);
+async fn spawn_with_env(home: &Path, env: &[(&str, &str)]) -> (Reaped, String) {
+    spawn_on(home, "127.0.0.1:0", env).await
+}
+
+/// A spawned daemon that is SIGKILLed when dropped, so a failing test leaves nothing running.
+struct Reaped(Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns a daemon on `listen` and returns it with its URL (read from stdout).
+async fn spawn_on(home: &Path, listen: &str, env: &[(&str, &str)]) -> (Reaped, String) {
+    let mut cmd = serve_cmd(home, listen, env);
     cmd.stderr(Stdio::inherit());
-    let mut child = cmd.spawn().expect("spawn");
+    let mut child = Reaped(cmd.spawn().expect("spawn"));
     let stdout = child.stdout.take().unwrap();
     let url = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
@@ -500,4 +528,46 @@ async fn sigterm_right_after_the_announcement_is_a_clean_stop() {
             "killed by SIGTERM instead of stopping cleanly"
         );
     }
+}
+
+#[tokio::test]
+async fn a_connected_rmcp_client_survives_a_daemon_restart() {
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::ServiceExt;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let (mut first, url) = spawn_on(&home, "127.0.0.1:0", &[]).await;
+    let token = std::fs::read_to_string(home.join("token")).unwrap();
+    let cfg = StreamableHttpClientTransportConfig::with_uri(url.clone()).auth_header(token);
+    let client = within(
+        30,
+        ().serve(StreamableHttpClientTransport::from_config(cfg)),
+    )
+    .await
+    .expect("initialize");
+    let inc = || {
+        CallToolRequestParams::new("increment_counter")
+            .with_arguments(json!({"name": "c"}).as_object().unwrap().clone())
+    };
+    let r = within(30, client.call_tool(inc())).await.unwrap();
+    assert_eq!(r.structured_content, Some(json!({"value": 1})));
+
+    // Restart on the same address; the client keeps its (stateless) connection settings.
+    unsafe {
+        libc::kill(first.id() as i32, libc::SIGTERM);
+    }
+    assert_eq!(first.wait().unwrap().code(), Some(0));
+    let listen = url.strip_prefix("http://").unwrap().to_string();
+    let (mut second, url2) = spawn_on(&home, &listen, &[]).await;
+    assert_eq!(url2, url);
+    let r = within(30, client.call_tool(inc()))
+        .await
+        .expect("the same client works against the restarted daemon");
+    assert_eq!(r.structured_content, Some(json!({"value": 2})));
+    let _ = client.cancel().await;
+    second.kill().unwrap();
+    second.wait().unwrap();
 }
