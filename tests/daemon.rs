@@ -179,6 +179,9 @@ async fn healthz_answers_without_auth_and_reveals_nothing_else() {
         let text = r.text().await.unwrap();
         assert!(status == 404 || status == 401, "{path}: {status} {text}");
         assert!(!text.contains(&d.token), "{path} leaked the token");
+        if path == "/status" {
+            continue; // `airlock status` reads it, behind the token.
+        }
         // Even with the token there is no OAuth metadata or other document to find.
         let r = reqwest::Client::new()
             .get(format!("{}{path}", d.url))

@@ -38,7 +38,11 @@ impl Raw {
 /// Sends exactly `head` (request line and headers, CRLF-separated, without the blank line) and
 /// `body` over a fresh TCP connection, so the test controls every header byte.
 async fn raw_post(d: &Daemon, path: &str, headers: &[String], body: &str) -> Raw {
-    let addr = d.url.strip_prefix("http://").unwrap().to_string();
+    raw_post_to(d.url.strip_prefix("http://").unwrap(), path, headers, body).await
+}
+
+/// [`raw_post`] to `addr` (`host:port`).
+async fn raw_post_to(addr: &str, path: &str, headers: &[String], body: &str) -> Raw {
     let mut req = format!("POST {path} HTTP/1.1\r\n");
     for h in headers {
         req.push_str(h);
@@ -371,5 +375,96 @@ async fn malformed_json_gets_parse_error_and_a_huge_body_gets_413() {
     assert_eq!(
         d.call("increment_counter", json!({"name": "c"})).await,
         json!({"value": 1})
+    );
+}
+
+/// A daemon started with a custom `--listen`, SIGKILLed on drop.
+struct Custom {
+    child: std::process::Child,
+    port: String,
+    token: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for Custom {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `airlock serve --listen ADDR` on a fresh home.
+async fn serve_on(listen: &str) -> Custom {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let mut child = std::process::Command::new(common::airlock_bin())
+        .args(["serve", "--listen", listen])
+        .env("AIRLOCK_HOME", &home)
+        .env_remove("AIRLOCK_TOKEN")
+        .env_remove("AIRLOCK_LISTEN")
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let announced = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line.trim().to_string()
+    })
+    .await
+    .unwrap();
+    let port = announced.rsplit(':').next().unwrap().to_string();
+    let token = std::fs::read_to_string(home.join("token")).unwrap();
+    Custom {
+        child,
+        port,
+        token: token.trim().to_string(),
+        _tmp: tmp,
+    }
+}
+
+#[tokio::test]
+async fn listening_on_every_address_accepts_ip_hosts_but_requires_the_token() {
+    let d = serve_on("0.0.0.0:0").await;
+    let (port, token) = (d.port.clone(), d.token.clone());
+    let addr = format!("127.0.0.1:{port}");
+    let body = tool_call("increment_counter", json!({"name": "c"}));
+    // A remote client addresses the machine by one of its IPs.
+    for h in [format!("192.0.2.7:{port}"), format!("[2001:db8::1]:{port}")] {
+        let with = [format!("Host: {h}"), JSON_CT.into(), bearer(&token)];
+        let r = raw_post_to(&addr, "/", &with, &body).await;
+        assert_eq!(r.status, 200, "Host {h}: {}", r.body);
+        let without = [format!("Host: {h}"), JSON_CT.into()];
+        let r = raw_post_to(&addr, "/", &without, &body).await;
+        assert_eq!(r.status, 401, "Host {h} without the token");
+    }
+    // A DNS name that is not loopback is still a rebinding risk.
+    let evil = [
+        format!("Host: evil.example:{port}"),
+        JSON_CT.into(),
+        bearer(&token),
+    ];
+    let r = raw_post_to(&addr, "/", &evil, &body).await;
+    assert_eq!(r.status, 403);
+    let r = raw_post_to(
+        &addr,
+        "/",
+        &[
+            format!("Host: 127.0.0.1:{port}"),
+            JSON_CT.into(),
+            bearer(&token),
+        ],
+        &body,
+    )
+    .await;
+    let text = r.json()["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!({"value": 3})
     );
 }
