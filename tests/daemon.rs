@@ -574,3 +574,87 @@ async fn a_connected_rmcp_client_survives_a_daemon_restart() {
     second.kill().unwrap();
     second.wait().unwrap();
 }
+
+#[tokio::test]
+async fn a_loosened_token_file_is_made_private_again_and_an_empty_one_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let mut d = Daemon::start_in(&home).await;
+    let token = d.token.clone();
+    assert_eq!(d.stop(), Some(0));
+    std::fs::set_permissions(home.join("token"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut d = Daemon::start_in(&home).await;
+    assert_eq!(d.token, token);
+    assert_eq!(mode(&home.join("token")), 0o600);
+    assert_eq!(d.stop(), Some(0));
+
+    std::fs::write(home.join("token"), "  \n").unwrap();
+    let out = serve_expecting_refusal(&home, "127.0.0.1:0").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "served with an empty token");
+    assert!(
+        stderr.contains("token") && stderr.contains("empty"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_state_path_that_is_a_file_is_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("not-a-dir");
+    std::fs::write(&home, "x").unwrap();
+    let out = serve_expecting_refusal(&home, "127.0.0.1:0").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("state directory") && stderr.contains("not-a-dir"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn sigint_stops_cleanly_and_airlock_listen_sets_the_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let mut cmd = Command::new(airlock_bin());
+    cmd.arg("serve")
+        .env("AIRLOCK_HOME", &home)
+        .env("AIRLOCK_LISTEN", "127.0.0.1:0")
+        .env_remove("AIRLOCK_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped());
+    let mut child = Reaped(cmd.spawn().unwrap());
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("airlock listening on ")
+        .unwrap()
+        .to_string();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && !url.ends_with(":27183"),
+        "{url}"
+    );
+    let token = std::fs::read_to_string(home.join("token")).unwrap();
+    let (status, _) =
+        post_status(&url, Some(token.trim()), tool_call("list_notes", json!({}))).await;
+    assert_eq!(status, 200);
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(std::time::Instant::now() < deadline, "no exit after SIGINT");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(code, Some(0));
+}

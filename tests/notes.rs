@@ -990,3 +990,42 @@ mod rmcp_client {
         .await;
     }
 }
+
+#[tokio::test]
+async fn expired_notes_are_removed_from_disk_and_stay_gone_after_a_restart() {
+    let mut d = Daemon::start().await;
+    let tmp = d.take_tmp();
+    let home = d.home.clone();
+    d.call(
+        "set_note",
+        json!({"key": "short", "value": "x", "ttl_seconds": 1}),
+    )
+    .await;
+    d.call("set_note", json!({"key": "long", "value": "y"}))
+        .await;
+    assert_eq!(d.stop(), Some(0));
+    // Past the expiry while the daemon is down (generous margin).
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let d = Daemon::start_in(&home).await;
+    assert_eq!(
+        d.call("get_note", json!({"key": "short"})).await,
+        json!({"found": false})
+    );
+    assert_eq!(
+        d.call("list_notes", json!({})).await,
+        json!([{"key": "long", "value": "y"}])
+    );
+    // Housekeeping runs at start: the expired row is gone from the file, the live one is not.
+    let conn = rusqlite::Connection::open(home.join("state.db")).unwrap();
+    let count = |key: &str| -> i64 {
+        conn.query_row("SELECT count(*) FROM notes WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(count("long"), 1);
+    assert_eq!(count("short"), 0, "the expired note is still on disk");
+    drop(conn);
+    drop(d);
+    drop(tmp);
+}
