@@ -13,6 +13,25 @@ use serde_json::{json, Value};
 /// A note's value that a contract-breaking answer would not produce by accident.
 const V: &str = "v-\u{e9}\u{1F512}";
 
+/// Checks that `expires_in_seconds` lies in `(ttl - 30)..=ttl` (a loaded machine may take a while
+/// between the write and the read) and replaces it with `ttl`, so the shape can be compared exactly.
+fn settle_ttl(mut v: Value, ttl: i64) -> Value {
+    let items: Vec<&mut Value> = match &mut v {
+        Value::Array(a) => a.iter_mut().collect(),
+        other => vec![other],
+    };
+    for item in items {
+        if let Some(left) = item.get("expires_in_seconds").and_then(Value::as_i64) {
+            assert!(
+                (ttl - 30..=ttl).contains(&left),
+                "expires_in_seconds {left}, ttl {ttl}"
+            );
+            item["expires_in_seconds"] = json!(ttl);
+        }
+    }
+    v
+}
+
 #[tokio::test]
 async fn set_get_list_delete_have_the_contract_shapes() {
     let d = Daemon::start().await;
@@ -37,13 +56,13 @@ async fn set_get_list_delete_have_the_contract_shapes() {
         .await,
         json!({"saved": true})
     );
-    let b = d.call("get_note", json!({"key": "b"})).await;
+    let b = settle_ttl(d.call("get_note", json!({"key": "b"})).await, 600);
     assert_eq!(
         b,
         json!({"key": "b", "value": "", "author": "agent:x", "expires_in_seconds": 600})
     );
     assert_eq!(
-        d.call("list_notes", json!({})).await,
+        settle_ttl(d.call("list_notes", json!({})).await, 600),
         json!([
             {"key": "a", "value": V},
             {"key": "b", "value": "", "author": "agent:x", "expires_in_seconds": 600}
@@ -121,7 +140,7 @@ async fn set_note_if_compares_and_swaps_with_absent_as_empty() {
         json!({"swapped": true})
     );
     assert_eq!(
-        d.call("get_note", json!({"key": "k"})).await,
+        settle_ttl(d.call("get_note", json!({"key": "k"})).await, 100),
         json!({"key": "k", "value": "3", "author": "cas", "expires_in_seconds": 100})
     );
     // A note holding "" is indistinguishable from an absent one for CAS.
@@ -163,15 +182,23 @@ async fn set_note_if_races_have_exactly_one_winner() {
 #[tokio::test]
 async fn a_note_expires_at_its_ttl_for_every_reader() {
     let d = Daemon::start().await;
+    d.call("set_note", json!({"key": "long", "value": "y"}))
+        .await;
+    let sent = std::time::Instant::now();
     d.call(
         "set_note",
         json!({"key": "short", "value": "x", "ttl_seconds": 1}),
     )
     .await;
-    d.call("set_note", json!({"key": "long", "value": "y"}))
-        .await;
     let live = d.call("get_note", json!({"key": "short"})).await;
-    assert_eq!(live["expires_in_seconds"], json!(1), "{live}");
+    // The note was set no earlier than `sent`, so it must still be live if the read was answered
+    // within its second (on a machine too loaded for that, the check proves nothing and is skipped).
+    if sent.elapsed() < Duration::from_millis(900) {
+        assert_eq!(
+            live,
+            json!({"key": "short", "value": "x", "expires_in_seconds": 1})
+        );
+    }
     // Generous margin past the 1 s TTL.
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(
@@ -187,20 +214,16 @@ async fn a_note_expires_at_its_ttl_for_every_reader() {
         json!({"deleted": false})
     );
     // CAS sees the expired note as "".
+    let sent = std::time::Instant::now();
     d.call(
         "set_note",
         json!({"key": "short2", "value": "x", "ttl_seconds": 1}),
     )
     .await;
-    assert_eq!(
-        d.call(
-            "set_note_if",
-            json!({"key": "short2", "expected_value": "", "new_value": "z"})
-        )
-        .await,
-        json!({"swapped": false}),
-        "the note is live right after it was set"
-    );
+    let early = d.call("get_note", json!({"key": "short2"})).await;
+    if sent.elapsed() < Duration::from_millis(900) {
+        assert_eq!(early["value"], json!("x"), "live right after it was set");
+    }
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(
         d.call(
@@ -477,8 +500,9 @@ async fn limits_are_enforced_with_errors_naming_field_and_rule_and_change_nothin
     }
     let got = d.call("get_note", json!({"key": k512})).await;
     assert_eq!(got["value"].as_str().unwrap().len(), 256 * 1024);
+    let t30d = d.call("get_note", json!({"key": "t30d"})).await;
     assert_eq!(
-        d.call("get_note", json!({"key": "t30d"})).await["expires_in_seconds"],
+        settle_ttl(t30d, 2_592_000)["expires_in_seconds"],
         json!(2_592_000)
     );
 }
