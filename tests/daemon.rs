@@ -658,3 +658,50 @@ async fn sigint_stops_cleanly_and_airlock_listen_sets_the_address() {
     };
     assert_eq!(code, Some(0));
 }
+
+#[tokio::test]
+async fn logs_go_to_stderr_as_plain_text_when_not_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let mut cmd = serve_cmd(&home, "127.0.0.1:0", &[("RUST_LOG", "info")]);
+    let mut child = Reaped(cmd.spawn().unwrap());
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert!(
+        line.starts_with("airlock listening on http://127.0.0.1:"),
+        "{line:?}"
+    );
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let logs = within(
+        20,
+        tokio::task::spawn_blocking(move || {
+            let mut s = String::new();
+            stderr.read_to_string(&mut s).unwrap();
+            s
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(
+        logs.contains("airlock is serving") && logs.contains("stopped"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains('\u{1b}'),
+        "terminal colour codes in piped logs: {logs:?}"
+    );
+    assert!(
+        !logs.contains(&std::fs::read_to_string(home.join("token")).unwrap()),
+        "token logged"
+    );
+}
