@@ -290,6 +290,11 @@ async fn a_second_daemon_on_the_same_home_refuses_to_start() {
         stderr.contains("already running") && stderr.contains(&d.home.display().to_string()),
         "unclear message: {stderr}"
     );
+    let pid = d.child.as_ref().unwrap().id();
+    assert!(
+        stderr.contains(&format!("pid {pid}")),
+        "the message names the running daemon's pid {pid}: {stderr}"
+    );
     assert!(
         out.stdout.is_empty(),
         "the refused daemon announced an address: {}",
