@@ -140,6 +140,14 @@ impl<'a> Args<'a> {
             (None, Some(m)) => {
                 // Checked here so that the error names the field the caller actually sent.
                 let max = MAX_TTL_SECONDS / 60;
+                if m.checked_mul(60).is_none() {
+                    return Err(CoreError::invalid(
+                        "ttl_minutes",
+                        format!(
+                            "is far too large (it must be between 1 and {max} minutes, 30 days)"
+                        ),
+                    ));
+                }
                 if !(1..=max).contains(&m) {
                     return Err(CoreError::invalid(
                         "ttl_minutes",
@@ -213,9 +221,8 @@ mod tests {
                 .unwrap()
                 .ttl_seconds()
                 .unwrap_err();
-            assert!(e
-                .to_string()
-                .starts_with("ttl_minutes: must be between 1 and 43200"));
+            let e = e.to_string();
+            assert!(e.starts_with("ttl_minutes: ") && e.contains("between 1 and 43200 minutes"));
         }
         let m = obj(json!({"ttl_minutes": 2, "ttl_seconds": 5}));
         assert!(Args::new(&m, &["ttl_seconds", "ttl_minutes"])
