@@ -103,38 +103,63 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         },
     );
     tracing::info!(listen = %local, home = %opts.home.display(), token_required = require, "airlock is serving");
+    let stop_signal = shutdown_signal()?;
     // Scripts and tests read this line to learn the port when listening on port 0.
     println!("airlock listening on http://{local}");
 
     let drain_core = core.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: answering parked calls");
-            drain_core.drain().await;
-        })
-        .await
-        .context("the HTTP server failed")?;
-    drop(core);
-    engine.join();
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        stop_signal.await;
+        tracing::info!("shutting down: answering parked calls");
+        drain_core.drain().await;
+        let _ = stopping_tx.send(());
+    });
+    // A client that stalls half-way through sending a request would hold the graceful shutdown
+    // open for ever; after a grace period such connections are abandoned (nothing of theirs was
+    // acknowledged, so nothing durable is lost).
+    let grace = async move {
+        if stopping_rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        r = server => {
+            r.context("the HTTP server failed")?;
+            drop(core);
+            engine.join();
+        }
+        _ = grace => {
+            tracing::warn!(
+                "connections still open {}s after the stop signal (stalled clients); closing them",
+                SHUTDOWN_GRACE.as_secs()
+            );
+            // A barrier: everything sent to the engine before it is committed and answered. The
+            // abandoned connections still hold handles to the core, so the engine thread is not
+            // joined; the process exits next.
+            core.drain().await;
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// How long after SIGTERM or ctrl-c open connections may take to finish before they are closed.
+/// Parked calls are answered at once, so only a client stalled mid-request needs it.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Installs the SIGTERM and SIGINT (ctrl-c) handlers now, so a signal that arrives as soon as
+/// the address is announced already means "shut down cleanly" rather than the default death,
+/// and returns a future that completes on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    })
 }

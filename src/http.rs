@@ -127,7 +127,14 @@ fn host_allowed(headers: &HeaderMap, config: &EdgeConfig) -> bool {
         return false;
     };
     let h = host_part(host.trim());
-    is_loopback_host(h) || config.extra_hosts.iter().any(|x| x.eq_ignore_ascii_case(h))
+    is_loopback_host(h)
+        || config.extra_hosts.iter().any(|x| {
+            x.eq_ignore_ascii_case(h)
+                // Listening on 0.0.0.0 or [::] means on every address of this machine, so any IP
+                // literal is a name for it. (DNS rebinding needs a DNS name in Host, never an IP.)
+                || (x.parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified())
+                    && h.parse::<IpAddr>().is_ok())
+        })
 }
 
 /// A request from a web page carries its page's Origin; only loopback pages may call.

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::core::CoreError;
+use crate::core::{CoreError, MAX_TTL_SECONDS};
 
 pub type ArgResult<T> = Result<T, CoreError>;
 
@@ -138,9 +138,23 @@ impl<'a> Args<'a> {
             )),
             (Some(s), None) => Ok(Some(s)),
             (None, Some(m)) => {
-                Ok(Some(m.checked_mul(60).ok_or_else(|| {
-                    CoreError::invalid("ttl_minutes", "is far too large")
-                })?))
+                // Checked here so that the error names the field the caller actually sent.
+                let max = MAX_TTL_SECONDS / 60;
+                if m.checked_mul(60).is_none() {
+                    return Err(CoreError::invalid(
+                        "ttl_minutes",
+                        format!(
+                            "is far too large (it must be between 1 and {max} minutes, 30 days)"
+                        ),
+                    ));
+                }
+                if !(1..=max).contains(&m) {
+                    return Err(CoreError::invalid(
+                        "ttl_minutes",
+                        format!("must be between 1 and {max} minutes (30 days), got {m}"),
+                    ));
+                }
+                Ok(Some(m * 60))
             }
             (None, None) => Ok(None),
         }
@@ -201,6 +215,15 @@ mod tests {
                 .unwrap(),
             Some(120)
         );
+        for bad in [0, -1, 43_201, i64::MAX] {
+            let m = obj(json!({ "ttl_minutes": bad }));
+            let e = Args::new(&m, &["ttl_seconds", "ttl_minutes"])
+                .unwrap()
+                .ttl_seconds()
+                .unwrap_err();
+            let e = e.to_string();
+            assert!(e.starts_with("ttl_minutes: ") && e.contains("between 1 and 43200 minutes"));
+        }
         let m = obj(json!({"ttl_minutes": 2, "ttl_seconds": 5}));
         assert!(Args::new(&m, &["ttl_seconds", "ttl_minutes"])
             .unwrap()
