@@ -52,7 +52,7 @@ impl AirlockMcp {
     ) -> Result<CoreResult<Value>, ErrorData> {
         let Some(spec) = tools::find(name) else {
             return Err(ErrorData::invalid_params(
-                format!("unknown tool: {name}"),
+                format!("unknown tool: {}", args::clip(name)),
                 None,
             ));
         };
