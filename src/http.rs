@@ -160,6 +160,43 @@ fn accepts_both(headers: &HeaderMap) -> bool {
     joined.contains("application/json") && joined.contains("text/event-stream")
 }
 
+/// Why the edge refused a request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub status: StatusCode,
+    /// The JSON-RPC error code answered.
+    pub code: i64,
+    pub message: String,
+}
+
+/// What the edge makes of a POST body (already within [`MAX_BODY_BYTES`]): one JSON object, or
+/// the error to answer. Pure, so it can be fuzzed.
+pub fn decode_body(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, Rejected> {
+    let reject = |status, code, message: String| Rejected {
+        status,
+        code,
+        message,
+    };
+    match serde_json::from_slice::<Value>(bytes) {
+        Err(e) => Err(reject(
+            StatusCode::BAD_REQUEST,
+            -32700,
+            format!("parse error: the body is not valid JSON ({e})"),
+        )),
+        Ok(Value::Array(_)) => Err(reject(
+            StatusCode::BAD_REQUEST,
+            -32600,
+            "JSON-RPC batches are not supported; send one request per POST".into(),
+        )),
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(reject(
+            StatusCode::BAD_REQUEST,
+            -32600,
+            "the body must be one JSON-RPC request object".into(),
+        )),
+    }
+}
+
 async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Response {
     let config = &state.config;
     if !host_allowed(req.headers(), config) {
@@ -215,29 +252,8 @@ async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Resp
         Ok(b) => b,
         Err(_) => return too_large(),
     };
-    match serde_json::from_slice::<Value>(&bytes) {
-        Err(e) => {
-            return edge_error(
-                StatusCode::BAD_REQUEST,
-                -32700,
-                &format!("parse error: the body is not valid JSON ({e})"),
-            )
-        }
-        Ok(Value::Array(_)) => {
-            return edge_error(
-                StatusCode::BAD_REQUEST,
-                -32600,
-                "JSON-RPC batches are not supported; send one request per POST",
-            )
-        }
-        Ok(Value::Object(_)) => {}
-        Ok(_) => {
-            return edge_error(
-                StatusCode::BAD_REQUEST,
-                -32600,
-                "the body must be one JSON-RPC request object",
-            )
-        }
+    if let Err(rejected) = decode_body(&bytes) {
+        return edge_error(rejected.status, rejected.code, &rejected.message);
     }
     // curl sends `Accept: */*`; rmcp wants both types listed. We answer plain JSON either way.
     if !accepts_both(&parts.headers) {

@@ -6,6 +6,7 @@
 //! object result is also given as `structuredContent`.
 
 pub mod args;
+pub mod check;
 pub mod tools;
 
 use std::future::Future;
