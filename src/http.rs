@@ -27,7 +27,9 @@ use crate::mcp::AirlockMcp;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Most MCP requests in flight at once (parked waits included); more get 503.
+/// Most MCP requests in flight at once (parked waits included); more get 503. The daemon raises
+/// its open-files limit to the hard limit at start, so this many parked callers fit; lower it with
+/// `AIRLOCK_MAX_IN_FLIGHT` where the hard limit is small.
 pub const MAX_IN_FLIGHT: usize = 16_384;
 
 /// What the edge enforces.
@@ -38,6 +40,8 @@ pub struct EdgeConfig {
     /// Extra host names or addresses accepted in `Host` besides loopback (the listen address
     /// when it is not loopback).
     pub extra_hosts: Vec<String>,
+    /// Most MCP requests in flight at once; more get 503 ([`MAX_IN_FLIGHT`] by default).
+    pub max_in_flight: usize,
 }
 
 #[derive(Clone)]
@@ -60,8 +64,8 @@ pub fn app(core: Coordinator, edge: EdgeConfig) -> Router {
         config,
     );
     let state = EdgeState {
+        in_flight: Arc::new(Semaphore::new(edge.max_in_flight)),
         config: Arc::new(edge),
-        in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
     };
     let mcp_routes = Router::new()
         .route_service("/", mcp.clone())
@@ -226,7 +230,10 @@ async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Resp
         return edge_error(
             StatusCode::SERVICE_UNAVAILABLE,
             -32003,
-            &format!("too many requests in flight (the cap is {MAX_IN_FLIGHT}); retry shortly"),
+            &format!(
+                "too many requests in flight (the cap is {}); retry shortly",
+                config.max_in_flight
+            ),
         );
     };
     if req.method() != axum::http::Method::POST {
