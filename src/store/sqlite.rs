@@ -77,10 +77,17 @@ impl SqliteStore {
 
     fn init(conn: Connection) -> StoreResult<Self> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
-        if check != "ok" {
+        // quick_check answers one row "ok", or one row per problem found (the first is often
+        // only a header): report the first few.
+        let problems: Vec<String> = {
+            let mut st = conn.prepare("PRAGMA quick_check(5)")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        if problems != ["ok"] {
             return Err(StoreError::Other(format!(
-                "the database failed its integrity check: {check}"
+                "the database failed its integrity check: {}",
+                problems.join("; ")
             )));
         }
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
