@@ -82,7 +82,12 @@ async fn healthz() -> Json<Value> {
 
 /// A JSON-RPC-shaped error response from the edge.
 fn edge_error(status: StatusCode, code: i64, message: &str) -> Response {
-    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
+    edge_error_for(Value::Null, status, code, message)
+}
+
+/// A JSON-RPC-shaped error response answering the request with `id`.
+fn edge_error_for(id: Value, status: StatusCode, code: i64, message: &str) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
     let mut r = (status, Json(body)).into_response();
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut()
@@ -167,6 +172,8 @@ fn accepts_both(headers: &HeaderMap) -> bool {
 /// Why the edge refused a request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
+    /// The request's id when it could be read, else null.
+    pub id: Value,
     pub status: StatusCode,
     /// The JSON-RPC error code answered.
     pub code: i64,
@@ -177,26 +184,65 @@ pub struct Rejected {
 /// the error to answer. Pure, so it can be fuzzed.
 pub fn decode_body(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, Rejected> {
     let reject = |status, code, message: String| Rejected {
+        id: Value::Null,
         status,
         code,
         message,
     };
-    match serde_json::from_slice::<Value>(bytes) {
-        Err(e) => Err(reject(
-            StatusCode::BAD_REQUEST,
-            -32700,
-            format!("parse error: the body is not valid JSON ({e})"),
-        )),
-        Ok(Value::Array(_)) => Err(reject(
-            StatusCode::BAD_REQUEST,
-            -32600,
-            "JSON-RPC batches are not supported; send one request per POST".into(),
-        )),
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(reject(
-            StatusCode::BAD_REQUEST,
-            -32600,
-            "the body must be one JSON-RPC request object".into(),
+    let map = match serde_json::from_slice::<Value>(bytes) {
+        Err(e) => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                -32700,
+                format!("parse error: the body is not valid JSON ({e})"),
+            ))
+        }
+        Ok(Value::Array(_)) => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                "JSON-RPC batches are not supported; send one request per POST".into(),
+            ))
+        }
+        Ok(Value::Object(map)) => map,
+        Ok(_) => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                "the body must be one JSON-RPC request object".into(),
+            ))
+        }
+    };
+    check_tool_call(&map)?;
+    Ok(map)
+}
+
+/// rmcp answers a `tools/call` whose params do not decode with a bare "method not found"; say
+/// what is wrong instead.
+fn check_tool_call(map: &serde_json::Map<String, Value>) -> Result<(), Rejected> {
+    if map.get("method").and_then(Value::as_str) != Some("tools/call") {
+        return Ok(());
+    }
+    let invalid = |message: &str| Rejected {
+        id: map.get("id").cloned().unwrap_or(Value::Null),
+        status: StatusCode::OK,
+        code: -32602,
+        message: message.to_string(),
+    };
+    let Some(params) = map.get("params").and_then(Value::as_object) else {
+        return Err(invalid(
+            "tools/call needs params: an object with the tool's name and its arguments",
+        ));
+    };
+    if !params.get("name").is_some_and(Value::is_string) {
+        return Err(invalid(
+            "tools/call needs params.name: the name of the tool to call (a string)",
+        ));
+    }
+    match params.get("arguments") {
+        None | Some(Value::Null) | Some(Value::Object(_)) => Ok(()),
+        Some(_) => Err(invalid(
+            "params.arguments must be an object of named arguments, like {\"name\": \"x\"}",
         )),
     }
 }
@@ -259,8 +305,8 @@ async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Resp
         Ok(b) => b,
         Err(_) => return too_large(),
     };
-    if let Err(rejected) = decode_body(&bytes) {
-        return edge_error(rejected.status, rejected.code, &rejected.message);
+    if let Err(r) = decode_body(&bytes) {
+        return edge_error_for(r.id, r.status, r.code, &r.message);
     }
     // curl sends `Accept: */*`; rmcp wants both types listed. We answer plain JSON either way.
     if !accepts_both(&parts.headers) {
