@@ -151,15 +151,17 @@ async fn wrong_types_are_named() {
         "by: must be an integer, got an object",
     )
     .await;
-    // Arguments that are not an object at all are refused by the MCP layer.
+    // Arguments that are not an object at all.
     let (status, r) = d
-        .rpc(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        .rpc(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
                     "params": {"name": "set_note", "arguments": ["k", "v"]}}))
         .await;
-    assert!(
-        status >= 400 || r.get("error").is_some() || r["result"]["isError"] == json!(true),
-        "{status} {r}"
-    );
+    assert_eq!((status, &r["id"]), (200, &json!(7)));
+    assert_eq!(r["error"]["code"], json!(-32602), "{r}");
+    assert!(r["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("params.arguments must be an object"));
     unharmed(&d, &before).await;
 }
 
@@ -188,11 +190,20 @@ async fn missing_fields_are_named() {
         "id: is required",
     )
     .await;
-    // A tools/call without a name is not a valid request.
-    let (_, r) = d
-        .rpc(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {}}))
-        .await;
-    assert!(r.get("error").is_some(), "{r}");
+    // A tools/call without a tool name, or without params at all.
+    for params in [json!({}), json!({"name": 5}), json!(null)] {
+        let (_, r) = d
+            .rpc(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}))
+            .await;
+        assert_eq!(r["error"]["code"], json!(-32602), "{r}");
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("tools/call needs params"),
+            "{r}"
+        );
+    }
     unharmed(&d, &before).await;
 }
 

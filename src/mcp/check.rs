@@ -12,7 +12,8 @@ use crate::http::decode_body;
 /// What the daemon would do with one request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestCheck {
-    /// Refused at the HTTP edge with this status and JSON-RPC code.
+    /// Refused at the HTTP edge with this status and JSON-RPC code (a body that is not one JSON
+    /// object, or a `tools/call` whose params have the wrong shape).
     Edge { status: u16, code: i64 },
     /// One JSON object, but not a JSON-RPC message rmcp accepts.
     NotJsonRpc,
