@@ -103,15 +103,18 @@ struct FencedResource {
 }
 
 impl FencedResource {
-    fn write(&self, lock: &str, fence: i64) -> bool {
+    /// Applies a write; returns whether it was accepted, and when (read under the lock, so the
+    /// time is that of the decision even if the writer was descheduled on its way here).
+    fn write(&self, lock: &str, fence: i64, clock: impl Fn() -> i64) -> (bool, i64) {
         // Nothing is awaited while this is held.
         let mut h = self.highest.lock().unwrap();
+        let at = clock();
         let top = h.entry(lock.to_string()).or_insert(0);
         if fence >= *top {
             *top = fence;
-            true
+            (true, at)
         } else {
-            false
+            (false, at)
         }
     }
 }
@@ -198,8 +201,7 @@ impl World {
     }
 
     fn fenced_write(&self, lock: &str, fence: i64, valid_until: i64) {
-        let at = self.now();
-        let accepted = self.resource.write(lock, fence);
+        let (accepted, at) = self.resource.write(lock, fence, || self.now());
         self.writes.lock().unwrap().push(FencedWrite {
             lock: lock.to_string(),
             fence,
