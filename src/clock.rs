@@ -31,6 +31,12 @@ impl MonotonicClock {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as Millis)
             .unwrap_or(0);
+        Self::anchored_at(anchor_wall_ms)
+    }
+
+    /// A clock that reads `anchor_wall_ms` now and advances on the monotonic clock from here.
+    /// The wall clock is never consulted again: that is what makes a wall-clock step harmless.
+    pub fn anchored_at(anchor_wall_ms: Millis) -> Self {
         MonotonicClock {
             anchor_wall_ms,
             anchor: Instant::now(),
@@ -90,6 +96,34 @@ mod tests {
         assert_eq!(seconds_left(1_001, 0), 2);
         assert_eq!(seconds_left(999, 0), 1);
         assert_eq!(seconds_left(0, 10), 0);
+    }
+
+    #[test]
+    fn a_wall_clock_step_neither_expires_nor_extends_anything() {
+        // Anchor at a wall time an hour away from the real one, as if the wall clock stepped by
+        // an hour right after start. The clock must keep counting from its anchor at the
+        // monotonic rate: a deadline 100 ms ahead is neither already past (a forward step would
+        // expire it early) nor an hour away (a backward step would extend it).
+        for step_ms in [3_600_000, -3_600_000] {
+            let real_wall = MonotonicClock::new().now_ms();
+            let anchor = real_wall + step_ms;
+            let c = MonotonicClock::anchored_at(anchor);
+            let deadline = c.now_ms() + 100;
+            assert!(
+                c.now_ms() < deadline,
+                "expired at once after a {step_ms} ms step"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            let now = c.now_ms();
+            assert!(
+                now >= deadline,
+                "not expired after its TTL ({step_ms} ms step)"
+            );
+            assert!(
+                (0..60_000).contains(&(now - anchor)),
+                "the clock followed the wall clock ({step_ms} ms step)"
+            );
+        }
     }
 
     #[test]

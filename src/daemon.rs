@@ -70,6 +70,14 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         tracing::warn!(listen = %addr, "listening on a non-loopback address: every request must carry the token");
     }
 
+    let max_in_flight = match std::env::var("AIRLOCK_MAX_IN_FLIGHT") {
+        Err(_) => http::MAX_IN_FLIGHT,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => bail!("AIRLOCK_MAX_IN_FLIGHT must be a whole number of 1 or more, got {v:?}"),
+        },
+    };
+
     let db_path = opts.home.join("state.db");
     let store = SqliteStore::open(&db_path).map_err(|e| {
         anyhow::anyhow!(
@@ -100,6 +108,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         EdgeConfig {
             token: require.then_some(token),
             extra_hosts,
+            max_in_flight,
         },
     );
     tracing::info!(listen = %local, home = %opts.home.display(), token_required = require, "airlock is serving");

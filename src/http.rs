@@ -27,7 +27,9 @@ use crate::mcp::AirlockMcp;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Most MCP requests in flight at once (parked waits included); more get 503.
+/// Most MCP requests in flight at once (parked waits included); more get 503. The daemon raises
+/// its open-files limit to the hard limit at start, so this many parked callers fit; lower it with
+/// `AIRLOCK_MAX_IN_FLIGHT` where the hard limit is small.
 pub const MAX_IN_FLIGHT: usize = 16_384;
 
 /// What the edge enforces.
@@ -38,6 +40,8 @@ pub struct EdgeConfig {
     /// Extra host names or addresses accepted in `Host` besides loopback (the listen address
     /// when it is not loopback).
     pub extra_hosts: Vec<String>,
+    /// Most MCP requests in flight at once; more get 503 ([`MAX_IN_FLIGHT`] by default).
+    pub max_in_flight: usize,
 }
 
 #[derive(Clone)]
@@ -61,8 +65,8 @@ pub fn app(core: Coordinator, edge: EdgeConfig) -> Router {
         config,
     );
     let state = EdgeState {
+        in_flight: Arc::new(Semaphore::new(edge.max_in_flight)),
         config: Arc::new(edge),
-        in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
     };
     let mcp_routes = Router::new()
         .route_service("/", mcp.clone())
@@ -90,7 +94,12 @@ async fn status(State(core): State<Coordinator>) -> Response {
 
 /// A JSON-RPC-shaped error response from the edge.
 fn edge_error(status: StatusCode, code: i64, message: &str) -> Response {
-    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
+    edge_error_for(Value::Null, status, code, message)
+}
+
+/// A JSON-RPC-shaped error response answering the request with `id`.
+fn edge_error_for(id: Value, status: StatusCode, code: i64, message: &str) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
     let mut r = (status, Json(body)).into_response();
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut()
@@ -179,6 +188,84 @@ fn accepts_both(headers: &HeaderMap) -> bool {
     joined.contains("application/json") && joined.contains("text/event-stream")
 }
 
+/// Why the edge refused a request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// The request's id when it could be read, else null.
+    pub id: Value,
+    pub status: StatusCode,
+    /// The JSON-RPC error code answered.
+    pub code: i64,
+    pub message: String,
+}
+
+/// What the edge makes of a POST body (already within [`MAX_BODY_BYTES`]): one JSON object, or
+/// the error to answer. Pure, so it can be fuzzed.
+pub fn decode_body(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, Rejected> {
+    let reject = |status, code, message: String| Rejected {
+        id: Value::Null,
+        status,
+        code,
+        message,
+    };
+    let map = match serde_json::from_slice::<Value>(bytes) {
+        Err(e) => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                -32700,
+                format!("parse error: the body is not valid JSON ({e})"),
+            ))
+        }
+        Ok(Value::Array(_)) => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                "JSON-RPC batches are not supported; send one request per POST".into(),
+            ))
+        }
+        Ok(Value::Object(map)) => map,
+        Ok(_) => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                "the body must be one JSON-RPC request object".into(),
+            ))
+        }
+    };
+    check_tool_call(&map)?;
+    Ok(map)
+}
+
+/// rmcp answers a `tools/call` whose params do not decode with a bare "method not found"; say
+/// what is wrong instead.
+fn check_tool_call(map: &serde_json::Map<String, Value>) -> Result<(), Rejected> {
+    if map.get("method").and_then(Value::as_str) != Some("tools/call") {
+        return Ok(());
+    }
+    let invalid = |message: &str| Rejected {
+        id: map.get("id").cloned().unwrap_or(Value::Null),
+        status: StatusCode::OK,
+        code: -32602,
+        message: message.to_string(),
+    };
+    let Some(params) = map.get("params").and_then(Value::as_object) else {
+        return Err(invalid(
+            "tools/call needs params: an object with the tool's name and its arguments",
+        ));
+    };
+    if !params.get("name").is_some_and(Value::is_string) {
+        return Err(invalid(
+            "tools/call needs params.name: the name of the tool to call (a string)",
+        ));
+    }
+    match params.get("arguments") {
+        None | Some(Value::Null) | Some(Value::Object(_)) => Ok(()),
+        Some(_) => Err(invalid(
+            "params.arguments must be an object of named arguments, like {\"name\": \"x\"}",
+        )),
+    }
+}
+
 async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Response {
     let config = &state.config;
     if !host_allowed(req.headers(), config) {
@@ -208,7 +295,10 @@ async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Resp
         return edge_error(
             StatusCode::SERVICE_UNAVAILABLE,
             -32003,
-            &format!("too many requests in flight (the cap is {MAX_IN_FLIGHT}); retry shortly"),
+            &format!(
+                "too many requests in flight (the cap is {}); retry shortly",
+                config.max_in_flight
+            ),
         );
     };
     if req.method() != axum::http::Method::POST {
@@ -234,29 +324,8 @@ async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Resp
         Ok(b) => b,
         Err(_) => return too_large(),
     };
-    match serde_json::from_slice::<Value>(&bytes) {
-        Err(e) => {
-            return edge_error(
-                StatusCode::BAD_REQUEST,
-                -32700,
-                &format!("parse error: the body is not valid JSON ({e})"),
-            )
-        }
-        Ok(Value::Array(_)) => {
-            return edge_error(
-                StatusCode::BAD_REQUEST,
-                -32600,
-                "JSON-RPC batches are not supported; send one request per POST",
-            )
-        }
-        Ok(Value::Object(_)) => {}
-        Ok(_) => {
-            return edge_error(
-                StatusCode::BAD_REQUEST,
-                -32600,
-                "the body must be one JSON-RPC request object",
-            )
-        }
+    if let Err(r) = decode_body(&bytes) {
+        return edge_error_for(r.id, r.status, r.code, &r.message);
     }
     // curl sends `Accept: */*`; rmcp wants both types listed. We answer plain JSON either way.
     if !accepts_both(&parts.headers) {

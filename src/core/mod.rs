@@ -140,6 +140,17 @@ impl Coordinator {
         ))
     }
 
+    /// A coordinator with no engine behind it: every argument is checked exactly as in the daemon,
+    /// and a call that passes the checks answers [`CoreError::ShuttingDown`]. Nothing is stored.
+    /// For validating requests without a daemon (the fuzz target, tests).
+    pub fn detached() -> Coordinator {
+        let (tx, _rx) = mpsc::channel();
+        Coordinator {
+            tx,
+            next_call: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> CoreResult<T> {
         let (reply, rx) = oneshot::channel();
         self.tx

@@ -31,7 +31,7 @@ impl<'a> Args<'a> {
     pub fn new(map: &'a Map<String, Value>, allowed: &[&str]) -> ArgResult<Self> {
         if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(CoreError::invalid(
-                unknown,
+                &clip(unknown),
                 format!(
                     "is not an argument of this tool (it takes: {})",
                     allowed.join(", ")
@@ -161,6 +161,19 @@ impl<'a> Args<'a> {
     }
 }
 
+/// A caller-chosen name for an error message: at most 64 bytes, so a huge input is never echoed.
+pub fn clip(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
+}
+
 /// A short description of a value for an error message, never echoing a long input.
 fn describe(v: &Value) -> String {
     match v {
@@ -184,6 +197,15 @@ mod tests {
         let m = obj(json!({"name": "x", "wait_second": 5}));
         let e = Args::new(&m, &["name", "wait_seconds"]).err().unwrap();
         assert!(e.to_string().starts_with("wait_second: is not an argument"));
+    }
+
+    #[test]
+    fn long_unknown_names_are_not_echoed() {
+        let long = "é".repeat(10_000);
+        let m = obj(json!({ long.clone(): 1 }));
+        let e = Args::new(&m, &["name"]).err().unwrap().to_string();
+        assert!(e.len() < 300, "{} bytes", e.len());
+        assert!(e.contains("(20000 bytes)"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! object result is also given as `structuredContent`.
 
 pub mod args;
+pub mod check;
 pub mod tools;
 
 use std::future::Future;
@@ -52,7 +53,7 @@ impl AirlockMcp {
     ) -> Result<CoreResult<Value>, ErrorData> {
         let Some(spec) = tools::find(name) else {
             return Err(ErrorData::invalid_params(
-                format!("unknown tool: {name}"),
+                format!("unknown tool: {}", args::clip(name)),
                 None,
             ));
         };

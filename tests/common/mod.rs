@@ -172,3 +172,109 @@ pub async fn within<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T 
         .await
         .expect("timed out")
 }
+
+impl Daemon {
+    /// Starts a daemon in a fresh temporary home with extra environment variables.
+    pub async fn start_env(envs: &[(&str, &str)]) -> Daemon {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = tmp.path().join("home");
+        let mut child = Command::new(airlock_bin())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("AIRLOCK_HOME", &home)
+            .env_remove("AIRLOCK_TOKEN")
+            .env_remove("AIRLOCK_LISTEN")
+            .env("RUST_LOG", "warn")
+            .envs(envs.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn airlock serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let url = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).expect("read");
+            line.trim()
+                .strip_prefix("airlock listening on ")
+                .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+                .to_string()
+        })
+        .await
+        .unwrap();
+        let token = std::fs::read_to_string(home.join("token"))
+            .expect("token file")
+            .trim()
+            .to_string();
+        Daemon {
+            child: Some(child),
+            home,
+            url,
+            token,
+            _tmp: Some(tmp),
+            http: reqwest::Client::new(),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// POSTs raw bytes with the token and returns (status, body as JSON or text).
+    pub async fn post_bytes(&self, body: Vec<u8>) -> (u16, Value) {
+        let r = self
+            .http
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .bearer_auth(&self.token)
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Whether `/healthz` answers ok.
+    pub async fn healthy(&self) -> bool {
+        let url = format!("{}/healthz", self.url.trim_end_matches("/mcp"));
+        match self.http.get(url).send().await {
+            Ok(r) => r.status().is_success(),
+            Err(_) => false,
+        }
+    }
+
+    /// The pid of the daemon process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+}
+
+impl Daemon {
+    /// Wraps a daemon the caller spawned itself (with piped stdout) on `home`.
+    pub async fn adopt(mut child: Child, home: &Path) -> Daemon {
+        let stdout = child.stdout.take().expect("stdout");
+        let url = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).expect("read");
+            line.trim()
+                .strip_prefix("airlock listening on ")
+                .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+                .to_string()
+        })
+        .await
+        .unwrap();
+        let token = std::fs::read_to_string(home.join("token"))
+            .expect("token file")
+            .trim()
+            .to_string();
+        Daemon {
+            child: Some(child),
+            home: home.to_path_buf(),
+            url,
+            token,
+            _tmp: None,
+            http: reqwest::Client::new(),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Disk faults: an unwritable state directory, a full disk (a small tmpfs where mounting is
+//! permitted, and a file-size limit everywhere), and a corrupt `state.db`. Each gets a clear error,
+//! at start or per call, and nothing acknowledged is lost or corrupted.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use serde_json::json;
+
+/// Runs `airlock serve` on `home` expecting it to refuse to start; returns (exit code, stderr).
+fn refused_start(home: &Path) -> (Option<i32>, String) {
+    let mut child = Command::new(common::airlock_bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("AIRLOCK_HOME", home)
+        .env_remove("AIRLOCK_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            let mut out = String::new();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .unwrap();
+            assert!(!out.contains("listening"), "it started and listened: {out}");
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the daemon started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A small tmpfs at `dir`, if this process may mount one (root, outside a locked-down container).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, options: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn an_unwritable_state_directory_is_a_clear_error_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The state directory cannot be created: its parent is a file.
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let (code, err) = refused_start(&file.join("home"));
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("cannot create the state directory"),
+        "stderr: {err}"
+    );
+    // A read-only file system (root ignores permission bits, so a mode is not enough).
+    match Tmpfs::mount(&tmp.path().join("ro"), "size=1m,ro") {
+        Some(ro) => {
+            let (code, err) = refused_start(&ro.0.join("home"));
+            assert_ne!(code, Some(0));
+            assert!(
+                err.contains("cannot create the state directory") && err.contains("Read-only"),
+                "stderr: {err}"
+            );
+            let (code, err) = refused_start(&ro.0);
+            assert_ne!(code, Some(0));
+            assert!(err.contains("Read-only"), "stderr: {err}");
+        }
+        None => eprintln!("mounting a tmpfs is not permitted here; read-only case skipped"),
+    }
+}
+
+/// Fills the store with 200 KiB notes until a write fails; returns the keys acknowledged.
+async fn fill(d: &Daemon) -> (Vec<String>, String) {
+    let value = "v".repeat(200 * 1024);
+    let mut acked = Vec::new();
+    for i in 0..200 {
+        let key = format!("fill-{i}");
+        let body = d
+            .call_raw("set_note", json!({"key": key, "value": value}))
+            .await;
+        if body["result"]["isError"] == json!(true) {
+            let msg = body["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            return (acked, msg);
+        }
+        assert_eq!(body["result"]["structuredContent"]["saved"], json!(true));
+        acked.push(key);
+    }
+    panic!("the disk never filled up");
+}
+
+/// Every acknowledged note is present and whole.
+async fn all_present(d: &Daemon, keys: &[String]) {
+    for key in keys {
+        let got = d.call("get_note", json!({"key": key})).await;
+        assert_eq!(
+            got["value"].as_str().map(str::len),
+            Some(200 * 1024),
+            "{key} lost"
+        );
+    }
+}
+
+/// After a full disk: the daemon stays up, answers reads, recovers when space returns, and a
+/// crash + restart finds every acknowledged write and a healthy database.
+async fn full_disk_story(home: &Path, make_room: impl FnOnce()) {
+    let mut d = Daemon::start_in(home).await;
+    d.call("set_note", json!({"key": "before", "value": "kept"}))
+        .await;
+    let (acked, msg) = fill(&d).await;
+    assert!(!acked.is_empty());
+    assert!(
+        msg.starts_with("storage error:") && (msg.contains("full") || msg.contains("I/O")),
+        "{msg}"
+    );
+    eprintln!("{} notes stored, then: {msg}", acked.len());
+    assert!(d.healthy().await);
+    // Reads still work and nothing acknowledged is missing.
+    assert_eq!(
+        d.call("get_note", json!({"key": "before"})).await["value"],
+        json!("kept")
+    );
+    all_present(&d, &acked).await;
+    make_room();
+    // Writes work again once there is room (a small one first: the WAL may need to checkpoint).
+    let mut wrote = false;
+    for _ in 0..50 {
+        let body = d
+            .call_raw("set_note", json!({"key": "after", "value": "ok"}))
+            .await;
+        if body["result"]["isError"] != json!(true) {
+            wrote = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(wrote, "writes did not recover once there was room");
+    d.kill();
+    let d = Daemon::start_in(home).await;
+    all_present(&d, &acked).await;
+    assert_eq!(
+        d.call("get_note", json!({"key": "after"})).await["value"],
+        json!("ok")
+    );
+}
+
+#[tokio::test]
+async fn a_full_disk_is_a_per_call_error_without_corruption_tmpfs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&tmp.path().join("small"), "size=3m") else {
+        eprintln!("mounting a tmpfs is not permitted here; see the file-size-limit test");
+        return;
+    };
+    let home = fs.0.join("home");
+    // Ballast, so the room can be given back after the disk fills.
+    let ballast = fs.0.join("ballast");
+    std::fs::write(&ballast, vec![0u8; 1024 * 1024]).unwrap();
+    full_disk_story(&home, || std::fs::remove_file(&ballast).unwrap()).await;
+}
+
+#[tokio::test]
+async fn a_file_size_limit_is_a_per_call_error_without_corruption() {
+    // RLIMIT_FSIZE works without privileges: past it, writes fail with EFBIG (SIGXFSZ is
+    // ignored, and an ignored signal stays ignored across exec).
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let child = unsafe {
+        Command::new(common::airlock_bin())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("AIRLOCK_HOME", &home)
+            .env_remove("AIRLOCK_TOKEN")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 2 * 1024 * 1024,
+                    rlim_max: 2 * 1024 * 1024,
+                };
+                libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            })
+            .spawn()
+            .unwrap()
+    };
+    let d = Daemon::adopt(child, &home).await;
+    let (acked, msg) = fill(&d).await;
+    assert!(!acked.is_empty());
+    assert!(msg.starts_with("storage error:"), "{msg}");
+    eprintln!("{} notes stored, then: {msg}", acked.len());
+    assert!(d.healthy().await);
+    all_present(&d, &acked).await;
+    // SIGKILL, restart without the limit: everything acknowledged is there, the file is healthy.
+    drop(d);
+    let d = Daemon::start_in(&home).await;
+    all_present(&d, &acked).await;
+    d.call("set_note", json!({"key": "after", "value": "ok"}))
+        .await;
+}
+
+fn file_bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}
+
+#[tokio::test]
+async fn a_corrupt_state_db_refuses_to_start_and_is_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let mut d = Daemon::start_in(&home).await;
+    for i in 0..50 {
+        d.call(
+            "set_note",
+            json!({"key": format!("k{i}"), "value": "x".repeat(3000)}),
+        )
+        .await;
+    }
+    assert_eq!(d.stop(), Some(0));
+    let db = home.join("state.db");
+
+    // 1. Damaged pages in the middle of a real database.
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        f.seek(SeekFrom::Start(4096 * 3)).unwrap();
+        f.write_all(&[0xAB; 8192]).unwrap();
+    }
+    let damaged = file_bytes(&db);
+    let (code, err) = refused_start(&home);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("cannot open the state database")
+            && (err.contains("malformed") || err.contains("integrity check")),
+        "stderr: {err}"
+    );
+    eprintln!("damaged pages: {err}");
+    assert_eq!(file_bytes(&db), damaged, "the damaged file was modified");
+
+    // 2. Not a database at all.
+    std::fs::write(
+        &db,
+        b"this is not an SQLite database, but it is someone's data".repeat(100),
+    )
+    .unwrap();
+    let garbage = file_bytes(&db);
+    let (code, err) = refused_start(&home);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("cannot open the state database") && err.contains("not a database"),
+        "stderr: {err}"
+    );
+    eprintln!("garbage: {err}");
+    assert_eq!(file_bytes(&db), garbage, "the file was replaced");
+}
