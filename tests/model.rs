@@ -430,6 +430,25 @@ impl Harness {
                     reply: tx,
                 })]);
                 let m = &mut self.model;
+                // An agent calling again while it keeps a place between two windows (even
+                // without its wake token) stands in that place again: its answer comes from the
+                // line, like a parked call's.
+                let holds = matches!(m.live(lock), Some(l) if l.agent == agent);
+                let kept = m.lines[lock]
+                    .iter()
+                    .position(|t| t.agent == agent && matches!(t.state, TState::Grace { .. }));
+                if let (false, Some(pos)) = (holds, kept) {
+                    let t = &mut m.lines[lock][pos];
+                    t.state = TState::Parked {
+                        call,
+                        window_end: m.now + wait_ms,
+                    };
+                    t.ttl_ms = ttl_ms;
+                    self.parked.insert(call, (lock, rx));
+                    m.pump();
+                    m.fire_due();
+                    return self.check_parked();
+                }
                 let expect: Option<(i64, i64)> = match m.live(lock) {
                     Some(l) if l.agent == agent => {
                         let fence = l.fence;
