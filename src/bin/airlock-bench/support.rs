@@ -49,6 +49,13 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
+/// CPU seconds (user + system) a process has used.
+pub fn cpu_secs(pid: u32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    cpu_ticks(pid).unwrap_or(0) as f64 / hz
+}
+
 /// Open file descriptors of a process.
 pub fn fd_count(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
@@ -294,6 +301,15 @@ impl Rpc {
 
     /// `tools/call` as the seed's curl recipe sends it; returns `content[0].text` parsed.
     pub async fn call(&self, tool: &str, args: Value) -> anyhow::Result<Value> {
+        self.call_inner(tool, args, false).await
+    }
+
+    /// Like [`Rpc::call`], but a tool error (`isError: true`) is the expected answer.
+    pub async fn call_refused(&self, tool: &str, args: Value) -> anyhow::Result<()> {
+        self.call_inner(tool, args, true).await.map(|_| ())
+    }
+
+    async fn call_inner(&self, tool: &str, args: Value, refusal: bool) -> anyhow::Result<Value> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                           "params": {"name": tool, "arguments": args}});
@@ -321,6 +337,12 @@ impl Rpc {
         let text = v["result"]["content"][0]["text"]
             .as_str()
             .ok_or_else(|| anyhow!("{tool}: no text content in {v}"))?;
+        if refusal {
+            if v["result"]["isError"] != json!(true) {
+                bail!("{tool}: expected a refusal, got {text}");
+            }
+            return Ok(Value::Null);
+        }
         if v["result"]["isError"] == json!(true) {
             bail!("{tool}: tool error {text}");
         }
@@ -386,8 +408,14 @@ pub async fn closed_loop(n: usize, dur: Duration, warm: Step, step: Step) -> any
     })
 }
 
-/// Plain echo calls against the floor server: its request rate at `n` clients.
-pub async fn floor_rate(floor: &Rpc, n: usize, dur: Duration) -> anyhow::Result<f64> {
+/// Plain echo calls against the floor server at `n` clients: (requests/s, server CPU
+/// microseconds per request).
+pub async fn floor_rate(
+    floor: &Rpc,
+    pid: u32,
+    n: usize,
+    dur: Duration,
+) -> anyhow::Result<(f64, f64)> {
     let f = floor.clone();
     let step: Step = Arc::new(move |k| {
         let f = f.clone();
@@ -400,7 +428,15 @@ pub async fn floor_rate(floor: &Rpc, n: usize, dur: Duration) -> anyhow::Result<
             Ok(1)
         })
     });
-    Ok(closed_loop(n, dur, step.clone(), step).await?.per_sec())
+    let cpu0 = cpu_secs(pid);
+    let rate = closed_loop(n, dur, step.clone(), step).await?;
+    let cpu = cpu_secs(pid) - cpu0;
+    Ok((rate.per_sec(), cpu_us_per(cpu, rate.units)))
+}
+
+/// CPU microseconds per unit.
+pub fn cpu_us_per(cpu_secs: f64, units: u64) -> f64 {
+    cpu_secs * 1e6 / units.max(1) as f64
 }
 
 /// The `q`-quantile (0..=1) of sorted values.

