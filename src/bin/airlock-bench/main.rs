@@ -43,7 +43,7 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Seconds per throughput run.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 2.0)]
     seconds: f64,
     #[arg(long, default_value_t = 1000)]
     handoffs: usize,
@@ -53,6 +53,9 @@ struct Args {
     waiters: usize,
     #[arg(long, default_value_t = 10_000)]
     agents: usize,
+    /// Interleaved floor/airlock slices per throughput figure (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
     /// Cold starts for workload 8 (the median is reported).
     #[arg(long, default_value_t = 5)]
     starts: usize,
@@ -62,6 +65,9 @@ struct Args {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    json_file: Option<PathBuf>,
     /// No progress lines on stderr.
     #[arg(long)]
     quiet: bool,
@@ -176,6 +182,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         agents: args.agents,
         starts: args.starts,
         hot_clients: 64,
+        reps: args.reps,
     };
     if args.smoke {
         sizes = Sizes {
@@ -186,6 +193,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             agents: 50,
             starts: 1,
             hot_clients: 8,
+            reps: 1,
         };
     }
     let needed = sizes.waiters.max(sizes.fanout) as u64 + 200;
@@ -256,13 +264,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if want(8) {
         bench.w8().await.context("workload 8")?;
     }
+    let report = json!({
+        "machine": machine(),
+        "sizes": sizes,
+        "metrics": bench.metrics,
+    });
+    if let Some(path) = &args.json_file {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("write {}", path.display()))?;
+    }
     if args.json {
-        let out = json!({
-            "machine": machine(),
-            "sizes": sizes,
-            "metrics": bench.metrics,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let m = machine();
         println!(

@@ -24,6 +24,24 @@ pub struct Sizes {
     pub agents: usize,
     pub starts: usize,
     pub hot_clients: usize,
+    /// Interleaved floor/airlock slices per throughput figure (medians are reported).
+    pub reps: usize,
+}
+
+/// A throughput figure measured in slices interleaved with the floor.
+pub struct Paired {
+    /// Median units (cycles) per second.
+    pub units: f64,
+    /// Median requests per second.
+    pub requests: f64,
+    /// Median floor requests per second.
+    pub floor: f64,
+    /// Median of the per-slice ratios requests / floor.
+    pub ratio: f64,
+    /// Median daemon CPU microseconds per request (spawned daemon only).
+    pub cpu: Option<f64>,
+    pub floor_cpu: f64,
+    pub counts: Option<EngineCounts>,
 }
 
 /// One figure of the report.
@@ -131,7 +149,7 @@ impl Bench {
         floor: Option<f64>,
         target: Option<(&str, bool)>,
     ) {
-        let ratio = floor.filter(|f| *f != 0.0).map(|f| value / f);
+        let ratio = floor.filter(|f| *f > 0.0 && value > 0.0).map(|f| value / f);
         self.metrics.push(Metric {
             workload,
             name: name.to_string(),
@@ -160,23 +178,55 @@ impl Bench {
 
     // ------------------------------------------------------------------ 1
 
-    /// Runs `step` closed-loop at `n` clients against a fresh daemon; returns the rate, the
-    /// daemon's CPU microseconds per unit (when it is ours), and its commit counters.
-    async fn run_under(
+    /// Runs `step` closed-loop at `n` clients against a fresh daemon, in `reps` slices, each
+    /// right after a slice of the floor at `floor_n` clients, so both see the same machine
+    /// load. Medians are reported; the ratio is the median of the per-slice ratios.
+    async fn paired(
         &self,
         n: usize,
+        floor_n: usize,
         max_batch: Option<usize>,
+        requests_per_unit: f64,
         make: impl FnOnce(Rpc) -> (Step, Step),
-    ) -> anyhow::Result<(Rate, Option<f64>, Option<EngineCounts>)> {
+    ) -> anyhow::Result<Paired> {
         let u = self.under(max_batch).await?;
         let (warm, step) = make(u.rpc.clone());
         let pid = u.proc.as_ref().map(|p| p.pid);
-        let cpu0 = pid.map(cpu_secs);
-        let rate = closed_loop(n, self.dur(), warm, step).await?;
-        let cpu = pid
-            .zip(cpu0)
-            .map(|(p, c0)| cpu_us_per(cpu_secs(p) - c0, rate.units));
-        Ok((rate, cpu, u.finish().await))
+        let (mut units, mut reqs, mut floors, mut ratios, mut cpus, mut fcpus) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..self.sizes.reps.max(1) {
+            let (f, fcpu) =
+                floor_rate(&self.floor, self.floor_proc.pid, floor_n, self.dur()).await?;
+            let cpu0 = pid.map(cpu_secs);
+            let rate = closed_loop(n, self.dur(), warm.clone(), step.clone()).await?;
+            if let Some((p, c0)) = pid.zip(cpu0) {
+                cpus.push(cpu_us_per(cpu_secs(p) - c0, rate.units) / requests_per_unit);
+            }
+            let r = rate.per_sec() * requests_per_unit;
+            units.push(rate.per_sec());
+            reqs.push(r);
+            floors.push(f);
+            fcpus.push(fcpu);
+            ratios.push(r / f.max(1e-9));
+        }
+        let med = |v: Vec<f64>| quantile(&sorted(v), 0.5);
+        Ok(Paired {
+            units: med(units),
+            requests: med(reqs),
+            floor: med(floors),
+            ratio: med(ratios),
+            cpu: (!cpus.is_empty()).then(|| med(cpus)),
+            floor_cpu: med(fcpus),
+            counts: u.finish().await,
+        })
+    }
+
+    /// Pushes a requests/s figure with its floor and paired ratio.
+    fn push_paired(&mut self, workload: u8, name: &str, p: &Paired, target: Option<(&str, bool)>) {
+        self.push(workload, name, "req/s", p.requests, Some(p.floor), target);
+        if let Some(m) = self.metrics.last_mut() {
+            m.ratio = Some(p.ratio);
+        }
     }
 
     fn lock_cycle_step(&self) -> impl FnOnce(Rpc) -> (Step, Step) {
@@ -210,52 +260,36 @@ impl Bench {
     }
 
     pub async fn w1(&mut self) -> anyhow::Result<()> {
-        let mut floor64 = (0.0, 0.0);
         for n in [1usize, 8, 64] {
             self.say(&format!("1: lock/unlock at {n} clients"));
-            let floor = floor_rate(&self.floor, self.floor_proc.pid, n, self.dur()).await?;
-            let (rate, cpu, counts) = self.run_under(n, None, self.lock_cycle_step()).await?;
-            let cps = rate.per_sec();
+            let p = self.paired(n, n, None, 2.0, self.lock_cycle_step()).await?;
             self.push(
                 1,
                 &format!("lock+unlock cycles/s, {n} clients"),
                 "cycles/s",
-                cps,
+                p.units,
                 None,
                 None,
             );
-            let target = (n == 64).then(|| {
-                let ok = 2.0 * cps >= 0.6 * floor.0;
-                ("requests/s >= 60% of floor", ok)
-            });
-            self.push(
-                1,
-                &format!("requests/s, {n} clients"),
-                "req/s",
-                2.0 * cps,
-                Some(floor.0),
-                target,
-            );
-            if let Some(cpu) = cpu {
+            let target = (n == 64).then_some(("ratio >= 0.60", p.ratio >= 0.6));
+            self.push_paired(1, &format!("requests/s, {n} clients"), &p, target);
+            if let Some(cpu) = p.cpu {
                 self.push(
                     1,
                     &format!("server CPU per request, {n} clients"),
                     "us",
-                    cpu / 2.0,
-                    Some(floor.1),
+                    cpu,
+                    Some(p.floor_cpu),
                     None,
                 );
             }
-            self.push_commits(1, &format!("{n} clients"), counts);
-            if n == 64 {
-                floor64 = floor;
-            }
+            self.push_commits(1, &format!("{n} clients"), p.counts);
         }
         // The same edge and MCP layer without the engine: a call refused by argument checking
         // (an empty counter name) never reaches the engine thread or the disk.
         self.say("1: edge + MCP layer only, 64 clients");
-        let (rate, cpu, _) = self
-            .run_under(64, None, |rpc| {
+        let p = self
+            .paired(64, 64, None, 1.0, |rpc| {
                 let step: Step = Arc::new(move |_| {
                     let rpc = rpc.clone();
                     Box::pin(async move {
@@ -267,37 +301,29 @@ impl Bench {
                 (step.clone(), step)
             })
             .await?;
-        self.push(
+        self.push_paired(
             1,
             "requests/s, 64 clients, refused before the engine (HTTP edge + rmcp only)",
-            "req/s",
-            rate.per_sec(),
-            Some(floor64.0),
+            &p,
             None,
         );
-        if let Some(cpu) = cpu {
+        if let Some(cpu) = p.cpu {
             self.push(
                 1,
                 "server CPU per request, refused before the engine",
                 "us",
                 cpu,
-                Some(floor64.1),
+                Some(p.floor_cpu),
                 None,
             );
         }
         if self.spawned() {
             self.say("1: lock/unlock at 64 clients, group commit off");
-            let (rate, _, counts) = self.run_under(64, Some(1), self.lock_cycle_step()).await?;
-            let cps = rate.per_sec();
-            self.push(
-                1,
-                "requests/s, 64 clients, group commit OFF",
-                "req/s",
-                2.0 * cps,
-                Some(floor64.0),
-                None,
-            );
-            self.push_commits(1, "64 clients, group commit OFF", counts);
+            let p = self
+                .paired(64, 64, Some(1), 2.0, self.lock_cycle_step())
+                .await?;
+            self.push_paired(1, "requests/s, 64 clients, group commit OFF", &p, None);
+            self.push_commits(1, "64 clients, group commit OFF", p.counts);
         }
         Ok(())
     }
@@ -424,54 +450,53 @@ impl Bench {
     pub async fn w3(&mut self) -> anyhow::Result<()> {
         let n = self.sizes.hot_clients;
         self.say(&format!("3: one hot lock, {n} clients"));
-        let floor = floor_rate(&self.floor, self.floor_proc.pid, n, self.dur())
-            .await?
-            .0;
-        let u = self.under(None).await?;
-        let rpc = u.rpc.clone();
         let name = format!("{}/w3", self.prefix);
         // (sent at, fence) of every grant.
         let grants: Arc<Mutex<Vec<(Instant, i64)>>> = Arc::default();
-        let (r, g, nm) = (rpc.clone(), grants.clone(), name.clone());
-        let step: Step = Arc::new(move |k| {
-            let (rpc, grants, name) = (r.clone(), g.clone(), nm.clone());
-            Box::pin(async move {
-                let sent = Instant::now();
-                let v = rpc
-                    .call(
-                        "lock_resource",
-                        json!({"name": name, "agent_id": format!("c{k}"), "wait_seconds": 50}),
-                    )
-                    .await?;
-                let token = v["lock_token"]
-                    .as_str()
-                    .ok_or_else(|| anyhow!("lock_resource did not grant: {v}"))?
-                    .to_string();
-                let fence = v["fence"]
-                    .as_i64()
-                    .ok_or_else(|| anyhow!("no fence: {v}"))?;
-                // Not held across an await.
-                grants.lock().expect("grants").push((sent, fence));
-                let r = rpc
-                    .call(
-                        "unlock_resource",
-                        json!({"name": name, "lock_token": token}),
-                    )
-                    .await?;
-                ensure!(r["released"] == json!(true), "unlock_resource: {r}");
-                Ok(1)
-            })
-        });
-        let r2 = rpc.clone();
-        let warm: Step = Arc::new(move |_| {
-            let r = r2.clone();
-            Box::pin(async move {
-                r.call("list_locks", json!({})).await?;
-                Ok(0)
-            })
-        });
-        let rate = closed_loop(n, self.dur(), warm, step).await?;
-        let counts = u.finish().await;
+        let (g, nm) = (grants.clone(), name.clone());
+        let make = move |rpc: Rpc| {
+            let r = rpc.clone();
+            let step: Step = Arc::new(move |k| {
+                let (rpc, grants, name) = (r.clone(), g.clone(), nm.clone());
+                Box::pin(async move {
+                    let sent = Instant::now();
+                    let v = rpc
+                        .call(
+                            "lock_resource",
+                            json!({"name": name, "agent_id": format!("c{k}"), "wait_seconds": 50}),
+                        )
+                        .await?;
+                    let token = v["lock_token"]
+                        .as_str()
+                        .ok_or_else(|| anyhow!("lock_resource did not grant: {v}"))?
+                        .to_string();
+                    let fence = v["fence"]
+                        .as_i64()
+                        .ok_or_else(|| anyhow!("no fence: {v}"))?;
+                    // Not held across an await.
+                    grants.lock().expect("grants").push((sent, fence));
+                    let r = rpc
+                        .call(
+                            "unlock_resource",
+                            json!({"name": name, "lock_token": token}),
+                        )
+                        .await?;
+                    ensure!(r["released"] == json!(true), "unlock_resource: {r}");
+                    Ok(1)
+                })
+            });
+            let r2 = rpc.clone();
+            let warm: Step = Arc::new(move |_| {
+                let r = r2.clone();
+                Box::pin(async move {
+                    r.call("list_locks", json!({})).await?;
+                    Ok(0)
+                })
+            });
+            (warm, step)
+        };
+        let p = self.paired(n, n, None, 2.0, make).await?;
+        let counts = p.counts;
         let mut g = std::mem::take(&mut *grants.lock().expect("grants"));
         let fences: HashSet<i64> = g.iter().map(|x| x.1).collect();
         ensure!(fences.len() == g.len(), "two grants carried the same fence");
@@ -494,7 +519,7 @@ impl Bench {
             }
             count
         };
-        let gps = rate.per_sec();
+        let gps = p.units;
         self.push(
             3,
             &format!("grants/s, {n} clients on one lock"),
@@ -503,14 +528,7 @@ impl Bench {
             None,
             None,
         );
-        self.push(
-            3,
-            &format!("requests/s, {n} clients on one lock"),
-            "req/s",
-            2.0 * gps,
-            Some(floor),
-            None,
-        );
+        self.push_paired(3, &format!("requests/s, {n} clients on one lock"), &p, None);
         // The client cannot see when the daemon read a request, only when it was sent; two
         // requests sent close together may be read in either order (the runtime polls sockets
         // in its own order, and a loaded 2-core machine preempts for milliseconds). So an
@@ -547,87 +565,84 @@ impl Bench {
 
     // ------------------------------------------------------------------ 4
 
-    async fn task_cycles(
-        &self,
-        max_batch: Option<usize>,
-    ) -> anyhow::Result<(Rate, Option<EngineCounts>)> {
-        let u = self.under(max_batch).await?;
-        let rpc = u.rpc.clone();
+    async fn task_cycles(&self, max_batch: Option<usize>) -> anyhow::Result<Paired> {
         let queue = format!("{}/w4", self.prefix);
         // Producers stay at most this far ahead of the consumers.
         let room = Arc::new(tokio::sync::Semaphore::new(256));
-        let step: Step = Arc::new(move |k| {
-            let (rpc, queue, room) = (rpc.clone(), queue.clone(), room.clone());
-            Box::pin(async move {
-                if k < 8 {
-                    match tokio::time::timeout(Duration::from_millis(50), room.acquire()).await {
-                        Ok(p) => p.context("semaphore")?.forget(),
-                        Err(_) => return Ok(0),
-                    }
-                    rpc.call("push_task", json!({"queue": queue, "payload": "{\"job\":1}", "author": format!("p{k}")}))
+        let make = move |rpc: Rpc| {
+            let step: Step = Arc::new(move |k| {
+                let (rpc, queue, room) = (rpc.clone(), queue.clone(), room.clone());
+                Box::pin(async move {
+                    if k < 8 {
+                        match tokio::time::timeout(Duration::from_millis(50), room.acquire()).await
+                        {
+                            Ok(p) => p.context("semaphore")?.forget(),
+                            Err(_) => return Ok(0),
+                        }
+                        rpc.call("push_task", json!({"queue": queue, "payload": "{\"job\":1}", "author": format!("p{k}")}))
                         .await?;
-                    return Ok(0);
-                }
-                let v = rpc
-                    .call(
-                        "claim_next_task",
-                        json!({"queue": queue, "agent_id": format!("c{k}"), "wait_seconds": 1}),
-                    )
-                    .await?;
-                if v["claimed"] != json!(true) {
-                    return Ok(0);
-                }
-                room.add_permits(1);
-                let c = rpc
-                    .call(
-                        "complete_task",
-                        json!({"id": v["id"], "lease_token": v["lease_token"]}),
-                    )
-                    .await?;
-                ensure!(c["completed"] == json!(true), "complete_task: {c}");
-                Ok(1)
-            })
-        });
-        let rate = closed_loop(16, self.dur(), step.clone(), step).await?;
-        Ok((rate, u.finish().await))
+                        return Ok(0);
+                    }
+                    let v = rpc
+                        .call(
+                            "claim_next_task",
+                            json!({"queue": queue, "agent_id": format!("c{k}"), "wait_seconds": 1}),
+                        )
+                        .await?;
+                    if v["claimed"] != json!(true) {
+                        return Ok(0);
+                    }
+                    room.add_permits(1);
+                    let c = rpc
+                        .call(
+                            "complete_task",
+                            json!({"id": v["id"], "lease_token": v["lease_token"]}),
+                        )
+                        .await?;
+                    ensure!(c["completed"] == json!(true), "complete_task: {c}");
+                    Ok(1)
+                })
+            });
+            (step.clone(), step)
+        };
+        self.paired(16, 16, max_batch, 3.0, make).await
     }
 
     pub async fn w4(&mut self) -> anyhow::Result<()> {
         self.say("4: task queue, 8 producers + 8 consumers");
-        let floor = floor_rate(&self.floor, self.floor_proc.pid, 16, self.dur())
-            .await?
-            .0;
-        let (rate, counts) = self.task_cycles(None).await?;
-        let cps = rate.per_sec();
+        let p = self.task_cycles(None).await?;
         self.push(
             4,
             "push+claim+complete cycles/s, 8+8 clients",
             "cycles/s",
-            cps,
-            Some(floor / 3.0),
-            Some((">= 10000", cps >= 10_000.0)),
+            p.units,
+            Some(p.floor / 3.0),
+            Some((">= 10000", p.units >= 10_000.0)),
         );
-        self.push(
-            4,
-            "requests/s, 8+8 clients",
-            "req/s",
-            3.0 * cps,
-            Some(floor),
-            None,
-        );
-        self.push_commits(4, "task queue", counts);
+        self.push_paired(4, "requests/s, 8+8 clients", &p, None);
+        if let Some(cpu) = p.cpu {
+            self.push(
+                4,
+                "server CPU per request, task queue",
+                "us",
+                cpu,
+                Some(p.floor_cpu),
+                None,
+            );
+        }
+        self.push_commits(4, "task queue", p.counts);
         if self.spawned() {
             self.say("4: task queue, group commit off");
-            let (rate, counts) = self.task_cycles(Some(1)).await?;
+            let p = self.task_cycles(Some(1)).await?;
             self.push(
                 4,
                 "cycles/s, group commit OFF",
                 "cycles/s",
-                rate.per_sec(),
-                Some(floor / 3.0),
+                p.units,
+                Some(p.floor / 3.0),
                 None,
             );
-            self.push_commits(4, "task queue, group commit OFF", counts);
+            self.push_commits(4, "task queue, group commit OFF", p.counts);
         }
         Ok(())
     }
@@ -636,49 +651,43 @@ impl Bench {
 
     pub async fn w5(&mut self) -> anyhow::Result<()> {
         self.say("5: increment_counter at 64 clients");
-        let floor = floor_rate(&self.floor, self.floor_proc.pid, 64, self.dur()).await?;
-        let u = self.under(None).await?;
-        let rpc = u.rpc.clone();
         let name = format!("{}/w5", self.prefix);
         let calls = Arc::new(AtomicU64::new(0));
         let top = Arc::new(AtomicU64::new(0));
         let (c, t) = (calls.clone(), top.clone());
-        let step: Step = Arc::new(move |_| {
-            let (rpc, name, calls, top) = (rpc.clone(), name.clone(), c.clone(), t.clone());
-            Box::pin(async move {
-                let v = rpc.call("increment_counter", json!({"name": name})).await?;
-                let value = v["value"]
-                    .as_u64()
-                    .ok_or_else(|| anyhow!("no value: {v}"))?;
-                calls.fetch_add(1, Ordering::Relaxed);
-                top.fetch_max(value, Ordering::Relaxed);
-                Ok(1)
-            })
-        });
-        let pid = u.proc.as_ref().map(|p| p.pid);
-        let cpu0 = pid.map(cpu_secs);
-        let rate = closed_loop(64, self.dur(), step.clone(), step).await?;
-        let cpu = pid
-            .zip(cpu0)
-            .map(|(p, c0)| cpu_us_per(cpu_secs(p) - c0, rate.units));
-        let counts = u.finish().await;
+        let make = move |rpc: Rpc| {
+            let step: Step = Arc::new(move |_| {
+                let (rpc, name, calls, top) = (rpc.clone(), name.clone(), c.clone(), t.clone());
+                Box::pin(async move {
+                    let v = rpc.call("increment_counter", json!({"name": name})).await?;
+                    let value = v["value"]
+                        .as_u64()
+                        .ok_or_else(|| anyhow!("no value: {v}"))?;
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    top.fetch_max(value, Ordering::Relaxed);
+                    Ok(1)
+                })
+            });
+            (step.clone(), step)
+        };
+        let p = self.paired(64, 64, None, 1.0, make).await?;
         let (calls, top) = (calls.load(Ordering::Relaxed), top.load(Ordering::Relaxed));
         ensure!(
             calls == top,
             "{calls} increments but the counter reached {top}"
         );
-        self.push(
-            5,
-            "increment_counter/s, 64 clients",
-            "req/s",
-            rate.per_sec(),
-            Some(floor.0),
-            None,
-        );
-        if let Some(cpu) = cpu {
-            self.push(5, "server CPU per request", "us", cpu, Some(floor.1), None);
+        self.push_paired(5, "increment_counter/s, 64 clients", &p, None);
+        if let Some(cpu) = p.cpu {
+            self.push(
+                5,
+                "server CPU per request",
+                "us",
+                cpu,
+                Some(p.floor_cpu),
+                None,
+            );
         }
-        self.push_commits(5, "counter", counts);
+        self.push_commits(5, "counter", p.counts);
         Ok(())
     }
 
