@@ -591,8 +591,11 @@ impl Engine {
                 self.respond(reply, r)
             }
             Op::SignalEvent { name, reply } => {
+                // Answered ahead of the waiters it wakes (all after the same commit), so the
+                // signaller does not queue behind a thousand deliveries.
+                let at = self.outbox.len();
                 let r = self.signal_event(name);
-                self.respond(reply, r)
+                self.outbox.insert(at, Outgoing::new(reply, r));
             }
             Op::WaitForEvent {
                 call,
