@@ -44,10 +44,13 @@ pub struct EdgeConfig {
 struct EdgeState {
     config: Arc<EdgeConfig>,
     in_flight: Arc<Semaphore>,
+    /// Answers plain `tools/call` requests directly (see [`plain_call`]).
+    mcp: AirlockMcp,
 }
 
 /// The whole HTTP application.
 pub fn app(core: Coordinator, edge: EdgeConfig) -> Router {
+    let direct = AirlockMcp::new(core.clone());
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
@@ -62,6 +65,7 @@ pub fn app(core: Coordinator, edge: EdgeConfig) -> Router {
     let state = EdgeState {
         config: Arc::new(edge),
         in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        mcp: direct,
     };
     let mcp_routes = Router::new()
         .route_service("/", mcp.clone())
@@ -160,6 +164,64 @@ fn accepts_both(headers: &HeaderMap) -> bool {
     joined.contains("application/json") && joined.contains("text/event-stream")
 }
 
+/// The JSON-RPC response to a plain call, fields in rmcp's order.
+#[derive(serde::Serialize)]
+struct PlainResponse<'a> {
+    jsonrpc: &'static str,
+    id: &'a Value,
+    result: rmcp::model::CallToolResult,
+}
+
+/// Answers the curl recipe's plain `tools/call` without rmcp's per-request machinery, which
+/// costs more CPU and memory than the HTTP stack itself (BENCHMARKS.md). Only a request with
+/// nothing for rmcp to check takes this path: no `Mcp-*` headers (session, protocol version,
+/// SEP-2243 standard headers), a JSON content type, and a body `mcp::plain_tool_call` accepts.
+/// Everything else goes to rmcp as before.
+async fn plain_call(
+    mcp: &AirlockMcp,
+    headers: &HeaderMap,
+    body: &serde_json::Map<String, Value>,
+) -> Option<Response> {
+    if headers.keys().any(|k| k.as_str().starts_with("mcp-")) {
+        return None;
+    }
+    let json_type = headers.get(header::CONTENT_TYPE).is_none_or(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
+    });
+    if !json_type {
+        return None;
+    }
+    let call = crate::mcp::plain_tool_call(body)?;
+    let mut result = mcp.call_plain(call.name, call.arguments).await;
+    // As rmcp answers a request that negotiated no version: without the 2026-07-28 field.
+    result.result_type = None;
+    let response = PlainResponse {
+        jsonrpc: "2.0",
+        id: call.id,
+        result,
+    };
+    // The tool has run: whatever happens now, this path answers.
+    Some(match serde_json::to_vec(&response) {
+        Ok(bytes) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => edge_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            -32603,
+            &format!("could not encode the answer: {e}"),
+        ),
+    })
+}
+
 async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Response {
     let config = &state.config;
     if !host_allowed(req.headers(), config) {
@@ -230,7 +292,11 @@ async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Resp
                 "JSON-RPC batches are not supported; send one request per POST",
             )
         }
-        Ok(Value::Object(_)) => {}
+        Ok(Value::Object(body)) => {
+            if let Some(r) = plain_call(&state.mcp, &parts.headers, &body).await {
+                return r;
+            }
+        }
         Ok(_) => {
             return edge_error(
                 StatusCode::BAD_REQUEST,
