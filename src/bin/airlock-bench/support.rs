@@ -279,6 +279,8 @@ pub struct Rpc {
     url: Arc<str>,
     auth: Arc<str>,
     next_id: Arc<AtomicU64>,
+    /// Sent as `MCP-Protocol-Version`, as MCP clients do (the daemon then answers through rmcp).
+    protocol_version: Option<&'static str>,
 }
 
 impl Rpc {
@@ -296,6 +298,15 @@ impl Rpc {
             url: url.into(),
             auth: format!("Bearer {token}").into(),
             next_id: Arc::new(AtomicU64::new(1)),
+            protocol_version: None,
+        }
+    }
+
+    /// The same client, sending `MCP-Protocol-Version` like an MCP client.
+    pub fn as_mcp_client(&self) -> Rpc {
+        Rpc {
+            protocol_version: Some("2025-06-18"),
+            ..self.clone()
         }
     }
 
@@ -313,11 +324,15 @@ impl Rpc {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                           "params": {"name": tool, "arguments": args}});
-        let resp = self
+        let mut req = self
             .http
             .post(&*self.url)
             .header("Content-Type", "application/json")
-            .header("Authorization", &*self.auth)
+            .header("Authorization", &*self.auth);
+        if let Some(v) = self.protocol_version {
+            req = req.header("MCP-Protocol-Version", v);
+        }
+        let resp = req
             .body(body.to_string())
             .send()
             .await

@@ -303,7 +303,7 @@ impl Bench {
             .await?;
         self.push_paired(
             1,
-            "requests/s, 64 clients, refused before the engine (HTTP edge + rmcp only)",
+            "requests/s, 64 clients, refused by argument checks (no engine, no disk)",
             &p,
             None,
         );
@@ -311,6 +311,29 @@ impl Bench {
             self.push(
                 1,
                 "server CPU per request, refused before the engine",
+                "us",
+                cpu,
+                Some(p.floor_cpu),
+                None,
+            );
+        }
+        // The same cycles as an MCP client sends them (with MCP-Protocol-Version), which the
+        // daemon answers through rmcp rather than its plain JSON-RPC path.
+        self.say("1: lock/unlock at 64 clients, through rmcp");
+        let plain = self.lock_cycle_step();
+        let p = self
+            .paired(64, 64, None, 2.0, move |rpc| plain(rpc.as_mcp_client()))
+            .await?;
+        self.push_paired(
+            1,
+            "requests/s, 64 clients, as an MCP client (through rmcp)",
+            &p,
+            None,
+        );
+        if let Some(cpu) = p.cpu {
+            self.push(
+                1,
+                "server CPU per request, as an MCP client (through rmcp)",
                 "us",
                 cpu,
                 Some(p.floor_cpu),
