@@ -254,7 +254,7 @@ pub fn plain_tool_call(body: &Map<String, Value>) -> Option<PlainToolCall<'_>> {
     }
     let id = body
         .get("id")
-        .filter(|id| id.is_string() || id.is_i64() || id.is_u64())?;
+        .filter(|id| id.is_string() || id.is_i64())?;
     let params = body.get("params")?.as_object()?;
     if params.keys().any(|k| k != "name" && k != "arguments") {
         return None;
