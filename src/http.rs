@@ -48,10 +48,13 @@ pub struct EdgeConfig {
 struct EdgeState {
     config: Arc<EdgeConfig>,
     in_flight: Arc<Semaphore>,
+    /// Answers plain `tools/call` requests directly (see [`plain_call`]).
+    mcp: AirlockMcp,
 }
 
 /// The whole HTTP application.
 pub fn app(core: Coordinator, edge: EdgeConfig) -> Router {
+    let direct = AirlockMcp::new(core.clone());
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
@@ -67,6 +70,7 @@ pub fn app(core: Coordinator, edge: EdgeConfig) -> Router {
     let state = EdgeState {
         in_flight: Arc::new(Semaphore::new(edge.max_in_flight)),
         config: Arc::new(edge),
+        mcp: direct,
     };
     let mcp_routes = Router::new()
         .route_service("/", mcp.clone())
@@ -266,6 +270,64 @@ fn check_tool_call(map: &serde_json::Map<String, Value>) -> Result<(), Rejected>
     }
 }
 
+/// The JSON-RPC response to a plain call, fields in rmcp's order.
+#[derive(serde::Serialize)]
+struct PlainResponse<'a> {
+    jsonrpc: &'static str,
+    id: &'a Value,
+    result: rmcp::model::CallToolResult,
+}
+
+/// Answers the curl recipe's plain `tools/call` without rmcp's per-request machinery, which
+/// costs more CPU and memory than the HTTP stack itself (BENCHMARKS.md). Only a request with
+/// nothing for rmcp to check takes this path: no `Mcp-*` headers (session, protocol version,
+/// SEP-2243 standard headers), a JSON content type, and a body `mcp::plain_tool_call` accepts.
+/// Everything else goes to rmcp as before.
+async fn plain_call(
+    mcp: &AirlockMcp,
+    headers: &HeaderMap,
+    body: &serde_json::Map<String, Value>,
+) -> Option<Response> {
+    if headers.keys().any(|k| k.as_str().starts_with("mcp-")) {
+        return None;
+    }
+    let json_type = headers.get(header::CONTENT_TYPE).is_none_or(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
+    });
+    if !json_type {
+        return None;
+    }
+    let call = crate::mcp::plain_tool_call(body)?;
+    let mut result = mcp.call_plain(call.name, call.arguments).await;
+    // As rmcp answers a request that negotiated no version: without the 2026-07-28 field.
+    result.result_type = None;
+    let response = PlainResponse {
+        jsonrpc: "2.0",
+        id: call.id,
+        result,
+    };
+    // The tool has run: whatever happens now, this path answers.
+    Some(match serde_json::to_vec(&response) {
+        Ok(bytes) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => edge_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            -32603,
+            &format!("could not encode the answer: {e}"),
+        ),
+    })
+}
+
 async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Response {
     let config = &state.config;
     if !host_allowed(req.headers(), config) {
@@ -324,8 +386,12 @@ async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Resp
         Ok(b) => b,
         Err(_) => return too_large(),
     };
-    if let Err(r) = decode_body(&bytes) {
-        return edge_error_for(r.id, r.status, r.code, &r.message);
+    let body = match decode_body(&bytes) {
+        Ok(body) => body,
+        Err(r) => return edge_error_for(r.id, r.status, r.code, &r.message),
+    };
+    if let Some(r) = plain_call(&state.mcp, &parts.headers, &body).await {
+        return r;
     }
     // curl sends `Accept: */*`; rmcp wants both types listed. We answer plain JSON either way.
     if !accepts_both(&parts.headers) {

@@ -32,6 +32,17 @@ use crate::store::{AgentRow, EventRow, LockRow, NoteRow, Store, StoreError, Task
 
 /// Most commands applied in one transaction.
 pub const MAX_BATCH: usize = 1024;
+/// Environment knob for benchmarks only (see BENCHMARKS.md): caps the batch, so
+/// `AIRLOCK_MAX_BATCH=1` turns group commit off and every operation pays its own fsync.
+pub const MAX_BATCH_ENV: &str = "AIRLOCK_MAX_BATCH";
+
+/// The batch cap: [`MAX_BATCH`], or less when [`MAX_BATCH_ENV`] says so.
+fn max_batch_from_env() -> usize {
+    std::env::var(MAX_BATCH_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(MAX_BATCH, |n| n.clamp(1, MAX_BATCH))
+}
 /// How often expired notes and old finished tasks are deleted from disk. Readers already treat
 /// them as gone; this only reclaims space.
 const HOUSEKEEPING_MS: Millis = 60_000;
@@ -318,6 +329,12 @@ pub struct Engine {
     /// Set by the first storage error of a batch: the batch is rolled back.
     batch_error: Option<CoreError>,
     draining: bool,
+    /// Most commands per transaction (group commit off when 1).
+    max_batch: usize,
+    /// Transactions committed and operations applied, logged when the engine stops so the
+    /// benchmark can report operations per commit.
+    commits: u64,
+    operations: u64,
 }
 
 fn storage(e: StoreError) -> CoreError {
@@ -359,6 +376,9 @@ impl Engine {
             orphans: Vec::new(),
             batch_error: None,
             draining: false,
+            max_batch: max_batch_from_env(),
+            commits: 0,
+            operations: 0,
         };
         for (name, at) in expiries.locks {
             engine.schedule(at, Deadline::LockExpiry(name));
@@ -412,7 +432,7 @@ impl Engine {
                 };
                 batch.extend(first);
             }
-            while batch.len() < MAX_BATCH {
+            while batch.len() < self.max_batch {
                 match rx.try_recv() {
                     Ok(c) => batch.push(c),
                     Err(_) => break,
@@ -420,7 +440,12 @@ impl Engine {
             }
             self.process(batch);
         }
-        tracing::debug!("engine stopped");
+        tracing::info!(
+            commits = self.commits,
+            operations = self.operations,
+            max_batch = self.max_batch,
+            "engine stopped"
+        );
     }
 
     fn next_deadline_in(&self) -> Option<Duration> {
@@ -441,7 +466,10 @@ impl Engine {
         }
         for cmd in batch {
             match cmd {
-                Command::Op(op) => self.apply(op),
+                Command::Op(op) => {
+                    self.operations += 1;
+                    self.apply(op)
+                }
                 Command::Cancel(call) => self.cancel(call),
                 Command::Orphaned(orphan) => self.release_orphan(orphan),
                 Command::Drain(done) => {
@@ -457,6 +485,9 @@ impl Engine {
             Some(e) => Some(e),
             None => self.store.commit().err().map(storage),
         };
+        if failed.is_none() {
+            self.commits += 1;
+        }
         if let Some(e) = &failed {
             tracing::error!(error = %e, "a batch failed and was rolled back");
             self.store.rollback();
@@ -581,8 +612,11 @@ impl Engine {
                 self.respond(reply, r)
             }
             Op::SignalEvent { name, reply } => {
+                // Answered ahead of the waiters it wakes (all after the same commit), so the
+                // signaller does not queue behind a thousand deliveries.
+                let at = self.outbox.len();
                 let r = self.signal_event(name);
-                self.respond(reply, r)
+                self.outbox.insert(at, Outgoing::new(reply, r));
             }
             Op::WaitForEvent {
                 call,

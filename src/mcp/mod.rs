@@ -237,6 +237,58 @@ fn progress_sender(context: &RequestContext<RoleServer>) -> Option<ProgressFn> {
     }))
 }
 
+/// The parts of a plain `tools/call` the edge answers itself.
+pub struct PlainToolCall<'a> {
+    pub id: &'a Value,
+    pub name: &'a str,
+    pub arguments: Option<&'a Map<String, Value>>,
+}
+
+/// A plain JSON-RPC `tools/call`, as the curl recipe sends it, that the edge may answer
+/// without rmcp's per-request machinery (a spawned service, its transport and channels): the
+/// id, the tool and its arguments. `None` for anything rmcp must judge: another method, an
+/// unknown tool, `_meta` (progress tokens) or any other parameter, non-object arguments.
+/// The answer is the same `CallToolResult` rmcp would send (BENCHMARKS.md has what it saves).
+pub fn plain_tool_call(body: &Map<String, Value>) -> Option<PlainToolCall<'_>> {
+    if body.get("jsonrpc")?.as_str()? != "2.0" || body.get("method")?.as_str()? != "tools/call" {
+        return None;
+    }
+    let id = body.get("id").filter(|id| id.is_string() || id.is_i64())?;
+    let params = body.get("params")?.as_object()?;
+    if params.keys().any(|k| k != "name" && k != "arguments") {
+        return None;
+    }
+    let name = params.get("name")?.as_str()?;
+    tools::find(name)?;
+    let arguments = match params.get("arguments") {
+        None => None,
+        Some(Value::Object(m)) => Some(m),
+        Some(_) => return None,
+    };
+    Some(PlainToolCall {
+        id,
+        name,
+        arguments,
+    })
+}
+
+impl AirlockMcp {
+    /// Runs a tool for [`plain_tool_call`]: what `call_tool` does, minus progress reports.
+    pub async fn call_plain(
+        &self,
+        name: &str,
+        arguments: Option<&Map<String, Value>>,
+    ) -> CallToolResult {
+        let empty = Map::new();
+        let run = self.run_tool(name, arguments.unwrap_or(&empty), None);
+        match shielded(run, || Ok(Err(CoreError::Storage("internal error".into())))).await {
+            Ok(outcome) => tool_result(outcome),
+            // Only an unknown tool, which `plain_tool_call` already sent to rmcp.
+            Err(e) => CallToolResult::error(vec![ContentBlock::text(e.message.to_string())]),
+        }
+    }
+}
+
 /// Runs `fut` so that a panic becomes an error answer instead of a hung request.
 async fn shielded<T>(fut: impl Future<Output = T>, on_panic: impl FnOnce() -> T) -> T {
     match AssertUnwindSafe(fut).catch_unwind().await {
