@@ -98,6 +98,17 @@ enum Step {
         agent: u8,
     },
     ListAgents,
+    Signal {
+        event: u8,
+    },
+    ClearEvent {
+        event: u8,
+    },
+    /// `wait_for_event` without parking (`wait_seconds` 0).
+    PeekEvent {
+        event: u8,
+        last_seen: i64,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -126,6 +137,9 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0..AGENTS, 1..6i64).prop_map(|(agent, ttl_s)| Step::Register { agent, ttl_s }),
         1 => (0..AGENTS).prop_map(|agent| Step::Unregister { agent }),
         1 => Just(Step::ListAgents),
+        1 => (0..2u8).prop_map(|event| Step::Signal { event }),
+        1 => (0..2u8).prop_map(|event| Step::ClearEvent { event }),
+        1 => (0..2u8, 0..6i64).prop_map(|(event, last_seen)| Step::PeekEvent { event, last_seen }),
     ]
 }
 
@@ -186,6 +200,8 @@ struct Model {
     tasks: Vec<MTask>,
     /// Registered agents → presence deadline.
     agents: BTreeMap<u8, i64>,
+    /// Events → (generation, generation at the last clear).
+    events: HashMap<u8, (i64, i64)>,
     /// Answers parked callers got during the current step: call → (lock, answer).
     answered: BTreeMap<u64, (usize, ParkedAnswer)>,
 }
@@ -833,6 +849,44 @@ impl Harness {
                 .unwrap();
                 prop_assert!(got.unregistered);
                 self.model.release_agent(agent);
+            }
+            Step::Signal { event } => {
+                let got = run(&mut self.engine, |reply| Op::SignalEvent {
+                    name: format!("e{event}"),
+                    reply,
+                })
+                .unwrap();
+                let e = self.model.events.entry(event).or_default();
+                e.0 += 1;
+                prop_assert_eq!(got.generation, e.0);
+            }
+            Step::ClearEvent { event } => {
+                let got = run(&mut self.engine, |reply| Op::ClearEvent {
+                    name: format!("e{event}"),
+                    reply,
+                })
+                .unwrap();
+                prop_assert!(got.cleared);
+                let e = self.model.events.entry(event).or_default();
+                e.1 = e.0;
+            }
+            Step::PeekEvent { event, last_seen } => {
+                let call = self.next_call;
+                self.next_call += 1;
+                let got = run(&mut self.engine, |reply| Op::WaitForEvent {
+                    call,
+                    name: format!("e{event}"),
+                    last_seen,
+                    wait_ms: 0,
+                    reply,
+                })
+                .unwrap();
+                let (generation, cleared) =
+                    self.model.events.get(&event).copied().unwrap_or_default();
+                prop_assert_eq!(
+                    (got.generation, got.fired),
+                    (generation, generation > last_seen.max(cleared))
+                );
             }
             Step::ListAgents => {
                 let got = run(&mut self.engine, |reply| Op::ListAgents { reply }).unwrap();
