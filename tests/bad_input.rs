@@ -593,7 +593,7 @@ fn raise_own_fd_limit(want: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_connections_are_bounded_with_a_clear_503() {
     const CAP: usize = 64;
-    const CONNECTIONS: usize = 1_500;
+    const CONNECTIONS: usize = 2_000;
     raise_own_fd_limit(8_192);
     let d = Daemon::start_env(&[("AIRLOCK_MAX_IN_FLIGHT", "64")]).await;
     d.call(

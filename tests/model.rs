@@ -90,6 +90,25 @@ enum Step {
         which: usize,
         lease_s: i64,
     },
+    Register {
+        agent: u8,
+        ttl_s: i64,
+    },
+    Unregister {
+        agent: u8,
+    },
+    ListAgents,
+    Signal {
+        event: u8,
+    },
+    ClearEvent {
+        event: u8,
+    },
+    /// `wait_for_event` without parking (`wait_seconds` 0).
+    PeekEvent {
+        event: u8,
+        last_seen: i64,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -115,6 +134,12 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0..8usize).prop_map(|which| Step::Complete { which }),
         1 => (0..8usize, any::<bool>()).prop_map(|(which, requeue)| Step::Fail { which, requeue }),
         1 => (0..8usize, 1..4i64).prop_map(|(which, lease_s)| Step::Extend { which, lease_s }),
+        1 => (0..AGENTS, 1..6i64).prop_map(|(agent, ttl_s)| Step::Register { agent, ttl_s }),
+        1 => (0..AGENTS).prop_map(|agent| Step::Unregister { agent }),
+        1 => Just(Step::ListAgents),
+        1 => (0..2u8).prop_map(|event| Step::Signal { event }),
+        1 => (0..2u8).prop_map(|event| Step::ClearEvent { event }),
+        1 => (0..2u8, 0..6i64).prop_map(|(event, last_seen)| Step::PeekEvent { event, last_seen }),
     ]
 }
 
@@ -152,6 +177,7 @@ struct MTask {
     priority: i64,
     state: TaskSt,
     lease: Option<(String, i64)>,
+    lease_agent: Option<u8>,
     attempts: i64,
 }
 
@@ -172,6 +198,10 @@ struct Model {
     notes: HashMap<u8, (String, Option<i64>)>,
     counters: HashMap<u8, i64>,
     tasks: Vec<MTask>,
+    /// Registered agents → presence deadline.
+    agents: BTreeMap<u8, i64>,
+    /// Events → (generation, generation at the last clear).
+    events: HashMap<u8, (i64, i64)>,
     /// Answers parked callers got during the current step: call → (lock, answer).
     answered: BTreeMap<u64, (usize, ParkedAnswer)>,
 }
@@ -246,6 +276,24 @@ impl Model {
         }
     }
 
+    /// The agent is gone: its locks are released and its leased tasks requeued.
+    fn release_agent(&mut self, agent: u8) {
+        self.agents.remove(&agent);
+        for l in &mut self.locks {
+            if l.as_ref().is_some_and(|l| l.agent == agent) {
+                *l = None;
+            }
+        }
+        for t in &mut self.tasks {
+            if t.state == TaskSt::Claimed && t.lease_agent == Some(agent) {
+                t.state = TaskSt::Pending;
+                t.lease = None;
+                t.lease_agent = None;
+            }
+        }
+        self.pump();
+    }
+
     /// Fires every deadline due at `now`, in the engine's order: by time, then by kind
     /// (lock expiry, lease expiry, ticket window, ticket grace), then by key.
     fn fire_due(&mut self) {
@@ -267,6 +315,11 @@ impl Model {
                     }
                 }
             }
+            for (a, at) in &self.agents {
+                if *at <= self.now {
+                    due.push((*at, 1, *a as u64));
+                }
+            }
             for (idx, t) in self.tasks.iter().enumerate() {
                 if let (TaskSt::Claimed, Some((_, at))) = (t.state, &t.lease) {
                     if *at <= self.now {
@@ -279,10 +332,12 @@ impl Model {
             };
             match kind {
                 0 => self.locks[key as usize] = None,
+                1 => self.release_agent(key as u8),
                 2 => {
                     let t = &mut self.tasks[key as usize];
                     t.state = TaskSt::Pending;
                     t.lease = None;
+                    t.lease_agent = None;
                 }
                 3 => {
                     let now = self.now;
@@ -322,7 +377,8 @@ impl Model {
             .iter()
             .filter(|t| t.state == TaskSt::Claimed)
             .filter_map(|t| t.lease.as_ref().map(|(_, at)| *at));
-        locks.chain(tickets).chain(leases).min()
+        let agents = self.agents.values().copied();
+        locks.chain(tickets).chain(leases).chain(agents).min()
     }
 
     fn note(&self, key: u8) -> Option<&(String, Option<i64>)> {
@@ -686,6 +742,7 @@ impl Harness {
                     priority,
                     state: TaskSt::Pending,
                     lease: None,
+                    lease_agent: None,
                     attempts: 0,
                 });
             }
@@ -726,6 +783,7 @@ impl Harness {
                         t.state = TaskSt::Claimed;
                         t.attempts += 1;
                         t.lease = Some((lease_token.clone(), m.now + lease_s * 1000));
+                        t.lease_agent = Some(agent);
                         prop_assert_eq!(id, i as i64 + 1);
                         prop_assert_eq!(payload, format!("p{id}"));
                         prop_assert_eq!(lease_expires_in_seconds, lease_s);
@@ -748,6 +806,7 @@ impl Harness {
                     let t = &mut self.model.tasks[id as usize - 1];
                     t.state = TaskSt::Completed;
                     t.lease = None;
+                    t.lease_agent = None;
                 }
                 prop_assert_eq!(got.completed, ok);
             }
@@ -769,6 +828,7 @@ impl Harness {
                         TaskSt::Failed
                     };
                     t.lease = None;
+                    t.lease_agent = None;
                 }
                 prop_assert_eq!(got.failed, ok);
             }
@@ -788,6 +848,97 @@ impl Harness {
                     prop_assert_eq!(got.lease_expires_in_seconds, Some(lease_s));
                 }
                 prop_assert_eq!(got.extended, ok);
+            }
+            Step::Register { agent, ttl_s } => {
+                let got = run(&mut self.engine, |reply| Op::RegisterAgent {
+                    agent_id: agent_name(agent),
+                    ttl_ms: ttl_s * 1000,
+                    reply,
+                })
+                .unwrap();
+                prop_assert_eq!((got.registered, got.expires_in_seconds), (true, ttl_s));
+                let now = self.model.now;
+                self.model.agents.insert(agent, now + ttl_s * 1000);
+            }
+            Step::Unregister { agent } => {
+                let got = run(&mut self.engine, |reply| Op::UnregisterAgent {
+                    agent_id: agent_name(agent),
+                    reply,
+                })
+                .unwrap();
+                prop_assert!(got.unregistered);
+                self.model.release_agent(agent);
+            }
+            Step::Signal { event } => {
+                let got = run(&mut self.engine, |reply| Op::SignalEvent {
+                    name: format!("e{event}"),
+                    reply,
+                })
+                .unwrap();
+                let e = self.model.events.entry(event).or_default();
+                e.0 += 1;
+                prop_assert_eq!(got.generation, e.0);
+            }
+            Step::ClearEvent { event } => {
+                let got = run(&mut self.engine, |reply| Op::ClearEvent {
+                    name: format!("e{event}"),
+                    reply,
+                })
+                .unwrap();
+                prop_assert!(got.cleared);
+                let e = self.model.events.entry(event).or_default();
+                e.1 = e.0;
+            }
+            Step::PeekEvent { event, last_seen } => {
+                let call = self.next_call;
+                self.next_call += 1;
+                let got = run(&mut self.engine, |reply| Op::WaitForEvent {
+                    call,
+                    name: format!("e{event}"),
+                    last_seen,
+                    wait_ms: 0,
+                    reply,
+                })
+                .unwrap();
+                let (generation, cleared) =
+                    self.model.events.get(&event).copied().unwrap_or_default();
+                prop_assert_eq!(
+                    (got.generation, got.fired),
+                    (generation, generation > last_seen.max(cleared))
+                );
+            }
+            Step::ListAgents => {
+                let got = run(&mut self.engine, |reply| Op::ListAgents { reply }).unwrap();
+                let m = &self.model;
+                let expect: Vec<(String, i64, usize, usize)> = m
+                    .agents
+                    .iter()
+                    .filter(|(_, at)| **at > m.now)
+                    .map(|(a, at)| {
+                        let locks = (0..LOCKS)
+                            .filter(|i| m.live(*i).is_some_and(|l| l.agent == *a))
+                            .count();
+                        let leases = m
+                            .tasks
+                            .iter()
+                            .filter(|t| t.state == TaskSt::Claimed && t.lease_agent == Some(*a))
+                            .filter(|t| t.lease.as_ref().is_some_and(|(_, e)| *e > m.now))
+                            .count();
+                        (agent_name(*a), seconds_left(*at, m.now), locks, leases)
+                    })
+                    .collect();
+                let got: Vec<(String, i64, usize, usize)> = got
+                    .into_iter()
+                    .map(|a| {
+                        (
+                            a.agent_id,
+                            a.expires_in_seconds,
+                            a.locks_held,
+                            a.leases_held,
+                        )
+                    })
+                    .collect();
+                prop_assert_eq!(got, expect);
             }
         }
         self.model.pump();
