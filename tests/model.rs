@@ -291,6 +291,10 @@ impl Model {
                 t.lease_agent = None;
             }
         }
+        // Places it kept between two windows are given up: nobody will come back for them.
+        for line in &mut self.lines {
+            line.retain(|t| !(t.agent == agent && matches!(t.state, TState::Grace { .. })));
+        }
         self.pump();
     }
 
