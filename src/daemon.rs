@@ -16,6 +16,7 @@ use crate::clock::MonotonicClock;
 use crate::config::{self, Token};
 use crate::core::Coordinator;
 use crate::http::{self, EdgeConfig};
+use crate::listener::CappedListener;
 use crate::store::sqlite::SqliteStore;
 
 /// How the daemon is configured.
@@ -33,18 +34,28 @@ fn platform_requires_token() -> bool {
     !cfg!(target_os = "macos")
 }
 
-/// Raises the soft open-files limit to the hard limit, so thousands of parked callers fit.
-fn raise_fd_limit() {
+/// Raises the soft open-files limit to the hard limit, so thousands of parked callers fit, and
+/// returns the limit now in force.
+fn raise_fd_limit() -> usize {
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
     unsafe {
         let mut lim = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max.min(1 << 20);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
         }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max.min(1 << 20),
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+        lim.rlim_cur as usize
     }
 }
 
@@ -54,7 +65,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     unsafe {
         libc::umask(0o077);
     }
-    raise_fd_limit();
+    let open_files = raise_fd_limit();
     config::prepare_home(&opts.home)?;
     let _lock = config::lock_home(&opts.home)?;
     let addr: SocketAddr = opts.listen.parse().with_context(|| {
@@ -98,6 +109,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         Err(e) => bail!("cannot listen on {addr}: {e}"),
     };
     let local = listener.local_addr()?;
+    let connection_cap = CappedListener::cap_for(max_in_flight, open_files);
+    let listener = CappedListener::new(listener, connection_cap);
     let extra_hosts = if loopback {
         Vec::new()
     } else {
@@ -111,7 +124,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             max_in_flight,
         },
     );
-    tracing::info!(listen = %local, home = %opts.home.display(), token_required = require, "airlock is serving");
+    tracing::info!(listen = %local, home = %opts.home.display(), token_required = require, connection_cap, "airlock is serving");
     let stop_signal = shutdown_signal()?;
     // Scripts and tests read this line to learn the port when listening on port 0.
     println!("airlock listening on http://{local}");

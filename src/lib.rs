@@ -13,5 +13,6 @@ pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod http;
+pub mod listener;
 pub mod mcp;
 pub mod store;

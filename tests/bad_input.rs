@@ -650,10 +650,12 @@ async fn thousands_of_connections_are_bounded_with_a_clear_503() {
         *by_status.entry(status).or_default() += 1;
         if status == 503 {
             assert_eq!(v["error"]["code"], json!(-32003), "{v}");
-            assert!(v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("the cap is 64"));
+            // Turned away by the request cap (64) or, past it, by the connection cap.
+            let message = v["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("the cap is 64") || message.contains("too many open connections"),
+                "{message}"
+            );
         }
     }
     let fds_peak = sampler.await.unwrap();
@@ -673,4 +675,56 @@ async fn thousands_of_connections_are_bounded_with_a_clear_503() {
     })
     .await;
     unharmed(&d, &before).await;
+}
+
+/// Connections that never send a request still hold a descriptor each, and opening one needs no
+/// token: past the connection cap (the request cap + 256) a new connection is answered 503 at
+/// once, and the cap frees as they close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_capped_with_a_clear_503() {
+    raise_own_fd_limit(8_192);
+    let d = Daemon::start_env(&[("AIRLOCK_MAX_IN_FLIGHT", "64")]).await;
+    let cap = 64 + airlock::listener::FD_RESERVE;
+    let addr = d
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut idle = Vec::new();
+    for _ in 0..cap {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // Let the daemon accept them all before the next one arrives.
+    let fds_full = within(30, async {
+        loop {
+            let n = fd_count(d.pid());
+            if n >= cap {
+                break n;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let r = reqwest::Client::new()
+        .post(&d.url)
+        .bearer_auth(&d.token)
+        .header("Content-Type", "application/json")
+        .body(call_body("list_locks", json!({})).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], json!(-32003), "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("the cap is {cap}")), "{message}");
+    drop(idle);
+    within(30, async {
+        while !d.healthy().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(fd_count(d.pid()) < fds_full);
+    d.call("list_locks", json!({})).await;
 }
