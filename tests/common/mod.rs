@@ -53,31 +53,7 @@ impl Daemon {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn airlock serve");
-        let stdout = child.stdout.take().expect("stdout");
-        // The daemon prints its address only after binding: no sleeping, no polling.
-        let url = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).expect("read");
-            line.trim()
-                .strip_prefix("airlock listening on ")
-                .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-                .to_string()
-        })
-        .await
-        .unwrap();
-        let token = std::fs::read_to_string(home.join("token"))
-            .expect("token file")
-            .trim()
-            .to_string();
-        Daemon {
-            child: Some(child),
-            home: home.to_path_buf(),
-            url,
-            token,
-            _tmp: None,
-            http: reqwest::Client::new(),
-            next_id: std::sync::atomic::AtomicU64::new(1),
-        }
+        Daemon::adopt(child, home).await
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit status code.
@@ -253,6 +229,7 @@ impl Daemon {
     /// Wraps a daemon the caller spawned itself (with piped stdout) on `home`.
     pub async fn adopt(mut child: Child, home: &Path) -> Daemon {
         let stdout = child.stdout.take().expect("stdout");
+        // The daemon prints its address only after binding: no sleeping, no polling.
         let url = tokio::task::spawn_blocking(move || {
             let mut line = String::new();
             BufReader::new(stdout).read_line(&mut line).expect("read");
