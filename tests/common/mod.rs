@@ -42,7 +42,7 @@ impl Daemon {
 
     /// Starts a daemon with extra `serve` arguments.
     pub async fn start_with(home: &Path, extra: &[&str]) -> Daemon {
-        let mut child = Command::new(airlock_bin())
+        let child = Command::new(airlock_bin())
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
             .env("AIRLOCK_HOME", home)
