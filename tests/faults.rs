@@ -1092,3 +1092,142 @@ fn the_checker_catches_a_double_swap() {
     check_cas(&[cas("", "1:a:1"), cas("1:a:1", "2:b:1")], &mut r);
     assert!(r.violations.is_empty());
 }
+
+/// A real paused process: `airlock run` holding a lock for a command that writes, with the lock's
+/// fence, to a fenced resource. The whole process group is stopped with SIGSTOP past the TTL,
+/// another agent takes the lock (a higher fence) and writes, then the group is continued: every
+/// write the paused holder makes after that is refused by the resource, and its exit does not
+/// release the new holder's lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigstopped_holder_process_is_fenced_off() {
+    use common::{within, Daemon};
+    use std::os::unix::process::CommandExt;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    let d = Daemon::start().await;
+    // The resource: accepts a write only with a fence at least the highest it has seen.
+    let resource = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = resource.local_addr().unwrap().port();
+    let log: Arc<Mutex<Vec<(i64, bool)>>> = Arc::default();
+    let server_log = log.clone();
+    tokio::spawn(async move {
+        let highest = Arc::new(Mutex::new(0i64));
+        loop {
+            let Ok((conn, _)) = resource.accept().await else {
+                return;
+            };
+            let (log, highest) = (server_log.clone(), highest.clone());
+            tokio::spawn(async move {
+                let (r, mut w) = conn.into_split();
+                let mut line = String::new();
+                let mut r = tokio::io::BufReader::new(r);
+                if r.read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let Some(fence) = line
+                    .trim()
+                    .strip_prefix("WRITE ")
+                    .and_then(|f| f.parse::<i64>().ok())
+                else {
+                    return;
+                };
+                let accepted = {
+                    let mut h = highest.lock().unwrap();
+                    let ok = fence >= *h;
+                    if ok {
+                        *h = fence;
+                    }
+                    log.lock().unwrap().push((fence, ok));
+                    ok
+                };
+                let _ = w
+                    .write_all(if accepted { b"OK\n" } else { b"REFUSED\n" })
+                    .await;
+            });
+        }
+    });
+    let script = "import os, socket, time\n\
+                  port = int(os.environ['RES_PORT']); fence = os.environ['AIRLOCK_FENCE']\n\
+                  for i in range(80):\n    \
+                      s = socket.create_connection(('127.0.0.1', port))\n    \
+                      s.sendall(('WRITE %s\\n' % fence).encode()); s.recv(16); s.close()\n    \
+                      time.sleep(0.1)\n";
+    let mut holder = std::process::Command::new(common::airlock_bin())
+        .args([
+            "run", "--lock", "res", "--ttl", "2", "--agent", "paused", "--", "python3", "-c",
+            script,
+        ])
+        .env("AIRLOCK_URL", &d.url)
+        .env("AIRLOCK_TOKEN", &d.token)
+        .env("RES_PORT", port.to_string())
+        .process_group(0)
+        .spawn()
+        .expect("spawn airlock run");
+    let pgid = holder.id() as i32;
+    let first_fence = within(30, async {
+        loop {
+            if let Some(&(f, true)) = log.lock().unwrap().first() {
+                break f;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // SAFETY: signals to the process group we spawned.
+    unsafe {
+        libc::kill(-pgid, libc::SIGSTOP);
+    }
+    let got = within(
+        30,
+        d.call(
+            "lock_resource",
+            json!({"name": "res", "agent_id": "next", "wait_seconds": 20}),
+        ),
+    )
+    .await;
+    assert_eq!(got["locked"], json!(true), "{got}");
+    let new_fence = got["fence"].as_i64().unwrap();
+    assert!(new_fence > first_fence);
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    conn.write_all(format!("WRITE {new_fence}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::io::BufReader::new(conn)
+        .read_line(&mut answer)
+        .await
+        .unwrap();
+    assert_eq!(answer.trim(), "OK");
+    let writes_before_continue = log.lock().unwrap().len();
+    unsafe {
+        libc::kill(-pgid, libc::SIGCONT);
+    }
+    let status = tokio::task::spawn_blocking(move || holder.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!("paused holder exited with {status:?}");
+    let log = log.lock().unwrap().clone();
+    let late: Vec<_> = log[writes_before_continue..]
+        .iter()
+        .filter(|(f, _)| *f == first_fence)
+        .collect();
+    assert!(
+        !late.is_empty(),
+        "the paused holder made no write after it was continued"
+    );
+    assert!(
+        late.iter().all(|(_, accepted)| !accepted),
+        "a stale write was accepted: {late:?}"
+    );
+    eprintln!(
+        "fence {first_fence} paused, fence {new_fence} took over, {} stale writes refused",
+        late.len()
+    );
+    // The paused holder's exit released nothing of the new holder's.
+    let locks = d.call("list_locks", json!({})).await;
+    assert_eq!(locks[0]["agent_id"], json!("next"), "{locks}");
+    assert_eq!(locks[0]["fence"], json!(new_fence));
+}

@@ -107,6 +107,8 @@ pub async fn run(c: &Client, args: RunArgs) -> i32 {
     };
 
     let mut held: Held = Vec::new();
+    // Fences of the grants, in name order, for CMD's environment.
+    let mut fences: Vec<String> = Vec::new();
     for name in &names {
         let line = StatusLine::start(name);
         let outcome = tokio::select! {
@@ -118,6 +120,7 @@ pub async fn run(c: &Client, args: RunArgs) -> i32 {
         match outcome {
             Ok(r) if r["locked"] == json!(true) => {
                 let token = r["lock_token"].as_str().unwrap_or_default().to_string();
+                fences.push(r["fence"].to_string());
                 held.push((name.clone(), token));
             }
             Ok(r) => {
@@ -137,8 +140,11 @@ pub async fn run(c: &Client, args: RunArgs) -> i32 {
         }
     }
 
+    // CMD gets the fences so it can hand them to the resource it writes (README: fencing).
     let mut child = match tokio::process::Command::new(&args.cmd[0])
         .args(&args.cmd[1..])
+        .env("AIRLOCK_FENCE", fences.first().cloned().unwrap_or_default())
+        .env("AIRLOCK_FENCES", fences.join(" "))
         .spawn()
     {
         Ok(ch) => ch,
