@@ -2252,6 +2252,16 @@ mod tests {
         rx.try_recv().unwrap().unwrap()
     }
 
+    /// Takes a free lock at once and returns its token.
+    fn take(e: &mut Engine, call: u64, name: &str, agent: &str) -> String {
+        token_of(
+            lock(e, call, name, agent, 0, None)
+                .try_recv()
+                .unwrap()
+                .unwrap(),
+        )
+    }
+
     fn token_of(o: LockOutcome) -> String {
         match o {
             LockOutcome::Granted { lock_token, .. } => lock_token,
@@ -2262,12 +2272,7 @@ mod tests {
     #[test]
     fn waiters_are_served_in_arrival_order() {
         let (mut e, _clock) = engine();
-        let t = token_of(
-            lock(&mut e, 1, "x", "a", 0, None)
-                .try_recv()
-                .unwrap()
-                .unwrap(),
-        );
+        let t = take(&mut e, 1, "x", "a");
         let mut b = lock(&mut e, 2, "x", "b", 10_000, None);
         let mut c = lock(&mut e, 3, "x", "c", 10_000, None);
         assert!(b.try_recv().is_err() && c.try_recv().is_err());
@@ -2287,12 +2292,7 @@ mod tests {
     #[test]
     fn a_gone_waiter_is_never_granted() {
         let (mut e, _clock) = engine();
-        let t = token_of(
-            lock(&mut e, 1, "x", "a", 0, None)
-                .try_recv()
-                .unwrap()
-                .unwrap(),
-        );
+        let t = take(&mut e, 1, "x", "a");
         let b = lock(&mut e, 2, "x", "b", 10_000, None);
         let mut c = lock(&mut e, 3, "x", "c", 10_000, None);
         drop(b);
@@ -2305,12 +2305,7 @@ mod tests {
     #[test]
     fn a_wake_token_keeps_the_place_in_line() {
         let (mut e, clock) = engine();
-        let t = token_of(
-            lock(&mut e, 1, "x", "a", 0, None)
-                .try_recv()
-                .unwrap()
-                .unwrap(),
-        );
+        let t = take(&mut e, 1, "x", "a");
         let mut b = lock(&mut e, 2, "x", "b", 1_000, None);
         clock.advance_ms(1_000);
         e.process(vec![]);
@@ -2337,12 +2332,7 @@ mod tests {
     #[test]
     fn a_reservation_lapses_after_the_grace() {
         let (mut e, clock) = engine();
-        let t = token_of(
-            lock(&mut e, 1, "x", "a", 0, None)
-                .try_recv()
-                .unwrap()
-                .unwrap(),
-        );
+        let t = take(&mut e, 1, "x", "a");
         let mut b = lock(&mut e, 2, "x", "b", 1_000, None);
         let mut c = lock(&mut e, 3, "x", "c", 60_000, None);
         clock.advance_ms(1_000);
@@ -2453,12 +2443,7 @@ mod tests {
     #[test]
     fn a_caller_back_without_its_wake_token_keeps_its_place() {
         let (mut e, clock) = engine();
-        let t = token_of(
-            lock(&mut e, 1, "x", "a", 0, None)
-                .try_recv()
-                .unwrap()
-                .unwrap(),
-        );
+        let t = take(&mut e, 1, "x", "a");
         let mut b = lock(&mut e, 2, "x", "b", 1_000, None);
         clock.advance_ms(1_000);
         e.process(vec![]);
@@ -2475,18 +2460,8 @@ mod tests {
     #[test]
     fn a_set_waiter_needs_no_place_in_line_for_a_name_it_holds() {
         let (mut e, _clock) = engine();
-        let a1 = token_of(
-            lock(&mut e, 1, "n1", "a", 0, None)
-                .try_recv()
-                .unwrap()
-                .unwrap(),
-        );
-        let c2 = token_of(
-            lock(&mut e, 2, "n2", "c", 0, None)
-                .try_recv()
-                .unwrap()
-                .unwrap(),
-        );
+        let a1 = take(&mut e, 1, "n1", "a");
+        let c2 = take(&mut e, 2, "n2", "c");
         let mut b = lock(&mut e, 3, "n1", "b", 60_000, None);
         let (tx, mut set) = oneshot::channel();
         e.process(vec![Command::Op(Op::LockResources {
@@ -2509,12 +2484,7 @@ mod tests {
     #[test]
     fn unregistering_drops_the_places_an_agent_kept() {
         let (mut e, clock) = engine();
-        let t = token_of(
-            lock(&mut e, 1, "x", "a", 0, None)
-                .try_recv()
-                .unwrap()
-                .unwrap(),
-        );
+        let t = take(&mut e, 1, "x", "a");
         let mut b = lock(&mut e, 2, "x", "b", 1_000, None);
         clock.advance_ms(1_000);
         e.process(vec![]);

@@ -154,7 +154,7 @@ impl Daemon {
     pub async fn start_env(envs: &[(&str, &str)]) -> Daemon {
         let tmp = tempfile::tempdir().expect("tempdir");
         let home = tmp.path().join("home");
-        let mut child = Command::new(airlock_bin())
+        let child = Command::new(airlock_bin())
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("AIRLOCK_HOME", &home)
             .env_remove("AIRLOCK_TOKEN")
@@ -165,30 +165,9 @@ impl Daemon {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn airlock serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let url = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).expect("read");
-            line.trim()
-                .strip_prefix("airlock listening on ")
-                .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-                .to_string()
-        })
-        .await
-        .unwrap();
-        let token = std::fs::read_to_string(home.join("token"))
-            .expect("token file")
-            .trim()
-            .to_string();
-        Daemon {
-            child: Some(child),
-            home,
-            url,
-            token,
-            _tmp: Some(tmp),
-            http: reqwest::Client::new(),
-            next_id: std::sync::atomic::AtomicU64::new(1),
-        }
+        let mut d = Daemon::adopt(child, &home).await;
+        d._tmp = Some(tmp);
+        d
     }
 
     /// POSTs raw bytes with the token and returns (status, body as JSON or text).
