@@ -6,9 +6,9 @@ mod common;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 
-use common::{airlock_bin, within, Daemon};
+use common::{airlock_bin, serve_refused, within, Daemon};
 use serde_json::{json, Value};
 
 /// `airlock serve --listen ADDR` on `home` with extra environment, stdout and stderr piped.
@@ -26,27 +26,6 @@ fn serve_cmd(home: &Path, listen: &str, env: &[(&str, &str)]) -> Command {
         cmd.env(k, v);
     }
     cmd
-}
-
-/// Runs a `serve` that is expected to refuse to start, bounded so a daemon that starts anyway
-/// fails the test instead of hanging it.
-async fn serve_expecting_refusal(home: &Path, listen: &str) -> Output {
-    let child = serve_cmd(home, listen, &[]).spawn().expect("spawn");
-    let pid = child.id() as i32;
-    let waited = tokio::time::timeout(
-        std::time::Duration::from_secs(20),
-        tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait")),
-    )
-    .await;
-    match waited {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-            panic!("serve was expected to refuse to start, but it kept running");
-        }
-    }
 }
 
 /// Spawns a daemon with custom environment and returns it with its URL (read from stdout).
@@ -279,7 +258,7 @@ async fn a_second_daemon_on_the_same_home_refuses_to_start() {
     let d = Daemon::start().await;
     d.call("set_note", json!({"key": "k", "value": "first"}))
         .await;
-    let out = serve_expecting_refusal(&d.home, "127.0.0.1:0").await;
+    let out = serve_refused(&d.home, "127.0.0.1:0").await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
@@ -312,7 +291,7 @@ async fn a_port_in_use_gets_a_clear_message() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
     let tmp = tempfile::tempdir().unwrap();
-    let out = serve_expecting_refusal(&tmp.path().join("home"), &addr).await;
+    let out = serve_refused(&tmp.path().join("home"), &addr).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -326,7 +305,7 @@ async fn a_port_in_use_gets_a_clear_message() {
 #[tokio::test]
 async fn a_bad_listen_address_gets_a_clear_message() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = serve_expecting_refusal(&tmp.path().join("home"), "localhost-ish").await;
+    let out = serve_refused(&tmp.path().join("home"), "localhost-ish").await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -420,7 +399,7 @@ async fn a_garbage_state_db_is_refused_and_left_alone() {
         .collect();
     std::fs::write(home.join("state.db"), &garbage).unwrap();
 
-    let out = serve_expecting_refusal(&home, "127.0.0.1:0").await;
+    let out = serve_refused(&home, "127.0.0.1:0").await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -460,7 +439,7 @@ async fn a_damaged_database_is_refused_and_left_alone() {
     }
     std::fs::write(&db, &bytes).unwrap();
 
-    let out = serve_expecting_refusal(&home, "127.0.0.1:0").await;
+    let out = serve_refused(&home, "127.0.0.1:0").await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "served a damaged database");
     assert!(stderr.contains("state.db"), "unclear message: {stderr}");
@@ -481,7 +460,7 @@ async fn a_database_from_a_newer_airlock_is_refused() {
         conn.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 999;")
             .unwrap();
     }
-    let out = serve_expecting_refusal(&home, "127.0.0.1:0").await;
+    let out = serve_refused(&home, "127.0.0.1:0").await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -594,7 +573,7 @@ async fn a_loosened_token_file_is_made_private_again_and_an_empty_one_is_refused
     assert_eq!(d.stop(), Some(0));
 
     std::fs::write(home.join("token"), "  \n").unwrap();
-    let out = serve_expecting_refusal(&home, "127.0.0.1:0").await;
+    let out = serve_refused(&home, "127.0.0.1:0").await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "served with an empty token");
     assert!(
@@ -608,7 +587,7 @@ async fn a_state_path_that_is_a_file_is_refused_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("not-a-dir");
     std::fs::write(&home, "x").unwrap();
-    let out = serve_expecting_refusal(&home, "127.0.0.1:0").await;
+    let out = serve_refused(&home, "127.0.0.1:0").await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

@@ -4,52 +4,22 @@
 
 mod common;
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Daemon;
 use serde_json::json;
 
 /// Runs `airlock serve` on `home` expecting it to refuse to start; returns (exit code, stderr).
-fn refused_start(home: &Path) -> (Option<i32>, String) {
-    let mut child = Command::new(common::airlock_bin())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("AIRLOCK_HOME", home)
-        .env_remove("AIRLOCK_TOKEN")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            let mut out = String::new();
-            child
-                .stdout
-                .take()
-                .unwrap()
-                .read_to_string(&mut out)
-                .unwrap();
-            assert!(!out.contains("listening"), "it started and listened: {out}");
-            return (status.code(), err);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the daemon started instead of refusing");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+async fn refused_start(home: &Path) -> (Option<i32>, String) {
+    let out = common::serve_refused(home, "127.0.0.1:0").await;
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A small tmpfs at `dir`, if this process may mount one (root, outside a locked-down container).
@@ -80,7 +50,7 @@ async fn an_unwritable_state_directory_is_a_clear_error_at_start() {
     // The state directory cannot be created: its parent is a file.
     let file = tmp.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let (code, err) = refused_start(&file.join("home"));
+    let (code, err) = refused_start(&file.join("home")).await;
     assert_ne!(code, Some(0));
     assert!(
         err.contains("cannot create the state directory"),
@@ -89,13 +59,13 @@ async fn an_unwritable_state_directory_is_a_clear_error_at_start() {
     // A read-only file system (root ignores permission bits, so a mode is not enough).
     match Tmpfs::mount(&tmp.path().join("ro"), "size=1m,ro") {
         Some(ro) => {
-            let (code, err) = refused_start(&ro.0.join("home"));
+            let (code, err) = refused_start(&ro.0.join("home")).await;
             assert_ne!(code, Some(0));
             assert!(
                 err.contains("cannot create the state directory") && err.contains("Read-only"),
                 "stderr: {err}"
             );
-            let (code, err) = refused_start(&ro.0);
+            let (code, err) = refused_start(&ro.0).await;
             assert_ne!(code, Some(0));
             assert!(err.contains("Read-only"), "stderr: {err}");
         }
@@ -261,7 +231,7 @@ async fn a_corrupt_state_db_refuses_to_start_and_is_left_alone() {
         f.write_all(&[0xAB; 8192]).unwrap();
     }
     let damaged = file_bytes(&db);
-    let (code, err) = refused_start(&home);
+    let (code, err) = refused_start(&home).await;
     assert_ne!(code, Some(0));
     assert!(
         err.contains("cannot open the state database")
@@ -278,7 +248,7 @@ async fn a_corrupt_state_db_refuses_to_start_and_is_left_alone() {
     )
     .unwrap();
     let garbage = file_bytes(&db);
-    let (code, err) = refused_start(&home);
+    let (code, err) = refused_start(&home).await;
     assert_ne!(code, Some(0));
     assert!(
         err.contains("cannot open the state database") && err.contains("not a database"),

@@ -234,3 +234,41 @@ impl Daemon {
         }
     }
 }
+
+/// Runs `airlock serve --listen LISTEN` on `home` expecting it to refuse to start, and returns
+/// its output. Bounded: a daemon that starts anyway fails the test instead of hanging it.
+pub async fn serve_refused(home: &Path, listen: &str) -> std::process::Output {
+    let child = Command::new(airlock_bin())
+        .args(["serve", "--listen", listen])
+        .env("AIRLOCK_HOME", home)
+        .env_remove("AIRLOCK_TOKEN")
+        .env_remove("AIRLOCK_LISTEN")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn airlock serve");
+    let pid = child.id() as i32;
+    let waited = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait")),
+    )
+    .await;
+    let out = match waited {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: kill(2) on the child we spawned.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            panic!("serve was expected to refuse to start, but it kept running");
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("listening"),
+        "it started and listened: {stdout}"
+    );
+    out
+}
