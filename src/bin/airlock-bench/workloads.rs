@@ -104,6 +104,19 @@ fn signed_us(later: Instant, earlier: Instant) -> f64 {
 }
 
 impl Bench {
+    /// Waits until the floor server holds `n` parked requests, checking every `every`.
+    async fn floor_parked(&self, n: usize, limit: Duration, every: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let p = self.floor.call("parked", json!({})).await?;
+            if p["parked"].as_u64().unwrap_or(0) >= n as u64 {
+                return Ok(());
+            }
+            ensure!(start.elapsed() < limit, "floor waiters never all parked");
+            tokio::time::sleep(every).await;
+        }
+    }
+
     fn dur(&self) -> Duration {
         Duration::from_secs_f64(self.sizes.seconds)
     }
@@ -730,18 +743,8 @@ impl Bench {
                     (v, Instant::now())
                 }));
             }
-            let start = Instant::now();
-            loop {
-                let p = self.floor.call("parked", json!({})).await?;
-                if p["parked"].as_u64().unwrap_or(0) >= n as u64 {
-                    break;
-                }
-                ensure!(
-                    start.elapsed() < Duration::from_secs(60),
-                    "floor waiters never all parked"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            self.floor_parked(n, Duration::from_secs(60), Duration::from_millis(10))
+                .await?;
             let t0 = Instant::now();
             self.floor.call("release", json!({})).await?;
             let mut last = t0;
@@ -839,18 +842,8 @@ impl Bench {
                 async move { r.call("park", json!({})).await.map(|_| ()) }
             })
             .await;
-            let start = Instant::now();
-            loop {
-                let p = self.floor.call("parked", json!({})).await?;
-                if p["parked"].as_u64().unwrap_or(0) >= n as u64 {
-                    break;
-                }
-                ensure!(
-                    start.elapsed() < Duration::from_secs(45),
-                    "floor waiters never all parked"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            self.floor_parked(n, Duration::from_secs(45), Duration::from_millis(50))
+                .await?;
             let after = self.floor_proc.rss().context("floor RSS")?;
             self.floor.call("release", json!({})).await?;
             for h in hs {
