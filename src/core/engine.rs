@@ -800,16 +800,21 @@ impl Engine {
         Ok(self.st(row)?.filter(|l| l.expires_at > now))
     }
 
+    /// Whether ticket `id` still holds a place: a parked call whose caller is there, or a place
+    /// kept between two windows.
+    fn ticket_live(&self, id: u64) -> bool {
+        match self.tickets.get(&id).map(|t| &t.state) {
+            Some(TicketState::Parked { waiter, .. }) => !waiter.is_closed(),
+            Some(TicketState::Grace { .. }) => true,
+            None => false,
+        }
+    }
+
     /// Removes tickets whose parked caller is gone from the front of `name`'s line.
     fn line_head(&mut self, name: &str) -> Option<u64> {
         loop {
             let head = *self.lock_queues.get(name)?.front()?;
-            let dead = match self.tickets.get(&head).map(|t| &t.state) {
-                Some(TicketState::Parked { waiter, .. }) => waiter.is_closed(),
-                Some(TicketState::Grace { .. }) => false,
-                None => true,
-            };
-            if !dead {
+            if self.ticket_live(head) {
                 return Some(head);
             }
             self.remove_ticket(head);
@@ -849,15 +854,9 @@ impl Engine {
 
     /// Live tickets in `name`'s line.
     fn line_len(&self, name: &str) -> usize {
-        self.lock_queues.get(name).map_or(0, |q| {
-            q.iter()
-                .filter(|id| match self.tickets.get(id).map(|t| &t.state) {
-                    Some(TicketState::Parked { waiter, .. }) => !waiter.is_closed(),
-                    Some(TicketState::Grace { .. }) => true,
-                    None => false,
-                })
-                .count()
-        })
+        self.lock_queues
+            .get(name)
+            .map_or(0, |q| q.iter().filter(|&&id| self.ticket_live(id)).count())
     }
 
     /// 1-based place of ticket `id` in `name`'s line, counting only live tickets.
@@ -865,12 +864,7 @@ impl Engine {
         let q = self.lock_queues.get(name)?;
         let mut pos = 0;
         for t in q {
-            let live = match self.tickets.get(t).map(|t| &t.state) {
-                Some(TicketState::Parked { waiter, .. }) => !waiter.is_closed(),
-                Some(TicketState::Grace { .. }) => true,
-                None => false,
-            };
-            if live || *t == id {
+            if self.ticket_live(*t) || *t == id {
                 pos += 1;
             }
             if *t == id {
