@@ -66,9 +66,7 @@ impl Token {
 
     /// Constant-time comparison with what a caller presented.
     pub fn matches(&self, presented: &[u8]) -> bool {
-        use subtle::ConstantTimeEq;
-        let mine = self.0.as_bytes();
-        mine.len() == presented.len() && bool::from(mine.ct_eq(presented))
+        crate::core::secrets_equal(self.0.as_bytes(), presented)
     }
 }
 

@@ -348,8 +348,7 @@ pub fn new_token(prefix: &str) -> String {
 }
 
 fn tokens_equal(a: &str, b: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+    secrets_equal(a.as_bytes(), b.as_bytes())
 }
 
 impl Engine {

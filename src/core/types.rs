@@ -122,6 +122,13 @@ pub fn check_wait(field: &str, seconds: i64) -> CoreResult<i64> {
     Ok(seconds.min(MAX_WAIT_SECONDS) * 1000)
 }
 
+/// Compares a presented secret (a token) with the real one in constant time, so the time taken
+/// says nothing about how much of it matched.
+pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
 /// Who asks to unlock or renew: the capability token, or (weaker, v1) the agent id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HolderProof {
