@@ -11,6 +11,76 @@ use std::path::{Path, PathBuf};
 /// The default address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:27183";
 
+/// Connections in a daemon's PostgreSQL pool unless `--pg-pool-size` says otherwise.
+pub const DEFAULT_PG_POOL_SIZE: usize = 8;
+/// The most `--pg-pool-size` accepts.
+pub const MAX_PG_POOL_SIZE: usize = 256;
+
+/// Where the daemon keeps its state (`--store`, `AIRLOCK_STORE`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// `state.db` in the state directory: one daemon, no external service (the default).
+    Sqlite,
+    /// A PostgreSQL database shared by every daemon pointed at it.
+    Postgres { url: String, pool_size: usize },
+}
+
+impl StoreSpec {
+    /// Reads `--store` and `--pg-pool-size`. The error names the flag and the rule.
+    pub fn parse(store: &str, pool_size: usize) -> Result<StoreSpec, String> {
+        let store = store.trim();
+        if store.is_empty() || store == "sqlite" {
+            return Ok(StoreSpec::Sqlite);
+        }
+        if !(store.starts_with("postgres://") || store.starts_with("postgresql://")) {
+            return Err(format!(
+                "--store (AIRLOCK_STORE) must be `sqlite` or a URL starting with postgres:// \
+                 or postgresql://, got {:?}",
+                redact_url(store)
+            ));
+        }
+        if !(1..=MAX_PG_POOL_SIZE).contains(&pool_size) {
+            return Err(format!(
+                "--pg-pool-size (AIRLOCK_PG_POOL_SIZE) must be between 1 and {MAX_PG_POOL_SIZE}, \
+                 got {pool_size}"
+            ));
+        }
+        Ok(StoreSpec::Postgres {
+            url: store.to_string(),
+            pool_size,
+        })
+    }
+}
+
+/// A URL with any password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+impl fmt::Debug for StoreSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreSpec::Sqlite => f.write_str("sqlite"),
+            StoreSpec::Postgres { url, pool_size } => {
+                write!(f, "{} (pool {pool_size})", redact_url(url))
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{0}")]
@@ -185,5 +255,25 @@ mod tests {
         assert!(t.matches(b"secret"));
         assert!(!t.matches(b"secreT"));
         assert!(!t.matches(b"secret2"));
+    }
+
+    #[test]
+    fn store_specs_are_parsed_and_passwords_never_shown() {
+        assert_eq!(StoreSpec::parse("sqlite", 8), Ok(StoreSpec::Sqlite));
+        assert_eq!(StoreSpec::parse("", 8), Ok(StoreSpec::Sqlite));
+        let pg = StoreSpec::parse("postgres://u:hunter2@db:5432/airlock", 4).unwrap();
+        assert_eq!(
+            format!("{pg:?}"),
+            "postgres://u:***@db:5432/airlock (pool 4)"
+        );
+        let e = StoreSpec::parse("mysql://x", 8).unwrap_err();
+        assert!(e.contains("--store"), "{e}");
+        let e = StoreSpec::parse("postgres://u:hunter2@db/a", 0).unwrap_err();
+        assert!(
+            e.contains("--pg-pool-size") && !e.contains("hunter2"),
+            "{e}"
+        );
+        assert_eq!(redact_url("postgresql://u@h/d"), "postgresql://u@h/d");
+        assert_eq!(redact_url("postgres://u:p@h"), "postgres://u:***@h");
     }
 }

@@ -26,6 +26,8 @@ pub struct ServeOptions {
     pub home: PathBuf,
     /// Require the bearer token even where the platform would not (macOS).
     pub require_token: bool,
+    /// Where state lives.
+    pub store: config::StoreSpec,
 }
 
 /// Whether this platform requires the token by default: every OS but macOS, where loopback is
@@ -89,6 +91,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         },
     };
 
+    if let config::StoreSpec::Postgres { .. } = &opts.store {
+        bail!("--store postgres://… is being wired in (issue #6); use the default sqlite store");
+    }
     let db_path = opts.home.join("state.db");
     let store = SqliteStore::open(&db_path).map_err(|e| {
         anyhow::anyhow!(

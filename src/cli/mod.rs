@@ -70,6 +70,13 @@ pub enum Command {
         /// Require the bearer token even on macOS (always required elsewhere).
         #[arg(long)]
         require_token: bool,
+        /// Where state lives: `sqlite` (the default: state.db in the state directory) or a
+        /// PostgreSQL URL (`postgres://user:password@host:5432/dbname`) shared by several daemons.
+        #[arg(long, env = "AIRLOCK_STORE", default_value = "sqlite")]
+        store: String,
+        /// Connections in the PostgreSQL pool (besides the two each daemon keeps for itself).
+        #[arg(long, env = "AIRLOCK_PG_POOL_SIZE", default_value_t = config::DEFAULT_PG_POOL_SIZE)]
+        pg_pool_size: usize,
     },
     /// Show locks (with waiters), agents, notes, events and task queues.
     Status,
@@ -167,11 +174,21 @@ pub fn run(cli: Cli) -> i32 {
         Some(Command::Serve {
             listen,
             require_token,
+            store,
+            pg_pool_size,
         }) => {
+            let store = match config::StoreSpec::parse(&store, pg_pool_size) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("airlock: {e}");
+                    return exit::USAGE;
+                }
+            };
             let opts = ServeOptions {
                 listen,
                 home: config::home_dir(),
                 require_token,
+                store,
             };
             return match rt.block_on(daemon::serve(opts)) {
                 Ok(()) => exit::OK,
