@@ -14,15 +14,21 @@ use crate::store::{StoreError, StoreResult};
 /// `postgres://postgres@127.0.0.1:55432/postgres`.
 pub const ENV: &str = "AIRLOCK_TEST_POSTGRES";
 
-/// The admin URL, or `None` after printing a loud `SKIPPED:` line naming `test`.
+/// The admin URL, or `None` after printing a loud `SKIPPED:` line naming `test` (uncaptured, so
+/// it shows in `cargo test` output even when the test passes).
 pub fn admin_url_or_skip(test: &str) -> Option<String> {
     match std::env::var(ENV) {
         Ok(url) if !url.trim().is_empty() => Some(url),
         _ => {
-            eprintln!(
+            // Written to the stderr handle, not with eprintln!: the test harness captures
+            // eprintln! output of passing tests, and a skip must be seen.
+            use std::io::Write;
+            // One write, so the line is not interleaved with the harness's own.
+            let line = format!(
                 "SKIPPED: {test}: {ENV} is not set (set it to a PostgreSQL admin URL, e.g. \
-                 postgres://postgres@127.0.0.1:55432/postgres, to run the PostgreSQL tests)"
+                 postgres://postgres@127.0.0.1:55432/postgres, to run the PostgreSQL tests)\n"
             );
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
             None
         }
     }
