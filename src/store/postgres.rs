@@ -18,7 +18,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio_postgres::{Client, Row, Statement};
+use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::{
     AgentRow, EventRow, Expiries, LockRow, NoteRow, Store, StoreError, StoreResult, TaskRow,
@@ -36,8 +36,11 @@ pub const SCHEMA: &str = "airlock";
 /// in ASCII). Distinct from any lock the cluster code takes.
 pub const MIGRATION_LOCK_KEY: i64 = 0x6169_726c_6f63_6b6d;
 
-/// How long one query may take before the store gives up on it.
+/// How long one query may take before the store gives up on it (and asks the server to cancel it).
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long sending that cancel request may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, applied in order inside one transaction; `airlock.schema_version` holds one
 /// row per migration that ran. Append only: a released migration is never edited.
@@ -116,7 +119,8 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// is newer than this binary's is refused, untouched.
 ///
 /// Privileges: CREATE on the database, or (when an administrator made the schema beforehand) on
-/// the schema `airlock`.
+/// the schema `airlock`. Once the schema is current, running this again needs only USAGE on the
+/// schema and SELECT on `airlock.schema_version`.
 pub async fn migrate(client: &mut Client) -> StoreResult<()> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
@@ -130,13 +134,24 @@ pub async fn migrate(client: &mut Client) -> StoreResult<()> {
     if !exists {
         tx.batch_execute("CREATE SCHEMA airlock").await?;
     }
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS airlock.schema_version (
-            version BIGINT PRIMARY KEY,
-            applied_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
-         )",
-    )
-    .await?;
+    // Likewise looked up first: CREATE TABLE IF NOT EXISTS needs CREATE on the schema even when
+    // the table exists, and a daemon given only read/write rights on a migrated schema must start.
+    let has_versions = tx
+        .query_one(
+            "SELECT to_regclass('airlock.schema_version') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .try_get::<_, bool>(0)?;
+    if !has_versions {
+        tx.batch_execute(
+            "CREATE TABLE airlock.schema_version (
+                version BIGINT PRIMARY KEY,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+             )",
+        )
+        .await?;
+    }
     let version: i64 = tx
         .query_one(
             "SELECT COALESCE(max(version), 0) FROM airlock.schema_version",
@@ -369,6 +384,9 @@ fn check_text(field: &str, value: &str) -> StoreResult<()> {
 }
 
 /// The PostgreSQL store: one connection, owned by the engine thread.
+///
+/// Its `Store` methods block on the runtime: call them from a plain thread (the engine's), never
+/// from inside an async task (tokio panics on a nested `block_on`).
 pub struct PgStore {
     /// The connection. Its `Connection` future is driven on `rt` by whoever connected it.
     client: Client,
@@ -426,14 +444,26 @@ impl PgStore {
             ));
         }
         let timeout = self.timeout;
-        self.rt
-            .block_on(async { tokio::time::timeout(timeout, query).await })
-            .unwrap_or_else(|_| {
-                Err(StoreError::Other(format!(
-                    "the database did not answer within {}",
-                    describe_duration(timeout)
-                )))
-            })
+        self.rt.block_on(async {
+            match tokio::time::timeout(timeout, query).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    // The statement may still be running (waiting on a lock, say), and every
+                    // later statement on this connection would queue behind it: ask the server to
+                    // cancel it. Best effort; a failure only means the wait goes on.
+                    let cancel = self.client.cancel_token();
+                    let cancelled =
+                        tokio::time::timeout(CANCEL_TIMEOUT, cancel.cancel_query(NoTls)).await;
+                    if !matches!(cancelled, Ok(Ok(()))) {
+                        tracing::warn!("could not cancel a database query that timed out");
+                    }
+                    Err(StoreError::Other(format!(
+                        "the database did not answer within {}",
+                        describe_duration(timeout)
+                    )))
+                }
+            }
+        })
     }
 
     fn simple(&self, sql: &str) -> StoreResult<()> {
