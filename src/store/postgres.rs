@@ -395,6 +395,10 @@ pub struct PgStore {
     st: Statements,
     /// Bound on each query; [`QUERY_TIMEOUT`] unless a test shortens it.
     timeout: Duration,
+    /// `begin` was called and BEGIN not yet sent: it goes out with the next statement. A `Cell`
+    /// because `run` takes `&self` (its query borrows the statements); the store is used from
+    /// one thread only.
+    begin_pending: std::cell::Cell<bool>,
 }
 
 impl PgStore {
@@ -426,6 +430,7 @@ impl PgStore {
             rt,
             st,
             timeout: QUERY_TIMEOUT,
+            begin_pending: std::cell::Cell::new(false),
         })
     }
 
@@ -444,6 +449,17 @@ impl PgStore {
             ));
         }
         let timeout = self.timeout;
+        let begin = self.begin_pending.replace(false);
+        let query = async {
+            if !begin {
+                return query.await;
+            }
+            // BEGIN goes out in the same round trip as the transaction's first statement: both
+            // are sent on the first poll, in this order, before either answer is awaited.
+            let (began, answer) = futures::join!(self.client.batch_execute("BEGIN"), query);
+            began?;
+            answer
+        };
         self.rt.block_on(async {
             match tokio::time::timeout(timeout, query).await {
                 Ok(answer) => answer,
@@ -490,15 +506,24 @@ fn describe_duration(d: Duration) -> String {
 
 impl Store for PgStore {
     fn begin(&mut self) -> StoreResult<()> {
-        // READ COMMITTED (the default) suffices: one daemon writes at a time.
-        self.simple("BEGIN")
+        // Deferred to the first statement (see `run`), which saves a round trip per transaction
+        // and makes a transaction without statements free. READ COMMITTED (the default)
+        // suffices: one daemon writes at a time.
+        self.begin_pending.set(true);
+        Ok(())
     }
 
     fn commit(&mut self) -> StoreResult<()> {
+        if self.begin_pending.replace(false) {
+            return Ok(()); // nothing was sent: nothing to commit
+        }
         self.simple("COMMIT")
     }
 
     fn rollback(&mut self) {
+        if self.begin_pending.replace(false) {
+            return;
+        }
         // Never panics: a closed connection is skipped by `run`, and any error is moot (a
         // transaction on a lost connection is rolled back by the server).
         let _ = self.simple("ROLLBACK");
