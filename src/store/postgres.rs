@@ -3,8 +3,13 @@
 //!
 //! The engine thread is a plain std thread, so each [`Store`] method runs its query to completion
 //! with `Handle::block_on` on the runtime that drives the connection, bounded by a timeout: a
-//! database that stops answering turns into a storage error, never a stuck engine. Every query is
-//! a statement prepared once in [`PgStore::new`].
+//! database that stops answering turns into a storage error, never a stuck engine (the statement
+//! is then cancelled on the server; a COMMIT that timed out has an unknown outcome, like any
+//! commit whose answer was lost). Every query is a statement prepared once in [`PgStore::new`];
+//! `BEGIN` is sent with a transaction's first statement, in the same round trip.
+//!
+//! The store owns its connection: anything else sent on it would land inside the engine's
+//! transactions.
 //!
 //! The semantics are the SQLite backend's, row for row; `tests/store.rs` runs one table of checks
 //! against both. Two things differ by nature and are handled here:
