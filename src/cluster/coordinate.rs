@@ -183,7 +183,7 @@ async fn serve(
 /// Takes calls from the table and starts each, oldest first.
 async fn take_and_start(node: &Arc<Node>, core: &Coordinator, which: calls::Take<'_>) {
     let rows = match pooled(node).await {
-        Ok(c) => calls::take(&**c, which).await,
+        Ok(c) => calls::take(&c, which).await,
         Err(e) => {
             tracing::warn!(error = %e, "could not take forwarded calls");
             return;
@@ -268,7 +268,7 @@ async fn finish(node: Arc<Node>, core: Coordinator, id: i64, ran: Ran) {
         .as_ref()
         .and_then(|o| serde_json::to_string(o).ok());
     let written = match pooled(&node).await {
-        Ok(c) => calls::answer(&**c, id, &result, orphan.as_deref())
+        Ok(c) => calls::answer(&c, id, &result, orphan.as_deref())
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -305,7 +305,7 @@ async fn withdraw(node: &Arc<Node>, core: &Coordinator, ids: Option<&[i64]>) {
         Some(ids) => withdraw_rows(node, core, ids).await,
         None => {
             if let Ok(c) = pooled(node).await {
-                if let Ok(rows) = calls::take_unwanted(&**c, None).await {
+                if let Ok(rows) = calls::take_unwanted(&c, None).await {
                     let mut running = node.running.lock().expect("running");
                     for (id, _, orphan) in rows {
                         if let Some(cancel) = running.remove(&id) {
@@ -322,7 +322,7 @@ async fn withdraw(node: &Arc<Node>, core: &Coordinator, ids: Option<&[i64]>) {
 /// Deletes the rows of calls whose callers are gone, releasing the grants they carried.
 async fn withdraw_rows(node: &Node, core: &Coordinator, ids: &[i64]) {
     if let Ok(c) = pooled(node).await {
-        match calls::take_unwanted(&**c, Some(ids)).await {
+        match calls::take_unwanted(&c, Some(ids)).await {
             Ok(rows) => {
                 for (_, _, orphan) in rows {
                     release(core, orphan.as_deref());
@@ -342,9 +342,9 @@ fn release(core: &Coordinator, orphan: Option<&str>) {
 /// The safety net: withdrawn calls whose notification was lost, and daemons that are gone.
 async fn sweep(node: &Arc<Node>, core: &Coordinator) {
     if let Ok(c) = pooled(node).await {
-        if let Ok(daemons) = calls::daemons(&**c, &node.id).await {
+        if let Ok(daemons) = calls::daemons(&c, &node.id).await {
             for d in daemons {
-                if let Ok(true) = calls::is_gone(&**c, &d).await {
+                if let Ok(true) = calls::is_gone(&c, &d).await {
                     tracing::info!(daemon = %d, "a daemon is gone: withdrawing its calls");
                     let _ = calls::abandon_all_of(&**c, &d).await;
                 }
