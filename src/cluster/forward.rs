@@ -330,6 +330,14 @@ pub(super) async fn listen(node: Arc<Node>, mut up: Option<oneshot::Sender<()>>)
 }
 
 async fn setup(node: &Node, client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    // The server notices a daemon that vanished without closing this connection within seconds,
+    // which frees its liveness lock, so the coordinator withdraws its calls.
+    client
+        .batch_execute(
+            "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; \
+             SET tcp_keepalives_count = 3",
+        )
+        .await?;
     // Whatever this daemon sent before it lost its connection has no caller any more.
     calls::abandon_all_of(client, &node.id).await?;
     client
@@ -367,5 +375,29 @@ pub(super) async fn drain(node: &Arc<Node>) {
     }
     if let Ok(c) = pooled(node).await {
         let _ = calls::abandon(&c, &ids).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_survive_the_trip_through_the_table() {
+        let cases: Vec<CoreResult<Value>> = vec![
+            Ok(json!({"locked": true, "lock_token": "lk_1", "fence": 3})),
+            Ok(json!([{"name": "x"}])),
+            Err(CoreError::invalid(
+                "ttl_seconds",
+                "must be between 1 and 2592000 seconds",
+            )),
+            Err(CoreError::Storage("disk full".into())),
+            Err(CoreError::ShuttingDown),
+        ];
+        for case in cases {
+            assert_eq!(decode(&encode(&case)), case);
+        }
+        assert!(matches!(decode("not json"), Err(CoreError::Storage(_))));
+        assert!(matches!(decode("{}"), Err(CoreError::Storage(_))));
     }
 }

@@ -32,7 +32,7 @@ pub const DEFAULT_EVENT_WAIT_SECONDS: i64 = 25;
 /// (De)serializable so a daemon that forwards a call to the coordinating daemon gets the same
 /// error back.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum CoreError {
     /// The caller's input broke a rule; nothing changed. The message names the field and rule.
     #[error("{field}: {rule}")]
