@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use futures::FutureExt;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
@@ -241,6 +242,16 @@ async fn start(node: &Arc<Node>, core: &Coordinator, row: CallRow) {
             }
         }
     };
+    // A panic becomes an error answer, as on the local path, not a caller waiting for ever.
+    let run = std::panic::AssertUnwindSafe(run).catch_unwind().map(|r| {
+        r.unwrap_or_else(|_| {
+            tracing::error!("a forwarded call panicked; answered with an internal error");
+            Ran {
+                outcome: Err(CoreError::Storage("internal error".into())),
+                orphan: None,
+            }
+        })
+    });
     let mut run = Box::pin(run);
     if let Poll::Ready(ran) = futures::poll!(run.as_mut()) {
         tokio::spawn(finish(node.clone(), core.clone(), id, ran));

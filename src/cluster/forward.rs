@@ -14,6 +14,11 @@ use crate::core::{
 };
 use crate::store::calls;
 
+/// The longest a forwarded call waits for its answer: the longest wait a call may ask for, plus
+/// time for a coordinator change.
+const ANSWER_LIMIT: std::time::Duration =
+    std::time::Duration::from_secs(MAX_WAIT_SECONDS as u64 + 60);
+
 /// The internal tool behind `GET /status` on a daemon that does not coordinate.
 pub const STATUS_TOOL: &str = "__status";
 
@@ -112,27 +117,39 @@ impl Node {
             rx: Some(rx),
         };
         let rx = pending.rx.as_mut().expect("just set");
-        let answer = match progress {
-            None => rx.await,
-            Some(report) => {
-                let window = arguments
-                    .get("wait_seconds")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0)
-                    .clamp(0, MAX_WAIT_SECONDS) as u64;
-                let started = tokio::time::Instant::now();
-                let mut ticker = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
-                loop {
-                    tokio::select! {
-                        r = &mut *rx => break r,
-                        _ = ticker.tick() => report(WaitReport {
-                            waited_seconds: started.elapsed().as_secs(),
-                            window_seconds: window,
-                            progress: None,
-                        }),
+        let waited = async {
+            match progress {
+                None => rx.await,
+                Some(report) => {
+                    let window = arguments
+                        .get("wait_seconds")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0)
+                        .clamp(0, MAX_WAIT_SECONDS) as u64;
+                    let started = tokio::time::Instant::now();
+                    let mut ticker =
+                        tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
+                    loop {
+                        tokio::select! {
+                            r = &mut *rx => break r,
+                            _ = ticker.tick() => report(WaitReport {
+                                waited_seconds: started.elapsed().as_secs(),
+                                window_seconds: window,
+                                progress: None,
+                            }),
+                        }
                     }
                 }
             }
+        };
+        // The last resort against a coordinator that never answers: no call waits longer than
+        // the longest wait plus a coordinator change. `pending` withdraws the call.
+        let Ok(answer) = tokio::time::timeout(ANSWER_LIMIT, waited).await else {
+            return Err(CoreError::Storage(format!(
+                "the coordinating daemon did not answer within {} s; the call may or may not \
+                 have taken effect",
+                ANSWER_LIMIT.as_secs()
+            )));
         };
         pending.rx = None;
         let _ = self.forget_tx.send(id);
