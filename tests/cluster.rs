@@ -10,6 +10,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,7 +31,40 @@ struct Cluster {
     pg: tokio_postgres::Client,
     tmp: tempfile::TempDir,
     homes: usize,
+    /// Daemons started so far (names their log lines, with the test's name).
+    started: usize,
+    test: String,
     db: TestDb,
+}
+
+/// `airlock serve --store URL` on `home`, its log lines (RUST_LOG from AIRLOCK_CLUSTER_LOG,
+/// default `warn`) prefixed with `label`, so a failure's log says which daemon said what.
+async fn spawn_daemon(home: &Path, url: &str, label: &str) -> Daemon {
+    use std::io::{BufRead, Write};
+    let log = std::env::var("AIRLOCK_CLUSTER_LOG").unwrap_or_else(|_| "warn".into());
+    let mut child = Command::new(common::airlock_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", url])
+        .env("AIRLOCK_HOME", home)
+        .env_remove("AIRLOCK_TOKEN")
+        .env_remove("AIRLOCK_LISTEN")
+        .env_remove("AIRLOCK_STORE")
+        .env("RUST_LOG", log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn airlock serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let label = label.to_string();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            // Past the harness's capture, in one write: these lines explain a failure.
+            let _ = std::io::stderr()
+                .lock()
+                .write_all(format!("[{label}] {line}\n").as_bytes());
+        }
+    });
+    Daemon::adopt(child, home).await
 }
 
 /// A daemon of the cluster.
@@ -62,6 +96,12 @@ impl Cluster {
             pg,
             tmp: tempfile::tempdir().expect("tempdir"),
             homes: 0,
+            started: 0,
+            test: test
+                .trim_start_matches("cluster::")
+                .chars()
+                .take(24)
+                .collect(),
             db,
         })
     }
@@ -86,9 +126,15 @@ impl Cluster {
     }
 
     /// Starts a daemon on `home` (an existing one for a restart) and learns its id.
-    async fn start_in(&self, home: &Path) -> Member {
+    async fn start_in(&mut self, home: &Path) -> Member {
         let before = self.apps().await;
-        let d = Daemon::start_with(home, &["--store", self.url()]).await;
+        self.started += 1;
+        let d = spawn_daemon(
+            home,
+            self.url(),
+            &format!("{} daemon{}", self.test, self.started),
+        )
+        .await;
         // Its listening connection is up before it prints its address; the name is there.
         let app = within(15, async {
             loop {
@@ -155,6 +201,20 @@ impl Cluster {
             }
         })
         .await
+    }
+
+    /// Ends every airlock session on this database (every daemon's); returns how many.
+    async fn terminate_all(&self) -> i64 {
+        let rows = self
+            .pg
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name LIKE 'airlock %'",
+                &[],
+            )
+            .await
+            .expect("pg_terminate_backend");
+        rows.len() as i64
     }
 
     /// Ends every database session of the daemon named `app` (as an admin would, or a network
@@ -587,7 +647,7 @@ async fn sixteen_claimers_on_two_daemons_claim_each_of_500_tasks_once() {
          claimers in {:?} (per claimer: {per:?})",
         started.elapsed() - pushed_at
     );
-    let claimed = claimed.lock().unwrap();
+    let claimed = claimed.lock().unwrap().clone();
     assert_eq!(claimed.len(), TASKS);
     assert_eq!(
         claimed.keys().collect::<HashSet<_>>(),
@@ -618,18 +678,35 @@ async fn sixteen_claimers_on_two_daemons_claim_each_of_500_tasks_once() {
 /// What the load's clients saw, checked as they go.
 #[derive(Default)]
 struct Checker {
-    /// lock → who holds it, as the clients know it (entered on reading a grant, left before
-    /// sending the unlock: inside the server's own holding interval, so two at once is a bug).
-    held: Mutex<HashMap<String, String>>,
-    /// lock → the fence of its latest grant.
-    fences: Mutex<HashMap<String, i64>>,
+    /// lock → who holds it as the clients know it: entered on reading a grant, left before
+    /// sending the unlock, so inside the server's own holding interval. Two at once is a bug,
+    /// unless the first one's TTL, counted from when it sent the granted call, had run out.
+    held: Mutex<HashMap<String, Hold>>,
+    /// lock → the fence and token of its latest grant.
+    fences: Mutex<HashMap<String, (i64, String)>>,
     counter_values: Mutex<HashSet<i64>>,
     violations: Mutex<Vec<String>>,
     errors: Mutex<Vec<String>>,
+    /// When each error was seen.
+    error_times: Mutex<Vec<Instant>>,
     grants: AtomicU64,
+    /// Grants of a lock its agent still held (its unlock had failed): same token, same fence.
+    regrants: AtomicU64,
+    /// Holds that outlived their TTL (a slow call while holding) and were taken over.
+    expired: AtomicU64,
     window_ends: AtomicU64,
     increments: AtomicU64,
 }
+
+struct Hold {
+    who: String,
+    /// When the call that was granted was sent: the server granted no earlier.
+    sent: Instant,
+    ttl: Duration,
+}
+
+/// How long one call may take before the load counts it as hung.
+const HUNG: Duration = Duration::from_secs(20);
 
 impl Checker {
     fn violation(&self, v: String) {
@@ -637,30 +714,41 @@ impl Checker {
         self.violations.lock().unwrap().push(v);
     }
 
-    fn enter(&self, name: &str, who: &str, fence: i64) {
-        if let Some(other) = self.held.lock().unwrap().insert(name.into(), who.into()) {
-            self.violation(format!("{who} was granted {name} while {other} held it"));
-        }
-        let mut fences = self.fences.lock().unwrap();
-        let last = fences.insert(name.into(), fence);
-        if let Some(last) = last {
-            if fence <= last {
+    fn enter(&self, name: &str, hold: Hold, token: &str, fence: i64) {
+        let who = hold.who.clone();
+        if let Some(other) = self.held.lock().unwrap().insert(name.into(), hold) {
+            if other.sent.elapsed() >= other.ttl {
+                self.expired.fetch_add(1, Ordering::Relaxed);
+            } else {
                 self.violation(format!(
-                    "{who} was granted {name} with fence {fence}, not above the last {last}"
+                    "{who} was granted {name} while {} held it (granted at most {:?} before, \
+                     TTL {:?})",
+                    other.who,
+                    other.sent.elapsed(),
+                    other.ttl
                 ));
             }
+        }
+        let mut fences = self.fences.lock().unwrap();
+        let last = fences.insert(name.into(), (fence, token.to_string()));
+        match last {
+            Some((f, _)) if fence > f => {}
+            None => {}
+            Some((f, t)) if f == fence && t == token => {
+                self.regrants.fetch_add(1, Ordering::Relaxed);
+            }
+            Some((f, _)) => self.violation(format!(
+                "{who} was granted {name} with fence {fence}, not above the last {f}"
+            )),
         }
         self.grants.fetch_add(1, Ordering::Relaxed);
     }
 
     fn leave(&self, name: &str, who: &str) {
         let mut held = self.held.lock().unwrap();
-        match held.remove(name) {
-            Some(h) if h == who => {}
-            other => {
-                drop(held);
-                self.violation(format!("{who} left {name}, held by {other:?}"))
-            }
+        // Taken over past its TTL: no longer this client's to leave.
+        if held.get(name).is_some_and(|h| h.who == who) {
+            held.remove(name);
         }
     }
 
@@ -672,10 +760,30 @@ impl Checker {
     }
 
     fn error(&self, who: &str, tool: &str, e: String) {
+        self.error_times.lock().unwrap().push(Instant::now());
         self.errors
             .lock()
             .unwrap()
             .push(format!("{who} {tool}: {e}"));
+    }
+
+    /// A call of the load: an error is recorded (and returned), a hang is a violation.
+    async fn call(&self, d: &Daemon, who: &str, tool: &str, args: Value) -> Option<Value> {
+        let sent = Instant::now();
+        match tokio::time::timeout(HUNG, try_call(d, tool, args.clone())).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                self.error(who, tool, e);
+                None
+            }
+            Err(_) => {
+                self.violation(format!(
+                    "{who}: {tool} {args} got no answer in {:?}",
+                    sent.elapsed()
+                ));
+                None
+            }
+        }
     }
 }
 
@@ -691,14 +799,16 @@ async fn load_client(d: Arc<Daemon>, who: String, check: Arc<Checker>, until: In
         seed ^= seed << 17;
         seed
     };
+    let ttl_d = Duration::from_secs(ttl as u64);
     while Instant::now() < until {
         let name = LOCKS[(next() % LOCKS.len() as u64) as usize];
         let mut args =
             json!({"name": name, "agent_id": who, "ttl_seconds": ttl, "wait_seconds": 3});
         let granted = loop {
-            match try_call(&d, "lock_resource", args.clone()).await {
-                Ok(r) if r["locked"] == json!(true) => break Some(r),
-                Ok(r) => {
+            let sent = Instant::now();
+            match check.call(&d, &who, "lock_resource", args.clone()).await {
+                Some(r) if r["locked"] == json!(true) => break Some((r, sent)),
+                Some(r) => {
                     check.window_ends.fetch_add(1, Ordering::Relaxed);
                     if Instant::now() >= until {
                         break None;
@@ -711,13 +821,10 @@ async fn load_client(d: Arc<Daemon>, who: String, check: Arc<Checker>, until: In
                         }
                     }
                 }
-                Err(e) => {
-                    check.error(&who, "lock_resource", e);
-                    break None;
-                }
+                None => break None,
             }
         };
-        let Some(g) = granted else {
+        let Some((g, sent)) = granted else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
@@ -725,26 +832,28 @@ async fn load_client(d: Arc<Daemon>, who: String, check: Arc<Checker>, until: In
             check.violation(format!("a grant without token or fence: {g}"));
             continue;
         };
-        check.enter(name, &who, f);
+        let hold = Hold {
+            who: who.clone(),
+            sent,
+            ttl: ttl_d,
+        };
+        check.enter(name, hold, tok, f);
         tokio::time::sleep(Duration::from_millis(next() % 10)).await;
-        match try_call(&d, "increment_counter", json!({"name": "shared"})).await {
-            Ok(v) => match v["value"].as_i64() {
+        let v = check
+            .call(&d, &who, "increment_counter", json!({"name": "shared"}))
+            .await;
+        if let Some(v) = v {
+            match v["value"].as_i64() {
                 Some(v) => check.counted(v),
                 None => check.violation(format!("increment_counter answered {v}")),
-            },
-            Err(e) => check.error(&who, "increment_counter", e),
+            }
         }
         check.leave(name, &who);
-        match try_call(
-            &d,
-            "unlock_resource",
-            json!({"name": name, "lock_token": tok}),
-        )
-        .await
-        {
-            Ok(r) if r["released"] == json!(true) => {}
-            Ok(r) => check.error(&who, "unlock_resource", format!("not released: {r}")),
-            Err(e) => check.error(&who, "unlock_resource", e),
+        let args = json!({"name": name, "lock_token": tok});
+        if let Some(r) = check.call(&d, &who, "unlock_resource", args).await {
+            if r["released"] != json!(true) {
+                check.error(&who, "unlock_resource", format!("not released: {r}"));
+            }
         }
     }
 }
@@ -1012,39 +1121,64 @@ async fn a_lost_database_connection_fails_calls_clearly_and_recovers() {
     let ds = vec![m[0].d.clone(), m[1].d.clone()];
     let kept = token(&lock(&ds[0], "kept", "k", json!({"ttl_seconds": 300})).await);
 
-    // Load across both daemons, and in its middle the coordinator's sessions are ended.
+    // Load across both daemons. In its middle the coordinator's sessions are ended; later
+    // every daemon's.
     let check = Arc::new(Checker::default());
-    let until = Instant::now() + Duration::from_secs(8);
+    let started = Instant::now();
+    let until = started + Duration::from_secs(12);
     let clients = start_load(&ds, 3, &check, until, 5);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let ended = c.terminate(&m[0].app).await;
     let cut = Instant::now();
-    println!("ended {ended} database sessions of the coordinator");
+    let ended = c.terminate(&m[0].app).await;
+    println!("cut 1: ended {ended} database sessions of the coordinator");
     assert!(
         ended >= 2,
         "the coordinator should have had a listening and an engine session"
     );
-    for h in clients {
-        within(60, h).await.unwrap();
-    }
-    // Both daemons work again.
+    // Both daemons work again (the load goes on meanwhile).
     for d in &ds {
         until_ok(d, "list_locks", json!({})).await;
     }
     println!(
-        "both daemons answer again {:?} after the cut",
+        "cut 1: both daemons answer again {:?} after it",
         cut.elapsed()
     );
-    let coordinator = c.coordinator().await;
+    let first = c.coordinator().await;
+    assert!(first.is_some(), "nobody coordinates");
     println!(
-        "now coordinating: {}",
-        if coordinator.as_deref() == Some(&*m[0].app) {
+        "cut 1: now coordinating: {}",
+        if first.as_deref() == Some(&*m[0].app) {
             "the same daemon (reconnected)"
         } else {
             "the other daemon"
         }
     );
-    assert!(coordinator.is_some());
+    tokio::time::sleep_until((started + Duration::from_secs(7)).into()).await;
+    let cut2 = Instant::now();
+    let ended = c.terminate_all().await;
+    println!("cut 2: ended all {ended} airlock database sessions");
+    for d in &ds {
+        until_ok(d, "list_locks", json!({})).await;
+    }
+    println!(
+        "cut 2: both daemons answer again {:?} after it",
+        cut2.elapsed()
+    );
+    assert!(c.coordinator().await.is_some(), "nobody coordinates");
+    for h in clients {
+        within(60, h).await.unwrap();
+    }
+    // Calls failed only after a cut, and not for long after the second.
+    let times = check.error_times.lock().unwrap().clone();
+    if let Some(early) = times.iter().find(|t| **t < cut) {
+        panic!("a call failed {:?} before the first cut", cut - *early);
+    }
+    if let Some(last) = times.iter().max() {
+        println!(
+            "the last failed call came {:?} after the second cut",
+            last.saturating_duration_since(cut2)
+        );
+    }
 
     let errors = check.errors.lock().unwrap().clone();
     let distinct: HashSet<String> = errors
@@ -1052,8 +1186,11 @@ async fn a_lost_database_connection_fails_calls_clearly_and_recovers() {
         .map(|e| e.split_once(": ").map_or(e.clone(), |(_, m)| m.to_string()))
         .collect();
     println!(
-        "{} grants, {} increments, {} failed calls; distinct messages: {distinct:#?}",
+        "{} grants ({} of a lock still held after a failed unlock, {} past a TTL), {} \
+         increments, {} failed calls; distinct messages: {distinct:#?}",
         check.grants.load(Ordering::Relaxed),
+        check.regrants.load(Ordering::Relaxed),
+        check.expired.load(Ordering::Relaxed),
         check.increments.load(Ordering::Relaxed),
         errors.len()
     );
