@@ -262,7 +262,12 @@ async fn start(node: &Arc<Node>, core: &Coordinator, row: CallRow) {
 
 /// Writes a call's answer; if its caller is gone, gives back the grant it carried.
 async fn finish(node: Arc<Node>, core: Coordinator, id: i64, ran: Ran) {
-    let result = encode(&ran.outcome);
+    // The caller's own daemon is not shutting down, whatever this one is doing.
+    let outcome = match ran.outcome {
+        Err(CoreError::ShuttingDown) => Err(CoreError::Storage(super::STEPPED_DOWN.into())),
+        outcome => outcome,
+    };
+    let result = encode(&outcome);
     let orphan = ran
         .orphan
         .as_ref()

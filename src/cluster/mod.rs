@@ -37,6 +37,10 @@ use crate::core::{Coordinator, CoreError, CoreResult, ProgressFn};
 
 /// How often unanswered calls and unclaimed answers are re-read, in case a notification was lost.
 pub const SAFETY_NET: Duration = Duration::from_secs(1);
+/// What a call hears when the engine it ran on stopped because its daemon stopped coordinating.
+const STEPPED_DOWN: &str = "the daemon running this call stopped coordinating the shared database \
+    (it lost its database session or is stopping); the call may or may not have taken effect: \
+    check, then retry";
 /// How long to wait before reconnecting after the database went away.
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 
@@ -67,6 +71,18 @@ impl Core {
         match self {
             Core::Local(_) => Err(CoreError::Storage("no coordinator to forward to".into())),
             Core::Shared(node) => node.forward(tool, arguments, progress).await,
+        }
+    }
+
+    /// A local engine that stopped under a call answers `ShuttingDown`; in a group of daemons
+    /// that happens when this daemon gives up coordinating (its database session was lost) while
+    /// it keeps running, and the caller must not be told the daemon is shutting down.
+    pub fn explain(&self, outcome: CoreResult<Value>) -> CoreResult<Value> {
+        match (self, outcome) {
+            (Core::Shared(node), Err(CoreError::ShuttingDown)) if !node.is_stopping() => {
+                Err(CoreError::Storage(STEPPED_DOWN.into()))
+            }
+            (_, outcome) => outcome,
         }
     }
 
