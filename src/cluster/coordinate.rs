@@ -1,5 +1,6 @@
 //! The coordinating side: win the coordinator lock, run the engine, run forwarded calls.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -83,6 +84,13 @@ async fn coordinate(node: &Arc<Node>) -> anyhow::Result<()> {
     // Every daemon's TTLs are measured on the database's clock: a coordinator whose own clock is
     // off still expires rows when the others would.
     let now = db_now_ms(&client).await?;
+    // Answers are written only while this session holds the coordinator lock (see
+    // `calls::answer`): a daemon that lost it must not answer calls its successor re-runs.
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    node.engine_pid.store(pid, Ordering::SeqCst);
     let store = PgStore::new(client, tokio::runtime::Handle::current()).await?;
     // The engine calls the store synchronously (it reads its deadlines as it starts), so it
     // must start off the runtime's threads.
@@ -109,6 +117,7 @@ async fn coordinate(node: &Arc<Node>) -> anyhow::Result<()> {
     }
     drop(core);
     let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+    node.engine_pid.store(0, Ordering::SeqCst);
     tracing::info!(daemon = %node.id, "stopped coordinating");
     outcome
 }
@@ -273,13 +282,21 @@ async fn finish(node: Arc<Node>, core: Coordinator, id: i64, ran: Ran) {
         .as_ref()
         .and_then(|o| serde_json::to_string(o).ok());
     let written = match pooled(&node).await {
-        Ok(c) => calls::answer(&**c, id, &result, orphan.as_deref())
-            .await
-            .map_err(|e| e.to_string()),
+        Ok(c) => calls::answer(
+            &**c,
+            id,
+            &result,
+            orphan.as_deref(),
+            node.engine_pid.load(Ordering::SeqCst),
+        )
+        .await
+        .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     match written {
         Ok(Some(Answered::Delivered)) => {}
+        // The coordinator of now takes the call over; this engine's grants went with its session.
+        Ok(Some(Answered::NotCoordinator)) => {}
         Ok(Some(Answered::Unwanted)) | Ok(None) => {
             if let Some(o) = ran.orphan {
                 core.release_orphan(o);

@@ -25,7 +25,7 @@ mod coordinate;
 mod forward;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicI32};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -114,6 +114,9 @@ pub struct Node {
     pool: deadpool_postgres::Pool,
     /// The engine, while this daemon coordinates.
     engine: RwLock<Option<Coordinator>>,
+    /// The database backend of the engine's session while this daemon coordinates (0 when not):
+    /// answers are written only while it holds the coordinator lock.
+    engine_pid: AtomicI32,
     /// Calls sent to the coordinator and not answered yet.
     waiting: Mutex<Waiting>,
     /// The listening connection's client, while it is up.
@@ -198,6 +201,7 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
         pg,
         pool,
         engine: RwLock::new(None),
+        engine_pid: AtomicI32::new(0),
         waiting: Mutex::new(Waiting::default()),
         listener: tokio::sync::Mutex::new(None),
         listening: AtomicBool::new(false),

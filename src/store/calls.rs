@@ -40,6 +40,10 @@ pub enum Answered {
     Delivered,
     /// The caller had gone away: release the grant.
     Unwanted,
+    /// Not written: the answering session's daemon no longer coordinates (its coordinator
+    /// session is gone, so another daemon may have taken the call over and run it again). The
+    /// row is left to the coordinator of now.
+    NotCoordinator,
 }
 
 /// Queues a call and tells the coordinator; returns its id.
@@ -117,26 +121,41 @@ pub async fn take(
     Ok(calls)
 }
 
-/// Writes a call's answer (and the grant it carries) and tells the receiving daemon. `None` if
-/// the row is gone (its daemon died and the row was cleaned up).
+/// Writes a call's answer (and the grant it carries) and tells the receiving daemon, provided
+/// the coordinator lock is still held by `engine_pid` (the backend of the answering daemon's
+/// engine session): a daemon that lost that session must not answer calls its successor may
+/// already have run again. `None` if the row is gone (its daemon died and the row was cleaned
+/// up).
 pub async fn answer(
     c: &impl GenericClient,
     id: i64,
     result: &str,
     orphan: Option<&str>,
+    engine_pid: i32,
 ) -> Result<Option<Answered>, tokio_postgres::Error> {
+    let key = COORDINATOR_LOCK as u64;
+    let (hi, lo) = ((key >> 32) as i64, (key & 0xffff_ffff) as i64);
     let row = c
-        .query_opt(
-            "WITH u AS (UPDATE airlock.calls SET result = $2, orphan = $3, \
-             state = CASE state WHEN 'running' THEN 'done' ELSE 'orphaned' END \
-             WHERE id = $1 RETURNING state, daemon) \
-             SELECT u.state, CASE WHEN u.state = 'done' \
-             THEN pg_notify('airlock_answer_' || u.daemon, $1::text) END FROM u",
-            &[&id, &result, &orphan],
+        .query_one(
+            "WITH mine AS (SELECT EXISTS (SELECT 1 FROM pg_locks l \
+               WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.pid = $4 \
+               AND l.classid::text::bigint = $5 AND l.objid::text::bigint = $6 \
+               AND l.database = (SELECT d.oid FROM pg_database d \
+                                 WHERE d.datname = current_database())) AS yes), \
+             u AS (UPDATE airlock.calls SET result = $2, orphan = $3, \
+               state = CASE state WHEN 'running' THEN 'done' ELSE 'orphaned' END \
+               WHERE id = $1 AND (SELECT yes FROM mine) RETURNING state, daemon) \
+             SELECT (SELECT yes FROM mine), u.state, CASE WHEN u.state = 'done' \
+             THEN pg_notify('airlock_answer_' || u.daemon, $1::text) END \
+             FROM (SELECT 1) AS one LEFT JOIN u ON true",
+            &[&id, &result, &orphan, &engine_pid, &hi, &lo],
         )
         .await?;
-    Ok(row.map(|r| {
-        if r.get::<_, String>(0) == "done" {
+    if !row.get::<_, bool>(0) {
+        return Ok(Some(Answered::NotCoordinator));
+    }
+    Ok(row.get::<_, Option<String>>(1).map(|state| {
+        if state == "done" {
             Answered::Delivered
         } else {
             Answered::Unwanted
