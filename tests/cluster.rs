@@ -1283,3 +1283,73 @@ async fn a_stopping_coordinator_hands_over_at_once() {
     assert_eq!(holder(&b.d, "x").await.as_deref(), Some("h"));
     unlock(&b.d, "x", &held).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The forwarding table: only the coordinator of now answers
+// ---------------------------------------------------------------------------------------------
+
+async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A daemon that lost its coordinator session (a terminated backend, a cut cable) may still run
+/// for a moment with its old engine and a pool that reconnects. Its answers must not land: its
+/// successor may already have taken the call over and run it again, and two answers to one call
+/// can hand a caller a grant the other answer's orphan handling gives away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_session_holding_the_coordinator_lock_can_answer_a_call() {
+    use airlock::store::calls::{self, Answered, Take};
+    let Some(c) =
+        Cluster::new("cluster::only_the_session_holding_the_coordinator_lock_can_answer_a_call")
+            .await
+    else {
+        return;
+    };
+    let mut admin = c.db.connect().await.unwrap();
+    airlock::store::postgres::migrate(&mut admin).await.unwrap();
+    let first = c.db.connect().await.unwrap();
+    let second = c.db.connect().await.unwrap();
+    let (first_pid, second_pid) = (backend_pid(&first).await, backend_pid(&second).await);
+
+    calls::become_coordinator(&first).await.unwrap();
+    let id = calls::insert(&c.pg, "d", "get_note", "{}").await.unwrap();
+    let taken = calls::take(&c.pg, Take::All).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    // The holder's answer lands.
+    let r = calls::answer(&c.pg, id, r#"{"ok":1}"#, None, first_pid)
+        .await
+        .unwrap();
+    assert_eq!(r, Some(Answered::Delivered));
+
+    // The first coordinator's session ends; the second takes over and the first must not answer.
+    let id2 = calls::insert(&c.pg, "d", "get_note", "{}").await.unwrap();
+    calls::take(&c.pg, Take::All).await.unwrap();
+    drop(first);
+    within(10, calls::become_coordinator(&second))
+        .await
+        .unwrap();
+    let r = calls::answer(&c.pg, id2, r#"{"ok":"stale"}"#, None, first_pid)
+        .await
+        .unwrap();
+    assert_eq!(r, Some(Answered::NotCoordinator));
+    assert!(
+        calls::answers(&c.pg, &[id2]).await.unwrap().is_empty(),
+        "a stale answer landed"
+    );
+    // The row is still there for the new coordinator, who answers it.
+    let again = calls::take(&c.pg, Take::All).await.unwrap();
+    assert_eq!(again.iter().map(|r| r.id).collect::<Vec<_>>(), vec![id2]);
+    assert_eq!(again[0].state, "running");
+    let r = calls::answer(&c.pg, id2, r#"{"ok":2}"#, None, second_pid)
+        .await
+        .unwrap();
+    assert_eq!(r, Some(Answered::Delivered));
+    assert_eq!(
+        calls::answers(&c.pg, &[id2]).await.unwrap(),
+        vec![(id2, r#"{"ok":2}"#.to_string())]
+    );
+}
