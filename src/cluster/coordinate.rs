@@ -192,7 +192,7 @@ async fn serve(
 /// Takes calls from the table and starts each, oldest first.
 async fn take_and_start(node: &Arc<Node>, core: &Coordinator, which: calls::Take<'_>) {
     let rows = match pooled(node).await {
-        Ok(c) => calls::take(&**c, which).await,
+        Ok(c) => calls::take(&**c, which, node.engine_pid.load(Ordering::SeqCst)).await,
         Err(e) => {
             tracing::warn!(error = %e, "could not take forwarded calls");
             return;

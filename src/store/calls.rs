@@ -74,35 +74,48 @@ pub enum Take<'a> {
     All,
 }
 
-/// Marks calls taken by the coordinator and returns them, oldest first.
+/// Marks calls taken by the coordinator and returns them, oldest first: none unless the
+/// coordinator lock is held by `engine_pid` (the taking daemon's engine backend), so a daemon
+/// that lost its coordinator session takes nothing it could no longer answer.
 pub async fn take(
     c: &impl GenericClient,
     which: Take<'_>,
+    engine_pid: i32,
 ) -> Result<Vec<CallRow>, tokio_postgres::Error> {
+    let (hi, lo) = coordinator_key_halves();
     let rows = match which {
         Take::Ids(ids) => {
             c.query(
-                "UPDATE airlock.calls SET state = 'running' WHERE id = ANY($1) AND state = 'queued' \
-                 RETURNING id, daemon, tool, args, 'queued'",
-                &[&ids],
+                &format!(
+                    "UPDATE airlock.calls SET state = 'running' WHERE id = ANY($1) \
+                     AND state = 'queued' AND {} RETURNING id, daemon, tool, args, 'queued'",
+                    holds_coordinator_lock(2)
+                ),
+                &[&ids, &engine_pid, &hi, &lo],
             )
             .await?
         }
         Take::Queued => {
             c.query(
-                "UPDATE airlock.calls SET state = 'running' WHERE state = 'queued' \
-                 RETURNING id, daemon, tool, args, 'queued'",
-                &[],
+                &format!(
+                    "UPDATE airlock.calls SET state = 'running' WHERE state = 'queued' AND {} \
+                     RETURNING id, daemon, tool, args, 'queued'",
+                    holds_coordinator_lock(1)
+                ),
+                &[&engine_pid, &hi, &lo],
             )
             .await?
         }
         Take::All => {
             c.query(
-                "WITH t AS (SELECT id, state AS was FROM airlock.calls \
-                 WHERE state IN ('queued', 'running') FOR UPDATE) \
-                 UPDATE airlock.calls c SET state = 'running' FROM t WHERE c.id = t.id \
-                 RETURNING c.id, c.daemon, c.tool, c.args, t.was",
-                &[],
+                &format!(
+                    "WITH t AS (SELECT id, state AS was FROM airlock.calls \
+                     WHERE state IN ('queued', 'running') AND {} FOR UPDATE) \
+                     UPDATE airlock.calls c SET state = 'running' FROM t WHERE c.id = t.id \
+                     RETURNING c.id, c.daemon, c.tool, c.args, t.was",
+                    holds_coordinator_lock(1)
+                ),
+                &[&engine_pid, &hi, &lo],
             )
             .await?
         }
@@ -133,21 +146,19 @@ pub async fn answer(
     orphan: Option<&str>,
     engine_pid: i32,
 ) -> Result<Option<Answered>, tokio_postgres::Error> {
-    let key = COORDINATOR_LOCK as u64;
-    let (hi, lo) = ((key >> 32) as i64, (key & 0xffff_ffff) as i64);
+    let (hi, lo) = coordinator_key_halves();
     let row = c
         .query_one(
-            "WITH mine AS (SELECT EXISTS (SELECT 1 FROM pg_locks l \
-               WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.pid = $4 \
-               AND l.classid::text::bigint = $5 AND l.objid::text::bigint = $6 \
-               AND l.database = (SELECT d.oid FROM pg_database d \
-                                 WHERE d.datname = current_database())) AS yes), \
+            &format!(
+                "WITH mine AS (SELECT {} AS yes), \
              u AS (UPDATE airlock.calls SET result = $2, orphan = $3, \
                state = CASE state WHEN 'running' THEN 'done' ELSE 'orphaned' END \
                WHERE id = $1 AND (SELECT yes FROM mine) RETURNING state, daemon) \
              SELECT (SELECT yes FROM mine), u.state, CASE WHEN u.state = 'done' \
              THEN pg_notify('airlock_answer_' || u.daemon, $1::text) END \
              FROM (SELECT 1) AS one LEFT JOIN u ON true",
+                holds_coordinator_lock(4)
+            ),
             &[&id, &result, &orphan, &engine_pid, &hi, &lo],
         )
         .await?;
@@ -306,6 +317,25 @@ pub async fn is_gone(c: &impl GenericClient, daemon: &str) -> Result<bool, tokio
         .await?;
     }
     Ok(free)
+}
+
+/// `COORDINATOR_LOCK` as `pg_locks` shows it: `(classid, objid)`, with `objsubid = 1`.
+fn coordinator_key_halves() -> (i64, i64) {
+    let key = COORDINATOR_LOCK as u64;
+    ((key >> 32) as i64, (key & 0xffff_ffff) as i64)
+}
+
+/// SQL: whether backend `$n` holds the coordinator lock in this database, with the key's halves
+/// in `$n+1` and `$n+2`.
+fn holds_coordinator_lock(n: usize) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
+         AND l.objsubid = 1 AND l.pid = ${n} AND l.classid::text::bigint = ${} \
+         AND l.objid::text::bigint = ${} AND l.database = (SELECT d.oid FROM pg_database d \
+         WHERE d.datname = current_database()))",
+        n + 1,
+        n + 2
+    )
 }
 
 /// The key of the coordinator's advisory lock: the daemon holding it runs the engine.
