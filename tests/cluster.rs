@@ -1317,7 +1317,12 @@ async fn only_the_session_holding_the_coordinator_lock_can_answer_a_call() {
 
     calls::become_coordinator(&first).await.unwrap();
     let id = calls::insert(&c.pg, "d", "get_note", "{}").await.unwrap();
-    let taken = calls::take(&c.pg, Take::All).await.unwrap();
+    // Only the holder takes calls.
+    assert!(calls::take(&c.pg, Take::All, second_pid)
+        .await
+        .unwrap()
+        .is_empty());
+    let taken = calls::take(&c.pg, Take::All, first_pid).await.unwrap();
     assert_eq!(taken.len(), 1);
     // The holder's answer lands.
     let r = calls::answer(&c.pg, id, r#"{"ok":1}"#, None, first_pid)
@@ -1327,7 +1332,7 @@ async fn only_the_session_holding_the_coordinator_lock_can_answer_a_call() {
 
     // The first coordinator's session ends; the second takes over and the first must not answer.
     let id2 = calls::insert(&c.pg, "d", "get_note", "{}").await.unwrap();
-    calls::take(&c.pg, Take::All).await.unwrap();
+    calls::take(&c.pg, Take::All, first_pid).await.unwrap();
     drop(first);
     within(10, calls::become_coordinator(&second))
         .await
@@ -1341,7 +1346,11 @@ async fn only_the_session_holding_the_coordinator_lock_can_answer_a_call() {
         "a stale answer landed"
     );
     // The row is still there for the new coordinator, who answers it.
-    let again = calls::take(&c.pg, Take::All).await.unwrap();
+    assert!(calls::take(&c.pg, Take::All, first_pid)
+        .await
+        .unwrap()
+        .is_empty());
+    let again = calls::take(&c.pg, Take::All, second_pid).await.unwrap();
     assert_eq!(again.iter().map(|r| r.id).collect::<Vec<_>>(), vec![id2]);
     assert_eq!(again[0].state, "running");
     let r = calls::answer(&c.pg, id2, r#"{"ok":2}"#, None, second_pid)
