@@ -1,5 +1,6 @@
 //! The coordinating side: win the coordinator lock, run the engine, run forwarded calls.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -84,6 +85,13 @@ async fn coordinate(node: &Arc<Node>) -> anyhow::Result<()> {
     // Every daemon's TTLs are measured on the database's clock: a coordinator whose own clock is
     // off still expires rows when the others would.
     let now = db_now_ms(&client).await?;
+    // Answers are written only while this session holds the coordinator lock (see
+    // `calls::answer`): a daemon that lost it must not answer calls its successor re-runs.
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    node.engine_pid.store(pid, Ordering::SeqCst);
     let store = PgStore::new(client, tokio::runtime::Handle::current()).await?;
     // The engine calls the store synchronously (it reads its deadlines as it starts), so it
     // must start off the runtime's threads.
@@ -110,6 +118,7 @@ async fn coordinate(node: &Arc<Node>) -> anyhow::Result<()> {
     }
     drop(core);
     let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+    node.engine_pid.store(0, Ordering::SeqCst);
     tracing::info!(daemon = %node.id, "stopped coordinating");
     outcome
 }
@@ -184,7 +193,7 @@ async fn serve(
 /// Takes calls from the table and starts each, oldest first.
 async fn take_and_start(node: &Arc<Node>, core: &Coordinator, which: calls::Take<'_>) {
     let rows = match pooled(node).await {
-        Ok(c) => calls::take(&c, which).await,
+        Ok(c) => calls::take(&*c, which, node.engine_pid.load(Ordering::SeqCst)).await,
         Err(e) => {
             tracing::warn!(error = %e, "could not take forwarded calls");
             return;
@@ -273,19 +282,32 @@ async fn start(node: &Arc<Node>, core: &Coordinator, row: CallRow) {
 
 /// Writes a call's answer; if its caller is gone, gives back the grant it carried.
 async fn finish(node: Arc<Node>, core: Coordinator, id: i64, ran: Ran) {
-    let result = encode(&ran.outcome);
+    // The caller's own daemon is not shutting down, whatever this one is doing.
+    let outcome = match ran.outcome {
+        Err(CoreError::ShuttingDown) => Err(CoreError::Storage(super::STEPPED_DOWN.into())),
+        outcome => outcome,
+    };
+    let result = encode(&outcome);
     let orphan = ran
         .orphan
         .as_ref()
         .and_then(|o| serde_json::to_string(o).ok());
     let written = match pooled(&node).await {
-        Ok(c) => calls::answer(&c, id, &result, orphan.as_deref())
-            .await
-            .map_err(|e| e.to_string()),
+        Ok(c) => calls::answer(
+            &*c,
+            id,
+            &result,
+            orphan.as_deref(),
+            node.engine_pid.load(Ordering::SeqCst),
+        )
+        .await
+        .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     match written {
         Ok(Some(Answered::Delivered)) => {}
+        // The coordinator of now takes the call over; this engine's grants went with its session.
+        Ok(Some(Answered::NotCoordinator)) => {}
         Ok(Some(Answered::Unwanted)) | Ok(None) => {
             if let Some(o) = ran.orphan {
                 core.release_orphan(o);
@@ -316,7 +338,7 @@ async fn withdraw(node: &Arc<Node>, core: &Coordinator, ids: Option<&[i64]>) {
         Some(ids) => withdraw_rows(node, core, ids).await,
         None => {
             if let Ok(c) = pooled(node).await {
-                if let Ok(rows) = calls::take_unwanted(&c, None).await {
+                if let Ok(rows) = calls::take_unwanted(&*c, None).await {
                     let mut running = node.running.lock().expect("running");
                     for (id, _, orphan) in rows {
                         if let Some(cancel) = running.remove(&id) {
@@ -333,7 +355,7 @@ async fn withdraw(node: &Arc<Node>, core: &Coordinator, ids: Option<&[i64]>) {
 /// Deletes the rows of calls whose callers are gone, releasing the grants they carried.
 async fn withdraw_rows(node: &Node, core: &Coordinator, ids: &[i64]) {
     if let Ok(c) = pooled(node).await {
-        match calls::take_unwanted(&c, Some(ids)).await {
+        match calls::take_unwanted(&*c, Some(ids)).await {
             Ok(rows) => {
                 for (_, _, orphan) in rows {
                     release(core, orphan.as_deref());
@@ -353,9 +375,9 @@ fn release(core: &Coordinator, orphan: Option<&str>) {
 /// The safety net: withdrawn calls whose notification was lost, and daemons that are gone.
 async fn sweep(node: &Arc<Node>, core: &Coordinator) {
     if let Ok(c) = pooled(node).await {
-        if let Ok(daemons) = calls::daemons(&c, &node.id).await {
+        if let Ok(daemons) = calls::daemons(&*c, &node.id).await {
             for d in daemons {
-                if let Ok(true) = calls::is_gone(&c, &d).await {
+                if let Ok(true) = calls::is_gone(&*c, &d).await {
                     tracing::info!(daemon = %d, "a daemon is gone: withdrawing its calls");
                     let _ = calls::abandon_all_of(&**c, &d).await;
                 }

@@ -65,7 +65,7 @@ impl Drop for Pending {
         tokio::spawn(async move {
             match pooled(&node).await {
                 Ok(c) => {
-                    if let Err(e) = calls::abandon(&c, &[id]).await {
+                    if let Err(e) = calls::abandon(&*c, &[id]).await {
                         tracing::warn!(error = %e, call = id, "could not cancel a forwarded call");
                     }
                 }
@@ -98,7 +98,7 @@ impl Node {
         let args = Value::Object(arguments.clone()).to_string();
         let id = {
             let c = pooled(self).await?;
-            calls::insert(&c, &self.id, tool, &args)
+            calls::insert(&*c, &self.id, tool, &args)
                 .await
                 .map_err(|e| db_error("could not hand the call to the coordinating daemon", e))?
         };
@@ -189,7 +189,7 @@ pub(super) async fn fetch_answers(node: Arc<Node>, mut ids: mpsc::UnboundedRecei
             continue;
         }
         match pooled(&node).await {
-            Ok(c) => match calls::answers(&c, &known).await {
+            Ok(c) => match calls::answers(&*c, &known).await {
                 Ok(rows) => deliver(&node, rows).await,
                 // The safety net fetches them again.
                 Err(e) => tracing::warn!(error = %e, "could not read answers"),
@@ -207,7 +207,7 @@ pub(super) async fn forget_read(node: Arc<Node>, mut ids: mpsc::UnboundedReceive
             burst.push(id);
         }
         if let Ok(c) = pooled(&node).await {
-            if let Err(e) = calls::forget(&c, &burst).await {
+            if let Err(e) = calls::forget(&*c, &burst).await {
                 tracing::warn!(error = %e, "could not delete answered calls");
             }
         }
@@ -242,12 +242,12 @@ async fn recheck(node: &Node) {
     let Ok(c) = pooled(node).await else {
         return;
     };
-    if let Ok(rows) = calls::answers(&c, &ids).await {
+    if let Ok(rows) = calls::answers(&*c, &ids).await {
         deliver(node, rows).await;
     }
     // A row that vanished belongs to a call the coordinator gave up on (it took this daemon
     // for gone): its caller must not wait for ever.
-    if let Ok(gone) = calls::missing(&c, &ids).await {
+    if let Ok(gone) = calls::missing(&*c, &ids).await {
         fail(
             node,
             &gone,
@@ -391,7 +391,7 @@ pub(super) async fn drain(node: &Arc<Node>) {
         return;
     }
     if let Ok(c) = pooled(node).await {
-        let _ = calls::abandon(&c, &ids).await;
+        let _ = calls::abandon(&*c, &ids).await;
     }
 }
 

@@ -25,7 +25,7 @@ mod coordinate;
 mod forward;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicI32};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -37,6 +37,10 @@ use crate::core::{Coordinator, CoreError, CoreResult, ProgressFn};
 
 /// How often unanswered calls and unclaimed answers are re-read, in case a notification was lost.
 pub const SAFETY_NET: Duration = Duration::from_secs(1);
+/// What a call hears when the engine it ran on stopped because its daemon stopped coordinating.
+const STEPPED_DOWN: &str = "the daemon running this call stopped coordinating the shared database \
+    (it lost its database session or is stopping); the call may or may not have taken effect: \
+    check, then retry";
 /// How long to wait before reconnecting after the database went away.
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 
@@ -70,6 +74,18 @@ impl Core {
         }
     }
 
+    /// A local engine that stopped under a call answers `ShuttingDown`; in a group of daemons
+    /// that happens when this daemon gives up coordinating (its database session was lost) while
+    /// it keeps running, and the caller must not be told the daemon is shutting down.
+    pub fn explain(&self, outcome: CoreResult<Value>) -> CoreResult<Value> {
+        match (self, outcome) {
+            (Core::Shared(node), Err(CoreError::ShuttingDown)) if !node.is_stopping() => {
+                Err(CoreError::Storage(STEPPED_DOWN.into()))
+            }
+            (_, outcome) => outcome,
+        }
+    }
+
     /// The `GET /status` snapshot.
     pub async fn status(&self) -> CoreResult<Value> {
         match self.local() {
@@ -98,6 +114,9 @@ pub struct Node {
     pool: deadpool_postgres::Pool,
     /// The engine, while this daemon coordinates.
     engine: RwLock<Option<Coordinator>>,
+    /// The database backend of the engine's session while this daemon coordinates (0 when not):
+    /// answers are written only while it holds the coordinator lock.
+    engine_pid: AtomicI32,
     /// Calls sent to the coordinator and not answered yet.
     waiting: Mutex<Waiting>,
     /// The listening connection's client, while it is up.
@@ -195,6 +214,7 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
         pg,
         pool,
         engine: RwLock::new(None),
+        engine_pid: AtomicI32::new(0),
         waiting: Mutex::new(Waiting::default()),
         listener: tokio::sync::Mutex::new(None),
         listening: AtomicBool::new(false),

@@ -30,7 +30,8 @@ pub const DEFAULT_EVENT_WAIT_SECONDS: i64 = 25;
 
 /// What can go wrong in a core operation. Only the variants a caller acts on.
 /// (De)serializable so a daemon that forwards a call to the coordinating daemon gets the same
-/// error back.
+/// error back. Adjacently tagged: an internally tagged enum cannot carry `Storage`'s bare string
+/// (serializing it fails, and the forwarded call's answer was never written).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum CoreError {
@@ -412,6 +413,18 @@ pub struct QueueView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_round_trips_through_json() {
+        for e in [
+            CoreError::invalid("name", "must not be empty"),
+            CoreError::Storage("the database connection is closed".into()),
+            CoreError::ShuttingDown,
+        ] {
+            let v = serde_json::to_value(&e).expect("serializes");
+            assert_eq!(serde_json::from_value::<CoreError>(v).unwrap(), e);
+        }
+    }
 
     #[test]
     fn names_are_checked() {

@@ -72,7 +72,9 @@ impl AirlockMcp {
             Err(e) => return Ok(Err(e)),
         };
         Ok(match self.core.local() {
-            Some(c) => dispatch(&c, name, &a, progress).await.outcome,
+            Some(c) => self
+                .core
+                .explain(dispatch(&c, name, &a, progress).await.outcome),
             // Another daemon coordinates the shared database: it runs the call.
             None => self.core.forward(name, arguments, progress).await,
         })

@@ -11,31 +11,51 @@
 //! and every effect of a call is committed (fsynced) by the engine's own transaction, which also
 //! makes every earlier row change durable (the write-ahead log is flushed in order).
 
-use deadpool_postgres::ClientWrapper as Pooled;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Error, GenericClient, Row};
+use std::future::Future;
 
-// Statements on pooled connections are prepared once per connection and cached.
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Error, GenericClient, Row, Statement};
+
+/// A connection the forwarding statements run on: a pooled one prepares each statement once and
+/// keeps it (the daemon's case); a plain client prepares it for the call (tests, tools).
+pub trait Sql: Sync {
+    fn client(&self) -> &tokio_postgres::Client;
+    fn statement(&self, sql: &str) -> impl Future<Output = Result<Statement, Error>> + Send;
+}
+
+impl Sql for deadpool_postgres::ClientWrapper {
+    fn client(&self) -> &tokio_postgres::Client {
+        self
+    }
+    fn statement(&self, sql: &str) -> impl Future<Output = Result<Statement, Error>> + Send {
+        self.prepare_cached(sql)
+    }
+}
+
+impl Sql for tokio_postgres::Client {
+    fn client(&self) -> &tokio_postgres::Client {
+        self
+    }
+    fn statement(&self, sql: &str) -> impl Future<Output = Result<Statement, Error>> + Send {
+        self.prepare(sql)
+    }
+}
+
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
-async fn q(c: &Pooled, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
-    let st = c.prepare_cached(sql).await?;
-    c.query(&st, params).await
+async fn q(c: &impl Sql, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
+    let st = c.statement(sql).await?;
+    c.client().query(&st, params).await
 }
 
-async fn q_one(c: &Pooled, sql: &str, params: Params<'_>) -> Result<Row, Error> {
-    let st = c.prepare_cached(sql).await?;
-    c.query_one(&st, params).await
+async fn q_one(c: &impl Sql, sql: &str, params: Params<'_>) -> Result<Row, Error> {
+    let st = c.statement(sql).await?;
+    c.client().query_one(&st, params).await
 }
 
-async fn q_opt(c: &Pooled, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
-    let st = c.prepare_cached(sql).await?;
-    c.query_opt(&st, params).await
-}
-
-async fn q_exec(c: &Pooled, sql: &str, params: Params<'_>) -> Result<u64, Error> {
-    let st = c.prepare_cached(sql).await?;
-    c.execute(&st, params).await
+async fn q_exec(c: &impl Sql, sql: &str, params: Params<'_>) -> Result<u64, Error> {
+    let st = c.statement(sql).await?;
+    c.client().execute(&st, params).await
 }
 
 /// The channel the coordinating daemon listens on: `q<id>` = a new call, `c<id>` = a caller
@@ -65,11 +85,15 @@ pub enum Answered {
     Delivered,
     /// The caller had gone away: release the grant.
     Unwanted,
+    /// Not written: the answering session's daemon no longer coordinates (its coordinator
+    /// session is gone, so another daemon may have taken the call over and run it again). The
+    /// row is left to the coordinator of now.
+    NotCoordinator,
 }
 
 /// Queues a call and tells the coordinator; returns its id.
 pub async fn insert(
-    c: &Pooled,
+    c: &impl Sql,
     daemon: &str,
     tool: &str,
     args: &str,
@@ -95,33 +119,51 @@ pub enum Take<'a> {
     All,
 }
 
-/// Marks calls taken by the coordinator and returns them, oldest first.
-pub async fn take(c: &Pooled, which: Take<'_>) -> Result<Vec<CallRow>, tokio_postgres::Error> {
+/// Marks calls taken by the coordinator and returns them, oldest first: none unless the
+/// coordinator lock is held by `engine_pid` (the taking daemon's engine backend), so a daemon
+/// that lost its coordinator session takes nothing it could no longer answer.
+pub async fn take(
+    c: &impl Sql,
+    which: Take<'_>,
+    engine_pid: i32,
+) -> Result<Vec<CallRow>, tokio_postgres::Error> {
+    let (hi, lo) = coordinator_key_halves();
     let rows = match which {
-        Take::Ids(ids) => q(
-            c,
-            "UPDATE airlock.calls SET state = 'running' WHERE id = ANY($1) AND state = 'queued' \
-                 RETURNING id, daemon, tool, args, 'queued'",
-            &[&ids],
-        )
-        .await?,
+        Take::Ids(ids) => {
+            q(
+                c,
+                &format!(
+                    "UPDATE airlock.calls SET state = 'running' WHERE id = ANY($1) \
+                     AND state = 'queued' AND {} RETURNING id, daemon, tool, args, 'queued'",
+                    holds_coordinator_lock(2)
+                ),
+                &[&ids, &engine_pid, &hi, &lo],
+            )
+            .await?
+        }
         Take::Queued => {
             q(
                 c,
-                "UPDATE airlock.calls SET state = 'running' WHERE state = 'queued' \
-                 RETURNING id, daemon, tool, args, 'queued'",
-                &[],
+                &format!(
+                    "UPDATE airlock.calls SET state = 'running' WHERE state = 'queued' AND {} \
+                     RETURNING id, daemon, tool, args, 'queued'",
+                    holds_coordinator_lock(1)
+                ),
+                &[&engine_pid, &hi, &lo],
             )
             .await?
         }
         Take::All => {
             q(
                 c,
-                "WITH t AS (SELECT id, state AS was FROM airlock.calls \
-                 WHERE state IN ('queued', 'running') FOR UPDATE) \
-                 UPDATE airlock.calls c SET state = 'running' FROM t WHERE c.id = t.id \
-                 RETURNING c.id, c.daemon, c.tool, c.args, t.was",
-                &[],
+                &format!(
+                    "WITH t AS (SELECT id, state AS was FROM airlock.calls \
+                     WHERE state IN ('queued', 'running') AND {} FOR UPDATE) \
+                     UPDATE airlock.calls c SET state = 'running' FROM t WHERE c.id = t.id \
+                     RETURNING c.id, c.daemon, c.tool, c.args, t.was",
+                    holds_coordinator_lock(1)
+                ),
+                &[&engine_pid, &hi, &lo],
             )
             .await?
         }
@@ -140,26 +182,39 @@ pub async fn take(c: &Pooled, which: Take<'_>) -> Result<Vec<CallRow>, tokio_pos
     Ok(calls)
 }
 
-/// Writes a call's answer (and the grant it carries) and tells the receiving daemon. `None` if
-/// the row is gone (its daemon died and the row was cleaned up).
+/// Writes a call's answer (and the grant it carries) and tells the receiving daemon, provided
+/// the coordinator lock is still held by `engine_pid` (the backend of the answering daemon's
+/// engine session): a daemon that lost that session must not answer calls its successor may
+/// already have run again. `None` if the row is gone (its daemon died and the row was cleaned
+/// up).
 pub async fn answer(
-    c: &Pooled,
+    c: &impl Sql,
     id: i64,
     result: &str,
     orphan: Option<&str>,
+    engine_pid: i32,
 ) -> Result<Option<Answered>, tokio_postgres::Error> {
-    let row = q_opt(
+    let (hi, lo) = coordinator_key_halves();
+    let row = q_one(
         c,
-        "WITH u AS (UPDATE airlock.calls SET result = $2, orphan = $3, \
-             state = CASE state WHEN 'running' THEN 'done' ELSE 'orphaned' END \
-             WHERE id = $1 RETURNING state, daemon) \
-             SELECT u.state, CASE WHEN u.state = 'done' \
-             THEN pg_notify('airlock_answer_' || u.daemon, $1::text) END FROM u",
-        &[&id, &result, &orphan],
+        &format!(
+            "WITH mine AS (SELECT {} AS yes), \
+             u AS (UPDATE airlock.calls SET result = $2, orphan = $3, \
+               state = CASE state WHEN 'running' THEN 'done' ELSE 'orphaned' END \
+               WHERE id = $1 AND (SELECT yes FROM mine) RETURNING state, daemon) \
+             SELECT (SELECT yes FROM mine), u.state, CASE WHEN u.state = 'done' \
+             THEN pg_notify('airlock_answer_' || u.daemon, $1::text) END \
+             FROM (SELECT 1) AS one LEFT JOIN u ON true",
+            holds_coordinator_lock(4)
+        ),
+        &[&id, &result, &orphan, &engine_pid, &hi, &lo],
     )
     .await?;
-    Ok(row.map(|r| {
-        if r.get::<_, String>(0) == "done" {
+    if !row.get::<_, bool>(0) {
+        return Ok(Some(Answered::NotCoordinator));
+    }
+    Ok(row.get::<_, Option<String>>(1).map(|state| {
+        if state == "done" {
             Answered::Delivered
         } else {
             Answered::Unwanted
@@ -168,7 +223,10 @@ pub async fn answer(
 }
 
 /// Answers of `ids` that are written, as `(id, result)`.
-pub async fn answers(c: &Pooled, ids: &[i64]) -> Result<Vec<(i64, String)>, tokio_postgres::Error> {
+pub async fn answers(
+    c: &impl Sql,
+    ids: &[i64],
+) -> Result<Vec<(i64, String)>, tokio_postgres::Error> {
     let rows = q(
         c,
         "SELECT id, result FROM airlock.calls WHERE id = ANY($1) AND state = 'done'",
@@ -179,7 +237,7 @@ pub async fn answers(c: &Pooled, ids: &[i64]) -> Result<Vec<(i64, String)>, toki
 }
 
 /// Of `ids`, those with no row any more.
-pub async fn missing(c: &Pooled, ids: &[i64]) -> Result<Vec<i64>, tokio_postgres::Error> {
+pub async fn missing(c: &impl Sql, ids: &[i64]) -> Result<Vec<i64>, tokio_postgres::Error> {
     let rows = q(
         c,
         "SELECT i FROM unnest($1::bigint[]) AS i \
@@ -191,7 +249,7 @@ pub async fn missing(c: &Pooled, ids: &[i64]) -> Result<Vec<i64>, tokio_postgres
 }
 
 /// Deletes rows whose answers were read.
-pub async fn forget(c: &Pooled, ids: &[i64]) -> Result<(), tokio_postgres::Error> {
+pub async fn forget(c: &impl Sql, ids: &[i64]) -> Result<(), tokio_postgres::Error> {
     q_exec(
         c,
         "DELETE FROM airlock.calls WHERE id = ANY($1) AND state = 'done'",
@@ -203,7 +261,7 @@ pub async fn forget(c: &Pooled, ids: &[i64]) -> Result<(), tokio_postgres::Error
 
 /// The caller of `ids` went away: cancel what is not answered yet, mark what is as unwanted,
 /// and tell the coordinator.
-pub async fn abandon(c: &Pooled, ids: &[i64]) -> Result<(), tokio_postgres::Error> {
+pub async fn abandon(c: &impl Sql, ids: &[i64]) -> Result<(), tokio_postgres::Error> {
     q(
         c,
         "WITH u AS (UPDATE airlock.calls SET state = CASE state \
@@ -234,7 +292,7 @@ pub async fn abandon_all_of(
 
 /// Rows whose callers went away, with the grant to release, for the coordinator; deleted.
 pub async fn take_unwanted(
-    c: &Pooled,
+    c: &impl Sql,
     ids: Option<&[i64]>,
 ) -> Result<Vec<(i64, String, Option<String>)>, tokio_postgres::Error> {
     let rows = match ids {
@@ -264,7 +322,7 @@ pub async fn take_unwanted(
 }
 
 /// Daemons other than `me` with rows in the table.
-pub async fn daemons(c: &Pooled, me: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+pub async fn daemons(c: &impl Sql, me: &str) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows = q(
         c,
         "SELECT DISTINCT daemon FROM airlock.calls WHERE daemon <> $1",
@@ -289,7 +347,7 @@ pub async fn hold_liveness(c: &impl GenericClient, me: &str) -> Result<(), tokio
 }
 
 /// Whether `daemon`'s listening connection is gone (its liveness lock is free).
-pub async fn is_gone(c: &Pooled, daemon: &str) -> Result<bool, tokio_postgres::Error> {
+pub async fn is_gone(c: &impl Sql, daemon: &str) -> Result<bool, tokio_postgres::Error> {
     let row = q_one(
         c,
         "SELECT pg_try_advisory_lock($1, hashtext($2))",
@@ -306,6 +364,25 @@ pub async fn is_gone(c: &Pooled, daemon: &str) -> Result<bool, tokio_postgres::E
         .await?;
     }
     Ok(free)
+}
+
+/// `COORDINATOR_LOCK` as `pg_locks` shows it: `(classid, objid)`, with `objsubid = 1`.
+fn coordinator_key_halves() -> (i64, i64) {
+    let key = COORDINATOR_LOCK as u64;
+    ((key >> 32) as i64, (key & 0xffff_ffff) as i64)
+}
+
+/// SQL: whether backend `$n` holds the coordinator lock in this database, with the key's halves
+/// in `$n+1` and `$n+2`.
+fn holds_coordinator_lock(n: usize) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
+         AND l.objsubid = 1 AND l.pid = ${n} AND l.classid::text::bigint = ${} \
+         AND l.objid::text::bigint = ${} AND l.database = (SELECT d.oid FROM pg_database d \
+         WHERE d.datname = current_database()))",
+        n + 1,
+        n + 2
+    )
 }
 
 /// The key of the coordinator's advisory lock: the daemon holding it runs the engine.
