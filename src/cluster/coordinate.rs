@@ -27,7 +27,6 @@ const HANDOVER: Duration = Duration::from_secs(5);
 const REPEATABLE: &[&str] = &[
     "get_note",
     "list_notes",
-    "set_note",
     "list_locks",
     "lock_resource",
     "lock_resources",
@@ -35,6 +34,8 @@ const REPEATABLE: &[&str] = &[
     "register_agent",
     "list_agents",
     "wait_for_event",
+    // A claim the old coordinator committed but never answered stays leased to the agent until
+    // its lease ends; the re-run claims the next task (README: "What is not").
     "claim_next_task",
     "extend_lease",
     "list_tasks",
@@ -338,7 +339,9 @@ async fn withdraw(node: &Arc<Node>, core: &Coordinator, ids: Option<&[i64]>) {
         Some(ids) => withdraw_rows(node, core, ids).await,
         None => {
             if let Ok(c) = pooled(node).await {
-                if let Ok(rows) = calls::take_unwanted(&*c, None).await {
+                if let Ok(rows) =
+                    calls::take_unwanted(&*c, None, node.engine_pid.load(Ordering::SeqCst)).await
+                {
                     let mut running = node.running.lock().expect("running");
                     for (id, _, orphan) in rows {
                         if let Some(cancel) = running.remove(&id) {
@@ -355,7 +358,7 @@ async fn withdraw(node: &Arc<Node>, core: &Coordinator, ids: Option<&[i64]>) {
 /// Deletes the rows of calls whose callers are gone, releasing the grants they carried.
 async fn withdraw_rows(node: &Node, core: &Coordinator, ids: &[i64]) {
     if let Ok(c) = pooled(node).await {
-        match calls::take_unwanted(&*c, Some(ids)).await {
+        match calls::take_unwanted(&*c, Some(ids), node.engine_pid.load(Ordering::SeqCst)).await {
             Ok(rows) => {
                 for (_, _, orphan) in rows {
                     release(core, orphan.as_deref());

@@ -294,23 +294,33 @@ pub async fn abandon_all_of(
 pub async fn take_unwanted(
     c: &impl Sql,
     ids: Option<&[i64]>,
+    engine_pid: i32,
 ) -> Result<Vec<(i64, String, Option<String>)>, tokio_postgres::Error> {
+    // Like `take` and `answer`: only the coordinator's engine can release what these rows carry,
+    // so a daemon that lost its coordinator session leaves them to its successor.
+    let (hi, lo) = coordinator_key_halves();
     let rows = match ids {
         Some(ids) => {
             q(
                 c,
-                "DELETE FROM airlock.calls WHERE id = ANY($1) \
-                 AND state IN ('cancelled', 'orphaned') RETURNING id, state, orphan",
-                &[&ids],
+                &format!(
+                    "DELETE FROM airlock.calls WHERE id = ANY($1) \
+                     AND state IN ('cancelled', 'orphaned') AND {} RETURNING id, state, orphan",
+                    holds_coordinator_lock(2)
+                ),
+                &[&ids, &engine_pid, &hi, &lo],
             )
             .await?
         }
         None => {
             q(
                 c,
-                "DELETE FROM airlock.calls WHERE state IN ('cancelled', 'orphaned') \
-                 RETURNING id, state, orphan",
-                &[],
+                &format!(
+                    "DELETE FROM airlock.calls WHERE state IN ('cancelled', 'orphaned') AND {} \
+                     RETURNING id, state, orphan",
+                    holds_coordinator_lock(1)
+                ),
+                &[&engine_pid, &hi, &lo],
             )
             .await?
         }
