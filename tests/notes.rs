@@ -1064,7 +1064,7 @@ async fn stored_note_rows(home: &std::path::Path, store: Option<&str>, key: &str
                 .unwrap();
             tokio::spawn(connection);
             client
-                .query_one("SELECT count(*) FROM notes WHERE key = $1", &[&key])
+                .query_one("SELECT count(*) FROM airlock.notes WHERE key = $1", &[&key])
                 .await
                 .unwrap()
                 .get(0)
