@@ -1,5 +1,5 @@
-//! Property-based state-machine test of the engine and the SQLite store against a small in-memory
-//! model of the semantics.
+//! Property-based state-machine test of the engine and its store (SQLite, and PostgreSQL when
+//! `AIRLOCK_TEST_POSTGRES` names a server) against a small in-memory model of the semantics.
 //!
 //! Random sequences of lock / unlock / renew (with parked waits, timeouts into the wake-token
 //! grace, and cancellations), time advances, notes with TTL and compare-and-swap, counters with
@@ -7,7 +7,9 @@
 //! with a `ManualClock`. After every step the engine's answers, including the answers that parked
 //! callers receive, must equal the model's.
 //!
-//! `PROPTEST_CASES` sets how many sequences run (default 256).
+//! `PROPTEST_CASES` sets how many sequences run on SQLite (default 256);
+//! `PROPTEST_CASES_POSTGRES` how many run on PostgreSQL (default 48, all in one fresh database,
+//! emptied between sequences).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -18,7 +20,9 @@ use airlock::core::{
     ClaimOutcome, CoreError, CoreResult, GetNoteResult, HolderProof, LockOutcome, Renewed,
     WAKE_GRACE_SECONDS,
 };
+use airlock::store::postgres::testing::{self, TestDb};
 use airlock::store::sqlite::SqliteStore;
+use airlock::store::Store;
 use proptest::prelude::*;
 use tokio::sync::oneshot;
 
@@ -434,9 +438,13 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_store(Box::new(SqliteStore::open_in_memory().unwrap()))
+    }
+
+    /// A harness over `store`, which must be empty.
+    fn with_store(store: Box<dyn Store>) -> Harness {
         let clock = ManualClock::new(1_000_000);
-        let store = SqliteStore::open_in_memory().unwrap();
-        let engine = Engine::new(Box::new(store), Arc::new(clock.clone())).unwrap();
+        let engine = Engine::new(store, Arc::new(clock.clone())).unwrap();
         Harness {
             engine,
             clock,
@@ -1026,8 +1034,17 @@ proptest! {
 /// a late deadline, a grant that expires within one advance, two parked calls of one agent).
 #[test]
 fn regressions() {
+    for steps in regression_cases() {
+        let mut h = Harness::new();
+        for s in &steps {
+            h.step(s).unwrap_or_else(|e| panic!("{e} in {steps:?}"));
+        }
+    }
+}
+
+fn regression_cases() -> Vec<Vec<Step>> {
     use Step::*;
-    let cases: Vec<Vec<Step>> = vec![
+    vec![
         vec![
             Lock {
                 lock: 1,
@@ -1099,9 +1116,76 @@ fn regressions() {
             },
             Advance { ms: 1500 },
         ],
-    ];
-    for steps in cases {
-        let mut h = Harness::new();
+    ]
+}
+
+// ------------------------------------------------------------------ on PostgreSQL
+
+/// One database for a whole property: the engine calls the store from its own (non-runtime)
+/// thread, so queries run on a multi-thread runtime of the test's; each sequence gets a fresh
+/// connection and store on emptied tables.
+struct PgCases {
+    rt: tokio::runtime::Runtime,
+    db: TestDb,
+    admin: tokio_postgres::Client,
+}
+
+impl PgCases {
+    fn start(test: &str) -> Option<PgCases> {
+        let url = testing::admin_url_or_skip(test)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (db, admin) = rt.block_on(async {
+            let db = TestDb::create(&url).await.unwrap();
+            let mut admin = db.connect().await.unwrap();
+            airlock::store::postgres::migrate(&mut admin).await.unwrap();
+            (db, admin)
+        });
+        Some(PgCases { rt, db, admin })
+    }
+
+    fn harness(&self) -> Harness {
+        self.rt.block_on(testing::reset(&self.admin)).unwrap();
+        Harness::with_store(Box::new(self.db.store(&self.rt).unwrap()))
+    }
+}
+
+#[test]
+fn the_engine_matches_the_model_on_postgres() {
+    let Some(pg) = PgCases::start("the_engine_matches_the_model_on_postgres") else {
+        return;
+    };
+    let config = ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES_POSTGRES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(48),
+        max_shrink_iters: 1024,
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let outcome = runner.run(&proptest::collection::vec(step(), 1..80), |steps| {
+        let mut h = pg.harness();
+        for s in &steps {
+            h.step(s)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn regressions_on_postgres() {
+    let Some(pg) = PgCases::start("regressions_on_postgres") else {
+        return;
+    };
+    for steps in regression_cases() {
+        let mut h = pg.harness();
         for s in &steps {
             h.step(s).unwrap_or_else(|e| panic!("{e} in {steps:?}"));
         }

@@ -8,6 +8,7 @@
 //! The trait speaks in rows, not in rules: *which* lock to grant, when a lease is stale, what an
 //! expired note means, all of that is the core's. A backend stores and finds rows.
 
+pub mod postgres;
 pub mod sqlite;
 
 use crate::clock::Millis;
@@ -17,6 +18,8 @@ use crate::clock::Millis;
 pub enum StoreError {
     #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("{}", postgres::describe_error(.0))]
+    Postgres(#[from] tokio_postgres::Error),
     #[error("{0}")]
     Other(String),
 }

@@ -1,0 +1,758 @@
+//! The shared backend: every table in one PostgreSQL schema ([`SCHEMA`]), reached by several
+//! daemons on several machines.
+//!
+//! The engine thread is a plain std thread, so each [`Store`] method runs its query to completion
+//! with `Handle::block_on` on the runtime that drives the connection, bounded by a timeout: a
+//! database that stops answering turns into a storage error, never a stuck engine. Every query is
+//! a statement prepared once in [`PgStore::new`].
+//!
+//! The semantics are the SQLite backend's, row for row; `tests/store.rs` runs one table of checks
+//! against both. Two things differ by nature and are handled here:
+//! - text: PostgreSQL cannot store U+0000 in `TEXT`, so a value containing it is refused before it
+//!   reaches the server (SQLite stores it). Names are already checked by the core.
+//! - order: key columns are `COLLATE "C"`, so `ORDER BY name` is byte order, as in SQLite.
+//!
+//! Durability: `commit` returns when the server reports the commit, which with the server's
+//! `synchronous_commit` (left as configured; `on` by default) means flushed to its WAL.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+use super::{
+    AgentRow, EventRow, Expiries, LockRow, NoteRow, Store, StoreError, StoreResult, TaskRow,
+    TaskState,
+};
+use crate::clock::Millis;
+
+pub mod testing;
+
+/// The schema every airlock table lives in. SQL below names it literally (`airlock.notes`), so a
+/// `search_path` never decides which table a query touches.
+pub const SCHEMA: &str = "airlock";
+
+/// The key of the transaction advisory lock that serializes migrations across daemons ("airlockm"
+/// in ASCII). Distinct from any lock the cluster code takes.
+pub const MIGRATION_LOCK_KEY: i64 = 0x6169_726c_6f63_6b6d;
+
+/// How long one query may take before the store gives up on it (and asks the server to cancel it).
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long sending that cancel request may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema migrations, applied in order inside one transaction; `airlock.schema_version` holds one
+/// row per migration that ran. Append only: a released migration is never edited.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema. The tables of the SQLite backend, plus the coordinator's call table.
+    r#"
+    CREATE TABLE airlock.notes (
+        key TEXT COLLATE "C" PRIMARY KEY,
+        value TEXT NOT NULL,
+        author TEXT,
+        expires_at BIGINT
+    );
+    CREATE INDEX notes_expires ON airlock.notes (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE TABLE airlock.counters (name TEXT COLLATE "C" PRIMARY KEY, value BIGINT NOT NULL);
+    CREATE TABLE airlock.locks (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        agent_id TEXT COLLATE "C" NOT NULL,
+        token TEXT NOT NULL,
+        fence BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX locks_agent ON airlock.locks (agent_id);
+    -- Never deleted: a fence must never be reused, even after the lock row is gone.
+    CREATE TABLE airlock.lock_fences (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        last_fence BIGINT NOT NULL
+    );
+    CREATE TABLE airlock.agents (
+        agent_id TEXT COLLATE "C" PRIMARY KEY,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE TABLE airlock.events (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        generation BIGINT NOT NULL,
+        cleared_at BIGINT NOT NULL
+    );
+    CREATE TABLE airlock.tasks (
+        id BIGSERIAL PRIMARY KEY,
+        queue TEXT COLLATE "C" NOT NULL,
+        payload TEXT NOT NULL,
+        author TEXT,
+        priority BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        attempts BIGINT NOT NULL,
+        lease_agent TEXT COLLATE "C",
+        lease_token TEXT,
+        lease_expires_at BIGINT,
+        created_at BIGINT NOT NULL,
+        finished_at BIGINT
+    );
+    CREATE INDEX tasks_pending ON airlock.tasks (queue, priority DESC, id) WHERE state = 'pending';
+    CREATE INDEX tasks_lease_agent ON airlock.tasks (lease_agent) WHERE lease_agent IS NOT NULL;
+    CREATE INDEX tasks_finished ON airlock.tasks (finished_at) WHERE finished_at IS NOT NULL;
+    -- The coordinator's inbox: tool calls forwarded by the other daemons.
+    CREATE TABLE airlock.calls (
+        id BIGSERIAL PRIMARY KEY,
+        daemon TEXT NOT NULL,          -- id of the daemon that received the call
+        tool TEXT NOT NULL,
+        args TEXT NOT NULL,            -- JSON object
+        state TEXT NOT NULL DEFAULT 'queued',  -- queued | done | cancelled | orphaned
+        result TEXT,                   -- JSON
+        orphan TEXT,                   -- JSON: what to release if nobody reads the result
+        created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+    );
+    CREATE INDEX calls_queued ON airlock.calls (id) WHERE state = 'queued';
+    CREATE INDEX calls_daemon ON airlock.calls (daemon);
+    "#,
+];
+
+/// How many migrations this binary knows: the schema version it writes and expects.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Creates or upgrades the schema. Idempotent, and safe to run from several daemons at once: all
+/// of it happens in one transaction that first takes a transaction advisory lock, so a second
+/// daemon waits for the first and then finds nothing left to do. A database whose recorded version
+/// is newer than this binary's is refused, untouched.
+///
+/// Privileges: CREATE on the database, or (when an administrator made the schema beforehand) on
+/// the schema `airlock`. Once the schema is current, running this again needs only USAGE on the
+/// schema and SELECT on `airlock.schema_version`.
+pub async fn migrate(client: &mut Client) -> StoreResult<()> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    // Looked up first rather than CREATE SCHEMA IF NOT EXISTS: that statement checks for CREATE
+    // on the database even when the schema exists, which would refuse a pre-made schema.
+    let exists = tx
+        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&SCHEMA])
+        .await?
+        .is_some();
+    if !exists {
+        tx.batch_execute("CREATE SCHEMA airlock").await?;
+    }
+    // Likewise looked up first: CREATE TABLE IF NOT EXISTS needs CREATE on the schema even when
+    // the table exists, and a daemon given only read/write rights on a migrated schema must start.
+    let has_versions = tx
+        .query_one(
+            "SELECT to_regclass('airlock.schema_version') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .try_get::<_, bool>(0)?;
+    if !has_versions {
+        tx.batch_execute(
+            "CREATE TABLE airlock.schema_version (
+                version BIGINT PRIMARY KEY,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+             )",
+        )
+        .await?;
+    }
+    let version: i64 = tx
+        .query_one(
+            "SELECT COALESCE(max(version), 0) FROM airlock.schema_version",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Other(format!(
+            "the database has airlock schema version {version}, newer than this airlock \
+             ({SCHEMA_VERSION}); upgrade airlock"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO airlock.schema_version (version) VALUES ($1)",
+            &[&(i as i64 + 1)],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The database's clock: milliseconds since the Unix epoch, read from `clock_timestamp()` (the
+/// time of the call, not of the transaction's start).
+pub async fn db_now_ms(client: &Client) -> StoreResult<i64> {
+    let row = client
+        .query_one(
+            "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+            &[],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// The message of a PostgreSQL error. `tokio_postgres::Error`'s own `Display` says only "db
+/// error" or "connection closed"; this adds the server's message, detail and hint, or the
+/// underlying cause.
+pub(super) fn describe_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!(
+            "PostgreSQL: {} (SQLSTATE {})",
+            db.message(),
+            db.code().code()
+        );
+        if let Some(d) = db.detail() {
+            s.push_str("; detail: ");
+            s.push_str(d);
+        }
+        if let Some(h) = db.hint() {
+            s.push_str("; hint: ");
+            s.push_str(h);
+        }
+        return s;
+    }
+    let mut s = format!("PostgreSQL: {e}");
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+/// Declares the prepared statements: one field per query, all prepared at once (pipelined on the
+/// connection, so startup costs about one round trip, not one per statement).
+macro_rules! statements {
+    ($($name:ident = $sql:expr;)*) => {
+        struct Statements {
+            $($name: Statement,)*
+        }
+
+        impl Statements {
+            async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
+                $(let $name: String = ($sql).to_string();)*
+                let ($($name,)*) = futures::try_join!($(client.prepare(&$name),)*)?;
+                Ok(Statements { $($name,)* })
+            }
+        }
+    };
+}
+
+const NOTE_COLUMNS: &str = "key, value, author, expires_at";
+const LOCK_COLUMNS: &str = "name, agent_id, token, fence, expires_at";
+const TASK_COLUMNS: &str = "id, queue, payload, author, priority, state, attempts, lease_agent, \
+                            lease_token, lease_expires_at, finished_at";
+
+statements! {
+    note_get = &format!("SELECT {NOTE_COLUMNS} FROM airlock.notes WHERE key = $1");
+    note_put = "INSERT INTO airlock.notes (key, value, author, expires_at) VALUES ($1, $2, $3, $4)
+                ON CONFLICT (key) DO UPDATE SET value = excluded.value, author = excluded.author,
+                expires_at = excluded.expires_at";
+    note_delete = "DELETE FROM airlock.notes WHERE key = $1";
+    note_list = &format!(
+        "SELECT {NOTE_COLUMNS} FROM airlock.notes
+         WHERE expires_at IS NULL OR expires_at > $1 ORDER BY key"
+    );
+    notes_purge_expired =
+        "DELETE FROM airlock.notes WHERE expires_at IS NOT NULL AND expires_at <= $1";
+    // The sum is checked in numeric, which cannot overflow: a sum outside bigint's range leaves
+    // the row as it was and returns no row, which is the "overflow" answer. (Adding in bigint
+    // would raise an error and abort the whole transaction.) An absent counter starts at `by`.
+    counter_add = "INSERT INTO airlock.counters AS c (name, value) VALUES ($1, $2)
+                   ON CONFLICT (name) DO UPDATE SET value = c.value + excluded.value
+                   WHERE c.value::numeric + excluded.value::numeric
+                         BETWEEN -9223372036854775808 AND 9223372036854775807
+                   RETURNING value";
+    lock_get = &format!("SELECT {LOCK_COLUMNS} FROM airlock.locks WHERE name = $1");
+    lock_put = "INSERT INTO airlock.locks (name, agent_id, token, fence, expires_at)
+                VALUES ($1, $2, $3, $4, $5)
+                ON CONFLICT (name) DO UPDATE SET agent_id = excluded.agent_id,
+                token = excluded.token, fence = excluded.fence, expires_at = excluded.expires_at";
+    lock_delete = "DELETE FROM airlock.locks WHERE name = $1";
+    lock_list = &format!("SELECT {LOCK_COLUMNS} FROM airlock.locks ORDER BY name");
+    locks_held_by = &format!(
+        "SELECT {LOCK_COLUMNS} FROM airlock.locks WHERE agent_id = $1 ORDER BY name"
+    );
+    fence_next = "INSERT INTO airlock.lock_fences AS f (name, last_fence) VALUES ($1, 1)
+                  ON CONFLICT (name) DO UPDATE SET last_fence = f.last_fence + 1
+                  RETURNING last_fence";
+    agent_get = "SELECT agent_id, expires_at FROM airlock.agents WHERE agent_id = $1";
+    agent_put = "INSERT INTO airlock.agents (agent_id, expires_at) VALUES ($1, $2)
+                 ON CONFLICT (agent_id) DO UPDATE SET expires_at = excluded.expires_at";
+    agent_delete = "DELETE FROM airlock.agents WHERE agent_id = $1";
+    agent_list = "SELECT agent_id, expires_at FROM airlock.agents ORDER BY agent_id";
+    event_get = "SELECT name, generation, cleared_at FROM airlock.events WHERE name = $1";
+    event_put = "INSERT INTO airlock.events (name, generation, cleared_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET generation = excluded.generation,
+                 cleared_at = excluded.cleared_at";
+    event_list = "SELECT name, generation, cleared_at FROM airlock.events ORDER BY name";
+    task_insert = "INSERT INTO airlock.tasks
+                   (queue, payload, author, priority, state, attempts, created_at)
+                   VALUES ($1, $2, $3, $4, 'pending', 0, $5) RETURNING id";
+    task_get = &format!("SELECT {TASK_COLUMNS} FROM airlock.tasks WHERE id = $1");
+    task_update = "UPDATE airlock.tasks SET state = $2, attempts = $3, lease_agent = $4,
+                   lease_token = $5, lease_expires_at = $6, finished_at = $7 WHERE id = $1";
+    // SKIP LOCKED: one writer at a time is the design, but should two ever overlap, they still
+    // never pick the same task.
+    task_next_pending = &format!(
+        "SELECT {TASK_COLUMNS} FROM airlock.tasks WHERE queue = $1 AND state = 'pending'
+         ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED"
+    );
+    task_list_queue = &format!(
+        "SELECT {TASK_COLUMNS} FROM airlock.tasks WHERE queue = $1 ORDER BY id"
+    );
+    task_list_all = &format!("SELECT {TASK_COLUMNS} FROM airlock.tasks ORDER BY id");
+    tasks_leased_by = &format!(
+        "SELECT {TASK_COLUMNS} FROM airlock.tasks WHERE lease_agent = $1 AND state = 'claimed'
+         ORDER BY id"
+    );
+    tasks_purge_finished =
+        "DELETE FROM airlock.tasks WHERE finished_at IS NOT NULL AND finished_at <= $1";
+    expiries_locks = "SELECT name, expires_at FROM airlock.locks";
+    expiries_agents = "SELECT agent_id, expires_at FROM airlock.agents";
+    expiries_leases = "SELECT id, lease_expires_at FROM airlock.tasks WHERE state = 'claimed'";
+}
+
+fn note_from(r: &Row) -> StoreResult<NoteRow> {
+    Ok(NoteRow {
+        key: r.try_get(0)?,
+        value: r.try_get(1)?,
+        author: r.try_get(2)?,
+        expires_at: r.try_get(3)?,
+    })
+}
+
+fn lock_from(r: &Row) -> StoreResult<LockRow> {
+    Ok(LockRow {
+        name: r.try_get(0)?,
+        agent_id: r.try_get(1)?,
+        token: r.try_get(2)?,
+        fence: r.try_get(3)?,
+        expires_at: r.try_get(4)?,
+    })
+}
+
+fn agent_from(r: &Row) -> StoreResult<AgentRow> {
+    Ok(AgentRow {
+        agent_id: r.try_get(0)?,
+        expires_at: r.try_get(1)?,
+    })
+}
+
+fn event_from(r: &Row) -> StoreResult<EventRow> {
+    Ok(EventRow {
+        name: r.try_get(0)?,
+        generation: r.try_get(1)?,
+        cleared_at: r.try_get(2)?,
+    })
+}
+
+fn task_from(r: &Row) -> StoreResult<TaskRow> {
+    let id: i64 = r.try_get(0)?;
+    let state: &str = r.try_get(5)?;
+    Ok(TaskRow {
+        id,
+        queue: r.try_get(1)?,
+        payload: r.try_get(2)?,
+        author: r.try_get(3)?,
+        priority: r.try_get(4)?,
+        state: TaskState::parse(state).ok_or_else(|| {
+            StoreError::Other(format!(
+                "task {id} has an unknown state {state:?} in airlock.tasks"
+            ))
+        })?,
+        attempts: r.try_get(6)?,
+        lease_agent: r.try_get(7)?,
+        lease_token: r.try_get(8)?,
+        lease_expires_at: r.try_get(9)?,
+        finished_at: r.try_get(10)?,
+    })
+}
+
+fn rows<T>(rows: Vec<Row>, from: fn(&Row) -> StoreResult<T>) -> StoreResult<Vec<T>> {
+    rows.iter().map(from).collect()
+}
+
+/// PostgreSQL's `TEXT` cannot hold U+0000; say so plainly instead of letting the server fail the
+/// statement (and with it the transaction) with an encoding error.
+fn check_text(field: &str, value: &str) -> StoreResult<()> {
+    if value.contains('\0') {
+        return Err(StoreError::Other(format!(
+            "{field} contains a NUL character (U+0000), which PostgreSQL cannot store"
+        )));
+    }
+    Ok(())
+}
+
+/// The PostgreSQL store: one connection, owned by the engine thread.
+///
+/// Its `Store` methods block on the runtime: call them from a plain thread (the engine's), never
+/// from inside an async task (tokio panics on a nested `block_on`).
+pub struct PgStore {
+    /// The connection. Its `Connection` future is driven on `rt` by whoever connected it.
+    client: Client,
+    /// The runtime every query is run on; the engine thread is not one of its workers.
+    rt: tokio::runtime::Handle,
+    st: Statements,
+    /// Bound on each query; [`QUERY_TIMEOUT`] unless a test shortens it.
+    timeout: Duration,
+}
+
+impl PgStore {
+    /// Takes an already-connected client (its `Connection` future is driven elsewhere, on `rt`)
+    /// whose database has been migrated, and prepares every statement once.
+    pub async fn new(client: Client, rt: tokio::runtime::Handle) -> StoreResult<PgStore> {
+        let st = match Statements::prepare(&client).await {
+            Ok(st) => st,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                return Err(StoreError::Other(format!(
+                    "{}; the airlock schema is missing: run migrate first",
+                    describe_error(&e)
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let sync: String = client
+            .query_one("SHOW synchronous_commit", &[])
+            .await?
+            .try_get(0)?;
+        if sync == "off" {
+            tracing::warn!(
+                "the database has synchronous_commit=off: a commit airlock acknowledged can be \
+                 lost if the database server crashes"
+            );
+        }
+        Ok(PgStore {
+            client,
+            rt,
+            st,
+            timeout: QUERY_TIMEOUT,
+        })
+    }
+
+    /// Changes the bound on each query (tests use a short one to see it fire).
+    pub fn set_query_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Runs one query to completion on the runtime, within the timeout.
+    fn run<T>(&self, query: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        // A closed client means the connection task is gone, perhaps with its runtime: do not
+        // enter a runtime that may be shutting down (its timers would panic).
+        if self.client.is_closed() {
+            return Err(StoreError::Other(
+                "the database connection is closed".into(),
+            ));
+        }
+        let timeout = self.timeout;
+        self.rt.block_on(async {
+            match tokio::time::timeout(timeout, query).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    // The statement may still be running (waiting on a lock, say), and every
+                    // later statement on this connection would queue behind it: ask the server to
+                    // cancel it. Best effort; a failure only means the wait goes on.
+                    let cancel = self.client.cancel_token();
+                    let cancelled =
+                        tokio::time::timeout(CANCEL_TIMEOUT, cancel.cancel_query(NoTls)).await;
+                    if !matches!(cancelled, Ok(Ok(()))) {
+                        tracing::warn!("could not cancel a database query that timed out");
+                    }
+                    Err(StoreError::Other(format!(
+                        "the database did not answer within {}",
+                        describe_duration(timeout)
+                    )))
+                }
+            }
+        })
+    }
+
+    fn simple(&self, sql: &str) -> StoreResult<()> {
+        self.run(async { Ok(self.client.batch_execute(sql).await?) })
+    }
+
+    fn task_rows(
+        &self,
+        st: &Statement,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> StoreResult<Vec<TaskRow>> {
+        let r = self.run(async { Ok(self.client.query(st, params).await?) })?;
+        rows(r, task_from)
+    }
+}
+
+fn describe_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+impl Store for PgStore {
+    fn begin(&mut self) -> StoreResult<()> {
+        // READ COMMITTED (the default) suffices: one daemon writes at a time.
+        self.simple("BEGIN")
+    }
+
+    fn commit(&mut self) -> StoreResult<()> {
+        self.simple("COMMIT")
+    }
+
+    fn rollback(&mut self) {
+        // Never panics: a closed connection is skipped by `run`, and any error is moot (a
+        // transaction on a lost connection is rolled back by the server).
+        let _ = self.simple("ROLLBACK");
+    }
+
+    fn savepoint(&mut self) -> StoreResult<()> {
+        self.simple("SAVEPOINT op")
+    }
+
+    fn release_savepoint(&mut self) -> StoreResult<()> {
+        self.simple("RELEASE SAVEPOINT op")
+    }
+
+    fn rollback_to_savepoint(&mut self) {
+        let _ = self.simple("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op");
+    }
+
+    fn note_get(&mut self, key: &str) -> StoreResult<Option<NoteRow>> {
+        let r = self.run(async { Ok(self.client.query_opt(&self.st.note_get, &[&key]).await?) })?;
+        r.as_ref().map(note_from).transpose()
+    }
+
+    fn note_put(&mut self, n: &NoteRow) -> StoreResult<()> {
+        check_text("the note's value", &n.value)?;
+        self.run(async {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&n.key, &n.value, &n.author, &n.expires_at];
+            self.client.execute(&self.st.note_put, &params).await?;
+            Ok(())
+        })
+    }
+
+    fn note_delete(&mut self, key: &str) -> StoreResult<()> {
+        self.run(async {
+            self.client.execute(&self.st.note_delete, &[&key]).await?;
+            Ok(())
+        })
+    }
+
+    fn note_list(&mut self, now: Millis) -> StoreResult<Vec<NoteRow>> {
+        let r = self.run(async { Ok(self.client.query(&self.st.note_list, &[&now]).await?) })?;
+        rows(r, note_from)
+    }
+
+    fn notes_purge_expired(&mut self, now: Millis) -> StoreResult<usize> {
+        self.run(async {
+            let n = self
+                .client
+                .execute(&self.st.notes_purge_expired, &[&now])
+                .await?;
+            Ok(n as usize)
+        })
+    }
+
+    fn counter_add(&mut self, name: &str, by: i64) -> StoreResult<Option<i64>> {
+        let r = self.run(async {
+            Ok(self
+                .client
+                .query_opt(&self.st.counter_add, &[&name, &by])
+                .await?)
+        })?;
+        Ok(r.map(|row| row.try_get(0)).transpose()?)
+    }
+
+    fn lock_get(&mut self, name: &str) -> StoreResult<Option<LockRow>> {
+        let r =
+            self.run(async { Ok(self.client.query_opt(&self.st.lock_get, &[&name]).await?) })?;
+        r.as_ref().map(lock_from).transpose()
+    }
+
+    fn lock_put(&mut self, l: &LockRow) -> StoreResult<()> {
+        self.run(async {
+            self.client
+                .execute(
+                    &self.st.lock_put,
+                    &[&l.name, &l.agent_id, &l.token, &l.fence, &l.expires_at],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn lock_delete(&mut self, name: &str) -> StoreResult<()> {
+        self.run(async {
+            self.client.execute(&self.st.lock_delete, &[&name]).await?;
+            Ok(())
+        })
+    }
+
+    fn lock_list(&mut self) -> StoreResult<Vec<LockRow>> {
+        let r = self.run(async { Ok(self.client.query(&self.st.lock_list, &[]).await?) })?;
+        rows(r, lock_from)
+    }
+
+    fn locks_held_by(&mut self, agent_id: &str) -> StoreResult<Vec<LockRow>> {
+        let r = self.run(async {
+            Ok(self
+                .client
+                .query(&self.st.locks_held_by, &[&agent_id])
+                .await?)
+        })?;
+        rows(r, lock_from)
+    }
+
+    fn fence_next(&mut self, name: &str) -> StoreResult<i64> {
+        self.run(async {
+            let row = self.client.query_one(&self.st.fence_next, &[&name]).await?;
+            Ok(row.try_get(0)?)
+        })
+    }
+
+    fn agent_get(&mut self, agent_id: &str) -> StoreResult<Option<AgentRow>> {
+        let r = self.run(async {
+            Ok(self
+                .client
+                .query_opt(&self.st.agent_get, &[&agent_id])
+                .await?)
+        })?;
+        r.as_ref().map(agent_from).transpose()
+    }
+
+    fn agent_put(&mut self, a: &AgentRow) -> StoreResult<()> {
+        self.run(async {
+            self.client
+                .execute(&self.st.agent_put, &[&a.agent_id, &a.expires_at])
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn agent_delete(&mut self, agent_id: &str) -> StoreResult<()> {
+        self.run(async {
+            self.client
+                .execute(&self.st.agent_delete, &[&agent_id])
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn agent_list(&mut self) -> StoreResult<Vec<AgentRow>> {
+        let r = self.run(async { Ok(self.client.query(&self.st.agent_list, &[]).await?) })?;
+        rows(r, agent_from)
+    }
+
+    fn event_get(&mut self, name: &str) -> StoreResult<Option<EventRow>> {
+        let r =
+            self.run(async { Ok(self.client.query_opt(&self.st.event_get, &[&name]).await?) })?;
+        r.as_ref().map(event_from).transpose()
+    }
+
+    fn event_put(&mut self, e: &EventRow) -> StoreResult<()> {
+        self.run(async {
+            self.client
+                .execute(&self.st.event_put, &[&e.name, &e.generation, &e.cleared_at])
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn event_list(&mut self) -> StoreResult<Vec<EventRow>> {
+        let r = self.run(async { Ok(self.client.query(&self.st.event_list, &[]).await?) })?;
+        rows(r, event_from)
+    }
+
+    fn task_insert(
+        &mut self,
+        queue: &str,
+        payload: &str,
+        author: Option<&str>,
+        priority: i64,
+        now: Millis,
+    ) -> StoreResult<i64> {
+        check_text("the task's payload", payload)?;
+        self.run(async {
+            let row = self
+                .client
+                .query_one(
+                    &self.st.task_insert,
+                    &[&queue, &payload, &author, &priority, &now],
+                )
+                .await?;
+            Ok(row.try_get(0)?)
+        })
+    }
+
+    fn task_get(&mut self, id: i64) -> StoreResult<Option<TaskRow>> {
+        Ok(self.task_rows(&self.st.task_get, &[&id])?.pop())
+    }
+
+    fn task_update(&mut self, t: &TaskRow) -> StoreResult<()> {
+        self.run(async {
+            self.client
+                .execute(
+                    &self.st.task_update,
+                    &[
+                        &t.id,
+                        &t.state.as_str(),
+                        &t.attempts,
+                        &t.lease_agent,
+                        &t.lease_token,
+                        &t.lease_expires_at,
+                        &t.finished_at,
+                    ],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn task_next_pending(&mut self, queue: &str) -> StoreResult<Option<TaskRow>> {
+        Ok(self.task_rows(&self.st.task_next_pending, &[&queue])?.pop())
+    }
+
+    fn task_list(&mut self, queue: Option<&str>) -> StoreResult<Vec<TaskRow>> {
+        match queue {
+            Some(q) => self.task_rows(&self.st.task_list_queue, &[&q]),
+            None => self.task_rows(&self.st.task_list_all, &[]),
+        }
+    }
+
+    fn tasks_leased_by(&mut self, agent_id: &str) -> StoreResult<Vec<TaskRow>> {
+        self.task_rows(&self.st.tasks_leased_by, &[&agent_id])
+    }
+
+    fn tasks_purge_finished(&mut self, before: Millis) -> StoreResult<usize> {
+        self.run(async {
+            let n = self
+                .client
+                .execute(&self.st.tasks_purge_finished, &[&before])
+                .await?;
+            Ok(n as usize)
+        })
+    }
+
+    fn expiries(&mut self) -> StoreResult<Expiries> {
+        let (locks, agents, leases) = self.run(async {
+            Ok(futures::try_join!(
+                self.client.query(&self.st.expiries_locks, &[]),
+                self.client.query(&self.st.expiries_agents, &[]),
+                self.client.query(&self.st.expiries_leases, &[]),
+            )?)
+        })?;
+        let pairs = |rows: Vec<Row>| -> StoreResult<Vec<(String, Millis)>> {
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect()
+        };
+        Ok(Expiries {
+            locks: pairs(locks)?,
+            agents: pairs(agents)?,
+            leases: leases
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<StoreResult<_>>()?,
+        })
+    }
+}

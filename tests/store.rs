@@ -1,0 +1,992 @@
+//! The storage contract, checked against both backends, and what only PostgreSQL has: migrations
+//! run by several daemons at once, timeouts, lost connections.
+//!
+//! [`CHECKS`] is one table of checks of every `Store` method. It runs on an in-memory SQLite store
+//! and, when `AIRLOCK_TEST_POSTGRES` names a server, on a `PgStore` in a fresh database, so the two
+//! backends cannot drift apart. Without the variable the PostgreSQL tests print `SKIPPED:` and
+//! pass.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use airlock::store::postgres::testing::{self, TestDb};
+use airlock::store::postgres::{self, PgStore, SCHEMA_VERSION};
+use airlock::store::sqlite::SqliteStore;
+use airlock::store::{AgentRow, EventRow, LockRow, NoteRow, Store, StoreError, TaskRow, TaskState};
+
+// ------------------------------------------------------------------ the shared checks
+
+type Check = fn(&mut dyn Store);
+
+const CHECKS: &[(&str, Check)] = &[
+    ("notes round-trip, overwrite and delete", notes_round_trip),
+    (
+        "note_list skips expired notes and sorts by bytes",
+        note_list,
+    ),
+    (
+        "notes_purge_expired deletes exactly the expired",
+        notes_purge,
+    ),
+    ("counters add, start at zero and refuse overflow", counters),
+    ("locks round-trip, list and filter by holder", locks),
+    (
+        "fences strictly increase per name and outlive the lock",
+        fences,
+    ),
+    ("agents round-trip and list", agents),
+    ("events round-trip and list", events),
+    (
+        "tasks insert with increasing ids and read back",
+        task_insert_get,
+    ),
+    ("task_update writes every mutable column", task_update),
+    (
+        "task_next_pending: pending only, by priority then age",
+        task_next_pending,
+    ),
+    ("task_list by queue and in all, in id order", task_list),
+    (
+        "tasks_leased_by: claimed tasks of that agent only",
+        tasks_leased_by,
+    ),
+    (
+        "tasks_purge_finished deletes finished up to the instant",
+        tasks_purge,
+    ),
+    ("expiries lists every timed row", expiries),
+    ("commit keeps, rollback discards", transactions),
+    ("savepoints undo one operation only", savepoints),
+    ("rollback without a transaction is harmless", stray_rollback),
+];
+
+fn note(key: &str, value: &str, author: Option<&str>, expires_at: Option<i64>) -> NoteRow {
+    NoteRow {
+        key: key.into(),
+        value: value.into(),
+        author: author.map(Into::into),
+        expires_at,
+    }
+}
+
+fn lock(name: &str, agent: &str, fence: i64, expires_at: i64) -> LockRow {
+    LockRow {
+        name: name.into(),
+        agent_id: agent.into(),
+        token: format!("lk_{name}_{agent}_{fence}"),
+        fence,
+        expires_at,
+    }
+}
+
+fn keys(notes: &[NoteRow]) -> Vec<&str> {
+    notes.iter().map(|n| n.key.as_str()).collect()
+}
+
+fn notes_round_trip(s: &mut dyn Store) {
+    s.begin().unwrap();
+    assert_eq!(s.note_get("k").unwrap(), None);
+    let first = note("k", "v", Some("alice"), Some(100));
+    s.note_put(&first).unwrap();
+    assert_eq!(s.note_get("k").unwrap(), Some(first));
+    // An overwrite replaces every column, clearing author and expiry.
+    let second = note("k", "w", None, None);
+    s.note_put(&second).unwrap();
+    assert_eq!(s.note_get("k").unwrap(), Some(second));
+    // Values are kept exactly: empty, non-ASCII, the largest allowed.
+    for value in [
+        String::new(),
+        "ünïcødé ✓ 🚀 \"quoted\" 'single' \\ back".to_string(),
+        "x".repeat(256 * 1024),
+    ] {
+        let n = note("k2", &value, Some("bob"), Some(i64::MAX));
+        s.note_put(&n).unwrap();
+        assert_eq!(s.note_get("k2").unwrap(), Some(n));
+    }
+    s.note_delete("k").unwrap();
+    assert_eq!(s.note_get("k").unwrap(), None);
+    s.note_delete("k").unwrap(); // deleting an absent note is not an error
+    assert!(s.note_get("k2").unwrap().is_some());
+    s.commit().unwrap();
+}
+
+fn put_sample_notes(s: &mut dyn Store) {
+    for n in [
+        note("b", "1", None, Some(100)),
+        note("a", "2", None, None),
+        note("B", "3", Some("x"), Some(101)),
+        note("é", "4", None, Some(50)),
+        note("c", "5", None, Some(200)),
+    ] {
+        s.note_put(&n).unwrap();
+    }
+}
+
+fn note_list(s: &mut dyn Store) {
+    s.begin().unwrap();
+    assert!(s.note_list(0).unwrap().is_empty());
+    put_sample_notes(s);
+    // Byte order ("B" < "a" < "é"), and a note expiring exactly at `now` is gone.
+    let live = s.note_list(100).unwrap();
+    assert_eq!(keys(&live), ["B", "a", "c"]);
+    assert_eq!(live[0], note("B", "3", Some("x"), Some(101)));
+    assert_eq!(keys(&s.note_list(49).unwrap()), ["B", "a", "b", "c", "é"]);
+    assert_eq!(keys(&s.note_list(i64::MAX).unwrap()), ["a"]);
+    s.commit().unwrap();
+}
+
+fn notes_purge(s: &mut dyn Store) {
+    s.begin().unwrap();
+    assert_eq!(s.notes_purge_expired(1_000).unwrap(), 0);
+    put_sample_notes(s);
+    assert_eq!(s.notes_purge_expired(100).unwrap(), 2);
+    assert_eq!(s.note_get("b").unwrap(), None);
+    assert_eq!(s.note_get("é").unwrap(), None);
+    assert_eq!(s.notes_purge_expired(100).unwrap(), 0);
+    // Only notes with an expiry are ever purged.
+    assert_eq!(s.notes_purge_expired(i64::MAX).unwrap(), 2);
+    assert_eq!(keys(&s.note_list(i64::MIN).unwrap()), ["a"]);
+    s.commit().unwrap();
+}
+
+fn counters(s: &mut dyn Store) {
+    s.begin().unwrap();
+    assert_eq!(s.counter_add("c", 5).unwrap(), Some(5));
+    assert_eq!(s.counter_add("c", -7).unwrap(), Some(-2));
+    assert_eq!(s.counter_add("zero", 0).unwrap(), Some(0));
+    assert_eq!(s.counter_add("d", 1).unwrap(), Some(1));
+    assert_eq!(s.counter_add("c", 0).unwrap(), Some(-2));
+    // Overflow is reported, changes nothing, and leaves the transaction usable.
+    assert_eq!(s.counter_add("max", i64::MAX).unwrap(), Some(i64::MAX));
+    assert_eq!(s.counter_add("max", 1).unwrap(), None);
+    assert_eq!(s.counter_add("max", i64::MAX).unwrap(), None);
+    assert_eq!(s.counter_add("max", 0).unwrap(), Some(i64::MAX));
+    assert_eq!(s.counter_add("max", -1).unwrap(), Some(i64::MAX - 1));
+    assert_eq!(s.counter_add("min", i64::MIN).unwrap(), Some(i64::MIN));
+    assert_eq!(s.counter_add("min", -1).unwrap(), None);
+    assert_eq!(s.counter_add("min", i64::MIN).unwrap(), None);
+    assert_eq!(s.counter_add("min", i64::MAX).unwrap(), Some(-1));
+    s.commit().unwrap();
+    s.begin().unwrap();
+    assert_eq!(s.counter_add("max", 1).unwrap(), Some(i64::MAX));
+    assert_eq!(s.counter_add("c", 0).unwrap(), Some(-2));
+    assert_eq!(s.counter_add("min", 0).unwrap(), Some(-1));
+    s.commit().unwrap();
+}
+
+fn locks(s: &mut dyn Store) {
+    s.begin().unwrap();
+    assert_eq!(s.lock_get("l").unwrap(), None);
+    assert!(s.lock_list().unwrap().is_empty());
+    let l = lock("l", "alice", 1, 1_000);
+    s.lock_put(&l).unwrap();
+    assert_eq!(s.lock_get("l").unwrap(), Some(l));
+    let l = lock("l", "bob", 2, 2_000);
+    s.lock_put(&l).unwrap();
+    assert_eq!(s.lock_get("l").unwrap(), Some(l.clone()));
+    let others = [
+        lock("a", "alice", 1, 10),
+        lock("Z", "alice", 7, 20),
+        lock("é", "bob", 3, 30),
+    ];
+    for o in &others {
+        s.lock_put(o).unwrap();
+    }
+    let names: Vec<String> = s.lock_list().unwrap().into_iter().map(|l| l.name).collect();
+    assert_eq!(names, ["Z", "a", "l", "é"]);
+    assert_eq!(
+        s.locks_held_by("alice").unwrap(),
+        [others[1].clone(), others[0].clone()]
+    );
+    assert_eq!(s.locks_held_by("bob").unwrap(), [l, others[2].clone()]);
+    assert!(s.locks_held_by("carol").unwrap().is_empty());
+    s.lock_delete("l").unwrap();
+    s.lock_delete("l").unwrap();
+    assert_eq!(s.lock_get("l").unwrap(), None);
+    assert_eq!(s.locks_held_by("bob").unwrap(), [others[2].clone()]);
+    s.commit().unwrap();
+}
+
+fn fences(s: &mut dyn Store) {
+    s.begin().unwrap();
+    assert_eq!(s.fence_next("a").unwrap(), 1);
+    assert_eq!(s.fence_next("a").unwrap(), 2);
+    assert_eq!(s.fence_next("b").unwrap(), 1);
+    s.lock_put(&lock("a", "x", 2, 10)).unwrap();
+    s.lock_delete("a").unwrap();
+    assert_eq!(s.fence_next("a").unwrap(), 3);
+    s.commit().unwrap();
+    s.begin().unwrap();
+    assert_eq!(s.fence_next("a").unwrap(), 4);
+    assert_eq!(s.fence_next("b").unwrap(), 2);
+    s.commit().unwrap();
+}
+
+fn agents(s: &mut dyn Store) {
+    s.begin().unwrap();
+    assert_eq!(s.agent_get("x").unwrap(), None);
+    let a = AgentRow {
+        agent_id: "x".into(),
+        expires_at: 10,
+    };
+    s.agent_put(&a).unwrap();
+    assert_eq!(s.agent_get("x").unwrap(), Some(a));
+    let a = AgentRow {
+        agent_id: "x".into(),
+        expires_at: 20,
+    };
+    s.agent_put(&a).unwrap();
+    assert_eq!(s.agent_get("x").unwrap(), Some(a));
+    for id in ["b", "X", "ä"] {
+        s.agent_put(&AgentRow {
+            agent_id: id.into(),
+            expires_at: 5,
+        })
+        .unwrap();
+    }
+    let ids: Vec<String> = s
+        .agent_list()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.agent_id)
+        .collect();
+    assert_eq!(ids, ["X", "b", "x", "ä"]);
+    s.agent_delete("x").unwrap();
+    s.agent_delete("x").unwrap();
+    assert_eq!(s.agent_get("x").unwrap(), None);
+    assert_eq!(s.agent_list().unwrap().len(), 3);
+    s.commit().unwrap();
+}
+
+fn events(s: &mut dyn Store) {
+    s.begin().unwrap();
+    assert_eq!(s.event_get("e").unwrap(), None);
+    assert!(s.event_list().unwrap().is_empty());
+    let e = EventRow {
+        name: "e".into(),
+        generation: 1,
+        cleared_at: 0,
+    };
+    s.event_put(&e).unwrap();
+    assert_eq!(s.event_get("e").unwrap(), Some(e));
+    let e = EventRow {
+        name: "e".into(),
+        generation: 5,
+        cleared_at: 3,
+    };
+    s.event_put(&e).unwrap();
+    assert_eq!(s.event_get("e").unwrap(), Some(e.clone()));
+    let d = EventRow {
+        name: "D".into(),
+        generation: i64::MAX,
+        cleared_at: i64::MAX,
+    };
+    s.event_put(&d).unwrap();
+    assert_eq!(s.event_list().unwrap(), [d, e]);
+    s.commit().unwrap();
+}
+
+fn pending(id: i64, queue: &str, payload: &str, author: Option<&str>, priority: i64) -> TaskRow {
+    TaskRow {
+        id,
+        queue: queue.into(),
+        payload: payload.into(),
+        author: author.map(Into::into),
+        priority,
+        state: TaskState::Pending,
+        attempts: 0,
+        lease_agent: None,
+        lease_token: None,
+        lease_expires_at: None,
+        finished_at: None,
+    }
+}
+
+fn task_insert_get(s: &mut dyn Store) {
+    s.begin().unwrap();
+    let a = s
+        .task_insert("q", "{\"n\":1}", Some("alice"), 0, 100)
+        .unwrap();
+    let b = s.task_insert("r", "", None, -3, 100).unwrap();
+    let c = s.task_insert("q", "ü", None, 9, 50).unwrap();
+    assert!(0 < a && a < b && b < c, "ids must increase: {a} {b} {c}");
+    assert_eq!(
+        s.task_get(a).unwrap(),
+        Some(pending(a, "q", "{\"n\":1}", Some("alice"), 0))
+    );
+    assert_eq!(s.task_get(b).unwrap(), Some(pending(b, "r", "", None, -3)));
+    assert_eq!(s.task_get(c).unwrap(), Some(pending(c, "q", "ü", None, 9)));
+    assert_eq!(s.task_get(c + 1000).unwrap(), None);
+    assert_eq!(s.task_get(-1).unwrap(), None);
+    s.commit().unwrap();
+    // Ids keep increasing in later transactions, and after deletions.
+    s.begin().unwrap();
+    s.task_update(&TaskRow {
+        state: TaskState::Completed,
+        finished_at: Some(1),
+        ..pending(c, "q", "ü", None, 9)
+    })
+    .unwrap();
+    assert_eq!(s.tasks_purge_finished(1).unwrap(), 1);
+    let d = s.task_insert("q", "d", None, 0, 200).unwrap();
+    assert!(d > c, "a new id ({d}) must exceed every earlier one ({c})");
+    s.commit().unwrap();
+}
+
+fn task_update(s: &mut dyn Store) {
+    s.begin().unwrap();
+    let id = s.task_insert("q", "p", Some("alice"), 2, 100).unwrap();
+    let claimed = TaskRow {
+        state: TaskState::Claimed,
+        attempts: 1,
+        lease_agent: Some("bob".into()),
+        lease_token: Some("ls_1".into()),
+        lease_expires_at: Some(5_000),
+        ..pending(id, "q", "p", Some("alice"), 2)
+    };
+    s.task_update(&claimed).unwrap();
+    assert_eq!(s.task_get(id).unwrap(), Some(claimed));
+    for state in [TaskState::Completed, TaskState::Failed] {
+        let done = TaskRow {
+            state,
+            attempts: 1,
+            finished_at: Some(6_000),
+            ..pending(id, "q", "p", Some("alice"), 2)
+        };
+        s.task_update(&done).unwrap();
+        assert_eq!(s.task_get(id).unwrap(), Some(done));
+    }
+    // Only the mutable columns are written: queue, payload, author and priority stay.
+    let back = TaskRow {
+        attempts: 7,
+        ..pending(id, "other", "other", None, 99)
+    };
+    s.task_update(&back).unwrap();
+    assert_eq!(
+        s.task_get(id).unwrap(),
+        Some(TaskRow {
+            attempts: 7,
+            ..pending(id, "q", "p", Some("alice"), 2)
+        })
+    );
+    // Updating an absent task is not an error and creates nothing.
+    s.task_update(&pending(id + 100, "q", "p", None, 0))
+        .unwrap();
+    assert_eq!(s.task_get(id + 100).unwrap(), None);
+    s.commit().unwrap();
+}
+
+fn set_state(s: &mut dyn Store, id: i64, state: TaskState) {
+    let mut t = s.task_get(id).unwrap().unwrap();
+    t.state = state;
+    if state == TaskState::Claimed {
+        t.lease_agent = Some("w".into());
+        t.lease_token = Some(format!("ls_{id}"));
+        t.lease_expires_at = Some(1_000 + id);
+    }
+    s.task_update(&t).unwrap();
+}
+
+fn task_next_pending(s: &mut dyn Store) {
+    s.begin().unwrap();
+    assert_eq!(s.task_next_pending("q").unwrap(), None);
+    let low = s.task_insert("q", "low", None, 0, 1).unwrap();
+    let neg = s.task_insert("q", "neg", None, -5, 2).unwrap();
+    let high = s.task_insert("q", "high", None, 5, 3).unwrap();
+    let high2 = s.task_insert("q", "high2", None, 5, 4).unwrap();
+    let other = s.task_insert("r", "other", None, 100, 5).unwrap();
+    let next = |s: &mut dyn Store, q: &str| s.task_next_pending(q).unwrap().map(|t| t.id);
+    assert_eq!(next(s, "q"), Some(high));
+    assert_eq!(
+        s.task_next_pending("q").unwrap(),
+        Some(pending(high, "q", "high", None, 5))
+    );
+    set_state(s, high, TaskState::Claimed);
+    assert_eq!(next(s, "q"), Some(high2));
+    set_state(s, high2, TaskState::Completed);
+    assert_eq!(next(s, "q"), Some(low));
+    set_state(s, low, TaskState::Failed);
+    assert_eq!(next(s, "q"), Some(neg));
+    set_state(s, neg, TaskState::Claimed);
+    assert_eq!(next(s, "q"), None);
+    assert_eq!(next(s, "r"), Some(other));
+    assert_eq!(next(s, "nope"), None);
+    // Back to pending: first again by priority.
+    set_state(s, high, TaskState::Pending);
+    assert_eq!(next(s, "q"), Some(high));
+    s.commit().unwrap();
+}
+
+fn ids(tasks: &[TaskRow]) -> Vec<i64> {
+    tasks.iter().map(|t| t.id).collect()
+}
+
+fn task_list(s: &mut dyn Store) {
+    s.begin().unwrap();
+    assert!(s.task_list(None).unwrap().is_empty());
+    let a = s.task_insert("q", "a", None, 9, 1).unwrap();
+    let b = s.task_insert("r", "b", None, 0, 2).unwrap();
+    let c = s.task_insert("q", "c", None, -9, 3).unwrap();
+    set_state(s, a, TaskState::Completed);
+    assert_eq!(ids(&s.task_list(Some("q")).unwrap()), [a, c]);
+    assert_eq!(ids(&s.task_list(Some("r")).unwrap()), [b]);
+    assert!(s.task_list(Some("none")).unwrap().is_empty());
+    let all = s.task_list(None).unwrap();
+    assert_eq!(ids(&all), [a, b, c]);
+    assert_eq!(all[0].state, TaskState::Completed);
+    assert_eq!(all[1], pending(b, "r", "b", None, 0));
+    s.commit().unwrap();
+}
+
+fn tasks_leased_by(s: &mut dyn Store) {
+    s.begin().unwrap();
+    let lease = |s: &mut dyn Store, agent: &str, state: TaskState| {
+        let id = s.task_insert("q", "p", None, 0, 1).unwrap();
+        let t = TaskRow {
+            state,
+            attempts: 1,
+            lease_agent: Some(agent.into()),
+            lease_token: Some(format!("ls_{id}")),
+            lease_expires_at: Some(500),
+            ..pending(id, "q", "p", None, 0)
+        };
+        s.task_update(&t).unwrap();
+        t
+    };
+    let a1 = lease(s, "alice", TaskState::Claimed);
+    let _b = lease(s, "bob", TaskState::Claimed);
+    let _done = lease(s, "alice", TaskState::Completed);
+    let a2 = lease(s, "alice", TaskState::Claimed);
+    let _pending = s.task_insert("q", "p", None, 0, 1).unwrap();
+    assert_eq!(s.tasks_leased_by("alice").unwrap(), [a1, a2]);
+    assert_eq!(s.tasks_leased_by("bob").unwrap().len(), 1);
+    assert!(s.tasks_leased_by("carol").unwrap().is_empty());
+    s.commit().unwrap();
+}
+
+fn tasks_purge(s: &mut dyn Store) {
+    s.begin().unwrap();
+    let finished = |s: &mut dyn Store, at: i64, state: TaskState| {
+        let id = s.task_insert("q", "p", None, 0, 1).unwrap();
+        s.task_update(&TaskRow {
+            state,
+            finished_at: Some(at),
+            ..pending(id, "q", "p", None, 0)
+        })
+        .unwrap();
+        id
+    };
+    let early = finished(s, 100, TaskState::Completed);
+    let edge = finished(s, 200, TaskState::Failed);
+    let late = finished(s, 201, TaskState::Completed);
+    let open = s.task_insert("q", "p", None, 0, 1).unwrap();
+    assert_eq!(s.tasks_purge_finished(99).unwrap(), 0);
+    assert_eq!(s.tasks_purge_finished(200).unwrap(), 2);
+    assert_eq!(s.task_get(early).unwrap(), None);
+    assert_eq!(s.task_get(edge).unwrap(), None);
+    assert_eq!(ids(&s.task_list(None).unwrap()), [late, open]);
+    assert_eq!(s.tasks_purge_finished(i64::MAX).unwrap(), 1);
+    assert_eq!(ids(&s.task_list(None).unwrap()), [open]);
+    s.commit().unwrap();
+}
+
+fn expiries(s: &mut dyn Store) {
+    s.begin().unwrap();
+    let e = s.expiries().unwrap();
+    assert!(e.locks.is_empty() && e.agents.is_empty() && e.leases.is_empty());
+    s.lock_put(&lock("l2", "a", 1, 20)).unwrap();
+    s.lock_put(&lock("l1", "a", 1, 10)).unwrap();
+    for (id, at) in [("x", 30), ("y", 40)] {
+        s.agent_put(&AgentRow {
+            agent_id: id.into(),
+            expires_at: at,
+        })
+        .unwrap();
+    }
+    let t1 = s.task_insert("q", "p", None, 0, 1).unwrap();
+    let t2 = s.task_insert("q", "p", None, 0, 1).unwrap();
+    let _t3 = s.task_insert("q", "p", None, 0, 1).unwrap();
+    set_state(s, t1, TaskState::Claimed);
+    set_state(s, t2, TaskState::Claimed);
+    set_state(s, t2, TaskState::Completed); // a finished task's old lease is not timed
+    s.commit().unwrap();
+    s.begin().unwrap();
+    let mut e = s.expiries().unwrap();
+    e.locks.sort();
+    e.agents.sort();
+    e.leases.sort();
+    assert_eq!(e.locks, [("l1".to_string(), 10), ("l2".to_string(), 20)]);
+    assert_eq!(e.agents, [("x".to_string(), 30), ("y".to_string(), 40)]);
+    assert_eq!(e.leases, [(t1, 1_000 + t1)]);
+    s.commit().unwrap();
+}
+
+fn transactions(s: &mut dyn Store) {
+    s.begin().unwrap();
+    s.note_put(&note("kept", "1", None, None)).unwrap();
+    assert_eq!(s.counter_add("c", 1).unwrap(), Some(1));
+    let kept = s.task_insert("q", "kept", None, 0, 1).unwrap();
+    s.commit().unwrap();
+
+    s.begin().unwrap();
+    s.note_put(&note("gone", "1", None, None)).unwrap();
+    s.note_put(&note("kept", "changed", None, None)).unwrap();
+    assert_eq!(s.counter_add("c", 1).unwrap(), Some(2));
+    assert_eq!(s.fence_next("f").unwrap(), 1);
+    s.lock_put(&lock("l", "a", 1, 10)).unwrap();
+    s.agent_put(&AgentRow {
+        agent_id: "a".into(),
+        expires_at: 1,
+    })
+    .unwrap();
+    s.task_insert("q", "gone", None, 0, 1).unwrap();
+    s.rollback();
+
+    s.begin().unwrap();
+    assert_eq!(s.note_get("gone").unwrap(), None);
+    assert_eq!(
+        s.note_get("kept").unwrap(),
+        Some(note("kept", "1", None, None))
+    );
+    assert_eq!(s.counter_add("c", 0).unwrap(), Some(1));
+    assert_eq!(s.fence_next("f").unwrap(), 1);
+    assert_eq!(s.lock_get("l").unwrap(), None);
+    assert_eq!(s.agent_get("a").unwrap(), None);
+    assert_eq!(ids(&s.task_list(None).unwrap()), [kept]);
+    // A later task still gets a larger id than every committed one.
+    let next = s.task_insert("q", "next", None, 0, 1).unwrap();
+    assert!(next > kept);
+    s.commit().unwrap();
+}
+
+fn savepoints(s: &mut dyn Store) {
+    s.begin().unwrap();
+    s.note_put(&note("a", "1", None, None)).unwrap();
+    s.savepoint().unwrap();
+    s.note_put(&note("b", "1", None, None)).unwrap();
+    s.note_put(&note("a", "2", None, None)).unwrap();
+    assert_eq!(s.counter_add("c", 5).unwrap(), Some(5));
+    s.rollback_to_savepoint();
+    assert_eq!(s.note_get("b").unwrap(), None);
+    assert_eq!(s.note_get("a").unwrap().unwrap().value, "1");
+    // The savepoint is gone after a rollback to it: the next one starts afresh.
+    s.savepoint().unwrap();
+    s.note_put(&note("c", "1", None, None)).unwrap();
+    s.release_savepoint().unwrap();
+    s.savepoint().unwrap();
+    assert_eq!(s.counter_add("c", 1).unwrap(), Some(1));
+    s.release_savepoint().unwrap();
+    s.commit().unwrap();
+    s.begin().unwrap();
+    assert_eq!(keys(&s.note_list(0).unwrap()), ["a", "c"]);
+    assert_eq!(s.counter_add("c", 0).unwrap(), Some(1));
+    s.commit().unwrap();
+}
+
+fn stray_rollback(s: &mut dyn Store) {
+    s.rollback();
+    s.rollback();
+    s.begin().unwrap();
+    s.note_put(&note("a", "1", None, None)).unwrap();
+    s.commit().unwrap();
+    s.rollback();
+    s.begin().unwrap();
+    assert!(s.note_get("a").unwrap().is_some());
+    s.commit().unwrap();
+}
+
+/// Runs one check, naming the backend and the check if it fails.
+fn run_check(backend: &str, name: &str, check: Check, store: &mut dyn Store) {
+    if catch_unwind(AssertUnwindSafe(|| check(store))).is_err() {
+        panic!("{backend}: check failed: {name}");
+    }
+}
+
+#[test]
+fn sqlite_store_meets_the_contract() {
+    for (name, check) in CHECKS {
+        let mut store = SqliteStore::open_in_memory().unwrap();
+        run_check("sqlite", name, *check, &mut store);
+    }
+}
+
+// ------------------------------------------------------------------ PostgreSQL
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The admin URL, a runtime and a fresh database; `None` (after a SKIPPED line) without a server.
+fn pg(test: &str) -> Option<(tokio::runtime::Runtime, TestDb)> {
+    let admin = testing::admin_url_or_skip(test)?;
+    let rt = runtime();
+    let db = rt.block_on(TestDb::create(&admin)).unwrap();
+    Some((rt, db))
+}
+
+#[test]
+fn postgres_store_meets_the_contract() {
+    let Some((rt, db)) = pg("postgres_store_meets_the_contract") else {
+        return;
+    };
+    let admin = rt.block_on(db.connect()).unwrap();
+    let mut store = db.store(&rt).unwrap();
+    for (name, check) in CHECKS {
+        rt.block_on(testing::reset(&admin)).unwrap();
+        run_check("postgres", name, *check, &mut store);
+    }
+}
+
+#[test]
+fn postgres_refuses_nul_in_text_without_spoiling_the_transaction() {
+    let Some((rt, db)) = pg("postgres_refuses_nul_in_text_without_spoiling_the_transaction") else {
+        return;
+    };
+    let mut s = db.store(&rt).unwrap();
+    s.begin().unwrap();
+    let e = s.note_put(&note("k", "a\0b", None, None)).unwrap_err();
+    assert!(e.to_string().contains("NUL"), "{e}");
+    let e = s.task_insert("q", "\0", None, 0, 1).unwrap_err();
+    assert!(e.to_string().contains("NUL"), "{e}");
+    s.note_put(&note("k", "ok", None, None)).unwrap();
+    s.commit().unwrap();
+    assert_eq!(s.note_get("k").unwrap().unwrap().value, "ok");
+}
+
+#[test]
+fn postgres_errors_carry_the_servers_message_and_detail() {
+    let Some((rt, db)) = pg("postgres_errors_carry_the_servers_message_and_detail") else {
+        return;
+    };
+    rt.block_on(async {
+        let mut c = db.connect().await.unwrap();
+        postgres::migrate(&mut c).await.unwrap();
+        let e = StoreError::from(c.execute("SELECT 1 / 0", &[]).await.unwrap_err());
+        let msg = e.to_string();
+        assert!(
+            msg.contains("division by zero") && msg.contains("22012"),
+            "{msg}"
+        );
+        let insert = "INSERT INTO airlock.notes (key, value) VALUES ('k', 'v')";
+        c.execute(insert, &[]).await.unwrap();
+        let msg = StoreError::from(c.execute(insert, &[]).await.unwrap_err()).to_string();
+        assert!(msg.contains("duplicate key"), "{msg}");
+        assert!(
+            msg.contains("detail: Key (key)=(k) already exists"),
+            "{msg}"
+        );
+    });
+}
+
+#[test]
+fn postgres_store_needs_a_migrated_database() {
+    let Some((rt, db)) = pg("postgres_store_needs_a_migrated_database") else {
+        return;
+    };
+    let e = rt
+        .block_on(async {
+            let c = db.connect().await.unwrap();
+            PgStore::new(c, rt.handle().clone()).await
+        })
+        .err()
+        .expect("a store on an empty database");
+    assert!(e.to_string().contains("run migrate first"), "{e}");
+}
+
+/// A query the server does not answer in time fails with a clear error, and the connection stays
+/// usable once the server answers again.
+#[test]
+fn postgres_query_timeout_fails_the_call_not_the_connection() {
+    let Some((rt, db)) = pg("postgres_query_timeout_fails_the_call_not_the_connection") else {
+        return;
+    };
+    let mut s = db.store(&rt).unwrap();
+    s.set_query_timeout(Duration::from_millis(300));
+    let blocker = rt.block_on(db.connect()).unwrap();
+    rt.block_on(blocker.batch_execute("BEGIN; LOCK TABLE airlock.notes IN ACCESS EXCLUSIVE MODE"))
+        .unwrap();
+    s.begin().unwrap();
+    let e = s.note_get("k").unwrap_err();
+    assert_eq!(e.to_string(), "the database did not answer within 300 ms");
+    // The timed-out query was cancelled on the server: the connection answers again while the
+    // table is still locked.
+    s.rollback();
+    s.begin().unwrap();
+    assert!(s.agent_list().unwrap().is_empty());
+    s.commit().unwrap();
+    rt.block_on(blocker.batch_execute("COMMIT")).unwrap();
+    s.begin().unwrap();
+    s.note_put(&note("k", "v", None, None)).unwrap();
+    s.commit().unwrap();
+    assert_eq!(s.note_get("k").unwrap(), Some(note("k", "v", None, None)));
+}
+
+/// A lost connection: every call fails with an error, rollback stays quiet, nothing panics.
+#[test]
+fn postgres_lost_connection_fails_calls_without_panicking() {
+    let Some((rt, db)) = pg("postgres_lost_connection_fails_calls_without_panicking") else {
+        return;
+    };
+    let (mut s, pid) = rt.block_on(async {
+        let mut c = db.connect().await.unwrap();
+        postgres::migrate(&mut c).await.unwrap();
+        let pid: i32 = c
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (PgStore::new(c, rt.handle().clone()).await.unwrap(), pid)
+    });
+    s.begin().unwrap();
+    s.note_put(&note("k", "v", None, None)).unwrap();
+    let admin = rt.block_on(db.connect()).unwrap();
+    let killed: bool = rt
+        .block_on(admin.query_one("SELECT pg_terminate_backend($1)", &[&pid]))
+        .unwrap()
+        .get(0);
+    assert!(killed);
+    assert!(s.note_get("k").is_err());
+    assert!(s.commit().is_err());
+    s.rollback();
+    s.rollback_to_savepoint();
+    assert!(s.begin().is_err());
+    // The uncommitted write is gone with the connection.
+    let n = rt
+        .block_on(admin.query("SELECT 1 FROM airlock.notes", &[]))
+        .unwrap()
+        .len();
+    assert_eq!(n, 0);
+}
+
+/// The runtime that drove the connection is gone (the daemon is stopping): calls fail, rollback
+/// does not panic.
+#[test]
+fn postgres_store_outliving_its_runtime_does_not_panic() {
+    let Some((rt, db)) = pg("postgres_store_outliving_its_runtime_does_not_panic") else {
+        return;
+    };
+    let own = runtime();
+    let mut s = db.store(&own).unwrap();
+    s.begin().unwrap();
+    drop(own);
+    s.rollback();
+    let e = s.note_get("k").unwrap_err();
+    assert!(e.to_string().contains("closed"), "{e}");
+    drop(rt);
+}
+
+#[test]
+fn postgres_clock_is_the_databases_and_moves_within_a_transaction() {
+    let Some((rt, db)) = pg("postgres_clock_is_the_databases_and_moves_within_a_transaction")
+    else {
+        return;
+    };
+    rt.block_on(async {
+        let c = db.connect().await.unwrap();
+        let local = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let t0 = postgres::db_now_ms(&c).await.unwrap();
+        // Same machine: the clocks agree to well within a minute.
+        assert!((t0 - local).abs() < 60_000, "db {t0} vs local {local}");
+        // clock_timestamp(), not now(): it advances inside one transaction.
+        c.batch_execute("BEGIN; SELECT pg_sleep(0.02)")
+            .await
+            .unwrap();
+        let t1 = postgres::db_now_ms(&c).await.unwrap();
+        c.batch_execute("SELECT pg_sleep(0.02)").await.unwrap();
+        let t2 = postgres::db_now_ms(&c).await.unwrap();
+        c.batch_execute("COMMIT").await.unwrap();
+        assert!(t0 <= t1 && t1 < t2, "{t0} {t1} {t2}");
+    });
+}
+
+// ------------------------------------------------------------------ migrations
+
+async fn versions(c: &tokio_postgres::Client) -> Vec<i64> {
+    c.query(
+        "SELECT version FROM airlock.schema_version ORDER BY version",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Eight daemons starting at once on an empty database: every migration succeeds, the schema is
+/// made once, and a later run changes nothing.
+#[test]
+fn postgres_concurrent_migrations_do_not_race() {
+    let Some((rt, db)) = pg("postgres_concurrent_migrations_do_not_race") else {
+        return;
+    };
+    rt.block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            clients.push(db.connect().await.unwrap());
+        }
+        // Line them all up before any starts, so they really overlap.
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(8));
+        let runs: Vec<_> = clients
+            .into_iter()
+            .map(|mut c| {
+                let start = start.clone();
+                tokio::spawn(async move {
+                    start.wait().await;
+                    postgres::migrate(&mut c).await
+                })
+            })
+            .collect();
+        for r in futures::future::join_all(runs).await {
+            r.unwrap().unwrap();
+        }
+        let mut c = db.connect().await.unwrap();
+        let all: Vec<i64> = (1..=SCHEMA_VERSION).collect();
+        assert_eq!(versions(&c).await, all);
+        c.execute(
+            "INSERT INTO airlock.notes (key, value) VALUES ('survives', 'v')",
+            &[],
+        )
+        .await
+        .unwrap();
+        postgres::migrate(&mut c).await.unwrap();
+        assert_eq!(versions(&c).await, all);
+        let kept = c
+            .query("SELECT 1 FROM airlock.notes WHERE key = 'survives'", &[])
+            .await
+            .unwrap();
+        assert_eq!(kept.len(), 1);
+    });
+}
+
+#[test]
+fn postgres_newer_schema_is_refused() {
+    let Some((rt, db)) = pg("postgres_newer_schema_is_refused") else {
+        return;
+    };
+    rt.block_on(async {
+        let mut c = db.connect().await.unwrap();
+        postgres::migrate(&mut c).await.unwrap();
+        c.execute(
+            "INSERT INTO airlock.schema_version (version) VALUES ($1)",
+            &[&(SCHEMA_VERSION + 1)],
+        )
+        .await
+        .unwrap();
+        let e = postgres::migrate(&mut c).await.unwrap_err().to_string();
+        assert!(e.contains("upgrade airlock"), "{e}");
+        assert!(
+            e.contains(&format!("version {}", SCHEMA_VERSION + 1)),
+            "{e}"
+        );
+        assert_eq!(versions(&c).await.len() as i64, SCHEMA_VERSION + 1);
+    });
+}
+
+/// The migration makes the coordinator's call table as the cluster code expects it.
+#[test]
+fn postgres_calls_table_has_its_defaults_and_indexes() {
+    let Some((rt, db)) = pg("postgres_calls_table_has_its_defaults_and_indexes") else {
+        return;
+    };
+    rt.block_on(async {
+        let mut c = db.connect().await.unwrap();
+        postgres::migrate(&mut c).await.unwrap();
+        let row = c
+            .query_one(
+                "INSERT INTO airlock.calls (daemon, tool, args) VALUES ('d1', 'lock_resource', '{}')
+                 RETURNING id, state, result IS NULL, orphan IS NULL,
+                 created_at <= clock_timestamp()",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 1);
+        assert_eq!(row.get::<_, &str>(1), "queued");
+        assert!(row.get::<_, bool>(2) && row.get::<_, bool>(3) && row.get::<_, bool>(4));
+        let indexes: Vec<String> = c
+            .query(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = 'airlock'
+                 AND tablename = 'calls' ORDER BY indexname",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(indexes, ["calls_daemon", "calls_pkey", "calls_queued"]);
+    });
+}
+
+/// The privileges the docs promise are enough: a role with no CREATE on the database migrates a
+/// schema an administrator made for it; a role with only read/write rights on a migrated schema
+/// starts and works; a role with none of these is refused with the server's reason.
+#[test]
+fn postgres_privileges_are_what_the_docs_say() {
+    let Some((rt, db)) = pg("postgres_privileges_are_what_the_docs_say") else {
+        return;
+    };
+    let owner = format!("{}_owner", db.name);
+    let user = format!("{}_user", db.name);
+    let stranger = format!("{}_stranger", db.name);
+    let admin = rt.block_on(db.connect()).unwrap();
+    rt.block_on(admin.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN; CREATE ROLE {user} LOGIN; CREATE ROLE {stranger} LOGIN;
+         CREATE SCHEMA airlock AUTHORIZATION {owner};"
+    )))
+    .unwrap();
+    let as_role = |role: &str| {
+        let mut config: tokio_postgres::Config = db.url().parse().unwrap();
+        config.user(role);
+        rt.block_on(async {
+            let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client
+        })
+    };
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let mut c = as_role(&stranger);
+        let refused = rt.block_on(postgres::migrate(&mut c)).unwrap_err();
+        assert!(
+            refused.to_string().contains("permission denied"),
+            "{refused}"
+        );
+
+        let mut c = as_role(&owner);
+        rt.block_on(postgres::migrate(&mut c)).unwrap();
+        rt.block_on(c.batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA airlock TO {user};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA airlock TO {user};
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA airlock TO {user};"
+        )))
+        .unwrap();
+
+        let mut c = as_role(&user);
+        rt.block_on(postgres::migrate(&mut c)).unwrap();
+        let mut s = rt.block_on(PgStore::new(c, rt.handle().clone())).unwrap();
+        s.begin().unwrap();
+        s.note_put(&note("k", "v", None, None)).unwrap();
+        assert_eq!(s.counter_add("c", 1).unwrap(), Some(1));
+        assert_eq!(s.fence_next("l").unwrap(), 1);
+        let id = s.task_insert("q", "p", None, 0, 1).unwrap();
+        assert_eq!(s.task_next_pending("q").unwrap().map(|t| t.id), Some(id));
+        s.commit().unwrap();
+    }));
+    // Roles are cluster-wide: drop them whatever happened, so a failure leaves nothing behind.
+    rt.block_on(admin.batch_execute(&format!(
+        "DROP SCHEMA airlock CASCADE; DROP OWNED BY {owner}, {user}, {stranger};
+         DROP ROLE {owner}; DROP ROLE {user}; DROP ROLE {stranger};"
+    )))
+    .unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
