@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 
 use crate::clock::MonotonicClock;
+use crate::cluster::{self, Core};
 use crate::config::{self, Token};
 use crate::core::Coordinator;
 use crate::http::{self, EdgeConfig};
@@ -91,19 +92,25 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         },
     };
 
-    if let config::StoreSpec::Postgres { .. } = &opts.store {
-        bail!("--store postgres://… is being wired in (issue #6); use the default sqlite store");
-    }
-    let db_path = opts.home.join("state.db");
-    let store = SqliteStore::open(&db_path).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open the state database {}: {e}. If it is corrupt, stop here: move it aside \
-             (and its -wal/-shm files) to start empty, or restore a backup",
-            db_path.display()
-        )
-    })?;
-    let (core, engine) = Coordinator::start(Box::new(store), Arc::new(MonotonicClock::new()))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (core, engine) = match &opts.store {
+        config::StoreSpec::Sqlite => {
+            let db_path = opts.home.join("state.db");
+            let store = SqliteStore::open(&db_path).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot open the state database {}: {e}. If it is corrupt, stop here: move it \
+                     aside (and its -wal/-shm files) to start empty, or restore a backup",
+                    db_path.display()
+                )
+            })?;
+            let (core, engine) =
+                Coordinator::start(Box::new(store), Arc::new(MonotonicClock::new()))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            (Core::Local(core), Some(engine))
+        }
+        config::StoreSpec::Postgres { url, pool_size } => {
+            (Core::Shared(cluster::join(url, *pool_size).await?), None)
+        }
+    };
 
     let listener = match TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -155,7 +162,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         r = server => {
             r.context("the HTTP server failed")?;
             drop(core);
-            engine.join();
+            if let Some(engine) = engine {
+                engine.join();
+            }
         }
         _ = grace => {
             tracing::warn!(

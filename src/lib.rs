@@ -6,9 +6,12 @@
 //!   nothing of HTTP, MCP or SQL.
 //! - [`store`]: durable state behind the [`store::Store`] trait; all SQL lives here.
 //! - [`clock`]: the one injectable, monotonic-within-a-run clock.
+//! - [`cluster`]: several daemons on one PostgreSQL database: one coordinates (runs the engine),
+//!   the others forward calls to it through a table, woken by LISTEN/NOTIFY.
 
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod daemon;

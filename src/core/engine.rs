@@ -271,7 +271,9 @@ struct ClaimWaiter {
 }
 
 /// What to undo if an answer carrying a grant could not be delivered (its caller went away),
-/// or was delivered but never read (its caller went away right after).
+/// or was delivered but never read (its caller went away right after). Serializable: a daemon
+/// that ran a call for another daemon keeps it beside the answer until the answer is read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Orphan {
     Locks(Vec<(String, String)>),
     Lease { id: i64, lease_token: String },

@@ -18,8 +18,9 @@ use tokio::sync::oneshot;
 
 use crate::clock::Clock;
 use crate::store::Store;
+pub use engine::Orphan;
 pub use engine::WaitProgress;
-use engine::{Command, Engine, Op, Orphan, Reply};
+use engine::{Command, Engine, Op, Reply};
 pub use types::*;
 
 /// A callback told, every [`PROGRESS_EVERY`], how a parked call is doing.
@@ -80,7 +81,7 @@ impl<T, F: Fn(&T) -> Option<Orphan>> Drop for ParkedCall<T, F> {
 }
 
 /// The grant a lock answer carries, to release if nobody reads it.
-fn lock_orphan(name: String) -> impl Fn(&LockOutcome) -> Option<Orphan> {
+pub fn lock_orphan(name: String) -> impl Fn(&LockOutcome) -> Option<Orphan> {
     move |o| match o {
         LockOutcome::Granted {
             lock_token,
@@ -91,7 +92,8 @@ fn lock_orphan(name: String) -> impl Fn(&LockOutcome) -> Option<Orphan> {
     }
 }
 
-fn lock_set_orphan(o: &LockSetOutcome) -> Option<Orphan> {
+/// The fresh grants a `lock_resources` answer carries.
+pub fn lock_set_orphan(o: &LockSetOutcome) -> Option<Orphan> {
     match o {
         LockSetOutcome::Granted { tokens, fresh, .. } => Some(Orphan::Locks(
             fresh
@@ -103,7 +105,8 @@ fn lock_set_orphan(o: &LockSetOutcome) -> Option<Orphan> {
     }
 }
 
-fn claim_orphan(o: &ClaimOutcome) -> Option<Orphan> {
+/// The lease a claim answer carries.
+pub fn claim_orphan(o: &ClaimOutcome) -> Option<Orphan> {
     match o {
         ClaimOutcome::Claimed {
             id, lease_token, ..
@@ -202,6 +205,12 @@ impl Coordinator {
         };
         guard.rx = None;
         result.map_err(|_| CoreError::ShuttingDown)?
+    }
+
+    /// Releases a grant whose answer was never read (see [`Orphan`]); a grant that has since
+    /// changed hands is left alone.
+    pub fn release_orphan(&self, orphan: Orphan) {
+        let _ = self.tx.send(Command::Orphaned(orphan));
     }
 
     /// Answers every parked call with its timeout answer; later waits do not park. For shutdown.

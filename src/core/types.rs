@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Names, keys, agent ids, queue names, authors: 1..=512 bytes of UTF-8, no control characters.
 pub const MAX_NAME_BYTES: usize = 512;
@@ -29,7 +29,10 @@ pub const DEFAULT_LEASE_SECONDS: i64 = 120;
 pub const DEFAULT_EVENT_WAIT_SECONDS: i64 = 25;
 
 /// What can go wrong in a core operation. Only the variants a caller acts on.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+/// (De)serializable so a daemon that forwards a call to the coordinating daemon gets the same
+/// error back.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CoreError {
     /// The caller's input broke a rule; nothing changed. The message names the field and rule.
     #[error("{field}: {rule}")]

@@ -23,7 +23,11 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::core::{Coordinator, CoreError, CoreResult, HolderProof, ProgressFn, WaitReport};
+use crate::cluster::Core;
+use crate::core::{
+    claim_orphan, lock_orphan, lock_set_orphan, Coordinator, CoreError, CoreResult, HolderProof,
+    Orphan, ProgressFn, WaitReport,
+};
 use args::Args;
 
 pub const INSTRUCTIONS: &str = "airlock coordinates agents working on one repository or machine. \
@@ -33,14 +37,20 @@ notes (set_note_if for compare-and-swap) and increment_counter for unique number
 register_agent so your locks release if you die. Hand off with signal_event/wait_for_event and \
 share work through push_task/claim_next_task.";
 
-/// The MCP server: a thin shell around the [`Coordinator`]. Cheap to clone (one per request).
+/// The MCP server: a thin shell around the [`Core`]. Cheap to clone (one per request).
 #[derive(Clone)]
 pub struct AirlockMcp {
-    core: Coordinator,
+    core: Core,
+}
+
+/// What a tool run produced: its answer, and the grant to release if nobody reads it.
+pub struct Ran {
+    pub outcome: CoreResult<Value>,
+    pub orphan: Option<Orphan>,
 }
 
 impl AirlockMcp {
-    pub fn new(core: Coordinator) -> Self {
+    pub fn new(core: Core) -> Self {
         AirlockMcp { core }
     }
 
@@ -61,44 +71,93 @@ impl AirlockMcp {
             Ok(a) => a,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(self.dispatch(name, &a, progress).await)
+        Ok(match self.core.local() {
+            Some(c) => dispatch(&c, name, &a, progress).await.outcome,
+            // Another daemon coordinates the shared database: it runs the call.
+            None => self.core.forward(name, arguments, progress).await,
+        })
     }
+}
 
-    async fn dispatch(
-        &self,
-        name: &str,
-        a: &Args<'_>,
-        progress: Option<ProgressFn>,
-    ) -> CoreResult<Value> {
-        let c = &self.core;
+/// Runs a tool that another daemon forwarded to this one (the coordinator): the same checks and
+/// operations as a local call, plus the grant to release should its answer never be read.
+pub async fn run_forwarded(core: &Coordinator, name: &str, arguments: &Map<String, Value>) -> Ran {
+    let unread = |outcome| Ran {
+        outcome,
+        orphan: None,
+    };
+    let Some(spec) = tools::find(name) else {
+        return unread(Err(CoreError::invalid(
+            "name",
+            format!("unknown tool: {}", args::clip(name)),
+        )));
+    };
+    match Args::new(arguments, &spec.arg_names()) {
+        Ok(a) => dispatch(core, name, &a, None).await,
+        Err(e) => unread(Err(e)),
+    }
+}
+
+/// Runs one checked tool call on `c`.
+async fn dispatch(c: &Coordinator, name: &str, a: &Args<'_>, progress: Option<ProgressFn>) -> Ran {
+    let mut orphan = None;
+    let outcome = dispatch_inner(c, name, a, progress, &mut orphan).await;
+    Ran { outcome, orphan }
+}
+
+/// Notes the grant an answer carries in `orphan`, and passes the answer on.
+fn granting<T>(
+    r: CoreResult<T>,
+    orphan: &mut Option<Orphan>,
+    of: impl Fn(&T) -> Option<Orphan>,
+) -> CoreResult<T> {
+    if let Ok(v) = &r {
+        *orphan = of(v);
+    }
+    r
+}
+
+async fn dispatch_inner(
+    c: &Coordinator,
+    name: &str,
+    a: &Args<'_>,
+    progress: Option<ProgressFn>,
+    orphan: &mut Option<Orphan>,
+) -> CoreResult<Value> {
+    {
         match name {
-            "lock_resource" => json(
-                c.lock_resource(
-                    a.str("name")?,
-                    a.str("agent_id")?,
-                    a.ttl_seconds()?,
-                    a.opt_i64("wait_seconds")?,
-                    a.opt_str("wake_token")?,
-                    progress,
-                )
-                .await,
-            ),
+            "lock_resource" => {
+                let lock = a.str("name")?;
+                let r = c
+                    .lock_resource(
+                        lock.clone(),
+                        a.str("agent_id")?,
+                        a.ttl_seconds()?,
+                        a.opt_i64("wait_seconds")?,
+                        a.opt_str("wake_token")?,
+                        progress,
+                    )
+                    .await;
+                json(granting(r, orphan, lock_orphan(lock)))
+            }
             "unlock_resource" => json(c.unlock_resource(a.str("name")?, holder_proof(a)?).await),
             "renew_lock" => json(
                 c.renew_lock(a.str("name")?, holder_proof(a)?, a.ttl_seconds()?)
                     .await,
             ),
             "list_locks" => json(c.list_locks().await),
-            "lock_resources" => json(
-                c.lock_resources(
-                    a.str_list("names")?,
-                    a.str("agent_id")?,
-                    a.ttl_seconds()?,
-                    a.opt_i64("wait_seconds")?,
-                    progress,
-                )
-                .await,
-            ),
+            "lock_resources" => {
+                let r = c
+                    .lock_resources(
+                        a.str_list("names")?,
+                        a.str("agent_id")?,
+                        a.ttl_seconds()?,
+                        a.opt_i64("wait_seconds")?,
+                        progress,
+                    )
+                    .await;
+                json(granting(r, orphan, lock_set_orphan))
+            }
             "set_note" => json(
                 c.set_note(
                     a.str("key")?,
@@ -147,16 +206,18 @@ impl AirlockMcp {
                 )
                 .await,
             ),
-            "claim_next_task" => json(
-                c.claim_next_task(
-                    a.str("queue")?,
-                    a.str("agent_id")?,
-                    a.opt_i64("lease_seconds")?,
-                    a.opt_i64("wait_seconds")?,
-                    progress,
-                )
-                .await,
-            ),
+            "claim_next_task" => {
+                let r = c
+                    .claim_next_task(
+                        a.str("queue")?,
+                        a.str("agent_id")?,
+                        a.opt_i64("lease_seconds")?,
+                        a.opt_i64("wait_seconds")?,
+                        progress,
+                    )
+                    .await;
+                json(granting(r, orphan, claim_orphan))
+            }
             "complete_task" => json(c.complete_task(a.i64("id")?, a.str("lease_token")?).await),
             "fail_task" => json(
                 c.fail_task(a.i64("id")?, a.str("lease_token")?, a.opt_bool("requeue")?)

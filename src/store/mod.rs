@@ -8,6 +8,7 @@
 //! The trait speaks in rows, not in rules: *which* lock to grant, when a lease is stale, what an
 //! expired note means, all of that is the core's. A backend stores and finds rows.
 
+pub mod calls;
 pub mod postgres;
 pub mod sqlite;
 

@@ -1,0 +1,360 @@
+//! The coordinating side: win the coordinator lock, run the engine, run forwarded calls.
+
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+
+use super::forward::{encode, STATUS_TOOL};
+use super::{pooled, Node, RECONNECT_AFTER, SAFETY_NET};
+use crate::clock::MonotonicClock;
+use crate::core::{Coordinator, CoreError, Orphan};
+use crate::mcp::{run_forwarded, Ran};
+use crate::store::calls::{self, Answered, CallRow};
+use crate::store::postgres::{db_now_ms, PgStore};
+
+/// How long a daemon giving up the coordinator role waits for forwarded calls to write their
+/// answers.
+const HANDOVER: Duration = Duration::from_secs(5);
+
+/// Tools that may safely run again when a new coordinator finds them taken by the previous one
+/// (which may or may not have run them): reads, waits, and calls whose repetition changes
+/// nothing (a lock its agent already holds is granted again with the same token).
+const REPEATABLE: &[&str] = &[
+    "get_note",
+    "list_notes",
+    "set_note",
+    "list_locks",
+    "lock_resource",
+    "lock_resources",
+    "renew_lock",
+    "register_agent",
+    "list_agents",
+    "wait_for_event",
+    "claim_next_task",
+    "extend_lease",
+    "list_tasks",
+    STATUS_TOOL,
+];
+
+/// Contends for the coordinator role for as long as the daemon runs.
+pub(super) async fn contend(node: Arc<Node>) {
+    loop {
+        if node.is_stopping() {
+            return;
+        }
+        if let Err(e) = coordinate(&node).await {
+            tracing::warn!(error = %e, "no longer coordinating; contending again");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RECONNECT_AFTER) => {}
+            _ = node.stop.cancelled() => return,
+        }
+    }
+}
+
+/// Waits for the coordinator lock, then coordinates until the connection or the daemon stops.
+async fn coordinate(node: &Arc<Node>) -> anyhow::Result<()> {
+    let (client, conn) = node.pg.connect(tokio_postgres::NoTls).await?;
+    let (lost_tx, mut lost) = oneshot::channel();
+    tokio::spawn(async move {
+        let r = conn.await;
+        let _ = lost_tx.send(r);
+    });
+    // So that the server, too, notices a coordinator that vanished without closing its
+    // connection, and frees the lock for another daemon within seconds.
+    client
+        .batch_execute(
+            "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; \
+             SET tcp_keepalives_count = 3",
+        )
+        .await?;
+    tokio::select! {
+        r = calls::become_coordinator(&client) => r?,
+        _ = node.stop.cancelled() => return Ok(()),
+        _ = &mut lost => anyhow::bail!("lost the connection while waiting to coordinate"),
+    }
+    let _held = node.coordinating.lock().await;
+    if node.is_stopping() {
+        return Ok(());
+    }
+    // Every daemon's TTLs are measured on the database's clock: a coordinator whose own clock is
+    // off still expires rows when the others would.
+    let now = db_now_ms(&client).await?;
+    let store = PgStore::new(client, tokio::runtime::Handle::current()).await?;
+    // The engine calls the store synchronously (it reads its deadlines as it starts), so it
+    // must start off the runtime's threads.
+    let (core, engine) = tokio::task::spawn_blocking(move || {
+        Coordinator::start(Box::new(store), Arc::new(MonotonicClock::anchored_at(now)))
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    *node.engine.write().expect("engine lock") = Some(core.clone());
+    listen_for_calls(node, true).await;
+    tracing::info!(daemon = %node.id, "this daemon now coordinates the shared database");
+
+    let outcome = serve(node, &core, &mut lost).await;
+
+    // Step down: no new local calls reach the engine; parked calls get their timeout answers.
+    *node.engine.write().expect("engine lock") = None;
+    listen_for_calls(node, false).await;
+    core.drain().await;
+    let deadline = tokio::time::Instant::now() + HANDOVER;
+    while !node.running.lock().expect("running").is_empty()
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(core);
+    let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+    tracing::info!(daemon = %node.id, "stopped coordinating");
+    outcome
+}
+
+/// LISTENs (or stops listening) for forwarded calls on the listening connection. If that
+/// connection is down, it LISTENs when it is back.
+async fn listen_for_calls(node: &Node, on: bool) {
+    let listener = node.listener.lock().await;
+    if let Some(client) = listener.as_ref() {
+        let sql = if on { "LISTEN" } else { "UNLISTEN" };
+        if let Err(e) = client
+            .batch_execute(&format!("{sql} {}", calls::COORDINATOR_CHANNEL))
+            .await
+        {
+            tracing::warn!(error = %e, "could not {sql} for forwarded calls");
+        }
+    }
+}
+
+/// Runs forwarded calls until the coordinator connection is lost or the daemon stops.
+async fn serve(
+    node: &Arc<Node>,
+    core: &Coordinator,
+    lost: &mut oneshot::Receiver<Result<(), tokio_postgres::Error>>,
+) -> anyhow::Result<()> {
+    let mut notes = node.coordinator_rx.lock().await;
+    while notes.try_recv().is_ok() {}
+    // Calls the previous coordinator left: queued ones are new; running ones it may have run.
+    take_and_start(node, core, calls::Take::All).await;
+    sweep(node, core).await;
+    let mut tick = tokio::time::interval(SAFETY_NET);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = node.stop.cancelled() => return Ok(()),
+            r = &mut *lost => {
+                let why = match r {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "closed".to_string(),
+                };
+                anyhow::bail!("lost the coordinator connection to the database: {why}");
+            }
+            n = notes.recv() => {
+                let Some(first) = n else { return Ok(()) };
+                let mut new = Vec::new();
+                let mut gone = Vec::new();
+                let mut note = Some(first);
+                while let Some(payload) = note {
+                    if let Some(id) = payload.strip_prefix('q').and_then(|s| s.parse().ok()) {
+                        new.push(id);
+                    } else if let Some(id) = payload.strip_prefix('c').and_then(|s| s.parse().ok()) {
+                        gone.push(id);
+                    }
+                    note = notes.try_recv().ok();
+                }
+                if !new.is_empty() {
+                    new.sort_unstable();
+                    take_and_start(node, core, calls::Take::Ids(&new)).await;
+                }
+                if !gone.is_empty() {
+                    withdraw(node, core, Some(&gone)).await;
+                }
+            }
+            _ = tick.tick() => {
+                take_and_start(node, core, calls::Take::Queued).await;
+                sweep(node, core).await;
+            }
+        }
+    }
+}
+
+/// Takes calls from the table and starts each, oldest first.
+async fn take_and_start(node: &Arc<Node>, core: &Coordinator, which: calls::Take<'_>) {
+    let rows = match pooled(node).await {
+        Ok(c) => calls::take(&**c, which).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not take forwarded calls");
+            return;
+        }
+    };
+    match rows {
+        Ok(rows) => {
+            for row in rows {
+                start(node, core, row).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not take forwarded calls"),
+    }
+}
+
+/// Starts one forwarded call. Its first step runs here, so the engine hears calls in the order
+/// they were queued (a lock's line is first come, first served across daemons too).
+async fn start(node: &Arc<Node>, core: &Coordinator, row: CallRow) {
+    let id = row.id;
+    if node.running.lock().expect("running").contains_key(&id) {
+        return;
+    }
+    if row.state == "running" && !REPEATABLE.contains(&row.tool.as_str()) {
+        let why = CoreError::Storage(
+            "the coordinating daemon went away while running this call; it may or may not have \
+             taken effect: check, then retry"
+                .into(),
+        );
+        tokio::spawn(finish(
+            node.clone(),
+            core.clone(),
+            id,
+            Ran {
+                outcome: Err(why),
+                orphan: None,
+            },
+        ));
+        return;
+    }
+    let args: Map<String, Value> = serde_json::from_str(&row.args).unwrap_or_default();
+    let run = {
+        let core = core.clone();
+        let tool = row.tool;
+        async move {
+            if tool == STATUS_TOOL {
+                let outcome = core.status().await.and_then(|v| {
+                    serde_json::to_value(v).map_err(|e| CoreError::Storage(e.to_string()))
+                });
+                Ran {
+                    outcome,
+                    orphan: None,
+                }
+            } else {
+                run_forwarded(&core, &tool, &args).await
+            }
+        }
+    };
+    let mut run = Box::pin(run);
+    if let Poll::Ready(ran) = futures::poll!(run.as_mut()) {
+        tokio::spawn(finish(node.clone(), core.clone(), id, ran));
+        return;
+    }
+    let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+    node.running.lock().expect("running").insert(id, cancel_tx);
+    let (node, core) = (node.clone(), core.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            ran = run => finish(node.clone(), core, id, ran).await,
+            // The caller went away: dropping `run` takes the call out of any line (and gives
+            // back a grant it was answered with but never read).
+            _ = cancel_rx => withdraw_rows(&node, &core, &[id]).await,
+        }
+        node.running.lock().expect("running").remove(&id);
+    });
+}
+
+/// Writes a call's answer; if its caller is gone, gives back the grant it carried.
+async fn finish(node: Arc<Node>, core: Coordinator, id: i64, ran: Ran) {
+    let result = encode(&ran.outcome);
+    let orphan = ran
+        .orphan
+        .as_ref()
+        .and_then(|o| serde_json::to_string(o).ok());
+    let written = match pooled(&node).await {
+        Ok(c) => calls::answer(&**c, id, &result, orphan.as_deref())
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match written {
+        Ok(Some(Answered::Delivered)) => {}
+        Ok(Some(Answered::Unwanted)) | Ok(None) => {
+            if let Some(o) = ran.orphan {
+                core.release_orphan(o);
+            }
+            withdraw_rows(&node, &core, &[id]).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, call = id, "could not write a forwarded call's answer");
+            if let Some(o) = ran.orphan {
+                core.release_orphan(o);
+            }
+        }
+    }
+    node.running.lock().expect("running").remove(&id);
+}
+
+/// Callers of `ids` went away: stop their running calls and clear their rows.
+async fn withdraw(node: &Arc<Node>, core: &Coordinator, ids: Option<&[i64]>) {
+    if let Some(ids) = ids {
+        let mut running = node.running.lock().expect("running");
+        for id in ids {
+            if let Some(cancel) = running.remove(id) {
+                let _ = cancel.send(());
+            }
+        }
+    }
+    match ids {
+        Some(ids) => withdraw_rows(node, core, ids).await,
+        None => {
+            if let Ok(c) = pooled(node).await {
+                if let Ok(rows) = calls::take_unwanted(&**c, None).await {
+                    let mut running = node.running.lock().expect("running");
+                    for (id, _, orphan) in rows {
+                        if let Some(cancel) = running.remove(&id) {
+                            let _ = cancel.send(());
+                        }
+                        release(core, orphan.as_deref());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Deletes the rows of calls whose callers are gone, releasing the grants they carried.
+async fn withdraw_rows(node: &Node, core: &Coordinator, ids: &[i64]) {
+    if let Ok(c) = pooled(node).await {
+        match calls::take_unwanted(&**c, Some(ids)).await {
+            Ok(rows) => {
+                for (_, _, orphan) in rows {
+                    release(core, orphan.as_deref());
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not clear withdrawn calls"),
+        }
+    }
+}
+
+fn release(core: &Coordinator, orphan: Option<&str>) {
+    if let Some(o) = orphan.and_then(|o| serde_json::from_str::<Orphan>(o).ok()) {
+        core.release_orphan(o);
+    }
+}
+
+/// The safety net: withdrawn calls whose notification was lost, and daemons that are gone.
+async fn sweep(node: &Arc<Node>, core: &Coordinator) {
+    if let Ok(c) = pooled(node).await {
+        if let Ok(daemons) = calls::daemons(&**c, &node.id).await {
+            for d in daemons {
+                if let Ok(true) = calls::is_gone(&**c, &d).await {
+                    tracing::info!(daemon = %d, "a daemon is gone: withdrawing its calls");
+                    let _ = calls::abandon_all_of(&**c, &d).await;
+                }
+            }
+        }
+    }
+    withdraw(node, core, None).await;
+}
+
+/// For shutdown: waits until this daemon has stopped coordinating (if it was).
+pub(super) async fn drain(node: &Arc<Node>) {
+    let _ = node.coordinating.lock().await;
+}

@@ -1,0 +1,371 @@
+//! The receiving side: hand a call to the coordinating daemon, wait for its answer, and listen.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::AsyncMessage;
+
+use super::{db_error, pooled, Node, RECONNECT_AFTER, SAFETY_NET};
+use crate::core::{
+    CoreError, CoreResult, ProgressFn, WaitReport, MAX_WAIT_SECONDS, PROGRESS_EVERY,
+};
+use crate::store::calls;
+
+/// The internal tool behind `GET /status` on a daemon that does not coordinate.
+pub const STATUS_TOOL: &str = "__status";
+
+/// How an answer travels in `airlock.calls.result`.
+pub fn encode(outcome: &CoreResult<Value>) -> String {
+    match outcome {
+        Ok(v) => json!({ "ok": v }).to_string(),
+        Err(e) => json!({ "err": e }).to_string(),
+    }
+}
+
+fn decode(text: &str) -> CoreResult<Value> {
+    let bad = || CoreError::Storage("the coordinating daemon sent an unreadable answer".into());
+    let mut v: Map<String, Value> = serde_json::from_str(text).map_err(|_| bad())?;
+    if let Some(ok) = v.remove("ok") {
+        return Ok(ok);
+    }
+    match v.remove("err") {
+        Some(e) => Err(serde_json::from_value(e).map_err(|_| bad())?),
+        None => Err(bad()),
+    }
+}
+
+/// A forwarded call in flight. Dropped before its answer was read (the caller went away), it
+/// tells the coordinator, which cancels the call or releases the grant the answer carried.
+struct Pending {
+    node: Arc<Node>,
+    id: i64,
+    rx: Option<oneshot::Receiver<CoreResult<Value>>>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.rx.take().is_none() {
+            return;
+        }
+        self.node
+            .waiting
+            .lock()
+            .expect("waiting")
+            .calls
+            .remove(&self.id);
+        let (node, id) = (self.node.clone(), self.id);
+        tokio::spawn(async move {
+            match pooled(&node).await {
+                Ok(c) => {
+                    if let Err(e) = calls::abandon(&**c, &[id]).await {
+                        tracing::warn!(error = %e, call = id, "could not cancel a forwarded call");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, call = id, "could not cancel a forwarded call")
+                }
+            }
+        });
+    }
+}
+
+impl Node {
+    /// Runs `tool` on the coordinating daemon and returns its answer.
+    pub(super) async fn forward(
+        self: &Arc<Self>,
+        tool: &str,
+        arguments: &Map<String, Value>,
+        progress: Option<ProgressFn>,
+    ) -> CoreResult<Value> {
+        if self.is_stopping() {
+            return Err(CoreError::ShuttingDown);
+        }
+        if !self.listening.load(Ordering::SeqCst) {
+            return Err(CoreError::Storage(
+                "this daemon lost its connection to the database and is reconnecting; the call \
+                 did not run"
+                    .into(),
+            ));
+        }
+        let args = Value::Object(arguments.clone()).to_string();
+        let id = {
+            let c = pooled(self).await?;
+            calls::insert(&**c, &self.id, tool, &args)
+                .await
+                .map_err(|e| db_error("could not hand the call to the coordinating daemon", e))?
+        };
+        let (tx, rx) = oneshot::channel();
+        let announced = {
+            let mut w = self.waiting.lock().expect("waiting");
+            w.calls.insert(id, tx);
+            w.early.remove(&id)
+        };
+        if announced {
+            let _ = self.answers_tx.send(id);
+        }
+        let mut pending = Pending {
+            node: self.clone(),
+            id,
+            rx: Some(rx),
+        };
+        let rx = pending.rx.as_mut().expect("just set");
+        let answer = match progress {
+            None => rx.await,
+            Some(report) => {
+                let window = arguments
+                    .get("wait_seconds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+                    .clamp(0, MAX_WAIT_SECONDS) as u64;
+                let started = tokio::time::Instant::now();
+                let mut ticker = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
+                loop {
+                    tokio::select! {
+                        r = &mut *rx => break r,
+                        _ = ticker.tick() => report(WaitReport {
+                            waited_seconds: started.elapsed().as_secs(),
+                            window_seconds: window,
+                            progress: None,
+                        }),
+                    }
+                }
+            }
+        };
+        pending.rx = None;
+        let _ = self.forget_tx.send(id);
+        answer.map_err(|_| CoreError::ShuttingDown)?
+    }
+}
+
+/// Hands written answers to their waiting callers.
+async fn deliver(node: &Node, answers: Vec<(i64, String)>) {
+    for (id, text) in answers {
+        let tx = node.waiting.lock().expect("waiting").calls.remove(&id);
+        if let Some(tx) = tx {
+            // A caller gone by now is seen by its `Pending`, which gives the grant back.
+            let _ = tx.send(decode(&text));
+        }
+    }
+}
+
+/// Fetches answers as their notifications arrive, a burst at a time.
+pub(super) async fn fetch_answers(node: Arc<Node>, mut ids: mpsc::UnboundedReceiver<i64>) {
+    while let Some(first) = ids.recv().await {
+        let mut burst = vec![first];
+        while let Ok(id) = ids.try_recv() {
+            burst.push(id);
+        }
+        let known: Vec<i64> = {
+            let mut w = node.waiting.lock().expect("waiting");
+            let (known, early): (Vec<i64>, Vec<i64>) =
+                burst.into_iter().partition(|id| w.calls.contains_key(id));
+            if w.early.len() > 100_000 {
+                w.early.clear();
+            }
+            w.early.extend(early);
+            known
+        };
+        if known.is_empty() {
+            continue;
+        }
+        match pooled(&node).await {
+            Ok(c) => match calls::answers(&**c, &known).await {
+                Ok(rows) => deliver(&node, rows).await,
+                // The safety net fetches them again.
+                Err(e) => tracing::warn!(error = %e, "could not read answers"),
+            },
+            Err(e) => tracing::warn!(error = %e, "could not read answers"),
+        }
+    }
+}
+
+/// Deletes answered rows once their callers have read them, a burst at a time.
+pub(super) async fn forget_read(node: Arc<Node>, mut ids: mpsc::UnboundedReceiver<i64>) {
+    while let Some(first) = ids.recv().await {
+        let mut burst = vec![first];
+        while let Ok(id) = ids.try_recv() {
+            burst.push(id);
+        }
+        if let Ok(c) = pooled(&node).await {
+            if let Err(e) = calls::forget(&**c, &burst).await {
+                tracing::warn!(error = %e, "could not delete answered calls");
+            }
+        }
+    }
+}
+
+/// Re-reads the answers of every waiting call, in case a notification was lost.
+pub(super) async fn safety_net(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(SAFETY_NET);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = node.stop.cancelled() => return,
+        }
+        recheck(&node).await;
+    }
+}
+
+async fn recheck(node: &Node) {
+    let ids: Vec<i64> = node
+        .waiting
+        .lock()
+        .expect("waiting")
+        .calls
+        .keys()
+        .copied()
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let Ok(c) = pooled(node).await else {
+        return;
+    };
+    if let Ok(rows) = calls::answers(&**c, &ids).await {
+        deliver(node, rows).await;
+    }
+    // A row that vanished belongs to a call the coordinator gave up on (it took this daemon
+    // for gone): its caller must not wait for ever.
+    if let Ok(gone) = calls::missing(&**c, &ids).await {
+        fail(
+            node,
+            &gone,
+            "the coordinating daemon dropped this call (it lost sight of this daemon); it may or \
+             may not have taken effect",
+        );
+    }
+}
+
+/// Answers `ids` with a storage error.
+fn fail(node: &Node, ids: &[i64], why: &str) {
+    let mut w = node.waiting.lock().expect("waiting");
+    for id in ids {
+        if let Some(tx) = w.calls.remove(id) {
+            let _ = tx.send(Err(CoreError::Storage(why.to_string())));
+        }
+    }
+}
+
+/// Keeps the listening connection: LISTEN for answers (and, while coordinating, for calls),
+/// and hold this daemon's liveness lock. Reconnects when it drops.
+pub(super) async fn listen(node: Arc<Node>, mut up: Option<oneshot::Sender<()>>) {
+    loop {
+        if node.is_stopping() {
+            return;
+        }
+        match node.pg.connect(tokio_postgres::NoTls).await {
+            Ok((client, mut conn)) => {
+                let (ntx, mut nrx) = mpsc::unbounded_channel();
+                tokio::spawn(async move {
+                    let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+                    while let Some(m) = messages.next().await {
+                        match m {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                if ntx.send(n).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "the listening connection failed");
+                                return;
+                            }
+                        }
+                    }
+                });
+                match setup(&node, &client).await {
+                    Ok(()) => {
+                        *node.listener.lock().await = Some(client);
+                        node.listening.store(true, Ordering::SeqCst);
+                        if let Some(up) = up.take() {
+                            let _ = up.send(());
+                        }
+                        loop {
+                            let n = tokio::select! {
+                                n = nrx.recv() => n,
+                                _ = node.stop.cancelled() => None,
+                            };
+                            let Some(n) = n else { break };
+                            route(&node, n.channel(), n.payload());
+                        }
+                        node.listening.store(false, Ordering::SeqCst);
+                        node.listener.lock().await.take();
+                        if node.is_stopping() {
+                            return;
+                        }
+                        tracing::warn!(
+                            "lost the listening connection to the database; reconnecting"
+                        );
+                        let ids: Vec<i64> = node
+                            .waiting
+                            .lock()
+                            .expect("waiting")
+                            .calls
+                            .keys()
+                            .copied()
+                            .collect();
+                        fail(
+                            &node,
+                            &ids,
+                            "lost the connection to the database while waiting for the answer; \
+                             the call may or may not have taken effect",
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not listen on the database; retrying")
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reach the database; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RECONNECT_AFTER) => {}
+            _ = node.stop.cancelled() => return,
+        }
+    }
+}
+
+async fn setup(node: &Node, client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    // Whatever this daemon sent before it lost its connection has no caller any more.
+    calls::abandon_all_of(client, &node.id).await?;
+    client
+        .batch_execute(&format!("LISTEN \"{}\"", calls::answer_channel(&node.id)))
+        .await?;
+    calls::hold_liveness(client, &node.id).await?;
+    if node.is_coordinator() {
+        client
+            .batch_execute(&format!("LISTEN {}", calls::COORDINATOR_CHANNEL))
+            .await?;
+    }
+    Ok(())
+}
+
+fn route(node: &Node, channel: &str, payload: &str) {
+    if channel == calls::COORDINATOR_CHANNEL {
+        let _ = node.to_coordinator.send(payload.to_string());
+    } else if let Ok(id) = payload.parse::<i64>() {
+        let _ = node.answers_tx.send(id);
+    }
+}
+
+/// For shutdown: every waiting caller is told, and its call withdrawn.
+pub(super) async fn drain(node: &Arc<Node>) {
+    let ids: Vec<i64> = {
+        let mut w = node.waiting.lock().expect("waiting");
+        let ids: Vec<i64> = w.calls.keys().copied().collect();
+        for (_, tx) in w.calls.drain() {
+            let _ = tx.send(Err(CoreError::ShuttingDown));
+        }
+        ids
+    };
+    if ids.is_empty() {
+        return;
+    }
+    if let Ok(c) = pooled(node).await {
+        let _ = calls::abandon(&**c, &ids).await;
+    }
+}

@@ -1,0 +1,249 @@
+//! Several daemons, one PostgreSQL database.
+//!
+//! With `--store postgres://…` every daemon on every machine points at one database, and exactly
+//! one of them at a time is the *coordinator*: the daemon holding the advisory lock
+//! [`calls::COORDINATOR_LOCK`] on a dedicated connection. The coordinator runs the ordinary
+//! engine (group commit, FIFO wait lines, deadlines; `crate::core`) over a
+//! [`PgStore`] on that very connection, its clock anchored to the database's clock. The other
+//! daemons forward each tool call through the `airlock.calls` table ([`calls`]) and hear the
+//! answer by LISTEN/NOTIFY; the coordinator runs it exactly as a local call. So every guarantee
+//! of one daemon holds across all of them: one engine decides, in one order.
+//!
+//! Invariants:
+//! - Only the session holding the coordinator lock writes state, and it writes only through the
+//!   engine on that same session: when the session ends, its lock is released and nothing more
+//!   of its commits. Another daemon's blocked `pg_advisory_lock` returns at that moment and it
+//!   takes over, rebuilding its deadlines from the tables.
+//! - Notifications are hints. Every answer and every call is re-read from the table, and a
+//!   safety net ([`SAFETY_NET`]) re-reads whatever a lost notification would have announced.
+//! - An answer carrying a grant is released if its caller went away before reading it: the grant
+//!   is kept beside the answer until the receiving daemon deletes the row.
+//! - A daemon whose listening connection is gone is treated as dead: its unanswered calls are
+//!   cancelled and unread grants released. It refuses new calls until it has reconnected.
+
+mod coordinate;
+mod forward;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::core::{Coordinator, CoreError, CoreResult, ProgressFn};
+
+/// How often unanswered calls and unclaimed answers are re-read, in case a notification was lost.
+pub const SAFETY_NET: Duration = Duration::from_secs(1);
+/// How long to wait before reconnecting after the database went away.
+const RECONNECT_AFTER: Duration = Duration::from_millis(500);
+
+/// The core as the request path sees it: this daemon's own engine (SQLite), or a place in a
+/// group of daemons sharing a PostgreSQL database.
+#[derive(Clone)]
+pub enum Core {
+    Local(Coordinator),
+    Shared(Arc<Node>),
+}
+
+impl Core {
+    /// The engine to run a call on here, if this daemon has one now.
+    pub fn local(&self) -> Option<Coordinator> {
+        match self {
+            Core::Local(c) => Some(c.clone()),
+            Core::Shared(node) => node.coordinator(),
+        }
+    }
+
+    /// Runs a call on the coordinating daemon (only for [`Core::Shared`] without a local engine).
+    pub async fn forward(
+        &self,
+        tool: &str,
+        arguments: &Map<String, Value>,
+        progress: Option<ProgressFn>,
+    ) -> CoreResult<Value> {
+        match self {
+            Core::Local(_) => Err(CoreError::Storage("no coordinator to forward to".into())),
+            Core::Shared(node) => node.forward(tool, arguments, progress).await,
+        }
+    }
+
+    /// The `GET /status` snapshot.
+    pub async fn status(&self) -> CoreResult<Value> {
+        match self.local() {
+            Some(c) => c.status().await.and_then(|v| {
+                serde_json::to_value(v).map_err(|e| CoreError::Storage(e.to_string()))
+            }),
+            None => self.forward(forward::STATUS_TOOL, &Map::new(), None).await,
+        }
+    }
+
+    /// Answers every parked call and stops taking work: for shutdown.
+    pub async fn drain(&self) {
+        match self {
+            Core::Local(c) => c.drain().await,
+            Core::Shared(node) => node.drain().await,
+        }
+    }
+}
+
+/// This daemon's place among the daemons sharing one database.
+pub struct Node {
+    /// Random, per process: names this daemon's rows and notification channel.
+    id: String,
+    pg: tokio_postgres::Config,
+    /// For forwarding, answering and cleaning up (never for state: the engine has its own).
+    pool: deadpool_postgres::Pool,
+    /// The engine, while this daemon coordinates.
+    engine: RwLock<Option<Coordinator>>,
+    /// Calls sent to the coordinator and not answered yet.
+    waiting: Mutex<Waiting>,
+    /// The listening connection's client, while it is up.
+    listener: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    /// Calls are refused while the listening connection is down.
+    listening: AtomicBool,
+    /// Cancelled by `drain`: no new work; the coordinator role is given up.
+    stop: CancellationToken,
+    /// Held while this daemon coordinates, until its engine has stopped.
+    coordinating: tokio::sync::Mutex<()>,
+    /// Notifications for the coordinator role.
+    to_coordinator: mpsc::UnboundedSender<String>,
+    coordinator_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+    /// Ids of answered calls, for the answer fetcher.
+    answers_tx: mpsc::UnboundedSender<i64>,
+    /// Ids of answers read, for deletion.
+    forget_tx: mpsc::UnboundedSender<i64>,
+    /// Forwarded calls this daemon runs as coordinator: id → cancel.
+    running: Mutex<HashMap<i64, oneshot::Sender<()>>>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    calls: HashMap<i64, oneshot::Sender<CoreResult<Value>>>,
+    /// Answers announced before the sender learned its call's id.
+    early: HashSet<i64>,
+}
+
+/// Connects to `url`, migrates the schema, and starts this daemon's part in the group: the
+/// listening connection and the contest for the coordinator lock. Returns once connected.
+pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
+    use anyhow::Context;
+    let shown = crate::config::redact_url(url);
+    let mut pg: tokio_postgres::Config = url
+        .parse()
+        .with_context(|| format!("--store {shown} is not a PostgreSQL URL airlock can read"))?;
+    let id = hex::encode(rand::random::<[u8; 8]>());
+    pg.application_name(format!("airlock {id}"));
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(Duration::from_secs(10));
+    }
+    // A peer that vanishes (machine off, cable out) is noticed in about 11 s, not hours.
+    pg.keepalives(true)
+        .keepalives_idle(Duration::from_secs(5))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3);
+
+    let (mut client, conn) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
+    let driver = tokio::spawn(conn);
+    crate::store::postgres::migrate(&mut client)
+        .await
+        .with_context(|| format!("cannot prepare the airlock schema in {shown}"))?;
+    drop(client);
+    let _ = driver.await;
+
+    // Forwarding traffic needs no fsync of its own (see `store::calls`).
+    let mut pool_pg = pg.clone();
+    pool_pg.options("-c synchronous_commit=off");
+    let manager = deadpool_postgres::Manager::from_config(
+        pool_pg,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(pool_size)
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .context("cannot build the PostgreSQL connection pool")?;
+
+    let (to_coordinator, coordinator_rx) = mpsc::unbounded_channel();
+    let (answers_tx, answers_rx) = mpsc::unbounded_channel();
+    let (forget_tx, forget_rx) = mpsc::unbounded_channel();
+    let node = Arc::new(Node {
+        id,
+        pg,
+        pool,
+        engine: RwLock::new(None),
+        waiting: Mutex::new(Waiting::default()),
+        listener: tokio::sync::Mutex::new(None),
+        listening: AtomicBool::new(false),
+        stop: CancellationToken::new(),
+        coordinating: tokio::sync::Mutex::new(()),
+        to_coordinator,
+        coordinator_rx: tokio::sync::Mutex::new(coordinator_rx),
+        answers_tx,
+        forget_tx,
+        running: Mutex::new(HashMap::new()),
+    });
+    let (up_tx, up_rx) = oneshot::channel();
+    tokio::spawn(forward::listen(node.clone(), Some(up_tx)));
+    tokio::spawn(forward::fetch_answers(node.clone(), answers_rx));
+    tokio::spawn(forward::forget_read(node.clone(), forget_rx));
+    tokio::spawn(forward::safety_net(node.clone()));
+    tokio::spawn(coordinate::contend(node.clone()));
+    let _ = up_rx.await;
+    tracing::info!(daemon = %node.id, store = %shown, "joined the shared database");
+    Ok(node)
+}
+
+impl Node {
+    fn coordinator(&self) -> Option<Coordinator> {
+        self.engine.read().expect("engine lock").clone()
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// This daemon's id (names its rows in `airlock.calls`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether this daemon coordinates now.
+    pub fn is_coordinator(&self) -> bool {
+        self.coordinator().is_some()
+    }
+
+    async fn drain(self: &Arc<Self>) {
+        self.stop.cancel();
+        forward::drain(self).await;
+        coordinate::drain(self).await;
+    }
+}
+
+/// A connection from the pool, or the error a caller sees.
+async fn pooled(node: &Node) -> CoreResult<deadpool_postgres::Object> {
+    node.pool.get().await.map_err(|e| {
+        CoreError::Storage(format!(
+            "the database is unreachable ({}); the call did not run",
+            e
+        ))
+    })
+}
+
+fn db_error(what: &str, e: tokio_postgres::Error) -> CoreError {
+    let detail = match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    };
+    CoreError::Storage(format!("{what}: {detail}"))
+}

@@ -1,0 +1,300 @@
+//! The forwarding table (`airlock.calls`) of the PostgreSQL backend: how a daemon hands a tool
+//! call to the coordinating daemon and gets its answer back (see `crate::cluster`).
+//!
+//! A row's life: `queued` (inserted by the daemon that received the call) → `running` (taken by
+//! the coordinator) → `done` (answer written) → deleted by the receiving daemon once its caller
+//! has read the answer. A caller who goes away turns `queued`/`running` into `cancelled` and
+//! `done` into `orphaned`; the coordinator then releases whatever grant the answer carried.
+//!
+//! These statements run outside the engine's transactions, on connections with
+//! `synchronous_commit = off`: a row only carries a call to the coordinator and its answer back,
+//! and every effect of a call is committed (fsynced) by the engine's own transaction, which also
+//! makes every earlier row change durable (the write-ahead log is flushed in order).
+
+use tokio_postgres::GenericClient;
+
+/// The channel the coordinating daemon listens on: `q<id>` = a new call, `c<id>` = a caller
+/// went away.
+pub const COORDINATOR_CHANNEL: &str = "airlock_coordinator";
+
+/// The channel on which daemon `daemon` hears `<id>` = the answer to its call is written.
+pub fn answer_channel(daemon: &str) -> String {
+    format!("airlock_answer_{daemon}")
+}
+
+/// A call taken by the coordinator.
+#[derive(Debug, Clone)]
+pub struct CallRow {
+    pub id: i64,
+    pub daemon: String,
+    pub tool: String,
+    pub args: String,
+    /// `running` when a previous coordinator had already taken it (it may have taken effect).
+    pub state: String,
+}
+
+/// What became of an answered row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answered {
+    /// Written; the receiving daemon has been told.
+    Delivered,
+    /// The caller had gone away: release the grant.
+    Unwanted,
+}
+
+/// Queues a call and tells the coordinator; returns its id.
+pub async fn insert(
+    c: &impl GenericClient,
+    daemon: &str,
+    tool: &str,
+    args: &str,
+) -> Result<i64, tokio_postgres::Error> {
+    let row = c
+        .query_one(
+            "WITH c AS (INSERT INTO airlock.calls (daemon, tool, args) VALUES ($1, $2, $3) \
+             RETURNING id) SELECT id, pg_notify($4, 'q' || id) FROM c",
+            &[&daemon, &tool, &args, &COORDINATOR_CHANNEL],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Which calls the coordinator takes.
+#[derive(Debug, Clone, Copy)]
+pub enum Take<'a> {
+    /// These, if still queued (their notifications arrived).
+    Ids(&'a [i64]),
+    /// Every queued call (the safety net).
+    Queued,
+    /// Every queued call and every call a previous coordinator had taken (at take-over).
+    All,
+}
+
+/// Marks calls taken by the coordinator and returns them, oldest first.
+pub async fn take(
+    c: &impl GenericClient,
+    which: Take<'_>,
+) -> Result<Vec<CallRow>, tokio_postgres::Error> {
+    let rows = match which {
+        Take::Ids(ids) => {
+            c.query(
+                "UPDATE airlock.calls SET state = 'running' WHERE id = ANY($1) AND state = 'queued' \
+                 RETURNING id, daemon, tool, args, 'queued'",
+                &[&ids],
+            )
+            .await?
+        }
+        Take::Queued => {
+            c.query(
+                "UPDATE airlock.calls SET state = 'running' WHERE state = 'queued' \
+                 RETURNING id, daemon, tool, args, 'queued'",
+                &[],
+            )
+            .await?
+        }
+        Take::All => {
+            c.query(
+                "WITH t AS (SELECT id, state AS was FROM airlock.calls \
+                 WHERE state IN ('queued', 'running') FOR UPDATE) \
+                 UPDATE airlock.calls c SET state = 'running' FROM t WHERE c.id = t.id \
+                 RETURNING c.id, c.daemon, c.tool, c.args, t.was",
+                &[],
+            )
+            .await?
+        }
+    };
+    let mut calls: Vec<CallRow> = rows
+        .iter()
+        .map(|r| CallRow {
+            id: r.get(0),
+            daemon: r.get(1),
+            tool: r.get(2),
+            args: r.get(3),
+            state: r.get(4),
+        })
+        .collect();
+    calls.sort_by_key(|c| c.id);
+    Ok(calls)
+}
+
+/// Writes a call's answer (and the grant it carries) and tells the receiving daemon. `None` if
+/// the row is gone (its daemon died and the row was cleaned up).
+pub async fn answer(
+    c: &impl GenericClient,
+    id: i64,
+    result: &str,
+    orphan: Option<&str>,
+) -> Result<Option<Answered>, tokio_postgres::Error> {
+    let row = c
+        .query_opt(
+            "WITH u AS (UPDATE airlock.calls SET result = $2, orphan = $3, \
+             state = CASE state WHEN 'running' THEN 'done' ELSE 'orphaned' END \
+             WHERE id = $1 RETURNING state, daemon) \
+             SELECT u.state, CASE WHEN u.state = 'done' \
+             THEN pg_notify('airlock_answer_' || u.daemon, $1::text) END FROM u",
+            &[&id, &result, &orphan],
+        )
+        .await?;
+    Ok(row.map(|r| {
+        if r.get::<_, String>(0) == "done" {
+            Answered::Delivered
+        } else {
+            Answered::Unwanted
+        }
+    }))
+}
+
+/// Answers of `ids` that are written, as `(id, result)`.
+pub async fn answers(
+    c: &impl GenericClient,
+    ids: &[i64],
+) -> Result<Vec<(i64, String)>, tokio_postgres::Error> {
+    let rows = c
+        .query(
+            "SELECT id, result FROM airlock.calls WHERE id = ANY($1) AND state = 'done'",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Of `ids`, those with no row any more.
+pub async fn missing(
+    c: &impl GenericClient,
+    ids: &[i64],
+) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let rows = c
+        .query(
+            "SELECT i FROM unnest($1::bigint[]) AS i \
+             WHERE NOT EXISTS (SELECT 1 FROM airlock.calls WHERE id = i)",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Deletes rows whose answers were read.
+pub async fn forget(c: &impl GenericClient, ids: &[i64]) -> Result<(), tokio_postgres::Error> {
+    c.execute(
+        "DELETE FROM airlock.calls WHERE id = ANY($1) AND state = 'done'",
+        &[&ids],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The caller of `ids` went away: cancel what is not answered yet, mark what is as unwanted,
+/// and tell the coordinator.
+pub async fn abandon(c: &impl GenericClient, ids: &[i64]) -> Result<(), tokio_postgres::Error> {
+    c.query(
+        "WITH u AS (UPDATE airlock.calls SET state = CASE state \
+         WHEN 'done' THEN 'orphaned' WHEN 'orphaned' THEN 'orphaned' ELSE 'cancelled' END \
+         WHERE id = ANY($1) RETURNING id) \
+         SELECT pg_notify($2, 'c' || id) FROM u",
+        &[&ids, &COORDINATOR_CHANNEL],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Every row of `daemon`'s (after it lost its connection, its callers are gone).
+pub async fn abandon_all_of(
+    c: &impl GenericClient,
+    daemon: &str,
+) -> Result<(), tokio_postgres::Error> {
+    c.query(
+        "WITH u AS (UPDATE airlock.calls SET state = CASE state \
+         WHEN 'done' THEN 'orphaned' WHEN 'orphaned' THEN 'orphaned' ELSE 'cancelled' END \
+         WHERE daemon = $1 RETURNING id) \
+         SELECT pg_notify($2, 'c' || id) FROM u",
+        &[&daemon, &COORDINATOR_CHANNEL],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Rows whose callers went away, with the grant to release, for the coordinator; deleted.
+pub async fn take_unwanted(
+    c: &impl GenericClient,
+    ids: Option<&[i64]>,
+) -> Result<Vec<(i64, String, Option<String>)>, tokio_postgres::Error> {
+    let rows = match ids {
+        Some(ids) => {
+            c.query(
+                "DELETE FROM airlock.calls WHERE id = ANY($1) \
+                 AND state IN ('cancelled', 'orphaned') RETURNING id, state, orphan",
+                &[&ids],
+            )
+            .await?
+        }
+        None => {
+            c.query(
+                "DELETE FROM airlock.calls WHERE state IN ('cancelled', 'orphaned') \
+                 RETURNING id, state, orphan",
+                &[],
+            )
+            .await?
+        }
+    };
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// Daemons other than `me` with rows in the table.
+pub async fn daemons(
+    c: &impl GenericClient,
+    me: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = c
+        .query(
+            "SELECT DISTINCT daemon FROM airlock.calls WHERE daemon <> $1",
+            &[&me],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The advisory-lock key space of daemon liveness: a daemon holds `(LIVENESS, hashtext(id))`
+/// on its listening connection for as long as that connection lives.
+pub const LIVENESS: i32 = 0x6169_726c;
+
+/// Takes this daemon's liveness lock (on its listening connection).
+pub async fn hold_liveness(c: &impl GenericClient, me: &str) -> Result<(), tokio_postgres::Error> {
+    c.execute(
+        "SELECT pg_advisory_lock($1, hashtext($2))",
+        &[&LIVENESS, &me],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Whether `daemon`'s listening connection is gone (its liveness lock is free).
+pub async fn is_gone(c: &impl GenericClient, daemon: &str) -> Result<bool, tokio_postgres::Error> {
+    let row = c
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &[&LIVENESS, &daemon],
+        )
+        .await?;
+    let free: bool = row.get(0);
+    if free {
+        c.execute(
+            "SELECT pg_advisory_unlock($1, hashtext($2))",
+            &[&LIVENESS, &daemon],
+        )
+        .await?;
+    }
+    Ok(free)
+}
+
+/// The key of the coordinator's advisory lock: the daemon holding it runs the engine.
+pub const COORDINATOR_LOCK: i64 = 0x6169_726c_6f63_6b31;
+
+/// Blocks until this connection holds the coordinator lock.
+pub async fn become_coordinator(c: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+    c.execute("SELECT pg_advisory_lock($1)", &[&COORDINATOR_LOCK])
+        .await?;
+    Ok(())
+}
