@@ -359,6 +359,21 @@ async fn over_long_names_and_values_are_refused() {
         "value: must be at most 262144 bytes",
     )
     .await;
+    // NUL is refused on both backends alike (PostgreSQL's TEXT cannot hold it).
+    refused(
+        &d,
+        "set_note",
+        json!({"key": "k", "value": "a\u{0}b"}),
+        "value: must not contain the NUL character",
+    )
+    .await;
+    refused(
+        &d,
+        "push_task",
+        json!({"queue": "q", "payload": "\u{0}"}),
+        "payload: must not contain the NUL character",
+    )
+    .await;
     // A huge unknown argument name or tool name is not echoed back whole.
     refused(
         &d,

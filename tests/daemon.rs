@@ -692,3 +692,46 @@ async fn logs_go_to_stderr_as_plain_text_when_not_a_terminal() {
         "token logged"
     );
 }
+
+/// `--store` and `--pg-pool-size` are checked before anything starts; a PostgreSQL URL that
+/// cannot be served is refused with a message that names the problem and never the password.
+#[tokio::test]
+async fn store_settings_are_checked_and_passwords_never_printed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let serve = |store: &str, pool: &str| {
+        Command::new(airlock_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--store", store])
+            .args(["--pg-pool-size", pool])
+            .env("AIRLOCK_HOME", &home)
+            .env_remove("AIRLOCK_STORE")
+            .env_remove("PGPASSWORD")
+            .output()
+            .expect("run airlock serve")
+    };
+    let cases = [
+        ("mysql://u:hunter2@h/db", "8", "--store", Some(2)),
+        ("postgres://u:hunter2@h/db", "0", "--pg-pool-size", Some(2)),
+        (
+            "postgres://u:hunter2@127.0.0.1:9/db?sslmode=require",
+            "8",
+            "sslmode=require",
+            Some(1),
+        ),
+        // Port 9 (discard) refuses at once on loopback.
+        (
+            "postgres://u:hunter2@127.0.0.1:9/db",
+            "8",
+            "cannot connect to PostgreSQL at postgres://u:***@127.0.0.1:9/db",
+            Some(1),
+        ),
+    ];
+    for (store, pool, says, code) in cases {
+        let out = within(30, async { serve(store, pool) }).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), code, "{store}: {stderr}");
+        assert!(stderr.contains(says), "{store}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "password printed: {stderr}");
+        assert!(out.stdout.is_empty(), "announced a listener: {store}");
+    }
+}

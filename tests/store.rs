@@ -560,6 +560,16 @@ fn transactions(s: &mut dyn Store) {
 }
 
 fn savepoints(s: &mut dyn Store) {
+    // A savepoint as the transaction's first statement.
+    s.begin().unwrap();
+    s.savepoint().unwrap();
+    s.note_put(&note("x", "1", None, None)).unwrap();
+    s.rollback_to_savepoint();
+    s.commit().unwrap();
+    s.begin().unwrap();
+    assert_eq!(s.note_get("x").unwrap(), None);
+    s.commit().unwrap();
+
     s.begin().unwrap();
     s.note_put(&note("a", "1", None, None)).unwrap();
     s.savepoint().unwrap();
@@ -753,7 +763,12 @@ fn postgres_lost_connection_fails_calls_without_panicking() {
     assert!(s.commit().is_err());
     s.rollback();
     s.rollback_to_savepoint();
-    assert!(s.begin().is_err());
+    s.begin().unwrap(); // deferred to the first statement, which fails
+    assert!(s.note_get("k").is_err());
+    assert!(
+        s.commit().is_ok(),
+        "a transaction that sent nothing has nothing to commit"
+    );
     // The uncommitted write is gone with the connection.
     let n = rt
         .block_on(admin.query("SELECT 1 FROM airlock.notes", &[]))

@@ -42,17 +42,25 @@ fn exe() -> PathBuf {
         .unwrap_or_else(|_| PathBuf::from("airlock"))
 }
 
-/// Environment the service should keep from the installing shell (only what is set).
+/// Environment the service should keep from the installing shell (only what is set). The store
+/// settings may carry a database password: unit files are written readable by their owner only,
+/// and `--print` shows passwords as `***`.
 fn service_env() -> Vec<(String, String)> {
-    ["AIRLOCK_HOME", "AIRLOCK_LISTEN"]
-        .iter()
-        .filter_map(|k| {
-            std::env::var(k)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .map(|v| (k.to_string(), v))
-        })
-        .collect()
+    [
+        "AIRLOCK_HOME",
+        "AIRLOCK_LISTEN",
+        "AIRLOCK_STORE",
+        "AIRLOCK_PG_POOL_SIZE",
+        "PGPASSWORD",
+    ]
+    .iter()
+    .filter_map(|k| {
+        std::env::var(k)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(|v| (k.to_string(), v))
+    })
+    .collect()
 }
 
 fn unit_path() -> PathBuf {
@@ -298,7 +306,7 @@ fn execute(steps: &[Step]) -> Result<(), String> {
                     std::fs::create_dir_all(dir)
                         .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
                 }
-                std::fs::write(p, content)
+                write_private(p, content)
                     .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
                 println!("wrote {}", p.display());
             }
@@ -325,15 +333,54 @@ fn execute(steps: &[Step]) -> Result<(), String> {
     Ok(())
 }
 
+/// Writes `content` readable by its owner only (it may hold a database password).
+fn write_private(p: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(p)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(content.as_bytes())
+}
+
 fn print_plan(steps: &[Step]) {
     for step in steps {
         println!("{}", describe(step));
     }
     for step in steps {
         if let Step::Write(p, content) = step {
-            println!("\n--- {} ---\n{content}", p.display());
+            println!("\n--- {} ---\n{}", p.display(), hide_passwords(content));
         }
     }
+}
+
+/// `content` with database passwords (in `AIRLOCK_STORE` URLs and `PGPASSWORD`) as `***`.
+fn hide_passwords(content: &str) -> String {
+    let mut out = String::with_capacity(content.len());
+    for line in content.split_inclusive('\n') {
+        if let Some(at) = line.find("PGPASSWORD=") {
+            let end = line[at..]
+                .find(['"', '<', '\n'])
+                .map_or(line.len(), |e| at + e);
+            out.push_str(&line[..at]);
+            out.push_str("PGPASSWORD=***");
+            out.push_str(&line[end..]);
+        } else if let Some(at) = line.find("postgres") {
+            let end = line[at..]
+                .find(['"', '<', '\n', ' '])
+                .map_or(line.len(), |e| at + e);
+            out.push_str(&line[..at]);
+            out.push_str(&config::redact_url(&line[at..end]));
+            out.push_str(&line[end..]);
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 pub fn install(print: bool) -> i32 {
@@ -412,6 +459,26 @@ mod tests {
             "{u}"
         );
         assert!(u.contains("Environment=AIRLOCK_HOME=/srv/a\n"), "{u}");
+        let secret = systemd_unit(
+            Path::new("/usr/bin/airlock"),
+            &[
+                (
+                    "AIRLOCK_STORE".into(),
+                    "postgres://u:hunter2@db/coord".into(),
+                ),
+                ("PGPASSWORD".into(), "hunter3".into()),
+            ],
+        );
+        assert!(secret.contains("hunter2") && secret.contains("hunter3"));
+        let shown = hide_passwords(&secret);
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("AIRLOCK_STORE=postgres://u:***@db/coord"),
+            "{shown}"
+        );
         assert!(u.contains("Restart=on-failure\n"));
         assert!(u.contains("WantedBy=default.target\n"));
     }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use futures::FutureExt;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
@@ -183,7 +184,7 @@ async fn serve(
 /// Takes calls from the table and starts each, oldest first.
 async fn take_and_start(node: &Arc<Node>, core: &Coordinator, which: calls::Take<'_>) {
     let rows = match pooled(node).await {
-        Ok(c) => calls::take(&**c, which).await,
+        Ok(c) => calls::take(&c, which).await,
         Err(e) => {
             tracing::warn!(error = %e, "could not take forwarded calls");
             return;
@@ -241,6 +242,16 @@ async fn start(node: &Arc<Node>, core: &Coordinator, row: CallRow) {
             }
         }
     };
+    // A panic becomes an error answer, as on the local path, not a caller waiting for ever.
+    let run = std::panic::AssertUnwindSafe(run).catch_unwind().map(|r| {
+        r.unwrap_or_else(|_| {
+            tracing::error!("a forwarded call panicked; answered with an internal error");
+            Ran {
+                outcome: Err(CoreError::Storage("internal error".into())),
+                orphan: None,
+            }
+        })
+    });
     let mut run = Box::pin(run);
     if let Poll::Ready(ran) = futures::poll!(run.as_mut()) {
         tokio::spawn(finish(node.clone(), core.clone(), id, ran));
@@ -268,7 +279,7 @@ async fn finish(node: Arc<Node>, core: Coordinator, id: i64, ran: Ran) {
         .as_ref()
         .and_then(|o| serde_json::to_string(o).ok());
     let written = match pooled(&node).await {
-        Ok(c) => calls::answer(&**c, id, &result, orphan.as_deref())
+        Ok(c) => calls::answer(&c, id, &result, orphan.as_deref())
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -305,7 +316,7 @@ async fn withdraw(node: &Arc<Node>, core: &Coordinator, ids: Option<&[i64]>) {
         Some(ids) => withdraw_rows(node, core, ids).await,
         None => {
             if let Ok(c) = pooled(node).await {
-                if let Ok(rows) = calls::take_unwanted(&**c, None).await {
+                if let Ok(rows) = calls::take_unwanted(&c, None).await {
                     let mut running = node.running.lock().expect("running");
                     for (id, _, orphan) in rows {
                         if let Some(cancel) = running.remove(&id) {
@@ -322,7 +333,7 @@ async fn withdraw(node: &Arc<Node>, core: &Coordinator, ids: Option<&[i64]>) {
 /// Deletes the rows of calls whose callers are gone, releasing the grants they carried.
 async fn withdraw_rows(node: &Node, core: &Coordinator, ids: &[i64]) {
     if let Ok(c) = pooled(node).await {
-        match calls::take_unwanted(&**c, Some(ids)).await {
+        match calls::take_unwanted(&c, Some(ids)).await {
             Ok(rows) => {
                 for (_, _, orphan) in rows {
                     release(core, orphan.as_deref());
@@ -342,9 +353,9 @@ fn release(core: &Coordinator, orphan: Option<&str>) {
 /// The safety net: withdrawn calls whose notification was lost, and daemons that are gone.
 async fn sweep(node: &Arc<Node>, core: &Coordinator) {
     if let Ok(c) = pooled(node).await {
-        if let Ok(daemons) = calls::daemons(&**c, &node.id).await {
+        if let Ok(daemons) = calls::daemons(&c, &node.id).await {
             for d in daemons {
-                if let Ok(true) = calls::is_gone(&**c, &d).await {
+                if let Ok(true) = calls::is_gone(&c, &d).await {
                     tracing::info!(daemon = %d, "a daemon is gone: withdrawing its calls");
                     let _ = calls::abandon_all_of(&**c, &d).await;
                 }

@@ -14,6 +14,11 @@ use crate::core::{
 };
 use crate::store::calls;
 
+/// The longest a forwarded call waits for its answer: the longest wait a call may ask for, plus
+/// time for a coordinator change.
+const ANSWER_LIMIT: std::time::Duration =
+    std::time::Duration::from_secs(MAX_WAIT_SECONDS as u64 + 60);
+
 /// The internal tool behind `GET /status` on a daemon that does not coordinate.
 pub const STATUS_TOOL: &str = "__status";
 
@@ -60,7 +65,7 @@ impl Drop for Pending {
         tokio::spawn(async move {
             match pooled(&node).await {
                 Ok(c) => {
-                    if let Err(e) = calls::abandon(&**c, &[id]).await {
+                    if let Err(e) = calls::abandon(&c, &[id]).await {
                         tracing::warn!(error = %e, call = id, "could not cancel a forwarded call");
                     }
                 }
@@ -93,7 +98,7 @@ impl Node {
         let args = Value::Object(arguments.clone()).to_string();
         let id = {
             let c = pooled(self).await?;
-            calls::insert(&**c, &self.id, tool, &args)
+            calls::insert(&c, &self.id, tool, &args)
                 .await
                 .map_err(|e| db_error("could not hand the call to the coordinating daemon", e))?
         };
@@ -112,27 +117,39 @@ impl Node {
             rx: Some(rx),
         };
         let rx = pending.rx.as_mut().expect("just set");
-        let answer = match progress {
-            None => rx.await,
-            Some(report) => {
-                let window = arguments
-                    .get("wait_seconds")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0)
-                    .clamp(0, MAX_WAIT_SECONDS) as u64;
-                let started = tokio::time::Instant::now();
-                let mut ticker = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
-                loop {
-                    tokio::select! {
-                        r = &mut *rx => break r,
-                        _ = ticker.tick() => report(WaitReport {
-                            waited_seconds: started.elapsed().as_secs(),
-                            window_seconds: window,
-                            progress: None,
-                        }),
+        let waited = async {
+            match progress {
+                None => rx.await,
+                Some(report) => {
+                    let window = arguments
+                        .get("wait_seconds")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0)
+                        .clamp(0, MAX_WAIT_SECONDS) as u64;
+                    let started = tokio::time::Instant::now();
+                    let mut ticker =
+                        tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
+                    loop {
+                        tokio::select! {
+                            r = &mut *rx => break r,
+                            _ = ticker.tick() => report(WaitReport {
+                                waited_seconds: started.elapsed().as_secs(),
+                                window_seconds: window,
+                                progress: None,
+                            }),
+                        }
                     }
                 }
             }
+        };
+        // The last resort against a coordinator that never answers: no call waits longer than
+        // the longest wait plus a coordinator change. `pending` withdraws the call.
+        let Ok(answer) = tokio::time::timeout(ANSWER_LIMIT, waited).await else {
+            return Err(CoreError::Storage(format!(
+                "the coordinating daemon did not answer within {} s; the call may or may not \
+                 have taken effect",
+                ANSWER_LIMIT.as_secs()
+            )));
         };
         pending.rx = None;
         let _ = self.forget_tx.send(id);
@@ -172,7 +189,7 @@ pub(super) async fn fetch_answers(node: Arc<Node>, mut ids: mpsc::UnboundedRecei
             continue;
         }
         match pooled(&node).await {
-            Ok(c) => match calls::answers(&**c, &known).await {
+            Ok(c) => match calls::answers(&c, &known).await {
                 Ok(rows) => deliver(&node, rows).await,
                 // The safety net fetches them again.
                 Err(e) => tracing::warn!(error = %e, "could not read answers"),
@@ -190,7 +207,7 @@ pub(super) async fn forget_read(node: Arc<Node>, mut ids: mpsc::UnboundedReceive
             burst.push(id);
         }
         if let Ok(c) = pooled(&node).await {
-            if let Err(e) = calls::forget(&**c, &burst).await {
+            if let Err(e) = calls::forget(&c, &burst).await {
                 tracing::warn!(error = %e, "could not delete answered calls");
             }
         }
@@ -225,12 +242,12 @@ async fn recheck(node: &Node) {
     let Ok(c) = pooled(node).await else {
         return;
     };
-    if let Ok(rows) = calls::answers(&**c, &ids).await {
+    if let Ok(rows) = calls::answers(&c, &ids).await {
         deliver(node, rows).await;
     }
     // A row that vanished belongs to a call the coordinator gave up on (it took this daemon
     // for gone): its caller must not wait for ever.
-    if let Ok(gone) = calls::missing(&**c, &ids).await {
+    if let Ok(gone) = calls::missing(&c, &ids).await {
         fail(
             node,
             &gone,
@@ -330,6 +347,14 @@ pub(super) async fn listen(node: Arc<Node>, mut up: Option<oneshot::Sender<()>>)
 }
 
 async fn setup(node: &Node, client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    // The server notices a daemon that vanished without closing this connection within seconds,
+    // which frees its liveness lock, so the coordinator withdraws its calls.
+    client
+        .batch_execute(
+            "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; \
+             SET tcp_keepalives_count = 3",
+        )
+        .await?;
     // Whatever this daemon sent before it lost its connection has no caller any more.
     calls::abandon_all_of(client, &node.id).await?;
     client
@@ -366,6 +391,30 @@ pub(super) async fn drain(node: &Arc<Node>) {
         return;
     }
     if let Ok(c) = pooled(node).await {
-        let _ = calls::abandon(&**c, &ids).await;
+        let _ = calls::abandon(&c, &ids).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_survive_the_trip_through_the_table() {
+        let cases: Vec<CoreResult<Value>> = vec![
+            Ok(json!({"locked": true, "lock_token": "lk_1", "fence": 3})),
+            Ok(json!([{"name": "x"}])),
+            Err(CoreError::invalid(
+                "ttl_seconds",
+                "must be between 1 and 2592000 seconds",
+            )),
+            Err(CoreError::Storage("disk full".into())),
+            Err(CoreError::ShuttingDown),
+        ];
+        for case in cases {
+            assert_eq!(decode(&encode(&case)), case);
+        }
+        assert!(matches!(decode("not json"), Err(CoreError::Storage(_))));
+        assert!(matches!(decode("{}"), Err(CoreError::Storage(_))));
     }
 }

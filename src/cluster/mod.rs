@@ -134,6 +134,19 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
     let mut pg: tokio_postgres::Config = url
         .parse()
         .with_context(|| format!("--store {shown} is not a PostgreSQL URL airlock can read"))?;
+    if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        anyhow::bail!(
+            "--store {shown} asks for TLS (sslmode=require), which this build of airlock does not \
+             speak to PostgreSQL; reach the server over a private network or a tunnel (ssh -L) and \
+             drop sslmode=require"
+        );
+    }
+    // A password in the URL shows in `ps` when given as --store; PGPASSWORD keeps it out.
+    if pg.get_password().is_none() {
+        if let Some(password) = std::env::var_os("PGPASSWORD").filter(|p| !p.is_empty()) {
+            pg.password(password.into_encoded_bytes());
+        }
+    }
     let id = hex::encode(rand::random::<[u8; 8]>());
     pg.application_name(format!("airlock {id}"));
     if pg.get_connect_timeout().is_none() {

@@ -32,7 +32,7 @@ pub const DEFAULT_EVENT_WAIT_SECONDS: i64 = 25;
 /// (De)serializable so a daemon that forwards a call to the coordinating daemon gets the same
 /// error back.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum CoreError {
     /// The caller's input broke a rule; nothing changed. The message names the field and rule.
     #[error("{field}: {rule}")]
@@ -87,8 +87,15 @@ pub fn check_author(field: &str, value: &Option<String>) -> CoreResult<()> {
     }
 }
 
-/// Checks a value or payload: at most [`MAX_VALUE_BYTES`].
+/// Checks a value or payload: at most [`MAX_VALUE_BYTES`], and no NUL character (U+0000):
+/// PostgreSQL's `TEXT` cannot hold it, and a value must mean the same on either backend.
 pub fn check_value(field: &str, value: &str) -> CoreResult<()> {
+    if value.contains('\0') {
+        return Err(CoreError::invalid(
+            field,
+            "must not contain the NUL character (U+0000)",
+        ));
+    }
     if value.len() > MAX_VALUE_BYTES {
         return Err(CoreError::invalid(
             field,
@@ -411,6 +418,8 @@ mod tests {
         assert!(check_name("name", "ok").is_ok());
         assert!(check_name("name", "").is_err());
         assert!(check_name("name", "a\0b").is_err());
+        assert!(check_value("value", "a\0b").is_err());
+        assert!(check_value("value", "a\tb\nc").is_ok());
         assert!(check_name("name", "a\nb").is_err());
         assert!(check_name("name", &"x".repeat(512)).is_ok());
         let e = check_name("name", &"x".repeat(513)).unwrap_err();

@@ -11,7 +11,32 @@
 //! and every effect of a call is committed (fsynced) by the engine's own transaction, which also
 //! makes every earlier row change durable (the write-ahead log is flushed in order).
 
-use tokio_postgres::GenericClient;
+use deadpool_postgres::ClientWrapper as Pooled;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Error, GenericClient, Row};
+
+// Statements on pooled connections are prepared once per connection and cached.
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+async fn q(c: &Pooled, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
+    let st = c.prepare_cached(sql).await?;
+    c.query(&st, params).await
+}
+
+async fn q_one(c: &Pooled, sql: &str, params: Params<'_>) -> Result<Row, Error> {
+    let st = c.prepare_cached(sql).await?;
+    c.query_one(&st, params).await
+}
+
+async fn q_opt(c: &Pooled, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
+    let st = c.prepare_cached(sql).await?;
+    c.query_opt(&st, params).await
+}
+
+async fn q_exec(c: &Pooled, sql: &str, params: Params<'_>) -> Result<u64, Error> {
+    let st = c.prepare_cached(sql).await?;
+    c.execute(&st, params).await
+}
 
 /// The channel the coordinating daemon listens on: `q<id>` = a new call, `c<id>` = a caller
 /// went away.
@@ -44,18 +69,18 @@ pub enum Answered {
 
 /// Queues a call and tells the coordinator; returns its id.
 pub async fn insert(
-    c: &impl GenericClient,
+    c: &Pooled,
     daemon: &str,
     tool: &str,
     args: &str,
 ) -> Result<i64, tokio_postgres::Error> {
-    let row = c
-        .query_one(
-            "WITH c AS (INSERT INTO airlock.calls (daemon, tool, args) VALUES ($1, $2, $3) \
+    let row = q_one(
+        c,
+        "WITH c AS (INSERT INTO airlock.calls (daemon, tool, args) VALUES ($1, $2, $3) \
              RETURNING id) SELECT id, pg_notify($4, 'q' || id) FROM c",
-            &[&daemon, &tool, &args, &COORDINATOR_CHANNEL],
-        )
-        .await?;
+        &[&daemon, &tool, &args, &COORDINATOR_CHANNEL],
+    )
+    .await?;
     Ok(row.get(0))
 }
 
@@ -71,21 +96,18 @@ pub enum Take<'a> {
 }
 
 /// Marks calls taken by the coordinator and returns them, oldest first.
-pub async fn take(
-    c: &impl GenericClient,
-    which: Take<'_>,
-) -> Result<Vec<CallRow>, tokio_postgres::Error> {
+pub async fn take(c: &Pooled, which: Take<'_>) -> Result<Vec<CallRow>, tokio_postgres::Error> {
     let rows = match which {
-        Take::Ids(ids) => {
-            c.query(
-                "UPDATE airlock.calls SET state = 'running' WHERE id = ANY($1) AND state = 'queued' \
+        Take::Ids(ids) => q(
+            c,
+            "UPDATE airlock.calls SET state = 'running' WHERE id = ANY($1) AND state = 'queued' \
                  RETURNING id, daemon, tool, args, 'queued'",
-                &[&ids],
-            )
-            .await?
-        }
+            &[&ids],
+        )
+        .await?,
         Take::Queued => {
-            c.query(
+            q(
+                c,
                 "UPDATE airlock.calls SET state = 'running' WHERE state = 'queued' \
                  RETURNING id, daemon, tool, args, 'queued'",
                 &[],
@@ -93,7 +115,8 @@ pub async fn take(
             .await?
         }
         Take::All => {
-            c.query(
+            q(
+                c,
                 "WITH t AS (SELECT id, state AS was FROM airlock.calls \
                  WHERE state IN ('queued', 'running') FOR UPDATE) \
                  UPDATE airlock.calls c SET state = 'running' FROM t WHERE c.id = t.id \
@@ -120,21 +143,21 @@ pub async fn take(
 /// Writes a call's answer (and the grant it carries) and tells the receiving daemon. `None` if
 /// the row is gone (its daemon died and the row was cleaned up).
 pub async fn answer(
-    c: &impl GenericClient,
+    c: &Pooled,
     id: i64,
     result: &str,
     orphan: Option<&str>,
 ) -> Result<Option<Answered>, tokio_postgres::Error> {
-    let row = c
-        .query_opt(
-            "WITH u AS (UPDATE airlock.calls SET result = $2, orphan = $3, \
+    let row = q_opt(
+        c,
+        "WITH u AS (UPDATE airlock.calls SET result = $2, orphan = $3, \
              state = CASE state WHEN 'running' THEN 'done' ELSE 'orphaned' END \
              WHERE id = $1 RETURNING state, daemon) \
              SELECT u.state, CASE WHEN u.state = 'done' \
              THEN pg_notify('airlock_answer_' || u.daemon, $1::text) END FROM u",
-            &[&id, &result, &orphan],
-        )
-        .await?;
+        &[&id, &result, &orphan],
+    )
+    .await?;
     Ok(row.map(|r| {
         if r.get::<_, String>(0) == "done" {
             Answered::Delivered
@@ -145,37 +168,32 @@ pub async fn answer(
 }
 
 /// Answers of `ids` that are written, as `(id, result)`.
-pub async fn answers(
-    c: &impl GenericClient,
-    ids: &[i64],
-) -> Result<Vec<(i64, String)>, tokio_postgres::Error> {
-    let rows = c
-        .query(
-            "SELECT id, result FROM airlock.calls WHERE id = ANY($1) AND state = 'done'",
-            &[&ids],
-        )
-        .await?;
+pub async fn answers(c: &Pooled, ids: &[i64]) -> Result<Vec<(i64, String)>, tokio_postgres::Error> {
+    let rows = q(
+        c,
+        "SELECT id, result FROM airlock.calls WHERE id = ANY($1) AND state = 'done'",
+        &[&ids],
+    )
+    .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Of `ids`, those with no row any more.
-pub async fn missing(
-    c: &impl GenericClient,
-    ids: &[i64],
-) -> Result<Vec<i64>, tokio_postgres::Error> {
-    let rows = c
-        .query(
-            "SELECT i FROM unnest($1::bigint[]) AS i \
+pub async fn missing(c: &Pooled, ids: &[i64]) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let rows = q(
+        c,
+        "SELECT i FROM unnest($1::bigint[]) AS i \
              WHERE NOT EXISTS (SELECT 1 FROM airlock.calls WHERE id = i)",
-            &[&ids],
-        )
-        .await?;
+        &[&ids],
+    )
+    .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Deletes rows whose answers were read.
-pub async fn forget(c: &impl GenericClient, ids: &[i64]) -> Result<(), tokio_postgres::Error> {
-    c.execute(
+pub async fn forget(c: &Pooled, ids: &[i64]) -> Result<(), tokio_postgres::Error> {
+    q_exec(
+        c,
         "DELETE FROM airlock.calls WHERE id = ANY($1) AND state = 'done'",
         &[&ids],
     )
@@ -185,8 +203,9 @@ pub async fn forget(c: &impl GenericClient, ids: &[i64]) -> Result<(), tokio_pos
 
 /// The caller of `ids` went away: cancel what is not answered yet, mark what is as unwanted,
 /// and tell the coordinator.
-pub async fn abandon(c: &impl GenericClient, ids: &[i64]) -> Result<(), tokio_postgres::Error> {
-    c.query(
+pub async fn abandon(c: &Pooled, ids: &[i64]) -> Result<(), tokio_postgres::Error> {
+    q(
+        c,
         "WITH u AS (UPDATE airlock.calls SET state = CASE state \
          WHEN 'done' THEN 'orphaned' WHEN 'orphaned' THEN 'orphaned' ELSE 'cancelled' END \
          WHERE id = ANY($1) RETURNING id) \
@@ -215,12 +234,13 @@ pub async fn abandon_all_of(
 
 /// Rows whose callers went away, with the grant to release, for the coordinator; deleted.
 pub async fn take_unwanted(
-    c: &impl GenericClient,
+    c: &Pooled,
     ids: Option<&[i64]>,
 ) -> Result<Vec<(i64, String, Option<String>)>, tokio_postgres::Error> {
     let rows = match ids {
         Some(ids) => {
-            c.query(
+            q(
+                c,
                 "DELETE FROM airlock.calls WHERE id = ANY($1) \
                  AND state IN ('cancelled', 'orphaned') RETURNING id, state, orphan",
                 &[&ids],
@@ -228,7 +248,8 @@ pub async fn take_unwanted(
             .await?
         }
         None => {
-            c.query(
+            q(
+                c,
                 "DELETE FROM airlock.calls WHERE state IN ('cancelled', 'orphaned') \
                  RETURNING id, state, orphan",
                 &[],
@@ -243,16 +264,13 @@ pub async fn take_unwanted(
 }
 
 /// Daemons other than `me` with rows in the table.
-pub async fn daemons(
-    c: &impl GenericClient,
-    me: &str,
-) -> Result<Vec<String>, tokio_postgres::Error> {
-    let rows = c
-        .query(
-            "SELECT DISTINCT daemon FROM airlock.calls WHERE daemon <> $1",
-            &[&me],
-        )
-        .await?;
+pub async fn daemons(c: &Pooled, me: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = q(
+        c,
+        "SELECT DISTINCT daemon FROM airlock.calls WHERE daemon <> $1",
+        &[&me],
+    )
+    .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
@@ -271,16 +289,17 @@ pub async fn hold_liveness(c: &impl GenericClient, me: &str) -> Result<(), tokio
 }
 
 /// Whether `daemon`'s listening connection is gone (its liveness lock is free).
-pub async fn is_gone(c: &impl GenericClient, daemon: &str) -> Result<bool, tokio_postgres::Error> {
-    let row = c
-        .query_one(
-            "SELECT pg_try_advisory_lock($1, hashtext($2))",
-            &[&LIVENESS, &daemon],
-        )
-        .await?;
+pub async fn is_gone(c: &Pooled, daemon: &str) -> Result<bool, tokio_postgres::Error> {
+    let row = q_one(
+        c,
+        "SELECT pg_try_advisory_lock($1, hashtext($2))",
+        &[&LIVENESS, &daemon],
+    )
+    .await?;
     let free: bool = row.get(0);
     if free {
-        c.execute(
+        q_exec(
+            c,
             "SELECT pg_advisory_unlock($1, hashtext($2))",
             &[&LIVENESS, &daemon],
         )

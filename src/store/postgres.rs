@@ -3,8 +3,13 @@
 //!
 //! The engine thread is a plain std thread, so each [`Store`] method runs its query to completion
 //! with `Handle::block_on` on the runtime that drives the connection, bounded by a timeout: a
-//! database that stops answering turns into a storage error, never a stuck engine. Every query is
-//! a statement prepared once in [`PgStore::new`].
+//! database that stops answering turns into a storage error, never a stuck engine (the statement
+//! is then cancelled on the server; a COMMIT that timed out has an unknown outcome, like any
+//! commit whose answer was lost). Every query is a statement prepared once in [`PgStore::new`];
+//! `BEGIN` is sent with a transaction's first statement, in the same round trip.
+//!
+//! The store owns its connection: anything else sent on it would land inside the engine's
+//! transactions.
 //!
 //! The semantics are the SQLite backend's, row for row; `tests/store.rs` runs one table of checks
 //! against both. Two things differ by nature and are handled here:
@@ -395,6 +400,10 @@ pub struct PgStore {
     st: Statements,
     /// Bound on each query; [`QUERY_TIMEOUT`] unless a test shortens it.
     timeout: Duration,
+    /// `begin` was called and BEGIN not yet sent: it goes out with the next statement. A `Cell`
+    /// because `run` takes `&self` (its query borrows the statements); the store is used from
+    /// one thread only.
+    begin_pending: std::cell::Cell<bool>,
 }
 
 impl PgStore {
@@ -426,6 +435,7 @@ impl PgStore {
             rt,
             st,
             timeout: QUERY_TIMEOUT,
+            begin_pending: std::cell::Cell::new(false),
         })
     }
 
@@ -444,6 +454,17 @@ impl PgStore {
             ));
         }
         let timeout = self.timeout;
+        let begin = self.begin_pending.replace(false);
+        let query = async {
+            if !begin {
+                return query.await;
+            }
+            // BEGIN goes out in the same round trip as the transaction's first statement: both
+            // are sent on the first poll, in this order, before either answer is awaited.
+            let (began, answer) = futures::join!(self.client.batch_execute("BEGIN"), query);
+            began?;
+            answer
+        };
         self.rt.block_on(async {
             match tokio::time::timeout(timeout, query).await {
                 Ok(answer) => answer,
@@ -490,15 +511,24 @@ fn describe_duration(d: Duration) -> String {
 
 impl Store for PgStore {
     fn begin(&mut self) -> StoreResult<()> {
-        // READ COMMITTED (the default) suffices: one daemon writes at a time.
-        self.simple("BEGIN")
+        // Deferred to the first statement (see `run`), which saves a round trip per transaction
+        // and makes a transaction without statements free. READ COMMITTED (the default)
+        // suffices: one daemon writes at a time.
+        self.begin_pending.set(true);
+        Ok(())
     }
 
     fn commit(&mut self) -> StoreResult<()> {
+        if self.begin_pending.replace(false) {
+            return Ok(()); // nothing was sent: nothing to commit
+        }
         self.simple("COMMIT")
     }
 
     fn rollback(&mut self) {
+        if self.begin_pending.replace(false) {
+            return;
+        }
         // Never panics: a closed connection is skipped by `run`, and any error is moot (a
         // transaction on a lost connection is rolled back by the server).
         let _ = self.simple("ROLLBACK");

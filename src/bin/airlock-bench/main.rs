@@ -47,6 +47,13 @@ struct Args {
     seconds: f64,
     #[arg(long, default_value_t = 1000)]
     handoffs: usize,
+    /// A PostgreSQL admin URL (a role that may CREATE DATABASE): workload 2 then also measures
+    /// the cross-daemon handoff, two daemons on a throwaway database it creates and drops.
+    #[arg(long, env = "AIRLOCK_BENCH_POSTGRES")]
+    postgres: Option<String>,
+    /// Cross-daemon handoffs each way (and per baseline) with --postgres.
+    #[arg(long, default_value_t = 500)]
+    pg_handoffs: usize,
     #[arg(long, default_value_t = 1000)]
     fanout: usize,
     #[arg(long, default_value_t = 10_000)]
@@ -177,6 +184,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut sizes = Sizes {
         seconds: args.seconds,
         handoffs: args.handoffs,
+        handoffs_pg: args.pg_handoffs,
         fanout: args.fanout,
         waiters: args.waiters,
         agents: args.agents,
@@ -188,6 +196,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sizes = Sizes {
             seconds: 0.2,
             handoffs: 20,
+            handoffs_pg: 20,
             fanout: 20,
             waiters: 50,
             agents: 50,
@@ -238,6 +247,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         metrics: Vec::new(),
         prefix: format!("bench-{stamp}"),
         log: !args.quiet,
+        skipped: Vec::new(),
     };
     let want = |w: u8| args.only.is_empty() || args.only.contains(&w);
     if want(1) {
@@ -245,6 +255,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if want(2) {
         bench.w2().await.context("workload 2")?;
+        let pg = args.postgres.as_deref().filter(|u| !u.trim().is_empty());
+        bench
+            .w2_postgres(pg)
+            .await
+            .context("workload 2, cross-daemon on PostgreSQL")?;
     }
     if want(3) {
         bench.w3().await.context("workload 3")?;
@@ -268,6 +283,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "machine": machine(),
         "sizes": sizes,
         "metrics": bench.metrics,
+        "skipped": bench.skipped,
     });
     if let Some(path) = &args.json_file {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
@@ -285,6 +301,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             m["kernel"].as_str().unwrap_or("")
         );
         print!("{}", table(&bench.metrics));
+        for s in &bench.skipped {
+            println!("skipped: {s}");
+        }
     }
     Ok(())
 }

@@ -183,7 +183,11 @@ impl ServerProc {
             for l in BufReader::new(err).lines().map_while(Result::ok) {
                 // Only what the bench reads, or what explains a failure.
                 let l = strip_ansi(&l);
-                if l.contains("engine stopped") || l.contains("ERROR") || l.contains("WARN") {
+                if l.contains("engine stopped")
+                    || l.contains("coordinat")
+                    || l.contains("ERROR")
+                    || l.contains("WARN")
+                {
                     // Not held across anything that blocks.
                     sink.lock().expect("stderr sink").push(l);
                 }
@@ -211,14 +215,32 @@ impl ServerProc {
     /// Starts the real daemon with a fresh home under `base`; `max_batch` sets
     /// `AIRLOCK_MAX_BATCH` (1 = group commit off).
     pub fn daemon(bin: &Path, base: &Path, max_batch: Option<usize>) -> anyhow::Result<Self> {
+        Self::daemon_on(bin, base, max_batch, None)
+    }
+
+    /// Like [`ServerProc::daemon`], with `--store` (a PostgreSQL URL) when `store` is given;
+    /// SQLite in the fresh home otherwise.
+    pub fn daemon_on(
+        bin: &Path,
+        base: &Path,
+        max_batch: Option<usize>,
+        store: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let home = ScratchDir::new(base, "home")?;
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .env("AIRLOCK_HOME", &home.0)
             .env_remove("AIRLOCK_TOKEN")
             .env_remove("AIRLOCK_LISTEN")
-            .env("RUST_LOG", "warn,airlock::core::engine=info")
+            .env_remove("AIRLOCK_STORE")
+            .env(
+                "RUST_LOG",
+                "warn,airlock::core::engine=info,airlock::cluster=info",
+            )
             .env("NO_COLOR", "1");
+        if let Some(url) = store {
+            cmd.args(["--store", url]);
+        }
         match max_batch {
             Some(n) => cmd.env("AIRLOCK_MAX_BATCH", n.to_string()),
             None => cmd.env_remove("AIRLOCK_MAX_BATCH"),
@@ -233,6 +255,27 @@ impl ServerProc {
         let mut cmd = Command::new(me);
         cmd.arg("floor-server");
         Self::spawn(cmd, None, "floor".into())
+    }
+
+    /// Whether the server has logged a line containing `needle` (only the lines kept: the
+    /// engine's counters, the coordinator role, warnings and errors).
+    pub fn logged(&self, needle: &str) -> bool {
+        self.stderr
+            .lock()
+            .expect("stderr sink")
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    /// The kept log lines that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.stderr
+            .lock()
+            .expect("stderr sink")
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
     }
 
     pub fn rss(&self) -> Option<u64> {

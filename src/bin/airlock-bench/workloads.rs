@@ -13,12 +13,16 @@ use serde_json::json;
 
 use crate::support::*;
 
+mod cross;
+
 /// How big each workload is.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sizes {
     /// Seconds per closed-loop throughput run.
     pub seconds: f64,
     pub handoffs: usize,
+    /// Cross-daemon handoffs on PostgreSQL, each way (and per baseline).
+    pub handoffs_pg: usize,
     pub fanout: usize,
     pub waiters: usize,
     pub agents: usize,
@@ -89,6 +93,8 @@ pub struct Bench {
     /// Prefix for every name, so a run against a live daemon touches nothing else.
     pub prefix: String,
     pub log: bool,
+    /// Parts of workloads that did not run, and why.
+    pub skipped: Vec<String>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -115,6 +121,12 @@ impl Bench {
             ensure!(start.elapsed() < limit, "floor waiters never all parked");
             tokio::time::sleep(every).await;
         }
+    }
+
+    /// Records (and always prints, even with --quiet) that part of a workload did not run.
+    fn skip(&mut self, workload: u8, why: &str) {
+        eprintln!("airlock-bench: {workload}: {why}");
+        self.skipped.push(format!("{workload}: {why}"));
     }
 
     fn dur(&self) -> Duration {
