@@ -758,8 +758,13 @@ async fn bare_airlock_on_a_pipe_is_the_bridge_and_starts_a_daemon() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
     let url = format!("http://127.0.0.1:{}", free_port());
-    // No arguments, stdin a pipe: the bridge. Nothing listens at the URL: it starts a daemon.
-    let child = TokioChildProcess::builder(bridge_command(&url, &home, &[]))
+    // No arguments, stdin a pipe: the bridge. Nothing listens at the URL: it starts a daemon,
+    // on the backend under test (the daemon it starts inherits AIRLOCK_STORE).
+    let mut bridge = bridge_command(&url, &home, &[]);
+    if let Some(store) = common::store_for_home(&home).await {
+        bridge.env("AIRLOCK_STORE", store);
+    }
+    let child = TokioChildProcess::builder(bridge)
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap()

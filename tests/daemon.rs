@@ -8,13 +8,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{airlock_bin, serve_refused, within, Daemon};
+use common::{airlock_bin, serve_refused, serve_refused_sqlite, within, Daemon};
 use serde_json::{json, Value};
 
 /// `airlock serve --listen ADDR` on `home` with extra environment, stdout and stderr piped.
 fn serve_cmd(home: &Path, listen: &str, env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(airlock_bin());
     cmd.args(["serve", "--listen", listen])
+        .args(common::store_args(home))
         .env("AIRLOCK_HOME", home)
         .env_remove("AIRLOCK_TOKEN")
         .env_remove("AIRLOCK_LISTEN")
@@ -179,7 +180,8 @@ async fn state_directory_token_and_database_are_private() {
     // A pre-existing directory that is too open is tightened.
     std::fs::create_dir(&home).unwrap();
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut d = Daemon::start_in(&home).await;
+    // About the SQLite files too, so on SQLite whatever the backend under test.
+    let mut d = Daemon::start_in_sqlite(&home).await;
     d.call("set_note", json!({"key": "k", "value": "v"})).await;
 
     assert_eq!(mode(&home), 0o700, "state directory mode");
@@ -399,7 +401,7 @@ async fn a_garbage_state_db_is_refused_and_left_alone() {
         .collect();
     std::fs::write(home.join("state.db"), &garbage).unwrap();
 
-    let out = serve_refused(&home, "127.0.0.1:0").await;
+    let out = serve_refused_sqlite(&home, "127.0.0.1:0").await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -419,7 +421,7 @@ async fn a_garbage_state_db_is_refused_and_left_alone() {
 async fn a_damaged_database_is_refused_and_left_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
-    let mut d = Daemon::start_in(&home).await;
+    let mut d = Daemon::start_in_sqlite(&home).await;
     // Enough rows to span several pages.
     for i in 0..50 {
         d.call(
@@ -439,7 +441,7 @@ async fn a_damaged_database_is_refused_and_left_alone() {
     }
     std::fs::write(&db, &bytes).unwrap();
 
-    let out = serve_refused(&home, "127.0.0.1:0").await;
+    let out = serve_refused_sqlite(&home, "127.0.0.1:0").await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "served a damaged database");
     assert!(stderr.contains("state.db"), "unclear message: {stderr}");
@@ -460,7 +462,7 @@ async fn a_database_from_a_newer_airlock_is_refused() {
         conn.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 999;")
             .unwrap();
     }
-    let out = serve_refused(&home, "127.0.0.1:0").await;
+    let out = serve_refused_sqlite(&home, "127.0.0.1:0").await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -602,6 +604,7 @@ async fn sigint_stops_cleanly_and_airlock_listen_sets_the_address() {
     let home = tmp.path().join("home");
     let mut cmd = Command::new(airlock_bin());
     cmd.arg("serve")
+        .args(common::store_args(&home))
         .env("AIRLOCK_HOME", &home)
         .env("AIRLOCK_LISTEN", "127.0.0.1:0")
         .env_remove("AIRLOCK_TOKEN")

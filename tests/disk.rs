@@ -1,6 +1,9 @@
 //! Disk faults: an unwritable state directory, a full disk (a small tmpfs where mounting is
 //! permitted, and a file-size limit everywhere), and a corrupt `state.db`. Each gets a clear error,
 //! at start or per call, and nothing acknowledged is lost or corrupted.
+//!
+//! The full disk and the corrupt file are about SQLite's file, so those run on SQLite whatever
+//! backend the suite is testing (`AIRLOCK_TEST_BACKEND`); the state directory exists on both.
 
 mod common;
 
@@ -15,7 +18,15 @@ use serde_json::json;
 
 /// Runs `airlock serve` on `home` expecting it to refuse to start; returns (exit code, stderr).
 async fn refused_start(home: &Path) -> (Option<i32>, String) {
-    let out = common::serve_refused(home, "127.0.0.1:0").await;
+    outcome(common::serve_refused(home, "127.0.0.1:0").await)
+}
+
+/// [`refused_start`] on the SQLite file, whatever the backend under test.
+async fn refused_start_sqlite(home: &Path) -> (Option<i32>, String) {
+    outcome(common::serve_refused_sqlite(home, "127.0.0.1:0").await)
+}
+
+fn outcome(out: std::process::Output) -> (Option<i32>, String) {
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -110,7 +121,7 @@ async fn all_present(d: &Daemon, keys: &[String]) {
 /// After a full disk: the daemon stays up, answers reads, recovers when space returns, and a
 /// crash + restart finds every acknowledged write and a healthy database.
 async fn full_disk_story(home: &Path, make_room: impl FnOnce()) {
-    let mut d = Daemon::start_in(home).await;
+    let mut d = Daemon::start_in_sqlite(home).await;
     d.call("set_note", json!({"key": "before", "value": "kept"}))
         .await;
     let (acked, msg) = fill(&d).await;
@@ -142,7 +153,7 @@ async fn full_disk_story(home: &Path, make_room: impl FnOnce()) {
     }
     assert!(wrote, "writes did not recover once there was room");
     d.kill();
-    let d = Daemon::start_in(home).await;
+    let d = Daemon::start_in_sqlite(home).await;
     all_present(&d, &acked).await;
     assert_eq!(
         d.call("get_note", json!({"key": "after"})).await["value"],
@@ -199,7 +210,7 @@ async fn a_file_size_limit_is_a_per_call_error_without_corruption() {
     all_present(&d, &acked).await;
     // SIGKILL, restart without the limit: everything acknowledged is there, the file is healthy.
     drop(d);
-    let d = Daemon::start_in(&home).await;
+    let d = Daemon::start_in_sqlite(&home).await;
     all_present(&d, &acked).await;
     d.call("set_note", json!({"key": "after", "value": "ok"}))
         .await;
@@ -213,7 +224,7 @@ fn file_bytes(p: &Path) -> Vec<u8> {
 async fn a_corrupt_state_db_refuses_to_start_and_is_left_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
-    let mut d = Daemon::start_in(&home).await;
+    let mut d = Daemon::start_in_sqlite(&home).await;
     for i in 0..50 {
         d.call(
             "set_note",
@@ -231,7 +242,7 @@ async fn a_corrupt_state_db_refuses_to_start_and_is_left_alone() {
         f.write_all(&[0xAB; 8192]).unwrap();
     }
     let damaged = file_bytes(&db);
-    let (code, err) = refused_start(&home).await;
+    let (code, err) = refused_start_sqlite(&home).await;
     assert_ne!(code, Some(0));
     assert!(
         err.contains("cannot open the state database")
@@ -248,7 +259,7 @@ async fn a_corrupt_state_db_refuses_to_start_and_is_left_alone() {
     )
     .unwrap();
     let garbage = file_bytes(&db);
-    let (code, err) = refused_start(&home).await;
+    let (code, err) = refused_start_sqlite(&home).await;
     assert_ne!(code, Some(0));
     assert!(
         err.contains("cannot open the state database") && err.contains("not a database"),

@@ -352,6 +352,7 @@ impl Drop for Proc {
 fn spawn_daemon(home: &Path, listen: &str) -> Result<(Proc, String), String> {
     let mut child = Command::new(common::airlock_bin())
         .args(["serve", "--listen", listen])
+        .args(common::store_args(home))
         .env("AIRLOCK_HOME", home)
         .env_remove("AIRLOCK_TOKEN")
         .env_remove("AIRLOCK_LISTEN")

@@ -1039,17 +1039,35 @@ async fn expired_notes_are_removed_from_disk_and_stay_gone_after_a_restart() {
         d.call("list_notes", json!({})).await,
         json!([{"key": "long", "value": "y"}])
     );
-    // Housekeeping runs at start: the expired row is gone from the file, the live one is not.
-    let conn = rusqlite::Connection::open(home.join("state.db")).unwrap();
-    let count = |key: &str| -> i64 {
-        conn.query_row("SELECT count(*) FROM notes WHERE key = ?1", [key], |r| {
-            r.get(0)
-        })
-        .unwrap()
-    };
-    assert_eq!(count("long"), 1);
-    assert_eq!(count("short"), 0, "the expired note is still on disk");
-    drop(conn);
+    // Housekeeping runs at start: the expired row is gone from the store, the live one is not.
+    let rows = |key: &'static str| stored_note_rows(&home, d.store.as_deref(), key);
+    assert_eq!(rows("long").await, 1);
+    assert_eq!(rows("short").await, 0, "the expired note is still stored");
     drop(d);
     drop(tmp);
+}
+
+/// How many rows the store holds for note `key`, read behind the daemon's back: from
+/// `state.db` on SQLite, from the database at `store` on PostgreSQL.
+async fn stored_note_rows(home: &std::path::Path, store: Option<&str>, key: &str) -> i64 {
+    match store {
+        None => {
+            let conn = rusqlite::Connection::open(home.join("state.db")).unwrap();
+            conn.query_row("SELECT count(*) FROM notes WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        }
+        Some(url) => {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            client
+                .query_one("SELECT count(*) FROM airlock.notes WHERE key = $1", &[&key])
+                .await
+                .unwrap()
+                .get(0)
+        }
+    }
 }

@@ -400,6 +400,7 @@ async fn serve_on(listen: &str) -> Custom {
     let home = tmp.path().join("home");
     let mut child = std::process::Command::new(common::airlock_bin())
         .args(["serve", "--listen", listen])
+        .args(common::store_args(&home))
         .env("AIRLOCK_HOME", &home)
         .env_remove("AIRLOCK_TOKEN")
         .env_remove("AIRLOCK_LISTEN")

@@ -18,3 +18,32 @@ async fn a_lock_round_trip_through_the_real_daemon() {
         .await;
     assert_eq!(released, json!({"released": true}));
 }
+
+/// The harness's way to put several daemons on one PostgreSQL database (`Daemon::start_on`):
+/// what one writes, the other reads.
+#[tokio::test]
+async fn two_daemons_started_on_one_database_share_it() {
+    if common::skip_without_postgres("two_daemons_started_on_one_database_share_it") {
+        return;
+    }
+    let url = common::fresh_database()
+        .await
+        .expect("a server is configured");
+    let a = Daemon::start_on(&url).await;
+    let b = Daemon::start_on(&url).await;
+    assert_ne!(a.home, b.home);
+    a.call("set_note", json!({"key": "k", "value": "from a"}))
+        .await;
+    assert_eq!(
+        b.call("get_note", json!({"key": "k"})).await["value"],
+        json!("from a")
+    );
+    assert_eq!(
+        b.call("increment_counter", json!({"name": "c"})).await,
+        json!({"value": 1})
+    );
+    assert_eq!(
+        a.call("increment_counter", json!({"name": "c"})).await,
+        json!({"value": 2})
+    );
+}

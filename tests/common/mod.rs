@@ -23,6 +23,8 @@ pub struct Daemon {
     _tmp: Option<tempfile::TempDir>,
     pub http: reqwest::Client,
     next_id: std::sync::atomic::AtomicU64,
+    /// The `--store` URL this daemon was given (PostgreSQL), or None for the SQLite file.
+    pub store: Option<String>,
 }
 
 impl Daemon {
@@ -40,12 +42,28 @@ impl Daemon {
         Self::start_with(home, &[]).await
     }
 
-    /// Starts a daemon with extra `serve` arguments.
+    /// Starts a daemon with extra `serve` arguments, on the selected backend (see
+    /// [`backend`]): with PostgreSQL, on the database that belongs to `home`.
     pub async fn start_with(home: &Path, extra: &[&str]) -> Daemon {
+        let store = store_for_home(home).await;
+        Self::spawn_on_store(home, store, extra, &[]).await
+    }
+
+    /// Spawns `airlock serve` on `home` with `--store STORE` when given (the SQLite file
+    /// otherwise), extra arguments and environment.
+    async fn spawn_on_store(
+        home: &Path,
+        store: Option<String>,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Daemon {
         let child = Command::new(airlock_bin())
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(store.iter().flat_map(|url| ["--store", url.as_str()]))
             .args(extra)
             .env("AIRLOCK_HOME", home)
+            .env_remove("AIRLOCK_STORE")
+            .envs(envs.iter().copied())
             .env_remove("AIRLOCK_TOKEN")
             .env_remove("AIRLOCK_LISTEN")
             .env("RUST_LOG", "warn")
@@ -53,7 +71,9 @@ impl Daemon {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn airlock serve");
-        Daemon::adopt(child, home).await
+        let mut d = Daemon::adopt(child, home).await;
+        d.store = store;
+        d
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit status code.
@@ -139,6 +159,12 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
+        // The home goes with the temporary directory, and so does the database that belongs to
+        // it. A home the test owns (or took back with `take_tmp`) keeps its database for a
+        // restart; those are dropped when the test process exits.
+        if self._tmp.is_some() {
+            forget_home_database(&self.home);
+        }
     }
 }
 
@@ -154,18 +180,8 @@ impl Daemon {
     pub async fn start_env(envs: &[(&str, &str)]) -> Daemon {
         let tmp = tempfile::tempdir().expect("tempdir");
         let home = tmp.path().join("home");
-        let child = Command::new(airlock_bin())
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("AIRLOCK_HOME", &home)
-            .env_remove("AIRLOCK_TOKEN")
-            .env_remove("AIRLOCK_LISTEN")
-            .env("RUST_LOG", "warn")
-            .envs(envs.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn airlock serve");
-        let mut d = Daemon::adopt(child, &home).await;
+        let store = store_for_home(&home).await;
+        let mut d = Self::spawn_on_store(&home, store, &[], envs).await;
         d._tmp = Some(tmp);
         d
     }
@@ -231,16 +247,35 @@ impl Daemon {
             _tmp: None,
             http: reqwest::Client::new(),
             next_id: std::sync::atomic::AtomicU64::new(1),
+            store: None,
         }
     }
 }
 
 /// Runs `airlock serve --listen LISTEN` on `home` expecting it to refuse to start, and returns
 /// its output. Bounded: a daemon that starts anyway fails the test instead of hanging it.
+/// On the selected backend, like [`Daemon::start_in`].
 pub async fn serve_refused(home: &Path, listen: &str) -> std::process::Output {
+    let store = store_for_home(home).await;
+    serve_refused_on(home, listen, store).await
+}
+
+/// [`serve_refused`] on the SQLite file whatever the selected backend: for tests about
+/// `state.db` itself.
+pub async fn serve_refused_sqlite(home: &Path, listen: &str) -> std::process::Output {
+    serve_refused_on(home, listen, None).await
+}
+
+async fn serve_refused_on(
+    home: &Path,
+    listen: &str,
+    store: Option<String>,
+) -> std::process::Output {
     let child = Command::new(airlock_bin())
         .args(["serve", "--listen", listen])
+        .args(store.iter().flat_map(|url| ["--store", url.as_str()]))
         .env("AIRLOCK_HOME", home)
+        .env_remove("AIRLOCK_STORE")
         .env_remove("AIRLOCK_TOKEN")
         .env_remove("AIRLOCK_LISTEN")
         .env("RUST_LOG", "warn")
@@ -271,4 +306,246 @@ pub async fn serve_refused(home: &Path, listen: &str) -> std::process::Output {
         "it started and listened: {stdout}"
     );
     out
+}
+
+// ------------------------------------------------------------------ backends
+//
+// The whole suite runs on either store. `AIRLOCK_TEST_BACKEND` picks it: `sqlite` (the default)
+// or `postgres`, which needs `AIRLOCK_TEST_POSTGRES`, the admin URL of a server the tests may
+// create databases on (`postgres://postgres@127.0.0.1:55432/postgres`; `.ci/pg-start` prints
+// one). On PostgreSQL every home gets its own fresh database, reused when a daemon restarts on
+// that home, so tests stay as independent as they are on SQLite.
+
+/// Where the daemons under test keep their state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The backend selected by `AIRLOCK_TEST_BACKEND`. Panics on a misconfigured run: asking for
+/// PostgreSQL without a server must not quietly test SQLite instead.
+pub fn backend() -> Backend {
+    let chosen = std::env::var("AIRLOCK_TEST_BACKEND").unwrap_or_default();
+    match chosen.trim() {
+        "" | "sqlite" => Backend::Sqlite,
+        "postgres" | "postgresql" => {
+            assert!(
+                postgres_admin_url().is_some(),
+                "AIRLOCK_TEST_BACKEND=postgres but AIRLOCK_TEST_POSTGRES is not set: set it to \
+                 the admin URL of a PostgreSQL server (e.g. the one `.ci/pg-start` prints)"
+            );
+            Backend::Postgres
+        }
+        other => panic!("AIRLOCK_TEST_BACKEND must be `sqlite` or `postgres`, got {other:?}"),
+    }
+}
+
+/// `AIRLOCK_TEST_POSTGRES`: the admin URL of the test server, if one is configured.
+pub fn postgres_admin_url() -> Option<String> {
+    std::env::var("AIRLOCK_TEST_POSTGRES")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// For tests that need PostgreSQL whatever the backend: true (after saying so, loudly) when no
+/// server is configured, and the test should return.
+pub fn skip_without_postgres(test: &str) -> bool {
+    if postgres_admin_url().is_some() {
+        return false;
+    }
+    // Straight to the process's stderr, past the test harness's output capture: a skip must
+    // show in a plain `cargo test` run.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {test}: AIRLOCK_TEST_POSTGRES is not set (CI always sets it)"
+    );
+    true
+}
+
+/// `url` with its database name replaced by `database` (the query string is kept).
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[after_scheme..].find('/') {
+        Some(i) => &base[..after_scheme + i],
+        None => base,
+    };
+    format!("{server}/{database}{query}")
+}
+
+/// Databases this test process created, dropped when it exits (or earlier, when their home is
+/// deleted): a long CI run does not pile up thousands of them.
+static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The database each home uses on PostgreSQL, so a restart on the same home finds its state.
+static HOME_DATABASES: std::sync::Mutex<Option<std::collections::HashMap<PathBuf, String>>> =
+    std::sync::Mutex::new(None);
+
+async fn admin_client(admin: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(admin, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to AIRLOCK_TEST_POSTGRES ({admin}): {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// Creates an empty database `airlock_t_<random hex>` on the `AIRLOCK_TEST_POSTGRES` server
+/// and returns its URL; None when no server is configured. Dropped when the test process exits.
+pub async fn fresh_database() -> Option<String> {
+    let admin = postgres_admin_url()?;
+    let name = format!("airlock_t_{:016x}", rand::random::<u64>());
+    let client = admin_client(&admin).await;
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+    remember_created(&name);
+    Some(with_database(&admin, &name))
+}
+
+fn remember_created(name: &str) {
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    CREATED.lock().unwrap().push(name.to_string());
+    AT_EXIT.call_once(|| {
+        extern "C" fn drop_created_databases() {
+            let names = std::mem::take(&mut *CREATED.lock().unwrap_or_else(|e| e.into_inner()));
+            drop_databases(names);
+        }
+        // SAFETY: registers a plain function with no captured state.
+        unsafe {
+            libc::atexit(drop_created_databases);
+        }
+    });
+}
+
+/// Drops the named databases (terminating any session still on them), on a thread of its own
+/// so it can run from `Drop` and at exit. Errors are ignored: this is tidying up.
+fn drop_databases(names: Vec<String>) {
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    if names.is_empty() {
+        return;
+    }
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let Ok((client, connection)) =
+                tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
+            else {
+                return;
+            };
+            tokio::spawn(connection);
+            for name in names {
+                let _ = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            }
+        })
+    })
+    .join();
+}
+
+/// The `--store` URL a daemon on `home` uses: None on SQLite; on PostgreSQL the home's own
+/// database, created on first use.
+pub async fn store_for_home(home: &Path) -> Option<String> {
+    if backend() == Backend::Sqlite {
+        return None;
+    }
+    let known = |home: &Path| {
+        HOME_DATABASES
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|m| m.get(home).cloned())
+    };
+    if let Some(url) = known(home) {
+        return Some(url);
+    }
+    let url = fresh_database().await.expect("checked by backend()");
+    let mut map = HOME_DATABASES.lock().unwrap();
+    Some(
+        map.get_or_insert_with(Default::default)
+            .entry(home.to_path_buf())
+            .or_insert(url)
+            .clone(),
+    )
+}
+
+/// [`store_for_home`] as `serve` arguments (`--store URL`, or none), for tests that spawn
+/// `airlock serve` themselves. Blocking: call it before spawning, from sync or async code.
+pub fn store_args(home: &Path) -> Vec<String> {
+    let home = home.to_path_buf();
+    let store = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(store_for_home(&home))
+    })
+    .join()
+    .expect("store_for_home");
+    match store {
+        Some(url) => vec!["--store".to_string(), url],
+        None => Vec::new(),
+    }
+}
+
+/// Forgets (and drops) the database of a home that is being deleted.
+fn forget_home_database(home: &Path) {
+    let url = HOME_DATABASES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_mut()
+        .and_then(|m| m.remove(home));
+    let Some(url) = url else {
+        return;
+    };
+    let name = url
+        .split('?')
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .unwrap_or_default()
+        .to_string();
+    CREATED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|n| *n != name);
+    drop_databases(vec![name]);
+}
+
+impl Daemon {
+    /// [`Daemon::start`] on the SQLite file whatever the selected backend: for tests about
+    /// `state.db` itself (its permissions, corruption, a full disk, …).
+    pub async fn start_sqlite() -> Daemon {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = tmp.path().join("home");
+        let mut d = Daemon::start_in_sqlite(&home).await;
+        d._tmp = Some(tmp);
+        d
+    }
+
+    /// [`Daemon::start_in`] on the SQLite file whatever the selected backend.
+    pub async fn start_in_sqlite(home: &Path) -> Daemon {
+        Self::spawn_on_store(home, None, &[], &[]).await
+    }
+
+    /// Starts a daemon in a fresh temporary home on `store_url` (`--store`): several daemons on
+    /// one database. The database is the caller's (e.g. from [`fresh_database`]).
+    pub async fn start_on(store_url: &str) -> Daemon {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = tmp.path().join("home");
+        let mut d = Self::spawn_on_store(&home, Some(store_url.to_string()), &[], &[]).await;
+        d._tmp = Some(tmp);
+        d
+    }
 }
