@@ -78,6 +78,12 @@ impl Drop for Pending {
 }
 
 impl Node {
+    /// The calls waiting for their answers.
+    fn waiting_ids(&self) -> Vec<i64> {
+        let w = self.waiting.lock().expect("waiting");
+        w.calls.keys().copied().collect()
+    }
+
     /// Runs `tool` on the coordinating daemon and returns its answer.
     pub(super) async fn forward(
         self: &Arc<Self>,
@@ -228,14 +234,7 @@ pub(super) async fn safety_net(node: Arc<Node>) {
 }
 
 async fn recheck(node: &Node) {
-    let ids: Vec<i64> = node
-        .waiting
-        .lock()
-        .expect("waiting")
-        .calls
-        .keys()
-        .copied()
-        .collect();
+    let ids = node.waiting_ids();
     if ids.is_empty() {
         return;
     }
@@ -317,14 +316,7 @@ pub(super) async fn listen(node: Arc<Node>, mut up: Option<oneshot::Sender<()>>)
                         tracing::warn!(
                             "lost the listening connection to the database; reconnecting"
                         );
-                        let ids: Vec<i64> = node
-                            .waiting
-                            .lock()
-                            .expect("waiting")
-                            .calls
-                            .keys()
-                            .copied()
-                            .collect();
+                        let ids = node.waiting_ids();
                         fail(
                             &node,
                             &ids,

@@ -259,15 +259,23 @@ pub async fn forget(c: &impl Sql, ids: &[i64]) -> Result<(), tokio_postgres::Err
     Ok(())
 }
 
+/// Withdraws the calls `which` selects: unanswered ones are cancelled, answered ones marked
+/// unwanted, and the coordinator is told of each (`$2` is the coordinator's channel).
+fn withdraw_sql(which: &str) -> String {
+    format!(
+        "WITH u AS (UPDATE airlock.calls SET state = CASE state \
+         WHEN 'done' THEN 'orphaned' WHEN 'orphaned' THEN 'orphaned' ELSE 'cancelled' END \
+         WHERE {which} RETURNING id) \
+         SELECT pg_notify($2, 'c' || id) FROM u"
+    )
+}
+
 /// The caller of `ids` went away: cancel what is not answered yet, mark what is as unwanted,
 /// and tell the coordinator.
 pub async fn abandon(c: &impl Sql, ids: &[i64]) -> Result<(), tokio_postgres::Error> {
     q(
         c,
-        "WITH u AS (UPDATE airlock.calls SET state = CASE state \
-         WHEN 'done' THEN 'orphaned' WHEN 'orphaned' THEN 'orphaned' ELSE 'cancelled' END \
-         WHERE id = ANY($1) RETURNING id) \
-         SELECT pg_notify($2, 'c' || id) FROM u",
+        &withdraw_sql("id = ANY($1)"),
         &[&ids, &COORDINATOR_CHANNEL],
     )
     .await?;
@@ -280,10 +288,7 @@ pub async fn abandon_all_of(
     daemon: &str,
 ) -> Result<(), tokio_postgres::Error> {
     c.query(
-        "WITH u AS (UPDATE airlock.calls SET state = CASE state \
-         WHEN 'done' THEN 'orphaned' WHEN 'orphaned' THEN 'orphaned' ELSE 'cancelled' END \
-         WHERE daemon = $1 RETURNING id) \
-         SELECT pg_notify($2, 'c' || id) FROM u",
+        &withdraw_sql("daemon = $1"),
         &[&daemon, &COORDINATOR_CHANNEL],
     )
     .await?;

@@ -390,42 +390,8 @@ impl Bench {
         let (mut from_commit, mut from_send) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for _ in 0..n {
             let waiter = if holder == "a" { "b" } else { "a" };
-            let (r, nm) = (rpc.clone(), name.clone());
-            let h = tokio::spawn(async move {
-                let v = r
-                    .call(
-                        "lock_resource",
-                        json!({"name": nm, "agent_id": waiter, "wait_seconds": 10}),
-                    )
-                    .await;
-                (v, Instant::now())
-            });
-            // Only release once the waiter is parked: list_locks counts it.
-            loop {
-                let locks = rpc.call("list_locks", json!({})).await?;
-                let w = locks
-                    .as_array()
-                    .and_then(|a| a.iter().find(|l| l["name"] == json!(name)))
-                    .map_or(0, |l| l["waiters"].as_u64().unwrap_or(0));
-                if w >= 1 {
-                    break;
-                }
-            }
-            let t0 = Instant::now();
-            let r = rpc
-                .call(
-                    "unlock_resource",
-                    json!({"name": name, "lock_token": token}),
-                )
-                .await?;
-            let t1 = Instant::now();
-            ensure!(r["released"] == json!(true), "unlock_resource: {r}");
-            let (v, t2) = h.await?;
-            let v = v?;
-            token = v["lock_token"]
-                .as_str()
-                .ok_or_else(|| anyhow!("the waiter was not granted: {v}"))?
-                .to_string();
+            let (t0, t1, t2, next) = hand_over(rpc, rpc, rpc, &name, waiter, &token).await?;
+            token = next;
             holder = waiter;
             from_commit.push(signed_us(t2, t1));
             from_send.push(signed_us(t2, t0));
@@ -1070,4 +1036,59 @@ where
         }
     }
     hs
+}
+
+/// One handoff on `name`: `waiter` parks through `waiter_rpc` (and is seen parked through
+/// `watch`), then the holder unlocks through `holder_rpc` with `token`. Returns when the unlock
+/// was sent and answered, when the waiter's grant arrived, and the waiter's token.
+pub(crate) async fn hand_over(
+    holder_rpc: &Rpc,
+    waiter_rpc: &Rpc,
+    watch: &Rpc,
+    name: &str,
+    waiter: &'static str,
+    token: &str,
+) -> anyhow::Result<(Instant, Instant, Instant, String)> {
+    let (r, nm) = (waiter_rpc.clone(), name.to_string());
+    let h = tokio::spawn(async move {
+        let v = r
+            .call(
+                "lock_resource",
+                json!({"name": nm, "agent_id": waiter, "wait_seconds": 10}),
+            )
+            .await;
+        (v, Instant::now())
+    });
+    // Only release once the waiter is parked: list_locks counts it.
+    let polled = Instant::now();
+    loop {
+        let locks = watch.call("list_locks", json!({})).await?;
+        let w = locks
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["name"] == json!(name)))
+            .map_or(0, |l| l["waiters"].as_u64().unwrap_or(0));
+        if w >= 1 {
+            break;
+        }
+        ensure!(
+            polled.elapsed() < Duration::from_secs(10),
+            "the waiter never showed as parked"
+        );
+    }
+    let t0 = Instant::now();
+    let r = holder_rpc
+        .call(
+            "unlock_resource",
+            json!({"name": name, "lock_token": token}),
+        )
+        .await?;
+    let t1 = Instant::now();
+    ensure!(r["released"] == json!(true), "unlock_resource: {r}");
+    let (v, t2) = h.await?;
+    let v = v?;
+    let token = v["lock_token"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the waiter was not granted: {v}"))?
+        .to_string();
+    Ok((t0, t1, t2, token))
 }

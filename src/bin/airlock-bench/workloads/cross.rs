@@ -45,46 +45,9 @@ async fn handoffs(
     for _ in 0..n {
         let (holder_rpc, waiter_rpc) = if holder_is_a { (a, b) } else { (b, a) };
         let waiter = if holder_is_a { "b" } else { "a" };
-        let (r, nm) = (waiter_rpc.clone(), name.to_string());
-        let h = tokio::spawn(async move {
-            let v = r
-                .call(
-                    "lock_resource",
-                    json!({"name": nm, "agent_id": waiter, "wait_seconds": 10}),
-                )
-                .await;
-            (v, Instant::now())
-        });
-        let polled = Instant::now();
-        loop {
-            let locks = watch.call("list_locks", json!({})).await?;
-            let w = locks
-                .as_array()
-                .and_then(|l| l.iter().find(|l| l["name"] == json!(name)))
-                .map_or(0, |l| l["waiters"].as_u64().unwrap_or(0));
-            if w >= 1 {
-                break;
-            }
-            ensure!(
-                polled.elapsed() < Duration::from_secs(10),
-                "the waiter never showed as parked"
-            );
-        }
-        let t0 = Instant::now();
-        let r = holder_rpc
-            .call(
-                "unlock_resource",
-                json!({"name": name, "lock_token": token}),
-            )
-            .await?;
-        let t1 = Instant::now();
-        ensure!(r["released"] == json!(true), "unlock_resource: {r}");
-        let (v, t2) = h.await?;
-        let v = v?;
-        token = v["lock_token"]
-            .as_str()
-            .ok_or_else(|| anyhow!("the waiter was not granted: {v}"))?
-            .to_string();
+        let (t0, t1, t2, next) =
+            super::hand_over(holder_rpc, waiter_rpc, watch, name, waiter, &token).await?;
+        token = next;
         out.push(Handoff {
             from_a: holder_is_a,
             from_answered: signed_us(t2, t1),
