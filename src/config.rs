@@ -57,17 +57,36 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
     };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
+    // The userinfo ends at the last `@` before the query, so a password holding an unencoded
+    // `/` or `@` is still masked whole.
+    let mut out = format!("{scheme}://");
+    match before_query.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            match userinfo.split_once(':') {
+                Some((user, _)) => out.push_str(&format!("{user}:***")),
+                None => out.push_str(userinfo),
+            }
+            out.push('@');
+            out.push_str(host);
+        }
+        None => out.push_str(before_query),
     }
+    if let Some(query) = query {
+        out.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 impl fmt::Debug for StoreSpec {
@@ -275,5 +294,13 @@ mod tests {
         );
         assert_eq!(redact_url("postgresql://u@h/d"), "postgresql://u@h/d");
         assert_eq!(redact_url("postgres://u:p@h"), "postgres://u:***@h");
+        assert_eq!(
+            redact_url("postgres://u:pa/s@s@h:5/db?sslmode=disable&password=x&a=b"),
+            "postgres://u:***@h:5/db?sslmode=disable&password=***&a=b"
+        );
+        assert_eq!(
+            redact_url("postgres://h/db?user=u&PASSWORD=x"),
+            "postgres://h/db?user=u&PASSWORD=***"
+        );
     }
 }
