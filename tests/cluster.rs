@@ -1289,6 +1289,43 @@ async fn a_stopping_coordinator_hands_over_at_once() {
     unlock(&b.d, "x", &held).await;
 }
 
+/// A graceful stop of the coordinator hands a waiter parked through another daemon over to the
+/// next coordinator: it keeps waiting and is granted when the lock frees, instead of getting an
+/// early `locked:false` at the stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_coordinator_hands_its_forwarded_waiters_over() {
+    let Some(mut c) =
+        Cluster::new("cluster::a_stopping_coordinator_hands_its_forwarded_waiters_over").await
+    else {
+        return;
+    };
+    let mut m = c.start_n(2).await;
+    let b = m.pop().unwrap();
+    let a = m.pop().unwrap();
+    // Held for 4 s by an agent; the waiter parks through the forwarding daemon B, so its call
+    // runs on the coordinator A.
+    lock(&b.d, "x", "h", json!({"ttl_seconds": 4})).await;
+    let held_at = Instant::now();
+    let waiter = spawn_lock(&b.d, "x", "w", json!({"wait_seconds": 30}));
+    until_waiters(&b.d, "x", 1).await;
+
+    let mut stopping = a.take();
+    let exited = tokio::task::spawn_blocking(move || stopping.stop());
+    assert_eq!(within(15, exited).await.unwrap(), Some(0));
+    c.until_coordinator(&b.app, 5).await;
+    let got = within(30, waiter).await.unwrap();
+    assert_eq!(
+        got["locked"],
+        json!(true),
+        "handed over, then granted: {got}"
+    );
+    assert!(
+        held_at.elapsed() >= Duration::from_millis(3_500),
+        "granted before the holder's TTL ran out: {:?}",
+        held_at.elapsed()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The forwarding table: only the coordinator of now answers
 // ---------------------------------------------------------------------------------------------

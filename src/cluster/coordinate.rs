@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use super::forward::{encode, STATUS_TOOL};
-use super::{pooled, Node, RECONNECT_AFTER, SAFETY_NET};
+use super::{pooled, Node, Running, RECONNECT_AFTER, SAFETY_NET};
 use crate::clock::MonotonicClock;
 use crate::core::{Coordinator, CoreError, Orphan};
 use crate::mcp::{run_forwarded, Ran};
@@ -68,12 +68,7 @@ async fn coordinate(node: &Arc<Node>) -> anyhow::Result<()> {
     });
     // So that the server, too, notices a coordinator that vanished without closing its
     // connection, and frees the lock for another daemon within seconds.
-    client
-        .batch_execute(
-            "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; \
-             SET tcp_keepalives_count = 3",
-        )
-        .await?;
+    client.batch_execute(super::SESSION_KEEPALIVES).await?;
     tokio::select! {
         r = calls::become_coordinator(&client) => r?,
         _ = node.stop.cancelled() => return Ok(()),
@@ -107,9 +102,27 @@ async fn coordinate(node: &Arc<Node>) -> anyhow::Result<()> {
 
     let outcome = serve(node, &core, &mut lost).await;
 
-    // Step down: no new local calls reach the engine; parked calls get their timeout answers.
+    // Step down: no new local calls reach the engine.
     *node.engine.write().expect("engine lock") = None;
     listen_for_calls(node, false).await;
+    if node.is_stopping() {
+        // A graceful stop hands forwarded calls that may run again to the successor instead of
+        // answering them early with their timeout answers: stopped unanswered, their rows stay
+        // `running` and the next coordinator re-runs them, in their original order.
+        let handed: Vec<Running> = {
+            let mut running = node.running.lock().expect("running");
+            let ids: Vec<i64> = running
+                .iter()
+                .filter(|(_, r)| r.repeatable)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter().filter_map(|id| running.remove(id)).collect()
+        };
+        for r in handed {
+            let _ = r.cancel.send(());
+        }
+    }
+    // Parked local calls (and forwarded ones not handed over) get their timeout answers.
     core.drain().await;
     let deadline = tokio::time::Instant::now() + HANDOVER;
     while !node.running.lock().expect("running").is_empty()
@@ -234,6 +247,7 @@ async fn start(node: &Arc<Node>, core: &Coordinator, row: CallRow) {
         ));
         return;
     }
+    let repeatable = REPEATABLE.contains(&row.tool.as_str());
     let args: Map<String, Value> = serde_json::from_str(&row.args).unwrap_or_default();
     let run = {
         let core = core.clone();
@@ -268,7 +282,13 @@ async fn start(node: &Arc<Node>, core: &Coordinator, row: CallRow) {
         return;
     }
     let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
-    node.running.lock().expect("running").insert(id, cancel_tx);
+    node.running.lock().expect("running").insert(
+        id,
+        Running {
+            cancel: cancel_tx,
+            repeatable,
+        },
+    );
     let (node, core) = (node.clone(), core.clone());
     tokio::spawn(async move {
         tokio::select! {
@@ -293,33 +313,56 @@ async fn finish(node: Arc<Node>, core: Coordinator, id: i64, ran: Ran) {
         .orphan
         .as_ref()
         .and_then(|o| serde_json::to_string(o).ok());
-    let written = match pooled(&node).await {
-        Ok(c) => calls::answer(
-            &*c,
-            id,
-            &result,
-            orphan.as_deref(),
-            node.engine_pid.load(Ordering::SeqCst),
-        )
-        .await
-        .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+    // One retry: a failed write may have failed only to report (the connection broke after the
+    // commit), so a retry that finds no unanswered row must not give the grant back.
+    let mut retried = false;
+    let written = loop {
+        let r = match pooled(&node).await {
+            Ok(c) => calls::answer(
+                &*c,
+                id,
+                &result,
+                orphan.as_deref(),
+                node.engine_pid.load(Ordering::SeqCst),
+            )
+            .await
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match r {
+            Err(e) if !retried => {
+                tracing::warn!(error = %e, call = id, "could not write an answer; retrying");
+                retried = true;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            r => break r,
+        }
     };
     match written {
         Ok(Some(Answered::Delivered)) => {}
-        // The coordinator of now takes the call over; this engine's grants went with its session.
+        // The coordinator of now takes the call over (its row is still `running`). A grant this
+        // engine committed stays in the tables: re-run, the call finds it (a lock its agent holds
+        // is granted again); if the caller leaves first, it is held until its TTL.
         Ok(Some(Answered::NotCoordinator)) => {}
-        Ok(Some(Answered::Unwanted)) | Ok(None) => {
+        Ok(Some(Answered::Unwanted)) => {
             if let Some(o) = ran.orphan {
                 core.release_orphan(o);
             }
             withdraw_rows(&node, &core, &[id]).await;
         }
-        Err(e) => {
-            tracing::warn!(error = %e, call = id, "could not write a forwarded call's answer");
+        // No unanswered row: its daemon was withdrawn (give the grant back), unless this was the
+        // retry, whose first attempt may have landed and been read.
+        Ok(None) if !retried => {
             if let Some(o) = ran.orphan {
                 core.release_orphan(o);
             }
+            withdraw_rows(&node, &core, &[id]).await;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            // Never give a grant back on a write whose fate is unknown: its caller may hold the
+            // answer. The caller's daemon gives up after its time limit and withdraws the call.
+            tracing::warn!(error = %e, call = id, "could not write a forwarded call's answer");
         }
     }
     node.running.lock().expect("running").remove(&id);
@@ -330,8 +373,8 @@ async fn withdraw(node: &Arc<Node>, core: &Coordinator, ids: Option<&[i64]>) {
     if let Some(ids) = ids {
         let mut running = node.running.lock().expect("running");
         for id in ids {
-            if let Some(cancel) = running.remove(id) {
-                let _ = cancel.send(());
+            if let Some(r) = running.remove(id) {
+                let _ = r.cancel.send(());
             }
         }
     }
@@ -344,8 +387,8 @@ async fn withdraw(node: &Arc<Node>, core: &Coordinator, ids: Option<&[i64]>) {
                 {
                     let mut running = node.running.lock().expect("running");
                     for (id, _, orphan) in rows {
-                        if let Some(cancel) = running.remove(&id) {
-                            let _ = cancel.send(());
+                        if let Some(r) = running.remove(&id) {
+                            let _ = r.cancel.send(());
                         }
                         release(core, orphan.as_deref());
                     }

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::AsyncMessage;
 
-use super::{db_error, pooled, Node, RECONNECT_AFTER, SAFETY_NET};
+use super::{db_error, pooled, Answer, Node, RECONNECT_AFTER, SAFETY_NET};
 use crate::core::{
     CoreError, CoreResult, ProgressFn, WaitReport, MAX_WAIT_SECONDS, PROGRESS_EVERY,
 };
@@ -47,7 +47,7 @@ fn decode(text: &str) -> CoreResult<Value> {
 struct Pending {
     node: Arc<Node>,
     id: i64,
-    rx: Option<oneshot::Receiver<CoreResult<Value>>>,
+    rx: Option<oneshot::Receiver<Answer>>,
 }
 
 impl Drop for Pending {
@@ -62,18 +62,24 @@ impl Drop for Pending {
             .calls
             .remove(&self.id);
         let (node, id) = (self.node.clone(), self.id);
-        tokio::spawn(async move {
-            match pooled(&node).await {
-                Ok(c) => {
-                    if let Err(e) = calls::abandon(&*c, &[id]).await {
-                        tracing::warn!(error = %e, call = id, "could not cancel a forwarded call");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, call = id, "could not cancel a forwarded call")
-                }
-            }
-        });
+        tokio::spawn(async move { withdraw(&node, vec![id]).await });
+    }
+}
+
+/// Withdraws calls whose callers went away; what cannot be withdrawn now (the database is
+/// unreachable) is retried by the safety net.
+async fn withdraw(node: &Node, mut ids: Vec<i64>) {
+    ids.extend(node.to_withdraw.lock().expect("to_withdraw").drain(..));
+    if ids.is_empty() {
+        return;
+    }
+    let done = match pooled(node).await {
+        Ok(c) => calls::abandon(&*c, &ids).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = done {
+        tracing::warn!(error = %e, calls = ids.len(), "could not withdraw forwarded calls; will retry");
+        node.to_withdraw.lock().expect("to_withdraw").extend(ids);
     }
 }
 
@@ -106,7 +112,13 @@ impl Node {
             let c = pooled(self).await?;
             calls::insert(&*c, &self.id, tool, &args)
                 .await
-                .map_err(|e| db_error("could not hand the call to the coordinating daemon", e))?
+                .map_err(|e| {
+                    db_error(
+                        "could not hand the call to the coordinating daemon (if the connection \
+                         broke after sending it, it may still run)",
+                        e,
+                    )
+                })?
         };
         let (tx, rx) = oneshot::channel();
         let announced = {
@@ -157,9 +169,16 @@ impl Node {
                 ANSWER_LIMIT.as_secs()
             )));
         };
-        pending.rx = None;
-        let _ = self.forget_tx.send(id);
-        answer.map_err(|_| CoreError::ShuttingDown)?
+        let Ok(answer) = answer else {
+            return Err(CoreError::ShuttingDown);
+        };
+        if answer.from_row {
+            pending.rx = None;
+            let _ = self.forget_tx.send(id);
+        }
+        // Otherwise `pending` withdraws the row as it goes: an answer written meanwhile, grant and
+        // all, is given back rather than deleted unread.
+        answer.outcome
     }
 }
 
@@ -169,7 +188,10 @@ async fn deliver(node: &Node, answers: Vec<(i64, String)>) {
         let tx = node.waiting.lock().expect("waiting").calls.remove(&id);
         if let Some(tx) = tx {
             // A caller gone by now is seen by its `Pending`, which gives the grant back.
-            let _ = tx.send(decode(&text));
+            let _ = tx.send(Answer {
+                outcome: decode(&text),
+                from_row: true,
+            });
         }
     }
 }
@@ -234,6 +256,7 @@ pub(super) async fn safety_net(node: Arc<Node>) {
 }
 
 async fn recheck(node: &Node) {
+    withdraw(node, Vec::new()).await;
     let ids = node.waiting_ids();
     if ids.is_empty() {
         return;
@@ -261,7 +284,10 @@ fn fail(node: &Node, ids: &[i64], why: &str) {
     let mut w = node.waiting.lock().expect("waiting");
     for id in ids {
         if let Some(tx) = w.calls.remove(id) {
-            let _ = tx.send(Err(CoreError::Storage(why.to_string())));
+            let _ = tx.send(Answer {
+                outcome: Err(CoreError::Storage(why.to_string())),
+                from_row: false,
+            });
         }
     }
 }
@@ -295,7 +321,23 @@ pub(super) async fn listen(node: Arc<Node>, mut up: Option<oneshot::Sender<()>>)
                 });
                 match setup(&node, &client).await {
                     Ok(()) => {
-                        *node.listener.lock().await = Some(client);
+                        {
+                            // Stored and the role re-checked under one lock: `contend` LISTENs
+                            // (or UNLISTENs) under it too, so neither misses the other.
+                            let mut listener = node.listener.lock().await;
+                            if node.is_coordinator() {
+                                if let Err(e) = client
+                                    .batch_execute(&format!(
+                                        "LISTEN {}",
+                                        calls::COORDINATOR_CHANNEL
+                                    ))
+                                    .await
+                                {
+                                    tracing::warn!(error = %e, "could not LISTEN for calls");
+                                }
+                            }
+                            *listener = Some(client);
+                        }
                         node.listening.store(true, Ordering::SeqCst);
                         if let Some(up) = up.take() {
                             let _ = up.send(());
@@ -341,29 +383,22 @@ pub(super) async fn listen(node: Arc<Node>, mut up: Option<oneshot::Sender<()>>)
 async fn setup(node: &Node, client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
     // The server notices a daemon that vanished without closing this connection within seconds,
     // which frees its liveness lock, so the coordinator withdraws its calls.
-    client
-        .batch_execute(
-            "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; \
-             SET tcp_keepalives_count = 3",
-        )
-        .await?;
+    client.batch_execute(super::SESSION_KEEPALIVES).await?;
     // Whatever this daemon sent before it lost its connection has no caller any more.
     calls::abandon_all_of(client, &node.id).await?;
     client
         .batch_execute(&format!("LISTEN \"{}\"", calls::answer_channel(&node.id)))
         .await?;
     calls::hold_liveness(client, &node.id).await?;
-    if node.is_coordinator() {
-        client
-            .batch_execute(&format!("LISTEN {}", calls::COORDINATOR_CHANNEL))
-            .await?;
-    }
     Ok(())
 }
 
 fn route(node: &Node, channel: &str, payload: &str) {
     if channel == calls::COORDINATOR_CHANNEL {
-        let _ = node.to_coordinator.send(payload.to_string());
+        // A LISTEN left over from a term that ended: nobody would read these.
+        if node.is_coordinator() {
+            let _ = node.to_coordinator.send(payload.to_string());
+        }
     } else if let Ok(id) = payload.parse::<i64>() {
         let _ = node.answers_tx.send(id);
     }
@@ -375,7 +410,10 @@ pub(super) async fn drain(node: &Arc<Node>) {
         let mut w = node.waiting.lock().expect("waiting");
         let ids: Vec<i64> = w.calls.keys().copied().collect();
         for (_, tx) in w.calls.drain() {
-            let _ = tx.send(Err(CoreError::ShuttingDown));
+            let _ = tx.send(Answer {
+                outcome: Err(CoreError::ShuttingDown),
+                from_row: false,
+            });
         }
         ids
     };

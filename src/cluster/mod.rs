@@ -41,6 +41,12 @@ pub const SAFETY_NET: Duration = Duration::from_secs(1);
 const STEPPED_DOWN: &str = "the daemon running this call stopped coordinating the shared database \
     (it lost its database session or is stopping); the call may or may not have taken effect: \
     check, then retry";
+/// Server-side settings of a daemon's own sessions (the coordinator's and the listening one), so
+/// the server, too, notices a daemon that vanished without closing them within seconds and frees
+/// the advisory locks they hold.
+const SESSION_KEEPALIVES: &str = "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; \
+     SET tcp_keepalives_count = 3; SET tcp_user_timeout = 11000";
+
 /// How long to wait before reconnecting after the database went away.
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 
@@ -119,6 +125,8 @@ pub struct Node {
     engine_pid: AtomicI32,
     /// Calls sent to the coordinator and not answered yet.
     waiting: Mutex<Waiting>,
+    /// Calls whose callers went away, still to be withdrawn (the database was unreachable).
+    to_withdraw: Mutex<Vec<i64>>,
     /// The listening connection's client, while it is up.
     listener: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
     /// Calls are refused while the listening connection is down.
@@ -135,12 +143,28 @@ pub struct Node {
     /// Ids of answers read, for deletion.
     forget_tx: mpsc::UnboundedSender<i64>,
     /// Forwarded calls this daemon runs as coordinator: id → cancel.
-    running: Mutex<HashMap<i64, oneshot::Sender<()>>>,
+    running: Mutex<HashMap<i64, Running>>,
+}
+
+/// A forwarded call this daemon runs as coordinator.
+struct Running {
+    /// Stops it (dropping it takes it out of any line).
+    cancel: oneshot::Sender<()>,
+    /// Whether a successor may run it again (see `coordinate::REPEATABLE`).
+    repeatable: bool,
+}
+
+/// What a waiting forwarded call is told.
+struct Answer {
+    outcome: CoreResult<Value>,
+    /// Read from its row (which may now be deleted); otherwise made here (the database went
+    /// away, or the daemon is stopping) and the row, with any grant, is still to be withdrawn.
+    from_row: bool,
 }
 
 #[derive(Default)]
 struct Waiting {
-    calls: HashMap<i64, oneshot::Sender<CoreResult<Value>>>,
+    calls: HashMap<i64, oneshot::Sender<Answer>>,
     /// Answers announced before the sender learned its call's id.
     early: HashSet<i64>,
 }
@@ -175,7 +199,10 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
     pg.keepalives(true)
         .keepalives_idle(Duration::from_secs(5))
         .keepalives_interval(Duration::from_secs(2))
-        .keepalives_retries(3);
+        .keepalives_retries(3)
+        // Keepalives never fire while sent data waits for its acknowledgement (a busy peer that
+        // lost power): this bounds that case too.
+        .tcp_user_timeout(Duration::from_secs(11));
 
     let (mut client, conn) = pg
         .connect(tokio_postgres::NoTls)
@@ -190,7 +217,13 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
 
     // Forwarding traffic needs no fsync of its own (see `store::calls`).
     let mut pool_pg = pg.clone();
-    pool_pg.options("-c synchronous_commit=off");
+    // No forwarding statement may hang a call: 30 s, like the engine's own queries. Appended to
+    // whatever `options` the URL gave.
+    let options = match pg.get_options() {
+        Some(given) => format!("{given} -c synchronous_commit=off -c statement_timeout=30s"),
+        None => "-c synchronous_commit=off -c statement_timeout=30s".to_string(),
+    };
+    pool_pg.options(options);
     let manager = deadpool_postgres::Manager::from_config(
         pool_pg,
         tokio_postgres::NoTls,
@@ -216,6 +249,7 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
         engine: RwLock::new(None),
         engine_pid: AtomicI32::new(0),
         waiting: Mutex::new(Waiting::default()),
+        to_withdraw: Mutex::new(Vec::new()),
         listener: tokio::sync::Mutex::new(None),
         listening: AtomicBool::new(false),
         stop: CancellationToken::new(),

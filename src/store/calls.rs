@@ -185,8 +185,8 @@ pub async fn take(
 /// Writes a call's answer (and the grant it carries) and tells the receiving daemon, provided
 /// the coordinator lock is still held by `engine_pid` (the backend of the answering daemon's
 /// engine session): a daemon that lost that session must not answer calls its successor may
-/// already have run again. `None` if the row is gone (its daemon died and the row was cleaned
-/// up).
+/// already have run again. `None` if there is no unanswered row (its daemon died and the row
+/// was cleaned up, or an earlier attempt of this answer landed): an answer is written once.
 pub async fn answer(
     c: &impl Sql,
     id: i64,
@@ -201,7 +201,8 @@ pub async fn answer(
             "WITH mine AS (SELECT {} AS yes), \
              u AS (UPDATE airlock.calls SET result = $2, orphan = $3, \
                state = CASE state WHEN 'running' THEN 'done' ELSE 'orphaned' END \
-               WHERE id = $1 AND (SELECT yes FROM mine) RETURNING state, daemon) \
+               WHERE id = $1 AND state IN ('running', 'cancelled') AND (SELECT yes FROM mine) \
+               RETURNING state, daemon) \
              SELECT (SELECT yes FROM mine), u.state, CASE WHEN u.state = 'done' \
              THEN pg_notify('airlock_answer_' || u.daemon, $1::text) END \
              FROM (SELECT 1) AS one LEFT JOIN u ON true",
@@ -361,24 +362,16 @@ pub async fn hold_liveness(c: &impl GenericClient, me: &str) -> Result<(), tokio
     Ok(())
 }
 
-/// Whether `daemon`'s listening connection is gone (its liveness lock is free).
+/// Whether `daemon`'s listening connection is gone (its liveness lock is free). One autocommit
+/// statement with a transaction-level try-lock: nothing can stay locked on the pooled session.
 pub async fn is_gone(c: &impl Sql, daemon: &str) -> Result<bool, tokio_postgres::Error> {
     let row = q_one(
         c,
-        "SELECT pg_try_advisory_lock($1, hashtext($2))",
+        "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
         &[&LIVENESS, &daemon],
     )
     .await?;
-    let free: bool = row.get(0);
-    if free {
-        q_exec(
-            c,
-            "SELECT pg_advisory_unlock($1, hashtext($2))",
-            &[&LIVENESS, &daemon],
-        )
-        .await?;
-    }
-    Ok(free)
+    Ok(row.get(0))
 }
 
 /// `COORDINATOR_LOCK` as `pg_locks` shows it: `(classid, objid)`, with `objsubid = 1`.
