@@ -55,15 +55,26 @@ impl StoreSpec {
 /// A URL with any password replaced by `***`, for messages and logs.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        // Not a URL (a libpq `key=value` string, say): mask any password= in it.
+        return url
+            .split(' ')
+            .map(mask_password_param)
+            .collect::<Vec<_>>()
+            .join(" ");
     };
-    let (before_query, query) = match rest.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (rest, None),
-    };
+    let before_query = rest.split_once('?').map_or(rest, |(b, _)| b);
+    // A password holding an unencoded `?` splits too early: then the userinfo ends at the last
+    // `@` of the whole URL (which may over-mask, never under-mask).
+    if !before_query.contains('@') && before_query.contains(':') {
+        if let Some(at) = rest.rfind('@') {
+            let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
+            let user = userinfo.split(':').next().unwrap_or_default();
+            return format!("{scheme}://{user}:***@{}", redact_query_only(host));
+        }
+    }
+    let mut out = format!("{scheme}://");
     // The userinfo ends at the last `@` before the query, so a password holding an unencoded
     // `/` or `@` is still masked whole.
-    let mut out = format!("{scheme}://");
     match before_query.rsplit_once('@') {
         Some((userinfo, host)) => {
             match userinfo.split_once(':') {
@@ -75,18 +86,33 @@ pub fn redact_url(url: &str) -> String {
         }
         None => out.push_str(before_query),
     }
-    if let Some(query) = query {
-        out.push('?');
-        let params: Vec<String> = query
-            .split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => kv.to_string(),
-            })
-            .collect();
-        out.push_str(&params.join("&"));
+    if let Some((_, query)) = rest.split_once('?') {
+        out.push_str(&redact_query_only(&format!("?{query}")));
     }
     out
+}
+
+/// `host/db?…` with any `password=` parameter masked.
+fn redact_query_only(s: &str) -> String {
+    match s.split_once('?') {
+        Some((head, query)) => format!(
+            "{head}?{}",
+            query
+                .split('&')
+                .map(mask_password_param)
+                .collect::<Vec<_>>()
+                .join("&")
+        ),
+        None => s.to_string(),
+    }
+}
+
+/// `password=…` (any case) as `password=***`; anything else unchanged.
+fn mask_password_param(kv: &str) -> String {
+    match kv.split_once('=') {
+        Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+        _ => kv.to_string(),
+    }
 }
 
 impl fmt::Debug for StoreSpec {
@@ -301,6 +327,15 @@ mod tests {
         assert_eq!(
             redact_url("postgres://h/db?user=u&PASSWORD=x"),
             "postgres://h/db?user=u&PASSWORD=***"
+        );
+        assert_eq!(
+            redact_url("postgres://u:pa?ss@h/db?password=y"),
+            "postgres://u:***@h/db?password=***"
+        );
+        assert_eq!(redact_url("host=h password=s3cret"), "host=h password=***");
+        assert_eq!(
+            redact_url("postgres://u@[::1]:5432/db"),
+            "postgres://u@[::1]:5432/db"
         );
     }
 }

@@ -72,7 +72,12 @@ pub enum Command {
         require_token: bool,
         /// Where state lives: `sqlite` (the default: state.db in the state directory) or a
         /// PostgreSQL URL (`postgres://user:password@host:5432/dbname`) shared by several daemons.
-        #[arg(long, env = "AIRLOCK_STORE", default_value = "sqlite")]
+        #[arg(
+            long,
+            env = "AIRLOCK_STORE",
+            hide_env_values = true,
+            default_value = "sqlite"
+        )]
         store: String,
         /// Connections in the PostgreSQL pool (besides the two each daemon keeps for itself).
         #[arg(long, env = "AIRLOCK_PG_POOL_SIZE", default_value_t = config::DEFAULT_PG_POOL_SIZE)]

@@ -1,6 +1,5 @@
 //! The coordinating side: win the coordinator lock, run the engine, run forwarded calls.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -16,6 +15,9 @@ use crate::core::{Coordinator, CoreError, Orphan};
 use crate::mcp::{run_forwarded, Ran};
 use crate::store::calls::{self, Answered, CallRow};
 use crate::store::postgres::{db_now_ms, PgStore};
+
+/// How long the coordinator keeps trying to write an answer the database would not take.
+const ANSWER_RETRIES: Duration = Duration::from_secs(15);
 
 /// How long a daemon giving up the coordinator role waits for forwarded calls to write their
 /// answers.
@@ -41,6 +43,15 @@ const REPEATABLE: &[&str] = &[
     "list_tasks",
     STATUS_TOOL,
 ];
+
+/// One coordinator term: its engine, and the database backend of the session holding the
+/// coordinator lock. What a term writes to the forwarding table is fenced by that pid, so a term
+/// that has ended (its session lost) cannot answer for the next.
+#[derive(Clone)]
+struct Term {
+    core: Coordinator,
+    pid: i32,
+}
 
 /// Contends for the coordinator role for as long as the daemon runs.
 pub(super) async fn contend(node: Arc<Node>) {
@@ -68,7 +79,7 @@ async fn coordinate(node: &Arc<Node>) -> anyhow::Result<()> {
     });
     // So that the server, too, notices a coordinator that vanished without closing its
     // connection, and frees the lock for another daemon within seconds.
-    client.batch_execute(super::SESSION_KEEPALIVES).await?;
+    super::keep_alive(&client).await?;
     tokio::select! {
         r = calls::become_coordinator(&client) => r?,
         _ = node.stop.cancelled() => return Ok(()),
@@ -87,7 +98,6 @@ async fn coordinate(node: &Arc<Node>) -> anyhow::Result<()> {
         .query_one("SELECT pg_backend_pid()", &[])
         .await?
         .get(0);
-    node.engine_pid.store(pid, Ordering::SeqCst);
     let store = PgStore::new(client, tokio::runtime::Handle::current()).await?;
     // The engine calls the store synchronously (it reads its deadlines as it starts), so it
     // must start off the runtime's threads.
@@ -100,7 +110,11 @@ async fn coordinate(node: &Arc<Node>) -> anyhow::Result<()> {
     listen_for_calls(node, true).await;
     tracing::info!(daemon = %node.id, "this daemon now coordinates the shared database");
 
-    let outcome = serve(node, &core, &mut lost).await;
+    let term = Term {
+        core: core.clone(),
+        pid,
+    };
+    let outcome = serve(node, &term, &mut lost).await;
 
     // Step down: no new local calls reach the engine.
     *node.engine.write().expect("engine lock") = None;
@@ -130,9 +144,10 @@ async fn coordinate(node: &Arc<Node>) -> anyhow::Result<()> {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The engine stops once every handle to it is gone (a task still finishing keeps its own).
+    drop(term);
     drop(core);
     let _ = tokio::task::spawn_blocking(move || engine.join()).await;
-    node.engine_pid.store(0, Ordering::SeqCst);
     tracing::info!(daemon = %node.id, "stopped coordinating");
     outcome
 }
@@ -155,14 +170,14 @@ async fn listen_for_calls(node: &Node, on: bool) {
 /// Runs forwarded calls until the coordinator connection is lost or the daemon stops.
 async fn serve(
     node: &Arc<Node>,
-    core: &Coordinator,
+    term: &Term,
     lost: &mut oneshot::Receiver<Result<(), tokio_postgres::Error>>,
 ) -> anyhow::Result<()> {
     let mut notes = node.coordinator_rx.lock().await;
     while notes.try_recv().is_ok() {}
     // Calls the previous coordinator left: queued ones are new; running ones it may have run.
-    take_and_start(node, core, calls::Take::All).await;
-    sweep(node, core).await;
+    take_and_start(node, term, calls::Take::All).await;
+    sweep(node, term).await;
     let mut tick = tokio::time::interval(SAFETY_NET);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -190,24 +205,24 @@ async fn serve(
                 }
                 if !new.is_empty() {
                     new.sort_unstable();
-                    take_and_start(node, core, calls::Take::Ids(&new)).await;
+                    take_and_start(node, term, calls::Take::Ids(&new)).await;
                 }
                 if !gone.is_empty() {
-                    withdraw(node, core, Some(&gone)).await;
+                    withdraw(node, term, Some(&gone)).await;
                 }
             }
             _ = tick.tick() => {
-                take_and_start(node, core, calls::Take::Queued).await;
-                sweep(node, core).await;
+                take_and_start(node, term, calls::Take::Queued).await;
+                sweep(node, term).await;
             }
         }
     }
 }
 
 /// Takes calls from the table and starts each, oldest first.
-async fn take_and_start(node: &Arc<Node>, core: &Coordinator, which: calls::Take<'_>) {
+async fn take_and_start(node: &Arc<Node>, term: &Term, which: calls::Take<'_>) {
     let rows = match pooled(node).await {
-        Ok(c) => calls::take(&*c, which, node.engine_pid.load(Ordering::SeqCst)).await,
+        Ok(c) => calls::take(&*c, which, term.pid).await,
         Err(e) => {
             tracing::warn!(error = %e, "could not take forwarded calls");
             return;
@@ -216,7 +231,7 @@ async fn take_and_start(node: &Arc<Node>, core: &Coordinator, which: calls::Take
     match rows {
         Ok(rows) => {
             for row in rows {
-                start(node, core, row).await;
+                start(node, term, row).await;
             }
         }
         Err(e) => tracing::warn!(error = %e, "could not take forwarded calls"),
@@ -225,9 +240,17 @@ async fn take_and_start(node: &Arc<Node>, core: &Coordinator, which: calls::Take
 
 /// Starts one forwarded call. Its first step runs here, so the engine hears calls in the order
 /// they were queued (a lock's line is first come, first served across daemons too).
-async fn start(node: &Arc<Node>, core: &Coordinator, row: CallRow) {
+async fn start(node: &Arc<Node>, term: &Term, row: CallRow) {
     let id = row.id;
-    if node.running.lock().expect("running").contains_key(&id) {
+    // Already running in this term (a stale entry of an earlier term does not count: that task's
+    // answers are fenced off, and this term runs the call again).
+    if node
+        .running
+        .lock()
+        .expect("running")
+        .get(&id)
+        .is_some_and(|r| r.pid == term.pid)
+    {
         return;
     }
     if row.state == "running" && !REPEATABLE.contains(&row.tool.as_str()) {
@@ -238,7 +261,7 @@ async fn start(node: &Arc<Node>, core: &Coordinator, row: CallRow) {
         );
         tokio::spawn(finish(
             node.clone(),
-            core.clone(),
+            term.clone(),
             id,
             Ran {
                 outcome: Err(why),
@@ -250,7 +273,7 @@ async fn start(node: &Arc<Node>, core: &Coordinator, row: CallRow) {
     let repeatable = REPEATABLE.contains(&row.tool.as_str());
     let args: Map<String, Value> = serde_json::from_str(&row.args).unwrap_or_default();
     let run = {
-        let core = core.clone();
+        let core = term.core.clone();
         let tool = row.tool;
         async move {
             if tool == STATUS_TOOL {
@@ -278,7 +301,7 @@ async fn start(node: &Arc<Node>, core: &Coordinator, row: CallRow) {
     });
     let mut run = Box::pin(run);
     if let Poll::Ready(ran) = futures::poll!(run.as_mut()) {
-        tokio::spawn(finish(node.clone(), core.clone(), id, ran));
+        tokio::spawn(finish(node.clone(), term.clone(), id, ran));
         return;
     }
     let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
@@ -287,22 +310,26 @@ async fn start(node: &Arc<Node>, core: &Coordinator, row: CallRow) {
         Running {
             cancel: cancel_tx,
             repeatable,
+            pid: term.pid,
         },
     );
-    let (node, core) = (node.clone(), core.clone());
+    let (node, term) = (node.clone(), term.clone());
     tokio::spawn(async move {
         tokio::select! {
-            ran = run => finish(node.clone(), core, id, ran).await,
-            // The caller went away: dropping `run` takes the call out of any line (and gives
-            // back a grant it was answered with but never read).
-            _ = cancel_rx => withdraw_rows(&node, &core, &[id]).await,
+            // A stop wins over an answer that is ready at the same moment: a graceful hand-over
+            // stops calls just before the engine drains them.
+            biased;
+            // The caller went away (or the call is handed over): dropping `run` takes the call
+            // out of any line (and gives back a grant it was answered with but never read).
+            _ = cancel_rx => withdraw_rows(&node, &term, &[id]).await,
+            ran = run => finish(node.clone(), term.clone(), id, ran).await,
         }
-        node.running.lock().expect("running").remove(&id);
+        unregister(&node, id, term.pid);
     });
 }
 
 /// Writes a call's answer; if its caller is gone, gives back the grant it carried.
-async fn finish(node: Arc<Node>, core: Coordinator, id: i64, ran: Ran) {
+async fn finish(node: Arc<Node>, term: Term, id: i64, ran: Ran) {
     // The caller's own daemon is not shutting down, whatever this one is doing.
     let outcome = match ran.outcome {
         Err(CoreError::ShuttingDown) => Err(CoreError::Storage(super::STEPPED_DOWN.into())),
@@ -313,29 +340,31 @@ async fn finish(node: Arc<Node>, core: Coordinator, id: i64, ran: Ran) {
         .orphan
         .as_ref()
         .and_then(|o| serde_json::to_string(o).ok());
-    // One retry: a failed write may have failed only to report (the connection broke after the
-    // commit), so a retry that finds no unanswered row must not give the grant back.
-    let mut retried = false;
+    // An answer is written at most once (only over a `running` or `cancelled` row), so a failed
+    // write is retried for a while. A write that failed in transit (no answer from the server)
+    // may still have landed and been read: after one, finding no unanswered row must not give
+    // the grant back. A write the server refused, or that never left, did not land.
+    let mut maybe_landed = false;
+    let mut pause = Duration::from_millis(100);
+    let give_up = tokio::time::Instant::now() + ANSWER_RETRIES;
     let written = loop {
-        let r = match pooled(&node).await {
-            Ok(c) => calls::answer(
-                &*c,
-                id,
-                &result,
-                orphan.as_deref(),
-                node.engine_pid.load(Ordering::SeqCst),
-            )
-            .await
-            .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+        let attempt = match pooled(&node).await {
+            Ok(c) => calls::answer(&*c, id, &result, orphan.as_deref(), term.pid)
+                .await
+                .map_err(|e| (e.as_db_error().is_none(), e.to_string())),
+            Err(e) => Err((false, e.to_string())),
         };
-        match r {
-            Err(e) if !retried => {
+        match attempt {
+            Ok(answered) => break Ok(answered),
+            Err((in_transit, e)) => {
+                maybe_landed |= in_transit;
+                if tokio::time::Instant::now() >= give_up {
+                    break Err(e);
+                }
                 tracing::warn!(error = %e, call = id, "could not write an answer; retrying");
-                retried = true;
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
             }
-            r => break r,
         }
     };
     match written {
@@ -346,30 +375,39 @@ async fn finish(node: Arc<Node>, core: Coordinator, id: i64, ran: Ran) {
         Ok(Some(Answered::NotCoordinator)) => {}
         Ok(Some(Answered::Unwanted)) => {
             if let Some(o) = ran.orphan {
-                core.release_orphan(o);
+                term.core.release_orphan(o);
             }
-            withdraw_rows(&node, &core, &[id]).await;
+            withdraw_rows(&node, &term, &[id]).await;
         }
-        // No unanswered row: its daemon was withdrawn (give the grant back), unless this was the
-        // retry, whose first attempt may have landed and been read.
-        Ok(None) if !retried => {
+        // No unanswered row: its daemon was withdrawn (give the grant back), unless an earlier
+        // attempt may have landed and been read.
+        Ok(None) if !maybe_landed => {
             if let Some(o) = ran.orphan {
-                core.release_orphan(o);
+                term.core.release_orphan(o);
             }
-            withdraw_rows(&node, &core, &[id]).await;
+            withdraw_rows(&node, &term, &[id]).await;
         }
         Ok(None) => {}
         Err(e) => {
             // Never give a grant back on a write whose fate is unknown: its caller may hold the
-            // answer. The caller's daemon gives up after its time limit and withdraws the call.
+            // answer. The caller's daemon gives up after its time limit and withdraws the call;
+            // the grant is held until its TTL.
             tracing::warn!(error = %e, call = id, "could not write a forwarded call's answer");
         }
     }
-    node.running.lock().expect("running").remove(&id);
+    unregister(&node, id, term.pid);
+}
+
+/// Forgets running call `id` of the term `pid` (not a later term's run of the same call).
+fn unregister(node: &Node, id: i64, pid: i32) {
+    let mut running = node.running.lock().expect("running");
+    if running.get(&id).is_some_and(|r| r.pid == pid) {
+        running.remove(&id);
+    }
 }
 
 /// Callers of `ids` went away: stop their running calls and clear their rows.
-async fn withdraw(node: &Arc<Node>, core: &Coordinator, ids: Option<&[i64]>) {
+async fn withdraw(node: &Arc<Node>, term: &Term, ids: Option<&[i64]>) {
     if let Some(ids) = ids {
         let mut running = node.running.lock().expect("running");
         for id in ids {
@@ -379,18 +417,16 @@ async fn withdraw(node: &Arc<Node>, core: &Coordinator, ids: Option<&[i64]>) {
         }
     }
     match ids {
-        Some(ids) => withdraw_rows(node, core, ids).await,
+        Some(ids) => withdraw_rows(node, term, ids).await,
         None => {
             if let Ok(c) = pooled(node).await {
-                if let Ok(rows) =
-                    calls::take_unwanted(&*c, None, node.engine_pid.load(Ordering::SeqCst)).await
-                {
+                if let Ok(rows) = calls::take_unwanted(&*c, None, term.pid).await {
                     let mut running = node.running.lock().expect("running");
                     for (id, _, orphan) in rows {
                         if let Some(r) = running.remove(&id) {
                             let _ = r.cancel.send(());
                         }
-                        release(core, orphan.as_deref());
+                        release(&term.core, orphan.as_deref());
                     }
                 }
             }
@@ -399,12 +435,12 @@ async fn withdraw(node: &Arc<Node>, core: &Coordinator, ids: Option<&[i64]>) {
 }
 
 /// Deletes the rows of calls whose callers are gone, releasing the grants they carried.
-async fn withdraw_rows(node: &Node, core: &Coordinator, ids: &[i64]) {
+async fn withdraw_rows(node: &Node, term: &Term, ids: &[i64]) {
     if let Ok(c) = pooled(node).await {
-        match calls::take_unwanted(&*c, Some(ids), node.engine_pid.load(Ordering::SeqCst)).await {
+        match calls::take_unwanted(&*c, Some(ids), term.pid).await {
             Ok(rows) => {
                 for (_, _, orphan) in rows {
-                    release(core, orphan.as_deref());
+                    release(&term.core, orphan.as_deref());
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not clear withdrawn calls"),
@@ -419,18 +455,19 @@ fn release(core: &Coordinator, orphan: Option<&str>) {
 }
 
 /// The safety net: withdrawn calls whose notification was lost, and daemons that are gone.
-async fn sweep(node: &Arc<Node>, core: &Coordinator) {
+async fn sweep(node: &Arc<Node>, term: &Term) {
     if let Ok(c) = pooled(node).await {
         if let Ok(daemons) = calls::daemons(&*c, &node.id).await {
             for d in daemons {
                 if let Ok(true) = calls::is_gone(&*c, &d).await {
                     tracing::info!(daemon = %d, "a daemon is gone: withdrawing its calls");
                     let _ = calls::abandon_all_of(&**c, &d).await;
+                    let _ = calls::forget_all_of(&*c, &d).await;
                 }
             }
         }
     }
-    withdraw(node, core, None).await;
+    withdraw(node, term, None).await;
 }
 
 /// For shutdown: waits until this daemon has stopped coordinating (if it was).

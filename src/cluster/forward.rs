@@ -234,9 +234,21 @@ pub(super) async fn forget_read(node: Arc<Node>, mut ids: mpsc::UnboundedReceive
         while let Ok(id) = ids.try_recv() {
             burst.push(id);
         }
-        if let Ok(c) = pooled(&node).await {
-            if let Err(e) = calls::forget(&*c, &burst).await {
-                tracing::warn!(error = %e, "could not delete answered calls");
+        // Retried until it lands: a `done` row left behind holds a grant its caller has read.
+        loop {
+            let done = match pooled(&node).await {
+                Ok(c) => calls::forget(&*c, &burst).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match done {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not delete answered calls; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(SAFETY_NET) => {}
+                        _ = node.stop.cancelled() => return,
+                    }
+                }
             }
         }
     }
@@ -383,7 +395,7 @@ pub(super) async fn listen(node: Arc<Node>, mut up: Option<oneshot::Sender<()>>)
 async fn setup(node: &Node, client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
     // The server notices a daemon that vanished without closing this connection within seconds,
     // which frees its liveness lock, so the coordinator withdraws its calls.
-    client.batch_execute(super::SESSION_KEEPALIVES).await?;
+    super::keep_alive(client).await?;
     // Whatever this daemon sent before it lost its connection has no caller any more.
     calls::abandon_all_of(client, &node.id).await?;
     client

@@ -25,7 +25,7 @@ mod coordinate;
 mod forward;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI32};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -41,11 +41,22 @@ pub const SAFETY_NET: Duration = Duration::from_secs(1);
 const STEPPED_DOWN: &str = "the daemon running this call stopped coordinating the shared database \
     (it lost its database session or is stopping); the call may or may not have taken effect: \
     check, then retry";
-/// Server-side settings of a daemon's own sessions (the coordinator's and the listening one), so
-/// the server, too, notices a daemon that vanished without closing them within seconds and frees
-/// the advisory locks they hold.
-const SESSION_KEEPALIVES: &str = "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; \
-     SET tcp_keepalives_count = 3; SET tcp_user_timeout = 11000";
+/// Sets a daemon's own sessions (the coordinator's and the listening one) so that the server,
+/// too, notices a daemon that vanished without closing them within seconds, and frees the
+/// advisory locks they hold. `tcp_user_timeout` (which also covers data waiting for its
+/// acknowledgement) needs PostgreSQL 12; older servers go without it.
+async fn keep_alive(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(
+            "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; \
+             SET tcp_keepalives_count = 3",
+        )
+        .await?;
+    if let Err(e) = client.batch_execute("SET tcp_user_timeout = 11000").await {
+        tracing::debug!(error = %e, "the server has no tcp_user_timeout (PostgreSQL < 12)");
+    }
+    Ok(())
+}
 
 /// How long to wait before reconnecting after the database went away.
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
@@ -120,9 +131,6 @@ pub struct Node {
     pool: deadpool_postgres::Pool,
     /// The engine, while this daemon coordinates.
     engine: RwLock<Option<Coordinator>>,
-    /// The database backend of the engine's session while this daemon coordinates (0 when not):
-    /// answers are written only while it holds the coordinator lock.
-    engine_pid: AtomicI32,
     /// Calls sent to the coordinator and not answered yet.
     waiting: Mutex<Waiting>,
     /// Calls whose callers went away, still to be withdrawn (the database was unreachable).
@@ -152,6 +160,8 @@ struct Running {
     cancel: oneshot::Sender<()>,
     /// Whether a successor may run it again (see `coordinate::REPEATABLE`).
     repeatable: bool,
+    /// The coordinator term (engine session's backend pid) running it.
+    pid: i32,
 }
 
 /// What a waiting forwarded call is told.
@@ -247,7 +257,6 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
         pg,
         pool,
         engine: RwLock::new(None),
-        engine_pid: AtomicI32::new(0),
         waiting: Mutex::new(Waiting::default()),
         to_withdraw: Mutex::new(Vec::new()),
         listener: tokio::sync::Mutex::new(None),

@@ -260,37 +260,45 @@ pub async fn forget(c: &impl Sql, ids: &[i64]) -> Result<(), tokio_postgres::Err
     Ok(())
 }
 
-/// Withdraws the calls `which` selects: unanswered ones are cancelled, answered ones marked
-/// unwanted, and the coordinator is told of each (`$2` is the coordinator's channel).
-fn withdraw_sql(which: &str) -> String {
-    format!(
-        "WITH u AS (UPDATE airlock.calls SET state = CASE state \
-         WHEN 'done' THEN 'orphaned' WHEN 'orphaned' THEN 'orphaned' ELSE 'cancelled' END \
-         WHERE {which} RETURNING id) \
-         SELECT pg_notify($2, 'c' || id) FROM u"
-    )
-}
-
 /// The caller of `ids` went away: cancel what is not answered yet, mark what is as unwanted,
 /// and tell the coordinator.
 pub async fn abandon(c: &impl Sql, ids: &[i64]) -> Result<(), tokio_postgres::Error> {
     q(
         c,
-        &withdraw_sql("id = ANY($1)"),
+        "WITH u AS (UPDATE airlock.calls SET state = CASE state \
+         WHEN 'done' THEN 'orphaned' WHEN 'orphaned' THEN 'orphaned' ELSE 'cancelled' END \
+         WHERE id = ANY($1) RETURNING id) \
+         SELECT pg_notify($2, 'c' || id) FROM u",
         &[&ids, &COORDINATOR_CHANNEL],
     )
     .await?;
     Ok(())
 }
 
-/// Every row of `daemon`'s (after it lost its connection, its callers are gone).
+/// Every unanswered call of `daemon`'s (after it lost its connection, its callers are gone):
+/// cancelled, and the coordinator told. Answered rows are left alone: their answers may have been
+/// read, and a grant read is its holder's (the receiving daemon withdraws an unread one itself).
 pub async fn abandon_all_of(
     c: &impl GenericClient,
     daemon: &str,
 ) -> Result<(), tokio_postgres::Error> {
     c.query(
-        &withdraw_sql("daemon = $1"),
+        "WITH u AS (UPDATE airlock.calls SET state = 'cancelled' \
+         WHERE daemon = $1 AND state IN ('queued', 'running') RETURNING id) \
+         SELECT pg_notify($2, 'c' || id) FROM u",
         &[&daemon, &COORDINATOR_CHANNEL],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes the answered rows of a daemon that is gone: nobody will read them. A grant they carry
+/// stays with its agent until its TTL (the agent may have read it before its daemon died).
+pub async fn forget_all_of(c: &impl Sql, daemon: &str) -> Result<(), tokio_postgres::Error> {
+    q_exec(
+        c,
+        "DELETE FROM airlock.calls WHERE daemon = $1 AND state = 'done'",
+        &[&daemon],
     )
     .await?;
     Ok(())
