@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use airlock::store::calls::COORDINATOR_LOCK;
 use airlock::store::postgres::testing::{admin_url_or_skip, TestDb};
-use common::{within, Daemon};
+use common::{fence, token, unlock, within, Daemon};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------------
@@ -275,24 +275,6 @@ fn spawn_lock(
 fn spawn_call(d: &Arc<Daemon>, tool: &'static str, args: Value) -> tokio::task::JoinHandle<Value> {
     let d = d.clone();
     tokio::spawn(async move { d.call(tool, args).await })
-}
-
-fn token(v: &Value) -> String {
-    assert_eq!(v["locked"], json!(true), "expected a grant: {v}");
-    v["lock_token"].as_str().expect("lock_token").to_string()
-}
-
-fn fence(v: &Value) -> i64 {
-    v["fence"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no fence: {v}"))
-}
-
-async fn unlock(d: &Daemon, name: &str, tok: &str) {
-    let r = d
-        .call("unlock_resource", json!({"name": name, "lock_token": tok}))
-        .await;
-    assert_eq!(r, json!({"released": true}), "unlock of {name}");
 }
 
 /// `name`'s row in `list_locks` as seen through `d`.

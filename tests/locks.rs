@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{within, Daemon};
+use common::{fence, token, unlock, within, Daemon};
 use serde_json::{json, Value};
 
 /// How many callers stand in `name`'s line (0 if the lock is not held).
@@ -37,24 +37,6 @@ async fn lock(d: &Daemon, name: &str, agent: &str, extra: Value) -> Value {
         args[k] = v.clone();
     }
     d.call("lock_resource", args).await
-}
-
-fn token(v: &Value) -> String {
-    assert_eq!(v["locked"], json!(true), "expected a grant: {v}");
-    v["lock_token"].as_str().expect("lock_token").to_string()
-}
-
-fn fence(v: &Value) -> i64 {
-    v["fence"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no fence: {v}"))
-}
-
-async fn unlock(d: &Daemon, name: &str, tok: &str) {
-    let r = d
-        .call("unlock_resource", json!({"name": name, "lock_token": tok}))
-        .await;
-    assert_eq!(r, json!({"released": true}));
 }
 
 /// Starts a parked `lock_resource` in the background.

@@ -549,3 +549,24 @@ impl Daemon {
         d
     }
 }
+
+/// The `lock_token` of a `lock_resource` answer that must be a grant.
+pub fn token(v: &Value) -> String {
+    assert_eq!(v["locked"], json!(true), "expected a grant: {v}");
+    v["lock_token"].as_str().expect("lock_token").to_string()
+}
+
+/// The `fence` of a grant.
+pub fn fence(v: &Value) -> i64 {
+    v["fence"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no fence: {v}"))
+}
+
+/// Unlocks `name` with `tok`, which must release it.
+pub async fn unlock(d: &Daemon, name: &str, tok: &str) {
+    let r = d
+        .call("unlock_resource", json!({"name": name, "lock_token": tok}))
+        .await;
+    assert_eq!(r, json!({"released": true}), "unlock of {name}");
+}
