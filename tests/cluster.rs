@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use airlock::store::calls::COORDINATOR_LOCK;
 use airlock::store::postgres::testing::{admin_url_or_skip, TestDb};
-use common::{fence, token, unlock, within, Daemon};
+use common::{fence, lock, spawn_lock, token, unlock, within, Daemon};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------------
@@ -251,25 +251,6 @@ async fn try_call(d: &Daemon, tool: &str, args: Value) -> Result<Value, String> 
         return Err(text.to_string());
     }
     serde_json::from_str(text).map_err(|e| format!("{e}: {text}"))
-}
-
-async fn lock(d: &Daemon, name: &str, agent: &str, extra: Value) -> Value {
-    let mut args = json!({"name": name, "agent_id": agent});
-    for (k, v) in extra.as_object().unwrap() {
-        args[k] = v.clone();
-    }
-    d.call("lock_resource", args).await
-}
-
-fn spawn_lock(
-    d: &Arc<Daemon>,
-    name: &str,
-    agent: &str,
-    extra: Value,
-) -> tokio::task::JoinHandle<Value> {
-    let d = d.clone();
-    let (name, agent) = (name.to_string(), agent.to_string());
-    tokio::spawn(async move { lock(&d, &name, &agent, extra).await })
 }
 
 fn spawn_call(d: &Arc<Daemon>, tool: &'static str, args: Value) -> tokio::task::JoinHandle<Value> {

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{fence, token, unlock, within, Daemon};
+use common::{fence, lock, spawn_lock, token, unlock, within, Daemon};
 use serde_json::{json, Value};
 
 /// How many callers stand in `name`'s line (0 if the lock is not held).
@@ -29,26 +29,6 @@ async fn until_waiters(d: &Daemon, name: &str, n: u64) {
         }
     })
     .await
-}
-
-async fn lock(d: &Daemon, name: &str, agent: &str, extra: Value) -> Value {
-    let mut args = json!({"name": name, "agent_id": agent});
-    for (k, v) in extra.as_object().unwrap() {
-        args[k] = v.clone();
-    }
-    d.call("lock_resource", args).await
-}
-
-/// Starts a parked `lock_resource` in the background.
-fn spawn_lock(
-    d: &Arc<Daemon>,
-    name: &str,
-    agent: &str,
-    extra: Value,
-) -> tokio::task::JoinHandle<Value> {
-    let d = d.clone();
-    let (name, agent) = (name.to_string(), agent.to_string());
-    tokio::spawn(async move { lock(&d, &name, &agent, extra).await })
 }
 
 #[tokio::test]

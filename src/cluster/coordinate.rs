@@ -277,11 +277,8 @@ async fn start(node: &Arc<Node>, term: &Term, row: CallRow) {
         let tool = row.tool;
         async move {
             if tool == STATUS_TOOL {
-                let outcome = core.status().await.and_then(|v| {
-                    serde_json::to_value(v).map_err(|e| CoreError::Storage(e.to_string()))
-                });
                 Ran {
-                    outcome,
+                    outcome: super::status_of(&core).await,
                     orphan: None,
                 }
             } else {

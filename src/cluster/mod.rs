@@ -106,9 +106,7 @@ impl Core {
     /// The `GET /status` snapshot.
     pub async fn status(&self) -> CoreResult<Value> {
         match self.local() {
-            Some(c) => c.status().await.and_then(|v| {
-                serde_json::to_value(v).map_err(|e| CoreError::Storage(e.to_string()))
-            }),
+            Some(c) => status_of(&c).await,
             None => self.forward(forward::STATUS_TOOL, &Map::new(), None).await,
         }
     }
@@ -120,6 +118,13 @@ impl Core {
             Core::Shared(node) => node.drain().await,
         }
     }
+}
+
+/// An engine's `GET /status` snapshot as JSON (what a forwarding daemon receives too).
+async fn status_of(core: &Coordinator) -> CoreResult<Value> {
+    core.status()
+        .await
+        .and_then(|v| serde_json::to_value(v).map_err(|e| CoreError::Storage(e.to_string())))
 }
 
 /// This daemon's place among the daemons sharing one database.

@@ -570,3 +570,24 @@ pub async fn unlock(d: &Daemon, name: &str, tok: &str) {
         .await;
     assert_eq!(r, json!({"released": true}), "unlock of {name}");
 }
+
+/// `lock_resource(name, agent_id)` with the arguments in `extra` added.
+pub async fn lock(d: &Daemon, name: &str, agent: &str, extra: Value) -> Value {
+    let mut args = json!({"name": name, "agent_id": agent});
+    for (k, v) in extra.as_object().unwrap() {
+        args[k] = v.clone();
+    }
+    d.call("lock_resource", args).await
+}
+
+/// Starts a (possibly parked) `lock_resource` in the background.
+pub fn spawn_lock(
+    d: &std::sync::Arc<Daemon>,
+    name: &str,
+    agent: &str,
+    extra: Value,
+) -> tokio::task::JoinHandle<Value> {
+    let d = d.clone();
+    let (name, agent) = (name.to_string(), agent.to_string());
+    tokio::spawn(async move { lock(&d, &name, &agent, extra).await })
+}
