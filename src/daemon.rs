@@ -13,9 +13,10 @@ use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 
 use crate::clock::MonotonicClock;
-use crate::cluster::{self, Core};
+use crate::cluster;
 use crate::config::{self, Token};
 use crate::core::Coordinator;
+use crate::core::CoreApi;
 use crate::http::{self, EdgeConfig};
 use crate::listener::CappedListener;
 use crate::store::sqlite::SqliteStore;
@@ -105,10 +106,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             let (core, engine) =
                 Coordinator::start(Box::new(store), Arc::new(MonotonicClock::new()))
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
-            (Core::Local(core), Some(engine))
+            (Arc::new(core) as Arc<dyn CoreApi>, Some(engine))
         }
         config::StoreSpec::Postgres { url, pool_size } => {
-            (Core::Shared(cluster::join(url, *pool_size).await?), None)
+            let node = cluster::join(url, *pool_size).await?;
+            (Arc::new(cluster::Shared(node)) as Arc<dyn CoreApi>, None)
         }
     };
 

@@ -21,8 +21,8 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-use crate::cluster::Core;
 use crate::config::Token;
+use crate::core::{self as core_api, CoreApi};
 use crate::mcp::AirlockMcp;
 
 /// Largest request body accepted.
@@ -53,7 +53,7 @@ struct EdgeState {
 }
 
 /// The whole HTTP application.
-pub fn app(core: Core, edge: EdgeConfig) -> Router {
+pub fn app(core: Arc<dyn CoreApi>, edge: EdgeConfig) -> Router {
     let direct = AirlockMcp::new(core.clone());
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
@@ -89,9 +89,14 @@ async fn healthz() -> Json<Value> {
 
 /// `GET /status`: every lock (with its waiters), agent, note, event and queue, from one
 /// snapshot of the engine, as JSON. For `airlock status`; agents use the `list_*` tools.
-async fn status(State(core): State<Core>) -> Response {
-    match core.status().await {
-        Ok(view) => Json(view).into_response(),
+async fn status(State(core): State<Arc<dyn CoreApi>>) -> Response {
+    match core.call(core_api::Request::Status, None).await {
+        Ok(core_api::Response::Status(view)) => Json(view).into_response(),
+        Ok(other) => edge_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            -32603,
+            &format!("the engine answered a status request with {:?}", other),
+        ),
         Err(e) => edge_error(StatusCode::SERVICE_UNAVAILABLE, -32603, &e.to_string()),
     }
 }

@@ -1357,7 +1357,7 @@ async fn only_the_session_holding_the_coordinator_lock_can_answer_a_call() {
         .is_empty());
     let again = calls::take(&c.pg, Take::All, second_pid).await.unwrap();
     assert_eq!(again.iter().map(|r| r.id).collect::<Vec<_>>(), vec![id2]);
-    assert_eq!(again[0].state, "running");
+    assert_eq!(again[0].state, calls::CallState::Running);
     let r = calls::answer(&c.pg, id2, r#"{"ok":2}"#, None, second_pid)
         .await
         .unwrap();

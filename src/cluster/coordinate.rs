@@ -5,14 +5,12 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures::FutureExt;
-use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use super::forward::{encode, STATUS_TOOL};
+use super::forward::encode;
 use super::{pooled, Node, Running, RECONNECT_AFTER, SAFETY_NET};
 use crate::clock::MonotonicClock;
-use crate::core::{Coordinator, CoreError, Orphan};
-use crate::mcp::{run_forwarded, Ran};
+use crate::core::{Coordinator, CoreError, CoreResult, Orphan, Request, Response, Tool};
 use crate::store::calls::{self, Answered, CallRow};
 use crate::store::postgres::{db_now_ms, PgStore};
 
@@ -23,26 +21,20 @@ const ANSWER_RETRIES: Duration = Duration::from_secs(15);
 /// answers.
 const HANDOVER: Duration = Duration::from_secs(5);
 
-/// Tools that may safely run again when a new coordinator finds them taken by the previous one
-/// (which may or may not have run them): reads, waits, and calls whose repetition changes
-/// nothing (a lock its agent already holds is granted again with the same token).
-const REPEATABLE: &[&str] = &[
-    "get_note",
-    "list_notes",
-    "list_locks",
-    "lock_resource",
-    "lock_resources",
-    "renew_lock",
-    "register_agent",
-    "list_agents",
-    "wait_for_event",
-    // A claim the old coordinator committed but never answered stays leased to the agent until
-    // its lease ends; the re-run claims the next task (README: "What is not").
-    "claim_next_task",
-    "extend_lease",
-    "list_tasks",
-    STATUS_TOOL,
-];
+/// What a forwarded call produced: its answer, and the grant to release if nobody reads it.
+struct Ran {
+    outcome: CoreResult<Response>,
+    orphan: Option<Orphan>,
+}
+
+impl Ran {
+    fn failed(why: CoreError) -> Ran {
+        Ran {
+            outcome: Err(why),
+            orphan: None,
+        }
+    }
+}
 
 /// One coordinator term: its engine, and the database backend of the session holding the
 /// coordinator lock. What a term writes to the forwarding table is fenced by that pid, so a term
@@ -253,47 +245,47 @@ async fn start(node: &Arc<Node>, term: &Term, row: CallRow) {
     {
         return;
     }
-    if row.state == "running" && !REPEATABLE.contains(&row.tool.as_str()) {
+    // The typed request the forwarding daemon sent. One that does not read (a daemon of another
+    // version?) is answered with why, never run with other arguments.
+    let request = Tool::from_name(&row.tool)
+        .ok_or_else(|| format!("unknown tool {:?}", row.tool))
+        .and_then(|tool| {
+            let args = serde_json::from_str(&row.args).map_err(|e| e.to_string())?;
+            Request::from_arguments(tool, args).map_err(|e| e.to_string())
+        });
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => {
+            let why = CoreError::Storage(format!(
+                "the coordinating daemon could not read this forwarded call ({e}); it did not run"
+            ));
+            tokio::spawn(finish(node.clone(), term.clone(), id, Ran::failed(why)));
+            return;
+        }
+    };
+    let repeatable = request.tool().repeatable_at_takeover();
+    if row.state == calls::CallState::Running && !repeatable {
         let why = CoreError::Storage(
             "the coordinating daemon went away while running this call; it may or may not have \
              taken effect: check, then retry"
                 .into(),
         );
-        tokio::spawn(finish(
-            node.clone(),
-            term.clone(),
-            id,
-            Ran {
-                outcome: Err(why),
-                orphan: None,
-            },
-        ));
+        tokio::spawn(finish(node.clone(), term.clone(), id, Ran::failed(why)));
         return;
     }
-    let repeatable = REPEATABLE.contains(&row.tool.as_str());
-    let args: Map<String, Value> = serde_json::from_str(&row.args).unwrap_or_default();
     let run = {
         let core = term.core.clone();
-        let tool = row.tool;
         async move {
-            if tool == STATUS_TOOL {
-                Ran {
-                    outcome: super::status_of(&core).await,
-                    orphan: None,
-                }
-            } else {
-                run_forwarded(&core, &tool, &args).await
-            }
+            let outcome = core.call(request.clone(), None).await;
+            let orphan = outcome.as_ref().ok().and_then(|r| request.orphan_of(r));
+            Ran { outcome, orphan }
         }
     };
     // A panic becomes an error answer, as on the local path, not a caller waiting for ever.
     let run = std::panic::AssertUnwindSafe(run).catch_unwind().map(|r| {
         r.unwrap_or_else(|_| {
             tracing::error!("a forwarded call panicked; answered with an internal error");
-            Ran {
-                outcome: Err(CoreError::Storage("internal error".into())),
-                orphan: None,
-            }
+            Ran::failed(CoreError::Storage("internal error".into()))
         })
     });
     let mut run = Box::pin(run);

@@ -10,7 +10,8 @@ use tokio_postgres::AsyncMessage;
 
 use super::{db_error, pooled, Answer, Node, RECONNECT_AFTER, SAFETY_NET};
 use crate::core::{
-    CoreError, CoreResult, ProgressFn, WaitReport, MAX_WAIT_SECONDS, PROGRESS_EVERY,
+    CoreError, CoreResult, ProgressFn, Request, Response, WaitReport, MAX_WAIT_SECONDS,
+    PROGRESS_EVERY,
 };
 use crate::store::calls;
 
@@ -19,22 +20,19 @@ use crate::store::calls;
 const ANSWER_LIMIT: std::time::Duration =
     std::time::Duration::from_secs(MAX_WAIT_SECONDS as u64 + 60);
 
-/// The internal tool behind `GET /status` on a daemon that does not coordinate.
-pub const STATUS_TOOL: &str = "__status";
-
-/// How an answer travels in `airlock.calls.result`.
-pub fn encode(outcome: &CoreResult<Value>) -> String {
+/// How an answer travels in `airlock.calls.result`: `{"ok": <Response>}` or `{"err": <CoreError>}`.
+pub fn encode(outcome: &CoreResult<Response>) -> String {
     match outcome {
         Ok(v) => json!({ "ok": v }).to_string(),
         Err(e) => json!({ "err": e }).to_string(),
     }
 }
 
-fn decode(text: &str) -> CoreResult<Value> {
+fn decode(text: &str) -> CoreResult<Response> {
     let bad = || CoreError::Storage("the coordinating daemon sent an unreadable answer".into());
     let mut v: Map<String, Value> = serde_json::from_str(text).map_err(|_| bad())?;
     if let Some(ok) = v.remove("ok") {
-        return Ok(ok);
+        return serde_json::from_value(ok).map_err(|_| bad());
     }
     match v.remove("err") {
         Some(e) => Err(serde_json::from_value(e).map_err(|_| bad())?),
@@ -90,13 +88,12 @@ impl Node {
         w.calls.keys().copied().collect()
     }
 
-    /// Runs `tool` on the coordinating daemon and returns its answer.
+    /// Runs `request` on the coordinating daemon and returns its answer.
     pub(super) async fn forward(
         self: &Arc<Self>,
-        tool: &str,
-        arguments: &Map<String, Value>,
+        request: Request,
         progress: Option<ProgressFn>,
-    ) -> CoreResult<Value> {
+    ) -> CoreResult<Response> {
         if self.is_stopping() {
             return Err(CoreError::ShuttingDown);
         }
@@ -107,10 +104,10 @@ impl Node {
                     .into(),
             ));
         }
-        let args = Value::Object(arguments.clone()).to_string();
+        let args = Value::Object(request.arguments()).to_string();
         let id = {
             let c = pooled(self).await?;
-            calls::insert(&*c, &self.id, tool, &args)
+            calls::insert(&*c, &self.id, request.tool().name(), &args)
                 .await
                 .map_err(|e| {
                     db_error(
@@ -139,11 +136,7 @@ impl Node {
             match progress {
                 None => rx.await,
                 Some(report) => {
-                    let window = arguments
-                        .get("wait_seconds")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(0)
-                        .clamp(0, MAX_WAIT_SECONDS) as u64;
+                    let window = request.wait_window_seconds();
                     let started = tokio::time::Instant::now();
                     let mut ticker =
                         tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
@@ -443,9 +436,16 @@ mod tests {
 
     #[test]
     fn answers_survive_the_trip_through_the_table() {
-        let cases: Vec<CoreResult<Value>> = vec![
-            Ok(json!({"locked": true, "lock_token": "lk_1", "fence": 3})),
-            Ok(json!([{"name": "x"}])),
+        use crate::core::LockOutcome;
+        let cases: Vec<CoreResult<Response>> = vec![
+            Ok(Response::LockResource(LockOutcome::Granted {
+                locked: true,
+                lock_token: "lk_1".into(),
+                expires_in_seconds: 9,
+                fence: 3,
+                fresh: false,
+            })),
+            Ok(Response::ListLocks(vec![])),
             Err(CoreError::invalid(
                 "ttl_seconds",
                 "must be between 1 and 2592000 seconds",

@@ -29,11 +29,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{Coordinator, CoreError, CoreResult, ProgressFn};
+use crate::core::{Coordinator, CoreApi, CoreError, CoreResult, ProgressFn, Request, Response};
 
 /// How often unanswered calls and unclaimed answers are re-read, in case a notification was lost.
 pub const SAFETY_NET: Duration = Duration::from_secs(1);
@@ -61,70 +61,38 @@ async fn keep_alive(client: &tokio_postgres::Client) -> Result<(), tokio_postgre
 /// How long to wait before reconnecting after the database went away.
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 
-/// The core as the request path sees it: this daemon's own engine (SQLite), or a place in a
-/// group of daemons sharing a PostgreSQL database.
+/// The core as the request path sees it on a daemon in a group sharing one PostgreSQL
+/// database: its own engine while it coordinates, the coordinating daemon otherwise.
 #[derive(Clone)]
-pub enum Core {
-    Local(Coordinator),
-    Shared(Arc<Node>),
-}
+pub struct Shared(pub Arc<Node>);
 
-impl Core {
-    /// The engine to run a call on here, if this daemon has one now.
-    pub fn local(&self) -> Option<Coordinator> {
-        match self {
-            Core::Local(c) => Some(c.clone()),
-            Core::Shared(node) => node.coordinator(),
-        }
-    }
-
-    /// Runs a call on the coordinating daemon (only for [`Core::Shared`] without a local engine).
-    pub async fn forward(
+impl CoreApi for Shared {
+    fn call(
         &self,
-        tool: &str,
-        arguments: &Map<String, Value>,
+        request: Request,
         progress: Option<ProgressFn>,
-    ) -> CoreResult<Value> {
-        match self {
-            Core::Local(_) => Err(CoreError::Storage("no coordinator to forward to".into())),
-            Core::Shared(node) => node.forward(tool, arguments, progress).await,
-        }
-    }
-
-    /// A local engine that stopped under a call answers `ShuttingDown`; in a group of daemons
-    /// that happens when this daemon gives up coordinating (its database session was lost) while
-    /// it keeps running, and the caller must not be told the daemon is shutting down.
-    pub fn explain(&self, outcome: CoreResult<Value>) -> CoreResult<Value> {
-        match (self, outcome) {
-            (Core::Shared(node), Err(CoreError::ShuttingDown)) if !node.is_stopping() => {
-                Err(CoreError::Storage(STEPPED_DOWN.into()))
+    ) -> BoxFuture<'_, CoreResult<Response>> {
+        Box::pin(async move {
+            match self.0.coordinator() {
+                // A local engine that stopped under a call answers `ShuttingDown`; here that
+                // happens when this daemon gives up coordinating (its database session was
+                // lost) while it keeps running, and the caller must not be told the daemon is
+                // shutting down.
+                Some(c) => match c.call(request, progress).await {
+                    Err(CoreError::ShuttingDown) if !self.0.is_stopping() => {
+                        Err(CoreError::Storage(STEPPED_DOWN.into()))
+                    }
+                    outcome => outcome,
+                },
+                // Another daemon coordinates the shared database: it runs the call.
+                None => self.0.forward(request, progress).await,
             }
-            (_, outcome) => outcome,
-        }
+        })
     }
 
-    /// The `GET /status` snapshot.
-    pub async fn status(&self) -> CoreResult<Value> {
-        match self.local() {
-            Some(c) => status_of(&c).await,
-            None => self.forward(forward::STATUS_TOOL, &Map::new(), None).await,
-        }
+    fn drain(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.0.drain())
     }
-
-    /// Answers every parked call and stops taking work: for shutdown.
-    pub async fn drain(&self) {
-        match self {
-            Core::Local(c) => c.drain().await,
-            Core::Shared(node) => node.drain().await,
-        }
-    }
-}
-
-/// An engine's `GET /status` snapshot as JSON (what a forwarding daemon receives too).
-async fn status_of(core: &Coordinator) -> CoreResult<Value> {
-    core.status()
-        .await
-        .and_then(|v| serde_json::to_value(v).map_err(|e| CoreError::Storage(e.to_string())))
 }
 
 /// This daemon's place among the daemons sharing one database.
@@ -163,7 +131,7 @@ pub struct Node {
 struct Running {
     /// Stops it (dropping it takes it out of any line).
     cancel: oneshot::Sender<()>,
-    /// Whether a successor may run it again (see `coordinate::REPEATABLE`).
+    /// Whether a successor may run it again ([`crate::core::Tool::repeatable_at_takeover`]).
     repeatable: bool,
     /// The coordinator term (engine session's backend pid) running it.
     pid: i32,
@@ -171,7 +139,7 @@ struct Running {
 
 /// What a waiting forwarded call is told.
 struct Answer {
-    outcome: CoreResult<Value>,
+    outcome: CoreResult<Response>,
     /// Read from its row (which may now be deleted); otherwise made here (the database went
     /// away, or the daemon is stopping) and the row, with any grant, is still to be withdrawn.
     from_row: bool,

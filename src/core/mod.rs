@@ -7,6 +7,7 @@
 //! arrives only after the change is committed to disk.
 
 pub mod engine;
+pub mod request;
 pub mod types;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +22,24 @@ use crate::store::Store;
 pub use engine::Orphan;
 pub use engine::WaitProgress;
 use engine::{Command, Engine, Op, Reply};
+pub use request::{Request, Response, Tool};
 pub use types::*;
+
+/// What the request path (MCP, `GET /status`) calls: this daemon's own engine ([`Coordinator`]),
+/// or, with several daemons on one database, whichever daemon coordinates it (`cluster`). The
+/// MCP layer knows only this trait.
+pub trait CoreApi: Send + Sync + 'static {
+    /// Runs one request. Dropping the future before it finishes takes a parked call out of its
+    /// line (and gives back a grant it was answered with but never read).
+    fn call(
+        &self,
+        request: Request,
+        progress: Option<ProgressFn>,
+    ) -> futures::future::BoxFuture<'_, CoreResult<Response>>;
+
+    /// Answers every parked call and stops taking work: for shutdown.
+    fn drain(&self) -> futures::future::BoxFuture<'_, ()>;
+}
 
 /// A callback told, every [`PROGRESS_EVERY`], how a parked call is doing.
 pub type ProgressFn = Arc<dyn Fn(WaitReport) + Send + Sync>;
@@ -154,7 +172,7 @@ impl Coordinator {
         }
     }
 
-    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> CoreResult<T> {
+    async fn send<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> CoreResult<T> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Op(make(reply)))
@@ -192,7 +210,7 @@ impl Coordinator {
                     tokio::select! {
                         r = &mut *rx => break r,
                         _ = ticker.tick() => {
-                            let status = self.call(|reply| Op::WaitStatus { call, reply }).await.ok().flatten();
+                            let status = self.send(|reply| Op::WaitStatus { call, reply }).await.ok().flatten();
                             report(WaitReport {
                                 waited_seconds: started.elapsed().as_secs(),
                                 window_seconds,
@@ -221,6 +239,100 @@ impl Coordinator {
         }
     }
 
+    /// Runs one request: its checks here (a bad argument is refused and changes nothing), its
+    /// operation on the engine thread, answered after the commit that made it true.
+    pub async fn call(
+        &self,
+        request: Request,
+        progress: Option<ProgressFn>,
+    ) -> CoreResult<Response> {
+        Ok(match request {
+            Request::LockResource(r) => Response::LockResource(
+                self.lock_resource(
+                    r.name,
+                    r.agent_id,
+                    r.ttl_seconds,
+                    r.wait_seconds,
+                    r.wake_token,
+                    progress,
+                )
+                .await?,
+            ),
+            Request::UnlockResource(r) => {
+                let proof = r.holder.proof()?;
+                Response::UnlockResource(self.unlock_resource(r.name, proof).await?)
+            }
+            Request::RenewLock(r) => {
+                let proof = r.holder.proof()?;
+                Response::RenewLock(self.renew_lock(r.name, proof, r.ttl_seconds).await?)
+            }
+            Request::ListLocks => Response::ListLocks(self.list_locks().await?),
+            Request::LockResources(r) => Response::LockResources(
+                self.lock_resources(r.names, r.agent_id, r.ttl_seconds, r.wait_seconds, progress)
+                    .await?,
+            ),
+            Request::SetNote(r) => Response::SetNote(
+                self.set_note(r.key, r.value, r.author, r.ttl_seconds)
+                    .await?,
+            ),
+            Request::GetNote(r) => Response::GetNote(self.get_note(r.key).await?),
+            Request::ListNotes => Response::ListNotes(self.list_notes().await?),
+            Request::DeleteNote(r) => Response::DeleteNote(self.delete_note(r.key).await?),
+            Request::SetNoteIf(r) => Response::SetNoteIf(
+                self.set_note_if(
+                    r.key,
+                    r.expected_value,
+                    r.new_value,
+                    r.author,
+                    r.ttl_seconds,
+                )
+                .await?,
+            ),
+            Request::IncrementCounter(r) => {
+                Response::IncrementCounter(self.increment_counter(r.name, r.by).await?)
+            }
+            Request::RegisterAgent(r) => {
+                Response::RegisterAgent(self.register_agent(r.agent_id, r.ttl_seconds).await?)
+            }
+            Request::UnregisterAgent(r) => {
+                Response::UnregisterAgent(self.unregister_agent(r.agent_id).await?)
+            }
+            Request::ListAgents => Response::ListAgents(self.list_agents().await?),
+            Request::SignalEvent(r) => Response::SignalEvent(self.signal_event(r.name).await?),
+            Request::WaitForEvent(r) => Response::WaitForEvent(
+                self.wait_for_event(r.name, r.last_seen_generation, r.wait_seconds, progress)
+                    .await?,
+            ),
+            Request::ClearEvent(r) => Response::ClearEvent(self.clear_event(r.name).await?),
+            Request::PushTask(r) => Response::PushTask(
+                self.push_task(r.queue, r.payload, r.author, r.priority)
+                    .await?,
+            ),
+            Request::ClaimNextTask(r) => Response::ClaimNextTask(
+                self.claim_next_task(
+                    r.queue,
+                    r.agent_id,
+                    r.lease_seconds,
+                    r.wait_seconds,
+                    progress,
+                )
+                .await?,
+            ),
+            Request::CompleteTask(r) => {
+                Response::CompleteTask(self.complete_task(r.id, r.lease_token).await?)
+            }
+            Request::FailTask(r) => {
+                Response::FailTask(self.fail_task(r.id, r.lease_token, r.requeue).await?)
+            }
+            Request::ExtendLease(r) => Response::ExtendLease(
+                self.extend_lease(r.id, r.lease_token, r.lease_seconds)
+                    .await?,
+            ),
+            Request::ListTasks(r) => Response::ListTasks(self.list_tasks(r.queue).await?),
+            Request::Status => Response::Status(self.status().await?),
+        })
+    }
+
     // ------------------------------------------------------------ notes and counters
 
     pub async fn set_note(
@@ -236,7 +348,7 @@ impl Coordinator {
         let ttl_ms = ttl_seconds
             .map(|s| check_ttl("ttl_seconds", s))
             .transpose()?;
-        self.call(|reply| Op::SetNote {
+        self.send(|reply| Op::SetNote {
             key,
             value,
             author,
@@ -248,16 +360,16 @@ impl Coordinator {
 
     pub async fn get_note(&self, key: String) -> CoreResult<GetNoteResult> {
         check_name("key", &key)?;
-        self.call(|reply| Op::GetNote { key, reply }).await
+        self.send(|reply| Op::GetNote { key, reply }).await
     }
 
     pub async fn list_notes(&self) -> CoreResult<Vec<NoteView>> {
-        self.call(|reply| Op::ListNotes { reply }).await
+        self.send(|reply| Op::ListNotes { reply }).await
     }
 
     pub async fn delete_note(&self, key: String) -> CoreResult<Deleted> {
         check_name("key", &key)?;
-        self.call(|reply| Op::DeleteNote { key, reply }).await
+        self.send(|reply| Op::DeleteNote { key, reply }).await
     }
 
     pub async fn set_note_if(
@@ -275,7 +387,7 @@ impl Coordinator {
         let ttl_ms = ttl_seconds
             .map(|s| check_ttl("ttl_seconds", s))
             .transpose()?;
-        self.call(|reply| Op::SetNoteIf {
+        self.send(|reply| Op::SetNoteIf {
             key,
             expected,
             new_value,
@@ -293,7 +405,7 @@ impl Coordinator {
     ) -> CoreResult<CounterValue> {
         check_name("name", &name)?;
         let by = by.unwrap_or(1);
-        self.call(|reply| Op::IncrementCounter { name, by, reply })
+        self.send(|reply| Op::IncrementCounter { name, by, reply })
             .await
     }
 
@@ -388,7 +500,7 @@ impl Coordinator {
     pub async fn unlock_resource(&self, name: String, proof: HolderProof) -> CoreResult<Released> {
         check_name("name", &name)?;
         check_proof(&proof)?;
-        self.call(|reply| Op::UnlockResource { name, proof, reply })
+        self.send(|reply| Op::UnlockResource { name, proof, reply })
             .await
     }
 
@@ -404,7 +516,7 @@ impl Coordinator {
             "ttl_seconds",
             ttl_seconds.unwrap_or(DEFAULT_LOCK_TTL_SECONDS),
         )?;
-        self.call(|reply| Op::RenewLock {
+        self.send(|reply| Op::RenewLock {
             name,
             proof,
             ttl_ms,
@@ -414,7 +526,7 @@ impl Coordinator {
     }
 
     pub async fn list_locks(&self) -> CoreResult<Vec<LockView>> {
-        self.call(|reply| Op::ListLocks { reply }).await
+        self.send(|reply| Op::ListLocks { reply }).await
     }
 
     // ------------------------------------------------------------ presence
@@ -429,7 +541,7 @@ impl Coordinator {
             "ttl_seconds",
             ttl_seconds.unwrap_or(DEFAULT_AGENT_TTL_SECONDS),
         )?;
-        self.call(|reply| Op::RegisterAgent {
+        self.send(|reply| Op::RegisterAgent {
             agent_id,
             ttl_ms,
             reply,
@@ -439,19 +551,19 @@ impl Coordinator {
 
     pub async fn unregister_agent(&self, agent_id: String) -> CoreResult<Unregistered> {
         check_name("agent_id", &agent_id)?;
-        self.call(|reply| Op::UnregisterAgent { agent_id, reply })
+        self.send(|reply| Op::UnregisterAgent { agent_id, reply })
             .await
     }
 
     pub async fn list_agents(&self) -> CoreResult<Vec<AgentView>> {
-        self.call(|reply| Op::ListAgents { reply }).await
+        self.send(|reply| Op::ListAgents { reply }).await
     }
 
     // ------------------------------------------------------------ events
 
     pub async fn signal_event(&self, name: String) -> CoreResult<Signaled> {
         check_name("name", &name)?;
-        self.call(|reply| Op::SignalEvent { name, reply }).await
+        self.send(|reply| Op::SignalEvent { name, reply }).await
     }
 
     pub async fn wait_for_event(
@@ -490,7 +602,7 @@ impl Coordinator {
 
     pub async fn clear_event(&self, name: String) -> CoreResult<Cleared> {
         check_name("name", &name)?;
-        self.call(|reply| Op::ClearEvent { name, reply }).await
+        self.send(|reply| Op::ClearEvent { name, reply }).await
     }
 
     // ------------------------------------------------------------ tasks
@@ -506,7 +618,7 @@ impl Coordinator {
         check_value("payload", &payload)?;
         check_author("author", &author)?;
         let priority = priority.unwrap_or(0);
-        self.call(|reply| Op::PushTask {
+        self.send(|reply| Op::PushTask {
             queue,
             payload,
             author,
@@ -549,7 +661,7 @@ impl Coordinator {
 
     pub async fn complete_task(&self, id: i64, lease_token: String) -> CoreResult<Completed> {
         check_name("lease_token", &lease_token)?;
-        self.call(|reply| Op::CompleteTask {
+        self.send(|reply| Op::CompleteTask {
             id,
             lease_token,
             reply,
@@ -565,7 +677,7 @@ impl Coordinator {
     ) -> CoreResult<Failed> {
         check_name("lease_token", &lease_token)?;
         let requeue = requeue.unwrap_or(true);
-        self.call(|reply| Op::FailTask {
+        self.send(|reply| Op::FailTask {
             id,
             lease_token,
             requeue,
@@ -585,7 +697,7 @@ impl Coordinator {
             "lease_seconds",
             lease_seconds.unwrap_or(DEFAULT_LEASE_SECONDS),
         )?;
-        self.call(|reply| Op::ExtendLease {
+        self.send(|reply| Op::ExtendLease {
             id,
             lease_token,
             lease_ms,
@@ -598,11 +710,25 @@ impl Coordinator {
         if let Some(q) = &queue {
             check_name("queue", q)?;
         }
-        self.call(|reply| Op::ListTasks { queue, reply }).await
+        self.send(|reply| Op::ListTasks { queue, reply }).await
     }
 
     pub async fn status(&self) -> CoreResult<StatusView> {
-        self.call(|reply| Op::Status { reply }).await
+        self.send(|reply| Op::Status { reply }).await
+    }
+}
+
+impl CoreApi for Coordinator {
+    fn call(
+        &self,
+        request: Request,
+        progress: Option<ProgressFn>,
+    ) -> futures::future::BoxFuture<'_, CoreResult<Response>> {
+        Box::pin(Coordinator::call(self, request, progress))
+    }
+
+    fn drain(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(Coordinator::drain(self))
     }
 }
 

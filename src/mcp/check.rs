@@ -6,7 +6,6 @@ use rmcp::model::{ClientJsonRpcMessage, ClientRequest, JsonRpcMessage};
 use serde_json::Value;
 
 use super::AirlockMcp;
-use crate::cluster::Core;
 use crate::core::{Coordinator, CoreError};
 use crate::http::decode_body;
 
@@ -53,7 +52,7 @@ pub fn check_request(body: &[u8]) -> RequestCheck {
     };
     let empty = serde_json::Map::new();
     let arguments = call.params.arguments.as_ref().unwrap_or(&empty);
-    let mcp = AirlockMcp::new(Core::Local(Coordinator::detached()));
+    let mcp = AirlockMcp::new(std::sync::Arc::new(Coordinator::detached()));
     match futures::executor::block_on(mcp.run_tool(&call.params.name, arguments, None)) {
         Err(e) => RequestCheck::UnknownTool(e.message.to_string()),
         Ok(Err(CoreError::Invalid { field, rule })) => {

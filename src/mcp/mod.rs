@@ -11,6 +11,7 @@ pub mod tools;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use futures::FutureExt;
 use rmcp::model::{
@@ -20,14 +21,9 @@ use rmcp::model::{
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
-use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::cluster::Core;
-use crate::core::{
-    claim_orphan, lock_orphan, lock_set_orphan, Coordinator, CoreError, CoreResult, HolderProof,
-    Orphan, ProgressFn, WaitReport,
-};
+use crate::core::{CoreApi, CoreError, CoreResult, ProgressFn, WaitReport};
 use args::Args;
 
 pub const INSTRUCTIONS: &str = "airlock coordinates agents working on one repository or machine. \
@@ -37,20 +33,14 @@ notes (set_note_if for compare-and-swap) and increment_counter for unique number
 register_agent so your locks release if you die. Hand off with signal_event/wait_for_event and \
 share work through push_task/claim_next_task.";
 
-/// The MCP server: a thin shell around the [`Core`]. Cheap to clone (one per request).
+/// The MCP server: a thin shell around the core ([`CoreApi`]). Cheap to clone (one per request).
 #[derive(Clone)]
 pub struct AirlockMcp {
-    core: Core,
-}
-
-/// What a tool run produced: its answer, and the grant to release if nobody reads it.
-pub struct Ran {
-    pub outcome: CoreResult<Value>,
-    pub orphan: Option<Orphan>,
+    core: Arc<dyn CoreApi>,
 }
 
 impl AirlockMcp {
-    pub fn new(core: Core) -> Self {
+    pub fn new(core: Arc<dyn CoreApi>) -> Self {
         AirlockMcp { core }
     }
 
@@ -67,193 +57,15 @@ impl AirlockMcp {
                 None,
             ));
         };
-        let a = match Args::new(arguments, &spec.arg_names()) {
-            Ok(a) => a,
+        let request = match Args::new(arguments, &spec.arg_names()).and_then(|a| (spec.parse)(&a)) {
+            Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(match self.core.local() {
-            Some(c) => self
-                .core
-                .explain(dispatch(&c, name, &a, progress).await.outcome),
-            // Another daemon coordinates the shared database: it runs the call.
-            None => self.core.forward(name, arguments, progress).await,
-        })
-    }
-}
-
-/// Runs a tool that another daemon forwarded to this one (the coordinator): the same checks and
-/// operations as a local call, plus the grant to release should its answer never be read.
-pub async fn run_forwarded(core: &Coordinator, name: &str, arguments: &Map<String, Value>) -> Ran {
-    let unread = |outcome| Ran {
-        outcome,
-        orphan: None,
-    };
-    let Some(spec) = tools::find(name) else {
-        return unread(Err(CoreError::invalid(
-            "name",
-            format!("unknown tool: {}", args::clip(name)),
-        )));
-    };
-    match Args::new(arguments, &spec.arg_names()) {
-        Ok(a) => dispatch(core, name, &a, None).await,
-        Err(e) => unread(Err(e)),
-    }
-}
-
-/// Runs one checked tool call on `c`.
-async fn dispatch(c: &Coordinator, name: &str, a: &Args<'_>, progress: Option<ProgressFn>) -> Ran {
-    let mut orphan = None;
-    let outcome = dispatch_inner(c, name, a, progress, &mut orphan).await;
-    Ran { outcome, orphan }
-}
-
-/// Notes the grant an answer carries in `orphan`, and passes the answer on.
-fn granting<T>(
-    r: CoreResult<T>,
-    orphan: &mut Option<Orphan>,
-    of: impl Fn(&T) -> Option<Orphan>,
-) -> CoreResult<T> {
-    if let Ok(v) = &r {
-        *orphan = of(v);
-    }
-    r
-}
-
-async fn dispatch_inner(
-    c: &Coordinator,
-    name: &str,
-    a: &Args<'_>,
-    progress: Option<ProgressFn>,
-    orphan: &mut Option<Orphan>,
-) -> CoreResult<Value> {
-    {
-        match name {
-            "lock_resource" => {
-                let lock = a.str("name")?;
-                let r = c
-                    .lock_resource(
-                        lock.clone(),
-                        a.str("agent_id")?,
-                        a.ttl_seconds()?,
-                        a.opt_i64("wait_seconds")?,
-                        a.opt_str("wake_token")?,
-                        progress,
-                    )
-                    .await;
-                json(granting(r, orphan, lock_orphan(lock)))
-            }
-            "unlock_resource" => json(c.unlock_resource(a.str("name")?, holder_proof(a)?).await),
-            "renew_lock" => json(
-                c.renew_lock(a.str("name")?, holder_proof(a)?, a.ttl_seconds()?)
-                    .await,
-            ),
-            "list_locks" => json(c.list_locks().await),
-            "lock_resources" => {
-                let r = c
-                    .lock_resources(
-                        a.str_list("names")?,
-                        a.str("agent_id")?,
-                        a.ttl_seconds()?,
-                        a.opt_i64("wait_seconds")?,
-                        progress,
-                    )
-                    .await;
-                json(granting(r, orphan, lock_set_orphan))
-            }
-            "set_note" => json(
-                c.set_note(
-                    a.str("key")?,
-                    a.str("value")?,
-                    a.opt_str("author")?,
-                    a.ttl_seconds()?,
-                )
-                .await,
-            ),
-            "get_note" => json(c.get_note(a.str("key")?).await),
-            "list_notes" => json(c.list_notes().await),
-            "delete_note" => json(c.delete_note(a.str("key")?).await),
-            "set_note_if" => json(
-                c.set_note_if(
-                    a.str("key")?,
-                    a.str("expected_value")?,
-                    a.str("new_value")?,
-                    a.opt_str("author")?,
-                    a.ttl_seconds()?,
-                )
-                .await,
-            ),
-            "increment_counter" => {
-                json(c.increment_counter(a.str("name")?, a.opt_i64("by")?).await)
-            }
-            "register_agent" => json(c.register_agent(a.str("agent_id")?, a.ttl_seconds()?).await),
-            "unregister_agent" => json(c.unregister_agent(a.str("agent_id")?).await),
-            "list_agents" => json(c.list_agents().await),
-            "signal_event" => json(c.signal_event(a.str("name")?).await),
-            "wait_for_event" => json(
-                c.wait_for_event(
-                    a.str("name")?,
-                    a.opt_i64("last_seen_generation")?,
-                    a.opt_i64("wait_seconds")?,
-                    progress,
-                )
-                .await,
-            ),
-            "clear_event" => json(c.clear_event(a.str("name")?).await),
-            "push_task" => json(
-                c.push_task(
-                    a.str("queue")?,
-                    a.str("payload")?,
-                    a.opt_str("author")?,
-                    a.opt_i64("priority")?,
-                )
-                .await,
-            ),
-            "claim_next_task" => {
-                let r = c
-                    .claim_next_task(
-                        a.str("queue")?,
-                        a.str("agent_id")?,
-                        a.opt_i64("lease_seconds")?,
-                        a.opt_i64("wait_seconds")?,
-                        progress,
-                    )
-                    .await;
-                json(granting(r, orphan, claim_orphan))
-            }
-            "complete_task" => json(c.complete_task(a.i64("id")?, a.str("lease_token")?).await),
-            "fail_task" => json(
-                c.fail_task(a.i64("id")?, a.str("lease_token")?, a.opt_bool("requeue")?)
-                    .await,
-            ),
-            "extend_lease" => json(
-                c.extend_lease(
-                    a.i64("id")?,
-                    a.str("lease_token")?,
-                    a.opt_i64("lease_seconds")?,
-                )
-                .await,
-            ),
-            "list_tasks" => json(c.list_tasks(Some(a.str("queue")?)).await),
-            other => Err(CoreError::invalid("name", format!("unknown tool {other}"))),
-        }
-    }
-}
-
-fn json<T: Serialize>(r: CoreResult<T>) -> CoreResult<Value> {
-    r.and_then(|v| {
-        serde_json::to_value(v).map_err(|e| CoreError::Storage(format!("encoding the result: {e}")))
-    })
-}
-
-/// `lock_token` (preferred) or `agent_id` (v1): exactly one of them.
-fn holder_proof(a: &Args<'_>) -> CoreResult<HolderProof> {
-    match (a.opt_str("lock_token")?, a.opt_str("agent_id")?) {
-        (Some(t), _) => Ok(HolderProof::Token(t)),
-        (None, Some(agent)) => Ok(HolderProof::Agent(agent)),
-        (None, None) => Err(CoreError::invalid(
-            "lock_token",
-            "is required (or, weaker and for v1 clients, agent_id)",
-        )),
+        Ok(self
+            .core
+            .call(request, progress)
+            .await
+            .and_then(|r| r.to_json()))
     }
 }
 
@@ -277,7 +89,7 @@ pub fn tool_result(outcome: CoreResult<Value>) -> CallToolResult {
 fn progress_sender(context: &RequestContext<RoleServer>) -> Option<ProgressFn> {
     let token = context.meta.get_progress_token()?;
     let peer = context.peer.clone();
-    Some(std::sync::Arc::new(move |report: WaitReport| {
+    Some(Arc::new(move |report: WaitReport| {
         let mut message = format!(
             "waiting {}s of {}s",
             report.waited_seconds, report.window_seconds

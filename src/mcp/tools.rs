@@ -1,10 +1,15 @@
-//! The tool catalogue: every tool's name, description, arguments and annotations, in one table.
-//! Input schemas and the list of accepted arguments are both derived from it, so they agree.
+//! The tool catalogue: every tool's description and arguments, and how its arguments become a
+//! typed [`Request`], in one table. Input schemas and the list of accepted arguments are both
+//! derived from it, so they agree; names and annotations come from [`Tool`].
 
 use std::sync::Arc;
 
-use rmcp::model::{JsonObject, Tool, ToolAnnotations};
+use rmcp::model::{JsonObject, ToolAnnotations};
 use serde_json::{json, Value};
+
+use super::args::Args;
+use crate::core::request::*;
+use crate::core::CoreResult;
 
 #[derive(Clone, Copy)]
 pub enum Kind {
@@ -22,19 +27,23 @@ pub struct Param {
 }
 
 pub struct ToolSpec {
-    pub name: &'static str,
+    pub tool: Tool,
+    /// Reads checked arguments into the typed request.
+    pub parse: fn(&Args<'_>) -> CoreResult<Request>,
     pub description: &'static str,
     pub params: &'static [Param],
-    pub read_only: bool,
-    pub idempotent: bool,
 }
 
 impl ToolSpec {
+    pub fn name(&self) -> &'static str {
+        self.tool.name()
+    }
+
     pub fn arg_names(&self) -> Vec<&'static str> {
         self.params.iter().map(|p| p.name).collect()
     }
 
-    pub fn to_tool(&self) -> Tool {
+    pub fn to_tool(&self) -> rmcp::model::Tool {
         let mut props = serde_json::Map::new();
         let mut required = Vec::new();
         for p in self.params {
@@ -57,15 +66,16 @@ impl ToolSpec {
             schema.insert("required".into(), Value::Array(required));
         }
         let mut ann = ToolAnnotations::new()
-            .read_only(self.read_only)
+            .read_only(self.tool.read_only())
             .open_world(false);
-        if self.idempotent {
+        if self.tool.idempotent() {
             ann = ann.idempotent(true);
         }
-        if !self.read_only {
+        if !self.tool.read_only() {
             ann = ann.destructive(false);
         }
-        Tool::new(self.name, self.description, Arc::new(schema)).with_annotations(ann)
+        rmcp::model::Tool::new(self.name(), self.description, Arc::new(schema))
+            .with_annotations(ann)
     }
 }
 
@@ -108,7 +118,14 @@ const AGENT_ID: Param = req(
 pub static TOOLS: &[ToolSpec] = &[
     // ---------------------------------------------------------------- locks
     ToolSpec {
-        name: "lock_resource",
+        tool: Tool::LockResource,
+        parse: |a| Ok(Request::LockResource(LockResource {
+            name: a.str("name")?,
+            agent_id: a.str("agent_id")?,
+            ttl_seconds: a.ttl_seconds()?,
+            wait_seconds: a.opt_i64("wait_seconds")?,
+            wake_token: a.opt_str("wake_token")?,
+        })),
         description: "Take a named lock (e.g. file:/abs/path or npm-install). With wait_seconds > 0 \
             (up to 50) the call BLOCKS in the daemon until the lock frees, then returns \
             {locked:true, lock_token, expires_in_seconds, fence}; do not write retry loops. If the \
@@ -123,11 +140,13 @@ pub static TOOLS: &[ToolSpec] = &[
             opt("wait_seconds", Int, "Seconds to block waiting for the lock (0 = try once). Capped at 50. Default 0."),
             opt("wake_token", Str, "The wake_token from an earlier locked:false answer, to keep your place in line."),
         ],
-        read_only: false,
-        idempotent: false,
     },
     ToolSpec {
-        name: "unlock_resource",
+        tool: Tool::UnlockResource,
+        parse: |a| Ok(Request::UnlockResource(UnlockResource {
+            name: a.str("name")?,
+            holder: holder(a)?,
+        })),
         description: "Release a lock you hold. Pass the lock_token from lock_resource (preferred); \
             agent_id is accepted for v1 compatibility but is weaker (anyone who knows your agent id \
             can release). Returns {released:true}, or {released:false, error} if you do not hold it. \
@@ -137,11 +156,14 @@ pub static TOOLS: &[ToolSpec] = &[
             opt("lock_token", Str, "The lock_token from lock_resource."),
             opt("agent_id", Str, "v1 compatibility: release by holder identity instead of token."),
         ],
-        read_only: false,
-        idempotent: false,
     },
     ToolSpec {
-        name: "renew_lock",
+        tool: Tool::RenewLock,
+        parse: |a| Ok(Request::RenewLock(RenewLock {
+            name: a.str("name")?,
+            holder: holder(a)?,
+            ttl_seconds: a.ttl_seconds()?,
+        })),
         description: "Extend a lock you hold so it does not expire during long work. Returns \
             {renewed:true, expires_in_seconds, fence} or {renewed:false, error}.",
         params: &[
@@ -151,18 +173,21 @@ pub static TOOLS: &[ToolSpec] = &[
             TTL_SECONDS_LOCK,
             TTL_MINUTES,
         ],
-        read_only: false,
-        idempotent: true,
     },
     ToolSpec {
-        name: "list_locks",
+        tool: Tool::ListLocks,
+        parse: |_| Ok(Request::ListLocks),
         description: "List held locks: [{name, agent_id, expires_in_seconds, fence, waiters}].",
         params: &[],
-        read_only: true,
-        idempotent: true,
     },
     ToolSpec {
-        name: "lock_resources",
+        tool: Tool::LockResources,
+        parse: |a| Ok(Request::LockResources(LockResources {
+            names: a.str_list("names")?,
+            agent_id: a.str("agent_id")?,
+            ttl_seconds: a.ttl_seconds()?,
+            wait_seconds: a.opt_i64("wait_seconds")?,
+        })),
         description: "Take several locks all-or-nothing (acquired in lexicographic order, so two \
             callers cannot deadlock). Returns {locked:true, tokens:{name:token}, fences, \
             expires_in_seconds} or {locked:false, held_by, contended}. With wait_seconds > 0 \
@@ -174,12 +199,16 @@ pub static TOOLS: &[ToolSpec] = &[
             TTL_MINUTES,
             opt("wait_seconds", Int, "Seconds to block waiting for the whole set. Capped at 50. Default 0."),
         ],
-        read_only: false,
-        idempotent: false,
     },
     // ---------------------------------------------------------------- notes and counters
     ToolSpec {
-        name: "set_note",
+        tool: Tool::SetNote,
+        parse: |a| Ok(Request::SetNote(SetNote {
+            key: a.str("key")?,
+            value: a.str("value")?,
+            author: a.opt_str("author")?,
+            ttl_seconds: a.ttl_seconds()?,
+        })),
         description: "Store a shared note (key → value) that every agent can read. Optional \
             ttl_seconds makes it expire. Returns {saved:true}.",
         params: &[
@@ -189,32 +218,34 @@ pub static TOOLS: &[ToolSpec] = &[
             opt("ttl_seconds", Int, "Seconds until the note expires (1 to 2592000). Default: never."),
             TTL_MINUTES,
         ],
-        read_only: false,
-        idempotent: true,
     },
     ToolSpec {
-        name: "get_note",
+        tool: Tool::GetNote,
+        parse: |a| Ok(Request::GetNote(NoteKey { key: a.str("key")? })),
         description: "Read a shared note. Returns {key, value, author?, expires_in_seconds?} or {found:false}.",
         params: &[req("key", Str, "The note's key.")],
-        read_only: true,
-        idempotent: true,
     },
     ToolSpec {
-        name: "list_notes",
+        tool: Tool::ListNotes,
+        parse: |_| Ok(Request::ListNotes),
         description: "List every live note: [{key, value, author?, expires_in_seconds?}].",
         params: &[],
-        read_only: true,
-        idempotent: true,
     },
     ToolSpec {
-        name: "delete_note",
+        tool: Tool::DeleteNote,
+        parse: |a| Ok(Request::DeleteNote(NoteKey { key: a.str("key")? })),
         description: "Delete a note. Returns {deleted:true} if it existed.",
         params: &[req("key", Str, "The note's key.")],
-        read_only: false,
-        idempotent: true,
     },
     ToolSpec {
-        name: "set_note_if",
+        tool: Tool::SetNoteIf,
+        parse: |a| Ok(Request::SetNoteIf(SetNoteIf {
+            key: a.str("key")?,
+            expected_value: a.str("expected_value")?,
+            new_value: a.str("new_value")?,
+            author: a.opt_str("author")?,
+            ttl_seconds: a.ttl_seconds()?,
+        })),
         description: "Compare-and-swap a note: sets new_value only if the current value equals \
             expected_value (an absent or expired note counts as \"\"). Returns {swapped:bool}. \
             Use it for race-free read-modify-write.",
@@ -226,23 +257,27 @@ pub static TOOLS: &[ToolSpec] = &[
             opt("ttl_seconds", Int, "Seconds until the note expires. Default: never."),
             TTL_MINUTES,
         ],
-        read_only: false,
-        idempotent: false,
     },
     ToolSpec {
-        name: "increment_counter",
+        tool: Tool::IncrementCounter,
+        parse: |a| Ok(Request::IncrementCounter(IncrementCounter {
+            name: a.str("name")?,
+            by: a.opt_i64("by")?,
+        })),
         description: "Atomically add to a named counter and return the new value {value}; no two \
             callers ever get the same value. Use it for unique numbers (migration ids, ports).",
         params: &[
             req("name", Str, "The counter's name."),
             opt("by", Int, "How much to add (may be negative). Default 1."),
         ],
-        read_only: false,
-        idempotent: false,
     },
     // ---------------------------------------------------------------- presence
     ToolSpec {
-        name: "register_agent",
+        tool: Tool::RegisterAgent,
+        parse: |a| Ok(Request::RegisterAgent(RegisterAgent {
+            agent_id: a.str("agent_id")?,
+            ttl_seconds: a.ttl_seconds()?,
+        })),
         description: "Announce you are alive (a heartbeat); call again before ttl_seconds passes. \
             If you stop, your presence lapses and every lock you hold is released and every task \
             lease you hold is requeued. Returns {registered:true, expires_in_seconds}.",
@@ -251,34 +286,34 @@ pub static TOOLS: &[ToolSpec] = &[
             opt("ttl_seconds", Int, "Seconds until your presence lapses (1 to 2592000). Default 60."),
             TTL_MINUTES,
         ],
-        read_only: false,
-        idempotent: true,
     },
     ToolSpec {
-        name: "unregister_agent",
+        tool: Tool::UnregisterAgent,
+        parse: |a| Ok(Request::UnregisterAgent(AgentId { agent_id: a.str("agent_id")? })),
         description: "Leave now: releases every lock you hold and requeues your task leases. \
             Returns {unregistered:true}.",
         params: &[AGENT_ID],
-        read_only: false,
-        idempotent: true,
     },
     ToolSpec {
-        name: "list_agents",
+        tool: Tool::ListAgents,
+        parse: |_| Ok(Request::ListAgents),
         description: "List live agents: [{agent_id, expires_in_seconds, locks_held, leases_held}].",
         params: &[],
-        read_only: true,
-        idempotent: true,
     },
     // ---------------------------------------------------------------- events
     ToolSpec {
-        name: "signal_event",
+        tool: Tool::SignalEvent,
+        parse: |a| Ok(Request::SignalEvent(EventName { name: a.str("name")? })),
         description: "Signal a named event: bumps its generation and wakes every waiter. Returns {generation}.",
         params: &[req("name", Str, "The event's name.")],
-        read_only: false,
-        idempotent: false,
     },
     ToolSpec {
-        name: "wait_for_event",
+        tool: Tool::WaitForEvent,
+        parse: |a| Ok(Request::WaitForEvent(WaitForEvent {
+            name: a.str("name")?,
+            last_seen_generation: a.opt_i64("last_seen_generation")?,
+            wait_seconds: a.opt_i64("wait_seconds")?,
+        })),
         description: "Block until the event's generation passes last_seen_generation, or the wait \
             ends. Returns {generation, fired}. Pass back the generation you last saw and no signal \
             is ever missed, even one made between your calls.",
@@ -287,21 +322,24 @@ pub static TOOLS: &[ToolSpec] = &[
             opt("last_seen_generation", Int, "The generation you last saw. Default 0."),
             opt("wait_seconds", Int, "Seconds to block. Capped at 50. Default 25."),
         ],
-        read_only: true,
-        idempotent: true,
     },
     ToolSpec {
-        name: "clear_event",
+        tool: Tool::ClearEvent,
+        parse: |a| Ok(Request::ClearEvent(EventName { name: a.str("name")? })),
         description: "Clear an event: later waits fire only on signals after this. The generation \
             number is kept (never reset), so older waiters still wake on the next signal. \
             Returns {cleared:true}.",
         params: &[req("name", Str, "The event's name.")],
-        read_only: false,
-        idempotent: true,
     },
     // ---------------------------------------------------------------- tasks
     ToolSpec {
-        name: "push_task",
+        tool: Tool::PushTask,
+        parse: |a| Ok(Request::PushTask(PushTask {
+            queue: a.str("queue")?,
+            payload: a.str("payload")?,
+            author: a.opt_str("author")?,
+            priority: a.opt_i64("priority")?,
+        })),
         description: "Add a task to a queue. Higher priority is claimed first, then older. Returns {id}.",
         params: &[
             req("queue", Str, "The queue's name."),
@@ -309,11 +347,15 @@ pub static TOOLS: &[ToolSpec] = &[
             opt("author", Str, "Who pushed it."),
             opt("priority", Int, "Higher first. Default 0."),
         ],
-        read_only: false,
-        idempotent: false,
     },
     ToolSpec {
-        name: "claim_next_task",
+        tool: Tool::ClaimNextTask,
+        parse: |a| Ok(Request::ClaimNextTask(ClaimNextTask {
+            queue: a.str("queue")?,
+            agent_id: a.str("agent_id")?,
+            lease_seconds: a.opt_i64("lease_seconds")?,
+            wait_seconds: a.opt_i64("wait_seconds")?,
+        })),
         description: "Claim the next task of a queue under a lease. Returns {claimed:true, id, \
             payload, lease_token, lease_expires_in_seconds, attempts} or {claimed:false}. Finish \
             with complete_task or fail_task using the lease_token before the lease ends, or the \
@@ -324,22 +366,27 @@ pub static TOOLS: &[ToolSpec] = &[
             opt("lease_seconds", Int, "Seconds you have to finish (1 to 2592000). Default 120."),
             opt("wait_seconds", Int, "Seconds to block for a task if none is pending. Capped at 50. Default 0."),
         ],
-        read_only: false,
-        idempotent: false,
     },
     ToolSpec {
-        name: "complete_task",
+        tool: Tool::CompleteTask,
+        parse: |a| Ok(Request::CompleteTask(Lease {
+            id: a.i64("id")?,
+            lease_token: a.str("lease_token")?,
+        })),
         description: "Mark a claimed task done. Requires the lease_token of the current claim. \
             Returns {completed:true} or {completed:false, error}.",
         params: &[
             req("id", Int, "The task id."),
             req("lease_token", Str, "The lease_token from claim_next_task."),
         ],
-        read_only: false,
-        idempotent: false,
     },
     ToolSpec {
-        name: "fail_task",
+        tool: Tool::FailTask,
+        parse: |a| Ok(Request::FailTask(FailTask {
+            id: a.i64("id")?,
+            lease_token: a.str("lease_token")?,
+            requeue: a.opt_bool("requeue")?,
+        })),
         description: "Give up on a claimed task: requeue=true (default) returns it to pending for \
             another try; requeue=false fails it for good. Returns {failed:true} or {failed:false, error}.",
         params: &[
@@ -347,11 +394,14 @@ pub static TOOLS: &[ToolSpec] = &[
             req("lease_token", Str, "The lease_token from claim_next_task."),
             opt("requeue", Bool, "Return it to the queue (true, default) or fail it for good (false)."),
         ],
-        read_only: false,
-        idempotent: false,
     },
     ToolSpec {
-        name: "extend_lease",
+        tool: Tool::ExtendLease,
+        parse: |a| Ok(Request::ExtendLease(ExtendLease {
+            id: a.i64("id")?,
+            lease_token: a.str("lease_token")?,
+            lease_seconds: a.opt_i64("lease_seconds")?,
+        })),
         description: "Extend the lease on a task you claimed, for long work. Returns \
             {extended:true, lease_expires_in_seconds} or {extended:false, error}.",
         params: &[
@@ -359,22 +409,29 @@ pub static TOOLS: &[ToolSpec] = &[
             req("lease_token", Str, "The lease_token from claim_next_task."),
             opt("lease_seconds", Int, "New lease length from now, in seconds. Default 120."),
         ],
-        read_only: false,
-        idempotent: true,
     },
     ToolSpec {
-        name: "list_tasks",
+        tool: Tool::ListTasks,
+        parse: |a| Ok(Request::ListTasks(ListTasks { queue: Some(a.str("queue")?) })),
         description: "List a queue's tasks: [{id, queue, payload, priority, state, author?, \
             attempts, lease_agent?, lease_expires_in_seconds?}]. States: pending, claimed, \
             completed, failed. Finished tasks are kept 24 hours.",
         params: &[req("queue", Str, "The queue's name.")],
-        read_only: true,
-        idempotent: true,
     },
 ];
 
 pub fn find(name: &str) -> Option<&'static ToolSpec> {
-    TOOLS.iter().find(|t| t.name == name)
+    TOOLS.iter().find(|t| t.name() == name)
+}
+
+/// `lock_token` (preferred) or `agent_id` (v1): exactly one of them.
+fn holder(a: &Args<'_>) -> CoreResult<Holder> {
+    let holder = Holder {
+        lock_token: a.opt_str("lock_token")?,
+        agent_id: a.opt_str("agent_id")?,
+    };
+    holder.proof()?;
+    Ok(holder)
 }
 
 #[cfg(test)]
@@ -408,12 +465,37 @@ mod tests {
             "list_tasks",
         ];
         for name in contract {
-            assert_eq!(TOOLS.iter().filter(|t| t.name == name).count(), 1, "{name}");
+            assert_eq!(
+                TOOLS.iter().filter(|t| t.name() == name).count(),
+                1,
+                "{name}"
+            );
         }
         assert_eq!(
             TOOLS.len(),
             contract.len() + 1,
             "22 contract tools + extend_lease"
         );
+        // Every tool offered over MCP has exactly one entry, and each entry parses into its tool.
+        for t in Tool::ALL.iter().filter(|t| t.is_mcp_tool()) {
+            assert_eq!(TOOLS.iter().filter(|s| s.tool == *t).count(), 1, "{t:?}");
+        }
+        for spec in TOOLS {
+            let mut args = serde_json::Map::new();
+            for p in spec.params.iter().filter(|p| p.name != "ttl_minutes") {
+                let v = match p.kind {
+                    Kind::Str => json!("x"),
+                    Kind::Int => json!(1),
+                    Kind::Bool => json!(true),
+                    Kind::StrList => json!(["x"]),
+                };
+                args.insert(p.name.to_string(), v);
+            }
+            let a = Args::new(&args, &spec.arg_names()).unwrap();
+            let request = (spec.parse)(&a).unwrap();
+            assert_eq!(request.tool(), spec.tool, "{}", spec.name());
+            // What the MCP client sent is what the typed request carries (and forwards).
+            assert_eq!(request.arguments(), args, "{}", spec.name());
+        }
     }
 }

@@ -67,6 +67,53 @@ pub fn answer_channel(daemon: &str) -> String {
     format!("airlock_answer_{daemon}")
 }
 
+/// Where a forwarded call is in its life. Stored as its name in `airlock.calls.state`.
+///
+/// ```text
+///  queued ──take──▶ running ──answer──▶ done ──read──▶ (deleted by the receiving daemon)
+///    │                 │                  │
+///    └──caller left──▶ cancelled          └──caller left──▶ orphaned
+///                      │  (answer written over it: orphaned)        │
+///                      └──────────── the coordinator deletes it, releasing the grant ──┘
+/// ```
+/// A `running` row found at take-over was taken by a coordinator that may or may not have run
+/// it: the successor runs it again if its tool is
+/// [`repeatable_at_takeover`](crate::core::Tool::repeatable_at_takeover), and answers "may or
+/// may not have taken effect" otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallState {
+    Queued,
+    Running,
+    Done,
+    Cancelled,
+    Orphaned,
+}
+
+impl CallState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallState::Queued => "queued",
+            CallState::Running => "running",
+            CallState::Done => "done",
+            CallState::Cancelled => "cancelled",
+            CallState::Orphaned => "orphaned",
+        }
+    }
+
+    /// The state stored as `name`; `None` for a name this version does not know.
+    pub fn from_name(name: &str) -> Option<CallState> {
+        [
+            CallState::Queued,
+            CallState::Running,
+            CallState::Done,
+            CallState::Cancelled,
+            CallState::Orphaned,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+}
+
 /// A call taken by the coordinator.
 #[derive(Debug, Clone)]
 pub struct CallRow {
@@ -74,8 +121,9 @@ pub struct CallRow {
     pub daemon: String,
     pub tool: String,
     pub args: String,
-    /// `running` when a previous coordinator had already taken it (it may have taken effect).
-    pub state: String,
+    /// `Running` when a previous coordinator had already taken it (it may have taken effect);
+    /// `Queued` otherwise.
+    pub state: CallState,
 }
 
 /// What became of an answered row.
@@ -175,7 +223,7 @@ pub async fn take(
             daemon: r.get(1),
             tool: r.get(2),
             args: r.get(3),
-            state: r.get(4),
+            state: CallState::from_name(r.get::<_, &str>(4)).unwrap_or(CallState::Running),
         })
         .collect();
     calls.sort_by_key(|c| c.id);
@@ -214,13 +262,12 @@ pub async fn answer(
     if !row.get::<_, bool>(0) {
         return Ok(Some(Answered::NotCoordinator));
     }
-    Ok(row.get::<_, Option<String>>(1).map(|state| {
-        if state == "done" {
-            Answered::Delivered
-        } else {
-            Answered::Unwanted
-        }
-    }))
+    Ok(row
+        .get::<_, Option<&str>>(1)
+        .map(|state| match CallState::from_name(state) {
+            Some(CallState::Done) => Answered::Delivered,
+            _ => Answered::Unwanted,
+        }))
 }
 
 /// Answers of `ids` that are written, as `(id, result)`.
