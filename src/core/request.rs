@@ -449,7 +449,7 @@ impl Request {
     ) -> Result<Request, serde_json::Error> {
         let mut m = serde_json::Map::new();
         m.insert("tool".into(), tool.name().into());
-        if !arguments.is_empty() || !matches!(Request::unit(tool), Some(_)) {
+        if !arguments.is_empty() || Request::unit(tool).is_none() {
             m.insert("args".into(), serde_json::Value::Object(arguments));
         }
         serde_json::from_value(serde_json::Value::Object(m))
