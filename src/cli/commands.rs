@@ -148,37 +148,64 @@ pub enum TaskCmd {
     List { queue: String },
 }
 
-/// A client command, after parsing.
-#[derive(Debug)]
+/// A client command: one per tool, in shell idiom (flattened into the top-level commands).
+#[derive(Subcommand, Debug)]
 pub enum ClientCmd {
+    /// Take a lock and print its token (several names: all or nothing, one "NAME TOKEN" per line).
     Lock {
+        #[arg(required = true)]
         names: Vec<String>,
+        /// Seconds to wait for it, or `forever` (past 50 s by keeping one's place in line).
+        #[arg(long, default_value = "0")]
         wait: Wait,
+        /// Lock TTL in seconds (default 900).
+        #[arg(long)]
         ttl: Option<u64>,
+        /// The agent id to hold it as (default cli:USER@HOST:PID).
+        #[arg(long, env = "AIRLOCK_AGENT")]
         agent: Option<String>,
     },
+    /// Release a lock.
     Unlock {
         name: String,
+        /// The lock_token from `airlock lock`.
+        #[arg(long)]
         token: Option<String>,
+        /// v1: release by holder identity instead.
+        #[arg(long)]
         agent: Option<String>,
     },
+    /// Extend a lock you hold.
     Renew {
         name: String,
+        #[arg(long)]
         token: Option<String>,
+        #[arg(long)]
         agent: Option<String>,
+        #[arg(long)]
         ttl: Option<u64>,
     },
+    /// List held locks.
     Locks,
+    /// Shared notes: get, set, list, delete, cas.
+    #[command(subcommand)]
     Note(NoteCmd),
+    /// Collision-free counters.
+    #[command(subcommand)]
     Counter(CounterCmd),
+    /// Presence: register, unregister, list.
+    #[command(subcommand)]
     Agent(AgentCmd),
+    /// List live agents.
     Agents,
+    /// Generation-counted events: signal, wait, clear.
+    #[command(subcommand)]
     Event(EventCmd),
+    /// The leased task queue: push, claim, complete, fail, extend, list.
+    #[command(subcommand)]
     Task(TaskCmd),
-    Call {
-        tool: String,
-        args: Option<String>,
-    },
+    /// Call any tool with JSON arguments (`-` reads them from stdin); prints its answer.
+    Call { tool: String, args: Option<String> },
 }
 
 /// What a command answered: the JSON for `--json`, the text for humans, and the exit code.

@@ -24,8 +24,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use crate::config;
 use crate::daemon::{self, ServeOptions};
 use client::{Client, DEFAULT_URL};
-use commands::{AgentCmd, ClientCmd, CounterCmd, EventCmd, NoteCmd, TaskCmd};
-use waits::Wait;
+use commands::ClientCmd;
 
 /// Exit codes a script can branch on.
 pub mod exit {
@@ -101,61 +100,9 @@ pub enum Command {
     Mcp,
     /// Hold locks while a command runs: `airlock run --lock NAME -- CMD ARGS…`.
     Run(run::RunArgs),
-    /// Take a lock and print its token (several names: all or nothing, one "NAME TOKEN" per line).
-    Lock {
-        #[arg(required = true)]
-        names: Vec<String>,
-        /// Seconds to wait for it, or `forever` (past 50 s by keeping one's place in line).
-        #[arg(long, default_value = "0")]
-        wait: Wait,
-        /// Lock TTL in seconds (default 900).
-        #[arg(long)]
-        ttl: Option<u64>,
-        /// The agent id to hold it as (default cli:USER@HOST:PID).
-        #[arg(long, env = "AIRLOCK_AGENT")]
-        agent: Option<String>,
-    },
-    /// Release a lock.
-    Unlock {
-        name: String,
-        /// The lock_token from `airlock lock`.
-        #[arg(long)]
-        token: Option<String>,
-        /// v1: release by holder identity instead.
-        #[arg(long)]
-        agent: Option<String>,
-    },
-    /// Extend a lock you hold.
-    Renew {
-        name: String,
-        #[arg(long)]
-        token: Option<String>,
-        #[arg(long)]
-        agent: Option<String>,
-        #[arg(long)]
-        ttl: Option<u64>,
-    },
-    /// List held locks.
-    Locks,
-    /// Shared notes: get, set, list, delete, cas.
-    #[command(subcommand)]
-    Note(NoteCmd),
-    /// Collision-free counters.
-    #[command(subcommand)]
-    Counter(CounterCmd),
-    /// Presence: register, unregister, list.
-    #[command(subcommand)]
-    Agent(AgentCmd),
-    /// List live agents.
-    Agents,
-    /// Generation-counted events: signal, wait, clear.
-    #[command(subcommand)]
-    Event(EventCmd),
-    /// The leased task queue: push, claim, complete, fail, extend, list.
-    #[command(subcommand)]
-    Task(TaskCmd),
-    /// Call any tool with JSON arguments (`-` reads them from stdin); prints its answer.
-    Call { tool: String, args: Option<String> },
+    /// A client command for a tool (`lock`, `note get`, `task claim`, …).
+    #[command(flatten)]
+    Client(ClientCmd),
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
@@ -215,37 +162,7 @@ pub fn run(cli: Cli) -> i32 {
         Some(Command::InstallService { print }) => return service::install(print),
         Some(Command::UninstallService { print }) => return service::uninstall(print),
         Some(Command::Run(args)) => return rt.block_on(run::run(&client, args)),
-        Some(Command::Lock {
-            names,
-            wait,
-            ttl,
-            agent,
-        }) => ClientCmd::Lock {
-            names,
-            wait,
-            ttl,
-            agent,
-        },
-        Some(Command::Unlock { name, token, agent }) => ClientCmd::Unlock { name, token, agent },
-        Some(Command::Renew {
-            name,
-            token,
-            agent,
-            ttl,
-        }) => ClientCmd::Renew {
-            name,
-            token,
-            agent,
-            ttl,
-        },
-        Some(Command::Locks) => ClientCmd::Locks,
-        Some(Command::Note(n)) => ClientCmd::Note(n),
-        Some(Command::Counter(c)) => ClientCmd::Counter(c),
-        Some(Command::Agent(a)) => ClientCmd::Agent(a),
-        Some(Command::Agents) => ClientCmd::Agents,
-        Some(Command::Event(e)) => ClientCmd::Event(e),
-        Some(Command::Task(t)) => ClientCmd::Task(t),
-        Some(Command::Call { tool, args }) => ClientCmd::Call { tool, args },
+        Some(Command::Client(cmd)) => cmd,
     };
     rt.block_on(commands::run(&client, cmd, json))
 }
