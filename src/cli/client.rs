@@ -99,13 +99,17 @@ impl Client {
 
     /// Calls a tool asking for progress reports; `on_progress` hears each report's message
     /// (e.g. "waiting 5s of 50s, position 2 in line, held by agent:a") while the call is parked.
-    pub async fn call_with_progress(
+    pub async fn request_with_progress(
         &self,
-        tool: &str,
-        args: Value,
+        request: &crate::core::Request,
         mut on_progress: impl FnMut(&str),
     ) -> Result<Value, ClientError> {
-        let params = json!({"name": tool, "arguments": args, "_meta": {"progressToken": 1}});
+        let tool = request.tool().name();
+        let params = json!({
+            "name": tool,
+            "arguments": request.arguments(),
+            "_meta": {"progressToken": 1}
+        });
         let result = self
             .rpc_with_progress("tools/call", params, |p| {
                 if let Some(m) = p["message"].as_str() {
@@ -193,6 +197,12 @@ impl Client {
             .rpc("tools/call", json!({"name": tool, "arguments": args}))
             .await?;
         tool_text(tool, result)
+    }
+
+    /// Calls the tool a typed request is for, with its arguments.
+    pub async fn request(&self, request: &crate::core::Request) -> Result<Value, ClientError> {
+        self.call(request.tool().name(), Value::Object(request.arguments()))
+            .await
     }
 
     /// Whether a daemon answers `/healthz` at the address.

@@ -6,7 +6,8 @@ use serde_json::{json, Value};
 
 use super::client::{Client, ClientError};
 use super::exit;
-use super::waits::{self, StatusLine, Wait};
+use super::waits::{self, seconds, StatusLine, Wait};
+use crate::core::request::*;
 
 /// The agent id a command acts as when `--agent` and `AIRLOCK_AGENT` are not given:
 /// `cli:USER@HOST:PID`, unique per process so two shells never share a lock by accident.
@@ -255,10 +256,16 @@ fn read_arg(v: String) -> Result<String, ClientError> {
     Ok(s)
 }
 
-fn proof(token: Option<String>, agent: Option<String>) -> Result<Value, ClientError> {
+fn proof(token: Option<String>, agent: Option<String>) -> Result<Holder, ClientError> {
     match (token, agent) {
-        (Some(t), _) => Ok(json!({"lock_token": t})),
-        (None, Some(a)) => Ok(json!({"agent_id": a})),
+        (Some(t), _) => Ok(Holder {
+            lock_token: Some(t),
+            agent_id: None,
+        }),
+        (None, Some(a)) => Ok(Holder {
+            lock_token: None,
+            agent_id: Some(a),
+        }),
         (None, None) => Err(ClientError::Refused(
             "give --token TOKEN (the lock_token from `airlock lock`) or --agent ID".into(),
         )),
@@ -278,13 +285,6 @@ fn table(rows: &[Value], fmt: impl Fn(&Value) -> String) -> String {
         return "(none)".into();
     }
     rows.iter().map(fmt).collect::<Vec<_>>().join("\n")
-}
-
-fn with_ttl(mut args: Value, key: &str, ttl: Option<u64>) -> Value {
-    if let Some(t) = ttl {
-        args[key] = json!(t);
-    }
-    args
 }
 
 async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
@@ -335,9 +335,12 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             }
         }
         ClientCmd::Unlock { name, token, agent } => {
-            let mut args = proof(token, agent)?;
-            args["name"] = json!(name);
-            let r = c.call("unlock_resource", args).await?;
+            let r = c
+                .request(&Request::UnlockResource(UnlockResource {
+                    name,
+                    holder: proof(token, agent)?,
+                }))
+                .await?;
             let why = format!(
                 "not released: {}",
                 r["error"]
@@ -352,9 +355,13 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             agent,
             ttl,
         } => {
-            let mut args = with_ttl(proof(token, agent)?, "ttl_seconds", ttl);
-            args["name"] = json!(name);
-            let r = c.call("renew_lock", args).await?;
+            let r = c
+                .request(&Request::RenewLock(RenewLock {
+                    name,
+                    holder: proof(token, agent)?,
+                    ttl_seconds: seconds(ttl),
+                }))
+                .await?;
             let human = format!(
                 "renewed; expires in {}s",
                 r["expires_in_seconds"].as_i64().unwrap_or(0)
@@ -363,7 +370,7 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             Answer::yes_no(r.clone(), r["renewed"] == json!(true), &human, why)
         }
         ClientCmd::Locks => {
-            let r = c.call("list_locks", json!({})).await?;
+            let r = c.request(&Request::ListLocks).await?;
             let rows = r.as_array().cloned().unwrap_or_default();
             let human = table(&rows, |l| {
                 format!(
@@ -378,17 +385,20 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
         ClientCmd::Note(n) => note(c, n).await?,
         ClientCmd::Counter(CounterCmd::Incr { name, by }) => {
             let r = c
-                .call("increment_counter", json!({"name": name, "by": by}))
+                .request(&Request::IncrementCounter(IncrementCounter {
+                    name,
+                    by: Some(by),
+                }))
                 .await?;
             let human = str_of(&r, "value");
             Answer::ok(r, human)
         }
         ClientCmd::Agent(AgentCmd::Register { agent_id, ttl }) => {
             let r = c
-                .call(
-                    "register_agent",
-                    with_ttl(json!({"agent_id": agent_id}), "ttl_seconds", ttl),
-                )
+                .request(&Request::RegisterAgent(RegisterAgent {
+                    agent_id,
+                    ttl_seconds: seconds(ttl),
+                }))
                 .await?;
             let human = format!(
                 "registered; expires in {}s",
@@ -398,12 +408,12 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
         }
         ClientCmd::Agent(AgentCmd::Unregister { agent_id }) => {
             let r = c
-                .call("unregister_agent", json!({"agent_id": agent_id}))
+                .request(&Request::UnregisterAgent(AgentId { agent_id }))
                 .await?;
             Answer::ok(r, "unregistered")
         }
         ClientCmd::Agents | ClientCmd::Agent(AgentCmd::List) => {
-            let r = c.call("list_agents", json!({})).await?;
+            let r = c.request(&Request::ListAgents).await?;
             let rows = r.as_array().cloned().unwrap_or_default();
             let human = table(&rows, |a| {
                 format!(
@@ -415,7 +425,7 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             Answer::ok(r, human)
         }
         ClientCmd::Event(EventCmd::Signal { name }) => {
-            let r = c.call("signal_event", json!({"name": name})).await?;
+            let r = c.request(&Request::SignalEvent(EventName { name })).await?;
             let human = str_of(&r, "generation");
             Answer::ok(r, human)
         }
@@ -427,7 +437,7 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             Answer::yes_no(r, fired, &human, why)
         }
         ClientCmd::Event(EventCmd::Clear { name }) => {
-            let r = c.call("clear_event", json!({"name": name})).await?;
+            let r = c.request(&Request::ClearEvent(EventName { name })).await?;
             Answer::ok(r, "cleared")
         }
         ClientCmd::Task(t) => task(c, t).await?,
@@ -448,7 +458,9 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
 async fn note(c: &Client, n: NoteCmd) -> Result<Answer, ClientError> {
     Ok(match n {
         NoteCmd::Get { key } => {
-            let r = c.call("get_note", json!({"key": key})).await?;
+            let r = c
+                .request(&Request::GetNote(NoteKey { key: key.clone() }))
+                .await?;
             if r["found"] == json!(false) {
                 Answer::no(r, format!("not found: no note {key}"))
             } else {
@@ -462,17 +474,18 @@ async fn note(c: &Client, n: NoteCmd) -> Result<Answer, ClientError> {
             author,
             ttl,
         } => {
-            let mut args = json!({"key": key, "value": read_arg(value)?});
-            if let Some(a) = author {
-                args["author"] = json!(a);
-            }
             let r = c
-                .call("set_note", with_ttl(args, "ttl_seconds", ttl))
+                .request(&Request::SetNote(SetNote {
+                    key,
+                    value: read_arg(value)?,
+                    author,
+                    ttl_seconds: seconds(ttl),
+                }))
                 .await?;
             Answer::ok(r, "saved")
         }
         NoteCmd::List => {
-            let r = c.call("list_notes", json!({})).await?;
+            let r = c.request(&Request::ListNotes).await?;
             let rows = r.as_array().cloned().unwrap_or_default();
             let human = table(&rows, |n| {
                 format!("{}\t{}", str_of(n, "key"), str_of(n, "value"))
@@ -480,7 +493,9 @@ async fn note(c: &Client, n: NoteCmd) -> Result<Answer, ClientError> {
             Answer::ok(r, human)
         }
         NoteCmd::Delete { key } => {
-            let r = c.call("delete_note", json!({"key": key})).await?;
+            let r = c
+                .request(&Request::DeleteNote(NoteKey { key: key.clone() }))
+                .await?;
             let why = format!("not found: no note {key}");
             Answer::yes_no(r.clone(), r["deleted"] == json!(true), "deleted", why)
         }
@@ -491,13 +506,14 @@ async fn note(c: &Client, n: NoteCmd) -> Result<Answer, ClientError> {
             author,
             ttl,
         } => {
-            let mut args =
-                json!({"key": key, "expected_value": expected, "new_value": read_arg(new)?});
-            if let Some(a) = author {
-                args["author"] = json!(a);
-            }
             let r = c
-                .call("set_note_if", with_ttl(args, "ttl_seconds", ttl))
+                .request(&Request::SetNoteIf(SetNoteIf {
+                    key: key.clone(),
+                    expected_value: expected,
+                    new_value: read_arg(new)?,
+                    author,
+                    ttl_seconds: seconds(ttl),
+                }))
                 .await?;
             let why = format!("not swapped: {key} does not hold the expected value");
             Answer::yes_no(r.clone(), r["swapped"] == json!(true), "swapped", why)
@@ -513,12 +529,14 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
             priority,
             author,
         } => {
-            let mut args =
-                json!({"queue": queue, "payload": read_arg(payload)?, "priority": priority});
-            if let Some(a) = author {
-                args["author"] = json!(a);
-            }
-            let r = c.call("push_task", args).await?;
+            let r = c
+                .request(&Request::PushTask(PushTask {
+                    queue,
+                    payload: read_arg(payload)?,
+                    author,
+                    priority: Some(priority),
+                }))
+                .await?;
             let human = str_of(&r, "id");
             Answer::ok(r, human)
         }
@@ -529,12 +547,14 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
             wait,
         } => {
             let agent = agent.unwrap_or_else(|| default_agent("cli"));
-            let args = with_ttl(
-                json!({"queue": queue, "agent_id": agent, "wait_seconds": wait}),
-                "lease_seconds",
-                lease,
-            );
-            let r = c.call("claim_next_task", args).await?;
+            let r = c
+                .request(&Request::ClaimNextTask(ClaimNextTask {
+                    queue: queue.clone(),
+                    agent_id: agent,
+                    lease_seconds: seconds(lease),
+                    wait_seconds: seconds(Some(wait)),
+                }))
+                .await?;
             if r["claimed"] == json!(true) {
                 let human = format!(
                     "id {}\nlease_token {}\npayload {}",
@@ -549,7 +569,10 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
         }
         TaskCmd::Complete { id, token } => {
             let r = c
-                .call("complete_task", json!({"id": id, "lease_token": token}))
+                .request(&Request::CompleteTask(Lease {
+                    id,
+                    lease_token: token,
+                }))
                 .await?;
             let why = format!("not completed: {}", lease_error(&r));
             Answer::yes_no(r.clone(), r["completed"] == json!(true), "completed", why)
@@ -560,10 +583,11 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
             no_requeue,
         } => {
             let r = c
-                .call(
-                    "fail_task",
-                    json!({"id": id, "lease_token": token, "requeue": !no_requeue}),
-                )
+                .request(&Request::FailTask(FailTask {
+                    id,
+                    lease_token: token,
+                    requeue: Some(!no_requeue),
+                }))
                 .await?;
             let why = format!("not failed: {}", lease_error(&r));
             let human = if no_requeue { "failed" } else { "requeued" };
@@ -571,14 +595,11 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
         }
         TaskCmd::Extend { id, token, lease } => {
             let r = c
-                .call(
-                    "extend_lease",
-                    with_ttl(
-                        json!({"id": id, "lease_token": token}),
-                        "lease_seconds",
-                        lease,
-                    ),
-                )
+                .request(&Request::ExtendLease(ExtendLease {
+                    id,
+                    lease_token: token,
+                    lease_seconds: seconds(lease),
+                }))
                 .await?;
             let human = format!(
                 "extended; lease expires in {}s",
@@ -588,7 +609,9 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
             Answer::yes_no(r.clone(), r["extended"] == json!(true), &human, why)
         }
         TaskCmd::List { queue } => {
-            let r = c.call("list_tasks", json!({"queue": queue})).await?;
+            let r = c
+                .request(&Request::ListTasks(ListTasks { queue: Some(queue) }))
+                .await?;
             let rows = r.as_array().cloned().unwrap_or_default();
             let human = table(&rows, |t| {
                 format!(

@@ -14,6 +14,7 @@ use super::client::Client;
 use super::commands::default_agent;
 use super::exit;
 use super::waits::{self, StatusLine, Wait};
+use crate::core::request::{Holder, RenewLock, Request, UnlockResource};
 
 /// Default lock TTL for `airlock run`: short, because it is renewed while CMD runs and bounds
 /// the damage if `airlock run` is killed without a chance to release.
@@ -44,13 +45,14 @@ type Held = Vec<(String, String)>;
 
 async fn release(c: &Client, held: &Held) {
     for (name, token) in held {
-        match c
-            .call(
-                "unlock_resource",
-                json!({"name": name, "lock_token": token}),
-            )
-            .await
-        {
+        let request = Request::UnlockResource(UnlockResource {
+            name: name.clone(),
+            holder: Holder {
+                lock_token: Some(token.clone()),
+                agent_id: None,
+            },
+        });
+        match c.request(&request).await {
             Ok(r) if r["released"] == json!(true) => {}
             Ok(r) => eprintln!("airlock run: {name} was no longer held when releasing: {r}"),
             Err(e) => eprintln!("airlock run: could not release {name}: {e}"),
@@ -68,10 +70,14 @@ async fn renew_forever(c: Client, held: Held, ttl: u64) {
         let mut still = Vec::new();
         for (name, token) in live {
             let r = c
-                .call(
-                    "renew_lock",
-                    json!({"name": name, "lock_token": token, "ttl_seconds": ttl}),
-                )
+                .request(&Request::RenewLock(RenewLock {
+                    name: name.clone(),
+                    holder: Holder {
+                        lock_token: Some(token.clone()),
+                        agent_id: None,
+                    },
+                    ttl_seconds: waits::seconds(Some(ttl)),
+                }))
                 .await;
             match r {
                 Ok(v) if v["renewed"] == json!(true) => still.push((name, token)),

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::client::{Client, ClientError};
+use crate::core::request::{LockResource, LockResources, Request, WaitForEvent};
 use crate::core::MAX_WAIT_SECONDS;
 
 /// How long to wait: a number of seconds, or forever.
@@ -178,21 +179,19 @@ pub async fn acquire(
     let mut first = true;
     loop {
         let this_window = if first { 0 } else { window(deadline) };
-        let mut args = json!({"name": name, "agent_id": agent, "wait_seconds": this_window});
-        if let Some(t) = ttl {
-            args["ttl_seconds"] = json!(t);
-        }
-        if let Some(w) = &wake {
-            args["wake_token"] = json!(w);
-        }
+        let request = Request::LockResource(LockResource {
+            name: name.to_string(),
+            agent_id: agent.to_string(),
+            ttl_seconds: seconds(ttl),
+            wait_seconds: Some(this_window),
+            wake_token: wake.clone(),
+        });
         let started = Instant::now();
         let answer = match line {
             Some(l) if this_window > 0 => {
-                client
-                    .call_with_progress("lock_resource", args, l.setter())
-                    .await?
+                client.request_with_progress(&request, l.setter()).await?
             }
-            _ => client.call("lock_resource", args).await?,
+            _ => client.request(&request).await?,
         };
         if answer["locked"] == json!(true) {
             return Ok(answer);
@@ -221,12 +220,15 @@ pub async fn acquire_set(
     let deadline = wait.deadline();
     loop {
         let w = window(deadline);
-        let mut args = json!({"names": names, "agent_id": agent, "wait_seconds": w});
-        if let Some(t) = ttl {
-            args["ttl_seconds"] = json!(t);
-        }
         let started = Instant::now();
-        let answer = client.call("lock_resources", args).await?;
+        let answer = client
+            .request(&Request::LockResources(LockResources {
+                names: names.to_vec(),
+                agent_id: agent.to_string(),
+                ttl_seconds: seconds(ttl),
+                wait_seconds: Some(w),
+            }))
+            .await?;
         if answer["locked"] == json!(true) || window(deadline) == 0 {
             return Ok(answer);
         }
@@ -246,16 +248,23 @@ pub async fn wait_event(
         let w = window(deadline);
         let started = Instant::now();
         let answer = client
-            .call(
-                "wait_for_event",
-                json!({"name": name, "last_seen_generation": since, "wait_seconds": w}),
-            )
+            .request(&Request::WaitForEvent(WaitForEvent {
+                name: name.to_string(),
+                last_seen_generation: Some(since),
+                wait_seconds: Some(w),
+            }))
             .await?;
         if answer["fired"] == json!(true) || window(deadline) == 0 {
             return Ok(answer);
         }
         pace(started, w).await;
     }
+}
+
+/// Seconds from the command line as a request carries them (a value past `i64` is refused by
+/// the daemon like any other out-of-range one).
+pub fn seconds(v: Option<u64>) -> Option<i64> {
+    v.map(|s| i64::try_from(s).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]
