@@ -246,475 +246,206 @@ impl Coordinator {
         request: Request,
         progress: Option<ProgressFn>,
     ) -> CoreResult<Response> {
-        Ok(match request {
-            Request::LockResource(r) => Response::LockResource(
-                self.lock_resource(
-                    r.name,
-                    r.agent_id,
-                    r.ttl_seconds,
-                    r.wait_seconds,
-                    r.wake_token,
-                    progress,
+        let ms = |seconds: Option<i64>| seconds.unwrap_or_default() * 1000;
+        let window = request.wait_window_seconds();
+        Ok(match request.check()? {
+            Request::LockResource(r) => {
+                let orphan_of = lock_orphan(r.name.clone());
+                Response::LockResource(
+                    self.call_parked(window, progress, orphan_of, |call, reply| {
+                        Op::LockResource {
+                            call,
+                            name: r.name,
+                            agent_id: r.agent_id,
+                            ttl_ms: ms(r.ttl_seconds),
+                            wait_ms: ms(r.wait_seconds),
+                            wake_token: r.wake_token,
+                            reply,
+                        }
+                    })
+                    .await?,
                 )
-                .await?,
-            ),
+            }
             Request::UnlockResource(r) => {
                 let proof = r.holder.proof()?;
-                Response::UnlockResource(self.unlock_resource(r.name, proof).await?)
+                Response::UnlockResource(
+                    self.send(|reply| Op::UnlockResource {
+                        name: r.name,
+                        proof,
+                        reply,
+                    })
+                    .await?,
+                )
             }
             Request::RenewLock(r) => {
                 let proof = r.holder.proof()?;
-                Response::RenewLock(self.renew_lock(r.name, proof, r.ttl_seconds).await?)
-            }
-            Request::ListLocks => Response::ListLocks(self.list_locks().await?),
-            Request::LockResources(r) => Response::LockResources(
-                self.lock_resources(r.names, r.agent_id, r.ttl_seconds, r.wait_seconds, progress)
+                Response::RenewLock(
+                    self.send(|reply| Op::RenewLock {
+                        name: r.name,
+                        proof,
+                        ttl_ms: ms(r.ttl_seconds),
+                        reply,
+                    })
                     .await?,
+                )
+            }
+            Request::ListLocks => {
+                Response::ListLocks(self.send(|reply| Op::ListLocks { reply }).await?)
+            }
+            Request::LockResources(r) => Response::LockResources(
+                self.call_parked(window, progress, lock_set_orphan, |call, reply| {
+                    Op::LockResources {
+                        call,
+                        names: r.names,
+                        agent_id: r.agent_id,
+                        ttl_ms: ms(r.ttl_seconds),
+                        wait_ms: ms(r.wait_seconds),
+                        reply,
+                    }
+                })
+                .await?,
             ),
             Request::SetNote(r) => Response::SetNote(
-                self.set_note(r.key, r.value, r.author, r.ttl_seconds)
-                    .await?,
-            ),
-            Request::GetNote(r) => Response::GetNote(self.get_note(r.key).await?),
-            Request::ListNotes => Response::ListNotes(self.list_notes().await?),
-            Request::DeleteNote(r) => Response::DeleteNote(self.delete_note(r.key).await?),
-            Request::SetNoteIf(r) => Response::SetNoteIf(
-                self.set_note_if(
-                    r.key,
-                    r.expected_value,
-                    r.new_value,
-                    r.author,
-                    r.ttl_seconds,
-                )
+                self.send(|reply| Op::SetNote {
+                    key: r.key,
+                    value: r.value,
+                    author: r.author,
+                    ttl_ms: r.ttl_seconds.map(|s| s * 1000),
+                    reply,
+                })
                 .await?,
             ),
-            Request::IncrementCounter(r) => {
-                Response::IncrementCounter(self.increment_counter(r.name, r.by).await?)
+            Request::GetNote(r) => {
+                Response::GetNote(self.send(|reply| Op::GetNote { key: r.key, reply }).await?)
             }
-            Request::RegisterAgent(r) => {
-                Response::RegisterAgent(self.register_agent(r.agent_id, r.ttl_seconds).await?)
+            Request::ListNotes => {
+                Response::ListNotes(self.send(|reply| Op::ListNotes { reply }).await?)
             }
-            Request::UnregisterAgent(r) => {
-                Response::UnregisterAgent(self.unregister_agent(r.agent_id).await?)
-            }
-            Request::ListAgents => Response::ListAgents(self.list_agents().await?),
-            Request::SignalEvent(r) => Response::SignalEvent(self.signal_event(r.name).await?),
-            Request::WaitForEvent(r) => Response::WaitForEvent(
-                self.wait_for_event(r.name, r.last_seen_generation, r.wait_seconds, progress)
+            Request::DeleteNote(r) => Response::DeleteNote(
+                self.send(|reply| Op::DeleteNote { key: r.key, reply })
                     .await?,
             ),
-            Request::ClearEvent(r) => Response::ClearEvent(self.clear_event(r.name).await?),
+            Request::SetNoteIf(r) => Response::SetNoteIf(
+                self.send(|reply| Op::SetNoteIf {
+                    key: r.key,
+                    expected: r.expected_value,
+                    new_value: r.new_value,
+                    author: r.author,
+                    ttl_ms: r.ttl_seconds.map(|s| s * 1000),
+                    reply,
+                })
+                .await?,
+            ),
+            Request::IncrementCounter(r) => Response::IncrementCounter(
+                self.send(|reply| Op::IncrementCounter {
+                    name: r.name,
+                    by: r.by.unwrap_or(1),
+                    reply,
+                })
+                .await?,
+            ),
+            Request::RegisterAgent(r) => Response::RegisterAgent(
+                self.send(|reply| Op::RegisterAgent {
+                    agent_id: r.agent_id,
+                    ttl_ms: ms(r.ttl_seconds),
+                    reply,
+                })
+                .await?,
+            ),
+            Request::UnregisterAgent(r) => Response::UnregisterAgent(
+                self.send(|reply| Op::UnregisterAgent {
+                    agent_id: r.agent_id,
+                    reply,
+                })
+                .await?,
+            ),
+            Request::ListAgents => {
+                Response::ListAgents(self.send(|reply| Op::ListAgents { reply }).await?)
+            }
+            Request::SignalEvent(r) => Response::SignalEvent(
+                self.send(|reply| Op::SignalEvent {
+                    name: r.name,
+                    reply,
+                })
+                .await?,
+            ),
+            Request::WaitForEvent(r) => Response::WaitForEvent(
+                self.call_parked(window, progress, no_orphan, |call, reply| {
+                    Op::WaitForEvent {
+                        call,
+                        name: r.name,
+                        last_seen: r.last_seen_generation.unwrap_or(0),
+                        wait_ms: ms(r.wait_seconds),
+                        reply,
+                    }
+                })
+                .await?,
+            ),
+            Request::ClearEvent(r) => Response::ClearEvent(
+                self.send(|reply| Op::ClearEvent {
+                    name: r.name,
+                    reply,
+                })
+                .await?,
+            ),
             Request::PushTask(r) => Response::PushTask(
-                self.push_task(r.queue, r.payload, r.author, r.priority)
-                    .await?,
+                self.send(|reply| Op::PushTask {
+                    queue: r.queue,
+                    payload: r.payload,
+                    author: r.author,
+                    priority: r.priority.unwrap_or(0),
+                    reply,
+                })
+                .await?,
             ),
             Request::ClaimNextTask(r) => Response::ClaimNextTask(
-                self.claim_next_task(
-                    r.queue,
-                    r.agent_id,
-                    r.lease_seconds,
-                    r.wait_seconds,
-                    progress,
-                )
+                self.call_parked(window, progress, claim_orphan, |call, reply| {
+                    Op::ClaimNextTask {
+                        call,
+                        queue: r.queue,
+                        agent_id: r.agent_id,
+                        lease_ms: ms(r.lease_seconds),
+                        wait_ms: ms(r.wait_seconds),
+                        reply,
+                    }
+                })
                 .await?,
             ),
-            Request::CompleteTask(r) => {
-                Response::CompleteTask(self.complete_task(r.id, r.lease_token).await?)
-            }
-            Request::FailTask(r) => {
-                Response::FailTask(self.fail_task(r.id, r.lease_token, r.requeue).await?)
-            }
-            Request::ExtendLease(r) => Response::ExtendLease(
-                self.extend_lease(r.id, r.lease_token, r.lease_seconds)
-                    .await?,
+            Request::CompleteTask(r) => Response::CompleteTask(
+                self.send(|reply| Op::CompleteTask {
+                    id: r.id,
+                    lease_token: r.lease_token,
+                    reply,
+                })
+                .await?,
             ),
-            Request::ListTasks(r) => Response::ListTasks(self.list_tasks(r.queue).await?),
-            Request::Status => Response::Status(self.status().await?),
+            Request::FailTask(r) => Response::FailTask(
+                self.send(|reply| Op::FailTask {
+                    id: r.id,
+                    lease_token: r.lease_token,
+                    requeue: r.requeue.unwrap_or(true),
+                    reply,
+                })
+                .await?,
+            ),
+            Request::ExtendLease(r) => Response::ExtendLease(
+                self.send(|reply| Op::ExtendLease {
+                    id: r.id,
+                    lease_token: r.lease_token,
+                    lease_ms: ms(r.lease_seconds),
+                    reply,
+                })
+                .await?,
+            ),
+            Request::ListTasks(r) => Response::ListTasks(
+                self.send(|reply| Op::ListTasks {
+                    queue: r.queue,
+                    reply,
+                })
+                .await?,
+            ),
+            Request::Status => Response::Status(self.send(|reply| Op::Status { reply }).await?),
         })
-    }
-
-    // ------------------------------------------------------------ notes and counters
-
-    pub async fn set_note(
-        &self,
-        key: String,
-        value: String,
-        author: Option<String>,
-        ttl_seconds: Option<i64>,
-    ) -> CoreResult<Saved> {
-        check_name("key", &key)?;
-        check_value("value", &value)?;
-        check_author("author", &author)?;
-        let ttl_ms = ttl_seconds
-            .map(|s| check_ttl("ttl_seconds", s))
-            .transpose()?;
-        self.send(|reply| Op::SetNote {
-            key,
-            value,
-            author,
-            ttl_ms,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn get_note(&self, key: String) -> CoreResult<GetNoteResult> {
-        check_name("key", &key)?;
-        self.send(|reply| Op::GetNote { key, reply }).await
-    }
-
-    pub async fn list_notes(&self) -> CoreResult<Vec<NoteView>> {
-        self.send(|reply| Op::ListNotes { reply }).await
-    }
-
-    pub async fn delete_note(&self, key: String) -> CoreResult<Deleted> {
-        check_name("key", &key)?;
-        self.send(|reply| Op::DeleteNote { key, reply }).await
-    }
-
-    pub async fn set_note_if(
-        &self,
-        key: String,
-        expected: String,
-        new_value: String,
-        author: Option<String>,
-        ttl_seconds: Option<i64>,
-    ) -> CoreResult<Swapped> {
-        check_name("key", &key)?;
-        check_value("expected_value", &expected)?;
-        check_value("new_value", &new_value)?;
-        check_author("author", &author)?;
-        let ttl_ms = ttl_seconds
-            .map(|s| check_ttl("ttl_seconds", s))
-            .transpose()?;
-        self.send(|reply| Op::SetNoteIf {
-            key,
-            expected,
-            new_value,
-            author,
-            ttl_ms,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn increment_counter(
-        &self,
-        name: String,
-        by: Option<i64>,
-    ) -> CoreResult<CounterValue> {
-        check_name("name", &name)?;
-        let by = by.unwrap_or(1);
-        self.send(|reply| Op::IncrementCounter { name, by, reply })
-            .await
-    }
-
-    // ------------------------------------------------------------ locks
-
-    pub async fn lock_resource(
-        &self,
-        name: String,
-        agent_id: String,
-        ttl_seconds: Option<i64>,
-        wait_seconds: Option<i64>,
-        wake_token: Option<String>,
-        progress: Option<ProgressFn>,
-    ) -> CoreResult<LockOutcome> {
-        check_name("name", &name)?;
-        check_name("agent_id", &agent_id)?;
-        let ttl_ms = check_ttl(
-            "ttl_seconds",
-            ttl_seconds.unwrap_or(DEFAULT_LOCK_TTL_SECONDS),
-        )?;
-        let wait_ms = check_wait("wait_seconds", wait_seconds.unwrap_or(0))?;
-        if let Some(t) = &wake_token {
-            check_name("wake_token", t)?;
-        }
-        self.call_parked(
-            (wait_ms / 1000) as u64,
-            progress,
-            lock_orphan(name.clone()),
-            |call, reply| Op::LockResource {
-                call,
-                name,
-                agent_id,
-                ttl_ms,
-                wait_ms,
-                wake_token,
-                reply,
-            },
-        )
-        .await
-    }
-
-    pub async fn lock_resources(
-        &self,
-        names: Vec<String>,
-        agent_id: String,
-        ttl_seconds: Option<i64>,
-        wait_seconds: Option<i64>,
-        progress: Option<ProgressFn>,
-    ) -> CoreResult<LockSetOutcome> {
-        if names.is_empty() || names.len() > MAX_LOCK_SET {
-            return Err(CoreError::invalid(
-                "names",
-                format!(
-                    "must list 1 to {MAX_LOCK_SET} lock names, got {}",
-                    names.len()
-                ),
-            ));
-        }
-        for (i, n) in names.iter().enumerate() {
-            check_name(&format!("names[{i}]"), n)?;
-        }
-        let mut sorted = names.clone();
-        sorted.sort();
-        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
-            return Err(CoreError::invalid(
-                "names",
-                format!("must not repeat a name, got {:?} twice", w[0]),
-            ));
-        }
-        check_name("agent_id", &agent_id)?;
-        let ttl_ms = check_ttl(
-            "ttl_seconds",
-            ttl_seconds.unwrap_or(DEFAULT_LOCK_TTL_SECONDS),
-        )?;
-        let wait_ms = check_wait("wait_seconds", wait_seconds.unwrap_or(0))?;
-        self.call_parked(
-            (wait_ms / 1000) as u64,
-            progress,
-            lock_set_orphan,
-            |call, reply| Op::LockResources {
-                call,
-                names: sorted,
-                agent_id,
-                ttl_ms,
-                wait_ms,
-                reply,
-            },
-        )
-        .await
-    }
-
-    pub async fn unlock_resource(&self, name: String, proof: HolderProof) -> CoreResult<Released> {
-        check_name("name", &name)?;
-        check_proof(&proof)?;
-        self.send(|reply| Op::UnlockResource { name, proof, reply })
-            .await
-    }
-
-    pub async fn renew_lock(
-        &self,
-        name: String,
-        proof: HolderProof,
-        ttl_seconds: Option<i64>,
-    ) -> CoreResult<Renewed> {
-        check_name("name", &name)?;
-        check_proof(&proof)?;
-        let ttl_ms = check_ttl(
-            "ttl_seconds",
-            ttl_seconds.unwrap_or(DEFAULT_LOCK_TTL_SECONDS),
-        )?;
-        self.send(|reply| Op::RenewLock {
-            name,
-            proof,
-            ttl_ms,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn list_locks(&self) -> CoreResult<Vec<LockView>> {
-        self.send(|reply| Op::ListLocks { reply }).await
-    }
-
-    // ------------------------------------------------------------ presence
-
-    pub async fn register_agent(
-        &self,
-        agent_id: String,
-        ttl_seconds: Option<i64>,
-    ) -> CoreResult<Registered> {
-        check_name("agent_id", &agent_id)?;
-        let ttl_ms = check_ttl(
-            "ttl_seconds",
-            ttl_seconds.unwrap_or(DEFAULT_AGENT_TTL_SECONDS),
-        )?;
-        self.send(|reply| Op::RegisterAgent {
-            agent_id,
-            ttl_ms,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn unregister_agent(&self, agent_id: String) -> CoreResult<Unregistered> {
-        check_name("agent_id", &agent_id)?;
-        self.send(|reply| Op::UnregisterAgent { agent_id, reply })
-            .await
-    }
-
-    pub async fn list_agents(&self) -> CoreResult<Vec<AgentView>> {
-        self.send(|reply| Op::ListAgents { reply }).await
-    }
-
-    // ------------------------------------------------------------ events
-
-    pub async fn signal_event(&self, name: String) -> CoreResult<Signaled> {
-        check_name("name", &name)?;
-        self.send(|reply| Op::SignalEvent { name, reply }).await
-    }
-
-    pub async fn wait_for_event(
-        &self,
-        name: String,
-        last_seen_generation: Option<i64>,
-        wait_seconds: Option<i64>,
-        progress: Option<ProgressFn>,
-    ) -> CoreResult<EventWaitOutcome> {
-        check_name("name", &name)?;
-        let last_seen = last_seen_generation.unwrap_or(0);
-        if last_seen < 0 {
-            return Err(CoreError::invalid(
-                "last_seen_generation",
-                format!("must be 0 or more, got {last_seen}"),
-            ));
-        }
-        let wait_ms = check_wait(
-            "wait_seconds",
-            wait_seconds.unwrap_or(DEFAULT_EVENT_WAIT_SECONDS),
-        )?;
-        self.call_parked(
-            (wait_ms / 1000) as u64,
-            progress,
-            no_orphan,
-            |call, reply| Op::WaitForEvent {
-                call,
-                name,
-                last_seen,
-                wait_ms,
-                reply,
-            },
-        )
-        .await
-    }
-
-    pub async fn clear_event(&self, name: String) -> CoreResult<Cleared> {
-        check_name("name", &name)?;
-        self.send(|reply| Op::ClearEvent { name, reply }).await
-    }
-
-    // ------------------------------------------------------------ tasks
-
-    pub async fn push_task(
-        &self,
-        queue: String,
-        payload: String,
-        author: Option<String>,
-        priority: Option<i64>,
-    ) -> CoreResult<Pushed> {
-        check_name("queue", &queue)?;
-        check_value("payload", &payload)?;
-        check_author("author", &author)?;
-        let priority = priority.unwrap_or(0);
-        self.send(|reply| Op::PushTask {
-            queue,
-            payload,
-            author,
-            priority,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn claim_next_task(
-        &self,
-        queue: String,
-        agent_id: String,
-        lease_seconds: Option<i64>,
-        wait_seconds: Option<i64>,
-        progress: Option<ProgressFn>,
-    ) -> CoreResult<ClaimOutcome> {
-        check_name("queue", &queue)?;
-        check_name("agent_id", &agent_id)?;
-        let lease_ms = check_ttl(
-            "lease_seconds",
-            lease_seconds.unwrap_or(DEFAULT_LEASE_SECONDS),
-        )?;
-        let wait_ms = check_wait("wait_seconds", wait_seconds.unwrap_or(0))?;
-        self.call_parked(
-            (wait_ms / 1000) as u64,
-            progress,
-            claim_orphan,
-            |call, reply| Op::ClaimNextTask {
-                call,
-                queue,
-                agent_id,
-                lease_ms,
-                wait_ms,
-                reply,
-            },
-        )
-        .await
-    }
-
-    pub async fn complete_task(&self, id: i64, lease_token: String) -> CoreResult<Completed> {
-        check_name("lease_token", &lease_token)?;
-        self.send(|reply| Op::CompleteTask {
-            id,
-            lease_token,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn fail_task(
-        &self,
-        id: i64,
-        lease_token: String,
-        requeue: Option<bool>,
-    ) -> CoreResult<Failed> {
-        check_name("lease_token", &lease_token)?;
-        let requeue = requeue.unwrap_or(true);
-        self.send(|reply| Op::FailTask {
-            id,
-            lease_token,
-            requeue,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn extend_lease(
-        &self,
-        id: i64,
-        lease_token: String,
-        lease_seconds: Option<i64>,
-    ) -> CoreResult<Extended> {
-        check_name("lease_token", &lease_token)?;
-        let lease_ms = check_ttl(
-            "lease_seconds",
-            lease_seconds.unwrap_or(DEFAULT_LEASE_SECONDS),
-        )?;
-        self.send(|reply| Op::ExtendLease {
-            id,
-            lease_token,
-            lease_ms,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn list_tasks(&self, queue: Option<String>) -> CoreResult<Vec<TaskView>> {
-        if let Some(q) = &queue {
-            check_name("queue", q)?;
-        }
-        self.send(|reply| Op::ListTasks { queue, reply }).await
-    }
-
-    pub async fn status(&self) -> CoreResult<StatusView> {
-        self.send(|reply| Op::Status { reply }).await
     }
 }
 
@@ -732,13 +463,6 @@ impl CoreApi for Coordinator {
     }
 }
 
-fn check_proof(proof: &HolderProof) -> CoreResult<()> {
-    match proof {
-        HolderProof::Token(t) => check_name("lock_token", t),
-        HolderProof::Agent(a) => check_name("agent_id", a),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,42 +474,64 @@ mod tests {
         Coordinator::start(Box::new(store), Arc::new(MonotonicClock::new())).unwrap()
     }
 
+    fn lock(agent: &str, wait_seconds: Option<i64>) -> Request {
+        Request::LockResource(request::LockResource {
+            name: "x".into(),
+            agent_id: agent.into(),
+            ttl_seconds: None,
+            wait_seconds,
+            wake_token: None,
+        })
+    }
+
+    async fn locks(core: &Coordinator) -> Vec<LockView> {
+        match core.call(Request::ListLocks, None).await.unwrap() {
+            Response::ListLocks(l) => l,
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// A grant that reached a parked call whose caller left before reading it is released,
     /// and the lock goes on to the next in line.
     #[tokio::test]
     async fn an_unread_grant_is_released() {
         let (core, _engine) = start();
-        let held = core
-            .lock_resource("x".into(), "a".into(), None, None, None, None)
-            .await
-            .unwrap();
-        let LockOutcome::Granted { lock_token, .. } = held else {
+        let held = core.call(lock("a", None), None).await.unwrap();
+        let Response::LockResource(LockOutcome::Granted { lock_token, .. }) = held else {
             panic!("expected a grant")
         };
-        let mut b =
-            Box::pin(core.lock_resource("x".into(), "b".into(), None, Some(30), None, None));
+        let mut b = Box::pin(core.call(lock("b", Some(30)), None));
         assert!(futures::poll!(b.as_mut()).is_pending(), "b parks");
         let c = tokio::spawn({
             let core = core.clone();
-            async move {
-                core.lock_resource("x".into(), "c".into(), None, Some(30), None, None)
-                    .await
-            }
+            async move { core.call(lock("c", Some(30)), None).await }
         });
         // Wait until c stands in line behind b.
-        while core.list_locks().await.unwrap()[0].waiters < 2 {
+        while locks(&core).await[0].waiters < 2 {
             tokio::task::yield_now().await;
         }
-        let released = core
-            .unlock_resource("x".into(), HolderProof::Token(lock_token))
-            .await
-            .unwrap();
-        assert!(released.released);
+        let unlock = Request::UnlockResource(request::UnlockResource {
+            name: "x".into(),
+            holder: request::Holder {
+                lock_token: Some(lock_token),
+                agent_id: None,
+            },
+        });
+        let released = core.call(unlock, None).await.unwrap();
+        assert_eq!(
+            released,
+            Response::UnlockResource(Released {
+                released: true,
+                error: None
+            })
+        );
         // b has been answered with the grant but never reads it: it goes away.
         drop(b);
         let granted_c = c.await.unwrap().unwrap();
-        assert!(matches!(granted_c, LockOutcome::Granted { fence: 3, .. }));
-        let locks = core.list_locks().await.unwrap();
-        assert_eq!(locks[0].agent_id, "c");
+        assert!(matches!(
+            granted_c,
+            Response::LockResource(LockOutcome::Granted { fence: 3, .. })
+        ));
+        assert_eq!(locks(&core).await[0].agent_id, "c");
     }
 }

@@ -466,6 +466,174 @@ impl Request {
         }
     }
 
+    /// Checks every argument (a bad one is refused with the field and the rule, and nothing
+    /// runs) and fills in the defaults, so that every optional field the engine reads is `Some`
+    /// afterwards; waits are capped at [`MAX_WAIT_SECONDS`] and `lock_resources` names sorted.
+    pub fn check(self) -> CoreResult<Request> {
+        fn ttl(field: &str, v: Option<i64>, default: i64) -> CoreResult<Option<i64>> {
+            Ok(Some(check_ttl(field, v.unwrap_or(default))? / 1000))
+        }
+        fn ttl_if_given(v: Option<i64>) -> CoreResult<Option<i64>> {
+            v.map(|s| check_ttl("ttl_seconds", s).map(|ms| ms / 1000))
+                .transpose()
+        }
+        fn wait(v: Option<i64>, default: i64) -> CoreResult<Option<i64>> {
+            Ok(Some(
+                check_wait("wait_seconds", v.unwrap_or(default))? / 1000,
+            ))
+        }
+        fn holder(name: &str, h: &Holder) -> CoreResult<()> {
+            let proof = h.proof()?;
+            check_name("name", name)?;
+            match &proof {
+                HolderProof::Token(t) => check_name("lock_token", t),
+                HolderProof::Agent(a) => check_name("agent_id", a),
+            }
+        }
+        Ok(match self {
+            Request::LockResource(mut r) => {
+                check_name("name", &r.name)?;
+                check_name("agent_id", &r.agent_id)?;
+                r.ttl_seconds = ttl("ttl_seconds", r.ttl_seconds, DEFAULT_LOCK_TTL_SECONDS)?;
+                r.wait_seconds = wait(r.wait_seconds, 0)?;
+                if let Some(t) = &r.wake_token {
+                    check_name("wake_token", t)?;
+                }
+                Request::LockResource(r)
+            }
+            Request::UnlockResource(r) => {
+                holder(&r.name, &r.holder)?;
+                Request::UnlockResource(r)
+            }
+            Request::RenewLock(mut r) => {
+                holder(&r.name, &r.holder)?;
+                r.ttl_seconds = ttl("ttl_seconds", r.ttl_seconds, DEFAULT_LOCK_TTL_SECONDS)?;
+                Request::RenewLock(r)
+            }
+            Request::ListLocks => Request::ListLocks,
+            Request::LockResources(mut r) => {
+                if r.names.is_empty() || r.names.len() > MAX_LOCK_SET {
+                    return Err(CoreError::invalid(
+                        "names",
+                        format!(
+                            "must list 1 to {MAX_LOCK_SET} lock names, got {}",
+                            r.names.len()
+                        ),
+                    ));
+                }
+                for (i, n) in r.names.iter().enumerate() {
+                    check_name(&format!("names[{i}]"), n)?;
+                }
+                r.names.sort();
+                if let Some(w) = r.names.windows(2).find(|w| w[0] == w[1]) {
+                    return Err(CoreError::invalid(
+                        "names",
+                        format!("must not repeat a name, got {:?} twice", w[0]),
+                    ));
+                }
+                check_name("agent_id", &r.agent_id)?;
+                r.ttl_seconds = ttl("ttl_seconds", r.ttl_seconds, DEFAULT_LOCK_TTL_SECONDS)?;
+                r.wait_seconds = wait(r.wait_seconds, 0)?;
+                Request::LockResources(r)
+            }
+            Request::SetNote(mut r) => {
+                check_name("key", &r.key)?;
+                check_value("value", &r.value)?;
+                check_author("author", &r.author)?;
+                r.ttl_seconds = ttl_if_given(r.ttl_seconds)?;
+                Request::SetNote(r)
+            }
+            Request::GetNote(r) => {
+                check_name("key", &r.key)?;
+                Request::GetNote(r)
+            }
+            Request::ListNotes => Request::ListNotes,
+            Request::DeleteNote(r) => {
+                check_name("key", &r.key)?;
+                Request::DeleteNote(r)
+            }
+            Request::SetNoteIf(mut r) => {
+                check_name("key", &r.key)?;
+                check_value("expected_value", &r.expected_value)?;
+                check_value("new_value", &r.new_value)?;
+                check_author("author", &r.author)?;
+                r.ttl_seconds = ttl_if_given(r.ttl_seconds)?;
+                Request::SetNoteIf(r)
+            }
+            Request::IncrementCounter(mut r) => {
+                check_name("name", &r.name)?;
+                r.by = Some(r.by.unwrap_or(1));
+                Request::IncrementCounter(r)
+            }
+            Request::RegisterAgent(mut r) => {
+                check_name("agent_id", &r.agent_id)?;
+                r.ttl_seconds = ttl("ttl_seconds", r.ttl_seconds, DEFAULT_AGENT_TTL_SECONDS)?;
+                Request::RegisterAgent(r)
+            }
+            Request::UnregisterAgent(r) => {
+                check_name("agent_id", &r.agent_id)?;
+                Request::UnregisterAgent(r)
+            }
+            Request::ListAgents => Request::ListAgents,
+            Request::SignalEvent(r) => {
+                check_name("name", &r.name)?;
+                Request::SignalEvent(r)
+            }
+            Request::WaitForEvent(mut r) => {
+                check_name("name", &r.name)?;
+                let last_seen = r.last_seen_generation.unwrap_or(0);
+                if last_seen < 0 {
+                    return Err(CoreError::invalid(
+                        "last_seen_generation",
+                        format!("must be 0 or more, got {last_seen}"),
+                    ));
+                }
+                r.last_seen_generation = Some(last_seen);
+                r.wait_seconds = wait(r.wait_seconds, DEFAULT_EVENT_WAIT_SECONDS)?;
+                Request::WaitForEvent(r)
+            }
+            Request::ClearEvent(r) => {
+                check_name("name", &r.name)?;
+                Request::ClearEvent(r)
+            }
+            Request::PushTask(mut r) => {
+                check_name("queue", &r.queue)?;
+                check_value("payload", &r.payload)?;
+                check_author("author", &r.author)?;
+                r.priority = Some(r.priority.unwrap_or(0));
+                Request::PushTask(r)
+            }
+            Request::ClaimNextTask(mut r) => {
+                check_name("queue", &r.queue)?;
+                check_name("agent_id", &r.agent_id)?;
+                r.lease_seconds = ttl("lease_seconds", r.lease_seconds, DEFAULT_LEASE_SECONDS)?;
+                r.wait_seconds = wait(r.wait_seconds, 0)?;
+                Request::ClaimNextTask(r)
+            }
+            Request::CompleteTask(r) => {
+                check_name("lease_token", &r.lease_token)?;
+                Request::CompleteTask(r)
+            }
+            Request::FailTask(mut r) => {
+                check_name("lease_token", &r.lease_token)?;
+                r.requeue = Some(r.requeue.unwrap_or(true));
+                Request::FailTask(r)
+            }
+            Request::ExtendLease(mut r) => {
+                check_name("lease_token", &r.lease_token)?;
+                r.lease_seconds = ttl("lease_seconds", r.lease_seconds, DEFAULT_LEASE_SECONDS)?;
+                Request::ExtendLease(r)
+            }
+            Request::ListTasks(r) => {
+                if let Some(q) = &r.queue {
+                    check_name("queue", q)?;
+                }
+                Request::ListTasks(r)
+            }
+            Request::Status => Request::Status,
+        })
+    }
+
     /// How long the call may park, in seconds (for progress reports).
     pub fn wait_window_seconds(&self) -> u64 {
         let asked = match self {
@@ -481,32 +649,11 @@ impl Request {
     /// The grant an answer to this request carries: what to release if nobody reads it.
     pub fn orphan_of(&self, response: &Response) -> Option<Orphan> {
         match (self, response) {
-            (Request::LockResource(r), Response::LockResource(o)) => match o {
-                LockOutcome::Granted {
-                    lock_token,
-                    fresh: true,
-                    ..
-                } => Some(Orphan::Locks(vec![(r.name.clone(), lock_token.clone())])),
-                _ => None,
-            },
-            (Request::LockResources(_), Response::LockResources(o)) => match o {
-                LockSetOutcome::Granted { tokens, fresh, .. } => Some(Orphan::Locks(
-                    fresh
-                        .iter()
-                        .filter_map(|n| tokens.get(n).map(|t| (n.clone(), t.clone())))
-                        .collect(),
-                )),
-                _ => None,
-            },
-            (Request::ClaimNextTask(_), Response::ClaimNextTask(o)) => match o {
-                ClaimOutcome::Claimed {
-                    id, lease_token, ..
-                } => Some(Orphan::Lease {
-                    id: *id,
-                    lease_token: lease_token.clone(),
-                }),
-                _ => None,
-            },
+            (Request::LockResource(r), Response::LockResource(o)) => {
+                super::lock_orphan(r.name.clone())(o)
+            }
+            (Request::LockResources(_), Response::LockResources(o)) => super::lock_set_orphan(o),
+            (Request::ClaimNextTask(_), Response::ClaimNextTask(o)) => super::claim_orphan(o),
             // Everything else grants nothing a caller could leave behind. Listed, so that a new
             // tool must be decided here.
             (
