@@ -1,0 +1,734 @@
+//! The engine: one thread that owns the store, the wait queues and the deadline schedule.
+//!
+//! Every operation arrives as a [`Command`] on a channel. The thread takes whatever is waiting
+//! (up to [`MAX_BATCH`]), applies it all inside one transaction, fires every deadline that is due,
+//! commits once (one fsync), and only then answers the callers of the batch: group commit. Under
+//! load, many callers share one fsync; alone, a caller pays one.
+//!
+//! Parked callers (a blocked `lock_resource`, `wait_for_event`, `claim_next_task`) are kept here
+//! as the sending half of their reply channel. A release hands the lock to the head of the line
+//! *in the releasing transaction*, so there is no window in which a newcomer can overtake, and the
+//! waiter's answer leaves as soon as that transaction is on disk.
+//!
+//! The engine is split by capability. Each capability owns its own in-memory state and works
+//! through a [`Tx`], the transaction context of one step (the store, the outbox, the deadline
+//! schedule, the clock), never through the whole engine:
+//! - [`locks`]: lock rows, the lines of waiting tickets, wake tokens;
+//! - [`notes`]: notes and counters (no memory of their own: the rows are everything);
+//! - [`presence`]: agents, and what a lapse releases (locks, leases, kept places);
+//! - [`events`]: generations and parked event waiters;
+//! - [`tasks`]: the task queue, leases and parked claimers;
+//! - [`status`]: the snapshot behind `airlock status` and the progress of a parked call;
+//! - [`deadlines`]: the heap of instants at which something must be re-checked.
+//!
+//! This file is the loop: batching, the outbox, `process` (one transaction per batch) and the
+//! dispatch of each [`Op`] to its capability.
+//!
+//! Invariants:
+//! - Nothing is answered before the commit that made it true. If the commit fails, every answer
+//!   of the batch becomes a storage error and nothing is acknowledged.
+//! - A lock is granted only to the head ticket of each of its names' queues; a caller who went
+//!   away is skipped, and a grant whose answer could not be delivered is released at once.
+//! - An expired row is treated as absent by every reader, so correctness never waits on a
+//!   deadline firing; the deadlines make releases and wake-ups happen at the instant.
+
+mod deadlines;
+mod events;
+mod locks;
+mod notes;
+mod presence;
+mod status;
+mod tasks;
+#[cfg(test)]
+mod tests;
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::types::*;
+use crate::clock::{Clock, Millis};
+use crate::store::{Store, StoreError, StoreResult};
+use deadlines::{Deadline, Deadlines};
+use events::Events;
+use locks::Locks;
+use tasks::Tasks;
+
+/// Most commands applied in one transaction.
+pub const MAX_BATCH: usize = 1024;
+/// Environment knob for benchmarks only (see BENCHMARKS.md): caps the batch, so
+/// `AIRLOCK_MAX_BATCH=1` turns group commit off and every operation pays its own fsync.
+pub const MAX_BATCH_ENV: &str = "AIRLOCK_MAX_BATCH";
+
+/// The batch cap: [`MAX_BATCH`], or less when [`MAX_BATCH_ENV`] says so.
+fn max_batch_from_env() -> usize {
+    std::env::var(MAX_BATCH_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(MAX_BATCH, |n| n.clamp(1, MAX_BATCH))
+}
+/// How often expired notes and old finished tasks are deleted from disk. Readers already treat
+/// them as gone; this only reclaims space.
+const HOUSEKEEPING_MS: Millis = 60_000;
+
+pub type Reply<T> = oneshot::Sender<CoreResult<T>>;
+
+/// One operation and the channel its answer goes back on.
+pub enum Op {
+    SetNote {
+        key: String,
+        value: String,
+        author: Option<String>,
+        ttl_ms: Option<Millis>,
+        reply: Reply<Saved>,
+    },
+    GetNote {
+        key: String,
+        reply: Reply<GetNoteResult>,
+    },
+    ListNotes {
+        reply: Reply<Vec<NoteView>>,
+    },
+    DeleteNote {
+        key: String,
+        reply: Reply<Deleted>,
+    },
+    SetNoteIf {
+        key: String,
+        expected: String,
+        new_value: String,
+        author: Option<String>,
+        ttl_ms: Option<Millis>,
+        reply: Reply<Swapped>,
+    },
+    IncrementCounter {
+        name: String,
+        by: i64,
+        reply: Reply<CounterValue>,
+    },
+    LockResource {
+        call: u64,
+        name: String,
+        agent_id: String,
+        ttl_ms: Millis,
+        wait_ms: Millis,
+        wake_token: Option<String>,
+        reply: Reply<LockOutcome>,
+    },
+    LockResources {
+        call: u64,
+        names: Vec<String>,
+        agent_id: String,
+        ttl_ms: Millis,
+        wait_ms: Millis,
+        reply: Reply<LockSetOutcome>,
+    },
+    UnlockResource {
+        name: String,
+        proof: HolderProof,
+        reply: Reply<Released>,
+    },
+    RenewLock {
+        name: String,
+        proof: HolderProof,
+        ttl_ms: Millis,
+        reply: Reply<Renewed>,
+    },
+    ListLocks {
+        reply: Reply<Vec<LockView>>,
+    },
+    RegisterAgent {
+        agent_id: String,
+        ttl_ms: Millis,
+        reply: Reply<Registered>,
+    },
+    UnregisterAgent {
+        agent_id: String,
+        reply: Reply<Unregistered>,
+    },
+    ListAgents {
+        reply: Reply<Vec<AgentView>>,
+    },
+    SignalEvent {
+        name: String,
+        reply: Reply<Signaled>,
+    },
+    WaitForEvent {
+        call: u64,
+        name: String,
+        last_seen: i64,
+        wait_ms: Millis,
+        reply: Reply<EventWaitOutcome>,
+    },
+    ClearEvent {
+        name: String,
+        reply: Reply<Cleared>,
+    },
+    PushTask {
+        queue: String,
+        payload: String,
+        author: Option<String>,
+        priority: i64,
+        reply: Reply<Pushed>,
+    },
+    ClaimNextTask {
+        call: u64,
+        queue: String,
+        agent_id: String,
+        lease_ms: Millis,
+        wait_ms: Millis,
+        reply: Reply<ClaimOutcome>,
+    },
+    CompleteTask {
+        id: i64,
+        lease_token: String,
+        reply: Reply<Completed>,
+    },
+    FailTask {
+        id: i64,
+        lease_token: String,
+        requeue: bool,
+        reply: Reply<Failed>,
+    },
+    ExtendLease {
+        id: i64,
+        lease_token: String,
+        lease_ms: Millis,
+        reply: Reply<Extended>,
+    },
+    ListTasks {
+        queue: Option<String>,
+        reply: Reply<Vec<TaskView>>,
+    },
+    Status {
+        reply: Reply<StatusView>,
+    },
+    /// Where a parked call stands, for progress notifications.
+    WaitStatus {
+        call: u64,
+        reply: Reply<Option<WaitProgress>>,
+    },
+}
+
+/// How a parked call is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitProgress {
+    /// 1 = next in line. `None` for waits that have no line (events).
+    pub queue_position: Option<usize>,
+    pub held_by: Option<String>,
+}
+
+pub enum Command {
+    Op(Op),
+    /// The caller of a parked call went away: leave the line now.
+    Cancel(u64),
+    /// A parked call was answered with a grant but its caller went away before reading it.
+    Orphaned(Orphan),
+    /// Answer every parked call with its timeout answer, and park nobody from now on.
+    Drain(oneshot::Sender<()>),
+}
+
+/// What to undo if an answer carrying a grant could not be delivered (its caller went away),
+/// or was delivered but never read (its caller went away right after). Serializable: a daemon
+/// that ran a call for another daemon keeps it beside the answer until the answer is read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Orphan {
+    Locks(Vec<(String, String)>),
+    Lease { id: i64, lease_token: String },
+}
+
+// ------------------------------------------------------------ the outbox
+
+/// Sends an answer (or, if the batch failed, that failure); false if the caller is gone.
+type Deliver = Box<dyn FnOnce(Option<&CoreError>) -> bool + Send>;
+
+/// An answer waiting for its batch's commit.
+struct Outgoing {
+    deliver: Deliver,
+    /// What to release if the answer carries a grant nobody receives.
+    orphan: Option<Orphan>,
+}
+
+/// The answers of the batch, in the order they leave after the commit.
+#[derive(Default)]
+pub(super) struct Outbox {
+    answers: Vec<Outgoing>,
+}
+
+impl Outbox {
+    /// Queues `value` for `reply`; a grant carries the `orphan` that undoes it.
+    fn push<T: Send + 'static>(
+        &mut self,
+        reply: Reply<T>,
+        value: CoreResult<T>,
+        orphan: Option<Orphan>,
+    ) {
+        self.insert(self.answers.len(), reply, value, orphan);
+    }
+
+    fn insert<T: Send + 'static>(
+        &mut self,
+        at: usize,
+        reply: Reply<T>,
+        value: CoreResult<T>,
+        orphan: Option<Orphan>,
+    ) {
+        let deliver: Deliver = Box::new(move |failed: Option<&CoreError>| {
+            let value = match failed {
+                Some(e) => Err(e.clone()),
+                None => value,
+            };
+            reply.send(value).is_ok()
+        });
+        self.answers.insert(at, Outgoing { deliver, orphan });
+    }
+
+    fn len(&self) -> usize {
+        self.answers.len()
+    }
+}
+
+// ------------------------------------------------------------ the transaction context
+
+/// What one step of a batch works through: the store inside the batch's transaction, the
+/// outbox, the deadline schedule and the clock. Capabilities take a `Tx` (and, when one
+/// capability's change moves another's state, that capability), never the whole engine.
+pub(super) struct Tx<'a> {
+    store: &'a mut dyn Store,
+    clock: &'a dyn Clock,
+    outbox: &'a mut Outbox,
+    deadlines: &'a mut Deadlines,
+    /// The engine is draining: nobody is parked from now on.
+    draining: bool,
+    /// The first storage error of the batch: the batch is rolled back.
+    failed: &'a mut Option<CoreError>,
+}
+
+impl Tx<'_> {
+    fn now(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
+    /// Runs a store call; a failure is recorded (the batch will roll back) and passed on.
+    fn db<T>(&mut self, f: impl FnOnce(&mut dyn Store) -> StoreResult<T>) -> CoreResult<T> {
+        f(&mut *self.store).map_err(|e| {
+            let e = storage(e);
+            if self.failed.is_none() {
+                *self.failed = Some(e.clone());
+            }
+            e
+        })
+    }
+
+    fn respond<T: Send + 'static>(&mut self, reply: Reply<T>, value: CoreResult<T>) {
+        self.outbox.push(reply, value, None);
+    }
+
+    /// Answers with a grant; if nobody receives it, `orphan` is released in the next batch.
+    fn respond_grant<T: Send + 'static>(&mut self, reply: Reply<T>, value: T, orphan: Orphan) {
+        self.outbox.push(reply, Ok(value), Some(orphan));
+    }
+
+    fn schedule(&mut self, at: Millis, what: Deadline) {
+        self.deadlines.schedule(at, what);
+    }
+}
+
+fn storage(e: StoreError) -> CoreError {
+    CoreError::Storage(e.to_string())
+}
+
+/// A fresh unguessable token: 128 random bits, hex, with a prefix that says what it is.
+pub fn new_token(prefix: &str) -> String {
+    let bytes: [u8; 16] = rand::random();
+    format!("{prefix}_{}", hex::encode(bytes))
+}
+
+fn tokens_equal(a: &str, b: &str) -> bool {
+    secrets_equal(a.as_bytes(), b.as_bytes())
+}
+
+// ------------------------------------------------------------ the engine
+
+pub struct Engine {
+    store: Box<dyn Store>,
+    clock: Arc<dyn Clock>,
+    deadlines: Deadlines,
+    outbox: Outbox,
+    locks: Locks,
+    events: Events,
+    tasks: Tasks,
+    /// Grants nobody received, released at the start of the next batch.
+    orphans: Vec<Orphan>,
+    /// Set by the first storage error of a batch: the batch is rolled back.
+    batch_error: Option<CoreError>,
+    draining: bool,
+    /// Most commands per transaction (group commit off when 1).
+    max_batch: usize,
+    /// Transactions committed and operations applied, logged when the engine stops so the
+    /// benchmark can report operations per commit.
+    commits: u64,
+    operations: u64,
+}
+
+/// A [`Tx`] and the capabilities, borrowed apart from one engine.
+struct Parts<'a> {
+    tx: Tx<'a>,
+    locks: &'a mut Locks,
+    events: &'a mut Events,
+    tasks: &'a mut Tasks,
+}
+
+impl Engine {
+    /// Builds the engine and rebuilds the deadline schedule from the store.
+    pub fn new(mut store: Box<dyn Store>, clock: Arc<dyn Clock>) -> CoreResult<Engine> {
+        let expiries = store.expiries().map_err(storage)?;
+        let mut deadlines = Deadlines::default();
+        for (name, at) in expiries.locks {
+            deadlines.schedule(at, Deadline::LockExpiry(name));
+        }
+        for (agent, at) in expiries.agents {
+            deadlines.schedule(at, Deadline::AgentLapse(agent));
+        }
+        for (id, at) in expiries.leases {
+            deadlines.schedule(at, Deadline::LeaseExpiry(id));
+        }
+        deadlines.schedule(clock.now_ms(), Deadline::Housekeeping);
+        Ok(Engine {
+            store,
+            clock,
+            deadlines,
+            outbox: Outbox::default(),
+            locks: Locks::default(),
+            events: Events::default(),
+            tasks: Tasks::default(),
+            orphans: Vec::new(),
+            batch_error: None,
+            draining: false,
+            max_batch: max_batch_from_env(),
+            commits: 0,
+            operations: 0,
+        })
+    }
+
+    fn now(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
+    fn parts(&mut self) -> Parts<'_> {
+        Parts {
+            tx: Tx {
+                store: &mut *self.store,
+                clock: &*self.clock,
+                outbox: &mut self.outbox,
+                deadlines: &mut self.deadlines,
+                draining: self.draining,
+                failed: &mut self.batch_error,
+            },
+            locks: &mut self.locks,
+            events: &mut self.events,
+            tasks: &mut self.tasks,
+        }
+    }
+
+    /// Runs until every sender of the channel is gone.
+    pub fn run(mut self, rx: Receiver<Command>) {
+        loop {
+            let mut batch = Vec::new();
+            if self.orphans.is_empty() {
+                let first = match self.next_deadline_in() {
+                    Some(d) => match rx.recv_timeout(d) {
+                        Ok(c) => Some(c),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    },
+                    None => match rx.recv() {
+                        Ok(c) => Some(c),
+                        Err(_) => break,
+                    },
+                };
+                batch.extend(first);
+            }
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            self.process(batch);
+        }
+        tracing::info!(
+            commits = self.commits,
+            operations = self.operations,
+            max_batch = self.max_batch,
+            "engine stopped"
+        );
+    }
+
+    fn next_deadline_in(&self) -> Option<Duration> {
+        self.deadlines.next_at().map(|at| {
+            let ms = (at - self.now()).max(0) as u64;
+            Duration::from_millis(ms)
+        })
+    }
+
+    /// Applies one batch in one transaction and answers its callers after the commit.
+    pub fn process(&mut self, batch: Vec<Command>) {
+        if let Err(e) = self.store.begin() {
+            self.batch_error = Some(storage(e));
+        }
+        let mut drained = Vec::new();
+        for orphan in std::mem::take(&mut self.orphans) {
+            self.release_orphan(orphan);
+        }
+        for cmd in batch {
+            match cmd {
+                Command::Op(op) => {
+                    self.operations += 1;
+                    self.apply(op)
+                }
+                Command::Cancel(call) => self.cancel(call),
+                Command::Orphaned(orphan) => self.release_orphan(orphan),
+                Command::Drain(done) => {
+                    self.draining = true;
+                    self.answer_all_parked();
+                    drained.push(done);
+                }
+            }
+            self.settle();
+        }
+        self.fire_due();
+        let failed = match self.batch_error.take() {
+            Some(e) => Some(e),
+            None => self.store.commit().err().map(storage),
+        };
+        if failed.is_none() {
+            self.commits += 1;
+        }
+        if let Some(e) = &failed {
+            tracing::error!(error = %e, "a batch failed and was rolled back");
+            self.store.rollback();
+        }
+        for out in std::mem::take(&mut self.outbox.answers) {
+            let delivered = (out.deliver)(failed.as_ref());
+            if !delivered && failed.is_none() {
+                if let Some(orphan) = out.orphan {
+                    self.orphans.push(orphan);
+                }
+            }
+        }
+        for done in drained {
+            let _ = done.send(());
+        }
+    }
+
+    /// Hands one operation to its capability. Each handler answers through the outbox.
+    fn apply(&mut self, op: Op) {
+        let Parts {
+            mut tx,
+            locks,
+            events,
+            tasks,
+        } = self.parts();
+        let tx = &mut tx;
+        match op {
+            Op::SetNote {
+                key,
+                value,
+                author,
+                ttl_ms,
+                reply,
+            } => notes::set_note(tx, key, value, author, ttl_ms, reply),
+            Op::GetNote { key, reply } => notes::get_note(tx, &key, reply),
+            Op::ListNotes { reply } => notes::list_notes(tx, reply),
+            Op::DeleteNote { key, reply } => notes::delete_note(tx, &key, reply),
+            Op::SetNoteIf {
+                key,
+                expected,
+                new_value,
+                author,
+                ttl_ms,
+                reply,
+            } => notes::set_note_if(tx, key, expected, new_value, author, ttl_ms, reply),
+            Op::IncrementCounter { name, by, reply } => {
+                notes::increment_counter(tx, &name, by, reply)
+            }
+            Op::LockResource {
+                call,
+                name,
+                agent_id,
+                ttl_ms,
+                wait_ms,
+                wake_token,
+                reply,
+            } => locks.lock_resource(tx, call, name, agent_id, ttl_ms, wait_ms, wake_token, reply),
+            Op::LockResources {
+                call,
+                names,
+                agent_id,
+                ttl_ms,
+                wait_ms,
+                reply,
+            } => locks.lock_resources(tx, call, names, agent_id, ttl_ms, wait_ms, reply),
+            Op::UnlockResource { name, proof, reply } => {
+                locks.unlock_resource(tx, &name, &proof, reply)
+            }
+            Op::RenewLock {
+                name,
+                proof,
+                ttl_ms,
+                reply,
+            } => locks.renew_lock(tx, &name, &proof, ttl_ms, reply),
+            Op::ListLocks { reply } => locks.list_locks(tx, reply),
+            Op::RegisterAgent {
+                agent_id,
+                ttl_ms,
+                reply,
+            } => presence::register_agent(tx, agent_id, ttl_ms, reply),
+            Op::UnregisterAgent { agent_id, reply } => {
+                presence::unregister_agent(tx, locks, tasks, &agent_id, reply)
+            }
+            Op::ListAgents { reply } => presence::list_agents(tx, reply),
+            Op::SignalEvent { name, reply } => events.signal_event(tx, name, reply),
+            Op::WaitForEvent {
+                call,
+                name,
+                last_seen,
+                wait_ms,
+                reply,
+            } => events.wait_for_event(tx, call, name, last_seen, wait_ms, reply),
+            Op::ClearEvent { name, reply } => events.clear_event(tx, name, reply),
+            Op::PushTask {
+                queue,
+                payload,
+                author,
+                priority,
+                reply,
+            } => tasks.push_task(tx, queue, payload, author, priority, reply),
+            Op::ClaimNextTask {
+                call,
+                queue,
+                agent_id,
+                lease_ms,
+                wait_ms,
+                reply,
+            } => tasks.claim_next_task(tx, call, queue, agent_id, lease_ms, wait_ms, reply),
+            Op::CompleteTask {
+                id,
+                lease_token,
+                reply,
+            } => tasks.complete_task(tx, id, &lease_token, reply),
+            Op::FailTask {
+                id,
+                lease_token,
+                requeue,
+                reply,
+            } => tasks.fail_task(tx, id, &lease_token, requeue, reply),
+            Op::ExtendLease {
+                id,
+                lease_token,
+                lease_ms,
+                reply,
+            } => tasks.extend_lease(tx, id, &lease_token, lease_ms, reply),
+            Op::ListTasks { queue, reply } => tasks::list_tasks(tx, queue.as_deref(), reply),
+            Op::Status { reply } => status::status(tx, locks, events, tasks, reply),
+            Op::WaitStatus { call, reply } => {
+                status::wait_status(tx, locks, events, tasks, call, reply)
+            }
+        }
+    }
+
+    /// Moves every line and queue that an operation may have unblocked.
+    fn settle(&mut self) {
+        let Parts {
+            mut tx,
+            locks,
+            tasks,
+            ..
+        } = self.parts();
+        locks.pump_all(&mut tx);
+        tasks.feed_all(&mut tx);
+    }
+
+    /// Releases a grant nobody received (or read): its locks, or its lease.
+    fn release_orphan(&mut self, orphan: Orphan) {
+        let Parts {
+            mut tx,
+            locks,
+            tasks,
+            ..
+        } = self.parts();
+        let r = match orphan {
+            Orphan::Locks(grants) => locks.release_orphan(&mut tx, grants),
+            Orphan::Lease { id, lease_token } => tasks.requeue_if_leased(&mut tx, id, &lease_token),
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "could not release an undelivered grant");
+        }
+        self.settle();
+    }
+
+    /// The caller of a parked call went away.
+    fn cancel(&mut self, call: u64) {
+        if self.locks.cancel(call) || self.events.cancel(call) {
+            return;
+        }
+        self.tasks.cancel(call);
+    }
+
+    /// On drain: every parked call gets its timeout answer now.
+    fn answer_all_parked(&mut self) {
+        let Parts {
+            mut tx,
+            locks,
+            events,
+            tasks,
+        } = self.parts();
+        locks.end_all_windows(&mut tx);
+        events.end_all_windows(&mut tx);
+        tasks.end_all_windows(&mut tx);
+    }
+
+    /// Handles every deadline that is due.
+    fn fire_due(&mut self) {
+        loop {
+            let now = self.now();
+            let Some((_, what)) = self.deadlines.pop_due(now) else {
+                break;
+            };
+            let r = self.fire(what.clone(), now);
+            if let Err(e) = r {
+                tracing::error!(error = %e, "a deadline could not be handled; retrying in 1 s");
+                self.deadlines.schedule(now + 1000, what);
+            }
+            self.settle();
+        }
+    }
+
+    fn fire(&mut self, what: Deadline, now: Millis) -> CoreResult<()> {
+        let Parts {
+            mut tx,
+            locks,
+            events,
+            tasks,
+        } = self.parts();
+        let tx = &mut tx;
+        match what {
+            Deadline::LockExpiry(name) => locks.expire(tx, name, now)?,
+            Deadline::AgentLapse(agent) => presence::lapse(tx, locks, tasks, agent, now)?,
+            Deadline::LeaseExpiry(id) => tasks.expire_lease(tx, id, now)?,
+            Deadline::TicketWindow(id) => locks.end_ticket_window(tx, id, now),
+            Deadline::TicketGrace(id) => locks.end_grace(id, now),
+            Deadline::EventWindow(call) => events.end_event_window(tx, call, false),
+            Deadline::ClaimWindow(call) => tasks.end_claim_window(tx, call, false),
+            Deadline::Housekeeping => {
+                notes::purge_expired(tx, now)?;
+                tasks::purge_finished(tx, now)?;
+                tx.schedule(now + HOUSEKEEPING_MS, Deadline::Housekeeping);
+            }
+        }
+        Ok(())
+    }
+}

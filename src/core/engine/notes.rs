@@ -1,0 +1,127 @@
+//! Notes and counters. They keep no memory of their own: the rows are everything, so these are
+//! plain functions of a [`Tx`]. An expired note is absent to every reader; housekeeping only
+//! reclaims its space.
+
+use super::{Reply, Tx};
+use crate::clock::{seconds_left, Millis};
+use crate::core::types::*;
+use crate::store::NoteRow;
+
+/// The note if it is live now; an expired row counts as absent.
+fn live_note(tx: &mut Tx, key: &str) -> CoreResult<Option<NoteRow>> {
+    let now = tx.now();
+    Ok(tx
+        .db(|s| s.note_get(key))?
+        .filter(|n| n.expires_at.is_none_or(|at| at > now)))
+}
+
+fn note_view(n: NoteRow, now: Millis) -> NoteView {
+    NoteView {
+        key: n.key,
+        value: n.value,
+        author: n.author,
+        expires_in_seconds: n.expires_at.map(|at| seconds_left(at, now)),
+    }
+}
+
+fn put(
+    tx: &mut Tx,
+    key: String,
+    value: String,
+    author: Option<String>,
+    ttl_ms: Option<Millis>,
+) -> CoreResult<Saved> {
+    let expires_at = ttl_ms.map(|t| tx.now() + t);
+    tx.db(|s| {
+        s.note_put(&NoteRow {
+            key,
+            value,
+            author,
+            expires_at,
+        })
+    })?;
+    Ok(Saved { saved: true })
+}
+
+pub(super) fn set_note(
+    tx: &mut Tx,
+    key: String,
+    value: String,
+    author: Option<String>,
+    ttl_ms: Option<Millis>,
+    reply: Reply<Saved>,
+) {
+    let r = put(tx, key, value, author, ttl_ms);
+    tx.respond(reply, r)
+}
+
+pub(super) fn get_note(tx: &mut Tx, key: &str, reply: Reply<GetNoteResult>) {
+    let now = tx.now();
+    let r = live_note(tx, key).map(|n| match n {
+        Some(n) => GetNoteResult::Found(note_view(n, now)),
+        None => GetNoteResult::Missing { found: false },
+    });
+    tx.respond(reply, r)
+}
+
+/// Every live note, values included.
+pub(super) fn note_views(tx: &mut Tx) -> CoreResult<Vec<NoteView>> {
+    let now = tx.now();
+    Ok(tx
+        .db(|s| s.note_list(now))?
+        .into_iter()
+        .map(|n| note_view(n, now))
+        .collect())
+}
+
+pub(super) fn list_notes(tx: &mut Tx, reply: Reply<Vec<NoteView>>) {
+    let r = note_views(tx);
+    tx.respond(reply, r)
+}
+
+pub(super) fn delete_note(tx: &mut Tx, key: &str, reply: Reply<Deleted>) {
+    let r = (|| {
+        let existed = live_note(tx, key)?.is_some();
+        tx.db(|s| s.note_delete(key))?;
+        Ok(Deleted { deleted: existed })
+    })();
+    tx.respond(reply, r)
+}
+
+pub(super) fn set_note_if(
+    tx: &mut Tx,
+    key: String,
+    expected: String,
+    new_value: String,
+    author: Option<String>,
+    ttl_ms: Option<Millis>,
+    reply: Reply<Swapped>,
+) {
+    let r = (|| {
+        let current = live_note(tx, &key)?.map(|n| n.value).unwrap_or_default();
+        if current != expected {
+            return Ok(Swapped { swapped: false });
+        }
+        put(tx, key, new_value, author, ttl_ms)?;
+        Ok(Swapped { swapped: true })
+    })();
+    tx.respond(reply, r)
+}
+
+pub(super) fn increment_counter(tx: &mut Tx, name: &str, by: i64, reply: Reply<CounterValue>) {
+    let r = match tx.db(|s| s.counter_add(name, by)) {
+        Ok(Some(value)) => Ok(CounterValue { value }),
+        Ok(None) => Err(CoreError::invalid(
+            "by",
+            "would overflow the counter's 64-bit signed range",
+        )),
+        Err(e) => Err(e),
+    };
+    tx.respond(reply, r)
+}
+
+/// Housekeeping: deletes expired notes (readers already treat them as gone).
+pub(super) fn purge_expired(tx: &mut Tx, now: Millis) -> CoreResult<()> {
+    tx.db(|s| s.notes_purge_expired(now))?;
+    Ok(())
+}
