@@ -15,10 +15,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use airlock::clock::{seconds_left, ManualClock};
-use airlock::core::engine::{Command, Engine, Op};
+use airlock::core::engine::{Command, Engine};
+use airlock::core::request::*;
 use airlock::core::{
-    ClaimOutcome, CoreError, CoreResult, GetNoteResult, HolderProof, LockOutcome, Renewed,
-    WAKE_GRACE_SECONDS,
+    ClaimOutcome, CoreError, CoreResult, GetNoteResult, LockOutcome, Renewed, WAKE_GRACE_SECONDS,
 };
 use airlock::store::postgres::testing::{self, TestDb};
 use airlock::store::sqlite::SqliteStore;
@@ -118,7 +118,7 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     let lock = 0..LOCKS;
     prop_oneof![
-        4 => (lock.clone(), 0..AGENTS, 1..4i64, prop_oneof![Just(0i64), Just(1_500), Just(2_500), Just(7_000)])
+        4 => (lock.clone(), 0..AGENTS, 1..4i64, prop_oneof![Just(0i64), Just(1_000), Just(2_000), Just(7_000)])
             .prop_map(|(lock, agent, ttl_s, wait_ms)| Step::Lock { lock, agent, ttl_s, wait_ms }),
         2 => (lock.clone(), 0..8usize).prop_map(|(lock, which)| Step::Unlock { lock, which }),
         1 => (lock.clone(), 0..AGENTS).prop_map(|(lock, agent)| Step::UnlockByAgent { lock, agent }),
@@ -416,14 +416,45 @@ fn agent_name(a: u8) -> String {
     format!("agent-{a}")
 }
 
-/// Runs one op through the engine and returns its answer (which must come at once).
-fn run<T>(
-    e: &mut Engine,
-    make: impl FnOnce(oneshot::Sender<CoreResult<T>>) -> Op,
-) -> CoreResult<T> {
-    let (tx, mut rx) = oneshot::channel();
-    e.process(vec![Command::Op(make(tx))]);
-    rx.try_recv().expect("answered within its batch")
+/// Runs one request through the engine as call `$call` and returns what its tool answers (which
+/// must come at once).
+macro_rules! run {
+    ($e:expr, $call:expr, $tool:ident $(($args:expr))?) => {{
+        let (tx, mut rx) = oneshot::channel();
+        $e.process(vec![Command::Call {
+            call: $call,
+            request: Request::$tool$(($args))?,
+            reply: tx,
+        }]);
+        rx.try_recv()
+            .expect("answered within its batch")
+            .map(|r| match r {
+                Response::$tool(v) => v,
+                other => panic!("{} answered {other:?}", stringify!($tool)),
+            })
+    }};
+}
+
+/// A lock answer out of its response.
+fn lock_outcome(r: CoreResult<Response>) -> CoreResult<LockOutcome> {
+    r.map(|r| match r {
+        Response::LockResource(o) => o,
+        other => panic!("lock_resource answered {other:?}"),
+    })
+}
+
+fn by_token(token: String) -> Holder {
+    Holder {
+        lock_token: Some(token),
+        agent_id: None,
+    }
+}
+
+fn by_agent(agent_id: String) -> Holder {
+    Holder {
+        lock_token: None,
+        agent_id: Some(agent_id),
+    }
 }
 
 struct Harness {
@@ -431,7 +462,7 @@ struct Harness {
     clock: ManualClock,
     model: Model,
     next_call: u64,
-    parked: BTreeMap<u64, (usize, oneshot::Receiver<CoreResult<LockOutcome>>)>,
+    parked: BTreeMap<u64, (usize, oneshot::Receiver<CoreResult<Response>>)>,
     lock_tokens: [Vec<String>; LOCKS],
     leases: Vec<(i64, String)>,
 }
@@ -488,15 +519,17 @@ impl Harness {
                 self.next_call += 1;
                 let ttl_ms = ttl_s * 1000;
                 let (tx, mut rx) = oneshot::channel();
-                self.engine.process(vec![Command::Op(Op::LockResource {
+                self.engine.process(vec![Command::Call {
                     call,
-                    name: lock_name(lock),
-                    agent_id: agent_name(agent),
-                    ttl_ms,
-                    wait_ms,
-                    wake_token: None,
+                    request: Request::LockResource(LockResource {
+                        name: lock_name(lock),
+                        agent_id: agent_name(agent),
+                        ttl_seconds: Some(ttl_ms / 1000),
+                        wait_seconds: Some(wait_ms / 1000),
+                        wake_token: None,
+                    }),
                     reply: tx,
-                })]);
+                }]);
                 let m = &mut self.model;
                 // An agent calling again while it keeps a place between two windows (even
                 // without its wake token) stands in that place again: its answer comes from the
@@ -543,7 +576,7 @@ impl Harness {
                         return self.check_parked();
                     }
                 };
-                let got = rx.try_recv().expect("answered at once").unwrap();
+                let got = lock_outcome(rx.try_recv().expect("answered at once")).unwrap();
                 match (expect, got) {
                     (
                         Some((fence, expires_in)),
@@ -573,11 +606,14 @@ impl Harness {
             }
             Step::Unlock { lock, which } => {
                 let token = self.pick_lock_token(lock, which);
-                let got = run(&mut self.engine, |reply| Op::UnlockResource {
-                    name: lock_name(lock),
-                    proof: HolderProof::Token(token.clone()),
-                    reply,
-                })
+                let got = run!(
+                    &mut self.engine,
+                    0,
+                    UnlockResource(UnlockResource {
+                        name: lock_name(lock),
+                        holder: by_token(token.clone())
+                    })
+                )
                 .unwrap();
                 let m = &mut self.model;
                 let ok = m.live(lock).is_some_and(|l| l.token == token);
@@ -587,11 +623,14 @@ impl Harness {
                 prop_assert_eq!(got.released, ok);
             }
             Step::UnlockByAgent { lock, agent } => {
-                let got = run(&mut self.engine, |reply| Op::UnlockResource {
-                    name: lock_name(lock),
-                    proof: HolderProof::Agent(agent_name(agent)),
-                    reply,
-                })
+                let got = run!(
+                    &mut self.engine,
+                    0,
+                    UnlockResource(UnlockResource {
+                        name: lock_name(lock),
+                        holder: by_agent(agent_name(agent))
+                    })
+                )
                 .unwrap();
                 let m = &mut self.model;
                 let ok = m.live(lock).is_some_and(|l| l.agent == agent);
@@ -602,12 +641,15 @@ impl Harness {
             }
             Step::Renew { lock, which, ttl_s } => {
                 let token = self.pick_lock_token(lock, which);
-                let got = run(&mut self.engine, |reply| Op::RenewLock {
-                    name: lock_name(lock),
-                    proof: HolderProof::Token(token.clone()),
-                    ttl_ms: ttl_s * 1000,
-                    reply,
-                })
+                let got = run!(
+                    &mut self.engine,
+                    0,
+                    RenewLock(RenewLock {
+                        name: lock_name(lock),
+                        holder: by_token(token.clone()),
+                        ttl_seconds: Some(ttl_s)
+                    })
+                )
                 .unwrap();
                 let m = &mut self.model;
                 let now = m.now;
@@ -664,13 +706,16 @@ impl Harness {
                 }
             }
             Step::SetNote { key, value, ttl_s } => {
-                let got = run(&mut self.engine, |reply| Op::SetNote {
-                    key: format!("k{key}"),
-                    value: format!("v{value}"),
-                    author: None,
-                    ttl_ms: ttl_s.map(|s| s * 1000),
-                    reply,
-                })
+                let got = run!(
+                    &mut self.engine,
+                    0,
+                    SetNote(SetNote {
+                        key: format!("k{key}"),
+                        value: format!("v{value}"),
+                        author: None,
+                        ttl_seconds: ttl_s
+                    })
+                )
                 .unwrap();
                 prop_assert!(got.saved);
                 let m = &mut self.model;
@@ -678,10 +723,13 @@ impl Harness {
                 m.notes.insert(key, (format!("v{value}"), exp));
             }
             Step::GetNote { key } => {
-                let got = run(&mut self.engine, |reply| Op::GetNote {
-                    key: format!("k{key}"),
-                    reply,
-                })
+                let got = run!(
+                    &mut self.engine,
+                    0,
+                    GetNote(NoteKey {
+                        key: format!("k{key}")
+                    })
+                )
                 .unwrap();
                 let m = &self.model;
                 match (m.note(key), got) {
@@ -694,10 +742,13 @@ impl Harness {
                 }
             }
             Step::DeleteNote { key } => {
-                let got = run(&mut self.engine, |reply| Op::DeleteNote {
-                    key: format!("k{key}"),
-                    reply,
-                })
+                let got = run!(
+                    &mut self.engine,
+                    0,
+                    DeleteNote(NoteKey {
+                        key: format!("k{key}")
+                    })
+                )
                 .unwrap();
                 let existed = self.model.note(key).is_some();
                 self.model.notes.remove(&key);
@@ -705,14 +756,17 @@ impl Harness {
             }
             Step::Cas { key, expected, new } => {
                 let expected = expected.map(|v| format!("v{v}")).unwrap_or_default();
-                let got = run(&mut self.engine, |reply| Op::SetNoteIf {
-                    key: format!("k{key}"),
-                    expected: expected.clone(),
-                    new_value: format!("v{new}"),
-                    author: None,
-                    ttl_ms: None,
-                    reply,
-                })
+                let got = run!(
+                    &mut self.engine,
+                    0,
+                    SetNoteIf(SetNoteIf {
+                        key: format!("k{key}"),
+                        expected_value: expected.clone(),
+                        new_value: format!("v{new}"),
+                        author: None,
+                        ttl_seconds: None
+                    })
+                )
                 .unwrap();
                 let m = &mut self.model;
                 let current = m.note(key).map(|(v, _)| v.clone()).unwrap_or_default();
@@ -723,11 +777,14 @@ impl Harness {
                 prop_assert_eq!(got.swapped, swap);
             }
             Step::Inc { name, by } => {
-                let got = run(&mut self.engine, |reply| Op::IncrementCounter {
-                    name: format!("c{name}"),
-                    by,
-                    reply,
-                });
+                let got = run!(
+                    &mut self.engine,
+                    0,
+                    IncrementCounter(IncrementCounter {
+                        name: format!("c{name}"),
+                        by: Some(by)
+                    })
+                );
                 let m = &mut self.model;
                 let cur = m.counters.get(&name).copied().unwrap_or(0);
                 match (cur.checked_add(by), got) {
@@ -741,13 +798,16 @@ impl Harness {
             }
             Step::Push { priority } => {
                 let id = self.model.tasks.len() as i64 + 1;
-                let got = run(&mut self.engine, |reply| Op::PushTask {
-                    queue: "q".into(),
-                    payload: format!("p{id}"),
-                    author: None,
-                    priority,
-                    reply,
-                })
+                let got = run!(
+                    &mut self.engine,
+                    0,
+                    PushTask(PushTask {
+                        queue: "q".into(),
+                        payload: format!("p{id}"),
+                        author: None,
+                        priority: Some(priority)
+                    })
+                )
                 .unwrap();
                 prop_assert_eq!(got.id, id);
                 self.model.tasks.push(MTask {
@@ -761,14 +821,16 @@ impl Harness {
             Step::Claim { agent, lease_s } => {
                 let call = self.next_call;
                 self.next_call += 1;
-                let got = run(&mut self.engine, |reply| Op::ClaimNextTask {
+                let got = run!(
+                    &mut self.engine,
                     call,
-                    queue: "q".into(),
-                    agent_id: agent_name(agent),
-                    lease_ms: lease_s * 1000,
-                    wait_ms: 0,
-                    reply,
-                })
+                    ClaimNextTask(ClaimNextTask {
+                        queue: "q".into(),
+                        agent_id: agent_name(agent),
+                        lease_seconds: Some(lease_s),
+                        wait_seconds: Some(0)
+                    })
+                )
                 .unwrap();
                 let m = &mut self.model;
                 let next = m
@@ -807,11 +869,14 @@ impl Harness {
             }
             Step::Complete { which } => {
                 let (id, token) = self.pick_lease(which);
-                let got = run(&mut self.engine, |reply| Op::CompleteTask {
-                    id,
-                    lease_token: token.clone(),
-                    reply,
-                })
+                let got = run!(
+                    &mut self.engine,
+                    0,
+                    CompleteTask(Lease {
+                        id,
+                        lease_token: token.clone()
+                    })
+                )
                 .unwrap();
                 let ok = self.model.leased(id, &token);
                 if ok {
@@ -824,12 +889,15 @@ impl Harness {
             }
             Step::Fail { which, requeue } => {
                 let (id, token) = self.pick_lease(which);
-                let got = run(&mut self.engine, |reply| Op::FailTask {
-                    id,
-                    lease_token: token.clone(),
-                    requeue,
-                    reply,
-                })
+                let got = run!(
+                    &mut self.engine,
+                    0,
+                    FailTask(FailTask {
+                        id,
+                        lease_token: token.clone(),
+                        requeue: Some(requeue)
+                    })
+                )
                 .unwrap();
                 let ok = self.model.leased(id, &token);
                 if ok {
@@ -846,12 +914,15 @@ impl Harness {
             }
             Step::Extend { which, lease_s } => {
                 let (id, token) = self.pick_lease(which);
-                let got = run(&mut self.engine, |reply| Op::ExtendLease {
-                    id,
-                    lease_token: token.clone(),
-                    lease_ms: lease_s * 1000,
-                    reply,
-                })
+                let got = run!(
+                    &mut self.engine,
+                    0,
+                    ExtendLease(ExtendLease {
+                        id,
+                        lease_token: token.clone(),
+                        lease_seconds: Some(lease_s)
+                    })
+                )
                 .unwrap();
                 let ok = self.model.leased(id, &token);
                 if ok {
@@ -862,40 +933,52 @@ impl Harness {
                 prop_assert_eq!(got.extended, ok);
             }
             Step::Register { agent, ttl_s } => {
-                let got = run(&mut self.engine, |reply| Op::RegisterAgent {
-                    agent_id: agent_name(agent),
-                    ttl_ms: ttl_s * 1000,
-                    reply,
-                })
+                let got = run!(
+                    &mut self.engine,
+                    0,
+                    RegisterAgent(RegisterAgent {
+                        agent_id: agent_name(agent),
+                        ttl_seconds: Some(ttl_s)
+                    })
+                )
                 .unwrap();
                 prop_assert_eq!((got.registered, got.expires_in_seconds), (true, ttl_s));
                 let now = self.model.now;
                 self.model.agents.insert(agent, now + ttl_s * 1000);
             }
             Step::Unregister { agent } => {
-                let got = run(&mut self.engine, |reply| Op::UnregisterAgent {
-                    agent_id: agent_name(agent),
-                    reply,
-                })
+                let got = run!(
+                    &mut self.engine,
+                    0,
+                    UnregisterAgent(AgentId {
+                        agent_id: agent_name(agent)
+                    })
+                )
                 .unwrap();
                 prop_assert!(got.unregistered);
                 self.model.release_agent(agent);
             }
             Step::Signal { event } => {
-                let got = run(&mut self.engine, |reply| Op::SignalEvent {
-                    name: format!("e{event}"),
-                    reply,
-                })
+                let got = run!(
+                    &mut self.engine,
+                    0,
+                    SignalEvent(EventName {
+                        name: format!("e{event}")
+                    })
+                )
                 .unwrap();
                 let e = self.model.events.entry(event).or_default();
                 e.0 += 1;
                 prop_assert_eq!(got.generation, e.0);
             }
             Step::ClearEvent { event } => {
-                let got = run(&mut self.engine, |reply| Op::ClearEvent {
-                    name: format!("e{event}"),
-                    reply,
-                })
+                let got = run!(
+                    &mut self.engine,
+                    0,
+                    ClearEvent(EventName {
+                        name: format!("e{event}")
+                    })
+                )
                 .unwrap();
                 prop_assert!(got.cleared);
                 let e = self.model.events.entry(event).or_default();
@@ -904,13 +987,15 @@ impl Harness {
             Step::PeekEvent { event, last_seen } => {
                 let call = self.next_call;
                 self.next_call += 1;
-                let got = run(&mut self.engine, |reply| Op::WaitForEvent {
+                let got = run!(
+                    &mut self.engine,
                     call,
-                    name: format!("e{event}"),
-                    last_seen,
-                    wait_ms: 0,
-                    reply,
-                })
+                    WaitForEvent(WaitForEvent {
+                        name: format!("e{event}"),
+                        last_seen_generation: Some(last_seen),
+                        wait_seconds: Some(0)
+                    })
+                )
                 .unwrap();
                 let (generation, cleared) =
                     self.model.events.get(&event).copied().unwrap_or_default();
@@ -920,7 +1005,7 @@ impl Harness {
                 );
             }
             Step::ListAgents => {
-                let got = run(&mut self.engine, |reply| Op::ListAgents { reply }).unwrap();
+                let got = run!(&mut self.engine, 0, ListAgents).unwrap();
                 let m = &self.model;
                 let expect: Vec<(String, i64, usize, usize)> = m
                     .agents
@@ -964,7 +1049,7 @@ impl Harness {
         for call in calls {
             let (lock, rx) = self.parked.get_mut(&call).unwrap();
             let lock = *lock;
-            let got = rx.try_recv();
+            let got = rx.try_recv().map(lock_outcome);
             match (self.model.answered.remove(&call), got) {
                 (None, Err(oneshot::error::TryRecvError::Empty)) => {}
                 (Some((_, ParkedAnswer::Granted { fence, expires_in })), Ok(Ok(o))) => {
@@ -1063,14 +1148,14 @@ fn regression_cases() -> Vec<Vec<Step>> {
                 lock: 1,
                 agent: 2,
                 ttl_s: 2,
-                wait_ms: 1500,
+                wait_ms: 2000,
             },
             Unlock { lock: 1, which: 1 },
             Lock {
                 lock: 1,
                 agent: 0,
                 ttl_s: 1,
-                wait_ms: 1500,
+                wait_ms: 2000,
             },
             Advance { ms: 2000 },
         ],
@@ -1091,7 +1176,7 @@ fn regression_cases() -> Vec<Vec<Step>> {
                 lock: 0,
                 agent: 1,
                 ttl_s: 1,
-                wait_ms: 1500,
+                wait_ms: 2000,
             },
             Advance { ms: 2000 },
         ],
@@ -1106,15 +1191,15 @@ fn regression_cases() -> Vec<Vec<Step>> {
                 lock: 0,
                 agent: 2,
                 ttl_s: 1,
-                wait_ms: 1500,
+                wait_ms: 2000,
             },
             Lock {
                 lock: 0,
                 agent: 2,
                 ttl_s: 1,
-                wait_ms: 1500,
+                wait_ms: 2000,
             },
-            Advance { ms: 1500 },
+            Advance { ms: 2000 },
         ],
     ]
 }

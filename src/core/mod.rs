@@ -21,7 +21,7 @@ use crate::clock::Clock;
 use crate::store::Store;
 pub use engine::Orphan;
 pub use engine::WaitProgress;
-use engine::{Command, Engine, Op, Reply};
+use engine::{Command, Engine, Reply};
 pub use request::{Request, Response, Tool};
 pub use types::*;
 
@@ -76,68 +76,27 @@ impl EngineThread {
 
 /// A parked call in flight. If its caller goes away before reading the answer, it leaves its
 /// line at once; and if the answer had already arrived carrying a grant, the grant is released.
-struct ParkedCall<T, F: Fn(&T) -> Option<Orphan>> {
+struct ParkedCall {
     tx: mpsc::Sender<Command>,
     call: u64,
     /// `None` once the answer has been read.
-    rx: Option<oneshot::Receiver<CoreResult<T>>>,
-    orphan_of: F,
+    rx: Option<oneshot::Receiver<CoreResult<Response>>>,
+    /// What was asked: says what an unread answer leaves behind.
+    request: Request,
 }
 
-impl<T, F: Fn(&T) -> Option<Orphan>> Drop for ParkedCall<T, F> {
+impl Drop for ParkedCall {
     fn drop(&mut self) {
         let Some(mut rx) = self.rx.take() else {
             return;
         };
         if let Ok(Ok(unread)) = rx.try_recv() {
-            if let Some(orphan) = (self.orphan_of)(&unread) {
+            if let Some(orphan) = self.request.orphan_of(&unread) {
                 let _ = self.tx.send(Command::Orphaned(orphan));
             }
         }
         let _ = self.tx.send(Command::Cancel(self.call));
     }
-}
-
-/// The grant a lock answer carries, to release if nobody reads it.
-pub fn lock_orphan(name: String) -> impl Fn(&LockOutcome) -> Option<Orphan> {
-    move |o| match o {
-        LockOutcome::Granted {
-            lock_token,
-            fresh: true,
-            ..
-        } => Some(Orphan::Locks(vec![(name.clone(), lock_token.clone())])),
-        _ => None,
-    }
-}
-
-/// The fresh grants a `lock_resources` answer carries.
-pub fn lock_set_orphan(o: &LockSetOutcome) -> Option<Orphan> {
-    match o {
-        LockSetOutcome::Granted { tokens, fresh, .. } => Some(Orphan::Locks(
-            fresh
-                .iter()
-                .filter_map(|n| tokens.get(n).map(|t| (n.clone(), t.clone())))
-                .collect(),
-        )),
-        _ => None,
-    }
-}
-
-/// The lease a claim answer carries.
-pub fn claim_orphan(o: &ClaimOutcome) -> Option<Orphan> {
-    match o {
-        ClaimOutcome::Claimed {
-            id, lease_token, ..
-        } => Some(Orphan::Lease {
-            id: *id,
-            lease_token: lease_token.clone(),
-        }),
-        _ => None,
-    }
-}
-
-fn no_orphan<T>(_: &T) -> Option<Orphan> {
-    None
 }
 
 impl Coordinator {
@@ -172,33 +131,42 @@ impl Coordinator {
         }
     }
 
-    async fn send<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> CoreResult<T> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Op(make(reply)))
-            .map_err(|_| CoreError::ShuttingDown)?;
-        rx.await.map_err(|_| CoreError::ShuttingDown)?
-    }
-
-    /// Runs an operation that may park. If this future is dropped before the answer arrives the
-    /// call leaves its line at once. While parked, `progress` (if any) hears how it is doing.
-    async fn call_parked<T>(
+    /// Runs one request: its checks here (a bad argument is refused and changes nothing), its
+    /// operation on the engine thread, answered after the commit that made it true. A call that
+    /// may park leaves its line at once if this future is dropped before the answer arrives;
+    /// while parked, `progress` (if any) hears how it is doing.
+    pub async fn call(
         &self,
-        window_seconds: u64,
+        request: Request,
         progress: Option<ProgressFn>,
-        orphan_of: impl Fn(&T) -> Option<Orphan>,
-        make: impl FnOnce(u64, Reply<T>) -> Op,
-    ) -> CoreResult<T> {
+    ) -> CoreResult<Response> {
+        let request = request.check()?;
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
+        if !request.tool().may_park() {
+            self.tx
+                .send(Command::Call {
+                    call,
+                    request,
+                    reply,
+                })
+                .map_err(|_| CoreError::ShuttingDown)?;
+            return rx.await.map_err(|_| CoreError::ShuttingDown)?;
+        }
+        let window_seconds = request.wait_window_seconds();
+        let kept = request.clone();
         self.tx
-            .send(Command::Op(make(call, reply)))
+            .send(Command::Call {
+                call,
+                request,
+                reply,
+            })
             .map_err(|_| CoreError::ShuttingDown)?;
         let mut guard = ParkedCall {
             tx: self.tx.clone(),
             call,
             rx: Some(rx),
-            orphan_of,
+            request: kept,
         };
         let rx = guard.rx.as_mut().expect("just set");
         let started = tokio::time::Instant::now();
@@ -210,11 +178,10 @@ impl Coordinator {
                     tokio::select! {
                         r = &mut *rx => break r,
                         _ = ticker.tick() => {
-                            let status = self.send(|reply| Op::WaitStatus { call, reply }).await.ok().flatten();
                             report(WaitReport {
                                 waited_seconds: started.elapsed().as_secs(),
                                 window_seconds,
-                                progress: status,
+                                progress: self.wait_status(call).await,
                             });
                         }
                     }
@@ -223,6 +190,14 @@ impl Coordinator {
         };
         guard.rx = None;
         result.map_err(|_| CoreError::ShuttingDown)?
+    }
+
+    /// Where parked call `call` stands now.
+    async fn wait_status(&self, call: u64) -> Option<WaitProgress> {
+        let (tx, rx) = oneshot::channel();
+        let reply = Reply::new(tx, |p| p);
+        self.tx.send(Command::WaitStatus { call, reply }).ok()?;
+        rx.await.ok()?.ok().flatten()
     }
 
     /// Releases a grant whose answer was never read (see [`Orphan`]); a grant that has since
@@ -237,215 +212,6 @@ impl Coordinator {
         if self.tx.send(Command::Drain(done)).is_ok() {
             let _ = rx.await;
         }
-    }
-
-    /// Runs one request: its checks here (a bad argument is refused and changes nothing), its
-    /// operation on the engine thread, answered after the commit that made it true.
-    pub async fn call(
-        &self,
-        request: Request,
-        progress: Option<ProgressFn>,
-    ) -> CoreResult<Response> {
-        let ms = |seconds: Option<i64>| seconds.unwrap_or_default() * 1000;
-        let window = request.wait_window_seconds();
-        Ok(match request.check()? {
-            Request::LockResource(r) => {
-                let orphan_of = lock_orphan(r.name.clone());
-                Response::LockResource(
-                    self.call_parked(window, progress, orphan_of, |call, reply| {
-                        Op::LockResource {
-                            call,
-                            name: r.name,
-                            agent_id: r.agent_id,
-                            ttl_ms: ms(r.ttl_seconds),
-                            wait_ms: ms(r.wait_seconds),
-                            wake_token: r.wake_token,
-                            reply,
-                        }
-                    })
-                    .await?,
-                )
-            }
-            Request::UnlockResource(r) => {
-                let proof = r.holder.proof()?;
-                Response::UnlockResource(
-                    self.send(|reply| Op::UnlockResource {
-                        name: r.name,
-                        proof,
-                        reply,
-                    })
-                    .await?,
-                )
-            }
-            Request::RenewLock(r) => {
-                let proof = r.holder.proof()?;
-                Response::RenewLock(
-                    self.send(|reply| Op::RenewLock {
-                        name: r.name,
-                        proof,
-                        ttl_ms: ms(r.ttl_seconds),
-                        reply,
-                    })
-                    .await?,
-                )
-            }
-            Request::ListLocks => {
-                Response::ListLocks(self.send(|reply| Op::ListLocks { reply }).await?)
-            }
-            Request::LockResources(r) => Response::LockResources(
-                self.call_parked(window, progress, lock_set_orphan, |call, reply| {
-                    Op::LockResources {
-                        call,
-                        names: r.names,
-                        agent_id: r.agent_id,
-                        ttl_ms: ms(r.ttl_seconds),
-                        wait_ms: ms(r.wait_seconds),
-                        reply,
-                    }
-                })
-                .await?,
-            ),
-            Request::SetNote(r) => Response::SetNote(
-                self.send(|reply| Op::SetNote {
-                    key: r.key,
-                    value: r.value,
-                    author: r.author,
-                    ttl_ms: r.ttl_seconds.map(|s| s * 1000),
-                    reply,
-                })
-                .await?,
-            ),
-            Request::GetNote(r) => {
-                Response::GetNote(self.send(|reply| Op::GetNote { key: r.key, reply }).await?)
-            }
-            Request::ListNotes => {
-                Response::ListNotes(self.send(|reply| Op::ListNotes { reply }).await?)
-            }
-            Request::DeleteNote(r) => Response::DeleteNote(
-                self.send(|reply| Op::DeleteNote { key: r.key, reply })
-                    .await?,
-            ),
-            Request::SetNoteIf(r) => Response::SetNoteIf(
-                self.send(|reply| Op::SetNoteIf {
-                    key: r.key,
-                    expected: r.expected_value,
-                    new_value: r.new_value,
-                    author: r.author,
-                    ttl_ms: r.ttl_seconds.map(|s| s * 1000),
-                    reply,
-                })
-                .await?,
-            ),
-            Request::IncrementCounter(r) => Response::IncrementCounter(
-                self.send(|reply| Op::IncrementCounter {
-                    name: r.name,
-                    by: r.by.unwrap_or(1),
-                    reply,
-                })
-                .await?,
-            ),
-            Request::RegisterAgent(r) => Response::RegisterAgent(
-                self.send(|reply| Op::RegisterAgent {
-                    agent_id: r.agent_id,
-                    ttl_ms: ms(r.ttl_seconds),
-                    reply,
-                })
-                .await?,
-            ),
-            Request::UnregisterAgent(r) => Response::UnregisterAgent(
-                self.send(|reply| Op::UnregisterAgent {
-                    agent_id: r.agent_id,
-                    reply,
-                })
-                .await?,
-            ),
-            Request::ListAgents => {
-                Response::ListAgents(self.send(|reply| Op::ListAgents { reply }).await?)
-            }
-            Request::SignalEvent(r) => Response::SignalEvent(
-                self.send(|reply| Op::SignalEvent {
-                    name: r.name,
-                    reply,
-                })
-                .await?,
-            ),
-            Request::WaitForEvent(r) => Response::WaitForEvent(
-                self.call_parked(window, progress, no_orphan, |call, reply| {
-                    Op::WaitForEvent {
-                        call,
-                        name: r.name,
-                        last_seen: r.last_seen_generation.unwrap_or(0),
-                        wait_ms: ms(r.wait_seconds),
-                        reply,
-                    }
-                })
-                .await?,
-            ),
-            Request::ClearEvent(r) => Response::ClearEvent(
-                self.send(|reply| Op::ClearEvent {
-                    name: r.name,
-                    reply,
-                })
-                .await?,
-            ),
-            Request::PushTask(r) => Response::PushTask(
-                self.send(|reply| Op::PushTask {
-                    queue: r.queue,
-                    payload: r.payload,
-                    author: r.author,
-                    priority: r.priority.unwrap_or(0),
-                    reply,
-                })
-                .await?,
-            ),
-            Request::ClaimNextTask(r) => Response::ClaimNextTask(
-                self.call_parked(window, progress, claim_orphan, |call, reply| {
-                    Op::ClaimNextTask {
-                        call,
-                        queue: r.queue,
-                        agent_id: r.agent_id,
-                        lease_ms: ms(r.lease_seconds),
-                        wait_ms: ms(r.wait_seconds),
-                        reply,
-                    }
-                })
-                .await?,
-            ),
-            Request::CompleteTask(r) => Response::CompleteTask(
-                self.send(|reply| Op::CompleteTask {
-                    id: r.id,
-                    lease_token: r.lease_token,
-                    reply,
-                })
-                .await?,
-            ),
-            Request::FailTask(r) => Response::FailTask(
-                self.send(|reply| Op::FailTask {
-                    id: r.id,
-                    lease_token: r.lease_token,
-                    requeue: r.requeue.unwrap_or(true),
-                    reply,
-                })
-                .await?,
-            ),
-            Request::ExtendLease(r) => Response::ExtendLease(
-                self.send(|reply| Op::ExtendLease {
-                    id: r.id,
-                    lease_token: r.lease_token,
-                    lease_ms: ms(r.lease_seconds),
-                    reply,
-                })
-                .await?,
-            ),
-            Request::ListTasks(r) => Response::ListTasks(
-                self.send(|reply| Op::ListTasks {
-                    queue: r.queue,
-                    reply,
-                })
-                .await?,
-            ),
-            Request::Status => Response::Status(self.send(|reply| Op::Status { reply }).await?),
-        })
     }
 }
 

@@ -649,11 +649,34 @@ impl Request {
     /// The grant an answer to this request carries: what to release if nobody reads it.
     pub fn orphan_of(&self, response: &Response) -> Option<Orphan> {
         match (self, response) {
-            (Request::LockResource(r), Response::LockResource(o)) => {
-                super::lock_orphan(r.name.clone())(o)
-            }
-            (Request::LockResources(_), Response::LockResources(o)) => super::lock_set_orphan(o),
-            (Request::ClaimNextTask(_), Response::ClaimNextTask(o)) => super::claim_orphan(o),
+            (Request::LockResource(r), Response::LockResource(o)) => match o {
+                // A re-grant of a lock the agent already held (`fresh: false`) is not released:
+                // the agent still holds it from before.
+                LockOutcome::Granted {
+                    lock_token,
+                    fresh: true,
+                    ..
+                } => Some(Orphan::Locks(vec![(r.name.clone(), lock_token.clone())])),
+                _ => None,
+            },
+            (Request::LockResources(_), Response::LockResources(o)) => match o {
+                LockSetOutcome::Granted { tokens, fresh, .. } => Some(Orphan::Locks(
+                    fresh
+                        .iter()
+                        .filter_map(|n| tokens.get(n).map(|t| (n.clone(), t.clone())))
+                        .collect(),
+                )),
+                _ => None,
+            },
+            (Request::ClaimNextTask(_), Response::ClaimNextTask(o)) => match o {
+                ClaimOutcome::Claimed {
+                    id, lease_token, ..
+                } => Some(Orphan::Lease {
+                    id: *id,
+                    lease_token: lease_token.clone(),
+                }),
+                _ => None,
+            },
             // Everything else grants nothing a caller could leave behind. Listed, so that a new
             // tool must be decided here.
             (

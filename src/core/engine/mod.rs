@@ -22,7 +22,7 @@
 //! - [`deadlines`]: the heap of instants at which something must be re-checked.
 //!
 //! This file is the loop: batching, the outbox, `process` (one transaction per batch) and the
-//! dispatch of each [`Op`] to its capability.
+//! dispatch of each [`Request`] to its capability.
 //!
 //! Invariants:
 //! - Nothing is answered before the commit that made it true. If the commit fails, every answer
@@ -48,6 +48,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::request::{Request, Response};
 use super::types::*;
 use crate::clock::{Clock, Millis};
 use crate::store::{Store, StoreError, StoreResult};
@@ -73,144 +74,32 @@ fn max_batch_from_env() -> usize {
 /// them as gone; this only reclaims space.
 const HOUSEKEEPING_MS: Millis = 60_000;
 
-pub type Reply<T> = oneshot::Sender<CoreResult<T>>;
-
-/// One operation and the channel its answer goes back on.
-pub enum Op {
-    SetNote {
-        key: String,
-        value: String,
-        author: Option<String>,
-        ttl_ms: Option<Millis>,
-        reply: Reply<Saved>,
-    },
-    GetNote {
-        key: String,
-        reply: Reply<GetNoteResult>,
-    },
-    ListNotes {
-        reply: Reply<Vec<NoteView>>,
-    },
-    DeleteNote {
-        key: String,
-        reply: Reply<Deleted>,
-    },
-    SetNoteIf {
-        key: String,
-        expected: String,
-        new_value: String,
-        author: Option<String>,
-        ttl_ms: Option<Millis>,
-        reply: Reply<Swapped>,
-    },
-    IncrementCounter {
-        name: String,
-        by: i64,
-        reply: Reply<CounterValue>,
-    },
-    LockResource {
-        call: u64,
-        name: String,
-        agent_id: String,
-        ttl_ms: Millis,
-        wait_ms: Millis,
-        wake_token: Option<String>,
-        reply: Reply<LockOutcome>,
-    },
-    LockResources {
-        call: u64,
-        names: Vec<String>,
-        agent_id: String,
-        ttl_ms: Millis,
-        wait_ms: Millis,
-        reply: Reply<LockSetOutcome>,
-    },
-    UnlockResource {
-        name: String,
-        proof: HolderProof,
-        reply: Reply<Released>,
-    },
-    RenewLock {
-        name: String,
-        proof: HolderProof,
-        ttl_ms: Millis,
-        reply: Reply<Renewed>,
-    },
-    ListLocks {
-        reply: Reply<Vec<LockView>>,
-    },
-    RegisterAgent {
-        agent_id: String,
-        ttl_ms: Millis,
-        reply: Reply<Registered>,
-    },
-    UnregisterAgent {
-        agent_id: String,
-        reply: Reply<Unregistered>,
-    },
-    ListAgents {
-        reply: Reply<Vec<AgentView>>,
-    },
-    SignalEvent {
-        name: String,
-        reply: Reply<Signaled>,
-    },
-    WaitForEvent {
-        call: u64,
-        name: String,
-        last_seen: i64,
-        wait_ms: Millis,
-        reply: Reply<EventWaitOutcome>,
-    },
-    ClearEvent {
-        name: String,
-        reply: Reply<Cleared>,
-    },
-    PushTask {
-        queue: String,
-        payload: String,
-        author: Option<String>,
-        priority: i64,
-        reply: Reply<Pushed>,
-    },
-    ClaimNextTask {
-        call: u64,
-        queue: String,
-        agent_id: String,
-        lease_ms: Millis,
-        wait_ms: Millis,
-        reply: Reply<ClaimOutcome>,
-    },
-    CompleteTask {
-        id: i64,
-        lease_token: String,
-        reply: Reply<Completed>,
-    },
-    FailTask {
-        id: i64,
-        lease_token: String,
-        requeue: bool,
-        reply: Reply<Failed>,
-    },
-    ExtendLease {
-        id: i64,
-        lease_token: String,
-        lease_ms: Millis,
-        reply: Reply<Extended>,
-    },
-    ListTasks {
-        queue: Option<String>,
-        reply: Reply<Vec<TaskView>>,
-    },
-    Status {
-        reply: Reply<StatusView>,
-    },
-    /// Where a parked call stands, for progress notifications.
-    WaitStatus {
-        call: u64,
-        reply: Reply<Option<WaitProgress>>,
-    },
+/// Where one call's answer goes, typed by what its handler answers: the answer travels to the
+/// caller as its [`Response`] variant (`wrap`). Status probes of parked calls, which are no
+/// tool, answer in their own type (`O`).
+pub struct Reply<T, O = Response> {
+    tx: oneshot::Sender<CoreResult<O>>,
+    wrap: fn(T) -> O,
 }
+
+impl<T, O> Reply<T, O> {
+    pub fn new(tx: oneshot::Sender<CoreResult<O>>, wrap: fn(T) -> O) -> Self {
+        Reply { tx, wrap }
+    }
+
+    /// Sends the answer; an error if the caller is gone.
+    fn send(self, value: CoreResult<T>) -> Result<(), ()> {
+        self.tx.send(value.map(self.wrap)).map_err(|_| ())
+    }
+
+    /// The caller went away.
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// The answer to a status probe of a parked call.
+pub type ProgressReply = Reply<Option<WaitProgress>, Option<WaitProgress>>;
 
 /// How a parked call is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,7 +110,15 @@ pub struct WaitProgress {
 }
 
 pub enum Command {
-    Op(Op),
+    /// One request, already checked ([`Request::check`]), and where its answer goes. `call`
+    /// names a call that may park (for [`Command::Cancel`] and progress probes).
+    Call {
+        call: u64,
+        request: Request,
+        reply: oneshot::Sender<CoreResult<Response>>,
+    },
+    /// Where parked call `call` stands, for progress notifications.
+    WaitStatus { call: u64, reply: ProgressReply },
     /// The caller of a parked call went away: leave the line now.
     Cancel(u64),
     /// A parked call was answered with a grant but its caller went away before reading it.
@@ -259,19 +156,19 @@ pub(super) struct Outbox {
 
 impl Outbox {
     /// Queues `value` for `reply`; a grant carries the `orphan` that undoes it.
-    fn push<T: Send + 'static>(
+    fn push<T: Send + 'static, O: Send + 'static>(
         &mut self,
-        reply: Reply<T>,
+        reply: Reply<T, O>,
         value: CoreResult<T>,
         orphan: Option<Orphan>,
     ) {
         self.insert(self.answers.len(), reply, value, orphan);
     }
 
-    fn insert<T: Send + 'static>(
+    fn insert<T: Send + 'static, O: Send + 'static>(
         &mut self,
         at: usize,
-        reply: Reply<T>,
+        reply: Reply<T, O>,
         value: CoreResult<T>,
         orphan: Option<Orphan>,
     ) {
@@ -322,7 +219,11 @@ impl Tx<'_> {
         })
     }
 
-    fn respond<T: Send + 'static>(&mut self, reply: Reply<T>, value: CoreResult<T>) {
+    fn respond<T: Send + 'static, O: Send + 'static>(
+        &mut self,
+        reply: Reply<T, O>,
+        value: CoreResult<T>,
+    ) {
         self.outbox.push(reply, value, None);
     }
 
@@ -485,10 +386,15 @@ impl Engine {
         }
         for cmd in batch {
             match cmd {
-                Command::Op(op) => {
+                Command::Call {
+                    call,
+                    request,
+                    reply,
+                } => {
                     self.operations += 1;
-                    self.apply(op)
+                    self.apply(call, request, reply)
                 }
+                Command::WaitStatus { call, reply } => self.wait_status(call, reply),
                 Command::Cancel(call) => self.cancel(call),
                 Command::Orphaned(orphan) => self.release_orphan(orphan),
                 Command::Drain(done) => {
@@ -524,8 +430,8 @@ impl Engine {
         }
     }
 
-    /// Hands one operation to its capability. Each handler answers through the outbox.
-    fn apply(&mut self, op: Op) {
+    /// Hands one request to its capability. Each handler answers through the outbox.
+    fn apply(&mut self, call: u64, request: Request, reply: oneshot::Sender<CoreResult<Response>>) {
         let Parts {
             mut tx,
             locks,
@@ -533,111 +439,164 @@ impl Engine {
             tasks,
         } = self.parts();
         let tx = &mut tx;
-        match op {
-            Op::SetNote {
-                key,
-                value,
-                author,
-                ttl_ms,
-                reply,
-            } => notes::set_note(tx, key, value, author, ttl_ms, reply),
-            Op::GetNote { key, reply } => notes::get_note(tx, &key, reply),
-            Op::ListNotes { reply } => notes::list_notes(tx, reply),
-            Op::DeleteNote { key, reply } => notes::delete_note(tx, &key, reply),
-            Op::SetNoteIf {
-                key,
-                expected,
-                new_value,
-                author,
-                ttl_ms,
-                reply,
-            } => notes::set_note_if(tx, key, expected, new_value, author, ttl_ms, reply),
-            Op::IncrementCounter { name, by, reply } => {
-                notes::increment_counter(tx, &name, by, reply)
+        // Checked requests carry every default (see `Request::check`).
+        let ms = |seconds: Option<i64>| seconds.unwrap_or_default() * 1000;
+        match request {
+            Request::SetNote(r) => notes::set_note(
+                tx,
+                r.key,
+                r.value,
+                r.author,
+                r.ttl_seconds.map(|s| s * 1000),
+                Reply::new(reply, Response::SetNote),
+            ),
+            Request::GetNote(r) => {
+                notes::get_note(tx, &r.key, Reply::new(reply, Response::GetNote))
             }
-            Op::LockResource {
-                call,
-                name,
-                agent_id,
-                ttl_ms,
-                wait_ms,
-                wake_token,
-                reply,
-            } => locks.lock_resource(tx, call, name, agent_id, ttl_ms, wait_ms, wake_token, reply),
-            Op::LockResources {
-                call,
-                names,
-                agent_id,
-                ttl_ms,
-                wait_ms,
-                reply,
-            } => locks.lock_resources(tx, call, names, agent_id, ttl_ms, wait_ms, reply),
-            Op::UnlockResource { name, proof, reply } => {
-                locks.unlock_resource(tx, &name, &proof, reply)
+            Request::ListNotes => notes::list_notes(tx, Reply::new(reply, Response::ListNotes)),
+            Request::DeleteNote(r) => {
+                notes::delete_note(tx, &r.key, Reply::new(reply, Response::DeleteNote))
             }
-            Op::RenewLock {
-                name,
-                proof,
-                ttl_ms,
-                reply,
-            } => locks.renew_lock(tx, &name, &proof, ttl_ms, reply),
-            Op::ListLocks { reply } => locks.list_locks(tx, reply),
-            Op::RegisterAgent {
-                agent_id,
-                ttl_ms,
-                reply,
-            } => presence::register_agent(tx, agent_id, ttl_ms, reply),
-            Op::UnregisterAgent { agent_id, reply } => {
-                presence::unregister_agent(tx, locks, tasks, &agent_id, reply)
-            }
-            Op::ListAgents { reply } => presence::list_agents(tx, reply),
-            Op::SignalEvent { name, reply } => events.signal_event(tx, name, reply),
-            Op::WaitForEvent {
+            Request::SetNoteIf(r) => notes::set_note_if(
+                tx,
+                r.key,
+                r.expected_value,
+                r.new_value,
+                r.author,
+                r.ttl_seconds.map(|s| s * 1000),
+                Reply::new(reply, Response::SetNoteIf),
+            ),
+            Request::IncrementCounter(r) => notes::increment_counter(
+                tx,
+                &r.name,
+                r.by.unwrap_or(1),
+                Reply::new(reply, Response::IncrementCounter),
+            ),
+            Request::LockResource(r) => locks.lock_resource(
+                tx,
                 call,
-                name,
-                last_seen,
-                wait_ms,
-                reply,
-            } => events.wait_for_event(tx, call, name, last_seen, wait_ms, reply),
-            Op::ClearEvent { name, reply } => events.clear_event(tx, name, reply),
-            Op::PushTask {
-                queue,
-                payload,
-                author,
-                priority,
-                reply,
-            } => tasks.push_task(tx, queue, payload, author, priority, reply),
-            Op::ClaimNextTask {
+                r.name,
+                r.agent_id,
+                ms(r.ttl_seconds),
+                ms(r.wait_seconds),
+                r.wake_token,
+                Reply::new(reply, Response::LockResource),
+            ),
+            Request::LockResources(r) => locks.lock_resources(
+                tx,
                 call,
-                queue,
-                agent_id,
-                lease_ms,
-                wait_ms,
-                reply,
-            } => tasks.claim_next_task(tx, call, queue, agent_id, lease_ms, wait_ms, reply),
-            Op::CompleteTask {
-                id,
-                lease_token,
-                reply,
-            } => tasks.complete_task(tx, id, &lease_token, reply),
-            Op::FailTask {
-                id,
-                lease_token,
-                requeue,
-                reply,
-            } => tasks.fail_task(tx, id, &lease_token, requeue, reply),
-            Op::ExtendLease {
-                id,
-                lease_token,
-                lease_ms,
-                reply,
-            } => tasks.extend_lease(tx, id, &lease_token, lease_ms, reply),
-            Op::ListTasks { queue, reply } => tasks::list_tasks(tx, queue.as_deref(), reply),
-            Op::Status { reply } => status::status(tx, locks, events, tasks, reply),
-            Op::WaitStatus { call, reply } => {
-                status::wait_status(tx, locks, events, tasks, call, reply)
+                r.names,
+                r.agent_id,
+                ms(r.ttl_seconds),
+                ms(r.wait_seconds),
+                Reply::new(reply, Response::LockResources),
+            ),
+            Request::UnlockResource(r) => {
+                let reply = Reply::new(reply, Response::UnlockResource);
+                match r.holder.proof() {
+                    Ok(proof) => locks.unlock_resource(tx, &r.name, &proof, reply),
+                    Err(e) => tx.respond(reply, Err(e)),
+                }
             }
+            Request::RenewLock(r) => {
+                let reply = Reply::new(reply, Response::RenewLock);
+                match r.holder.proof() {
+                    Ok(proof) => locks.renew_lock(tx, &r.name, &proof, ms(r.ttl_seconds), reply),
+                    Err(e) => tx.respond(reply, Err(e)),
+                }
+            }
+            Request::ListLocks => locks.list_locks(tx, Reply::new(reply, Response::ListLocks)),
+            Request::RegisterAgent(r) => presence::register_agent(
+                tx,
+                r.agent_id,
+                ms(r.ttl_seconds),
+                Reply::new(reply, Response::RegisterAgent),
+            ),
+            Request::UnregisterAgent(r) => presence::unregister_agent(
+                tx,
+                locks,
+                tasks,
+                &r.agent_id,
+                Reply::new(reply, Response::UnregisterAgent),
+            ),
+            Request::ListAgents => {
+                presence::list_agents(tx, Reply::new(reply, Response::ListAgents))
+            }
+            Request::SignalEvent(r) => {
+                events.signal_event(tx, r.name, Reply::new(reply, Response::SignalEvent))
+            }
+            Request::WaitForEvent(r) => events.wait_for_event(
+                tx,
+                call,
+                r.name,
+                r.last_seen_generation.unwrap_or(0),
+                ms(r.wait_seconds),
+                Reply::new(reply, Response::WaitForEvent),
+            ),
+            Request::ClearEvent(r) => {
+                events.clear_event(tx, r.name, Reply::new(reply, Response::ClearEvent))
+            }
+            Request::PushTask(r) => tasks.push_task(
+                tx,
+                r.queue,
+                r.payload,
+                r.author,
+                r.priority.unwrap_or(0),
+                Reply::new(reply, Response::PushTask),
+            ),
+            Request::ClaimNextTask(r) => tasks.claim_next_task(
+                tx,
+                call,
+                r.queue,
+                r.agent_id,
+                ms(r.lease_seconds),
+                ms(r.wait_seconds),
+                Reply::new(reply, Response::ClaimNextTask),
+            ),
+            Request::CompleteTask(r) => tasks.complete_task(
+                tx,
+                r.id,
+                &r.lease_token,
+                Reply::new(reply, Response::CompleteTask),
+            ),
+            Request::FailTask(r) => tasks.fail_task(
+                tx,
+                r.id,
+                &r.lease_token,
+                r.requeue.unwrap_or(true),
+                Reply::new(reply, Response::FailTask),
+            ),
+            Request::ExtendLease(r) => tasks.extend_lease(
+                tx,
+                r.id,
+                &r.lease_token,
+                ms(r.lease_seconds),
+                Reply::new(reply, Response::ExtendLease),
+            ),
+            Request::ListTasks(r) => tasks::list_tasks(
+                tx,
+                r.queue.as_deref(),
+                Reply::new(reply, Response::ListTasks),
+            ),
+            Request::Status => status::status(
+                tx,
+                locks,
+                events,
+                tasks,
+                Reply::new(reply, Response::Status),
+            ),
         }
+    }
+
+    /// Answers a progress probe of parked call `call`.
+    fn wait_status(&mut self, call: u64, reply: ProgressReply) {
+        let Parts {
+            mut tx,
+            locks,
+            events,
+            tasks,
+        } = self.parts();
+        status::wait_status(&mut tx, locks, events, tasks, call, reply)
     }
 
     /// Moves every line and queue that an operation may have unblocked.

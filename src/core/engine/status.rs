@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::events::Events;
 use super::locks::Locks;
 use super::tasks::Tasks;
-use super::{notes, presence, Reply, Tx, WaitProgress};
+use super::{notes, presence, ProgressReply, Reply, Tx, WaitProgress};
 use crate::core::types::*;
 use crate::store::TaskState;
 
@@ -84,7 +84,7 @@ pub(super) fn wait_status(
     events: &Events,
     tasks: &Tasks,
     call: u64,
-    reply: Reply<Option<WaitProgress>>,
+    reply: ProgressReply,
 ) {
     let r = progress(tx, locks, events, tasks, call);
     // Read-only and about memory: no need to wait for a commit, but harmless to.

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::clock::ManualClock;
+use crate::core::request;
 use crate::store::sqlite::SqliteStore;
 
 fn engine() -> (Engine, ManualClock) {
@@ -11,6 +12,39 @@ fn engine() -> (Engine, ManualClock) {
     (e, clock)
 }
 
+/// The answer of one call, read as what its tool answers.
+struct Answer<T> {
+    rx: oneshot::Receiver<CoreResult<Response>>,
+    take: fn(Response) -> T,
+}
+
+impl<T> Answer<T> {
+    fn try_recv(&mut self) -> Result<CoreResult<T>, oneshot::error::TryRecvError> {
+        let take = self.take;
+        self.rx.try_recv().map(|r| r.map(take))
+    }
+}
+
+/// Sends `request` as call `call` in a batch of its own.
+fn send<T>(e: &mut Engine, call: u64, request: Request, take: fn(Response) -> T) -> Answer<T> {
+    let (tx, rx) = oneshot::channel();
+    e.process(vec![Command::Call {
+        call,
+        request,
+        reply: tx,
+    }]);
+    Answer { rx, take }
+}
+
+macro_rules! answer_of {
+    ($tool:ident) => {
+        |r| match r {
+            Response::$tool(v) => v,
+            other => panic!("{} answered {other:?}", stringify!($tool)),
+        }
+    };
+}
+
 fn lock(
     e: &mut Engine,
     call: u64,
@@ -18,28 +52,29 @@ fn lock(
     agent: &str,
     wait_ms: Millis,
     wake_token: Option<String>,
-) -> oneshot::Receiver<CoreResult<LockOutcome>> {
-    let (tx, rx) = oneshot::channel();
-    e.process(vec![Command::Op(Op::LockResource {
-        call,
+) -> Answer<LockOutcome> {
+    let request = Request::LockResource(request::LockResource {
         name: name.into(),
         agent_id: agent.into(),
-        ttl_ms: 60_000,
-        wait_ms,
+        ttl_seconds: Some(60),
+        wait_seconds: Some(wait_ms / 1000),
         wake_token,
-        reply: tx,
-    })]);
-    rx
+    });
+    send(e, call, request, answer_of!(LockResource))
 }
 
 fn unlock(e: &mut Engine, name: &str, token: &str) -> Released {
-    let (tx, mut rx) = oneshot::channel();
-    e.process(vec![Command::Op(Op::UnlockResource {
+    let request = Request::UnlockResource(request::UnlockResource {
         name: name.into(),
-        proof: HolderProof::Token(token.into()),
-        reply: tx,
-    })]);
-    rx.try_recv().unwrap().unwrap()
+        holder: request::Holder {
+            lock_token: Some(token.into()),
+            agent_id: None,
+        },
+    });
+    send(e, 0, request, answer_of!(UnlockResource))
+        .try_recv()
+        .unwrap()
+        .unwrap()
 }
 
 /// Takes a free lock at once and returns its token.
@@ -197,30 +232,24 @@ fn re_acquire_by_the_holder_is_idempotent() {
 fn events_survive_a_clear_for_old_waiters() {
     let (mut e, _clock) = engine();
     let signal = |e: &mut Engine| {
-        let (tx, mut rx) = oneshot::channel();
-        e.process(vec![Command::Op(Op::SignalEvent {
-            name: "ev".into(),
-            reply: tx,
-        })]);
-        rx.try_recv().unwrap().unwrap().generation
+        let request = Request::SignalEvent(request::EventName { name: "ev".into() });
+        send(e, 0, request, answer_of!(SignalEvent))
+            .try_recv()
+            .unwrap()
+            .unwrap()
+            .generation
     };
     assert_eq!(signal(&mut e), 1);
     assert_eq!(signal(&mut e), 2);
-    let (tx, _rx) = oneshot::channel();
-    e.process(vec![Command::Op(Op::ClearEvent {
-        name: "ev".into(),
-        reply: tx,
-    })]);
+    let clear = Request::ClearEvent(request::EventName { name: "ev".into() });
+    send(&mut e, 0, clear, answer_of!(ClearEvent));
     let wait = |e: &mut Engine, call, last_seen| {
-        let (tx, rx) = oneshot::channel();
-        e.process(vec![Command::Op(Op::WaitForEvent {
-            call,
+        let request = Request::WaitForEvent(request::WaitForEvent {
             name: "ev".into(),
-            last_seen,
-            wait_ms: 10_000,
-            reply: tx,
-        })]);
-        rx
+            last_seen_generation: Some(last_seen),
+            wait_seconds: Some(10),
+        });
+        send(e, call, request, answer_of!(WaitForEvent))
     };
     let mut fresh = wait(&mut e, 10, 0);
     let mut old = wait(&mut e, 11, 1);
@@ -253,15 +282,13 @@ fn a_set_waiter_needs_no_place_in_line_for_a_name_it_holds() {
     let a1 = take(&mut e, 1, "n1", "a");
     let c2 = take(&mut e, 2, "n2", "c");
     let mut b = lock(&mut e, 3, "n1", "b", 60_000, None);
-    let (tx, mut set) = oneshot::channel();
-    e.process(vec![Command::Op(Op::LockResources {
-        call: 4,
+    let request = Request::LockResources(request::LockResources {
         names: vec!["n1".into(), "n2".into()],
         agent_id: "a".into(),
-        ttl_ms: 60_000,
-        wait_ms: 60_000,
-        reply: tx,
-    })]);
+        ttl_seconds: Some(60),
+        wait_seconds: Some(60),
+    });
+    let mut set = send(&mut e, 4, request, answer_of!(LockResources));
     assert!(set.try_recv().is_err());
     assert!(unlock(&mut e, "n2", &c2).released);
     let LockSetOutcome::Granted { tokens, .. } = set.try_recv().unwrap().unwrap() else {
@@ -280,11 +307,10 @@ fn unregistering_drops_the_places_an_agent_kept() {
     e.process(vec![]);
     assert!(b.try_recv().is_ok());
     let mut c = lock(&mut e, 3, "x", "c", 60_000, None);
-    let (tx, _rx) = oneshot::channel();
-    e.process(vec![Command::Op(Op::UnregisterAgent {
+    let request = Request::UnregisterAgent(request::AgentId {
         agent_id: "b".into(),
-        reply: tx,
-    })]);
+    });
+    send(&mut e, 0, request, answer_of!(UnregisterAgent));
     assert_eq!(e.locks.ticket_count(), 1);
     assert!(unlock(&mut e, "x", &t).released);
     token_of(c.try_recv().unwrap().unwrap());
