@@ -19,3 +19,5 @@ pub mod http;
 pub mod listener;
 pub mod mcp;
 pub mod store;
+#[doc(hidden)]
+pub mod testkit;

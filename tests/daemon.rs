@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{airlock_bin, serve_refused, serve_refused_sqlite, within, Daemon};
+use common::{airlock_bin, serve_refused, serve_refused_sqlite, tool_call, within, Daemon};
 use serde_json::{json, Value};
 
 /// `airlock serve --listen ADDR` on `home` with extra environment, stdout and stderr piped.
@@ -79,7 +79,7 @@ async fn spawn_on(home: &Path, listen: &str, env: &[(&str, &str)]) -> (Reaped, S
 /// Sends SIGTERM and waits up to `secs` for the exit status; a daemon that does not exit in time
 /// is killed (so a failing test leaves nothing behind) and the test fails.
 async fn stop_within(d: &mut Daemon, secs: u64) -> Option<i32> {
-    let mut child = d.child.take().expect("running daemon");
+    let mut child = d.process.take_child().expect("running daemon");
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
@@ -119,11 +119,6 @@ async fn post_status(url: &str, token: Option<&str>, body: Value) -> (u16, Value
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-fn tool_call(tool: &str, args: Value) -> Value {
-    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-           "params": {"name": tool, "arguments": args}})
-}
-
 fn text_of(body: &Value) -> Value {
     serde_json::from_str(body["result"]["content"][0]["text"].as_str().unwrap()).unwrap()
 }
@@ -142,7 +137,7 @@ async fn healthz_answers_without_auth_and_reveals_nothing_else() {
     let r = reqwest::Client::new()
         .post(&d.url)
         .header("Content-Type", "application/json")
-        .body(tool_call("list_notes", json!({})).to_string())
+        .body(tool_call(1, "list_notes", json!({})).to_string())
         .send()
         .await
         .unwrap();
@@ -219,7 +214,7 @@ async fn the_token_is_reused_across_restarts() {
     let (status, body) = post_status(
         &d2.url,
         Some(&first),
-        tool_call("get_note", json!({"key": "k"})),
+        tool_call(1, "get_note", json!({"key": "k"})),
     )
     .await;
     assert_eq!(status, 200);
@@ -237,7 +232,7 @@ async fn airlock_token_overrides_the_file() {
 
     let env_token = "env-token-0123456789abcdef";
     let (mut child, url) = spawn_with_env(&home, &[("AIRLOCK_TOKEN", env_token)]).await;
-    let call = tool_call("increment_counter", json!({"name": "c"}));
+    let call = tool_call(1, "increment_counter", json!({"name": "c"}));
     let (status, body) = post_status(&url, Some(env_token), call.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(text_of(&body), json!({"value": 1}));
@@ -271,7 +266,7 @@ async fn a_second_daemon_on_the_same_home_refuses_to_start() {
         stderr.contains("already running") && stderr.contains(&d.home.display().to_string()),
         "unclear message: {stderr}"
     );
-    let pid = d.child.as_ref().unwrap().id();
+    let pid = d.pid();
     assert!(
         stderr.contains(&format!("pid {pid}")),
         "the message names the running daemon's pid {pid}: {stderr}"
@@ -332,6 +327,7 @@ async fn sigterm_answers_parked_waits_and_exits_zero() {
                 &url,
                 Some(&token),
                 tool_call(
+                    1,
                     "wait_for_event",
                     json!({"name": "never", "wait_seconds": 30}),
                 ),
@@ -344,6 +340,7 @@ async fn sigterm_answers_parked_waits_and_exits_zero() {
             &url,
             Some(&token),
             tool_call(
+                1,
                 "lock_resource",
                 json!({"name": "L", "agent_id": "waiter", "wait_seconds": 30}),
             ),
@@ -629,8 +626,12 @@ async fn sigint_stops_cleanly_and_airlock_listen_sets_the_address() {
         "{url}"
     );
     let token = std::fs::read_to_string(home.join("token")).unwrap();
-    let (status, _) =
-        post_status(&url, Some(token.trim()), tool_call("list_notes", json!({}))).await;
+    let (status, _) = post_status(
+        &url,
+        Some(token.trim()),
+        tool_call(1, "list_notes", json!({})),
+    )
+    .await;
     assert_eq!(status, 200);
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);

@@ -9,10 +9,10 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use airlock::store::postgres::testing::{self, TestDb};
 use airlock::store::postgres::{self, PgStore, SCHEMA_VERSION};
 use airlock::store::sqlite::SqliteStore;
 use airlock::store::{AgentRow, EventRow, LockRow, NoteRow, Store, StoreError, TaskRow, TaskState};
+use airlock::testkit::postgres::{self as testing, TestDb};
 
 // ------------------------------------------------------------------ the shared checks
 

@@ -1934,6 +1934,10 @@ impl Engine {
             notes,
             events,
             queues: queues.into_values().collect(),
+            engine: EngineCounts {
+                commits: self.commits,
+                operations: self.operations,
+            },
         })
     }
 

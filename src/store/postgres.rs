@@ -31,8 +31,6 @@ use super::{
 };
 use crate::clock::Millis;
 
-pub mod testing;
-
 /// The schema every airlock table lives in. SQL below names it literally (`airlock.notes`), so a
 /// `search_path` never decides which table a query touches.
 pub const SCHEMA: &str = "airlock";

@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use support::{raise_fd_limit, Rpc, ServerProc};
+use support::{raise_fd_limit, start_floor, Rpc};
 use workloads::{Bench, Metric, Sizes, Source};
 
 #[derive(Parser, Debug)]
@@ -234,7 +234,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     };
-    let floor_proc = ServerProc::floor()?;
+    let floor_proc = start_floor().await?;
     let floor = Rpc::new(&floor_proc.url, "floor");
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
