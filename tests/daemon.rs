@@ -29,11 +29,6 @@ fn serve_cmd(home: &Path, listen: &str, env: &[(&str, &str)]) -> Command {
     cmd
 }
 
-/// Spawns a daemon with custom environment and returns it with its URL (read from stdout).
-async fn spawn_with_env(home: &Path, env: &[(&str, &str)]) -> (Reaped, String) {
-    spawn_on(home, "127.0.0.1:0", env).await
-}
-
 /// A spawned daemon that is SIGKILLed when dropped, so a failing test leaves nothing running.
 struct Reaped(Child);
 
@@ -55,25 +50,6 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Spawns a daemon on `listen` and returns it with its URL (read from stdout).
-async fn spawn_on(home: &Path, listen: &str, env: &[(&str, &str)]) -> (Reaped, String) {
-    let mut cmd = serve_cmd(home, listen, env);
-    cmd.stderr(Stdio::inherit());
-    let mut child = Reaped(cmd.spawn().expect("spawn"));
-    let stdout = child.stdout.take().unwrap();
-    let url = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line.trim()
-            .strip_prefix("airlock listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string()
-    })
-    .await
-    .unwrap();
-    (child, url)
 }
 
 /// Sends SIGTERM and waits up to `secs` for the exit status; a daemon that does not exit in time
@@ -231,7 +207,13 @@ async fn airlock_token_overrides_the_file() {
     assert_eq!(d.stop(), Some(0));
 
     let env_token = "env-token-0123456789abcdef";
-    let (mut child, url) = spawn_with_env(&home, &[("AIRLOCK_TOKEN", env_token)]).await;
+    let mut d = Daemon::serve()
+        .home(&home)
+        .selected_backend()
+        .env("AIRLOCK_TOKEN", env_token)
+        .start()
+        .await;
+    let url = d.url.clone();
     let call = tool_call(1, "increment_counter", json!({"name": "c"}));
     let (status, body) = post_status(&url, Some(env_token), call.clone()).await;
     assert_eq!(status, 200, "{body}");
@@ -246,8 +228,7 @@ async fn airlock_token_overrides_the_file() {
     // The file is left as it was.
     let on_disk = std::fs::read_to_string(home.join("token")).unwrap();
     assert_eq!(on_disk.trim(), file_token);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    d.kill();
 }
 
 #[tokio::test]
@@ -525,7 +506,8 @@ async fn a_connected_rmcp_client_survives_a_daemon_restart() {
 
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
-    let (mut first, url) = spawn_on(&home, "127.0.0.1:0", &[]).await;
+    let mut first = Daemon::start_in(&home).await;
+    let url = first.url.clone();
     let token = std::fs::read_to_string(home.join("token")).unwrap();
     let cfg = StreamableHttpClientTransportConfig::with_uri(url.clone()).auth_header(token);
     let client = within(
@@ -542,20 +524,21 @@ async fn a_connected_rmcp_client_survives_a_daemon_restart() {
     assert_eq!(r.structured_content, Some(json!({"value": 1})));
 
     // Restart on the same address; the client keeps its (stateless) connection settings.
-    unsafe {
-        libc::kill(first.id() as i32, libc::SIGTERM);
-    }
-    assert_eq!(first.wait().unwrap().code(), Some(0));
+    assert_eq!(first.stop(), Some(0));
     let listen = url.strip_prefix("http://").unwrap().to_string();
-    let (mut second, url2) = spawn_on(&home, &listen, &[]).await;
-    assert_eq!(url2, url);
+    let mut second = Daemon::serve()
+        .home(&home)
+        .listen(&listen)
+        .selected_backend()
+        .start()
+        .await;
+    assert_eq!(second.url, url);
     let r = within(30, client.call_tool(inc()))
         .await
         .expect("the same client works against the restarted daemon");
     assert_eq!(r.structured_content, Some(json!({"value": 2})));
     let _ = client.cancel().await;
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.kill();
 }
 
 #[tokio::test]

@@ -74,8 +74,11 @@ impl Process {
         spawned_at: Instant,
     ) -> Result<Process, StartError> {
         let kept = Arc::new(Mutex::new(Vec::new()));
-        if let Some(err) = child.stderr.take() {
-            read_stderr(err, log.clone(), kept.clone());
+        // Under `Inherit` a piped stderr is the caller's to read.
+        if !matches!(log, Log::Inherit) {
+            if let Some(err) = child.stderr.take() {
+                read_stderr(err, log.clone(), kept.clone());
+            }
         }
         let Some(stdout) = child.stdout.take() else {
             let _ = child.kill();
@@ -183,7 +186,7 @@ fn read_stderr(err: std::process::ChildStderr, log: Log, kept: Arc<Mutex<Vec<Str
     std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
             match &log {
-                Log::Inherit => {}
+                Log::Inherit => return,
                 Log::Labelled(label) => {
                     let _ = std::io::stderr()
                         .lock()

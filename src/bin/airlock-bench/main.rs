@@ -217,10 +217,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ => {
             let bin = match &args.airlock_bin {
                 Some(b) => b.clone(),
-                None => std::env::current_exe()?
-                    .parent()
-                    .context("bench binary has no directory")?
-                    .join("airlock"),
+                None => airlock::testkit::airlock_bin(),
             };
             if !bin.exists() {
                 bail!(
