@@ -278,14 +278,17 @@ pub async fn store_for_home(home: &Path) -> Option<String> {
     let db = create_kept_database().await;
     let mut k = kept();
     let homes = k.homes.get_or_insert_with(HashMap::new);
-    // Another task may have made one for this home meanwhile: the first stays, this one goes.
-    Some(
-        homes
-            .entry(home.to_path_buf())
-            .or_insert(db)
-            .url()
-            .to_string(),
-    )
+    // Another task may have made one for this home meanwhile: the first stays, and this one is
+    // dropped once the lock is released.
+    if let Some(first) = homes.get(home) {
+        let url = first.url().to_string();
+        drop(k);
+        drop(db);
+        return Some(url);
+    }
+    let url = db.url().to_string();
+    homes.insert(home.to_path_buf(), db);
+    Some(url)
 }
 
 /// [`store_for_home`] as `serve` arguments (`--store URL`, or none), for tests that spawn
