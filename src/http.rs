@@ -87,8 +87,9 @@ async fn healthz() -> Json<Value> {
     Json(json!({"ok": true, "version": env!("CARGO_PKG_VERSION")}))
 }
 
-/// `GET /status`: every lock (with its waiters), agent, note, event and queue, from one
-/// snapshot of the engine, as JSON. For `airlock status`; agents use the `list_*` tools.
+/// `GET /status`: every lock (with its waiters), agent, note, event and queue, and the engine's
+/// counts (commits, operations; the benchmark reads them), from one snapshot of the engine, as
+/// JSON. For `airlock status`; agents use the `list_*` tools.
 async fn status(State(core): State<Core>) -> Response {
     match core.status().await {
         Ok(view) => Json(view).into_response(),
