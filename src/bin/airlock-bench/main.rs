@@ -15,7 +15,8 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use support::{raise_fd_limit, start_floor, Rpc};
+use airlock::daemon::raise_fd_limit;
+use support::{start_floor, Rpc};
 use workloads::{Bench, Metric, Sizes, Source};
 
 #[derive(Parser, Debug)]
@@ -205,7 +206,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             reps: 1,
         };
     }
-    let needed = sizes.waiters.max(sizes.fanout) as u64 + 200;
+    let needed = sizes.waiters.max(sizes.fanout) + 200;
     if nofile < needed {
         bail!("the open-files limit is {nofile}, and this run needs about {needed}: raise `ulimit -n`");
     }
