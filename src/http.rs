@@ -87,8 +87,9 @@ async fn healthz() -> Json<Value> {
     Json(json!({"ok": true, "version": env!("CARGO_PKG_VERSION")}))
 }
 
-/// `GET /status`: every lock (with its waiters), agent, note, event and queue, from one
-/// snapshot of the engine, as JSON. For `airlock status`; agents use the `list_*` tools.
+/// `GET /status`: every lock (with its waiters), agent, note, event and queue, and the engine's
+/// counts (commits, operations; the benchmark reads them), from one snapshot of the engine, as
+/// JSON. For `airlock status`; agents use the `list_*` tools.
 async fn status(State(core): State<Arc<dyn CoreApi>>) -> Response {
     match core.call(core_api::Request::Status, None).await {
         Ok(core_api::Response::Status(view)) => Json(view).into_response(),

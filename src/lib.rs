@@ -1,13 +1,23 @@
 //! airlock: a coordination daemon for AI coding agents.
 //!
-//! Map of the crate (see ARCHITECTURE.md for the invariants):
+//! Map of the crate (see ARCHITECTURE.md for the invariants), in the order a request meets it:
+//! - [`listener`]: the TCP listener, with a cap on open connections.
+//! - [`http`]: the HTTP edge (axum): Host/Origin checks, bearer token, body limit, `/healthz`,
+//!   `/status`, the fast path for a plain `tools/call`.
+//! - [`mcp`]: the MCP layer (rmcp): the one table of tools, argument reading, results and errors.
+//! - [`cluster`]: several daemons on one PostgreSQL database: one coordinates (runs the engine),
+//!   the others forward calls to it through a table, woken by LISTEN/NOTIFY.
 //! - [`core`]: the domain. Locks, notes, counters, presence, events, tasks; the engine thread that
 //!   batches operations into group commits, parks blocked callers and fires deadlines. Knows
 //!   nothing of HTTP, MCP or SQL.
-//! - [`store`]: durable state behind the [`store::Store`] trait; all SQL lives here.
+//! - [`store`]: durable state behind the [`store::Store`] trait (SQLite, PostgreSQL); the SQL of
+//!   every table, and the schemas as migration files (`src/store/sql/`).
 //! - [`clock`]: the one injectable, monotonic-within-a-run clock.
-//! - [`cluster`]: several daemons on one PostgreSQL database: one coordinates (runs the engine),
-//!   the others forward calls to it through a table, woken by LISTEN/NOTIFY.
+//! - [`config`]: the state directory, the token, the one-daemon lock.
+//! - [`daemon`]: start-up and graceful shutdown of `airlock serve`.
+//! - [`cli`]: the command line; every command but `serve` is an HTTP client of the daemon.
+//! - `testkit` (hidden, **not part of the API**): the harness the integration tests and the
+//!   benchmark tool share (real daemon processes, tool calls, throwaway PostgreSQL databases).
 
 pub mod cli;
 pub mod clock;
@@ -19,3 +29,5 @@ pub mod http;
 pub mod listener;
 pub mod mcp;
 pub mod store;
+#[doc(hidden)]
+pub mod testkit;

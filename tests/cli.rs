@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::{airlock_bin, within, Daemon};
+use common::{airlock_bin, until_waiters, within, Daemon};
 use rmcp::model::CallToolRequestParams;
 use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
 use rmcp::ServiceExt;
@@ -71,37 +71,6 @@ async fn expect_json(d: &Daemon, args: &[&str], code: i32) -> Value {
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
-}
-
-/// Waits until `GET /status` shows `n` waiters on lock `name` (a test synchronisation point:
-/// the daemon has parked the second caller).
-async fn until_waiters(d: &Daemon, name: &str, n: i64) {
-    within(30, async {
-        loop {
-            let v: Value = d
-                .http
-                .get(format!("{}/status", d.url))
-                .bearer_auth(&d.token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let w = v["locks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|l| l["name"] == name)
-                .map(|l| l["waiters"].as_i64().unwrap())
-                .unwrap_or(0);
-            if w >= n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
 }
 
 // ------------------------------------------------------------------ status
@@ -186,6 +155,15 @@ async fn status_shows_holders_waiters_expiries_and_queue_depths() {
     assert_eq!(v["locks"][0]["waiters"], 1);
     assert_eq!(v["queues"][0]["pending"], 2);
     assert_eq!(v["notes"][0]["value"], "migrate first");
+    // The engine's counts (the benchmark reads operations per commit here): each of the seven
+    // tool calls above was an operation, and each was committed.
+    let count = |k: &str| {
+        v["engine"][k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k}: {v}"))
+    };
+    assert!(count("operations") >= 7, "{v}");
+    assert!(count("commits") >= 1, "{v}");
 }
 
 #[tokio::test]

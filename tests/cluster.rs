@@ -10,14 +10,15 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use airlock::store::calls::COORDINATOR_LOCK;
-use airlock::store::postgres::testing::{admin_url_or_skip, TestDb};
-use common::{fence, lock, spawn_lock, token, unlock, within, Daemon};
+use common::{
+    admin_url_or_skip, fence, lock, lock_row, spawn_call, spawn_lock, token, unlock, until_waiters,
+    within, Daemon, Log, TestDb,
+};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------------
@@ -40,31 +41,14 @@ struct Cluster {
 /// `airlock serve --store URL` on `home`, its log lines (RUST_LOG from AIRLOCK_CLUSTER_LOG,
 /// default `warn`) prefixed with `label`, so a failure's log says which daemon said what.
 async fn spawn_daemon(home: &Path, url: &str, label: &str) -> Daemon {
-    use std::io::{BufRead, Write};
     let log = std::env::var("AIRLOCK_CLUSTER_LOG").unwrap_or_else(|_| "warn".into());
-    let mut child = Command::new(common::airlock_bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--store", url])
-        .env("AIRLOCK_HOME", home)
-        .env_remove("AIRLOCK_TOKEN")
-        .env_remove("AIRLOCK_LISTEN")
-        .env_remove("AIRLOCK_STORE")
-        .env("RUST_LOG", log)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn airlock serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let label = label.to_string();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            // Past the harness's capture, in one write: these lines explain a failure.
-            let _ = std::io::stderr()
-                .lock()
-                .write_all(format!("[{label}] {line}\n").as_bytes());
-        }
-    });
-    Daemon::adopt(child, home).await
+    Daemon::serve()
+        .home(home)
+        .store(url)
+        .rust_log(&log)
+        .log(Log::Labelled(label.to_string()))
+        .start()
+        .await
 }
 
 /// A daemon of the cluster.
@@ -236,54 +220,6 @@ impl Cluster {
 // ---------------------------------------------------------------------------------------------
 // Tool helpers
 // ---------------------------------------------------------------------------------------------
-
-/// A tool call that may fail: `Err(message)` for a tool error or a JSON-RPC error.
-async fn try_call(d: &Daemon, tool: &str, args: Value) -> Result<Value, String> {
-    let body = d.call_raw(tool, args).await;
-    if let Some(e) = body.get("error") {
-        return Err(format!("JSON-RPC error: {e}"));
-    }
-    let r = &body["result"];
-    let text = r["content"][0]["text"]
-        .as_str()
-        .ok_or_else(|| format!("no text content: {body}"))?;
-    if r["isError"] == json!(true) {
-        return Err(text.to_string());
-    }
-    serde_json::from_str(text).map_err(|e| format!("{e}: {text}"))
-}
-
-fn spawn_call(d: &Arc<Daemon>, tool: &'static str, args: Value) -> tokio::task::JoinHandle<Value> {
-    let d = d.clone();
-    tokio::spawn(async move { d.call(tool, args).await })
-}
-
-/// `name`'s row in `list_locks` as seen through `d`.
-async fn lock_row(d: &Daemon, name: &str) -> Option<Value> {
-    let locks = d.call("list_locks", json!({})).await;
-    locks
-        .as_array()
-        .expect("list_locks is an array")
-        .iter()
-        .find(|l| l["name"] == name)
-        .cloned()
-}
-
-async fn waiters(d: &Daemon, name: &str) -> u64 {
-    lock_row(d, name)
-        .await
-        .map_or(0, |l| l["waiters"].as_u64().expect("waiters"))
-}
-
-/// Waits until `name`'s line, as seen through `d`, has exactly `n` callers in it.
-async fn until_waiters(d: &Daemon, name: &str, n: u64) {
-    within(30, async {
-        while waiters(d, name).await != n {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-}
 
 async fn holder(d: &Daemon, name: &str) -> Option<String> {
     lock_row(d, name)
@@ -741,7 +677,7 @@ impl Checker {
     /// A call of the load: an error is recorded (and returned), a hang is a violation.
     async fn call(&self, d: &Daemon, who: &str, tool: &str, args: Value) -> Option<Value> {
         let sent = Instant::now();
-        match tokio::time::timeout(HUNG, try_call(d, tool, args.clone())).await {
+        match tokio::time::timeout(HUNG, d.try_call(tool, args.clone())).await {
             Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
                 self.error(who, tool, e);
@@ -1082,7 +1018,7 @@ async fn when_the_coordinator_dies_the_other_daemon_takes_over_with_all_state() 
 async fn until_ok(d: &Daemon, tool: &str, args: Value) -> Value {
     within(30, async {
         loop {
-            match try_call(d, tool, args.clone()).await {
+            match d.try_call(tool, args.clone()).await {
                 Ok(v) => return v,
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }

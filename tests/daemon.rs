@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{airlock_bin, serve_refused, serve_refused_sqlite, within, Daemon};
+use common::{airlock_bin, serve_refused, serve_refused_sqlite, tool_call, within, Daemon};
 use serde_json::{json, Value};
 
 /// `airlock serve --listen ADDR` on `home` with extra environment, stdout and stderr piped.
@@ -27,11 +27,6 @@ fn serve_cmd(home: &Path, listen: &str, env: &[(&str, &str)]) -> Command {
         cmd.env(k, v);
     }
     cmd
-}
-
-/// Spawns a daemon with custom environment and returns it with its URL (read from stdout).
-async fn spawn_with_env(home: &Path, env: &[(&str, &str)]) -> (Reaped, String) {
-    spawn_on(home, "127.0.0.1:0", env).await
 }
 
 /// A spawned daemon that is SIGKILLed when dropped, so a failing test leaves nothing running.
@@ -57,29 +52,10 @@ impl Drop for Reaped {
     }
 }
 
-/// Spawns a daemon on `listen` and returns it with its URL (read from stdout).
-async fn spawn_on(home: &Path, listen: &str, env: &[(&str, &str)]) -> (Reaped, String) {
-    let mut cmd = serve_cmd(home, listen, env);
-    cmd.stderr(Stdio::inherit());
-    let mut child = Reaped(cmd.spawn().expect("spawn"));
-    let stdout = child.stdout.take().unwrap();
-    let url = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line.trim()
-            .strip_prefix("airlock listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string()
-    })
-    .await
-    .unwrap();
-    (child, url)
-}
-
 /// Sends SIGTERM and waits up to `secs` for the exit status; a daemon that does not exit in time
 /// is killed (so a failing test leaves nothing behind) and the test fails.
 async fn stop_within(d: &mut Daemon, secs: u64) -> Option<i32> {
-    let mut child = d.child.take().expect("running daemon");
+    let mut child = d.process.take_child().expect("running daemon");
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
@@ -119,11 +95,6 @@ async fn post_status(url: &str, token: Option<&str>, body: Value) -> (u16, Value
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-fn tool_call(tool: &str, args: Value) -> Value {
-    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-           "params": {"name": tool, "arguments": args}})
-}
-
 fn text_of(body: &Value) -> Value {
     serde_json::from_str(body["result"]["content"][0]["text"].as_str().unwrap()).unwrap()
 }
@@ -142,7 +113,7 @@ async fn healthz_answers_without_auth_and_reveals_nothing_else() {
     let r = reqwest::Client::new()
         .post(&d.url)
         .header("Content-Type", "application/json")
-        .body(tool_call("list_notes", json!({})).to_string())
+        .body(tool_call(1, "list_notes", json!({})).to_string())
         .send()
         .await
         .unwrap();
@@ -219,7 +190,7 @@ async fn the_token_is_reused_across_restarts() {
     let (status, body) = post_status(
         &d2.url,
         Some(&first),
-        tool_call("get_note", json!({"key": "k"})),
+        tool_call(1, "get_note", json!({"key": "k"})),
     )
     .await;
     assert_eq!(status, 200);
@@ -236,8 +207,14 @@ async fn airlock_token_overrides_the_file() {
     assert_eq!(d.stop(), Some(0));
 
     let env_token = "env-token-0123456789abcdef";
-    let (mut child, url) = spawn_with_env(&home, &[("AIRLOCK_TOKEN", env_token)]).await;
-    let call = tool_call("increment_counter", json!({"name": "c"}));
+    let mut d = Daemon::serve()
+        .home(&home)
+        .selected_backend()
+        .env("AIRLOCK_TOKEN", env_token)
+        .start()
+        .await;
+    let url = d.url.clone();
+    let call = tool_call(1, "increment_counter", json!({"name": "c"}));
     let (status, body) = post_status(&url, Some(env_token), call.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(text_of(&body), json!({"value": 1}));
@@ -251,8 +228,7 @@ async fn airlock_token_overrides_the_file() {
     // The file is left as it was.
     let on_disk = std::fs::read_to_string(home.join("token")).unwrap();
     assert_eq!(on_disk.trim(), file_token);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    d.kill();
 }
 
 #[tokio::test]
@@ -271,7 +247,7 @@ async fn a_second_daemon_on_the_same_home_refuses_to_start() {
         stderr.contains("already running") && stderr.contains(&d.home.display().to_string()),
         "unclear message: {stderr}"
     );
-    let pid = d.child.as_ref().unwrap().id();
+    let pid = d.pid();
     assert!(
         stderr.contains(&format!("pid {pid}")),
         "the message names the running daemon's pid {pid}: {stderr}"
@@ -332,6 +308,7 @@ async fn sigterm_answers_parked_waits_and_exits_zero() {
                 &url,
                 Some(&token),
                 tool_call(
+                    1,
                     "wait_for_event",
                     json!({"name": "never", "wait_seconds": 30}),
                 ),
@@ -344,6 +321,7 @@ async fn sigterm_answers_parked_waits_and_exits_zero() {
             &url,
             Some(&token),
             tool_call(
+                1,
                 "lock_resource",
                 json!({"name": "L", "agent_id": "waiter", "wait_seconds": 30}),
             ),
@@ -528,7 +506,8 @@ async fn a_connected_rmcp_client_survives_a_daemon_restart() {
 
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
-    let (mut first, url) = spawn_on(&home, "127.0.0.1:0", &[]).await;
+    let mut first = Daemon::start_in(&home).await;
+    let url = first.url.clone();
     let token = std::fs::read_to_string(home.join("token")).unwrap();
     let cfg = StreamableHttpClientTransportConfig::with_uri(url.clone()).auth_header(token);
     let client = within(
@@ -545,20 +524,21 @@ async fn a_connected_rmcp_client_survives_a_daemon_restart() {
     assert_eq!(r.structured_content, Some(json!({"value": 1})));
 
     // Restart on the same address; the client keeps its (stateless) connection settings.
-    unsafe {
-        libc::kill(first.id() as i32, libc::SIGTERM);
-    }
-    assert_eq!(first.wait().unwrap().code(), Some(0));
+    assert_eq!(first.stop(), Some(0));
     let listen = url.strip_prefix("http://").unwrap().to_string();
-    let (mut second, url2) = spawn_on(&home, &listen, &[]).await;
-    assert_eq!(url2, url);
+    let mut second = Daemon::serve()
+        .home(&home)
+        .listen(&listen)
+        .selected_backend()
+        .start()
+        .await;
+    assert_eq!(second.url, url);
     let r = within(30, client.call_tool(inc()))
         .await
         .expect("the same client works against the restarted daemon");
     assert_eq!(r.structured_content, Some(json!({"value": 2})));
     let _ = client.cancel().await;
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.kill();
 }
 
 #[tokio::test]
@@ -629,8 +609,12 @@ async fn sigint_stops_cleanly_and_airlock_listen_sets_the_address() {
         "{url}"
     );
     let token = std::fs::read_to_string(home.join("token")).unwrap();
-    let (status, _) =
-        post_status(&url, Some(token.trim()), tool_call("list_notes", json!({}))).await;
+    let (status, _) = post_status(
+        &url,
+        Some(token.trim()),
+        tool_call(1, "list_notes", json!({})),
+    )
+    .await;
     assert_eq!(status, 200);
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);

@@ -18,13 +18,13 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{Daemon, StartError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -337,49 +337,26 @@ fn cas_n(value: &str) -> Option<i64> {
 
 // ------------------------------------------------------------------ the daemon
 
-struct Proc {
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `airlock serve` on `listen` and returns it with the URL it printed once bound.
-fn spawn_daemon(home: &Path, listen: &str) -> Result<(Proc, String), String> {
-    let mut child = Command::new(common::airlock_bin())
-        .args(["serve", "--listen", listen])
-        .args(common::store_args(home))
-        .env("AIRLOCK_HOME", home)
-        .env_remove("AIRLOCK_TOKEN")
-        .env_remove("AIRLOCK_LISTEN")
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    let _ = BufReader::new(stdout).read_line(&mut line);
-    let proc = Proc { child };
-    match line.trim().strip_prefix("airlock listening on ") {
-        Some(url) => Ok((proc, url.to_string())),
-        None => Err(format!("the daemon did not start: {line:?}")),
-    }
+/// Starts `airlock serve` on `listen` (on the selected backend, `RUST_LOG=error`).
+async fn spawn_daemon(home: &Path, listen: &str) -> Result<Daemon, StartError> {
+    Daemon::serve()
+        .home(home)
+        .listen(listen)
+        .selected_backend()
+        .rust_log("error")
+        .try_start()
+        .await
 }
 
 /// Restarts on the same port; a few tries in case the old socket is still being torn down.
-fn respawn(home: &Path, listen: &str) -> (Proc, String) {
+async fn respawn(home: &Path, listen: &str) -> Daemon {
     let mut last = String::new();
     for _ in 0..50 {
-        match spawn_daemon(home, listen) {
-            Ok(p) => return p,
-            Err(e) => last = e,
+        match spawn_daemon(home, listen).await {
+            Ok(d) => return d,
+            Err(e) => last = e.to_string(),
         }
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("could not restart the daemon on {listen}: {last}");
 }
@@ -793,16 +770,12 @@ async fn sigkill_and_pauses_lose_nothing_and_break_no_promise() {
     let mut rng = StdRng::seed_from_u64(seed);
     let tmp = tempfile::tempdir().unwrap();
     let home: PathBuf = tmp.path().join("home");
-    let (mut daemon, url) = spawn_daemon(&home, "127.0.0.1:0").unwrap();
-    let listen = url.trim_start_matches("http://").to_string();
-    let token = std::fs::read_to_string(home.join("token"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let mut daemon = spawn_daemon(&home, "127.0.0.1:0").await.unwrap();
+    let listen = daemon.url.trim_start_matches("http://").to_string();
     let world = Arc::new(World {
         epoch: Instant::now(),
-        url: Mutex::new(url),
-        token,
+        url: Mutex::new(daemon.url.clone()),
+        token: daemon.token.clone(),
         calls: Mutex::new(Vec::new()),
         writes: Mutex::new(Vec::new()),
         resource: FencedResource::default(),
@@ -836,21 +809,12 @@ async fn sigkill_and_pauses_lose_nothing_and_break_no_promise() {
         } else {
             tokio::time::sleep(Duration::from_millis(run_ms)).await;
         }
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(daemon.child.id() as i32, libc::SIGKILL);
-        }
-        let _ = daemon.child.wait();
+        daemon.kill();
         cycles += 1;
         // Quiesce the clients (their in-flight calls fail now), restart, check, resume.
         let quiet = common::within(60, world.gate.write()).await;
-        let home2 = home.clone();
-        let listen2 = listen.clone();
-        let (d, url) = tokio::task::spawn_blocking(move || respawn(&home2, &listen2))
-            .await
-            .unwrap();
-        daemon = d;
-        *world.url.lock().unwrap() = url;
+        daemon = respawn(&home, &listen).await;
+        *world.url.lock().unwrap() = daemon.url.clone();
         check_after_restart(&world, &checker_http, &mut report).await;
         drop(quiet);
     }
@@ -859,17 +823,9 @@ async fn sigkill_and_pauses_lose_nothing_and_break_no_promise() {
         common::within(60, c).await.unwrap();
     }
     // One last crash and restart, then the whole history.
-    unsafe {
-        libc::kill(daemon.child.id() as i32, libc::SIGKILL);
-    }
-    let _ = daemon.child.wait();
-    let home2 = home.clone();
-    let listen2 = listen.clone();
-    let (d, url) = tokio::task::spawn_blocking(move || respawn(&home2, &listen2))
-        .await
-        .unwrap();
-    daemon = d;
-    *world.url.lock().unwrap() = url;
+    daemon.kill();
+    daemon = respawn(&home, &listen).await;
+    *world.url.lock().unwrap() = daemon.url.clone();
     let final_tasks = check_after_restart(&world, &checker_http, &mut report).await;
     let calls = world.calls.lock().unwrap().clone();
     let writes = world.writes.lock().unwrap().clone();

@@ -7,29 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{fence, lock, spawn_lock, token, unlock, within, Daemon};
+use common::{fence, lock, spawn_lock, token, unlock, until_waiters, waiters, within, Daemon};
 use serde_json::{json, Value};
-
-/// How many callers stand in `name`'s line (0 if the lock is not held).
-async fn waiters(d: &Daemon, name: &str) -> u64 {
-    let locks = d.call("list_locks", json!({})).await;
-    locks
-        .as_array()
-        .expect("list_locks is an array")
-        .iter()
-        .find(|l| l["name"] == name)
-        .map_or(0, |l| l["waiters"].as_u64().expect("waiters"))
-}
-
-/// Waits until `name`'s line has exactly `n` callers in it.
-async fn until_waiters(d: &Daemon, name: &str, n: u64) {
-    within(30, async {
-        while waiters(d, name).await != n {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-}
 
 #[tokio::test]
 async fn a_held_lock_is_contended() {

@@ -20,9 +20,9 @@ use airlock::core::request::*;
 use airlock::core::{
     ClaimOutcome, CoreError, CoreResult, GetNoteResult, LockOutcome, Renewed, WAKE_GRACE_SECONDS,
 };
-use airlock::store::postgres::testing::{self, TestDb};
 use airlock::store::sqlite::SqliteStore;
 use airlock::store::Store;
+use airlock::testkit::postgres::{self as testing, TestDb};
 use proptest::prelude::*;
 use tokio::sync::oneshot;
 

@@ -4,32 +4,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{within, Daemon};
+use common::{spawn_call, until_waiters, within, Daemon};
 use serde_json::{json, Value};
-
-async fn waiters(d: &Daemon, name: &str) -> u64 {
-    let locks = d.call("list_locks", json!({})).await;
-    locks
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["name"] == name)
-        .map_or(0, |l| l["waiters"].as_u64().unwrap())
-}
-
-async fn until_waiters(d: &Daemon, name: &str, n: u64) {
-    within(30, async {
-        while waiters(d, name).await != n {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-}
-
-fn spawn_call(d: &Arc<Daemon>, tool: &'static str, args: Value) -> tokio::task::JoinHandle<Value> {
-    let d = d.clone();
-    tokio::spawn(async move { d.call(tool, args).await })
-}
 
 fn agent<'a>(agents: &'a Value, id: &str) -> Option<&'a Value> {
     agents

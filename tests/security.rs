@@ -7,10 +7,9 @@ use common::Daemon;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A tool call's body as the bytes sent (id 7).
 fn tool_call(tool: &str, args: Value) -> String {
-    json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-           "params": {"name": tool, "arguments": args}})
-    .to_string()
+    common::tool_call(7, tool, args).to_string()
 }
 
 /// A response read off the wire.
@@ -378,58 +377,16 @@ async fn malformed_json_gets_parse_error_and_a_huge_body_gets_413() {
     );
 }
 
-/// A daemon started with a custom `--listen`, SIGKILLed on drop.
-struct Custom {
-    child: std::process::Child,
-    port: String,
-    token: String,
-    _tmp: tempfile::TempDir,
-}
-
-impl Drop for Custom {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `airlock serve --listen ADDR` on a fresh home.
-async fn serve_on(listen: &str) -> Custom {
-    use std::io::{BufRead, BufReader};
-    let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("home");
-    let mut child = std::process::Command::new(common::airlock_bin())
-        .args(["serve", "--listen", listen])
-        .args(common::store_args(&home))
-        .env("AIRLOCK_HOME", &home)
-        .env_remove("AIRLOCK_TOKEN")
-        .env_remove("AIRLOCK_LISTEN")
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let announced = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line.trim().to_string()
-    })
-    .await
-    .unwrap();
-    let port = announced.rsplit(':').next().unwrap().to_string();
-    let token = std::fs::read_to_string(home.join("token")).unwrap();
-    Custom {
-        child,
-        port,
-        token: token.trim().to_string(),
-        _tmp: tmp,
-    }
-}
-
 #[tokio::test]
 async fn listening_on_every_address_accepts_ip_hosts_but_requires_the_token() {
-    let d = serve_on("0.0.0.0:0").await;
-    let (port, token) = (d.port.clone(), d.token.clone());
+    let d = Daemon::serve()
+        .listen("0.0.0.0:0")
+        .selected_backend()
+        .rust_log("error")
+        .start()
+        .await;
+    let port = d.url.rsplit(':').next().unwrap().to_string();
+    let token = d.token.clone();
     let addr = format!("127.0.0.1:{port}");
     let body = tool_call("increment_counter", json!({"name": "c"}));
     // A remote client addresses the machine by one of its IPs.

@@ -19,6 +19,23 @@ async fn a_lock_round_trip_through_the_real_daemon() {
     assert_eq!(released, json!({"released": true}));
 }
 
+/// The kit finds the binary Cargo built for this test (it runs the real daemon, never a stale
+/// or another build), and a daemon's fresh home goes with it.
+#[tokio::test]
+async fn the_harness_runs_this_builds_daemon_and_cleans_up_its_home() {
+    assert_eq!(
+        common::airlock_bin().canonicalize().unwrap(),
+        std::path::Path::new(env!("CARGO_BIN_EXE_airlock"))
+            .canonicalize()
+            .unwrap()
+    );
+    let d = Daemon::start().await;
+    let home = d.home.clone();
+    assert!(home.join("token").exists());
+    drop(d);
+    assert!(!home.exists(), "{} is left behind", home.display());
+}
+
 /// The harness's way to put several daemons on one PostgreSQL database (`Daemon::start_on`):
 /// what one writes, the other reads.
 #[tokio::test]

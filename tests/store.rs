@@ -9,10 +9,10 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use airlock::store::postgres::testing::{self, TestDb};
 use airlock::store::postgres::{self, PgStore, SCHEMA_VERSION};
 use airlock::store::sqlite::SqliteStore;
 use airlock::store::{AgentRow, EventRow, LockRow, NoteRow, Store, StoreError, TaskRow, TaskState};
+use airlock::testkit::postgres::{self as testing, TestDb};
 
 // ------------------------------------------------------------------ the shared checks
 
@@ -905,6 +905,39 @@ fn postgres_newer_schema_is_refused() {
     });
 }
 
+/// A database made before the migrations were files: version 1, and `airlock.calls` (then part
+/// of migration 1) already there, in use. Migrating brings it to the current version and keeps
+/// the table and its rows; nothing is made twice.
+#[test]
+fn postgres_a_version_1_database_with_the_calls_table_upgrades_in_place() {
+    let Some((rt, db)) = pg("postgres_a_version_1_database_with_the_calls_table_upgrades_in_place")
+    else {
+        return;
+    };
+    rt.block_on(async {
+        let mut c = db.connect().await.unwrap();
+        postgres::migrate(&mut c).await.unwrap();
+        // What the old binary left behind: every table, one version row.
+        c.batch_execute(
+            "DELETE FROM airlock.schema_version WHERE version > 1;
+             INSERT INTO airlock.calls (daemon, tool, args) VALUES ('d1', 'list_locks', '{}');",
+        )
+        .await
+        .unwrap();
+        assert_eq!(versions(&c).await, [1]);
+        postgres::migrate(&mut c).await.unwrap();
+        assert_eq!(versions(&c).await, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+        let kept = c
+            .query_one(
+                "SELECT count(*) FROM airlock.calls WHERE daemon = 'd1'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(kept.get::<_, i64>(0), 1);
+    });
+}
+
 /// The migration makes the coordinator's call table as the cluster code expects it.
 #[test]
 fn postgres_calls_table_has_its_defaults_and_indexes() {
@@ -994,6 +1027,19 @@ fn postgres_privileges_are_what_the_docs_say() {
         let id = s.task_insert("q", "p", None, 0, 1).unwrap();
         assert_eq!(s.task_next_pending("q").unwrap().map(|t| t.id), Some(id));
         s.commit().unwrap();
+
+        // A database from before the forwarding table had a migration of its own is at version
+        // 1 with the table already there: the same read/write-only role brings it to the current
+        // version, with no CREATE right.
+        let c = as_role(&owner);
+        rt.block_on(c.batch_execute("DELETE FROM airlock.schema_version WHERE version > 1"))
+            .unwrap();
+        let mut c = as_role(&user);
+        rt.block_on(postgres::migrate(&mut c)).unwrap();
+        assert_eq!(
+            rt.block_on(versions(&c)),
+            (1..=SCHEMA_VERSION).collect::<Vec<_>>()
+        );
     }));
     // Roles are cluster-wide: drop them whatever happened, so a failure leaves nothing behind.
     rt.block_on(admin.batch_execute(&format!(

@@ -397,6 +397,16 @@ pub struct StatusView {
     pub notes: Vec<NoteView>,
     pub events: Vec<EventView>,
     pub queues: Vec<QueueView>,
+    /// What the engine that answered has done since it started.
+    pub engine: EngineCounts,
+}
+
+/// An engine's work since it started: transactions committed and operations applied. Their ratio
+/// is how many operations share a commit (an fsync); the benchmark reports it from `/status`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EngineCounts {
+    pub commits: u64,
+    pub operations: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

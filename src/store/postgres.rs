@@ -31,8 +31,6 @@ use super::{
 };
 use crate::clock::Millis;
 
-pub mod testing;
-
 /// The schema every airlock table lives in. SQL below names it literally (`airlock.notes`), so a
 /// `search_path` never decides which table a query touches.
 pub const SCHEMA: &str = "airlock";
@@ -47,72 +45,14 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long sending that cancel request may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Schema migrations, applied in order inside one transaction; `airlock.schema_version` holds one
-/// row per migration that ran. Append only: a released migration is never edited.
+/// Schema migrations (`src/store/sql/postgres/`), applied in order inside one transaction;
+/// `airlock.schema_version` holds one row per migration that ran. Append only: a released
+/// migration is never edited.
 const MIGRATIONS: &[&str] = &[
-    // 1: the first schema. The tables of the SQLite backend, plus the coordinator's call table.
-    r#"
-    CREATE TABLE airlock.notes (
-        key TEXT COLLATE "C" PRIMARY KEY,
-        value TEXT NOT NULL,
-        author TEXT,
-        expires_at BIGINT
-    );
-    CREATE INDEX notes_expires ON airlock.notes (expires_at) WHERE expires_at IS NOT NULL;
-    CREATE TABLE airlock.counters (name TEXT COLLATE "C" PRIMARY KEY, value BIGINT NOT NULL);
-    CREATE TABLE airlock.locks (
-        name TEXT COLLATE "C" PRIMARY KEY,
-        agent_id TEXT COLLATE "C" NOT NULL,
-        token TEXT NOT NULL,
-        fence BIGINT NOT NULL,
-        expires_at BIGINT NOT NULL
-    );
-    CREATE INDEX locks_agent ON airlock.locks (agent_id);
-    -- Never deleted: a fence must never be reused, even after the lock row is gone.
-    CREATE TABLE airlock.lock_fences (
-        name TEXT COLLATE "C" PRIMARY KEY,
-        last_fence BIGINT NOT NULL
-    );
-    CREATE TABLE airlock.agents (
-        agent_id TEXT COLLATE "C" PRIMARY KEY,
-        expires_at BIGINT NOT NULL
-    );
-    CREATE TABLE airlock.events (
-        name TEXT COLLATE "C" PRIMARY KEY,
-        generation BIGINT NOT NULL,
-        cleared_at BIGINT NOT NULL
-    );
-    CREATE TABLE airlock.tasks (
-        id BIGSERIAL PRIMARY KEY,
-        queue TEXT COLLATE "C" NOT NULL,
-        payload TEXT NOT NULL,
-        author TEXT,
-        priority BIGINT NOT NULL,
-        state TEXT NOT NULL,
-        attempts BIGINT NOT NULL,
-        lease_agent TEXT COLLATE "C",
-        lease_token TEXT,
-        lease_expires_at BIGINT,
-        created_at BIGINT NOT NULL,
-        finished_at BIGINT
-    );
-    CREATE INDEX tasks_pending ON airlock.tasks (queue, priority DESC, id) WHERE state = 'pending';
-    CREATE INDEX tasks_lease_agent ON airlock.tasks (lease_agent) WHERE lease_agent IS NOT NULL;
-    CREATE INDEX tasks_finished ON airlock.tasks (finished_at) WHERE finished_at IS NOT NULL;
-    -- The coordinator's inbox: tool calls forwarded by the other daemons.
-    CREATE TABLE airlock.calls (
-        id BIGSERIAL PRIMARY KEY,
-        daemon TEXT NOT NULL,          -- id of the daemon that received the call
-        tool TEXT NOT NULL,
-        args TEXT NOT NULL,            -- JSON object
-        state TEXT NOT NULL DEFAULT 'queued',  -- queued | done | cancelled | orphaned
-        result TEXT,                   -- JSON
-        orphan TEXT,                   -- JSON: what to release if nobody reads the result
-        created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
-    );
-    CREATE INDEX calls_queued ON airlock.calls (id) WHERE state = 'queued';
-    CREATE INDEX calls_daemon ON airlock.calls (daemon);
-    "#,
+    // 1: the tables of the SQLite backend, in the schema `airlock`.
+    include_str!("sql/postgres/0001_schema.sql"),
+    // 2: the coordinator's call table (made by 1 in databases from before the split).
+    include_str!("sql/postgres/0002_forwarding_calls.sql"),
 ];
 
 /// How many migrations this binary knows: the schema version it writes and expects.

@@ -53,7 +53,7 @@ async fn handle(State(f): State<Floor>, body: Bytes) -> Response {
 
 /// `airlock-bench floor-server`: binds 127.0.0.1:0, prints its address, serves until killed.
 pub fn serve() -> anyhow::Result<()> {
-    crate::support::raise_fd_limit();
+    airlock::daemon::raise_fd_limit();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let (tx, _) = watch::channel(0u64);

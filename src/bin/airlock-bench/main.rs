@@ -15,7 +15,8 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use support::{raise_fd_limit, Rpc, ServerProc};
+use airlock::daemon::raise_fd_limit;
+use support::{start_floor, Rpc};
 use workloads::{Bench, Metric, Sizes, Source};
 
 #[derive(Parser, Debug)]
@@ -205,7 +206,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             reps: 1,
         };
     }
-    let needed = sizes.waiters.max(sizes.fanout) as u64 + 200;
+    let needed = sizes.waiters.max(sizes.fanout) + 200;
     if nofile < needed {
         bail!("the open-files limit is {nofile}, and this run needs about {needed}: raise `ulimit -n`");
     }
@@ -217,10 +218,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ => {
             let bin = match &args.airlock_bin {
                 Some(b) => b.clone(),
-                None => std::env::current_exe()?
-                    .parent()
-                    .context("bench binary has no directory")?
-                    .join("airlock"),
+                None => airlock::testkit::airlock_bin(),
             };
             if !bin.exists() {
                 bail!(
@@ -234,7 +232,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     };
-    let floor_proc = ServerProc::floor()?;
+    let floor_proc = start_floor().await?;
     let floor = Rpc::new(&floor_proc.url, "floor");
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -1,35 +1,19 @@
-//! What every workload needs: the processes under test (the real daemon and the floor server),
-//! a keep-alive JSON-RPC client, closed-loop load generation, and small statistics.
+//! What every workload needs: the processes under test (the real daemon and the floor server,
+//! started by the test kit, `airlock::testkit`, which the integration tests use too), its
+//! keep-alive JSON-RPC client, closed-loop load generation, and small statistics.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use airlock::testkit::Log;
+use anyhow::Context;
 use futures::future::BoxFuture;
-use serde_json::{json, Value};
+use serde_json::json;
 
-/// Raises this process's soft open-files limit to the hard limit (thousands of sockets).
-pub fn raise_fd_limit() -> u64 {
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max.min(1 << 20);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-        lim.rlim_cur
-    }
-}
+pub use airlock::core::EngineCounts;
+pub use airlock::testkit::{Daemon, Process, Rpc};
 
 /// Resident set size of a process in bytes, from `/proc/PID/status` (VmRSS).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
@@ -90,322 +74,62 @@ pub async fn wait_quiescent(pid: u32, fds: usize, limit: Duration) -> bool {
     true
 }
 
-/// A private scratch directory, removed on drop.
-pub struct ScratchDir(pub PathBuf);
+/// The daemon's log lines the bench keeps: its coordinator role (PostgreSQL), and what explains
+/// a failure.
+const KEPT_LOG: &[&str] = &["coordinat", "ERROR", "WARN"];
 
-impl ScratchDir {
-    pub fn new(base: &Path, tag: &str) -> anyhow::Result<ScratchDir> {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = base.join(format!(
-            "airlock-bench-{}-{}-{tag}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).with_context(|| format!("create {}", p.display()))?;
-        Ok(ScratchDir(p))
+/// Starts the real daemon with a fresh home under `base`: SQLite in that home, or `--store`
+/// (a PostgreSQL URL) when `store` is given; `max_batch` sets `AIRLOCK_MAX_BATCH` (1 = group
+/// commit off).
+pub async fn start_daemon(
+    bin: &Path,
+    base: &Path,
+    max_batch: Option<usize>,
+    store: Option<&str>,
+) -> anyhow::Result<Daemon> {
+    let mut serve = Daemon::serve()
+        .bin(bin)
+        .home_in(base)
+        .rust_log("warn,airlock::cluster=info")
+        .env("NO_COLOR", "1")
+        .log(Log::Keep(KEPT_LOG));
+    if let Some(url) = store {
+        serve = serve.store(url);
     }
+    if let Some(n) = max_batch {
+        serve = serve.env("AIRLOCK_MAX_BATCH", n.to_string());
+    }
+    serve
+        .try_start()
+        .await
+        .with_context(|| format!("start the daemon {}", bin.display()))
 }
 
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Starts the floor server: this same binary's `floor-server` subcommand (token `floor`).
+pub async fn start_floor() -> anyhow::Result<Process> {
+    let me = std::env::current_exe().context("find the bench binary")?;
+    let mut cmd = Command::new(me);
+    cmd.arg("floor-server");
+    Process::spawn(&mut cmd, &Log::Keep(KEPT_LOG))
+        .await
+        .context("start the floor server")
 }
 
-/// A server process under test: the airlock daemon or the floor server.
-pub struct ServerProc {
-    child: Option<Child>,
-    pub pid: u32,
-    pub url: String,
-    pub token: String,
-    /// Spawn to "listening" line.
-    pub listening_after: Duration,
-    pub spawned_at: Instant,
-    stderr: Arc<Mutex<Vec<String>>>,
-    _home: Option<ScratchDir>,
+/// Reads the engine's counts from the daemon's `/status`, then stops it (SIGTERM, wait).
+pub async fn stop_counting(d: Daemon) -> Option<EngineCounts> {
+    let status = d.rpc_client().status().await;
+    stop(d).await;
+    let status = status.ok()?;
+    let count = |k: &str| status["engine"][k].as_u64();
+    Some(EngineCounts {
+        commits: count("commits")?,
+        operations: count("operations")?,
+    })
 }
 
-/// What the engine logged when it stopped: transactions committed and operations applied.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EngineCounts {
-    pub commits: u64,
-    pub operations: u64,
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn field(line: &str, name: &str) -> Option<u64> {
-    let key = format!("{name}=");
-    let at = line.find(&key)? + key.len();
-    line[at..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
-impl ServerProc {
-    /// Spawns `cmd`, which prints `... listening on http://ADDR` on stdout once bound.
-    fn spawn(mut cmd: Command, home: Option<ScratchDir>, token: String) -> anyhow::Result<Self> {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let spawned_at = Instant::now();
-        let mut child = cmd.spawn().context("spawn the server")?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .context("read the listening line")?;
-        let listening_after = spawned_at.elapsed();
-        let Some((_, url)) = line.trim().split_once(" listening on ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("the server did not start (first line {line:?})");
-        };
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let sink = stderr.clone();
-        let err = child.stderr.take().expect("piped stderr");
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                // Only what the bench reads, or what explains a failure.
-                let l = strip_ansi(&l);
-                if l.contains("engine stopped")
-                    || l.contains("coordinat")
-                    || l.contains("ERROR")
-                    || l.contains("WARN")
-                {
-                    // Not held across anything that blocks.
-                    sink.lock().expect("stderr sink").push(l);
-                }
-            }
-        });
-        let mut token = token;
-        if let Some(h) = &home {
-            token = std::fs::read_to_string(h.0.join("token"))
-                .context("read the daemon's token")?
-                .trim()
-                .to_string();
-        }
-        Ok(ServerProc {
-            pid: child.id(),
-            child: Some(child),
-            url: url.to_string(),
-            token,
-            listening_after,
-            spawned_at,
-            stderr,
-            _home: home,
-        })
-    }
-
-    /// Starts the real daemon with a fresh home under `base`; `max_batch` sets
-    /// `AIRLOCK_MAX_BATCH` (1 = group commit off).
-    pub fn daemon(bin: &Path, base: &Path, max_batch: Option<usize>) -> anyhow::Result<Self> {
-        Self::daemon_on(bin, base, max_batch, None)
-    }
-
-    /// Like [`ServerProc::daemon`], with `--store` (a PostgreSQL URL) when `store` is given;
-    /// SQLite in the fresh home otherwise.
-    pub fn daemon_on(
-        bin: &Path,
-        base: &Path,
-        max_batch: Option<usize>,
-        store: Option<&str>,
-    ) -> anyhow::Result<Self> {
-        let home = ScratchDir::new(base, "home")?;
-        let mut cmd = Command::new(bin);
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .env("AIRLOCK_HOME", &home.0)
-            .env_remove("AIRLOCK_TOKEN")
-            .env_remove("AIRLOCK_LISTEN")
-            .env_remove("AIRLOCK_STORE")
-            .env(
-                "RUST_LOG",
-                "warn,airlock::core::engine=info,airlock::cluster=info",
-            )
-            .env("NO_COLOR", "1");
-        if let Some(url) = store {
-            cmd.args(["--store", url]);
-        }
-        match max_batch {
-            Some(n) => cmd.env("AIRLOCK_MAX_BATCH", n.to_string()),
-            None => cmd.env_remove("AIRLOCK_MAX_BATCH"),
-        };
-        Self::spawn(cmd, Some(home), String::new())
-            .with_context(|| format!("start the daemon {}", bin.display()))
-    }
-
-    /// Starts the floor server: this same binary's `floor-server` subcommand.
-    pub fn floor() -> anyhow::Result<Self> {
-        let me = std::env::current_exe().context("find the bench binary")?;
-        let mut cmd = Command::new(me);
-        cmd.arg("floor-server");
-        Self::spawn(cmd, None, "floor".into())
-    }
-
-    /// Whether the server has logged a line containing `needle` (only the lines kept: the
-    /// engine's counters, the coordinator role, warnings and errors).
-    pub fn logged(&self, needle: &str) -> bool {
-        self.stderr
-            .lock()
-            .expect("stderr sink")
-            .iter()
-            .any(|l| l.contains(needle))
-    }
-
-    /// The kept log lines that contain `needle`.
-    pub fn log_lines(&self, needle: &str) -> Vec<String> {
-        self.stderr
-            .lock()
-            .expect("stderr sink")
-            .iter()
-            .filter(|l| l.contains(needle))
-            .cloned()
-            .collect()
-    }
-
-    pub fn rss(&self) -> Option<u64> {
-        rss_bytes(self.pid)
-    }
-
-    /// SIGTERM, wait, and read the engine's counters from its last log line.
-    pub async fn stop(mut self) -> Option<EngineCounts> {
-        let mut child = self.child.take()?;
-        // SAFETY: signalling our own child by pid.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
-        let _ = tokio::task::spawn_blocking(move || child.wait()).await;
-        // The reader thread sees EOF right after exit; give it a moment to push the line.
-        for _ in 0..50 {
-            let lines = self.stderr.lock().expect("stderr sink").clone();
-            if let Some(l) = lines.iter().find(|l| l.contains("engine stopped")) {
-                return Some(EngineCounts {
-                    commits: field(l, "commits")?,
-                    operations: field(l, "operations")?,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        None
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// A keep-alive JSON-RPC client: concurrent calls on one `Client` each get their own pooled
-/// connection, reused call after call.
-#[derive(Clone)]
-pub struct Rpc {
-    http: reqwest::Client,
-    url: Arc<str>,
-    auth: Arc<str>,
-    next_id: Arc<AtomicU64>,
-    /// Sent as `MCP-Protocol-Version`, as MCP clients do (the daemon then answers through rmcp).
-    protocol_version: Option<&'static str>,
-}
-
-impl Rpc {
-    pub fn new(url: &str, token: &str) -> Rpc {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(usize::MAX)
-            .pool_idle_timeout(None)
-            .tcp_nodelay(true)
-            .no_proxy()
-            .timeout(Duration::from_secs(70))
-            .build()
-            .expect("build the HTTP client");
-        Rpc {
-            http,
-            url: url.into(),
-            auth: format!("Bearer {token}").into(),
-            next_id: Arc::new(AtomicU64::new(1)),
-            protocol_version: None,
-        }
-    }
-
-    /// The same client, sending `MCP-Protocol-Version` like an MCP client.
-    pub fn as_mcp_client(&self) -> Rpc {
-        Rpc {
-            protocol_version: Some("2025-06-18"),
-            ..self.clone()
-        }
-    }
-
-    /// `tools/call` as the seed's curl recipe sends it; returns `content[0].text` parsed.
-    pub async fn call(&self, tool: &str, args: Value) -> anyhow::Result<Value> {
-        self.call_inner(tool, args, false).await
-    }
-
-    /// Like [`Rpc::call`], but a tool error (`isError: true`) is the expected answer.
-    pub async fn call_refused(&self, tool: &str, args: Value) -> anyhow::Result<()> {
-        self.call_inner(tool, args, true).await.map(|_| ())
-    }
-
-    async fn call_inner(&self, tool: &str, args: Value, refusal: bool) -> anyhow::Result<Value> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-                          "params": {"name": tool, "arguments": args}});
-        let mut req = self
-            .http
-            .post(&*self.url)
-            .header("Content-Type", "application/json")
-            .header("Authorization", &*self.auth);
-        if let Some(v) = self.protocol_version {
-            req = req.header("MCP-Protocol-Version", v);
-        }
-        let resp = req
-            .body(body.to_string())
-            .send()
-            .await
-            .with_context(|| format!("{tool}: send"))?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .with_context(|| format!("{tool}: body"))?;
-        if !status.is_success() {
-            bail!("{tool}: HTTP {status}: {}", String::from_utf8_lossy(&bytes));
-        }
-        let v: Value = serde_json::from_slice(&bytes).with_context(|| format!("{tool}: JSON"))?;
-        if let Some(e) = v.get("error") {
-            bail!("{tool}: JSON-RPC error {e}");
-        }
-        let text = v["result"]["content"][0]["text"]
-            .as_str()
-            .ok_or_else(|| anyhow!("{tool}: no text content in {v}"))?;
-        if refusal {
-            if v["result"]["isError"] != json!(true) {
-                bail!("{tool}: expected a refusal, got {text}");
-            }
-            return Ok(Value::Null);
-        }
-        if v["result"]["isError"] == json!(true) {
-            bail!("{tool}: tool error {text}");
-        }
-        serde_json::from_str(text).with_context(|| format!("{tool}: result text {text:?}"))
-    }
+/// SIGTERM and wait, off the async threads.
+pub async fn stop(mut d: Daemon) {
+    let _ = tokio::task::spawn_blocking(move || d.stop()).await;
 }
 
 /// One step of a closed-loop client: returns how many units (cycles) it completed.

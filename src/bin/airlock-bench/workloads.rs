@@ -74,20 +74,20 @@ pub enum Source {
 /// The daemon one workload runs against.
 pub struct Under {
     pub rpc: Rpc,
-    pub proc: Option<ServerProc>,
+    pub proc: Option<Daemon>,
 }
 
 impl Under {
-    /// Stops a spawned daemon and returns (operations, commits) from its log.
+    /// Stops a spawned daemon and returns its engine's counts (from its `/status`).
     async fn finish(self) -> Option<EngineCounts> {
-        self.proc?.stop().await
+        stop_counting(self.proc?).await
     }
 }
 
 pub struct Bench {
     pub source: Source,
     pub sizes: Sizes,
-    pub floor_proc: ServerProc,
+    pub floor_proc: Process,
     pub floor: Rpc,
     pub metrics: Vec<Metric>,
     /// Prefix for every name, so a run against a live daemon touches nothing else.
@@ -99,6 +99,16 @@ pub struct Bench {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// A server just started: [spawn to listening, spawn to its first answer (`tool`), RSS in MiB
+/// after 300 ms].
+async fn cold_start(p: &Process, rpc: &Rpc, tool: &str) -> anyhow::Result<[f64; 3]> {
+    rpc.call(tool, json!({})).await?;
+    let first = p.spawned_at.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss = rss_bytes(p.pid()).context("RSS")? as f64 / 1048576.0;
+    Ok([ms(p.listening_after), ms(first), rss])
 }
 
 fn signed_us(later: Instant, earlier: Instant) -> f64 {
@@ -142,9 +152,9 @@ impl Bench {
     async fn under(&self, max_batch: Option<usize>) -> anyhow::Result<Under> {
         match &self.source {
             Source::Spawn { bin, base } => {
-                let p = ServerProc::daemon(bin, base, max_batch)?;
+                let p = start_daemon(bin, base, max_batch, None).await?;
                 Ok(Under {
-                    rpc: Rpc::new(&p.url, &p.token),
+                    rpc: p.rpc_client(),
                     proc: Some(p),
                 })
             }
@@ -216,12 +226,12 @@ impl Bench {
     ) -> anyhow::Result<Paired> {
         let u = self.under(max_batch).await?;
         let (warm, step) = make(u.rpc.clone());
-        let pid = u.proc.as_ref().map(|p| p.pid);
+        let pid = u.proc.as_ref().map(|p| p.pid());
         let (mut units, mut reqs, mut floors, mut ratios, mut cpus, mut fcpus) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..self.sizes.reps.max(1) {
             let (f, fcpu) =
-                floor_rate(&self.floor, self.floor_proc.pid, floor_n, self.dur()).await?;
+                floor_rate(&self.floor, self.floor_proc.pid(), floor_n, self.dur()).await?;
             let cpu0 = pid.map(cpu_secs);
             let rate = closed_loop(n, self.dur(), warm.clone(), step.clone()).await?;
             if let Some((p, c0)) = pid.zip(cpu0) {
@@ -753,7 +763,7 @@ impl Bench {
         match &u.proc {
             Some(p) => {
                 ensure!(
-                    wait_quiescent(p.pid, n, Duration::from_secs(40)).await,
+                    wait_quiescent(p.pid(), n, Duration::from_secs(40)).await,
                     "the daemon never quiesced with {n} waiters"
                 );
             }
@@ -811,18 +821,21 @@ impl Bench {
         ));
         // Floor: n parked requests on the bare HTTP stack.
         let floor_per = {
-            let before = self.floor_proc.rss().context("floor RSS")?;
+            let before = rss_bytes(self.floor_proc.pid()).context("floor RSS")?;
             // A client of its own, dropped afterwards: its n idle connections would otherwise
             // hold n descriptors through the daemon's half of the workload.
             let parker = Rpc::new(&self.floor_proc.url, "floor");
             let hs = spawn_ramped(n, |_| {
                 let r = parker.clone();
-                async move { r.call("park", json!({})).await.map(|_| ()) }
+                async move {
+                    r.call("park", json!({})).await?;
+                    Ok(())
+                }
             })
             .await;
             self.floor_parked(n, Duration::from_secs(45), Duration::from_millis(50))
                 .await?;
-            let after = self.floor_proc.rss().context("floor RSS")?;
+            let after = rss_bytes(self.floor_proc.pid()).context("floor RSS")?;
             self.floor.call("release", json!({})).await?;
             for h in hs {
                 h.await??;
@@ -831,7 +844,7 @@ impl Bench {
         };
 
         let u = self.under(None).await?;
-        let pid = u.proc.as_ref().map(|p| p.pid).expect("spawned");
+        let pid = u.proc.as_ref().map(|p| p.pid()).expect("spawned");
         let locks = (n / 10).max(1);
         let prefix = self.prefix.clone();
         stream::iter(0..locks)
@@ -860,8 +873,8 @@ impl Bench {
                     "lock_resource",
                     json!({"name": name, "agent_id": format!("w{i}"), "wait_seconds": 50}),
                 )
-                .await
-                .map(|_| ())
+                .await?;
+                Ok(())
             }
         })
         .await;
@@ -968,24 +981,15 @@ impl Bench {
         let mut floor_rows: Vec<[f64; 3]> = Vec::new();
         for _ in 0..m {
             for floor in [true, false] {
-                let p = if floor {
-                    ServerProc::floor()?
-                } else {
-                    ServerProc::daemon(&bin, &base, None)?
-                };
-                let rpc = Rpc::new(&p.url, &p.token);
-                rpc.call(if floor { "echo" } else { "list_locks" }, json!({}))
-                    .await?;
-                let first = p.spawned_at.elapsed();
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let rss = p.rss().context("RSS")? as f64 / 1048576.0;
-                let row = [ms(p.listening_after), ms(first), rss];
                 if floor {
+                    let p = start_floor().await?;
+                    let row = cold_start(&p, &Rpc::new(&p.url, "floor"), "echo").await?;
                     floor_rows.push(row);
-                    drop(p);
                 } else {
-                    rows.push(row);
-                    p.stop().await;
+                    let d = start_daemon(&bin, &base, None, None).await?;
+                    let row = cold_start(&d.process, &d.rpc_client(), "list_locks").await;
+                    stop(d).await;
+                    rows.push(row?);
                 }
             }
         }

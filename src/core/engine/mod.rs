@@ -432,6 +432,10 @@ impl Engine {
 
     /// Hands one request to its capability. Each handler answers through the outbox.
     fn apply(&mut self, call: u64, request: Request, reply: oneshot::Sender<CoreResult<Response>>) {
+        let counts = EngineCounts {
+            commits: self.commits,
+            operations: self.operations,
+        };
         let Parts {
             mut tx,
             locks,
@@ -583,6 +587,7 @@ impl Engine {
                 locks,
                 events,
                 tasks,
+                counts,
                 Reply::new(reply, Response::Status),
             ),
         }

@@ -15,9 +15,10 @@ pub(super) fn status(
     locks: &mut Locks,
     events: &Events,
     tasks: &Tasks,
+    engine: EngineCounts,
     reply: Reply<StatusView>,
 ) {
-    let r = snapshot(tx, locks, events, tasks);
+    let r = snapshot(tx, locks, events, tasks, engine);
     tx.respond(reply, r)
 }
 
@@ -37,6 +38,7 @@ fn snapshot(
     locks: &mut Locks,
     events: &Events,
     tasks: &Tasks,
+    engine: EngineCounts,
 ) -> CoreResult<StatusView> {
     let lock_views = locks.lock_views(tx)?;
     let agents = presence::agent_views(tx)?;
@@ -75,6 +77,7 @@ fn snapshot(
         notes,
         events: event_views,
         queues: queues.into_values().collect(),
+        engine,
     })
 }
 

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::{signed_us, Bench, Source};
 use crate::support::*;
 
-use airlock::store::postgres::testing::TestDb;
+use airlock::testkit::TestDb;
 
 /// Handoffs per slice (each variant gets one slice per round, so the variants see the same load).
 const SLICE: usize = 50;
@@ -80,8 +80,8 @@ impl Series {
 
 /// The PostgreSQL daemons of the run, on one throwaway database (dropped last).
 struct Pair {
-    coordinator: ServerProc,
-    forwarder: ServerProc,
+    coordinator: Daemon,
+    forwarder: Daemon,
     db: TestDb,
 }
 
@@ -97,23 +97,21 @@ async fn start_pair(
     // The first daemon on an empty database becomes the coordinator; wait until it says so
     // (a call through it is answered only once some daemon coordinates) before the second starts,
     // so the roles are known.
-    let coordinator = ServerProc::daemon_on(bin, base, None, Some(&url))?;
-    let rpc = Rpc::new(&coordinator.url, &coordinator.token);
+    let coordinator = start_daemon(bin, base, None, Some(&url)).await?;
+    let rpc = coordinator.rpc_client();
     rpc.call("list_locks", json!({})).await?;
     let start = Instant::now();
-    while !coordinator.logged("now coordinates") {
+    while !coordinator.process.logged("now coordinates") {
         ensure!(
             start.elapsed() < Duration::from_secs(10),
             "the first PostgreSQL daemon never logged that it coordinates"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let forwarder = ServerProc::daemon_on(bin, base, None, Some(&url))?;
-    Rpc::new(&forwarder.url, &forwarder.token)
-        .call("list_locks", json!({}))
-        .await?;
+    let forwarder = start_daemon(bin, base, None, Some(&url)).await?;
+    forwarder.rpc_client().call("list_locks", json!({})).await?;
     ensure!(
-        !forwarder.logged("now coordinates"),
+        !forwarder.process.logged("now coordinates"),
         "the second PostgreSQL daemon took the coordinator role"
     );
     Ok(Pair {
@@ -158,12 +156,9 @@ impl Bench {
              variant (cross-daemon: {slice} each way)"
         ));
         let pair = start_pair(&bin, &base, admin).await?;
-        let sqlite = ServerProc::daemon(&bin, &base, None)?;
-        let (c, f) = (
-            Rpc::new(&pair.coordinator.url, &pair.coordinator.token),
-            Rpc::new(&pair.forwarder.url, &pair.forwarder.token),
-        );
-        let s = Rpc::new(&sqlite.url, &sqlite.token);
+        let sqlite = start_daemon(&bin, &base, None, None).await?;
+        let (c, f) = (pair.coordinator.rpc_client(), pair.forwarder.rpc_client());
+        let s = sqlite.rpc_client();
         let (mut to_fwd, mut to_coord, mut pg_one, mut pg_fwd_one, mut lite, mut floor) = (
             Series::default(),
             Series::default(),
@@ -199,21 +194,22 @@ impl Bench {
             }
         }
         // Still the coordinator it was at the start: no take-over happened during the run.
-        let took_over = pair.forwarder.logged("now coordinates")
-            || pair.coordinator.logged("stopped coordinating")
-            || pair.coordinator.logged("no longer coordinating");
+        let took_over = pair.forwarder.process.logged("now coordinates")
+            || pair.coordinator.process.logged("stopped coordinating")
+            || pair.coordinator.process.logged("no longer coordinating");
         if took_over {
             bail!(
                 "the coordinator role moved during the run; the figures would mix roles: {:?} {:?}",
-                pair.coordinator.log_lines("coordinat"),
-                pair.forwarder.log_lines("coordinat")
+                pair.coordinator.process.log_lines("coordinat"),
+                pair.forwarder.process.log_lines("coordinat")
             );
         }
         let warnings: Vec<String> = pair
             .coordinator
+            .process
             .log_lines("WARN")
             .into_iter()
-            .chain(pair.forwarder.log_lines("WARN"))
+            .chain(pair.forwarder.process.log_lines("WARN"))
             .collect();
         if !warnings.is_empty() {
             self.say(&format!("2: PostgreSQL daemons warned: {warnings:?}"));
@@ -223,9 +219,9 @@ impl Bench {
             forwarder,
             db,
         } = pair;
-        forwarder.stop().await;
-        coordinator.stop().await;
-        sqlite.stop().await;
+        stop(forwarder).await;
+        stop(coordinator).await;
+        stop(sqlite).await;
         drop(db);
 
         let q = |v: &[f64], q: f64| quantile(&sorted(v.to_vec()), q);
