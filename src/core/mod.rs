@@ -142,19 +142,10 @@ impl Coordinator {
     ) -> CoreResult<Response> {
         let request = request.check()?;
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
-        let (reply, rx) = oneshot::channel();
-        if !request.tool().may_park() {
-            self.tx
-                .send(Command::Call {
-                    call,
-                    request,
-                    reply,
-                })
-                .map_err(|_| CoreError::ShuttingDown)?;
-            return rx.await.map_err(|_| CoreError::ShuttingDown)?;
-        }
         let window_seconds = request.wait_window_seconds();
-        let kept = request.clone();
+        // A call that may park keeps what it asked, to know what an unread answer leaves behind.
+        let kept = request.tool().may_park().then(|| request.clone());
+        let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Call {
                 call,
@@ -162,6 +153,9 @@ impl Coordinator {
                 reply,
             })
             .map_err(|_| CoreError::ShuttingDown)?;
+        let Some(kept) = kept else {
+            return rx.await.map_err(|_| CoreError::ShuttingDown)?;
+        };
         let mut guard = ParkedCall {
             tx: self.tx.clone(),
             call,
