@@ -99,6 +99,8 @@ fn service_env() -> Vec<(String, String)> {
         "AIRLOCK_STORE",
         "AIRLOCK_PG_POOL_SIZE",
         "PGPASSWORD",
+        "PGSSLMODE",
+        "PGSSLROOTCERT",
     ]
     .iter()
     .filter_map(|k| {
