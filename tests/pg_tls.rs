@@ -260,6 +260,7 @@ async fn postgres_over_tls_follows_libpq_sslmodes() {
     .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "serve started anyway: {stderr}");
+    println!("verify-full, wrong host name: {stderr}");
     assert!(
         stderr.contains("does not name the host") && stderr.contains("verify-ca"),
         "{stderr}"

@@ -219,12 +219,10 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
         Ok(c) => c,
         Err(e) => {
             let e = anyhow::Error::new(e);
-            let hint = crate::store::postgres::tls::hint(ssl_mode, &format!("{e:#}"));
-            let e = e.context(format!("cannot connect to PostgreSQL at {shown}"));
-            return Err(match hint {
-                Some(h) => e.context(h),
-                None => e,
-            });
+            let hint = crate::store::postgres::tls::hint(ssl_mode, &format!("{e:#}"))
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
+            return Err(e.context(format!("cannot connect to PostgreSQL at {shown}{hint}")));
         }
     };
     let driver = tokio::spawn(conn);
@@ -286,7 +284,7 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
     tokio::spawn(forward::safety_net(node.clone()));
     tokio::spawn(coordinate::contend(node.clone()));
     let _ = up_rx.await;
-    tracing::info!(daemon = %node.id, store = %shown, "joined the shared database");
+    tracing::info!(daemon = %node.id, store = %shown, ?ssl_mode, "joined the shared database");
     Ok(node)
 }
 
