@@ -235,17 +235,39 @@ async fn postgres_over_tls_follows_libpq_sslmodes() {
     assert_eq!(got["value"], json!("over tls"));
     drop(d);
 
-    // The daemon with verify-full and the wrong host name refuses to start, and says why.
-    let home = server.dir.path().join("refused-home");
+    // The daemon with verify-full and the wrong host name refuses to start, and says why: given
+    // in the URL, and given as PGSSLMODE/PGSSLROOTCERT (libpq's variables) to a plain URL.
     let url = server.url(
         "127.0.0.1",
         &format!("sslmode=verify-full&sslrootcert={ca}"),
     );
+    let stderr = serve_refused(&server, &url, &[]).await;
+    println!("verify-full, wrong host name: {stderr}");
+    assert!(
+        stderr.contains("does not name the host") && stderr.contains("verify-ca"),
+        "{stderr}"
+    );
+    let plain = server.url("127.0.0.1", "");
+    let stderr = serve_refused(
+        &server,
+        &plain,
+        &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", &ca)],
+    )
+    .await;
+    assert!(stderr.contains("does not name the host"), "{stderr}");
+}
+
+/// Runs `airlock serve --store URL` expecting it to refuse to start; returns its stderr.
+async fn serve_refused(server: &TlsServer, url: &str, env: &[(&str, &str)]) -> String {
+    let home = tempfile::tempdir_in(server.dir.path()).unwrap();
     let child = Command::new(common::airlock_bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--store", &url])
-        .env("AIRLOCK_HOME", &home)
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", url])
+        .env("AIRLOCK_HOME", home.path())
         .env_remove("AIRLOCK_STORE")
         .env_remove("AIRLOCK_TOKEN")
+        .env_remove("PGSSLMODE")
+        .env_remove("PGSSLROOTCERT")
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -258,11 +280,7 @@ async fn postgres_over_tls_follows_libpq_sslmodes() {
             .unwrap()
     })
     .await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "serve started anyway: {stderr}");
-    println!("verify-full, wrong host name: {stderr}");
-    assert!(
-        stderr.contains("does not name the host") && stderr.contains("verify-ca"),
-        "{stderr}"
-    );
+    stderr
 }
