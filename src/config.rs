@@ -11,6 +11,27 @@ use std::path::{Path, PathBuf};
 /// The default address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:27183";
 
+/// Reads `--listen` (`AIRLOCK_LISTEN`): an IP address and port, or `localhost:PORT`, which means
+/// 127.0.0.1 (the README's examples use it). Other host names are refused: the daemon must know
+/// whether it is on loopback, and a name could resolve anywhere.
+pub fn parse_listen(listen: &str) -> Result<std::net::SocketAddr, String> {
+    let listen = listen.trim();
+    if let Ok(addr) = listen.parse() {
+        return Ok(addr);
+    }
+    if let Some((host, port)) = listen.rsplit_once(':') {
+        if host.eq_ignore_ascii_case("localhost") {
+            if let Ok(port) = port.parse::<u16>() {
+                return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+            }
+        }
+    }
+    Err(format!(
+        "--listen (AIRLOCK_LISTEN) must be IP:PORT or localhost:PORT, e.g. 127.0.0.1:27183, got \
+         {listen:?}"
+    ))
+}
+
 /// Connections in a daemon's PostgreSQL pool unless `--pg-pool-size` says otherwise.
 pub const DEFAULT_PG_POOL_SIZE: usize = 8;
 /// The most `--pg-pool-size` accepts.
@@ -292,6 +313,23 @@ pub fn lock_home(dir: &Path) -> Result<DaemonLock, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses_take_localhost_but_no_other_name() {
+        assert_eq!(
+            parse_listen("localhost:27315").unwrap().to_string(),
+            "127.0.0.1:27315"
+        );
+        assert_eq!(parse_listen("[::1]:5").unwrap().to_string(), "[::1]:5");
+        assert_eq!(parse_listen("0.0.0.0:5").unwrap().to_string(), "0.0.0.0:5");
+        for bad in ["example.com:80", "localhost", "localhost:x", "127.0.0.1"] {
+            let e = parse_listen(bad).unwrap_err();
+            assert!(
+                e.contains("--listen") && e.contains("localhost:PORT"),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn token_debug_is_redacted_and_compare_is_exact() {

@@ -72,12 +72,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let open_files = raise_fd_limit();
     config::prepare_home(&opts.home)?;
     let _lock = config::lock_home(&opts.home)?;
-    let addr: SocketAddr = opts.listen.parse().with_context(|| {
-        format!(
-            "--listen {:?} is not an address like 127.0.0.1:27183",
-            opts.listen
-        )
-    })?;
+    let addr: SocketAddr = config::parse_listen(&opts.listen).map_err(anyhow::Error::msg)?;
     let loopback = addr.ip().is_loopback();
     let token: Token = config::load_or_create_token(&opts.home)?;
     let require = opts.require_token || platform_requires_token() || !loopback;

@@ -562,6 +562,8 @@ async fn install_service_print_shows_the_unit_and_touches_nothing() {
         30,
         cmd(&d, &["install-service", "--print"])
             .env("HOME", home.path())
+            // No installed airlock on PATH: the unit names the binary under test (with a warning).
+            .env("PATH", "/usr/bin:/bin")
             .env_remove("XDG_CONFIG_HOME")
             .env_remove("AIRLOCK_HOME")
             .output(),
@@ -748,6 +750,14 @@ async fn bare_airlock_on_a_pipe_is_the_bridge_and_starts_a_daemon() {
         .unwrap()
         .0;
     let client = within(60, ().serve(child)).await.unwrap();
+    // The daemon is started once the handshake is done; the first call finds it (or starts it).
+    let r = within(
+        60,
+        client.call_tool(call("set_note", json!({"key": "k", "value": "v"}))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tool_json(&r), json!({"saved": true}));
     let pid: i32 = std::fs::read_to_string(home.join("daemon.lock"))
         .expect("the auto-started daemon holds daemon.lock")
         .trim()
@@ -762,14 +772,6 @@ async fn bare_airlock_on_a_pipe_is_the_bridge_and_starts_a_daemon() {
         }
     }
     let _daemon = KillOnDrop(pid);
-
-    let r = within(
-        30,
-        client.call_tool(call("set_note", json!({"key": "k", "value": "v"}))),
-    )
-    .await
-    .unwrap();
-    assert_eq!(tool_json(&r), json!({"saved": true}));
     // The daemon it started listens where the URL points, and outlives the bridge.
     within(30, client.cancel()).await.unwrap();
     let token = std::fs::read_to_string(home.join("token")).unwrap();

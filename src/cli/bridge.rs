@@ -29,6 +29,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 struct Bridge {
     client: Client,
+    /// Held while making sure a daemon answers, so the start after the handshake and a call
+    /// that found no daemon do not both start one.
+    starting: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Whether `host` (brackets stripped) is this machine.
@@ -137,6 +140,12 @@ fn to_error(e: ClientError) -> ErrorData {
 }
 
 impl Bridge {
+    /// [`ensure_daemon`], one at a time.
+    async fn ensure_daemon(&self) -> Result<(), String> {
+        let _one = self.starting.lock().await;
+        ensure_daemon(&self.client).await
+    }
+
     /// Forwards one request, starting the daemon again if it has gone away.
     async fn forward(
         &self,
@@ -150,7 +159,7 @@ impl Bridge {
             .await
         {
             Err(ClientError::Unreachable { .. }) => {
-                if let Err(why) = ensure_daemon(&self.client).await {
+                if let Err(why) = self.ensure_daemon().await {
                     tracing::warn!("{why}");
                 }
                 self.client
@@ -233,21 +242,39 @@ impl ServerHandler for Bridge {
     }
 }
 
-/// Serves MCP on stdin/stdout until stdin closes.
-pub async fn run(client: Client) -> i32 {
-    if let Err(why) = ensure_daemon(&client).await {
-        // Keep serving: each call tries again, and the agent sees this sentence as a tool error.
-        eprintln!("airlock mcp: {why}");
-    }
-    let bridge = Bridge { client };
-    match bridge.serve(rmcp::transport::stdio()).await {
-        Ok(running) => match running.waiting().await {
-            Ok(_) => exit::OK,
-            Err(e) => {
-                eprintln!("airlock mcp: {e}");
-                exit::UNAVAILABLE
+/// Serves MCP on stdin/stdout until stdin closes. Nothing is started before a client has sent a
+/// valid `initialize`: bare `airlock` with a non-terminal stdin (a script, cron, an agent's shell
+/// tool) must not leave a daemon behind. `bare` says the bridge was chosen for want of a
+/// command, which changes what a failed handshake is told.
+pub async fn run(client: Client, bare: bool) -> i32 {
+    let bridge = Bridge {
+        client,
+        starting: Default::default(),
+    };
+    match bridge.clone().serve(rmcp::transport::stdio()).await {
+        Ok(running) => {
+            // The handshake is done: now make sure a daemon answers (started if need be), so the
+            // first call does not wait for it. Each call tries again if this fails, and the
+            // agent sees the sentence as a tool error.
+            if let Err(why) = bridge.ensure_daemon().await {
+                eprintln!("airlock mcp: {why}");
             }
-        },
+            match running.waiting().await {
+                Ok(_) => exit::OK,
+                Err(e) => {
+                    eprintln!("airlock mcp: {e}");
+                    exit::UNAVAILABLE
+                }
+            }
+        }
+        Err(e) if bare => {
+            eprintln!(
+                "airlock: with no command and stdin not a terminal, airlock acts as the stdio MCP \
+                 bridge, but stdin did not open an MCP session ({e}); nothing was started. Give a \
+                 command (`airlock --help` lists them)."
+            );
+            exit::USAGE
+        }
         Err(e) => {
             eprintln!("airlock mcp: the MCP handshake on stdin/stdout failed: {e}");
             exit::UNAVAILABLE

@@ -15,7 +15,7 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:27183";
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing answered at the address (refused, timed out connecting, reset).
-    #[error("no airlock daemon answers at {url} ({detail}); start one with `airlock serve` or `airlock install-service`")]
+    #[error("no airlock daemon answers at {url} ({detail}); start one with `airlock serve` or `airlock install-service`, or point at the one running with --url or AIRLOCK_URL (when both are unset, clients use AIRLOCK_LISTEN, else 127.0.0.1:27183)")]
     Unreachable { url: String, detail: String },
     /// The daemon refused the token.
     #[error("the daemon at {url} refused the token: set AIRLOCK_TOKEN, or make sure AIRLOCK_HOME points at the daemon's state directory (its token file is read from there)")]
@@ -23,6 +23,9 @@ pub enum ClientError {
     /// The daemon refused the arguments (a tool error or a JSON-RPC error).
     #[error("{0}")]
     Refused(String),
+    /// Refused here, before anything was sent (too big, unknown tool, bad input).
+    #[error("{0}")]
+    Usage(String),
     /// The daemon failed (storage, shutting down) or answered something unreadable.
     #[error("{0}")]
     Failed(String),
@@ -32,7 +35,7 @@ impl ClientError {
     /// The exit code a script sees for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ClientError::Refused(_) => exit::USAGE,
+            ClientError::Refused(_) | ClientError::Usage(_) => exit::USAGE,
             _ => exit::UNAVAILABLE,
         }
     }
@@ -66,6 +69,10 @@ impl Client {
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> ClientError {
+        if e.is_builder() {
+            // Never sent: the request could not even be made (a bad URL).
+            return ClientError::Usage(format!("cannot send to {}: {e}", self.url));
+        }
         if !e.is_connect() {
             // The request may have reached the daemon: say so rather than invite a blind retry.
             return ClientError::Failed(format!(
@@ -134,12 +141,22 @@ impl Client {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let body = body.to_string();
+        // The daemon closes a connection whose body is over its limit, maybe mid-send; checked
+        // here, the call is refused as what it is, and nothing is sent.
+        if body.len() > crate::http::MAX_BODY_BYTES {
+            return Err(ClientError::Usage(format!(
+                "the request is {} bytes; the daemon takes at most {} bytes (1 MiB) per request",
+                body.len(),
+                crate::http::MAX_BODY_BYTES
+            )));
+        }
         let rb = self
             .http
             .post(&self.url)
             .header("Content-Type", "application/json")
             .header("Accept", "application/json, text/event-stream")
-            .body(body.to_string());
+            .body(body);
         let mut resp = self
             .with_auth(rb)
             .send()

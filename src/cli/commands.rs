@@ -9,6 +9,12 @@ use super::exit;
 use super::waits::{self, seconds, StatusLine, Wait};
 use crate::core::request::*;
 
+/// The TTL `airlock lock`, `airlock renew` and `airlock run` give a lock unless `--ttl` says
+/// otherwise: short, so a script that dies holding a lock blocks others for a minute, not the
+/// MCP tools' 15. A longer hold renews (`airlock renew`, as `airlock run` does by itself) or
+/// asks for more with `--ttl`.
+pub const DEFAULT_LOCK_TTL: u64 = 60;
+
 /// The agent id a command acts as when `--agent` and `AIRLOCK_AGENT` are not given:
 /// `cli:USER@HOST:PID`, unique per process so two shells never share a lock by accident.
 pub fn default_agent(kind: &str) -> String {
@@ -30,11 +36,17 @@ fn hostname() -> String {
 #[derive(Subcommand, Debug)]
 pub enum NoteCmd {
     /// Print a note's value (exit 1 if there is none).
-    Get { key: String },
+    Get {
+        /// The note's key (1 to 512 bytes).
+        key: String,
+    },
     /// Store a note. VALUE `-` reads it from stdin.
     Set {
+        /// The note's key (1 to 512 bytes).
         key: String,
+        /// The value (up to 256 KiB); `-` reads it from stdin.
         value: String,
+        /// Who wrote it, shown by `note list` and `status`.
         #[arg(long)]
         author: Option<String>,
         /// Seconds until the note expires (default: never).
@@ -44,14 +56,22 @@ pub enum NoteCmd {
     /// List every note.
     List,
     /// Delete a note (exit 1 if there was none).
-    Delete { key: String },
+    Delete {
+        /// The note's key (1 to 512 bytes).
+        key: String,
+    },
     /// Compare-and-swap: store NEW only if the note holds EXPECTED ("" for absent); exit 1 if not.
     Cas {
+        /// The note's key (1 to 512 bytes).
         key: String,
+        /// The value the note must hold now ("" for no note).
         expected: String,
+        /// The value to store if it does; `-` reads it from stdin.
         new: String,
+        /// Who wrote it.
         #[arg(long)]
         author: Option<String>,
+        /// Seconds until the note expires (default: never).
         #[arg(long)]
         ttl: Option<u64>,
     },
@@ -61,7 +81,9 @@ pub enum NoteCmd {
 pub enum CounterCmd {
     /// Add to a counter and print its new value (collision-free under concurrency).
     Incr {
+        /// The counter's name (created at 0).
         name: String,
+        /// How much to add (may be negative).
         #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
         by: i64,
     },
@@ -71,12 +93,17 @@ pub enum CounterCmd {
 pub enum AgentCmd {
     /// Announce (or keep alive) an agent; when it lapses its locks are released.
     Register {
+        /// The agent's id, e.g. agent:claude-session-abc.
         agent_id: String,
+        /// Seconds until it lapses unless registered again (default 60).
         #[arg(long)]
         ttl: Option<u64>,
     },
     /// Remove an agent and release what it holds.
-    Unregister { agent_id: String },
+    Unregister {
+        /// The agent's id.
+        agent_id: String,
+    },
     /// List live agents.
     List,
 }
@@ -84,9 +111,13 @@ pub enum AgentCmd {
 #[derive(Subcommand, Debug)]
 pub enum EventCmd {
     /// Bump an event's generation, waking every waiter; prints the new generation.
-    Signal { name: String },
+    Signal {
+        /// The event's name.
+        name: String,
+    },
     /// Wait until the event's generation passes --since; prints it. Exit 1 if the wait ran out.
     Wait {
+        /// The event's name.
         name: String,
         /// The generation you last saw.
         #[arg(long, default_value_t = 0)]
@@ -96,23 +127,32 @@ pub enum EventCmd {
         wait: Wait,
     },
     /// Forget signals up to now: later waits fire only on new signals.
-    Clear { name: String },
+    Clear {
+        /// The event's name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum TaskCmd {
     /// Queue a task; prints its id. PAYLOAD `-` reads it from stdin.
     Push {
+        /// The queue's name.
         queue: String,
+        /// The task (up to 256 KiB of text, e.g. JSON); `-` reads it from stdin.
         payload: String,
+        /// Higher is claimed first; equal priorities go in push order.
         #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
         priority: i64,
+        /// Who queued it.
         #[arg(long)]
         author: Option<String>,
     },
     /// Claim the next task; prints id, lease token and payload. Exit 1 if the queue is empty.
     Claim {
+        /// The queue's name.
         queue: String,
+        /// The agent id to hold the lease as (default cli:USER@HOST:PID).
         #[arg(long, env = "AIRLOCK_AGENT")]
         agent: Option<String>,
         /// Lease length in seconds (default 120).
@@ -124,6 +164,7 @@ pub enum TaskCmd {
     },
     /// Mark a claimed task done. Exit 1 if the lease was lost.
     Complete {
+        /// The task's id (from `task claim`).
         id: i64,
         /// The lease_token from `task claim`.
         #[arg(long)]
@@ -131,22 +172,31 @@ pub enum TaskCmd {
     },
     /// Give a claimed task back (requeue) or fail it for good (--no-requeue). Exit 1 if the lease was lost.
     Fail {
+        /// The task's id (from `task claim`).
         id: i64,
+        /// The lease_token from `task claim`.
         #[arg(long)]
         token: String,
+        /// Fail it for good instead of putting it back in the queue.
         #[arg(long)]
         no_requeue: bool,
     },
     /// Extend a claimed task's lease. Exit 1 if the lease was lost.
     Extend {
+        /// The task's id (from `task claim`).
         id: i64,
+        /// The lease_token from `task claim`.
         #[arg(long)]
         token: String,
+        /// The new lease length in seconds, from now (default 120).
         #[arg(long)]
         lease: Option<u64>,
     },
     /// List a queue's tasks.
-    List { queue: String },
+    List {
+        /// The queue's name.
+        queue: String,
+    },
 }
 
 /// A client command: one per tool, in shell idiom (flattened into the top-level commands).
@@ -154,12 +204,14 @@ pub enum TaskCmd {
 pub enum ClientCmd {
     /// Take a lock and print its token (several names: all or nothing, one "NAME TOKEN" per line).
     Lock {
+        /// The lock's name, e.g. file:/abs/path or npm-install (several: all or nothing).
         #[arg(required = true)]
         names: Vec<String>,
         /// Seconds to wait for it, or `forever` (past 50 s by keeping one's place in line).
         #[arg(long, default_value = "0")]
         wait: Wait,
-        /// Lock TTL in seconds (default 900).
+        /// Lock TTL in seconds [default: 60; renew with `airlock renew`, or use `airlock run`,
+        /// which renews while its command runs].
         #[arg(long)]
         ttl: Option<u64>,
         /// The agent id to hold it as (default cli:USER@HOST:PID).
@@ -168,6 +220,7 @@ pub enum ClientCmd {
     },
     /// Release a lock.
     Unlock {
+        /// The lock's name.
         name: String,
         /// The lock_token from `airlock lock`.
         #[arg(long)]
@@ -176,13 +229,17 @@ pub enum ClientCmd {
         #[arg(long)]
         agent: Option<String>,
     },
-    /// Extend a lock you hold.
+    /// Extend a lock you hold: it expires TTL seconds from now.
     Renew {
+        /// The lock's name.
         name: String,
+        /// The lock_token from `airlock lock`.
         #[arg(long)]
         token: Option<String>,
+        /// v1: renew by holder identity instead.
         #[arg(long)]
         agent: Option<String>,
+        /// Seconds from now until it expires [default: 60].
         #[arg(long)]
         ttl: Option<u64>,
     },
@@ -206,7 +263,13 @@ pub enum ClientCmd {
     #[command(subcommand)]
     Task(TaskCmd),
     /// Call any tool with JSON arguments (`-` reads them from stdin); prints its answer.
-    Call { tool: String, args: Option<String> },
+    #[command(after_help = super::output::call_help())]
+    Call {
+        /// The tool's name (listed below).
+        tool: String,
+        /// Its arguments as a JSON object, or `-` to read them from stdin [default: {}].
+        args: Option<String>,
+    },
 }
 
 /// What a command answered: the JSON for `--json`, the text for humans, and the exit code.
@@ -246,14 +309,35 @@ impl Answer {
     }
 }
 
+/// The most a command reads from stdin: past the request limit nothing could be sent anyway.
+const STDIN_LIMIT: usize = crate::http::MAX_BODY_BYTES;
+
+/// `v`, or stdin when `v` is `-` (at most [`STDIN_LIMIT`] bytes are read).
 fn read_arg(v: String) -> Result<String, ClientError> {
     if v != "-" {
         return Ok(v);
     }
-    let mut s = String::new();
-    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-        .map_err(|e| ClientError::Refused(format!("cannot read stdin: {e}")))?;
-    Ok(s)
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::io::stdin(), STDIN_LIMIT as u64 + 1),
+        &mut buf,
+    )
+    .map_err(|e| ClientError::Usage(format!("cannot read stdin: {e}")))?;
+    if buf.len() > STDIN_LIMIT {
+        return Err(ClientError::Usage(format!(
+            "stdin holds more than {STDIN_LIMIT} bytes (1 MiB), more than the daemon takes in one \
+             request; nothing was sent"
+        )));
+    }
+    String::from_utf8(buf).map_err(|_| ClientError::Usage("stdin is not UTF-8 text".into()))
+}
+
+/// A note value or task payload (`-` reads stdin), checked against the daemon's limit here so
+/// an oversized one is refused as what it is, and never sent.
+fn read_value(v: String, field: &str) -> Result<String, ClientError> {
+    let v = read_arg(v)?;
+    crate::core::check_value(field, &v).map_err(|e| ClientError::Usage(e.to_string()))?;
+    Ok(v)
 }
 
 fn proof(token: Option<String>, agent: Option<String>) -> Result<Holder, ClientError> {
@@ -266,7 +350,7 @@ fn proof(token: Option<String>, agent: Option<String>) -> Result<Holder, ClientE
             lock_token: None,
             agent_id: Some(a),
         }),
-        (None, None) => Err(ClientError::Refused(
+        (None, None) => Err(ClientError::Usage(
             "give --token TOKEN (the lock_token from `airlock lock`) or --agent ID".into(),
         )),
     }
@@ -296,6 +380,7 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             agent,
         } => {
             let agent = agent.unwrap_or_else(|| default_agent("cli"));
+            let ttl = Some(ttl.unwrap_or(DEFAULT_LOCK_TTL));
             if names.len() == 1 {
                 let line = StatusLine::start(&names[0]);
                 let r = waits::acquire(c, &names[0], &agent, ttl, wait, Some(&line)).await?;
@@ -359,7 +444,7 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
                 .request(&Request::RenewLock(RenewLock {
                     name,
                     holder: proof(token, agent)?,
-                    ttl_seconds: seconds(ttl),
+                    ttl_seconds: seconds(Some(ttl.unwrap_or(DEFAULT_LOCK_TTL))),
                 }))
                 .await?;
             let human = format!(
@@ -442,11 +527,17 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
         }
         ClientCmd::Task(t) => task(c, t).await?,
         ClientCmd::Call { tool, args } => {
+            let tools = super::output::tool_names();
+            if !tools.contains(&tool.as_str()) {
+                return Err(ClientError::Usage(format!(
+                    "unknown tool {tool:?}; the tools are: {}",
+                    tools.join(", ")
+                )));
+            }
             let args: Value = match args {
                 None => json!({}),
-                Some(a) => serde_json::from_str(&read_arg(a)?).map_err(|e| {
-                    ClientError::Refused(format!("ARGS must be a JSON object: {e}"))
-                })?,
+                Some(a) => serde_json::from_str(&read_arg(a)?)
+                    .map_err(|e| ClientError::Usage(format!("ARGS must be a JSON object: {e}")))?,
             };
             let r = c.call(&tool, args).await?;
             let human = serde_json::to_string_pretty(&r).unwrap_or_default();
@@ -477,7 +568,7 @@ async fn note(c: &Client, n: NoteCmd) -> Result<Answer, ClientError> {
             let r = c
                 .request(&Request::SetNote(SetNote {
                     key,
-                    value: read_arg(value)?,
+                    value: read_value(value, "value")?,
                     author,
                     ttl_seconds: seconds(ttl),
                 }))
@@ -510,7 +601,7 @@ async fn note(c: &Client, n: NoteCmd) -> Result<Answer, ClientError> {
                 .request(&Request::SetNoteIf(SetNoteIf {
                     key: key.clone(),
                     expected_value: expected,
-                    new_value: read_arg(new)?,
+                    new_value: read_value(new, "new_value")?,
                     author,
                     ttl_seconds: seconds(ttl),
                 }))
@@ -532,7 +623,7 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
             let r = c
                 .request(&Request::PushTask(PushTask {
                     queue,
-                    payload: read_arg(payload)?,
+                    payload: read_value(payload, "payload")?,
                     author,
                     priority: Some(priority),
                 }))
@@ -649,7 +740,7 @@ pub async fn run(c: &Client, cmd: ClientCmd, json_out: bool) -> i32 {
             a.code
         }
         Err(e) => {
-            eprintln!("airlock: {e}");
+            super::output::print_error(json_out, "airlock", &e.to_string(), e.exit_code());
             e.exit_code()
         }
     }

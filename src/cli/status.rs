@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::client::{Client, ClientError};
+use super::client::Client;
 use super::exit;
 
 pub async fn run(client: &Client, json: bool) -> i32 {
@@ -17,30 +17,29 @@ pub async fn run(client: &Client, json: bool) -> i32 {
             exit::OK
         }
         Err(e) => {
-            match &e {
-                ClientError::Unreachable { url, .. } => eprintln!(
-                    "airlock: no daemon answers at {url}; start one with `airlock serve` (foreground) \
-                     or `airlock install-service` (always on)"
-                ),
-                other => eprintln!("airlock: {other}"),
-            }
+            super::output::print_error(json, "airlock", &e.to_string(), e.exit_code());
             e.exit_code()
         }
     }
 }
 
-/// One line of a value, shortened for a table.
+/// One line of a value, shortened for a table by cutting its middle: the start of a name says
+/// what kind of thing it is (`file:/home/…`), its end which one (the file name).
 fn short(s: &str, max: usize) -> String {
-    let one_line: String = s
+    let one_line: Vec<char> = s
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    if one_line.chars().count() > max {
-        let cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
-        format!("{cut}…")
-    } else {
-        one_line
+    if one_line.len() <= max {
+        return one_line.into_iter().collect();
     }
+    let keep = max.saturating_sub(1);
+    let tail = keep / 2;
+    let head = keep - tail;
+    let mut out: String = one_line[..head].iter().collect();
+    out.push('…');
+    out.extend(&one_line[one_line.len() - tail..]);
+    out
 }
 
 fn items(v: &Value, key: &str) -> Vec<Value> {
@@ -189,6 +188,11 @@ mod tests {
     #[test]
     fn values_are_one_line_and_short() {
         assert_eq!(short("a\nb", 10), "a b");
-        assert_eq!(short("abcdef", 4), "abc…");
+        assert_eq!(short("abcdef", 4), "ab…f");
+        assert_eq!(
+            short("file:/home/user/projects/some-project/src/main.rs", 28),
+            "file:/home/use…t/src/main.rs"
+        );
+        assert_eq!(short("abc", 3), "abc");
     }
 }

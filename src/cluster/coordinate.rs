@@ -63,7 +63,7 @@ pub(super) async fn contend(node: Arc<Node>) {
 
 /// Waits for the coordinator lock, then coordinates until the connection or the daemon stops.
 async fn coordinate(node: &Arc<Node>) -> anyhow::Result<()> {
-    let (client, conn) = node.pg.connect(tokio_postgres::NoTls).await?;
+    let (client, conn) = node.pg.connect(node.tls.clone()).await?;
     let (lost_tx, mut lost) = oneshot::channel();
     tokio::spawn(async move {
         let r = conn.await;
@@ -90,7 +90,9 @@ async fn coordinate(node: &Arc<Node>) -> anyhow::Result<()> {
         .query_one("SELECT pg_backend_pid()", &[])
         .await?
         .get(0);
-    let store = PgStore::new(client, tokio::runtime::Handle::current()).await?;
+    let store = PgStore::new(client, tokio::runtime::Handle::current())
+        .await?
+        .with_cancel_tls(node.tls.clone());
     // The engine calls the store synchronously (it reads its deadlines as it starts), so it
     // must start off the runtime's threads.
     let (core, engine) = tokio::task::spawn_blocking(move || {

@@ -304,7 +304,7 @@ pub(super) async fn listen(node: Arc<Node>, mut up: Option<oneshot::Sender<()>>)
         if node.is_stopping() {
             return;
         }
-        match node.pg.connect(tokio_postgres::NoTls).await {
+        match node.pg.connect(node.tls.clone()).await {
             Ok((client, mut conn)) => {
                 let (ntx, mut nrx) = mpsc::unbounded_channel();
                 tokio::spawn(async move {

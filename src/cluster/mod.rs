@@ -100,6 +100,8 @@ pub struct Node {
     /// Random, per process: names this daemon's rows and notification channel.
     id: String,
     pg: tokio_postgres::Config,
+    /// TLS for every connection `pg` makes, checking what the URL's sslmode asks.
+    tls: crate::store::postgres::tls::Connector,
     /// For forwarding, answering and cleaning up (never for state: the engine has its own).
     pool: deadpool_postgres::Pool,
     /// The engine, while this daemon coordinates.
@@ -157,16 +159,10 @@ struct Waiting {
 pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
     use anyhow::Context;
     let shown = crate::config::redact_url(url);
-    let mut pg: tokio_postgres::Config = url
-        .parse()
-        .with_context(|| format!("--store {shown} is not a PostgreSQL URL airlock can read"))?;
-    if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-        anyhow::bail!(
-            "--store {shown} asks for TLS (sslmode=require), which this build of airlock does not \
-             speak to PostgreSQL; reach the server over a private network or a tunnel (ssh -L) and \
-             drop sslmode=require"
-        );
-    }
+    // sslmode / sslrootcert as libpq reads them (store::postgres::tls).
+    let target =
+        crate::store::postgres::tls::parse(url).map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+    let (mut pg, tls, ssl_mode) = (target.config, target.tls, target.mode);
     // A password in the URL shows in `ps` when given as --store; PGPASSWORD keeps it out.
     if pg.get_password().is_none() {
         if let Some(password) = std::env::var_os("PGPASSWORD").filter(|p| !p.is_empty()) {
@@ -187,10 +183,16 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
         // lost power): this bounds that case too.
         .tcp_user_timeout(Duration::from_secs(11));
 
-    let (mut client, conn) = pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
+    let (mut client, conn) = match pg.connect(tls.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            let e = anyhow::Error::new(e);
+            let hint = crate::store::postgres::tls::hint(ssl_mode, &format!("{e:#}"))
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
+            return Err(e.context(format!("cannot connect to PostgreSQL at {shown}{hint}")));
+        }
+    };
     let driver = tokio::spawn(conn);
     crate::store::postgres::migrate(&mut client)
         .await
@@ -209,7 +211,7 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
     pool_pg.options(options);
     let manager = deadpool_postgres::Manager::from_config(
         pool_pg,
-        tokio_postgres::NoTls,
+        tls.clone(),
         deadpool_postgres::ManagerConfig {
             recycling_method: deadpool_postgres::RecyclingMethod::Fast,
         },
@@ -228,6 +230,7 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
     let node = Arc::new(Node {
         id,
         pg,
+        tls,
         pool,
         engine: RwLock::new(None),
         waiting: Mutex::new(Waiting::default()),
@@ -249,7 +252,7 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
     tokio::spawn(forward::safety_net(node.clone()));
     tokio::spawn(coordinate::contend(node.clone()));
     let _ = up_rx.await;
-    tracing::info!(daemon = %node.id, store = %shown, "joined the shared database");
+    tracing::info!(daemon = %node.id, store = %shown, ?ssl_mode, "joined the shared database");
     Ok(node)
 }
 

@@ -31,6 +31,8 @@ use super::{
 };
 use crate::clock::Millis;
 
+pub mod tls;
+
 /// The schema every airlock table lives in. SQL below names it literally (`airlock.notes`), so a
 /// `search_path` never decides which table a query touches.
 pub const SCHEMA: &str = "airlock";
@@ -344,6 +346,8 @@ pub struct PgStore {
     /// because `run` takes `&self` (its query borrows the statements); the store is used from
     /// one thread only.
     begin_pending: std::cell::Cell<bool>,
+    /// TLS for the cancel request's own connection, when the store's connection uses it.
+    cancel_tls: Option<tls::Connector>,
 }
 
 impl PgStore {
@@ -376,7 +380,14 @@ impl PgStore {
             st,
             timeout: QUERY_TIMEOUT,
             begin_pending: std::cell::Cell::new(false),
+            cancel_tls: None,
         })
+    }
+
+    /// Sends the cancel request of a timed-out query over TLS too (the store's connection does).
+    pub fn with_cancel_tls(mut self, tls: tls::Connector) -> Self {
+        self.cancel_tls = Some(tls);
+        self
     }
 
     /// Changes the bound on each query (tests use a short one to see it fire).
@@ -413,8 +424,13 @@ impl PgStore {
                     // later statement on this connection would queue behind it: ask the server to
                     // cancel it. Best effort; a failure only means the wait goes on.
                     let cancel = self.client.cancel_token();
-                    let cancelled =
-                        tokio::time::timeout(CANCEL_TIMEOUT, cancel.cancel_query(NoTls)).await;
+                    let cancelled = tokio::time::timeout(CANCEL_TIMEOUT, async {
+                        match &self.cancel_tls {
+                            Some(tls) => cancel.cancel_query(tls.clone()).await,
+                            None => cancel.cancel_query(NoTls).await,
+                        }
+                    })
+                    .await;
                     if !matches!(cancelled, Ok(Ok(()))) {
                         tracing::warn!("could not cancel a database query that timed out");
                     }
