@@ -8,10 +8,12 @@
 //! - [`status`]: `airlock status`.
 //! - [`service`]: `install-service` / `uninstall-service`.
 //! - [`bridge`]: `airlock mcp`, the stdio bridge.
+//! - [`hook`]: `airlock hook …`, Claude Code and git hooks that take locks for agents.
 
 pub mod bridge;
 pub mod client;
 pub mod commands;
+pub mod hook;
 pub mod run;
 pub mod service;
 pub mod status;
@@ -156,6 +158,10 @@ pub enum Command {
     Task(TaskCmd),
     /// Call any tool with JSON arguments (`-` reads them from stdin); prints its answer.
     Call { tool: String, args: Option<String> },
+    /// Editor and git hooks that take locks whether or not the model asks: `hook claude`,
+    /// `hook git pre-commit`, `hook install claude|git`, `hook uninstall claude|git`.
+    #[command(subcommand)]
+    Hook(hook::HookCmd),
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
@@ -215,6 +221,7 @@ pub fn run(cli: Cli) -> i32 {
         Some(Command::InstallService { print }) => return service::install(print),
         Some(Command::UninstallService { print }) => return service::uninstall(print),
         Some(Command::Run(args)) => return rt.block_on(run::run(&client, args)),
+        Some(Command::Hook(h)) => return rt.block_on(hook::run(&client, h)),
         Some(Command::Lock {
             names,
             wait,
