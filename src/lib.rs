@@ -8,6 +8,7 @@
 //! - [`clock`]: the one injectable, monotonic-within-a-run clock.
 //! - [`cluster`]: several daemons on one PostgreSQL database: one coordinates (runs the engine),
 //!   the others forward calls to it through a table, woken by LISTEN/NOTIFY.
+//! - [`identity`]: one `agent_id` used from two clients at once, noticed and said in the answer.
 
 pub mod cli;
 pub mod clock;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod http;
+pub mod identity;
 pub mod listener;
 pub mod mcp;
 pub mod store;

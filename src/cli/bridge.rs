@@ -3,6 +3,11 @@
 //! `tools/call` to the daemon over HTTP, progress reports included. If no daemon answers, it
 //! starts one in the background (`airlock serve`, detached, logging to `$AIRLOCK_HOME/daemon.log`)
 //! listening where the URL points, and connects.
+//!
+//! The bridge is one agent ([`agent`]): it fills in its own unique `agent_id` where a call
+//! omits it, and heartbeats presence while its stdin is open.
+
+mod agent;
 
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
@@ -29,6 +34,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 struct Bridge {
     client: Client,
+    agent: std::sync::Arc<agent::BridgeAgent>,
 }
 
 /// Whether `host` (brackets stripped) is this machine.
@@ -178,9 +184,11 @@ impl ServerHandler for Bridge {
             .forward("tools/list", json!({}), |_| {})
             .await
             .map_err(to_error)?;
-        serde_json::from_value(r).map_err(|e| {
+        let mut list: ListToolsResult = serde_json::from_value(r).map_err(|e| {
             ErrorData::internal_error(format!("the daemon's tool list is unreadable: {e}"), None)
-        })
+        })?;
+        list.tools.iter_mut().for_each(|t| self.agent.offer(t));
+        Ok(list)
     }
 
     async fn call_tool(
@@ -189,7 +197,9 @@ impl ServerHandler for Bridge {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let token = context.meta.get_progress_token();
-        let mut params = json!({"name": request.name, "arguments": request.arguments});
+        let mut arguments = request.arguments.clone().unwrap_or_default();
+        self.agent.fill(&request.name, &mut arguments);
+        let mut params = json!({"name": request.name, "arguments": arguments});
         if token.is_some() {
             params["_meta"] = json!({"progressToken": 1});
         }
@@ -239,8 +249,15 @@ pub async fn run(client: Client) -> i32 {
         // Keep serving: each call tries again, and the agent sees this sentence as a tool error.
         eprintln!("airlock mcp: {why}");
     }
-    let bridge = Bridge { client };
-    match bridge.serve(rmcp::transport::stdio()).await {
+    let client = client.with_source(super::commands::default_agent("airlock-mcp"));
+    let agent = agent::BridgeAgent::new(client.clone());
+    let heartbeat = tokio::spawn(agent.clone().heartbeat());
+    let bridge = Bridge {
+        client,
+        agent: agent.clone(),
+    };
+    let served = bridge.serve(rmcp::transport::stdio()).await;
+    let code = match served {
         Ok(running) => match running.waiting().await {
             Ok(_) => exit::OK,
             Err(e) => {
@@ -252,7 +269,11 @@ pub async fn run(client: Client) -> i32 {
             eprintln!("airlock mcp: the MCP handshake on stdin/stdout failed: {e}");
             exit::UNAVAILABLE
         }
-    }
+    };
+    // Stdin closed: the client is gone, and so is this agent.
+    heartbeat.abort();
+    agent.leave().await;
+    code
 }
 
 #[cfg(test)]
