@@ -163,12 +163,7 @@ async fn handle(client: &Client, args: &ClaudeArgs, p: Payload) -> Answer {
             Release::Turn => quietly(release_all(client, &agent).await.map(|_| ())),
             Release::Session => quietly(register(client, &cfg, &agent).await),
         },
-        "SessionEnd" => quietly(
-            client
-                .call("unregister_agent", json!({"agent_id": agent}))
-                .await
-                .map(|_| ()),
-        ),
+        "SessionEnd" => quietly(session_end(client, &agent).await),
         _ => Answer::default(),
     };
     answer.warnings.extend(config_warning);
@@ -226,6 +221,17 @@ async fn session_start(client: &Client, cfg: &HookConfig, agent: &str) -> Answer
          agent holds the file, do not retry it at once: work on something else, then come back."
     ));
     answer
+}
+
+/// The session is over: it leaves (releasing its locks and leases) and its note goes.
+async fn session_end(client: &Client, agent: &str) -> Result<(), ClientError> {
+    client
+        .call("unregister_agent", json!({"agent_id": agent}))
+        .await?;
+    client
+        .call("delete_note", json!({"key": doing_key(agent)}))
+        .await
+        .map(|_| ())
 }
 
 /// What a tool call needs: its locks, their TTL, and a phrase saying what it does.
