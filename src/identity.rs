@@ -3,7 +3,7 @@
 //! A lock's holder is its `agent_id`. Two sessions that both call themselves `"claude"` are one
 //! holder to the daemon: both get `locked:true`, with the same token. The daemon cannot tell them
 //! apart by the id, so it looks at where calls come from: a client may name itself in the
-//! `X-Airlock-Source` header (the stdio bridge and the CLI do), and an MCP session id
+//! `X-Airlock-Source` header (the stdio bridge does), and an MCP session id
 //! (`Mcp-Session-Id`) names one too. When one `agent_id` arrives from two different sources
 //! within [`WINDOW`], the answer gets a `warning` field saying so. Calls that name no source are
 //! not tracked (nothing tells two of them apart); see the README, "One agent, one id".

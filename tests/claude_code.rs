@@ -160,9 +160,12 @@ async fn run_claude(home: &Path, proj: &Path, api: &str, d: &Daemon) -> std::pro
 #[tokio::test]
 async fn the_real_claude_code_is_refused_a_locked_file_and_locks_the_file_it_writes() {
     let Some(version) = claude_version() else {
-        println!(
-            "SKIPPED: `claude` is not installed (npm install -g @anthropic-ai/claude-code); \
-             the real Claude Code test did not run"
+        // Straight to the process's stderr, past the harness's capture: a skip must show.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: the_real_claude_code_…: `claude` is not installed (npm install -g \
+             @anthropic-ai/claude-code, Node 18+); the real Claude Code test did not run"
         );
         return;
     };
