@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
@@ -27,8 +27,8 @@ struct Heard {
 
 #[derive(Clone)]
 struct Fake {
-    /// The file the "model" writes.
-    target: PathBuf,
+    /// The tool the "model" calls, and its input.
+    tool: Arc<Mutex<(&'static str, Value)>>,
     daemon_url: String,
     daemon_token: String,
     heard: Arc<Mutex<Heard>>,
@@ -41,8 +41,8 @@ fn sse(events: &[Value]) -> String {
         .collect()
 }
 
-/// `POST /v1/messages`: a `tool_use` of Write when the request offers tools and carries no tool
-/// result yet; otherwise the text "done".
+/// `POST /v1/messages`: a `tool_use` of the scripted tool when the request offers it and carries
+/// no tool result yet; otherwise the text "done".
 async fn messages(State(fake): State<Fake>, Json(body): Json<Value>) -> axum::response::Response {
     let last = body["messages"]
         .as_array()
@@ -52,9 +52,10 @@ async fn messages(State(fake): State<Fake>, Json(body): Json<Value>) -> axum::re
     let result = last["content"]
         .as_array()
         .and_then(|c| c.iter().find(|b| b["type"] == "tool_result").cloned());
-    let offers_write = body["tools"]
+    let (tool, input) = fake.tool.lock().unwrap().clone();
+    let offers_tool = body["tools"]
         .as_array()
-        .is_some_and(|t| t.iter().any(|t| t["name"] == "Write"));
+        .is_some_and(|t| t.iter().any(|t| t["name"] == tool));
     if let Some(result) = &result {
         let locks = reqwest::Client::new()
             .post(&fake.daemon_url)
@@ -88,10 +89,9 @@ async fn messages(State(fake): State<Fake>, Json(body): Json<Value>) -> axum::re
     let start = json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message",
         "role": "assistant", "model": model, "content": [], "stop_reason": null,
         "stop_sequence": null, "usage": {"input_tokens": 1, "output_tokens": 1}}});
-    let (block, delta, stop) = if offers_write && result.is_none() {
-        let input = json!({"file_path": fake.target, "content": "print('hi')\n"});
+    let (block, delta, stop) = if offers_tool && result.is_none() {
         (
-            json!({"type": "tool_use", "id": "toolu_fake_1", "name": "Write", "input": {}}),
+            json!({"type": "tool_use", "id": "toolu_fake_1", "name": tool, "input": {}}),
             json!({"type": "input_json_delta", "partial_json": input.to_string()}),
             "tool_use",
         )
@@ -137,7 +137,8 @@ fn claude_version() -> Option<String> {
 /// One `claude -p` session in `proj`, against the fake API and the daemon.
 async fn run_claude(home: &Path, proj: &Path, api: &str, d: &Daemon) -> std::process::Output {
     let child = tokio::process::Command::new("claude")
-        .args(["-p", "write src/new.py", "--permission-mode", "acceptEdits"])
+        .args(["-p", "do the task", "--permission-mode", "acceptEdits"])
+        .args(["--allowedTools", "Bash"])
         .current_dir(proj)
         .env("HOME", home)
         .env("ANTHROPIC_BASE_URL", api)
@@ -158,13 +159,13 @@ async fn run_claude(home: &Path, proj: &Path, api: &str, d: &Daemon) -> std::pro
 }
 
 #[tokio::test]
-async fn the_real_claude_code_is_refused_a_locked_file_and_locks_the_file_it_writes() {
+async fn the_real_claude_code_is_refused_held_locks_and_takes_its_own_for_writes_and_commands() {
     let Some(version) = claude_version() else {
         // Straight to the process's stderr, past the harness's capture: a skip must show.
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
-            "SKIPPED: the_real_claude_code_…: `claude` is not installed (npm install -g \
+            "SKIPPED: the_real_claude_code_is_refused_held_locks_…: `claude` is not installed (npm install -g \
              @anthropic-ai/claude-code, Node 18+); the real Claude Code test did not run"
         );
         return;
@@ -176,7 +177,11 @@ async fn the_real_claude_code_is_refused_a_locked_file_and_locks_the_file_it_wri
     let (home, proj) = (root.join("home"), root.join("proj"));
     std::fs::create_dir_all(&home).unwrap();
     std::fs::create_dir_all(proj.join("src")).unwrap();
-    std::fs::write(proj.join(".airlock.toml"), "wait_seconds = 1\n").unwrap();
+    std::fs::write(
+        proj.join(".airlock.toml"),
+        "wait_seconds = 1\n[[rule]]\ntouches = \"locks.json\"\nlock = \"cmd:snapshot\"\n",
+    )
+    .unwrap();
     let git = std::process::Command::new("git")
         .args(["init", "-q"])
         .current_dir(&proj)
@@ -193,8 +198,10 @@ async fn the_real_claude_code_is_refused_a_locked_file_and_locks_the_file_it_wri
 
     let target = proj.join("src/new.py");
     let heard = Arc::new(Mutex::new(Heard::default()));
+    let write = json!({"file_path": target, "content": "print('hi')\n"});
+    let tool = Arc::new(Mutex::new(("Write", write)));
     let api = start_fake(Fake {
-        target: target.clone(),
+        tool: tool.clone(),
         daemon_url: d.url.clone(),
         daemon_token: d.token.clone(),
         heard: heard.clone(),
@@ -258,5 +265,69 @@ async fn the_real_claude_code_is_refused_a_locked_file_and_locks_the_file_it_wri
     assert!(
         !agents.to_string().contains(&holder),
         "SessionEnd unregistered it: {agents}"
+    );
+
+    // A Bash command the repository's rules lock: refused while another agent holds the lock,
+    // then run under the session's lock (which the command itself lists), released after it.
+    let command = format!(
+        "'{}' --json locks > locks.json; echo \"$AIRLOCK_AGENT\" > agent.txt",
+        airlock_bin().display()
+    );
+    *tool.lock().unwrap() = (
+        "Bash",
+        json!({"command": command, "description": "snapshot"}),
+    );
+    let held = d
+        .call(
+            "lock_resource",
+            json!({"name": "cmd:snapshot", "agent_id": "claude:other-session"}),
+        )
+        .await;
+    assert_eq!(held["locked"], true);
+    let out = run_claude(&home, &proj, &api, &d).await;
+    assert!(out.status.success(), "claude: {out:?}");
+    assert!(
+        !proj.join("locks.json").exists(),
+        "the refused command did not run"
+    );
+    let (result, _) = heard.lock().unwrap().results.pop().expect("a tool result");
+    assert!(
+        result["content"]
+            .to_string()
+            .contains("claude:other-session"),
+        "{result}"
+    );
+    d.call(
+        "unlock_resource",
+        json!({"name": "cmd:snapshot", "lock_token": held["lock_token"]}),
+    )
+    .await;
+
+    let out = run_claude(&home, &proj, &api, &d).await;
+    assert!(out.status.success(), "claude: {out:?}");
+    let during: Value =
+        serde_json::from_str(&std::fs::read_to_string(proj.join("locks.json")).unwrap()).unwrap();
+    let session = std::fs::read_to_string(proj.join("agent.txt")).unwrap();
+    let session = session.trim();
+    assert!(
+        session.starts_with("claude:"),
+        "SessionStart exported AIRLOCK_AGENT: {session:?}"
+    );
+    let holder = during
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "cmd:snapshot")
+        .and_then(|l| l["agent_id"].as_str());
+    assert_eq!(
+        holder,
+        Some(session),
+        "the command ran under its session's lock: {during}"
+    );
+    let (_, after) = heard.lock().unwrap().results.pop().expect("a tool result");
+    assert_eq!(
+        after,
+        json!([]),
+        "PostToolUse released it before the model went on"
     );
 }
