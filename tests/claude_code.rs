@@ -23,6 +23,8 @@ use serde_json::{json, Value};
 #[derive(Default)]
 struct Heard {
     results: Vec<(Value, Value)>,
+    /// The agent ids the model was told it has (SessionStart's added context).
+    told_ids: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -52,6 +54,16 @@ async fn messages(State(fake): State<Fake>, Json(body): Json<Value>) -> axum::re
     let result = last["content"]
         .as_array()
         .and_then(|c| c.iter().find(|b| b["type"] == "tool_result").cloned());
+    // In the request's JSON text the id reads `Your airlock agent_id is \"claude:…\"`.
+    let text = body.to_string();
+    let told = r#"Your airlock agent_id is \""#;
+    if let Some(at) = text.find(told) {
+        let id = text[at + told.len()..]
+            .split('\\')
+            .next()
+            .unwrap_or_default();
+        fake.heard.lock().unwrap().told_ids.push(id.to_string());
+    }
     let (tool, input) = fake.tool.lock().unwrap().clone();
     let offers_tool = body["tools"]
         .as_array()
@@ -255,6 +267,11 @@ async fn the_real_claude_code_is_refused_held_locks_and_takes_its_own_for_writes
     assert!(
         holder.starts_with("claude:") && holder != "claude:other-session",
         "{holder}"
+    );
+    let told = heard.lock().unwrap().told_ids.clone();
+    assert!(
+        told.contains(&holder),
+        "the model was told its id, {holder}: {told:?}"
     );
     assert_eq!(
         d.call("list_locks", json!({})).await,

@@ -222,3 +222,42 @@ async fn each_stdio_bridge_is_its_own_agent_with_presence_while_it_runs() {
     assert_eq!(b["locked"], true, "{b}");
     within(30, two.cancel()).await.unwrap();
 }
+
+/// The README's recipe for an HTTP client with no hooks and no bridge: an id from
+/// `increment_counter("agent-ids")`, registered once with a long TTL, unregistered at the end.
+#[tokio::test]
+async fn the_recipe_for_http_clients_gives_each_its_own_id() {
+    let d = Daemon::start().await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let n = d
+            .call("increment_counter", json!({"name": "agent-ids"}))
+            .await;
+        let id = format!("agent-{}", n["value"]);
+        let r = d
+            .call(
+                "register_agent",
+                json!({"agent_id": id, "ttl_seconds": 3600}),
+            )
+            .await;
+        assert_eq!(r["registered"], true);
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1]);
+    let a = d
+        .call("lock_resource", json!({"name": "x", "agent_id": ids[0]}))
+        .await;
+    assert_eq!(a["locked"], true);
+    let b = d
+        .call("lock_resource", json!({"name": "x", "agent_id": ids[1]}))
+        .await;
+    assert_eq!(b["locked"], false, "two clients, two holders: {b}");
+    assert_eq!(b["held_by"], json!(ids[0]));
+    // Done: unregistering releases the lock at once.
+    d.call("unregister_agent", json!({"agent_id": ids[0]}))
+        .await;
+    let b = d
+        .call("lock_resource", json!({"name": "x", "agent_id": ids[1]}))
+        .await;
+    assert_eq!(b["locked"], true, "{b}");
+}
