@@ -338,6 +338,21 @@ async fn bash_rules_serialize_two_npm_installs() {
         Some("claude:s2"),
         "{locks}"
     );
+    // A command that fails ends with PostToolUseFailure, which releases too.
+    let failed = event(
+        "post_tool_use_failure_bash",
+        "s2",
+        &r.root,
+        "",
+        "npm install",
+    );
+    assert_code(
+        &hook(&d, &r, failed, &[]).await,
+        0,
+        "s2's PostToolUseFailure",
+    );
+    let locks = d.call("list_locks", json!({})).await;
+    assert_eq!(holder_of(&locks, "cmd:install"), None, "{locks}");
 }
 
 #[tokio::test]
@@ -419,6 +434,10 @@ async fn session_start_gives_the_session_its_id_and_ignored_paths_take_no_lock()
     assert_eq!(exported, "export AIRLOCK_AGENT='claude:s1'\n");
     let agents = d.call("list_agents", json!({})).await;
     assert!(agents.to_string().contains("claude:s1"), "{agents}");
+    let prompt = event("user_prompt_submit", "s1", &r.root, "", "");
+    let ran = hook(&d, &r, prompt, &[]).await;
+    assert_code(&ran, 0, "UserPromptSubmit");
+    assert!(ran.stdout.trim().is_empty(), "{}", ran.stdout);
 
     std::fs::create_dir_all(r.root.join("target")).unwrap();
     let gen = r.root.join("target/gen.rs").to_string_lossy().into_owned();
