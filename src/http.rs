@@ -54,7 +54,8 @@ struct EdgeState {
 
 /// The whole HTTP application.
 pub fn app(core: Arc<dyn CoreApi>, edge: EdgeConfig) -> Router {
-    let direct = AirlockMcp::new(core.clone());
+    let sightings = Arc::new(crate::identity::Sightings::default());
+    let direct = AirlockMcp::new(core.clone()).with_sightings(sightings.clone());
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
@@ -63,7 +64,7 @@ pub fn app(core: Arc<dyn CoreApi>, edge: EdgeConfig) -> Router {
         .with_max_request_body_bytes(MAX_BODY_BYTES + 1);
     let status_core = core.clone();
     let mcp = StreamableHttpService::new(
-        move || Ok(AirlockMcp::new(core.clone())),
+        move || Ok(AirlockMcp::new(core.clone()).with_sightings(sightings.clone())),
         Arc::new(NeverSessionManager::default()),
         config,
     );
@@ -309,6 +310,9 @@ async fn plain_call(
     }
     let call = crate::mcp::plain_tool_call(body)?;
     let mut result = mcp.call_plain(call.name, call.arguments).await;
+    if let Some(w) = mcp.identity_warning(headers, call.arguments) {
+        crate::identity::annotate(&mut result, &w);
+    }
     // As rmcp answers a request that negotiated no version: without the 2026-07-28 field.
     result.result_type = None;
     let response = PlainResponse {

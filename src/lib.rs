@@ -18,6 +18,7 @@
 //! - [`cli`]: the command line; every command but `serve` is an HTTP client of the daemon.
 //! - `testkit` (hidden, **not part of the API**): the harness the integration tests and the
 //!   benchmark tool share (real daemon processes, tool calls, throwaway PostgreSQL databases).
+//! - [`identity`]: one `agent_id` used from two clients at once, noticed and said in the answer.
 
 pub mod cli;
 pub mod clock;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod http;
+pub mod identity;
 pub mod listener;
 pub mod mcp;
 pub mod store;

@@ -3,6 +3,11 @@
 //! `tools/call` to the daemon over HTTP, progress reports included. If no daemon answers, it
 //! starts one in the background (`airlock serve`, detached, logging to `$AIRLOCK_HOME/daemon.log`)
 //! listening where the URL points, and connects.
+//!
+//! The bridge is one agent ([`agent`]): it fills in its own unique `agent_id` where a call
+//! omits it, and heartbeats presence while its stdin is open.
+
+mod agent;
 
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
@@ -32,6 +37,8 @@ struct Bridge {
     /// Held while making sure a daemon answers, so the start after the handshake and a call
     /// that found no daemon do not both start one.
     starting: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The one agent this bridge is: fills in `agent_id`, keeps presence.
+    agent: std::sync::Arc<agent::BridgeAgent>,
 }
 
 /// Whether `host` (brackets stripped) is this machine.
@@ -187,9 +194,11 @@ impl ServerHandler for Bridge {
             .forward("tools/list", json!({}), |_| {})
             .await
             .map_err(to_error)?;
-        serde_json::from_value(r).map_err(|e| {
+        let mut list: ListToolsResult = serde_json::from_value(r).map_err(|e| {
             ErrorData::internal_error(format!("the daemon's tool list is unreadable: {e}"), None)
-        })
+        })?;
+        list.tools.iter_mut().for_each(|t| self.agent.offer(t));
+        Ok(list)
     }
 
     async fn call_tool(
@@ -198,7 +207,9 @@ impl ServerHandler for Bridge {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let token = context.meta.get_progress_token();
-        let mut params = json!({"name": request.name, "arguments": request.arguments});
+        let mut arguments = request.arguments.clone().unwrap_or_default();
+        self.agent.fill(&request.name, &mut arguments);
+        let mut params = json!({"name": request.name, "arguments": arguments});
         if token.is_some() {
             params["_meta"] = json!({"progressToken": 1});
         }
@@ -245,11 +256,16 @@ impl ServerHandler for Bridge {
 /// Serves MCP on stdin/stdout until stdin closes. Nothing is started before a client has sent a
 /// valid `initialize`: bare `airlock` with a non-terminal stdin (a script, cron, an agent's shell
 /// tool) must not leave a daemon behind. `bare` says the bridge was chosen for want of a
-/// command, which changes what a failed handshake is told.
+/// command, which changes what a failed handshake is told. The bridge is one agent: it fills in
+/// a unique `agent_id` where a call omits it and keeps the presence of the ids used through it
+/// while stdin is open.
 pub async fn run(client: Client, bare: bool) -> i32 {
+    let client = client.with_source(super::commands::default_agent("airlock-mcp"));
+    let agent = agent::BridgeAgent::new(client.clone());
     let bridge = Bridge {
         client,
         starting: Default::default(),
+        agent: agent.clone(),
     };
     match bridge.clone().serve(rmcp::transport::stdio()).await {
         Ok(running) => {
@@ -259,13 +275,18 @@ pub async fn run(client: Client, bare: bool) -> i32 {
             if let Err(why) = bridge.ensure_daemon().await {
                 eprintln!("airlock mcp: {why}");
             }
-            match running.waiting().await {
+            let heartbeat = tokio::spawn(agent.clone().heartbeat());
+            let code = match running.waiting().await {
                 Ok(_) => exit::OK,
                 Err(e) => {
                     eprintln!("airlock mcp: {e}");
                     exit::UNAVAILABLE
                 }
-            }
+            };
+            // Stdin closed: the client is gone, and so is this agent.
+            heartbeat.abort();
+            agent.leave().await;
+            code
         }
         Err(e) if bare => {
             eprintln!(

@@ -47,6 +47,9 @@ pub struct Client {
     pub url: String,
     http: reqwest::Client,
     next_id: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Sent as `X-Airlock-Source`, so the daemon can tell this client from another one using
+    /// the same agent_id (see `identity`).
+    source: Option<String>,
 }
 
 impl Client {
@@ -60,7 +63,14 @@ impl Client {
             url: url.trim_end_matches('/').to_string(),
             http,
             next_id: Default::default(),
+            source: None,
         }
+    }
+
+    /// Names this client to the daemon (`X-Airlock-Source`).
+    pub fn with_source(mut self, source: String) -> Client {
+        self.source = Some(source);
+        self
     }
 
     /// The token, read fresh each time: a daemon started a moment ago may just have written it.
@@ -93,6 +103,10 @@ impl Client {
     }
 
     fn with_auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let rb = match &self.source {
+            Some(s) => rb.header(crate::identity::SOURCE_HEADER, s),
+            None => rb,
+        };
         match Self::token() {
             Some(t) => rb.bearer_auth(t),
             None => rb,

@@ -8,11 +8,13 @@
 //! - [`status`]: `airlock status`.
 //! - [`service`]: `install-service` / `uninstall-service`.
 //! - [`bridge`]: `airlock mcp`, the stdio bridge.
+//! - [`hook`]: `airlock hook …`, Claude Code and git hooks that take locks for agents.
 
 pub mod bridge;
 pub mod client;
 pub mod commands;
 pub mod completions;
+pub mod hook;
 pub mod output;
 pub mod run;
 pub mod service;
@@ -118,6 +120,10 @@ pub enum Command {
     },
     /// Print the man page (roff): `airlock man > ~/.local/share/man/man1/airlock.1`.
     Man,
+    /// Editor and git hooks that take locks whether or not the model asks: `hook claude`,
+    /// `hook git pre-commit`, `hook install claude|git`, `hook uninstall claude|git`.
+    #[command(subcommand)]
+    Hook(hook::HookCmd),
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
@@ -197,6 +203,7 @@ pub fn run(cli: Cli) -> i32 {
         Some(Command::InstallService { print }) => return service::install(print),
         Some(Command::UninstallService { print }) => return service::uninstall(print),
         Some(Command::Run(args)) => return rt.block_on(run::run(&client, args)),
+        Some(Command::Hook(h)) => return rt.block_on(hook::run(&client, h)),
         Some(Command::Client(cmd)) => cmd,
     };
     rt.block_on(commands::run(&client, cmd, json))

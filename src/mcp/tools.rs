@@ -112,7 +112,8 @@ const TTL_MINUTES: Param = opt(
 const AGENT_ID: Param = req(
     "agent_id",
     Str,
-    "Your stable identity, e.g. agent:claude-session-abc. Locks and leases are held by it.",
+    "Your own stable identity, unique to you (e.g. claude:<session id>, as airlock's Claude Code \
+     hooks give it); never a name another agent might also use. Locks and leases are held by it.",
 );
 
 pub static TOOLS: &[ToolSpec] = &[
@@ -278,8 +279,11 @@ pub static TOOLS: &[ToolSpec] = &[
             agent_id: a.str("agent_id")?,
             ttl_seconds: a.ttl_seconds()?,
         })),
-        description: "Announce you are alive (a heartbeat); call again before ttl_seconds passes. \
-            If you stop, your presence lapses and every lock you hold is released and every task \
+        description: "Announce you are present for ttl_seconds; calling again extends it. Do not \
+            try to heartbeat every minute (one long turn outlives that): register once with \
+            ttl_seconds longer than your longest pause (e.g. 3600) and call unregister_agent when \
+            you finish. airlock's Claude Code hooks and `airlock mcp` keep presence for you. \
+            When it lapses, every lock you hold is released and every task \
             lease you hold is requeued. Returns {registered:true, expires_in_seconds}.",
         params: &[
             AGENT_ID,
