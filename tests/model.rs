@@ -805,7 +805,10 @@ impl Harness {
                         queue: "q".into(),
                         payload: format!("p{id}"),
                         author: None,
-                        priority: Some(priority)
+                        priority: Some(priority),
+                        delay_seconds: None,
+                        max_attempts: None,
+                        unique_key: None,
                     })
                 )
                 .unwrap();
@@ -874,7 +877,8 @@ impl Harness {
                     0,
                     CompleteTask(Lease {
                         id,
-                        lease_token: token.clone()
+                        lease_token: token.clone(),
+                        result: None,
                     })
                 )
                 .unwrap();
@@ -895,7 +899,8 @@ impl Harness {
                     FailTask(FailTask {
                         id,
                         lease_token: token.clone(),
-                        requeue: Some(requeue)
+                        requeue: Some(requeue),
+                        error: None,
                     })
                 )
                 .unwrap();

@@ -535,6 +535,9 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
                     payload: read_arg(payload)?,
                     author,
                     priority: Some(priority),
+                    delay_seconds: None,
+                    max_attempts: None,
+                    unique_key: None,
                 }))
                 .await?;
             let human = str_of(&r, "id");
@@ -572,6 +575,7 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
                 .request(&Request::CompleteTask(Lease {
                     id,
                     lease_token: token,
+                    result: None,
                 }))
                 .await?;
             let why = format!("not completed: {}", lease_error(&r));
@@ -587,6 +591,7 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
                     id,
                     lease_token: token,
                     requeue: Some(!no_requeue),
+                    error: None,
                 }))
                 .await?;
             let why = format!("not failed: {}", lease_error(&r));
@@ -610,7 +615,10 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
         }
         TaskCmd::List { queue } => {
             let r = c
-                .request(&Request::ListTasks(ListTasks { queue: Some(queue) }))
+                .request(&Request::ListTasks(ListTasks {
+                    queue: Some(queue),
+                    state: None,
+                }))
                 .await?;
             let rows = r.as_array().cloned().unwrap_or_default();
             let human = table(&rows, |t| {

@@ -331,6 +331,13 @@ pub static TOOLS: &[ToolSpec] = &[
             Returns {cleared:true}.",
         params: &[req("name", Str, "The event's name.")],
     },
+    ToolSpec {
+        tool: Tool::ListEvents,
+        parse: |_| Ok(Request::ListEvents),
+        description: "Every event signalled or cleared so far: [{name, generation, \
+            cleared_at_generation, waiters}].",
+        params: &[],
+    },
     // ---------------------------------------------------------------- tasks
     ToolSpec {
         tool: Tool::PushTask,
@@ -339,13 +346,23 @@ pub static TOOLS: &[ToolSpec] = &[
             payload: a.str("payload")?,
             author: a.opt_str("author")?,
             priority: a.opt_i64("priority")?,
+            delay_seconds: a.opt_i64("delay_seconds")?,
+            max_attempts: a.opt_i64("max_attempts")?,
+            unique_key: a.opt_str("unique_key")?,
         })),
-        description: "Add a task to a queue. Higher priority is claimed first, then older. Returns {id}.",
+        description: "Add a task to a queue. Higher priority is claimed first, then older. Returns {id}. \
+            delay_seconds holds it back (claimers parked on the queue get it the moment it is ready). \
+            max_attempts: after that many failures or lapsed leases it goes to state dead (kept, not \
+            retried; retry_task puts it back). unique_key: while a task with that key is pending or \
+            claimed in the queue, pushing again adds nothing and returns {id: <that task>, duplicate:true}.",
         params: &[
             req("queue", Str, "The queue's name."),
             req("payload", Str, "The task, up to 256 KiB (JSON text is fine)."),
             opt("author", Str, "Who pushed it."),
             opt("priority", Int, "Higher first. Default 0."),
+            opt("delay_seconds", Int, "Not claimable until this many seconds from now (0 to 2592000). Default 0."),
+            opt("max_attempts", Int, "Failures or lapsed leases before the task is dead (1 to 1000). Default: no limit."),
+            opt("unique_key", Str, "At most one pending or claimed task of the queue has this key (1-512 bytes)."),
         ],
     },
     ToolSpec {
@@ -372,12 +389,14 @@ pub static TOOLS: &[ToolSpec] = &[
         parse: |a| Ok(Request::CompleteTask(Lease {
             id: a.i64("id")?,
             lease_token: a.str("lease_token")?,
+            result: a.opt_str("result")?,
         })),
         description: "Mark a claimed task done. Requires the lease_token of the current claim. \
-            Returns {completed:true} or {completed:false, error}.",
+            Returns {completed:true} or {completed:false, error}. get_task shows the result.",
         params: &[
             req("id", Int, "The task id."),
             req("lease_token", Str, "The lease_token from claim_next_task."),
+            opt("result", Str, "What the task produced, up to 256 KiB."),
         ],
     },
     ToolSpec {
@@ -386,13 +405,16 @@ pub static TOOLS: &[ToolSpec] = &[
             id: a.i64("id")?,
             lease_token: a.str("lease_token")?,
             requeue: a.opt_bool("requeue")?,
+            error: a.opt_str("error")?,
         })),
         description: "Give up on a claimed task: requeue=true (default) returns it to pending for \
-            another try; requeue=false fails it for good. Returns {failed:true} or {failed:false, error}.",
+            another try (or to dead, if it has used up its max_attempts); requeue=false fails it for \
+            good. Returns {failed:true} or {failed:false, error}.",
         params: &[
             req("id", Int, "The task id."),
             req("lease_token", Str, "The lease_token from claim_next_task."),
             opt("requeue", Bool, "Return it to the queue (true, default) or fail it for good (false)."),
+            opt("error", Str, "Why it failed, up to 256 KiB; get_task and list_tasks show it as last_error."),
         ],
     },
     ToolSpec {
@@ -412,11 +434,39 @@ pub static TOOLS: &[ToolSpec] = &[
     },
     ToolSpec {
         tool: Tool::ListTasks,
-        parse: |a| Ok(Request::ListTasks(ListTasks { queue: Some(a.str("queue")?) })),
+        parse: |a| Ok(Request::ListTasks(ListTasks {
+            queue: Some(a.str("queue")?),
+            state: a.opt_str("state")?,
+        })),
         description: "List a queue's tasks: [{id, queue, payload, priority, state, author?, \
-            attempts, lease_agent?, lease_expires_in_seconds?}]. States: pending, claimed, \
-            completed, failed. Finished tasks are kept 24 hours.",
-        params: &[req("queue", Str, "The queue's name.")],
+            attempts, lease_agent?, lease_expires_in_seconds?, ready_in_seconds?, max_attempts?, \
+            unique_key?, last_error?, result?}]. States: pending, claimed, completed, failed, dead. \
+            Completed and failed tasks are kept 24 hours; dead ones until retried.",
+        params: &[
+            req("queue", Str, "The queue's name."),
+            opt("state", Str, "Only tasks in this state: pending, claimed, completed, failed or dead."),
+        ],
+    },
+    ToolSpec {
+        tool: Tool::GetTask,
+        parse: |a| Ok(Request::GetTask(TaskId { id: a.i64("id")? })),
+        description: "One task by id: {found:true, id, queue, payload, priority, state, attempts, \
+            last_error?, result?, ...} (the fields of list_tasks) or {found:false}.",
+        params: &[req("id", Int, "The task id.")],
+    },
+    ToolSpec {
+        tool: Tool::RetryTask,
+        parse: |a| Ok(Request::RetryTask(TaskId { id: a.i64("id")? })),
+        description: "Put a dead (or failed) task back to pending with its attempts at 0; its \
+            last_error is kept. Returns {retried:true} or {retried:false, error}.",
+        params: &[req("id", Int, "The task id.")],
+    },
+    ToolSpec {
+        tool: Tool::ListQueues,
+        parse: |_| Ok(Request::ListQueues),
+        description: "Every queue with tasks or parked claimers: [{queue, pending, claimed, \
+            completed, failed, dead, waiting_claimers}].",
+        params: &[],
     },
 ];
 
@@ -473,8 +523,8 @@ mod tests {
         }
         assert_eq!(
             TOOLS.len(),
-            contract.len() + 1,
-            "22 contract tools + extend_lease"
+            contract.len() + 5,
+            "22 contract tools + extend_lease, get_task, retry_task, list_queues, list_events"
         );
         // Every tool offered over MCP has exactly one entry, and each entry parses into its tool.
         for t in Tool::ALL.iter().filter(|t| t.is_mcp_tool()) {
