@@ -360,3 +360,26 @@ async fn bad_task_options_are_refused_naming_the_field() {
     // Nothing was pushed.
     assert_eq!(d.call("list_queues", json!({})).await, json!([]));
 }
+
+/// The wake-up of a delayed task is rebuilt from the store at start: a claimer parked after a
+/// restart still gets the task at its instant (and not at the end of its window).
+#[tokio::test]
+async fn a_delayed_task_still_wakes_a_claimer_after_a_restart() {
+    let mut d = Daemon::start().await;
+    let tmp = d.take_tmp();
+    let id = d
+        .call(
+            "push_task",
+            json!({"queue": "q", "payload": "later", "delay_seconds": 8}),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(d.stop(), Some(0));
+    let d = Daemon::start_in(&d.home).await;
+    let got = within(45, claim(&d, "q", json!({"wait_seconds": 40}))).await;
+    assert_eq!(got["claimed"], json!(true), "{got}");
+    assert_eq!(got["id"], id);
+    drop(d);
+    drop(tmp);
+}
