@@ -109,6 +109,15 @@ pub enum TaskCmd {
         priority: i64,
         #[arg(long)]
         author: Option<String>,
+        /// Seconds before it may be claimed.
+        #[arg(long)]
+        delay: Option<u64>,
+        /// Failed attempts (or lapsed leases) before it is dead.
+        #[arg(long)]
+        max_attempts: Option<i64>,
+        /// While a task with this key is pending or claimed in the queue, print its id instead.
+        #[arg(long)]
+        unique_key: Option<String>,
     },
     /// Claim the next task; prints id, lease token and payload. Exit 1 if the queue is empty.
     Claim {
@@ -128,6 +137,9 @@ pub enum TaskCmd {
         /// The lease_token from `task claim`.
         #[arg(long)]
         token: String,
+        /// What the task produced (`-` reads it from stdin).
+        #[arg(long)]
+        result: Option<String>,
     },
     /// Give a claimed task back (requeue) or fail it for good (--no-requeue). Exit 1 if the lease was lost.
     Fail {
@@ -136,6 +148,9 @@ pub enum TaskCmd {
         token: String,
         #[arg(long)]
         no_requeue: bool,
+        /// Why it failed.
+        #[arg(long)]
+        error: Option<String>,
     },
     /// Extend a claimed task's lease. Exit 1 if the lease was lost.
     Extend {
@@ -145,8 +160,18 @@ pub enum TaskCmd {
         #[arg(long)]
         lease: Option<u64>,
     },
-    /// List a queue's tasks.
-    List { queue: String },
+    /// List a queue's tasks (--state: only pending, claimed, completed, failed or dead ones).
+    List {
+        queue: String,
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Show one task as JSON. Exit 1 if there is none with that id.
+    Get { id: i64 },
+    /// Put a dead (or failed) task back to pending. Exit 1 if refused.
+    Retry { id: i64 },
+    /// List the queues with their tasks counted by state.
+    Queues,
 }
 
 /// A client command: one per tool, in shell idiom (flattened into the top-level commands).
@@ -528,6 +553,9 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
             payload,
             priority,
             author,
+            delay,
+            max_attempts,
+            unique_key,
         } => {
             let r = c
                 .request(&Request::PushTask(PushTask {
@@ -535,9 +563,9 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
                     payload: read_arg(payload)?,
                     author,
                     priority: Some(priority),
-                    delay_seconds: None,
-                    max_attempts: None,
-                    unique_key: None,
+                    delay_seconds: seconds(delay),
+                    max_attempts,
+                    unique_key,
                 }))
                 .await?;
             let human = str_of(&r, "id");
@@ -570,12 +598,12 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
                 Answer::no(r, format!("no task: {queue} has nothing pending"))
             }
         }
-        TaskCmd::Complete { id, token } => {
+        TaskCmd::Complete { id, token, result } => {
             let r = c
                 .request(&Request::CompleteTask(Lease {
                     id,
                     lease_token: token,
-                    result: None,
+                    result: result.map(read_arg).transpose()?,
                 }))
                 .await?;
             let why = format!("not completed: {}", lease_error(&r));
@@ -585,13 +613,14 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
             id,
             token,
             no_requeue,
+            error,
         } => {
             let r = c
                 .request(&Request::FailTask(FailTask {
                     id,
                     lease_token: token,
                     requeue: Some(!no_requeue),
-                    error: None,
+                    error,
                 }))
                 .await?;
             let why = format!("not failed: {}", lease_error(&r));
@@ -613,11 +642,11 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
             let why = format!("not extended: {}", lease_error(&r));
             Answer::yes_no(r.clone(), r["extended"] == json!(true), &human, why)
         }
-        TaskCmd::List { queue } => {
+        TaskCmd::List { queue, state } => {
             let r = c
                 .request(&Request::ListTasks(ListTasks {
                     queue: Some(queue),
-                    state: None,
+                    state,
                 }))
                 .await?;
             let rows = r.as_array().cloned().unwrap_or_default();
@@ -628,6 +657,36 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
                     str_of(t, "state"),
                     str_of(t, "priority"),
                     str_of(t, "payload")
+                )
+            });
+            Answer::ok(r, human)
+        }
+        TaskCmd::Get { id } => {
+            let r = c.request(&Request::GetTask(TaskId { id })).await?;
+            if r["found"] == json!(true) {
+                let human = r.to_string();
+                Answer::ok(r, human)
+            } else {
+                Answer::no(r, format!("no task with id {id}"))
+            }
+        }
+        TaskCmd::Retry { id } => {
+            let r = c.request(&Request::RetryTask(TaskId { id })).await?;
+            let why = format!("not retried: {}", str_of(&r, "error"));
+            Answer::yes_no(r.clone(), r["retried"] == json!(true), "retried", why)
+        }
+        TaskCmd::Queues => {
+            let r = c.request(&Request::ListQueues).await?;
+            let rows = r.as_array().cloned().unwrap_or_default();
+            let human = table(&rows, |q| {
+                format!(
+                    "{}	pending {}	claimed {}	completed {}	failed {}	dead {}",
+                    str_of(q, "queue"),
+                    str_of(q, "pending"),
+                    str_of(q, "claimed"),
+                    str_of(q, "completed"),
+                    str_of(q, "failed"),
+                    str_of(q, "dead")
                 )
             });
             Answer::ok(r, human)
