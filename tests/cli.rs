@@ -340,6 +340,60 @@ async fn counter_agent_and_event_commands() {
 }
 
 #[tokio::test]
+async fn task_options_dead_letters_and_retries_from_the_shell() {
+    let d = Daemon::start().await;
+    let push = [
+        "task",
+        "push",
+        "q",
+        "job",
+        "--max-attempts",
+        "1",
+        "--unique-key",
+        "k",
+    ];
+    assert_eq!(expect(&d, &push, 0).await, "1");
+    let again = expect_json(&d, &push, 0).await;
+    assert_eq!(again, json!({"id": 1, "duplicate": true}));
+    let later = ["task", "push", "q", "later", "--delay", "600"];
+    assert_eq!(expect(&d, &later, 0).await, "2");
+    let c = expect_json(&d, &["task", "claim", "q", "--agent", "w"], 0).await;
+    assert_eq!(c["id"], 1, "the delayed task is not claimable yet: {c}");
+    let token = c["lease_token"].as_str().unwrap();
+    let fail = [
+        "task",
+        "fail",
+        "1",
+        "--token",
+        token,
+        "--error",
+        "disk full",
+    ];
+    expect(&d, &fail, 0).await;
+    let t = expect_json(&d, &["task", "get", "1"], 0).await;
+    assert_eq!(
+        (&t["state"], &t["last_error"]),
+        (&json!("dead"), &json!("disk full"))
+    );
+    expect(&d, &["task", "get", "99"], 1).await;
+    let dead = expect(&d, &["task", "list", "q", "--state", "dead"], 0).await;
+    assert!(dead.starts_with("1\tdead"), "{dead}");
+    let queues = expect(&d, &["task", "queues"], 0).await;
+    assert!(
+        queues.contains("pending 1") && queues.contains("dead 1"),
+        "{queues}"
+    );
+    assert_eq!(expect(&d, &["task", "retry", "1"], 0).await, "retried");
+    expect(&d, &["task", "retry", "1"], 1).await;
+    let c = expect_json(&d, &["task", "claim", "q", "--agent", "w"], 0).await;
+    let token = c["lease_token"].as_str().unwrap();
+    let done = ["task", "complete", "1", "--token", token, "--result", "ok"];
+    assert_eq!(expect(&d, &done, 0).await, "completed");
+    let t = expect_json(&d, &["task", "get", "1"], 0).await;
+    assert_eq!(t["result"], "ok");
+}
+
+#[tokio::test]
 async fn task_commands_and_their_exit_codes() {
     let d = Daemon::start().await;
     assert_eq!(expect(&d, &["task", "push", "q", "job-1"], 0).await, "1");

@@ -18,7 +18,8 @@ use airlock::clock::{seconds_left, ManualClock};
 use airlock::core::engine::{Command, Engine};
 use airlock::core::request::*;
 use airlock::core::{
-    ClaimOutcome, CoreError, CoreResult, GetNoteResult, LockOutcome, Renewed, WAKE_GRACE_SECONDS,
+    ClaimOutcome, CoreError, CoreResult, GetNoteResult, GetTaskResult, LockOutcome, Renewed,
+    WAKE_GRACE_SECONDS,
 };
 use airlock::store::sqlite::SqliteStore;
 use airlock::store::Store;
@@ -78,6 +79,19 @@ enum Step {
     },
     Push {
         priority: i64,
+        /// Seconds before it may be claimed.
+        delay_s: i64,
+        max_attempts: Option<i64>,
+        /// One of two unique keys, or none.
+        key: Option<u8>,
+    },
+    /// `retry_task` on a task (or an id no task has).
+    Retry {
+        which: usize,
+    },
+    /// `get_task`: its state and attempts as the model has them.
+    GetTask {
+        which: usize,
     },
     Claim {
         agent: u8,
@@ -133,7 +147,10 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(key, expected, new)| Step::Cas { key, expected, new }),
         1 => (0..2u8, prop_oneof![-3..4i64, Just(i64::MAX), Just(i64::MIN)])
             .prop_map(|(name, by)| Step::Inc { name, by }),
-        1 => (0..3i64).prop_map(|priority| Step::Push { priority }),
+        1 => (0..3i64, prop_oneof![3 => Just(0i64), 1 => 1..3i64], proptest::option::of(1..3i64), proptest::option::of(0..2u8))
+            .prop_map(|(priority, delay_s, max_attempts, key)| Step::Push { priority, delay_s, max_attempts, key }),
+        1 => (0..8usize).prop_map(|which| Step::Retry { which }),
+        1 => (0..8usize).prop_map(|which| Step::GetTask { which }),
         1 => (0..AGENTS, 1..4i64).prop_map(|(agent, lease_s)| Step::Claim { agent, lease_s }),
         1 => (0..8usize).prop_map(|which| Step::Complete { which }),
         1 => (0..8usize, any::<bool>()).prop_map(|(which, requeue)| Step::Fail { which, requeue }),
@@ -175,6 +192,19 @@ enum TaskSt {
     Claimed,
     Completed,
     Failed,
+    Dead,
+}
+
+impl TaskSt {
+    fn name(self) -> &'static str {
+        match self {
+            TaskSt::Pending => "pending",
+            TaskSt::Claimed => "claimed",
+            TaskSt::Completed => "completed",
+            TaskSt::Failed => "failed",
+            TaskSt::Dead => "dead",
+        }
+    }
 }
 
 struct MTask {
@@ -183,6 +213,27 @@ struct MTask {
     lease: Option<(String, i64)>,
     lease_agent: Option<u8>,
     attempts: i64,
+    ready_at: i64,
+    max_attempts: Option<i64>,
+    key: Option<u8>,
+}
+
+impl MTask {
+    /// A failed attempt (a requeueing fail, a lapsed lease, a claimant gone): back to pending,
+    /// or dead once its attempts are used up.
+    fn attempt_failed(&mut self) {
+        self.state = if self.max_attempts.is_some_and(|m| self.attempts >= m) {
+            TaskSt::Dead
+        } else {
+            TaskSt::Pending
+        };
+        self.lease = None;
+        self.lease_agent = None;
+    }
+
+    fn live(&self) -> bool {
+        matches!(self.state, TaskSt::Pending | TaskSt::Claimed)
+    }
 }
 
 /// What a parked caller is told, as the model expects it.
@@ -290,9 +341,7 @@ impl Model {
         }
         for t in &mut self.tasks {
             if t.state == TaskSt::Claimed && t.lease_agent == Some(agent) {
-                t.state = TaskSt::Pending;
-                t.lease = None;
-                t.lease_agent = None;
+                t.attempt_failed();
             }
         }
         // Places it kept between two windows are given up: nobody will come back for them.
@@ -341,12 +390,7 @@ impl Model {
             match kind {
                 0 => self.locks[key as usize] = None,
                 1 => self.release_agent(key as u8),
-                2 => {
-                    let t = &mut self.tasks[key as usize];
-                    t.state = TaskSt::Pending;
-                    t.lease = None;
-                    t.lease_agent = None;
-                }
+                2 => self.tasks[key as usize].attempt_failed(),
                 3 => {
                     let now = self.now;
                     for i in 0..LOCKS {
@@ -796,7 +840,12 @@ impl Harness {
                     (e, g) => prop_assert!(false, "increment: expected {:?}, got {:?}", e, g),
                 }
             }
-            Step::Push { priority } => {
+            Step::Push {
+                priority,
+                delay_s,
+                max_attempts,
+                key,
+            } => {
                 let id = self.model.tasks.len() as i64 + 1;
                 let got = run!(
                     &mut self.engine,
@@ -805,18 +854,80 @@ impl Harness {
                         queue: "q".into(),
                         payload: format!("p{id}"),
                         author: None,
-                        priority: Some(priority)
+                        priority: Some(priority),
+                        delay_seconds: Some(delay_s),
+                        max_attempts,
+                        unique_key: key.map(|k| format!("k{k}")),
                     })
                 )
                 .unwrap();
-                prop_assert_eq!(got.id, id);
-                self.model.tasks.push(MTask {
-                    priority,
-                    state: TaskSt::Pending,
-                    lease: None,
-                    lease_agent: None,
-                    attempts: 0,
+                let live_with_key = key.and_then(|k| {
+                    self.model
+                        .tasks
+                        .iter()
+                        .position(|t| t.live() && t.key == Some(k))
+                        .map(|i| i as i64 + 1)
                 });
+                match live_with_key {
+                    Some(existing) => {
+                        prop_assert_eq!((got.id, got.duplicate), (existing, true));
+                    }
+                    None => {
+                        prop_assert_eq!((got.id, got.duplicate), (id, false));
+                        let now = self.model.now;
+                        self.model.tasks.push(MTask {
+                            priority,
+                            state: TaskSt::Pending,
+                            lease: None,
+                            lease_agent: None,
+                            attempts: 0,
+                            ready_at: now + delay_s * 1000,
+                            max_attempts,
+                            key,
+                        });
+                    }
+                }
+            }
+            Step::Retry { which } => {
+                let n = self.model.tasks.len();
+                let id = (which % (n + 1)) as i64 + 1;
+                let got = run!(&mut self.engine, 0, RetryTask(TaskId { id })).unwrap();
+                let m = &mut self.model;
+                let ok = m.tasks.get(id as usize - 1).is_some_and(|t| {
+                    matches!(t.state, TaskSt::Dead | TaskSt::Failed)
+                        && !t
+                            .key
+                            .is_some_and(|k| m.tasks.iter().any(|o| o.live() && o.key == Some(k)))
+                });
+                if ok {
+                    let now = m.now;
+                    let t = &mut m.tasks[id as usize - 1];
+                    t.state = TaskSt::Pending;
+                    t.attempts = 0;
+                    t.ready_at = now;
+                }
+                prop_assert_eq!(got.retried, ok, "{:?}", got.error);
+            }
+            Step::GetTask { which } => {
+                let n = self.model.tasks.len();
+                let id = (which % (n + 1)) as i64 + 1;
+                let got = run!(&mut self.engine, 0, GetTask(TaskId { id })).unwrap();
+                match (self.model.tasks.get(id as usize - 1), got) {
+                    (None, GetTaskResult::Missing { found: false }) => {}
+                    (Some(t), GetTaskResult::Found { found: true, task }) => {
+                        prop_assert_eq!(
+                            (task.state.as_str(), task.attempts),
+                            (t.state.name(), t.attempts)
+                        );
+                    }
+                    (e, g) => prop_assert!(
+                        false,
+                        "get_task {}: expected {:?}, got {:?}",
+                        id,
+                        e.map(|t| t.state),
+                        g
+                    ),
+                }
             }
             Step::Claim { agent, lease_s } => {
                 let call = self.next_call;
@@ -837,7 +948,7 @@ impl Harness {
                     .tasks
                     .iter()
                     .enumerate()
-                    .filter(|(_, t)| t.state == TaskSt::Pending)
+                    .filter(|(_, t)| t.state == TaskSt::Pending && t.ready_at <= m.now)
                     .min_by_key(|(i, t)| (-t.priority, *i))
                     .map(|(i, _)| i);
                 match (next, got) {
@@ -874,7 +985,8 @@ impl Harness {
                     0,
                     CompleteTask(Lease {
                         id,
-                        lease_token: token.clone()
+                        lease_token: token.clone(),
+                        result: None,
                     })
                 )
                 .unwrap();
@@ -895,20 +1007,21 @@ impl Harness {
                     FailTask(FailTask {
                         id,
                         lease_token: token.clone(),
-                        requeue: Some(requeue)
+                        requeue: Some(requeue),
+                        error: None,
                     })
                 )
                 .unwrap();
                 let ok = self.model.leased(id, &token);
                 if ok {
                     let t = &mut self.model.tasks[id as usize - 1];
-                    t.state = if requeue {
-                        TaskSt::Pending
+                    if requeue {
+                        t.attempt_failed();
                     } else {
-                        TaskSt::Failed
-                    };
-                    t.lease = None;
-                    t.lease_agent = None;
+                        t.state = TaskSt::Failed;
+                        t.lease = None;
+                        t.lease_agent = None;
+                    }
                 }
                 prop_assert_eq!(got.failed, ok);
             }

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use airlock::store::postgres::{self, PgStore, SCHEMA_VERSION};
 use airlock::store::sqlite::SqliteStore;
-use airlock::store::{AgentRow, EventRow, LockRow, NoteRow, Store, StoreError, TaskRow, TaskState};
+use airlock::store::{
+    AgentRow, EventRow, LockRow, NewTask, NoteRow, QueueCount, Store, StoreError, TaskRow,
+    TaskState,
+};
 use airlock::testkit::postgres::{self as testing, TestDb};
 
 // ------------------------------------------------------------------ the shared checks
@@ -46,6 +49,14 @@ const CHECKS: &[(&str, Check)] = &[
         task_next_pending,
     ),
     ("task_list by queue and in all, in id order", task_list),
+    (
+        "task options: delay, attempt limit, unique key, error, result, dead",
+        task_options,
+    ),
+    (
+        "task_list_in filters by state; task_counts counts",
+        task_counts,
+    ),
     (
         "tasks_leased_by: claimed tasks of that agent only",
         tasks_leased_by,
@@ -299,6 +310,11 @@ fn pending(id: i64, queue: &str, payload: &str, author: Option<&str>, priority: 
         lease_token: None,
         lease_expires_at: None,
         finished_at: None,
+        ready_at: None,
+        max_attempts: None,
+        unique_key: None,
+        last_error: None,
+        result: None,
     }
 }
 
@@ -414,6 +430,115 @@ fn task_next_pending(s: &mut dyn Store) {
     // Back to pending: first again by priority.
     set_state(s, high, TaskState::Pending);
     assert_eq!(next(s, "q"), Some(high));
+    s.commit().unwrap();
+}
+
+fn new_task<'a>(queue: &'a str, unique_key: Option<&'a str>, ready_at: Option<i64>) -> NewTask<'a> {
+    NewTask {
+        queue,
+        payload: "p",
+        author: None,
+        priority: 0,
+        now: 1,
+        ready_at,
+        max_attempts: Some(3),
+        unique_key,
+    }
+}
+
+fn task_options(s: &mut dyn Store) {
+    s.begin().unwrap();
+    let later = s
+        .task_insert_new(&new_task("q", Some("k"), Some(500)))
+        .unwrap();
+    let back = s.task_get(later).unwrap().unwrap();
+    assert_eq!(
+        (back.ready_at, back.max_attempts, back.unique_key.as_deref()),
+        (Some(500), Some(3), Some("k"))
+    );
+    // Not ready before its instant; ready at it.
+    assert_eq!(s.task_next_ready("q", 499).unwrap(), None);
+    assert_eq!(
+        s.task_next_ready("q", 500).unwrap().map(|t| t.id),
+        Some(later)
+    );
+    assert_eq!(s.task_next_pending("q").unwrap().map(|t| t.id), Some(later));
+    // The live task with a key is found in its queue only, while pending or claimed.
+    assert_eq!(
+        s.task_live_with_key("q", "k").unwrap().map(|t| t.id),
+        Some(later)
+    );
+    assert_eq!(s.task_live_with_key("r", "k").unwrap(), None);
+    assert_eq!(s.task_live_with_key("q", "other").unwrap(), None);
+    set_state(s, later, TaskState::Claimed);
+    assert_eq!(
+        s.task_live_with_key("q", "k").unwrap().map(|t| t.id),
+        Some(later)
+    );
+    s.commit().unwrap();
+    // A second live task with the same key in the same queue is refused by the store itself.
+    s.begin().unwrap();
+    assert!(s.task_insert_new(&new_task("q", Some("k"), None)).is_err());
+    s.rollback();
+    s.begin().unwrap();
+    let mut t = s.task_get(later).unwrap().unwrap();
+    t.state = TaskState::Dead;
+    t.last_error = Some("boom".into());
+    t.lease_token = None;
+    s.task_update(&t).unwrap();
+    assert_eq!(s.task_get(later).unwrap(), Some(t.clone()));
+    assert_eq!(s.task_live_with_key("q", "k").unwrap(), None);
+    // Once it is dead, the key is free again.
+    let again = s.task_insert_new(&new_task("q", Some("k"), None)).unwrap();
+    let mut done = s.task_get(again).unwrap().unwrap();
+    done.state = TaskState::Completed;
+    done.result = Some("42".into());
+    done.finished_at = Some(9);
+    s.task_update(&done).unwrap();
+    assert_eq!(s.task_get(again).unwrap(), Some(done));
+    // The delayed pending tasks are timed rows.
+    let delayed = s.task_insert_new(&new_task("q", None, Some(700))).unwrap();
+    assert_eq!(s.expiries().unwrap().delayed, [(delayed, 700)]);
+    s.commit().unwrap();
+}
+
+fn task_counts(s: &mut dyn Store) {
+    s.begin().unwrap();
+    let a = s.task_insert("q", "a", None, 0, 1).unwrap();
+    let b = s.task_insert("q", "b", None, 0, 1).unwrap();
+    let c = s.task_insert("r", "c", None, 0, 1).unwrap();
+    let d = s.task_insert("q", "d", None, 0, 1).unwrap();
+    set_state(s, b, TaskState::Dead);
+    set_state(s, c, TaskState::Claimed);
+    let _ = (a, d);
+    assert_eq!(
+        ids(&s.task_list_in(Some("q"), Some(TaskState::Pending)).unwrap()),
+        [a, d]
+    );
+    assert_eq!(
+        ids(&s.task_list_in(None, Some(TaskState::Dead)).unwrap()),
+        [b]
+    );
+    assert_eq!(ids(&s.task_list_in(Some("r"), None).unwrap()), [c]);
+    assert!(s
+        .task_list_in(Some("r"), Some(TaskState::Pending))
+        .unwrap()
+        .is_empty());
+    let mut counts = s.task_counts().unwrap();
+    counts.sort_by(|x, y| (&x.queue, x.state).cmp(&(&y.queue, y.state)));
+    let count = |queue: &str, state, count| QueueCount {
+        queue: queue.into(),
+        state,
+        count,
+    };
+    assert_eq!(
+        counts,
+        [
+            count("q", TaskState::Pending, 2),
+            count("q", TaskState::Dead, 1),
+            count("r", TaskState::Claimed, 1),
+        ]
+    );
     s.commit().unwrap();
 }
 

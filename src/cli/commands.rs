@@ -147,6 +147,15 @@ pub enum TaskCmd {
         /// Who queued it.
         #[arg(long)]
         author: Option<String>,
+        /// Seconds before it may be claimed.
+        #[arg(long)]
+        delay: Option<u64>,
+        /// Failed attempts (or lapsed leases) before it is dead.
+        #[arg(long)]
+        max_attempts: Option<i64>,
+        /// While a task with this key is pending or claimed in the queue, print its id instead.
+        #[arg(long)]
+        unique_key: Option<String>,
     },
     /// Claim the next task; prints id, lease token and payload. Exit 1 if the queue is empty.
     Claim {
@@ -169,6 +178,9 @@ pub enum TaskCmd {
         /// The lease_token from `task claim`.
         #[arg(long)]
         token: String,
+        /// What the task produced (`-` reads it from stdin).
+        #[arg(long)]
+        result: Option<String>,
     },
     /// Give a claimed task back (requeue) or fail it for good (--no-requeue). Exit 1 if the lease was lost.
     Fail {
@@ -180,6 +192,9 @@ pub enum TaskCmd {
         /// Fail it for good instead of putting it back in the queue.
         #[arg(long)]
         no_requeue: bool,
+        /// Why it failed.
+        #[arg(long)]
+        error: Option<String>,
     },
     /// Extend a claimed task's lease. Exit 1 if the lease was lost.
     Extend {
@@ -192,11 +207,26 @@ pub enum TaskCmd {
         #[arg(long)]
         lease: Option<u64>,
     },
-    /// List a queue's tasks.
+    /// List a queue's tasks (--state: only pending, claimed, completed, failed or dead ones).
     List {
         /// The queue's name.
         queue: String,
+        /// Only tasks in this state: pending, claimed, completed, failed or dead.
+        #[arg(long)]
+        state: Option<String>,
     },
+    /// Show one task as JSON. Exit 1 if there is none with that id.
+    Get {
+        /// The task id.
+        id: i64,
+    },
+    /// Put a dead (or failed) task back to pending. Exit 1 if refused.
+    Retry {
+        /// The task id.
+        id: i64,
+    },
+    /// List the queues with their tasks counted by state.
+    Queues,
 }
 
 /// A client command: one per tool, in shell idiom (flattened into the top-level commands).
@@ -619,6 +649,9 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
             payload,
             priority,
             author,
+            delay,
+            max_attempts,
+            unique_key,
         } => {
             let r = c
                 .request(&Request::PushTask(PushTask {
@@ -626,6 +659,9 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
                     payload: read_value(payload, "payload")?,
                     author,
                     priority: Some(priority),
+                    delay_seconds: seconds(delay),
+                    max_attempts,
+                    unique_key,
                 }))
                 .await?;
             let human = str_of(&r, "id");
@@ -658,11 +694,12 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
                 Answer::no(r, format!("no task: {queue} has nothing pending"))
             }
         }
-        TaskCmd::Complete { id, token } => {
+        TaskCmd::Complete { id, token, result } => {
             let r = c
                 .request(&Request::CompleteTask(Lease {
                     id,
                     lease_token: token,
+                    result: result.map(read_arg).transpose()?,
                 }))
                 .await?;
             let why = format!("not completed: {}", lease_error(&r));
@@ -672,12 +709,14 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
             id,
             token,
             no_requeue,
+            error,
         } => {
             let r = c
                 .request(&Request::FailTask(FailTask {
                     id,
                     lease_token: token,
                     requeue: Some(!no_requeue),
+                    error,
                 }))
                 .await?;
             let why = format!("not failed: {}", lease_error(&r));
@@ -699,9 +738,12 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
             let why = format!("not extended: {}", lease_error(&r));
             Answer::yes_no(r.clone(), r["extended"] == json!(true), &human, why)
         }
-        TaskCmd::List { queue } => {
+        TaskCmd::List { queue, state } => {
             let r = c
-                .request(&Request::ListTasks(ListTasks { queue: Some(queue) }))
+                .request(&Request::ListTasks(ListTasks {
+                    queue: Some(queue),
+                    state,
+                }))
                 .await?;
             let rows = r.as_array().cloned().unwrap_or_default();
             let human = table(&rows, |t| {
@@ -711,6 +753,36 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
                     str_of(t, "state"),
                     str_of(t, "priority"),
                     str_of(t, "payload")
+                )
+            });
+            Answer::ok(r, human)
+        }
+        TaskCmd::Get { id } => {
+            let r = c.request(&Request::GetTask(TaskId { id })).await?;
+            if r["found"] == json!(true) {
+                let human = r.to_string();
+                Answer::ok(r, human)
+            } else {
+                Answer::no(r, format!("no task with id {id}"))
+            }
+        }
+        TaskCmd::Retry { id } => {
+            let r = c.request(&Request::RetryTask(TaskId { id })).await?;
+            let why = format!("not retried: {}", str_of(&r, "error"));
+            Answer::yes_no(r.clone(), r["retried"] == json!(true), "retried", why)
+        }
+        TaskCmd::Queues => {
+            let r = c.request(&Request::ListQueues).await?;
+            let rows = r.as_array().cloned().unwrap_or_default();
+            let human = table(&rows, |q| {
+                format!(
+                    "{}	pending {}	claimed {}	completed {}	failed {}	dead {}",
+                    str_of(q, "queue"),
+                    str_of(q, "pending"),
+                    str_of(q, "claimed"),
+                    str_of(q, "completed"),
+                    str_of(q, "failed"),
+                    str_of(q, "dead")
                 )
             });
             Answer::ok(r, human)

@@ -159,6 +159,10 @@ pub fn render(authority: &str, v: &Value) -> String {
                 int(q, "completed"),
                 int(q, "failed"),
             );
+            let dead = int(q, "dead");
+            if dead > 0 {
+                row.push_str(&format!("  dead {dead}"));
+            }
             let w = int(q, "waiting_claimers");
             if w > 0 {
                 row.push_str(&format!("  {w} waiting to claim"));
@@ -183,6 +187,21 @@ mod tests {
         for s in ["AGENTS (0)", "NOTES (0)", "EVENTS (0)", "TASKS (0)"] {
             assert!(out.contains(&format!("\n{s}\n  (none)\n")), "{out}");
         }
+    }
+
+    #[test]
+    fn a_queue_shows_dead_tasks_only_when_it_has_some() {
+        let queue = |dead| {
+            json!({"locks": [], "agents": [], "notes": [], "events": [], "queues": [
+                {"queue": "q", "pending": 1, "claimed": 0, "completed": 2, "failed": 0,
+                 "dead": dead, "waiting_claimers": 0}]})
+        };
+        let out = render("a", &queue(3));
+        assert!(
+            out.contains("pending 1  claimed 0  completed 2  failed 0  dead 3\n"),
+            "{out}"
+        );
+        assert!(!render("a", &queue(0)).contains("dead"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::types::*;
 use super::Orphan;
+use crate::store::TaskState;
 
 /// Declares [`Tool`] (the tools' names, as a plain enum) with [`Tool::ALL`] and
 /// [`Tool::name`] from one list, so the three cannot disagree.
@@ -64,6 +65,10 @@ tools! {
     FailTask => "fail_task",
     ExtendLease => "extend_lease",
     ListTasks => "list_tasks",
+    GetTask => "get_task",
+    RetryTask => "retry_task",
+    ListQueues => "list_queues",
+    ListEvents => "list_events",
     Status => "status",
 }
 
@@ -82,14 +87,12 @@ impl Tool {
     pub fn read_only(self) -> bool {
         use Tool::*;
         match self {
-            ListLocks | GetNote | ListNotes | ListAgents | WaitForEvent | ListTasks | Status => {
-                true
-            }
+            ListLocks | GetNote | ListNotes | ListAgents | WaitForEvent | ListTasks | GetTask
+            | ListQueues | ListEvents | Status => true,
             LockResource | UnlockResource | RenewLock | LockResources | SetNote | DeleteNote
             | SetNoteIf | IncrementCounter | RegisterAgent | UnregisterAgent | SignalEvent
-            | ClearEvent | PushTask | ClaimNextTask | CompleteTask | FailTask | ExtendLease => {
-                false
-            }
+            | ClearEvent | PushTask | ClaimNextTask | CompleteTask | FailTask | ExtendLease
+            | RetryTask => false,
         }
     }
 
@@ -99,9 +102,10 @@ impl Tool {
         use Tool::*;
         match self {
             // Reads, and writes whose second call finds the first one's result in place.
+            // A second retry_task finds the task pending already and changes nothing.
             RenewLock | ListLocks | SetNote | GetNote | ListNotes | DeleteNote | RegisterAgent
             | UnregisterAgent | ListAgents | WaitForEvent | ClearEvent | ExtendLease
-            | ListTasks | Status => true,
+            | ListTasks | GetTask | RetryTask | ListQueues | ListEvents | Status => true,
             // A second lock call by another agent queues; a second push adds a task; a counter
             // counts twice; a second unlock may release a later grant of the same agent.
             LockResource | UnlockResource | LockResources | SetNoteIf | IncrementCounter
@@ -121,18 +125,17 @@ impl Tool {
         use Tool::*;
         match self {
             // Reads and waits.
-            GetNote | ListNotes | ListLocks | ListAgents | WaitForEvent | ListTasks | Status => {
-                true
-            }
+            GetNote | ListNotes | ListLocks | ListAgents | WaitForEvent | ListTasks | GetTask
+            | ListQueues | ListEvents | Status => true,
             // A lock its agent already holds is granted again with the same token.
             LockResource | LockResources | RenewLock | RegisterAgent | ExtendLease => true,
             // A claim the old coordinator committed but never answered stays leased to the agent
             // until its lease ends; the re-run claims the next task (README: "What is not").
             ClaimNextTask => true,
+            // A late retry could put back a task that died again since.
             SetNote | DeleteNote | SetNoteIf | IncrementCounter | UnlockResource
-            | UnregisterAgent | SignalEvent | ClearEvent | PushTask | CompleteTask | FailTask => {
-                false
-            }
+            | UnregisterAgent | SignalEvent | ClearEvent | PushTask | CompleteTask | FailTask
+            | RetryTask => false,
         }
     }
 
@@ -145,7 +148,7 @@ impl Tool {
             UnlockResource | RenewLock | ListLocks | SetNote | GetNote | ListNotes | DeleteNote
             | SetNoteIf | IncrementCounter | RegisterAgent | UnregisterAgent | ListAgents
             | SignalEvent | ClearEvent | PushTask | CompleteTask | FailTask | ExtendLease
-            | ListTasks | Status => false,
+            | ListTasks | GetTask | RetryTask | ListQueues | ListEvents | Status => false,
         }
     }
 }
@@ -293,6 +296,12 @@ pub struct PushTask {
     pub author: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
 }
 
 /// `claim_next_task`.
@@ -311,6 +320,8 @@ pub struct ClaimNextTask {
 pub struct Lease {
     pub id: i64,
     pub lease_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
 }
 
 /// `fail_task`.
@@ -320,6 +331,8 @@ pub struct FailTask {
     pub lease_token: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requeue: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `extend_lease`.
@@ -336,6 +349,15 @@ pub struct ExtendLease {
 pub struct ListTasks {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
+    /// `pending`, `claimed`, `completed`, `failed` or `dead`; absent: every state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+/// `get_task` and `retry_task`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskId {
+    pub id: i64,
 }
 
 // ---------------------------------------------------------------- requests and responses
@@ -368,6 +390,10 @@ pub enum Request {
     FailTask(FailTask),
     ExtendLease(ExtendLease),
     ListTasks(ListTasks),
+    GetTask(TaskId),
+    RetryTask(TaskId),
+    ListQueues,
+    ListEvents,
     Status,
 }
 
@@ -398,6 +424,10 @@ pub enum Response {
     FailTask(Failed),
     ExtendLease(Extended),
     ListTasks(Vec<TaskView>),
+    GetTask(GetTaskResult),
+    RetryTask(Retried),
+    ListQueues(Vec<QueueView>),
+    ListEvents(Vec<EventView>),
     Status(StatusView),
 }
 
@@ -427,6 +457,10 @@ impl Request {
             Request::FailTask(_) => Tool::FailTask,
             Request::ExtendLease(_) => Tool::ExtendLease,
             Request::ListTasks(_) => Tool::ListTasks,
+            Request::GetTask(_) => Tool::GetTask,
+            Request::RetryTask(_) => Tool::RetryTask,
+            Request::ListQueues => Tool::ListQueues,
+            Request::ListEvents => Tool::ListEvents,
             Request::Status => Tool::Status,
         }
     }
@@ -461,6 +495,8 @@ impl Request {
             Tool::ListLocks => Some(Request::ListLocks),
             Tool::ListNotes => Some(Request::ListNotes),
             Tool::ListAgents => Some(Request::ListAgents),
+            Tool::ListQueues => Some(Request::ListQueues),
+            Tool::ListEvents => Some(Request::ListEvents),
             Tool::Status => Some(Request::Status),
             _ => None,
         }
@@ -601,6 +637,25 @@ impl Request {
                 check_value("payload", &r.payload)?;
                 check_author("author", &r.author)?;
                 r.priority = Some(r.priority.unwrap_or(0));
+                let delay = r.delay_seconds.unwrap_or(0);
+                if !(0..=MAX_DELAY_SECONDS).contains(&delay) {
+                    return Err(CoreError::invalid(
+                        "delay_seconds",
+                        format!("must be between 0 and {MAX_DELAY_SECONDS}, got {delay}"),
+                    ));
+                }
+                r.delay_seconds = Some(delay);
+                if let Some(n) = r.max_attempts {
+                    if !(1..=MAX_ATTEMPTS_LIMIT).contains(&n) {
+                        return Err(CoreError::invalid(
+                            "max_attempts",
+                            format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {n}"),
+                        ));
+                    }
+                }
+                if let Some(k) = &r.unique_key {
+                    check_name("unique_key", k)?;
+                }
                 Request::PushTask(r)
             }
             Request::ClaimNextTask(mut r) => {
@@ -612,10 +667,16 @@ impl Request {
             }
             Request::CompleteTask(r) => {
                 check_name("lease_token", &r.lease_token)?;
+                if let Some(v) = &r.result {
+                    check_value("result", v)?;
+                }
                 Request::CompleteTask(r)
             }
             Request::FailTask(mut r) => {
                 check_name("lease_token", &r.lease_token)?;
+                if let Some(v) = &r.error {
+                    check_value("error", v)?;
+                }
                 r.requeue = Some(r.requeue.unwrap_or(true));
                 Request::FailTask(r)
             }
@@ -628,8 +689,22 @@ impl Request {
                 if let Some(q) = &r.queue {
                     check_name("queue", q)?;
                 }
+                if let Some(st) = &r.state {
+                    if TaskState::parse(st).is_none() {
+                        return Err(CoreError::invalid(
+                            "state",
+                            format!(
+                                "must be one of pending, claimed, completed, failed, dead; got {st:?}"
+                            ),
+                        ));
+                    }
+                }
                 Request::ListTasks(r)
             }
+            Request::GetTask(r) => Request::GetTask(r),
+            Request::RetryTask(r) => Request::RetryTask(r),
+            Request::ListQueues => Request::ListQueues,
+            Request::ListEvents => Request::ListEvents,
             Request::Status => Request::Status,
         })
     }
@@ -703,6 +778,10 @@ impl Request {
                 | Request::FailTask(_)
                 | Request::ExtendLease(_)
                 | Request::ListTasks(_)
+                | Request::GetTask(_)
+                | Request::RetryTask(_)
+                | Request::ListQueues
+                | Request::ListEvents
                 | Request::Status,
                 _,
             ) => None,
@@ -737,6 +816,10 @@ impl Response {
             Response::FailTask(v) => serde_json::to_value(v),
             Response::ExtendLease(v) => serde_json::to_value(v),
             Response::ListTasks(v) => serde_json::to_value(v),
+            Response::GetTask(v) => serde_json::to_value(v),
+            Response::RetryTask(v) => serde_json::to_value(v),
+            Response::ListQueues(v) => serde_json::to_value(v),
+            Response::ListEvents(v) => serde_json::to_value(v),
             Response::Status(v) => serde_json::to_value(v),
         };
         encoded.map_err(|e| CoreError::Storage(format!("encoding the result: {e}")))
@@ -744,123 +827,4 @@ impl Response {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::BTreeMap;
-
-    #[test]
-    fn tool_names_are_distinct_and_found() {
-        for t in Tool::ALL {
-            assert_eq!(Tool::from_name(t.name()), Some(*t));
-        }
-        let mut names: Vec<_> = Tool::ALL.iter().map(|t| t.name()).collect();
-        names.sort();
-        names.dedup();
-        assert_eq!(names.len(), Tool::ALL.len());
-    }
-
-    #[test]
-    fn requests_round_trip_through_their_arguments() {
-        let cases = [
-            Request::LockResource(LockResource {
-                name: "x".into(),
-                agent_id: "a".into(),
-                ttl_seconds: Some(5),
-                wait_seconds: None,
-                wake_token: Some("w".into()),
-            }),
-            Request::UnlockResource(UnlockResource {
-                name: "x".into(),
-                holder: Holder {
-                    lock_token: Some("t".into()),
-                    agent_id: None,
-                },
-            }),
-            Request::ListLocks,
-            Request::ListTasks(ListTasks { queue: None }),
-            Request::Status,
-        ];
-        for r in cases {
-            let back = Request::from_arguments(r.tool(), r.arguments()).unwrap();
-            assert_eq!(back, r);
-            let text = serde_json::to_string(&r).unwrap();
-            assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
-        }
-    }
-
-    /// Every answer survives the trip through JSON (how a forwarded answer travels), the
-    /// untagged result shapes included.
-    #[test]
-    fn responses_round_trip() {
-        let cases = [
-            Response::LockResource(LockOutcome::Granted {
-                locked: true,
-                lock_token: "t".into(),
-                expires_in_seconds: 9,
-                fence: 3,
-                fresh: false,
-            }),
-            Response::LockResource(LockOutcome::Contended {
-                locked: false,
-                held_by: Some("a".into()),
-                expires_in_seconds: 9,
-                wake_token: Some("w".into()),
-                queue_position: Some(1),
-                retry_with: Some(RetryWith {
-                    name: "x".into(),
-                    agent_id: "b".into(),
-                    ttl_seconds: 9,
-                    wait_seconds: 5,
-                    wake_token: "w".into(),
-                }),
-            }),
-            Response::LockResources(LockSetOutcome::Granted {
-                locked: true,
-                tokens: BTreeMap::from([("x".to_string(), "t".to_string())]),
-                fences: BTreeMap::from([("x".to_string(), 1)]),
-                expires_in_seconds: 9,
-                fresh: vec![],
-            }),
-            Response::LockResources(LockSetOutcome::Contended {
-                locked: false,
-                held_by: None,
-                contended: "x".into(),
-                expires_in_seconds: 0,
-            }),
-            Response::GetNote(GetNoteResult::Missing { found: false }),
-            Response::GetNote(GetNoteResult::Found(NoteView {
-                key: "k".into(),
-                value: "v".into(),
-                author: None,
-                expires_in_seconds: Some(3),
-            })),
-            Response::RenewLock(Renewed::Yes {
-                renewed: true,
-                expires_in_seconds: 3,
-                fence: 2,
-            }),
-            Response::RenewLock(Renewed::No {
-                renewed: false,
-                error: "no".into(),
-            }),
-            Response::ClaimNextTask(ClaimOutcome::Empty { claimed: false }),
-            Response::ClaimNextTask(ClaimOutcome::Claimed {
-                claimed: true,
-                id: 4,
-                payload: "p".into(),
-                lease_token: "l".into(),
-                lease_expires_in_seconds: 3,
-                attempts: 1,
-            }),
-            Response::ListLocks(vec![]),
-        ];
-        for r in cases {
-            let text = serde_json::to_string(&r).unwrap();
-            assert_eq!(
-                serde_json::from_str::<Response>(&text).unwrap(),
-                r,
-                "{text}"
-            );
-        }
-    }
-}
+mod tests;

@@ -23,6 +23,11 @@ pub const MAX_LOCK_SET: usize = 64;
 /// How long completed and failed tasks stay visible before they are deleted.
 pub const FINISHED_TASK_RETENTION_SECONDS: i64 = 24 * 3600;
 
+/// `push_task`'s `delay_seconds`: 0 (default) to 30 days.
+pub const MAX_DELAY_SECONDS: i64 = 30 * 24 * 3600;
+/// `push_task`'s `max_attempts`: 1 to 1000 (absent: no limit).
+pub const MAX_ATTEMPTS_LIMIT: i64 = 1000;
+
 pub const DEFAULT_LOCK_TTL_SECONDS: i64 = 900;
 pub const DEFAULT_AGENT_TTL_SECONDS: i64 = 60;
 pub const DEFAULT_LEASE_SECONDS: i64 = 120;
@@ -332,6 +337,10 @@ pub struct EventView {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Pushed {
     pub id: i64,
+    /// The push found a pending or claimed task with its `unique_key`: `id` is that task's, and
+    /// nothing was added. Absent when false, so a plain push still answers `{id}`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -387,6 +396,38 @@ pub struct TaskView {
     pub lease_agent: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_expires_in_seconds: Option<i64>,
+    /// A delayed task: seconds until it may be claimed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_in_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+}
+
+/// `get_task`: the task, or `{found:false}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum GetTaskResult {
+    Found {
+        found: bool,
+        #[serde(flatten)]
+        task: Box<TaskView>,
+    },
+    Missing {
+        found: bool,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Retried {
+    pub retried: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Everything `airlock status` shows, in one consistent snapshot.
@@ -416,6 +457,9 @@ pub struct QueueView {
     pub claimed: usize,
     pub completed: usize,
     pub failed: usize,
+    /// Tasks that used up their `max_attempts` (kept until `retry_task`).
+    #[serde(default)]
+    pub dead: usize,
     /// Callers parked in `claim_next_task` on this queue.
     pub waiting_claimers: usize,
 }

@@ -57,13 +57,15 @@ pub struct EventRow {
     pub cleared_at: i64,
 }
 
-/// A task's life: `pending` → `claimed` → `completed` | `failed` (or back to `pending`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A task's life: `pending` → `claimed` → `completed` | `failed` (or back to `pending`), or
+/// `dead` once it has used up its `max_attempts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TaskState {
     Pending,
     Claimed,
     Completed,
     Failed,
+    Dead,
 }
 
 impl TaskState {
@@ -73,6 +75,7 @@ impl TaskState {
             TaskState::Claimed => "claimed",
             TaskState::Completed => "completed",
             TaskState::Failed => "failed",
+            TaskState::Dead => "dead",
         }
     }
 
@@ -82,6 +85,7 @@ impl TaskState {
             "claimed" => TaskState::Claimed,
             "completed" => TaskState::Completed,
             "failed" => TaskState::Failed,
+            "dead" => TaskState::Dead,
             _ => return None,
         })
     }
@@ -100,6 +104,37 @@ pub struct TaskRow {
     pub lease_token: Option<String>,
     pub lease_expires_at: Option<Millis>,
     pub finished_at: Option<Millis>,
+    /// Not claimable before this instant (`delay_seconds`); `None`: at once.
+    pub ready_at: Option<Millis>,
+    /// Failures or lapsed leases after which the task is `dead`; `None`: no limit.
+    pub max_attempts: Option<i64>,
+    /// At most one pending or claimed task of the queue has it.
+    pub unique_key: Option<String>,
+    /// Why the last attempt failed (`fail_task`'s `error`, or a lapsed lease).
+    pub last_error: Option<String>,
+    /// What `complete_task` returned.
+    pub result: Option<String>,
+}
+
+/// A task to insert: the columns a push decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask<'a> {
+    pub queue: &'a str,
+    pub payload: &'a str,
+    pub author: Option<&'a str>,
+    pub priority: i64,
+    pub now: Millis,
+    pub ready_at: Option<Millis>,
+    pub max_attempts: Option<i64>,
+    pub unique_key: Option<&'a str>,
+}
+
+/// How many tasks of one queue are in one state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueCount {
+    pub queue: String,
+    pub state: TaskState,
+    pub count: i64,
 }
 
 /// Every timed row the deadline scheduler must know about after a restart.
@@ -108,6 +143,8 @@ pub struct Expiries {
     pub locks: Vec<(String, Millis)>,
     pub agents: Vec<(String, Millis)>,
     pub leases: Vec<(i64, Millis)>,
+    /// Pending tasks with a `ready_at`: a parked claimer must wake when one becomes ready.
+    pub delayed: Vec<(i64, Millis)>,
 }
 
 /// The storage backend. Called only from the engine thread, inside `begin`/`commit`.
@@ -147,6 +184,8 @@ pub trait Store: Send {
     fn event_list(&mut self) -> StoreResult<Vec<EventRow>>;
 
     /// Inserts a new pending task and returns its id (ids strictly increase).
+    fn task_insert_new(&mut self, task: &NewTask<'_>) -> StoreResult<i64>;
+    /// [`Store::task_insert_new`] without delay, attempt limit or unique key.
     fn task_insert(
         &mut self,
         queue: &str,
@@ -154,13 +193,43 @@ pub trait Store: Send {
         author: Option<&str>,
         priority: i64,
         now: Millis,
-    ) -> StoreResult<i64>;
+    ) -> StoreResult<i64> {
+        self.task_insert_new(&NewTask {
+            queue,
+            payload,
+            author,
+            priority,
+            now,
+            ready_at: None,
+            max_attempts: None,
+            unique_key: None,
+        })
+    }
     fn task_get(&mut self, id: i64) -> StoreResult<Option<TaskRow>>;
+    /// Updates what a task's life changes: state, attempts, lease, finish, readiness, error,
+    /// result.
     fn task_update(&mut self, row: &TaskRow) -> StoreResult<()>;
-    /// The pending task of `queue` to claim next: highest priority, then oldest.
-    fn task_next_pending(&mut self, queue: &str) -> StoreResult<Option<TaskRow>>;
+    /// The pending task of `queue` to claim next at `now`: ready (no `ready_at`, or one at or
+    /// before `now`), highest priority, then oldest.
+    fn task_next_ready(&mut self, queue: &str, now: Millis) -> StoreResult<Option<TaskRow>>;
+    /// [`Store::task_next_ready`], whatever the tasks' `ready_at`.
+    fn task_next_pending(&mut self, queue: &str) -> StoreResult<Option<TaskRow>> {
+        self.task_next_ready(queue, Millis::MAX)
+    }
+    /// The pending or claimed task of `queue` with this unique key, if any.
+    fn task_live_with_key(&mut self, queue: &str, key: &str) -> StoreResult<Option<TaskRow>>;
+    /// Tasks of one queue, or of every queue, in one state or all, in id order.
+    fn task_list_in(
+        &mut self,
+        queue: Option<&str>,
+        state: Option<TaskState>,
+    ) -> StoreResult<Vec<TaskRow>>;
     /// Tasks of one queue, or of every queue, in id order.
-    fn task_list(&mut self, queue: Option<&str>) -> StoreResult<Vec<TaskRow>>;
+    fn task_list(&mut self, queue: Option<&str>) -> StoreResult<Vec<TaskRow>> {
+        self.task_list_in(queue, None)
+    }
+    /// How many tasks each queue has in each state (states with none are left out).
+    fn task_counts(&mut self) -> StoreResult<Vec<QueueCount>>;
     fn tasks_leased_by(&mut self, agent_id: &str) -> StoreResult<Vec<TaskRow>>;
     fn tasks_purge_finished(&mut self, before: Millis) -> StoreResult<usize>;
 

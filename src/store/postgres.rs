@@ -26,8 +26,8 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::{
-    AgentRow, EventRow, Expiries, LockRow, NoteRow, Store, StoreError, StoreResult, TaskRow,
-    TaskState,
+    AgentRow, EventRow, Expiries, LockRow, NewTask, NoteRow, QueueCount, Store, StoreError,
+    StoreResult, TaskRow, TaskState,
 };
 use crate::clock::Millis;
 
@@ -55,6 +55,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sql/postgres/0001_schema.sql"),
     // 2: the coordinator's call table (made by 1 in databases from before the split).
     include_str!("sql/postgres/0002_forwarding_calls.sql"),
+    // 3: push_task's delay, attempt limit and unique key; fail_task's error; complete_task's
+    // result.
+    include_str!("sql/postgres/0003_task_options.sql"),
 ];
 
 /// How many migrations this binary knows: the schema version it writes and expects.
@@ -187,7 +190,8 @@ macro_rules! statements {
 const NOTE_COLUMNS: &str = "key, value, author, expires_at";
 const LOCK_COLUMNS: &str = "name, agent_id, token, fence, expires_at";
 const TASK_COLUMNS: &str = "id, queue, payload, author, priority, state, attempts, lease_agent, \
-                            lease_token, lease_expires_at, finished_at";
+                            lease_token, lease_expires_at, finished_at, ready_at, max_attempts, \
+                            unique_key, last_error, result";
 
 statements! {
     note_get = &format!("SELECT {NOTE_COLUMNS} FROM airlock.notes WHERE key = $1");
@@ -233,21 +237,30 @@ statements! {
                  cleared_at = excluded.cleared_at";
     event_list = "SELECT name, generation, cleared_at FROM airlock.events ORDER BY name";
     task_insert = "INSERT INTO airlock.tasks
-                   (queue, payload, author, priority, state, attempts, created_at)
-                   VALUES ($1, $2, $3, $4, 'pending', 0, $5) RETURNING id";
+                   (queue, payload, author, priority, state, attempts, created_at, ready_at,
+                   max_attempts, unique_key)
+                   VALUES ($1, $2, $3, $4, 'pending', 0, $5, $6, $7, $8) RETURNING id";
     task_get = &format!("SELECT {TASK_COLUMNS} FROM airlock.tasks WHERE id = $1");
     task_update = "UPDATE airlock.tasks SET state = $2, attempts = $3, lease_agent = $4,
-                   lease_token = $5, lease_expires_at = $6, finished_at = $7 WHERE id = $1";
+                   lease_token = $5, lease_expires_at = $6, finished_at = $7, ready_at = $8,
+                   last_error = $9, result = $10 WHERE id = $1";
     // SKIP LOCKED: one writer at a time is the design, but should two ever overlap, they still
     // never pick the same task.
     task_next_pending = &format!(
         "SELECT {TASK_COLUMNS} FROM airlock.tasks WHERE queue = $1 AND state = 'pending'
+         AND (ready_at IS NULL OR ready_at <= $2)
          ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED"
     );
-    task_list_queue = &format!(
-        "SELECT {TASK_COLUMNS} FROM airlock.tasks WHERE queue = $1 ORDER BY id"
+    task_live_with_key = &format!(
+        "SELECT {TASK_COLUMNS} FROM airlock.tasks WHERE queue = $1 AND unique_key = $2
+         AND state IN ('pending', 'claimed')"
     );
-    task_list_all = &format!("SELECT {TASK_COLUMNS} FROM airlock.tasks ORDER BY id");
+    task_list_in = &format!(
+        "SELECT {TASK_COLUMNS} FROM airlock.tasks WHERE ($1::text IS NULL OR queue = $1)
+         AND ($2::text IS NULL OR state = $2) ORDER BY id"
+    );
+    task_counts = "SELECT queue, state, count(*) FROM airlock.tasks GROUP BY queue, state
+                   ORDER BY queue";
     tasks_leased_by = &format!(
         "SELECT {TASK_COLUMNS} FROM airlock.tasks WHERE lease_agent = $1 AND state = 'claimed'
          ORDER BY id"
@@ -257,6 +270,8 @@ statements! {
     expiries_locks = "SELECT name, expires_at FROM airlock.locks";
     expiries_agents = "SELECT agent_id, expires_at FROM airlock.agents";
     expiries_leases = "SELECT id, lease_expires_at FROM airlock.tasks WHERE state = 'claimed'";
+    expiries_delayed = "SELECT id, ready_at FROM airlock.tasks
+                        WHERE state = 'pending' AND ready_at IS NOT NULL";
 }
 
 fn note_from(r: &Row) -> StoreResult<NoteRow> {
@@ -312,6 +327,11 @@ fn task_from(r: &Row) -> StoreResult<TaskRow> {
         lease_token: r.try_get(8)?,
         lease_expires_at: r.try_get(9)?,
         finished_at: r.try_get(10)?,
+        ready_at: r.try_get(11)?,
+        max_attempts: r.try_get(12)?,
+        unique_key: r.try_get(13)?,
+        last_error: r.try_get(14)?,
+        result: r.try_get(15)?,
     })
 }
 
@@ -649,21 +669,23 @@ impl Store for PgStore {
         rows(r, event_from)
     }
 
-    fn task_insert(
-        &mut self,
-        queue: &str,
-        payload: &str,
-        author: Option<&str>,
-        priority: i64,
-        now: Millis,
-    ) -> StoreResult<i64> {
-        check_text("the task's payload", payload)?;
+    fn task_insert_new(&mut self, t: &NewTask<'_>) -> StoreResult<i64> {
+        check_text("the task's payload", t.payload)?;
         self.run(async {
             let row = self
                 .client
                 .query_one(
                     &self.st.task_insert,
-                    &[&queue, &payload, &author, &priority, &now],
+                    &[
+                        &t.queue,
+                        &t.payload,
+                        &t.author,
+                        &t.priority,
+                        &t.now,
+                        &t.ready_at,
+                        &t.max_attempts,
+                        &t.unique_key,
+                    ],
                 )
                 .await?;
             Ok(row.try_get(0)?)
@@ -675,6 +697,12 @@ impl Store for PgStore {
     }
 
     fn task_update(&mut self, t: &TaskRow) -> StoreResult<()> {
+        if let Some(e) = &t.last_error {
+            check_text("the task's error", e)?;
+        }
+        if let Some(r) = &t.result {
+            check_text("the task's result", r)?;
+        }
         self.run(async {
             self.client
                 .execute(
@@ -687,6 +715,9 @@ impl Store for PgStore {
                         &t.lease_token,
                         &t.lease_expires_at,
                         &t.finished_at,
+                        &t.ready_at,
+                        &t.last_error,
+                        &t.result,
                     ],
                 )
                 .await?;
@@ -694,15 +725,45 @@ impl Store for PgStore {
         })
     }
 
-    fn task_next_pending(&mut self, queue: &str) -> StoreResult<Option<TaskRow>> {
-        Ok(self.task_rows(&self.st.task_next_pending, &[&queue])?.pop())
+    fn task_next_ready(&mut self, queue: &str, now: Millis) -> StoreResult<Option<TaskRow>> {
+        Ok(self
+            .task_rows(&self.st.task_next_pending, &[&queue, &now])?
+            .pop())
     }
 
-    fn task_list(&mut self, queue: Option<&str>) -> StoreResult<Vec<TaskRow>> {
-        match queue {
-            Some(q) => self.task_rows(&self.st.task_list_queue, &[&q]),
-            None => self.task_rows(&self.st.task_list_all, &[]),
-        }
+    fn task_live_with_key(&mut self, queue: &str, key: &str) -> StoreResult<Option<TaskRow>> {
+        Ok(self
+            .task_rows(&self.st.task_live_with_key, &[&queue, &key])?
+            .pop())
+    }
+
+    fn task_list_in(
+        &mut self,
+        queue: Option<&str>,
+        state: Option<TaskState>,
+    ) -> StoreResult<Vec<TaskRow>> {
+        let state = state.map(TaskState::as_str);
+        self.task_rows(&self.st.task_list_in, &[&queue, &state])
+    }
+
+    fn task_counts(&mut self) -> StoreResult<Vec<QueueCount>> {
+        let r = self.run(async { Ok(self.client.query(&self.st.task_counts, &[]).await?) })?;
+        r.iter()
+            .map(|row| {
+                let queue: String = row.try_get(0)?;
+                let state: &str = row.try_get(1)?;
+                let state = TaskState::parse(state).ok_or_else(|| {
+                    StoreError::Other(format!(
+                        "unknown task state {state:?} in queue {queue:?} in airlock.tasks"
+                    ))
+                })?;
+                Ok(QueueCount {
+                    queue,
+                    state,
+                    count: row.try_get(2)?,
+                })
+            })
+            .collect()
     }
 
     fn tasks_leased_by(&mut self, agent_id: &str) -> StoreResult<Vec<TaskRow>> {
@@ -720,13 +781,19 @@ impl Store for PgStore {
     }
 
     fn expiries(&mut self) -> StoreResult<Expiries> {
-        let (locks, agents, leases) = self.run(async {
+        let (locks, agents, leases, delayed) = self.run(async {
             Ok(futures::try_join!(
                 self.client.query(&self.st.expiries_locks, &[]),
                 self.client.query(&self.st.expiries_agents, &[]),
                 self.client.query(&self.st.expiries_leases, &[]),
+                self.client.query(&self.st.expiries_delayed, &[]),
             )?)
         })?;
+        let ids = |rows: Vec<Row>| -> StoreResult<Vec<(i64, Millis)>> {
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect()
+        };
         let pairs = |rows: Vec<Row>| -> StoreResult<Vec<(String, Millis)>> {
             rows.iter()
                 .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
@@ -735,10 +802,8 @@ impl Store for PgStore {
         Ok(Expiries {
             locks: pairs(locks)?,
             agents: pairs(agents)?,
-            leases: leases
-                .iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-                .collect::<StoreResult<_>>()?,
+            leases: ids(leases)?,
+            delayed: ids(delayed)?,
         })
     }
 }

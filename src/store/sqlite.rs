@@ -6,14 +6,17 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    AgentRow, EventRow, Expiries, LockRow, NoteRow, Store, StoreError, StoreResult, TaskRow,
-    TaskState,
+    AgentRow, EventRow, Expiries, LockRow, NewTask, NoteRow, QueueCount, Store, StoreError,
+    StoreResult, TaskRow, TaskState,
 };
 use crate::clock::Millis;
 
 /// Schema migrations (`src/store/sql/sqlite/`), applied in order; `PRAGMA user_version` records
 /// how many ran. Append only: a released migration is never edited.
-const MIGRATIONS: &[&str] = &[include_str!("sql/sqlite/0001_schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("sql/sqlite/0001_schema.sql"),
+    include_str!("sql/sqlite/0002_task_options.sql"),
+];
 
 /// The SQLite store. Owned by the engine thread.
 pub struct SqliteStore {
@@ -107,7 +110,8 @@ fn lock_from(r: &Row) -> rusqlite::Result<LockRow> {
 }
 
 const TASK_COLUMNS: &str = "id, queue, payload, author, priority, state, attempts, lease_agent, \
-                            lease_token, lease_expires_at, finished_at";
+                            lease_token, lease_expires_at, finished_at, ready_at, max_attempts, \
+                            unique_key, last_error, result";
 
 fn task_from(r: &Row) -> rusqlite::Result<TaskRow> {
     let state: String = r.get(5)?;
@@ -129,6 +133,11 @@ fn task_from(r: &Row) -> rusqlite::Result<TaskRow> {
         lease_token: r.get(8)?,
         lease_expires_at: r.get(9)?,
         finished_at: r.get(10)?,
+        ready_at: r.get(11)?,
+        max_attempts: r.get(12)?,
+        unique_key: r.get(13)?,
+        last_error: r.get(14)?,
+        result: r.get(15)?,
     })
 }
 
@@ -364,19 +373,25 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn task_insert(
-        &mut self,
-        queue: &str,
-        payload: &str,
-        author: Option<&str>,
-        priority: i64,
-        now: Millis,
-    ) -> StoreResult<i64> {
+    fn task_insert_new(&mut self, t: &NewTask<'_>) -> StoreResult<i64> {
         let mut st = self.conn.prepare_cached(
-            "INSERT INTO tasks (queue, payload, author, priority, state, attempts, created_at)
-             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5) RETURNING id",
+            "INSERT INTO tasks (queue, payload, author, priority, state, attempts, created_at,
+             ready_at, max_attempts, unique_key)
+             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7, ?8) RETURNING id",
         )?;
-        Ok(st.query_row(params![queue, payload, author, priority, now], |r| r.get(0))?)
+        Ok(st.query_row(
+            params![
+                t.queue,
+                t.payload,
+                t.author,
+                t.priority,
+                t.now,
+                t.ready_at,
+                t.max_attempts,
+                t.unique_key
+            ],
+            |r| r.get(0),
+        )?)
     }
 
     fn task_get(&mut self, id: i64) -> StoreResult<Option<TaskRow>> {
@@ -387,7 +402,8 @@ impl Store for SqliteStore {
     fn task_update(&mut self, t: &TaskRow) -> StoreResult<()> {
         let mut st = self.conn.prepare_cached(
             "UPDATE tasks SET state = ?2, attempts = ?3, lease_agent = ?4, lease_token = ?5,
-             lease_expires_at = ?6, finished_at = ?7 WHERE id = ?1",
+             lease_expires_at = ?6, finished_at = ?7, ready_at = ?8, last_error = ?9,
+             result = ?10 WHERE id = ?1",
         )?;
         st.execute(params![
             t.id,
@@ -396,30 +412,64 @@ impl Store for SqliteStore {
             t.lease_agent,
             t.lease_token,
             t.lease_expires_at,
-            t.finished_at
+            t.finished_at,
+            t.ready_at,
+            t.last_error,
+            t.result
         ])?;
         Ok(())
     }
 
-    fn task_next_pending(&mut self, queue: &str) -> StoreResult<Option<TaskRow>> {
+    fn task_next_ready(&mut self, queue: &str, now: Millis) -> StoreResult<Option<TaskRow>> {
         let sql = format!(
             "SELECT {TASK_COLUMNS} FROM tasks WHERE queue = ?1 AND state = 'pending'
+             AND (ready_at IS NULL OR ready_at <= ?2)
              ORDER BY priority DESC, id LIMIT 1"
         );
-        Ok(self.query_tasks(&sql, [queue])?.pop())
+        Ok(self.query_tasks(&sql, params![queue, now])?.pop())
     }
 
-    fn task_list(&mut self, queue: Option<&str>) -> StoreResult<Vec<TaskRow>> {
-        match queue {
-            Some(q) => {
-                let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE queue = ?1 ORDER BY id");
-                self.query_tasks(&sql, [q])
-            }
-            None => {
-                let sql = format!("SELECT {TASK_COLUMNS} FROM tasks ORDER BY id");
-                self.query_tasks(&sql, [])
-            }
+    fn task_live_with_key(&mut self, queue: &str, key: &str) -> StoreResult<Option<TaskRow>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE queue = ?1 AND unique_key = ?2
+             AND state IN ('pending', 'claimed')"
+        );
+        Ok(self.query_tasks(&sql, [queue, key])?.pop())
+    }
+
+    fn task_list_in(
+        &mut self,
+        queue: Option<&str>,
+        state: Option<TaskState>,
+    ) -> StoreResult<Vec<TaskRow>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR queue = ?1)
+             AND (?2 IS NULL OR state = ?2) ORDER BY id"
+        );
+        self.query_tasks(&sql, params![queue, state.map(TaskState::as_str)])
+    }
+
+    fn task_counts(&mut self) -> StoreResult<Vec<QueueCount>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT queue, state, count(*) FROM tasks GROUP BY queue, state ORDER BY queue",
+        )?;
+        let rows = st.query_map([], |r| {
+            let state: String = r.get(1)?;
+            Ok((r.get::<_, String>(0)?, state, r.get::<_, i64>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (queue, state, count) = row?;
+            let state = TaskState::parse(&state).ok_or_else(|| {
+                StoreError::Other(format!("unknown task state {state:?} in queue {queue:?}"))
+            })?;
+            out.push(QueueCount {
+                queue,
+                state,
+                count,
+            });
         }
+        Ok(out)
     }
 
     fn tasks_leased_by(&mut self, agent_id: &str) -> StoreResult<Vec<TaskRow>> {
@@ -457,6 +507,13 @@ impl Store for SqliteStore {
                 .prepare("SELECT id, lease_expires_at FROM tasks WHERE state = 'claimed'")?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             out.leases = rows.collect::<Result<_, _>>()?;
+        }
+        {
+            let mut st = self.conn.prepare(
+                "SELECT id, ready_at FROM tasks WHERE state = 'pending' AND ready_at IS NOT NULL",
+            )?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            out.delayed = rows.collect::<Result<_, _>>()?;
         }
         Ok(out)
     }

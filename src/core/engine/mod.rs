@@ -51,7 +51,7 @@ use tokio::sync::oneshot;
 use super::request::{Request, Response};
 use super::types::*;
 use crate::clock::{Clock, Millis};
-use crate::store::{Store, StoreError, StoreResult};
+use crate::store::{Store, StoreError, StoreResult, TaskState};
 use deadlines::{Deadline, Deadlines};
 use events::Events;
 use locks::Locks;
@@ -295,6 +295,9 @@ impl Engine {
         }
         for (id, at) in expiries.leases {
             deadlines.schedule(at, Deadline::LeaseExpiry(id));
+        }
+        for (id, at) in expiries.delayed {
+            deadlines.schedule(at, Deadline::TaskReady(id));
         }
         deadlines.schedule(clock.now_ms(), Deadline::Housekeeping);
         Ok(Engine {
@@ -540,14 +543,7 @@ impl Engine {
             Request::ClearEvent(r) => {
                 events.clear_event(tx, r.name, Reply::new(reply, Response::ClearEvent))
             }
-            Request::PushTask(r) => tasks.push_task(
-                tx,
-                r.queue,
-                r.payload,
-                r.author,
-                r.priority.unwrap_or(0),
-                Reply::new(reply, Response::PushTask),
-            ),
+            Request::PushTask(r) => tasks.push_task(tx, r, Reply::new(reply, Response::PushTask)),
             Request::ClaimNextTask(r) => tasks.claim_next_task(
                 tx,
                 call,
@@ -561,6 +557,7 @@ impl Engine {
                 tx,
                 r.id,
                 &r.lease_token,
+                r.result,
                 Reply::new(reply, Response::CompleteTask),
             ),
             Request::FailTask(r) => tasks.fail_task(
@@ -568,6 +565,7 @@ impl Engine {
                 r.id,
                 &r.lease_token,
                 r.requeue.unwrap_or(true),
+                r.error,
                 Reply::new(reply, Response::FailTask),
             ),
             Request::ExtendLease(r) => tasks.extend_lease(
@@ -580,8 +578,15 @@ impl Engine {
             Request::ListTasks(r) => tasks::list_tasks(
                 tx,
                 r.queue.as_deref(),
+                r.state.as_deref().and_then(TaskState::parse),
                 Reply::new(reply, Response::ListTasks),
             ),
+            Request::GetTask(r) => tasks::get_task(tx, r.id, Reply::new(reply, Response::GetTask)),
+            Request::RetryTask(r) => {
+                tasks.retry_task(tx, r.id, Reply::new(reply, Response::RetryTask))
+            }
+            Request::ListQueues => tasks.list_queues(tx, Reply::new(reply, Response::ListQueues)),
+            Request::ListEvents => events.list_events(tx, Reply::new(reply, Response::ListEvents)),
             Request::Status => status::status(
                 tx,
                 locks,
@@ -683,6 +688,7 @@ impl Engine {
             Deadline::LockExpiry(name) => locks.expire(tx, name, now)?,
             Deadline::AgentLapse(agent) => presence::lapse(tx, locks, tasks, agent, now)?,
             Deadline::LeaseExpiry(id) => tasks.expire_lease(tx, id, now)?,
+            Deadline::TaskReady(id) => tasks.task_ready(tx, id, now)?,
             Deadline::TicketWindow(id) => locks.end_ticket_window(tx, id, now),
             Deadline::TicketGrace(id) => locks.end_grace(id, now),
             Deadline::EventWindow(call) => events.end_event_window(tx, call, false),

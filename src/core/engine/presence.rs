@@ -101,7 +101,7 @@ pub(super) fn agent_views(tx: &mut Tx) -> CoreResult<Vec<AgentView>> {
         *locks_by.entry(l.agent_id).or_default() += 1;
     }
     let mut leases_by: HashMap<String, usize> = HashMap::new();
-    for t in tx.db(|s| s.task_list(None))? {
+    for t in tx.db(|s| s.task_list_in(None, Some(TaskState::Claimed)))? {
         if t.state == TaskState::Claimed && t.lease_expires_at.is_some_and(|at| at > now) {
             if let Some(a) = t.lease_agent {
                 *leases_by.entry(a).or_default() += 1;

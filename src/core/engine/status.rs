@@ -1,14 +1,11 @@
 //! Read-only views across capabilities: the snapshot behind `airlock status`, and where a
 //! parked call stands (for its progress notifications).
 
-use std::collections::BTreeMap;
-
 use super::events::Events;
 use super::locks::Locks;
 use super::tasks::Tasks;
 use super::{notes, presence, ProgressReply, Reply, Tx, WaitProgress};
 use crate::core::types::*;
-use crate::store::TaskState;
 
 pub(super) fn status(
     tx: &mut Tx,
@@ -22,17 +19,6 @@ pub(super) fn status(
     tx.respond(reply, r)
 }
 
-fn empty_queue(queue: &str) -> QueueView {
-    QueueView {
-        queue: queue.to_string(),
-        pending: 0,
-        claimed: 0,
-        completed: 0,
-        failed: 0,
-        waiting_claimers: 0,
-    }
-}
-
 fn snapshot(
     tx: &mut Tx,
     locks: &mut Locks,
@@ -43,40 +29,14 @@ fn snapshot(
     let lock_views = locks.lock_views(tx)?;
     let agents = presence::agent_views(tx)?;
     let notes = notes::note_views(tx)?;
-    let event_views = tx
-        .db(|s| s.event_list())?
-        .into_iter()
-        .map(|e| EventView {
-            waiters: events.waiting_on(&e.name),
-            name: e.name,
-            generation: e.generation,
-            cleared_at_generation: e.cleared_at,
-        })
-        .collect();
-    let mut queues: BTreeMap<String, QueueView> = BTreeMap::new();
-    for t in tx.db(|s| s.task_list(None))? {
-        let q = queues
-            .entry(t.queue.clone())
-            .or_insert_with(|| empty_queue(&t.queue));
-        match t.state {
-            TaskState::Pending => q.pending += 1,
-            TaskState::Claimed => q.claimed += 1,
-            TaskState::Completed => q.completed += 1,
-            TaskState::Failed => q.failed += 1,
-        }
-    }
-    for (name, waiting) in tasks.waiting_claimers() {
-        let q = queues
-            .entry(name.clone())
-            .or_insert_with(|| empty_queue(name));
-        q.waiting_claimers = waiting;
-    }
+    let event_views = events.event_views(tx)?;
+    let queues = tasks.queue_views(tx)?;
     Ok(StatusView {
         locks: lock_views,
         agents,
         notes,
         events: event_views,
-        queues: queues.into_values().collect(),
+        queues,
         engine,
     })
 }
