@@ -119,6 +119,13 @@ pub trait Store: Send {
     fn savepoint(&mut self) -> StoreResult<()>;
     fn release_savepoint(&mut self) -> StoreResult<()>;
     fn rollback_to_savepoint(&mut self);
+    /// Whether the transaction `begin` opened is still there to commit. False when the backend
+    /// ended it on its own (SQLite rolls the whole transaction back on some errors, after which
+    /// every statement would commit by itself) or a rollback to a savepoint failed. The engine
+    /// then fails the batch instead of going on.
+    fn transaction_ok(&mut self) -> bool {
+        true
+    }
 
     fn note_get(&mut self, key: &str) -> StoreResult<Option<NoteRow>>;
     fn note_put(&mut self, note: &NoteRow) -> StoreResult<()>;

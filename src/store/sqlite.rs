@@ -200,17 +200,27 @@ impl Store for SqliteStore {
     }
 
     fn savepoint(&mut self) -> StoreResult<()> {
-        self.conn.execute_batch("SAVEPOINT op")?;
+        // Outside a transaction SAVEPOINT would open one, and its RELEASE would commit it.
+        if self.conn.is_autocommit() {
+            return Err(StoreError::Other(
+                "no transaction is open (it could not begin, or was rolled back)".into(),
+            ));
+        }
+        self.conn.prepare_cached("SAVEPOINT op")?.execute([])?;
         Ok(())
     }
 
     fn release_savepoint(&mut self) -> StoreResult<()> {
-        self.conn.execute_batch("RELEASE op")?;
+        self.conn.prepare_cached("RELEASE op")?.execute([])?;
         Ok(())
     }
 
     fn rollback_to_savepoint(&mut self) {
         let _ = self.conn.execute_batch("ROLLBACK TO op; RELEASE op");
+    }
+
+    fn transaction_ok(&mut self) -> bool {
+        !self.conn.is_autocommit()
     }
 
     fn note_get(&mut self, key: &str) -> StoreResult<Option<NoteRow>> {

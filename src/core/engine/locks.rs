@@ -628,13 +628,21 @@ impl Locks {
         Ok(())
     }
 
-    /// Moves every line an operation may have unblocked.
+    /// Moves every line an operation may have unblocked. On a storage error the step is
+    /// rolled back, so the line keeps its mark and moves in a later step.
     pub(super) fn pump_all(&mut self, tx: &mut Tx) {
         while let Some(name) = self.to_pump.pop_first() {
             if let Err(e) = self.pump_lock(tx, &name) {
                 tracing::error!(lock = %name, error = %e, "could not hand a lock to its next waiter");
+                self.to_pump.insert(name);
+                return;
             }
         }
+    }
+
+    /// Whether some line may be able to move.
+    pub(super) fn has_work(&self) -> bool {
+        !self.to_pump.is_empty()
     }
 
     pub(super) fn unlock_resource(

@@ -237,13 +237,21 @@ impl Tasks {
         }
     }
 
-    /// Feeds every queue an operation may have given a task.
+    /// Feeds every queue an operation may have given a task. On a storage error the step is
+    /// rolled back, so the queue keeps its mark and is fed in a later step.
     pub(super) fn feed_all(&mut self, tx: &mut Tx) {
         while let Some(queue) = self.to_feed.pop_first() {
             if let Err(e) = self.feed_claimers(tx, &queue) {
                 tracing::error!(queue = %queue, error = %e, "could not hand a task to a waiting claimer");
+                self.to_feed.insert(queue);
+                return;
             }
         }
+    }
+
+    /// Whether some queue may have a task for a parked claimer.
+    pub(super) fn has_work(&self) -> bool {
+        !self.to_feed.is_empty()
     }
 
     /// Puts `task` back to pending; its queue may now feed a parked claimer.
