@@ -159,6 +159,41 @@ fn grant_set(
     ))
 }
 
+/// Grants `name` to the head ticket of its line: a refresh if the agent already holds it
+/// (never undone if undelivered), else a new grant.
+fn grant_single(
+    tx: &mut Tx,
+    name: &str,
+    names: &[String],
+    agent_id: &str,
+    ttl_ms: Millis,
+) -> CoreResult<(LockOutcome, Option<Orphan>)> {
+    let now = tx.now();
+    let (out, fresh) = match live_lock(tx, name)? {
+        Some(l) => {
+            let l = refresh(tx, l, ttl_ms)?;
+            ((l.name, l.token, l.fence), false)
+        }
+        None => (
+            grant(tx, agent_id, names, ttl_ms)?
+                .into_iter()
+                .next()
+                .expect("one name granted"),
+            true,
+        ),
+    };
+    let (n, token, fence) = out;
+    let out = LockOutcome::Granted {
+        locked: true,
+        lock_token: token.clone(),
+        expires_in_seconds: seconds_left(now + ttl_ms, now),
+        fence,
+        fresh,
+    };
+    // A refresh of a lock the agent already held is never undone.
+    Ok((out, fresh.then(|| Orphan::Locks(vec![(n, token)]))))
+}
+
 fn proof_matches(row: &LockRow, proof: &HolderProof) -> Result<(), String> {
     match proof {
         HolderProof::Token(t) if tokens_equal(t, &row.token) => Ok(()),
@@ -592,38 +627,23 @@ impl Locks {
         let TicketState::Parked { waiter, .. } = ticket.state else {
             unreachable!("checked parked above")
         };
+        // The ticket is out of line now: its caller is answered whatever happens, with the
+        // storage error if the grant cannot be written (the step is then rolled back).
         match waiter {
-            LockWaiter::Single(reply) => {
-                let now = tx.now();
-                let (out, fresh) = match live_lock(tx, name)? {
-                    Some(l) => {
-                        let l = refresh(tx, l, ttl_ms)?;
-                        ((l.name, l.token, l.fence), false)
-                    }
-                    None => (
-                        grant(tx, &agent_id, &names, ttl_ms)?
-                            .into_iter()
-                            .next()
-                            .expect("one name granted"),
-                        true,
-                    ),
-                };
-                let (n, token, fence) = out;
-                let out = LockOutcome::Granted {
-                    locked: true,
-                    lock_token: token.clone(),
-                    expires_in_seconds: seconds_left(now + ttl_ms, now),
-                    fence,
-                    fresh,
-                };
-                // A refresh of a lock the agent already held is never undone.
-                let orphan = fresh.then(|| Orphan::Locks(vec![(n, token)]));
-                tx.outbox.push(reply, Ok(out), orphan);
-            }
-            LockWaiter::Set(reply) => {
-                let (out, orphan) = grant_set(tx, &agent_id, &names, ttl_ms)?;
-                tx.respond_grant(reply, out, orphan);
-            }
+            LockWaiter::Single(reply) => match grant_single(tx, name, &names, &agent_id, ttl_ms) {
+                Ok((out, orphan)) => tx.outbox.push(reply, Ok(out), orphan),
+                Err(e) => {
+                    tx.respond(reply, Err(e.clone()));
+                    return Err(e);
+                }
+            },
+            LockWaiter::Set(reply) => match grant_set(tx, &agent_id, &names, ttl_ms) {
+                Ok((out, orphan)) => tx.respond_grant(reply, out, orphan),
+                Err(e) => {
+                    tx.respond(reply, Err(e.clone()));
+                    return Err(e);
+                }
+            },
         }
         Ok(())
     }
@@ -643,6 +663,12 @@ impl Locks {
     /// Whether some line may be able to move.
     pub(super) fn has_work(&self) -> bool {
         !self.to_pump.is_empty()
+    }
+
+    /// After a rollback: a grant that was undone left its line unmoved, so every line is
+    /// looked at again.
+    pub(super) fn mark_all(&mut self) {
+        self.to_pump.extend(self.lock_queues.keys().cloned());
     }
 
     pub(super) fn unlock_resource(

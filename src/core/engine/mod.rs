@@ -594,8 +594,11 @@ impl Engine {
             for (at, what) in std::mem::take(&mut self.fired) {
                 self.deadlines.schedule(at, what);
             }
-            // Undelivered grants it released are held again: release them later.
+            // Undelivered grants it released are held again: release them later. Grants it
+            // made are undone: their lines and queues must be looked at again.
             kept = std::mem::take(&mut taken);
+            self.locks.mark_all();
+            self.tasks.mark_all();
             retry = true;
         } else {
             self.commits += 1;
@@ -642,6 +645,8 @@ impl Engine {
             return true;
         };
         self.outbox.fail_since(mark, &error);
+        self.locks.mark_all();
+        self.tasks.mark_all();
         if in_savepoint {
             tracing::warn!(error = %error, "an operation failed and was rolled back");
             self.store.rollback_to_savepoint();

@@ -232,8 +232,14 @@ impl Tasks {
                 .and_then(|q| q.pop_front())
                 .expect("checked non-empty");
             self.claim_calls.remove(&w.call);
-            let (out, orphan) = lease(tx, task, &w.agent_id, w.lease_ms)?;
-            tx.respond_grant(w.reply, out, orphan);
+            // Out of its queue now: answered whatever happens (the error rolls the step back).
+            match lease(tx, task, &w.agent_id, w.lease_ms) {
+                Ok((out, orphan)) => tx.respond_grant(w.reply, out, orphan),
+                Err(e) => {
+                    tx.respond(w.reply, Err(e.clone()));
+                    return Err(e);
+                }
+            }
         }
     }
 
@@ -252,6 +258,12 @@ impl Tasks {
     /// Whether some queue may have a task for a parked claimer.
     pub(super) fn has_work(&self) -> bool {
         !self.to_feed.is_empty()
+    }
+
+    /// After a rollback: a lease that was undone left its task pending, so every queue with
+    /// parked claimers is looked at again.
+    pub(super) fn mark_all(&mut self) {
+        self.to_feed.extend(self.claim_waiters.keys().cloned());
     }
 
     /// Puts `task` back to pending; its queue may now feed a parked claimer.

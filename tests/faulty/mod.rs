@@ -1,0 +1,239 @@
+//! A [`Store`] that fails on purpose: the next `begin`, savepoint, release or `commit`, or the
+//! Nth statement (before or after running it), as a [`Plan`] says. For the model test's
+//! storage-fault property: no answer may be contradicted by the state afterwards.
+
+use std::sync::{Arc, Mutex};
+
+use airlock::clock::Millis;
+use airlock::store::{
+    AgentRow, EventRow, Expiries, LockRow, NoteRow, Store, StoreError, StoreResult, TaskRow,
+};
+
+/// Where the next fault strikes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Begin,
+    Savepoint,
+    Release,
+    Commit,
+    /// The statement with this index (0 = the first after arming). With `after`, the statement
+    /// runs and then reports failure (a write that happened but whose success was lost).
+    Statement {
+        nth: u32,
+        after: bool,
+    },
+}
+
+/// The armed fault and whether it struck. Shared between the store and the test.
+#[derive(Debug, Default)]
+pub struct Plan {
+    fault: Option<Fault>,
+    statements: u32,
+    struck: bool,
+}
+
+/// The test's handle on a [`FaultyStore`]'s plan.
+#[derive(Clone, Default)]
+pub struct Faults(Arc<Mutex<Plan>>);
+
+impl Faults {
+    /// Arms `fault` for the calls that follow.
+    pub fn arm(&self, fault: Fault) {
+        *self.0.lock().unwrap() = Plan {
+            fault: Some(fault),
+            statements: 0,
+            struck: false,
+        };
+    }
+
+    /// Disarms; true if the fault struck.
+    pub fn disarm(&self) -> bool {
+        let mut p = self.0.lock().unwrap();
+        p.fault = None;
+        std::mem::take(&mut p.struck)
+    }
+}
+
+pub struct FaultyStore {
+    inner: Box<dyn Store>,
+    faults: Faults,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Box<dyn Store>) -> (FaultyStore, Faults) {
+        let faults = Faults::default();
+        (
+            FaultyStore {
+                inner,
+                faults: faults.clone(),
+            },
+            faults,
+        )
+    }
+
+    fn injected() -> StoreError {
+        StoreError::Other("injected fault".into())
+    }
+
+    /// True (and the fault spent) if `kind` is the armed fault.
+    fn strikes(&self, kind: Fault) -> bool {
+        let mut p = self.faults.0.lock().unwrap();
+        if p.fault == Some(kind) {
+            p.fault = None;
+            p.struck = true;
+            return true;
+        }
+        false
+    }
+
+    fn control(
+        &mut self,
+        kind: Fault,
+        f: impl FnOnce(&mut dyn Store) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        if self.strikes(kind) {
+            return Err(Self::injected());
+        }
+        f(&mut *self.inner)
+    }
+
+    fn stmt<T>(&mut self, f: impl FnOnce(&mut dyn Store) -> StoreResult<T>) -> StoreResult<T> {
+        let strike = {
+            let mut p = self.faults.0.lock().unwrap();
+            match p.fault {
+                Some(Fault::Statement { nth, after }) if p.statements == nth => {
+                    p.fault = None;
+                    p.struck = true;
+                    Some(after)
+                }
+                Some(Fault::Statement { .. }) => {
+                    p.statements += 1;
+                    None
+                }
+                _ => None,
+            }
+        };
+        match strike {
+            None => f(&mut *self.inner),
+            Some(after) => {
+                if after {
+                    let _ = f(&mut *self.inner);
+                }
+                Err(Self::injected())
+            }
+        }
+    }
+}
+
+impl Store for FaultyStore {
+    fn begin(&mut self) -> StoreResult<()> {
+        self.control(Fault::Begin, |s| s.begin())
+    }
+    fn commit(&mut self) -> StoreResult<()> {
+        self.control(Fault::Commit, |s| s.commit())
+    }
+    fn rollback(&mut self) {
+        self.inner.rollback()
+    }
+    fn savepoint(&mut self) -> StoreResult<()> {
+        self.control(Fault::Savepoint, |s| s.savepoint())
+    }
+    fn release_savepoint(&mut self) -> StoreResult<()> {
+        self.control(Fault::Release, |s| s.release_savepoint())
+    }
+    fn rollback_to_savepoint(&mut self) {
+        self.inner.rollback_to_savepoint()
+    }
+    fn transaction_ok(&mut self) -> bool {
+        self.inner.transaction_ok()
+    }
+
+    fn note_get(&mut self, key: &str) -> StoreResult<Option<NoteRow>> {
+        self.stmt(|s| s.note_get(key))
+    }
+    fn note_put(&mut self, note: &NoteRow) -> StoreResult<()> {
+        self.stmt(|s| s.note_put(note))
+    }
+    fn note_delete(&mut self, key: &str) -> StoreResult<()> {
+        self.stmt(|s| s.note_delete(key))
+    }
+    fn note_list(&mut self, now: Millis) -> StoreResult<Vec<NoteRow>> {
+        self.stmt(|s| s.note_list(now))
+    }
+    fn notes_purge_expired(&mut self, now: Millis) -> StoreResult<usize> {
+        self.stmt(|s| s.notes_purge_expired(now))
+    }
+    fn counter_add(&mut self, name: &str, by: i64) -> StoreResult<Option<i64>> {
+        self.stmt(|s| s.counter_add(name, by))
+    }
+    fn lock_get(&mut self, name: &str) -> StoreResult<Option<LockRow>> {
+        self.stmt(|s| s.lock_get(name))
+    }
+    fn lock_put(&mut self, row: &LockRow) -> StoreResult<()> {
+        self.stmt(|s| s.lock_put(row))
+    }
+    fn lock_delete(&mut self, name: &str) -> StoreResult<()> {
+        self.stmt(|s| s.lock_delete(name))
+    }
+    fn lock_list(&mut self) -> StoreResult<Vec<LockRow>> {
+        self.stmt(|s| s.lock_list())
+    }
+    fn locks_held_by(&mut self, agent_id: &str) -> StoreResult<Vec<LockRow>> {
+        self.stmt(|s| s.locks_held_by(agent_id))
+    }
+    fn fence_next(&mut self, name: &str) -> StoreResult<i64> {
+        self.stmt(|s| s.fence_next(name))
+    }
+    fn agent_get(&mut self, agent_id: &str) -> StoreResult<Option<AgentRow>> {
+        self.stmt(|s| s.agent_get(agent_id))
+    }
+    fn agent_put(&mut self, row: &AgentRow) -> StoreResult<()> {
+        self.stmt(|s| s.agent_put(row))
+    }
+    fn agent_delete(&mut self, agent_id: &str) -> StoreResult<()> {
+        self.stmt(|s| s.agent_delete(agent_id))
+    }
+    fn agent_list(&mut self) -> StoreResult<Vec<AgentRow>> {
+        self.stmt(|s| s.agent_list())
+    }
+    fn event_get(&mut self, name: &str) -> StoreResult<Option<EventRow>> {
+        self.stmt(|s| s.event_get(name))
+    }
+    fn event_put(&mut self, row: &EventRow) -> StoreResult<()> {
+        self.stmt(|s| s.event_put(row))
+    }
+    fn event_list(&mut self) -> StoreResult<Vec<EventRow>> {
+        self.stmt(|s| s.event_list())
+    }
+    fn task_insert(
+        &mut self,
+        queue: &str,
+        payload: &str,
+        author: Option<&str>,
+        priority: i64,
+        now: Millis,
+    ) -> StoreResult<i64> {
+        self.stmt(|s| s.task_insert(queue, payload, author, priority, now))
+    }
+    fn task_get(&mut self, id: i64) -> StoreResult<Option<TaskRow>> {
+        self.stmt(|s| s.task_get(id))
+    }
+    fn task_update(&mut self, row: &TaskRow) -> StoreResult<()> {
+        self.stmt(|s| s.task_update(row))
+    }
+    fn task_next_pending(&mut self, queue: &str) -> StoreResult<Option<TaskRow>> {
+        self.stmt(|s| s.task_next_pending(queue))
+    }
+    fn task_list(&mut self, queue: Option<&str>) -> StoreResult<Vec<TaskRow>> {
+        self.stmt(|s| s.task_list(queue))
+    }
+    fn tasks_leased_by(&mut self, agent_id: &str) -> StoreResult<Vec<TaskRow>> {
+        self.stmt(|s| s.tasks_leased_by(agent_id))
+    }
+    fn tasks_purge_finished(&mut self, before: Millis) -> StoreResult<usize> {
+        self.stmt(|s| s.tasks_purge_finished(before))
+    }
+    fn expiries(&mut self) -> StoreResult<Expiries> {
+        self.inner.expiries()
+    }
+}
