@@ -1419,3 +1419,37 @@ fn a_failed_operation_does_not_fail_its_batch() {
     assert!(!found(&mut e, "b"), "the failed write was rolled back");
     assert!(found(&mut e, "c"));
 }
+
+/// `list_agents` and the status snapshot run on the engine thread: they read counts grouped by
+/// the store and note values cut short, never every task (payloads included) or note value.
+#[test]
+fn summaries_read_counts_not_rows() {
+    let (store, faults) = FaultyStore::new(Box::new(SqliteStore::open_in_memory().unwrap()));
+    let clock = ManualClock::new(1_000_000);
+    let mut e = Engine::new(Box::new(store), Arc::new(clock)).unwrap();
+    e.process(vec![]);
+    let (tx, _note) = oneshot::channel();
+    e.process(vec![Command::Op(Op::SetNote {
+        key: "big".into(),
+        value: "é".repeat(10_000),
+        author: None,
+        ttl_ms: None,
+        reply: tx,
+    })]);
+    faults.take_log();
+    let (tx, mut agents) = oneshot::channel();
+    e.process(vec![Command::Op(Op::ListAgents { reply: tx })]);
+    assert!(agents.try_recv().unwrap().is_ok());
+    let (tx, mut status) = oneshot::channel();
+    e.process(vec![Command::Op(Op::Status { reply: tx })]);
+    let status = status.try_recv().unwrap().unwrap();
+    let log = faults.take_log();
+    for rows in ["task_list", "note_list"] {
+        assert!(!log.contains(&rows), "{rows} was read: {log:?}");
+    }
+    let value = &status.notes[0].value;
+    assert!(
+        value.chars().count() < 200 && value.ends_with('…'),
+        "{value}"
+    );
+}

@@ -173,4 +173,17 @@ pub trait Store: Send {
 
     /// Timed rows, read once at start to rebuild the deadline schedule.
     fn expiries(&mut self) -> StoreResult<Expiries>;
+
+    // Summaries, counted by the backend so the engine thread never loads every row (a task's
+    // payload may be hundreds of KiB) just to count it.
+
+    /// Locks held at `now` (unexpired), per holder.
+    fn lock_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>>;
+    /// Claimed tasks whose lease is unexpired at `now`, per lease holder.
+    fn lease_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>>;
+    /// Tasks per queue and state.
+    fn task_counts(&mut self) -> StoreResult<Vec<(String, TaskState, i64)>>;
+    /// Notes live at `now`, in key order, each value cut to its first `max_chars` characters;
+    /// the flag says the value was longer.
+    fn note_previews(&mut self, now: Millis, max_chars: i64) -> StoreResult<Vec<(NoteRow, bool)>>;
 }

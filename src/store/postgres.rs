@@ -315,6 +315,15 @@ statements! {
     expiries_locks = "SELECT name, expires_at FROM airlock.locks";
     expiries_agents = "SELECT agent_id, expires_at FROM airlock.agents";
     expiries_leases = "SELECT id, lease_expires_at FROM airlock.tasks WHERE state = 'claimed'";
+    lock_counts = "SELECT agent_id, COUNT(*) FROM airlock.locks WHERE expires_at > $1
+                   GROUP BY agent_id";
+    lease_counts = "SELECT lease_agent, COUNT(*) FROM airlock.tasks
+                    WHERE state = 'claimed' AND lease_agent IS NOT NULL AND lease_expires_at > $1
+                    GROUP BY lease_agent";
+    task_counts = "SELECT queue, state, COUNT(*) FROM airlock.tasks GROUP BY queue, state";
+    note_previews = "SELECT key, left(value, ($2::bigint)::int), author, expires_at,
+                            char_length(value) > $2::bigint
+                     FROM airlock.notes WHERE expires_at IS NULL OR expires_at > $1 ORDER BY key";
 }
 
 fn note_from(r: &Row) -> StoreResult<NoteRow> {
@@ -832,6 +841,37 @@ impl Store for PgStore {
                 .await?;
             Ok(n as usize)
         })
+    }
+
+    fn lock_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>> {
+        let r = self.run(async { Ok(self.client.query(&self.st.lock_counts, &[&now]).await?) })?;
+        rows(r, |r| Ok((r.try_get(0)?, r.try_get(1)?)))
+    }
+
+    fn lease_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>> {
+        let r = self.run(async { Ok(self.client.query(&self.st.lease_counts, &[&now]).await?) })?;
+        rows(r, |r| Ok((r.try_get(0)?, r.try_get(1)?)))
+    }
+
+    fn task_counts(&mut self) -> StoreResult<Vec<(String, TaskState, i64)>> {
+        let r = self.run(async { Ok(self.client.query(&self.st.task_counts, &[]).await?) })?;
+        rows(r, |r| {
+            let state: &str = r.try_get(1)?;
+            let state = TaskState::parse(state).ok_or_else(|| {
+                StoreError::Other(format!("unknown task state {state:?} in airlock.tasks"))
+            })?;
+            Ok((r.try_get(0)?, state, r.try_get(2)?))
+        })
+    }
+
+    fn note_previews(&mut self, now: Millis, max_chars: i64) -> StoreResult<Vec<(NoteRow, bool)>> {
+        let r = self.run(async {
+            Ok(self
+                .client
+                .query(&self.st.note_previews, &[&now, &max_chars])
+                .await?)
+        })?;
+        rows(r, |r| Ok((note_from(r)?, r.try_get(4)?)))
     }
 
     fn expiries(&mut self) -> StoreResult<Expiries> {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use airlock::clock::Millis;
 use airlock::store::{
     AgentRow, EventRow, Expiries, LockRow, NoteRow, Store, StoreError, StoreResult, TaskRow,
+    TaskState,
 };
 
 /// Where the next fault strikes.
@@ -30,6 +31,8 @@ pub struct Plan {
     fault: Option<Fault>,
     statements: u32,
     struck: bool,
+    /// The store methods called, by name, since the last `take_log`.
+    log: Vec<&'static str>,
 }
 
 /// The test's handle on a [`FaultyStore`]'s plan.
@@ -39,11 +42,15 @@ pub struct Faults(Arc<Mutex<Plan>>);
 impl Faults {
     /// Arms `fault` for the calls that follow.
     pub fn arm(&self, fault: Fault) {
-        *self.0.lock().unwrap() = Plan {
-            fault: Some(fault),
-            statements: 0,
-            struck: false,
-        };
+        let mut p = self.0.lock().unwrap();
+        p.fault = Some(fault);
+        p.statements = 0;
+        p.struck = false;
+    }
+
+    /// The store methods called since the last call, by name.
+    pub fn take_log(&self) -> Vec<&'static str> {
+        std::mem::take(&mut self.0.lock().unwrap().log)
     }
 
     /// Disarms; true if the fault struck.
@@ -97,9 +104,14 @@ impl FaultyStore {
         f(&mut *self.inner)
     }
 
-    fn stmt<T>(&mut self, f: impl FnOnce(&mut dyn Store) -> StoreResult<T>) -> StoreResult<T> {
+    fn stmt<T>(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce(&mut dyn Store) -> StoreResult<T>,
+    ) -> StoreResult<T> {
         let strike = {
             let mut p = self.faults.0.lock().unwrap();
+            p.log.push(name);
             match p.fault {
                 Some(Fault::Statement { nth, after }) if p.statements == nth => {
                     p.fault = None;
@@ -149,61 +161,61 @@ impl Store for FaultyStore {
     }
 
     fn note_get(&mut self, key: &str) -> StoreResult<Option<NoteRow>> {
-        self.stmt(|s| s.note_get(key))
+        self.stmt("note_get", |s| s.note_get(key))
     }
     fn note_put(&mut self, note: &NoteRow) -> StoreResult<()> {
-        self.stmt(|s| s.note_put(note))
+        self.stmt("note_put", |s| s.note_put(note))
     }
     fn note_delete(&mut self, key: &str) -> StoreResult<()> {
-        self.stmt(|s| s.note_delete(key))
+        self.stmt("note_delete", |s| s.note_delete(key))
     }
     fn note_list(&mut self, now: Millis) -> StoreResult<Vec<NoteRow>> {
-        self.stmt(|s| s.note_list(now))
+        self.stmt("note_list", |s| s.note_list(now))
     }
     fn notes_purge_expired(&mut self, now: Millis) -> StoreResult<usize> {
-        self.stmt(|s| s.notes_purge_expired(now))
+        self.stmt("notes_purge_expired", |s| s.notes_purge_expired(now))
     }
     fn counter_add(&mut self, name: &str, by: i64) -> StoreResult<Option<i64>> {
-        self.stmt(|s| s.counter_add(name, by))
+        self.stmt("counter_add", |s| s.counter_add(name, by))
     }
     fn lock_get(&mut self, name: &str) -> StoreResult<Option<LockRow>> {
-        self.stmt(|s| s.lock_get(name))
+        self.stmt("lock_get", |s| s.lock_get(name))
     }
     fn lock_put(&mut self, row: &LockRow) -> StoreResult<()> {
-        self.stmt(|s| s.lock_put(row))
+        self.stmt("lock_put", |s| s.lock_put(row))
     }
     fn lock_delete(&mut self, name: &str) -> StoreResult<()> {
-        self.stmt(|s| s.lock_delete(name))
+        self.stmt("lock_delete", |s| s.lock_delete(name))
     }
     fn lock_list(&mut self) -> StoreResult<Vec<LockRow>> {
-        self.stmt(|s| s.lock_list())
+        self.stmt("lock_list", |s| s.lock_list())
     }
     fn locks_held_by(&mut self, agent_id: &str) -> StoreResult<Vec<LockRow>> {
-        self.stmt(|s| s.locks_held_by(agent_id))
+        self.stmt("locks_held_by", |s| s.locks_held_by(agent_id))
     }
     fn fence_next(&mut self, name: &str) -> StoreResult<i64> {
-        self.stmt(|s| s.fence_next(name))
+        self.stmt("fence_next", |s| s.fence_next(name))
     }
     fn agent_get(&mut self, agent_id: &str) -> StoreResult<Option<AgentRow>> {
-        self.stmt(|s| s.agent_get(agent_id))
+        self.stmt("agent_get", |s| s.agent_get(agent_id))
     }
     fn agent_put(&mut self, row: &AgentRow) -> StoreResult<()> {
-        self.stmt(|s| s.agent_put(row))
+        self.stmt("agent_put", |s| s.agent_put(row))
     }
     fn agent_delete(&mut self, agent_id: &str) -> StoreResult<()> {
-        self.stmt(|s| s.agent_delete(agent_id))
+        self.stmt("agent_delete", |s| s.agent_delete(agent_id))
     }
     fn agent_list(&mut self) -> StoreResult<Vec<AgentRow>> {
-        self.stmt(|s| s.agent_list())
+        self.stmt("agent_list", |s| s.agent_list())
     }
     fn event_get(&mut self, name: &str) -> StoreResult<Option<EventRow>> {
-        self.stmt(|s| s.event_get(name))
+        self.stmt("event_get", |s| s.event_get(name))
     }
     fn event_put(&mut self, row: &EventRow) -> StoreResult<()> {
-        self.stmt(|s| s.event_put(row))
+        self.stmt("event_put", |s| s.event_put(row))
     }
     fn event_list(&mut self) -> StoreResult<Vec<EventRow>> {
-        self.stmt(|s| s.event_list())
+        self.stmt("event_list", |s| s.event_list())
     }
     fn task_insert(
         &mut self,
@@ -213,25 +225,39 @@ impl Store for FaultyStore {
         priority: i64,
         now: Millis,
     ) -> StoreResult<i64> {
-        self.stmt(|s| s.task_insert(queue, payload, author, priority, now))
+        self.stmt("task_insert", |s| {
+            s.task_insert(queue, payload, author, priority, now)
+        })
     }
     fn task_get(&mut self, id: i64) -> StoreResult<Option<TaskRow>> {
-        self.stmt(|s| s.task_get(id))
+        self.stmt("task_get", |s| s.task_get(id))
     }
     fn task_update(&mut self, row: &TaskRow) -> StoreResult<()> {
-        self.stmt(|s| s.task_update(row))
+        self.stmt("task_update", |s| s.task_update(row))
     }
     fn task_next_pending(&mut self, queue: &str) -> StoreResult<Option<TaskRow>> {
-        self.stmt(|s| s.task_next_pending(queue))
+        self.stmt("task_next_pending", |s| s.task_next_pending(queue))
     }
     fn task_list(&mut self, queue: Option<&str>) -> StoreResult<Vec<TaskRow>> {
-        self.stmt(|s| s.task_list(queue))
+        self.stmt("task_list", |s| s.task_list(queue))
     }
     fn tasks_leased_by(&mut self, agent_id: &str) -> StoreResult<Vec<TaskRow>> {
-        self.stmt(|s| s.tasks_leased_by(agent_id))
+        self.stmt("tasks_leased_by", |s| s.tasks_leased_by(agent_id))
     }
     fn tasks_purge_finished(&mut self, before: Millis) -> StoreResult<usize> {
-        self.stmt(|s| s.tasks_purge_finished(before))
+        self.stmt("tasks_purge_finished", |s| s.tasks_purge_finished(before))
+    }
+    fn lock_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>> {
+        self.stmt("lock_counts", |s| s.lock_counts(now))
+    }
+    fn lease_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>> {
+        self.stmt("lease_counts", |s| s.lease_counts(now))
+    }
+    fn task_counts(&mut self) -> StoreResult<Vec<(String, TaskState, i64)>> {
+        self.stmt("task_counts", |s| s.task_counts())
+    }
+    fn note_previews(&mut self, now: Millis, max_chars: i64) -> StoreResult<Vec<(NoteRow, bool)>> {
+        self.stmt("note_previews", |s| s.note_previews(now, max_chars))
     }
     fn expiries(&mut self) -> StoreResult<Expiries> {
         self.inner.expiries()

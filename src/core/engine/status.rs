@@ -1,5 +1,9 @@
 //! Read-only views across capabilities: the snapshot behind `airlock status`, and where a
 //! parked call stands (for its progress notifications).
+//!
+//! The snapshot is built on the engine thread, so it reads summaries, not rows: counts grouped
+//! by the store (tasks per queue and state, locks and leases per agent) and note values cut
+//! short, never every task payload or whole note value.
 
 use std::collections::BTreeMap;
 
@@ -40,7 +44,7 @@ fn snapshot(
 ) -> CoreResult<StatusView> {
     let lock_views = locks.lock_views(tx)?;
     let agents = presence::agent_views(tx)?;
-    let notes = notes::note_views(tx)?;
+    let notes = notes::note_previews(tx)?;
     let event_views = tx
         .db(|s| s.event_list())?
         .into_iter()
@@ -52,15 +56,16 @@ fn snapshot(
         })
         .collect();
     let mut queues: BTreeMap<String, QueueView> = BTreeMap::new();
-    for t in tx.db(|s| s.task_list(None))? {
+    for (queue, state, n) in tx.db(|s| s.task_counts())? {
+        let n = usize::try_from(n).unwrap_or(0);
         let q = queues
-            .entry(t.queue.clone())
-            .or_insert_with(|| empty_queue(&t.queue));
-        match t.state {
-            TaskState::Pending => q.pending += 1,
-            TaskState::Claimed => q.claimed += 1,
-            TaskState::Completed => q.completed += 1,
-            TaskState::Failed => q.failed += 1,
+            .entry(queue.clone())
+            .or_insert_with(|| empty_queue(&queue));
+        match state {
+            TaskState::Pending => q.pending = n,
+            TaskState::Claimed => q.claimed = n,
+            TaskState::Completed => q.completed = n,
+            TaskState::Failed => q.failed = n,
         }
     }
     for (name, waiting) in tasks.waiting_claimers() {
