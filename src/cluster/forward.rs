@@ -66,6 +66,54 @@ impl Drop for Pending {
     }
 }
 
+/// A forwarded call's INSERT under way, in a task of its own so that it is not cut off half
+/// way. Dropped before the id is known (the caller went away meanwhile), it withdraws the row
+/// once it lands: otherwise the call would run for nobody, its grant held until its TTL.
+struct Inserting {
+    node: Arc<Node>,
+    insert: Option<tokio::task::JoinHandle<CoreResult<i64>>>,
+}
+
+impl Inserting {
+    fn start(node: &Arc<Node>, tool: &str, args: String) -> Inserting {
+        let (n, tool) = (node.clone(), tool.to_string());
+        let insert = tokio::spawn(async move {
+            let c = pooled(&n).await?;
+            calls::insert(&*c, &n.id, &tool, &args).await.map_err(|e| {
+                db_error(
+                    "could not hand the call to the coordinating daemon (if the connection \
+                     broke after sending it, it may still run)",
+                    e,
+                )
+            })
+        });
+        Inserting {
+            node: node.clone(),
+            insert: Some(insert),
+        }
+    }
+
+    /// The call's id, once its row is in the table.
+    async fn id(mut self) -> CoreResult<i64> {
+        let inserted = self.insert.as_mut().expect("awaited once").await;
+        self.insert = None;
+        inserted.unwrap_or_else(|_| Err(CoreError::Storage("internal error".into())))
+    }
+}
+
+impl Drop for Inserting {
+    fn drop(&mut self) {
+        if let Some(insert) = self.insert.take() {
+            let node = self.node.clone();
+            tokio::spawn(async move {
+                if let Ok(Ok(id)) = insert.await {
+                    withdraw(&node, vec![id]).await;
+                }
+            });
+        }
+    }
+}
+
 /// Withdraws calls whose callers went away; what cannot be withdrawn now (the database is
 /// unreachable) is retried by the safety net.
 async fn withdraw(node: &Node, mut ids: Vec<i64>) {
@@ -108,18 +156,7 @@ impl Node {
             ));
         }
         let args = Value::Object(arguments.clone()).to_string();
-        let id = {
-            let c = pooled(self).await?;
-            calls::insert(&*c, &self.id, tool, &args)
-                .await
-                .map_err(|e| {
-                    db_error(
-                        "could not hand the call to the coordinating daemon (if the connection \
-                         broke after sending it, it may still run)",
-                        e,
-                    )
-                })?
-        };
+        let id = Inserting::start(self, tool, args).id().await?;
         let (tx, rx) = oneshot::channel();
         let announced = {
             let mut w = self.waiting.lock().expect("waiting");
