@@ -1418,3 +1418,44 @@ async fn a_caller_gone_during_the_forwarding_insert_leaves_nothing_behind() {
         "nobody holds a grant nobody read"
     );
 }
+
+/// Forwarded arguments that do not read back are refused with an error; they never run as an
+/// empty argument list (a `list_notes` with none would have answered every note).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarded_arguments_that_do_not_parse_are_refused() {
+    let Some(mut c) = Cluster::new("cluster::forwarded_arguments_that_do_not_parse").await else {
+        return;
+    };
+    let m = c.start_n(2).await;
+    let daemon = m[1].app.trim_start_matches("airlock ").to_string();
+    let id: i64 =
+        c.pg.query_one(
+            "WITH c AS (INSERT INTO airlock.calls (daemon, tool, args) \
+             VALUES ($1, 'list_notes', '{not json') RETURNING id) \
+             SELECT id, pg_notify('airlock_coordinator', 'q' || id) FROM c",
+            &[&daemon],
+        )
+        .await
+        .expect("insert a call")
+        .get(0);
+    let result: String = within(30, async {
+        loop {
+            let row =
+                c.pg.query_opt(
+                    "SELECT result FROM airlock.calls WHERE id = $1 AND result IS NOT NULL",
+                    &[&id],
+                )
+                .await
+                .expect("read the call");
+            if let Some(row) = row {
+                break row.get(0);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        result.contains("\"err\"") && result.contains("could not be read"),
+        "{result}"
+    );
+}

@@ -271,7 +271,22 @@ async fn start(node: &Arc<Node>, term: &Term, row: CallRow) {
         return;
     }
     let repeatable = REPEATABLE.contains(&row.tool.as_str());
-    let args: Map<String, Value> = serde_json::from_str(&row.args).unwrap_or_default();
+    // Arguments that do not read back are refused, never run as `{}` (a call with none of its
+    // arguments could do something its caller never asked for).
+    let args: Map<String, Value> = match serde_json::from_str(&row.args) {
+        Ok(args) => args,
+        Err(e) => {
+            let why = CoreError::Storage(format!(
+                "the forwarded call's arguments could not be read ({e}); it did not run"
+            ));
+            let ran = Ran {
+                outcome: Err(why),
+                orphan: None,
+            };
+            tokio::spawn(finish(node.clone(), term.clone(), id, ran));
+            return;
+        }
+    };
     let run = {
         let core = term.core.clone();
         let tool = row.tool;

@@ -233,9 +233,21 @@ async fn deliver(node: &Node, answers: Vec<(i64, String)>) {
     }
 }
 
+/// Most answer announcements kept for callers still to learn their ids (see `Waiting::early`).
+const EARLY_LIMIT: usize = 100_000;
+
+/// The next id from `ids`, or `None` once the daemon stops. The task holds the `Node` that owns
+/// the sending half, so the channel never closes by itself.
+async fn next_id(node: &Node, ids: &mut mpsc::UnboundedReceiver<i64>) -> Option<i64> {
+    tokio::select! {
+        id = ids.recv() => id,
+        _ = node.stop.cancelled() => None,
+    }
+}
+
 /// Fetches answers as their notifications arrive, a burst at a time.
 pub(super) async fn fetch_answers(node: Arc<Node>, mut ids: mpsc::UnboundedReceiver<i64>) {
-    while let Some(first) = ids.recv().await {
+    while let Some(first) = next_id(&node, &mut ids).await {
         let mut burst = vec![first];
         while let Ok(id) = ids.try_recv() {
             burst.push(id);
@@ -244,10 +256,10 @@ pub(super) async fn fetch_answers(node: Arc<Node>, mut ids: mpsc::UnboundedRecei
             let mut w = node.waiting.lock().expect("waiting");
             let (known, early): (Vec<i64>, Vec<i64>) =
                 burst.into_iter().partition(|id| w.calls.contains_key(id));
-            if w.early.len() > 100_000 {
-                w.early.clear();
-            }
             w.early.extend(early);
+            while w.early.len() > EARLY_LIMIT {
+                w.early.pop_first();
+            }
             known
         };
         if known.is_empty() {
@@ -266,7 +278,7 @@ pub(super) async fn fetch_answers(node: Arc<Node>, mut ids: mpsc::UnboundedRecei
 
 /// Deletes answered rows once their callers have read them, a burst at a time.
 pub(super) async fn forget_read(node: Arc<Node>, mut ids: mpsc::UnboundedReceiver<i64>) {
-    while let Some(first) = ids.recv().await {
+    while let Some(first) = next_id(&node, &mut ids).await {
         let mut burst = vec![first];
         while let Ok(id) = ids.try_recv() {
             burst.push(id);

@@ -24,7 +24,7 @@
 mod coordinate;
 mod forward;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -180,8 +180,9 @@ struct Answer {
 #[derive(Default)]
 struct Waiting {
     calls: HashMap<i64, oneshot::Sender<Answer>>,
-    /// Answers announced before the sender learned its call's id.
-    early: HashSet<i64>,
+    /// Answers announced before the sender learned its call's id. Ids grow, so past a bound
+    /// the oldest go first: an announcement whose caller is still to come is always recent.
+    early: BTreeSet<i64>,
 }
 
 /// Connects to `url`, migrates the schema, and starts this daemon's part in the group: the
