@@ -164,7 +164,7 @@ impl Node {
             w.early.remove(&id)
         };
         if announced {
-            let _ = self.answers_tx.send(id);
+            let _ = self.answers_tx.try_send(id);
         }
         let mut pending = Pending {
             node: self.clone(),
@@ -236,18 +236,18 @@ async fn deliver(node: &Node, answers: Vec<(i64, String)>) {
 /// Most answer announcements kept for callers still to learn their ids (see `Waiting::early`).
 const EARLY_LIMIT: usize = 100_000;
 
-/// The next id from `ids`, or `None` once the daemon stops. The task holds the `Node` that owns
-/// the sending half, so the channel never closes by itself.
-async fn next_id(node: &Node, ids: &mut mpsc::UnboundedReceiver<i64>) -> Option<i64> {
+/// The next id `recv` gives, or `None` once the daemon stops. The task holds the `Node` that
+/// owns the sending half, so the channel never closes by itself.
+async fn next_id(node: &Node, recv: impl std::future::Future<Output = Option<i64>>) -> Option<i64> {
     tokio::select! {
-        id = ids.recv() => id,
+        id = recv => id,
         _ = node.stop.cancelled() => None,
     }
 }
 
 /// Fetches answers as their notifications arrive, a burst at a time.
-pub(super) async fn fetch_answers(node: Arc<Node>, mut ids: mpsc::UnboundedReceiver<i64>) {
-    while let Some(first) = next_id(&node, &mut ids).await {
+pub(super) async fn fetch_answers(node: Arc<Node>, mut ids: mpsc::Receiver<i64>) {
+    while let Some(first) = next_id(&node, ids.recv()).await {
         let mut burst = vec![first];
         while let Ok(id) = ids.try_recv() {
             burst.push(id);
@@ -278,7 +278,7 @@ pub(super) async fn fetch_answers(node: Arc<Node>, mut ids: mpsc::UnboundedRecei
 
 /// Deletes answered rows once their callers have read them, a burst at a time.
 pub(super) async fn forget_read(node: Arc<Node>, mut ids: mpsc::UnboundedReceiver<i64>) {
-    while let Some(first) = next_id(&node, &mut ids).await {
+    while let Some(first) = next_id(&node, ids.recv()).await {
         let mut burst = vec![first];
         while let Ok(id) = ids.try_recv() {
             burst.push(id);
@@ -362,13 +362,15 @@ pub(super) async fn listen(node: Arc<Node>, mut up: Option<oneshot::Sender<()>>)
         }
         match node.pg.connect(tokio_postgres::NoTls).await {
             Ok((client, mut conn)) => {
-                let (ntx, mut nrx) = mpsc::unbounded_channel();
+                // Bounded: notifications are hints, and one dropped in a flood is found by
+                // the safety net.
+                let (ntx, mut nrx) = mpsc::channel(super::HINTS);
                 tokio::spawn(async move {
                     let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
                     while let Some(m) = messages.next().await {
                         match m {
                             Ok(AsyncMessage::Notification(n)) => {
-                                if ntx.send(n).is_err() {
+                                if let Err(mpsc::error::TrySendError::Closed(_)) = ntx.try_send(n) {
                                     return;
                                 }
                             }
@@ -458,10 +460,10 @@ fn route(node: &Node, channel: &str, payload: &str) {
     if channel == calls::COORDINATOR_CHANNEL {
         // A LISTEN left over from a term that ended: nobody would read these.
         if node.is_coordinator() {
-            let _ = node.to_coordinator.send(payload.to_string());
+            let _ = node.to_coordinator.try_send(payload.to_string());
         }
     } else if let Ok(id) = payload.parse::<i64>() {
-        let _ = node.answers_tx.send(id);
+        let _ = node.answers_tx.try_send(id);
     }
 }
 

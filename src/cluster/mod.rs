@@ -148,12 +148,14 @@ pub struct Node {
     stop: CancellationToken,
     /// Held while this daemon coordinates, until its engine has stopped.
     coordinating: tokio::sync::Mutex<()>,
-    /// Notifications for the coordinator role.
-    to_coordinator: mpsc::UnboundedSender<String>,
-    coordinator_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
-    /// Ids of answered calls, for the answer fetcher.
-    answers_tx: mpsc::UnboundedSender<i64>,
-    /// Ids of answers read, for deletion.
+    /// Notifications for the coordinator role. Bounded ([`HINTS`]): past it a notification is
+    /// dropped, and the one-second safety net finds the call instead.
+    to_coordinator: mpsc::Sender<String>,
+    coordinator_rx: tokio::sync::Mutex<mpsc::Receiver<String>>,
+    /// Ids of answered calls, for the answer fetcher. Bounded like `to_coordinator`.
+    answers_tx: mpsc::Sender<i64>,
+    /// Ids of answers read, for deletion. Never dropped (a row left behind holds a read grant);
+    /// bounded by the calls this daemon has answered and not yet forgotten.
     forget_tx: mpsc::UnboundedSender<i64>,
     /// Forwarded calls this daemon runs as coordinator: id → cancel.
     running: Mutex<HashMap<i64, Running>>,
@@ -176,6 +178,10 @@ struct Answer {
     /// away, or the daemon is stopping) and the row, with any grant, is still to be withdrawn.
     from_row: bool,
 }
+
+/// How many notifications (hints: the safety net re-reads what a lost one announced) wait in a
+/// channel before more are dropped, so a flood cannot grow a daemon's memory without bound.
+const HINTS: usize = 65_536;
 
 #[derive(Default)]
 struct Waiting {
@@ -255,8 +261,8 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
         .build()
         .context("cannot build the PostgreSQL connection pool")?;
 
-    let (to_coordinator, coordinator_rx) = mpsc::unbounded_channel();
-    let (answers_tx, answers_rx) = mpsc::unbounded_channel();
+    let (to_coordinator, coordinator_rx) = mpsc::channel(HINTS);
+    let (answers_tx, answers_rx) = mpsc::channel(HINTS);
     let (forget_tx, forget_rx) = mpsc::unbounded_channel();
     let node = Arc::new(Node {
         id,
