@@ -34,6 +34,7 @@
 
 mod deadlines;
 mod events;
+mod lock_rows;
 mod locks;
 mod notes;
 mod presence;
@@ -41,6 +42,7 @@ mod status;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod tx;
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -50,11 +52,12 @@ use tokio::sync::oneshot;
 
 use super::types::*;
 use crate::clock::{Clock, Millis};
-use crate::store::{Store, StoreError, StoreResult};
+use crate::store::Store;
 use deadlines::{Deadline, Deadlines};
 use events::Events;
 use locks::Locks;
 use tasks::Tasks;
+use tx::{storage, Outbox, Tx};
 
 /// Most commands applied in one transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -237,132 +240,6 @@ pub enum Command {
 pub enum Orphan {
     Locks(Vec<(String, String)>),
     Lease { id: i64, lease_token: String },
-}
-
-// ------------------------------------------------------------ the outbox
-
-/// Sends an answer (or, if the batch failed, that failure); false if the caller is gone.
-type Deliver = Box<dyn FnOnce(Option<&CoreError>) -> bool + Send>;
-
-/// An answer waiting for its batch's commit.
-struct Outgoing {
-    deliver: Deliver,
-    /// What to release if the answer carries a grant nobody receives.
-    orphan: Option<Orphan>,
-    /// Set when the step that made this answer was rolled back to its savepoint: the caller is
-    /// told that failure instead, and nothing is granted.
-    failed: Option<CoreError>,
-}
-
-/// The answers of the batch, in the order they leave after the commit.
-#[derive(Default)]
-pub(super) struct Outbox {
-    answers: Vec<Outgoing>,
-}
-
-impl Outbox {
-    /// Queues `value` for `reply`; a grant carries the `orphan` that undoes it.
-    fn push<T: Send + 'static>(
-        &mut self,
-        reply: Reply<T>,
-        value: CoreResult<T>,
-        orphan: Option<Orphan>,
-    ) {
-        self.insert(self.answers.len(), reply, value, orphan);
-    }
-
-    fn insert<T: Send + 'static>(
-        &mut self,
-        at: usize,
-        reply: Reply<T>,
-        value: CoreResult<T>,
-        orphan: Option<Orphan>,
-    ) {
-        let deliver: Deliver = Box::new(move |failed: Option<&CoreError>| {
-            let value = match failed {
-                Some(e) => Err(e.clone()),
-                None => value,
-            };
-            reply.send(value).is_ok()
-        });
-        self.answers.insert(
-            at,
-            Outgoing {
-                deliver,
-                orphan,
-                failed: None,
-            },
-        );
-    }
-
-    fn len(&self) -> usize {
-        self.answers.len()
-    }
-
-    /// The answers made since `mark` were made by a step that was rolled back: each becomes
-    /// `error`, and none carries a grant any more.
-    fn fail_since(&mut self, mark: usize, error: &CoreError) {
-        for out in &mut self.answers[mark..] {
-            out.orphan = None;
-            out.failed.get_or_insert_with(|| error.clone());
-        }
-    }
-}
-
-// ------------------------------------------------------------ the transaction context
-
-/// What one step of a batch works through: the store inside the batch's transaction, the
-/// outbox, the deadline schedule and the clock. Capabilities take a `Tx` (and, when one
-/// capability's change moves another's state, that capability), never the whole engine.
-pub(super) struct Tx<'a> {
-    store: &'a mut dyn Store,
-    clock: &'a dyn Clock,
-    outbox: &'a mut Outbox,
-    deadlines: &'a mut Deadlines,
-    /// The engine is draining: nobody is parked from now on.
-    draining: bool,
-    /// The first storage error of this step: the step is rolled back to its savepoint. Once
-    /// set, the step touches the store no more (on SQLite some errors end the whole transaction,
-    /// and a statement run after that would commit on its own).
-    failed: &'a mut Option<CoreError>,
-}
-
-impl Tx<'_> {
-    fn now(&self) -> Millis {
-        self.clock.now_ms()
-    }
-
-    /// Runs a store call; a failure is recorded (the step will roll back) and passed on. After
-    /// a failure the step's further calls are refused without reaching the store.
-    fn db<T>(&mut self, f: impl FnOnce(&mut dyn Store) -> StoreResult<T>) -> CoreResult<T> {
-        if let Some(e) = self.failed {
-            return Err(e.clone());
-        }
-        f(&mut *self.store).map_err(|e| {
-            let e = storage(e);
-            if self.failed.is_none() {
-                *self.failed = Some(e.clone());
-            }
-            e
-        })
-    }
-
-    fn respond<T: Send + 'static>(&mut self, reply: Reply<T>, value: CoreResult<T>) {
-        self.outbox.push(reply, value, None);
-    }
-
-    /// Answers with a grant; if nobody receives it, `orphan` is released in the next batch.
-    fn respond_grant<T: Send + 'static>(&mut self, reply: Reply<T>, value: T, orphan: Orphan) {
-        self.outbox.push(reply, Ok(value), Some(orphan));
-    }
-
-    fn schedule(&mut self, at: Millis, what: Deadline) {
-        self.deadlines.schedule(at, what);
-    }
-}
-
-fn storage(e: StoreError) -> CoreError {
-    CoreError::Storage(e.to_string())
 }
 
 /// A fresh unguessable token: 128 random bits, hex, with a prefix that says what it is.
