@@ -26,7 +26,11 @@
 //!
 //! Invariants:
 //! - Nothing is answered before the commit that made it true. If the commit fails, every answer
-//!   of the batch becomes a storage error and nothing is acknowledged.
+//!   of the batch becomes a storage error and nothing is acknowledged; what the batch handled
+//!   (due deadlines, undelivered grants) is handled again by a later one.
+//! - Each step of a batch (a command, a grant to release, a due deadline) runs in a savepoint of
+//!   its own: a storage error rolls back that step alone, and the answers it made become the
+//!   error. A batch that could not begin sends the store nothing at all.
 //! - A lock is granted only to the head ticket of each of its names' queues; a caller who went
 //!   away is skipped, and a grant whose answer could not be delivered is released at once.
 //! - An expired row is treated as absent by every reader, so correctness never waits on a
