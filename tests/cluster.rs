@@ -1303,3 +1303,95 @@ async fn only_the_session_holding_the_coordinator_lock_can_answer_a_call() {
         vec![(id2, r#"{"ok":2}"#.to_string())]
     );
 }
+
+/// A caller that goes away while its forwarded call's INSERT is under way (held up here by a
+/// table lock) leaves no call behind: the row is withdrawn once it lands, so the call never runs
+/// for nobody with its grant held until its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_gone_during_the_forwarding_insert_leaves_nothing_behind() {
+    let Some(mut c) = Cluster::new("cluster::a_caller_gone_during_the_forwarding_insert").await
+    else {
+        return;
+    };
+    let m = c.start_n(2).await;
+    let (a, b) = (&m[0].d, &m[1].d);
+    // A call first, so the INSERT is prepared on the forwarding connection: the table lock then
+    // holds up the INSERT itself, not its preparation (a prepare cut off leaves nothing).
+    b.call("list_locks", json!({})).await;
+    let blocker = c.db.connect().await.expect("connect");
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE airlock.calls IN EXCLUSIVE MODE")
+        .await
+        .expect("lock airlock.calls");
+    let args = json!({"name": "x", "agent_id": "gone", "ttl_seconds": 3600});
+    let call = b.call_raw("lock_resource", args);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), call)
+            .await
+            .is_err(),
+        "the INSERT was held up"
+    );
+    // The caller is gone (its connection closed); now the INSERT lands.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    blocker.batch_execute("ROLLBACK").await.expect("unlock");
+    within(60, async {
+        loop {
+            let left: i64 =
+                c.pg.query_one("SELECT count(*) FROM airlock.calls", &[])
+                    .await
+                    .expect("count calls")
+                    .get(0);
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        holder(a, "x").await,
+        None,
+        "nobody holds a grant nobody read"
+    );
+}
+
+/// Forwarded arguments that do not read back are refused with an error; they never run as an
+/// empty argument list (a `list_notes` with none would have answered every note).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarded_arguments_that_do_not_parse_are_refused() {
+    let Some(mut c) = Cluster::new("cluster::forwarded_arguments_that_do_not_parse").await else {
+        return;
+    };
+    let m = c.start_n(2).await;
+    let daemon = m[1].app.trim_start_matches("airlock ").to_string();
+    let id: i64 =
+        c.pg.query_one(
+            "WITH c AS (INSERT INTO airlock.calls (daemon, tool, args) \
+             VALUES ($1, 'list_notes', '{not json') RETURNING id) \
+             SELECT id, pg_notify('airlock_coordinator', 'q' || id) FROM c",
+            &[&daemon],
+        )
+        .await
+        .expect("insert a call")
+        .get(0);
+    let result: String = within(30, async {
+        loop {
+            let row =
+                c.pg.query_opt(
+                    "SELECT result FROM airlock.calls WHERE id = $1 AND result IS NOT NULL",
+                    &[&id],
+                )
+                .await
+                .expect("read the call");
+            if let Some(row) = row {
+                break row.get(0);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        result.contains("\"err\"") && result.contains("could not be read"),
+        "{result}"
+    );
+}

@@ -27,6 +27,9 @@ use airlock::testkit::postgres::{self as testing, TestDb};
 use proptest::prelude::*;
 use tokio::sync::oneshot;
 
+mod faulty;
+use faulty::{Fault, Faults, FaultyStore};
+
 const LOCKS: usize = 2;
 const AGENTS: u8 = 3;
 
@@ -166,6 +169,7 @@ fn step() -> impl Strategy<Value = Step> {
 
 // ------------------------------------------------------------------ the model
 
+#[derive(Clone)]
 struct MLock {
     agent: u8,
     token: String,
@@ -179,6 +183,7 @@ enum TState {
     Grace { until: i64 },
 }
 
+#[derive(Clone)]
 struct MTicket {
     id: u64,
     agent: u8,
@@ -207,6 +212,7 @@ impl TaskSt {
     }
 }
 
+#[derive(Clone)]
 struct MTask {
     priority: i64,
     state: TaskSt,
@@ -237,13 +243,13 @@ impl MTask {
 }
 
 /// What a parked caller is told, as the model expects it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum ParkedAnswer {
     Granted { fence: i64, expires_in: i64 },
     TimedOut { position: usize },
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Model {
     now: i64,
     locks: [Option<MLock>; LOCKS],
@@ -262,6 +268,18 @@ struct Model {
 }
 
 impl Model {
+    /// A rolled-back batch: the rows are as in `before`; what lives in memory (the lines of
+    /// tickets, popped or in their grace) stays as it is now.
+    fn restore_rows(&mut self, before: &Model) {
+        self.locks = before.locks.clone();
+        self.fences = before.fences;
+        self.notes = before.notes.clone();
+        self.counters = before.counters.clone();
+        self.tasks = before.tasks.clone();
+        self.agents = before.agents.clone();
+        self.events = before.events.clone();
+    }
+
     fn live(&self, i: usize) -> Option<&MLock> {
         self.locks[i].as_ref().filter(|l| l.expires > self.now)
     }
@@ -460,25 +478,6 @@ fn agent_name(a: u8) -> String {
     format!("agent-{a}")
 }
 
-/// Runs one request through the engine as call `$call` and returns what its tool answers (which
-/// must come at once).
-macro_rules! run {
-    ($e:expr, $call:expr, $tool:ident $(($args:expr))?) => {{
-        let (tx, mut rx) = oneshot::channel();
-        $e.process(vec![Command::Call {
-            call: $call,
-            request: Request::$tool$(($args))?,
-            reply: tx,
-        }]);
-        rx.try_recv()
-            .expect("answered within its batch")
-            .map(|r| match r {
-                Response::$tool(v) => v,
-                other => panic!("{} answered {other:?}", stringify!($tool)),
-            })
-    }};
-}
-
 /// A lock answer out of its response.
 fn lock_outcome(r: CoreResult<Response>) -> CoreResult<LockOutcome> {
     r.map(|r| match r {
@@ -509,6 +508,25 @@ struct Harness {
     parked: BTreeMap<u64, (usize, oneshot::Receiver<CoreResult<Response>>)>,
     lock_tokens: [Vec<String>; LOCKS],
     leases: Vec<(i64, String)>,
+    /// With a [`FaultyStore`]: its plan, and the fault armed for the current step.
+    faults: Option<Faults>,
+    fault: Option<Fault>,
+    /// Parked answers read early (while sorting out a failed step), for `check_parked`.
+    early: BTreeMap<u64, CoreResult<LockOutcome>>,
+}
+
+/// Runs one op through the harness's engine (with the step's fault armed, if any); on a storage
+/// error, the step is sorted out as failed and the calling step returns.
+macro_rules! op {
+    ($h:expr, $call:expr, $tool:ident $(($args:expr))?) => {
+        match $h.run_op($call, Request::$tool$(($args))?)? {
+            Some(answer) => answer.map(|r| match r {
+                Response::$tool(v) => v,
+                other => panic!("{} answered {other:?}", stringify!($tool)),
+            }),
+            None => return $h.after_failed_op(),
+        }
+    };
 }
 
 impl Harness {
@@ -532,6 +550,98 @@ impl Harness {
             parked: BTreeMap::new(),
             lock_tokens: Default::default(),
             leases: Vec::new(),
+            faults: None,
+            fault: None,
+            early: BTreeMap::new(),
+        }
+    }
+
+    /// A harness whose store fails when a step arms a fault.
+    fn with_faults() -> Harness {
+        let (store, faults) = FaultyStore::new(Box::new(SqliteStore::open_in_memory().unwrap()));
+        let mut h = Harness::with_store(Box::new(store));
+        // The first batch runs the housekeeping due at start; keep it out of the faulted steps.
+        h.engine.process(vec![]);
+        h.faults = Some(faults);
+        h
+    }
+
+    /// Runs `op` in a batch of its own, with the step's fault armed. A fault that struck
+    /// must show as a storage error, and a storage error must come from a fault; then a
+    /// fault-free batch at the same instant does what the failure left to do (re-armed
+    /// deadlines, unmoved lines). `None` if the op was answered with a storage error.
+    fn run_op(
+        &mut self,
+        call: u64,
+        request: Request,
+    ) -> Result<Option<CoreResult<Response>>, TestCaseError> {
+        let (tx, mut rx) = oneshot::channel();
+        let struck = self.faulted(|e| {
+            e.process(vec![Command::Call {
+                call,
+                request,
+                reply: tx,
+            }])
+        });
+        let got = rx.try_recv().expect("answered within its batch");
+        let storage = matches!(got, Err(CoreError::Storage(_)));
+        prop_assert_eq!(
+            storage,
+            struck,
+            "a storage error if and only if a fault struck"
+        );
+        Ok((!storage).then_some(got))
+    }
+
+    /// Runs `f` with the step's fault armed; true if it struck (then a recovery batch runs).
+    fn faulted(&mut self, f: impl FnOnce(&mut Engine)) -> bool {
+        let Some(faults) = self.faults.clone() else {
+            f(&mut self.engine);
+            return false;
+        };
+        let Some(fault) = self.fault.take() else {
+            f(&mut self.engine);
+            return false;
+        };
+        faults.arm(fault);
+        f(&mut self.engine);
+        let struck = faults.disarm();
+        if struck {
+            self.engine.process(vec![]);
+        }
+        struck
+    }
+
+    /// The op was refused with a storage error: its step was rolled back, so the model does not
+    /// apply it. Parked callers its step answered were told the error and are out of line.
+    fn after_failed_op(&mut self) -> Result<(), TestCaseError> {
+        self.absorb_failed_parked();
+        self.model.pump();
+        self.model.fire_due();
+        self.check_parked()
+    }
+
+    /// Parked callers answered with a storage error leave the model's lines (the engine took
+    /// their tickets out before the grant that was rolled back); other answers are kept for
+    /// `check_parked`.
+    fn absorb_failed_parked(&mut self) {
+        let calls: Vec<u64> = self.parked.keys().copied().collect();
+        for call in calls {
+            let rx = &mut self.parked.get_mut(&call).unwrap().1;
+            match rx.try_recv() {
+                Ok(Err(CoreError::Storage(_))) => {
+                    self.parked.remove(&call);
+                    for line in &mut self.model.lines {
+                        line.retain(
+                            |t| !matches!(t.state, TState::Parked { call: c, .. } if c == call),
+                        );
+                    }
+                }
+                Ok(other) => {
+                    self.early.insert(call, lock_outcome(other));
+                }
+                Err(_) => {}
+            }
         }
     }
 
@@ -650,8 +760,8 @@ impl Harness {
             }
             Step::Unlock { lock, which } => {
                 let token = self.pick_lock_token(lock, which);
-                let got = run!(
-                    &mut self.engine,
+                let got = op!(
+                    self,
                     0,
                     UnlockResource(UnlockResource {
                         name: lock_name(lock),
@@ -667,8 +777,8 @@ impl Harness {
                 prop_assert_eq!(got.released, ok);
             }
             Step::UnlockByAgent { lock, agent } => {
-                let got = run!(
-                    &mut self.engine,
+                let got = op!(
+                    self,
                     0,
                     UnlockResource(UnlockResource {
                         name: lock_name(lock),
@@ -685,8 +795,8 @@ impl Harness {
             }
             Step::Renew { lock, which, ttl_s } => {
                 let token = self.pick_lock_token(lock, which);
-                let got = run!(
-                    &mut self.engine,
+                let got = op!(
+                    self,
                     0,
                     RenewLock(RenewLock {
                         name: lock_name(lock),
@@ -741,8 +851,29 @@ impl Harness {
                     let next = self.model.next_deadline().filter(|&at| at <= target);
                     let to = next.unwrap_or(target);
                     self.clock.advance_ms(to - self.model.now);
-                    self.engine.process(vec![]);
                     self.model.now = to;
+                    let before = self.faults.is_some().then(|| self.model.clone());
+                    let fault = self.fault;
+                    let struck = self.faulted(|e| e.process(vec![]));
+                    if let (true, Some(Fault::Commit), Some(before)) = (struck, fault, before) {
+                        // The batch handled what was due, then its commit failed: the rows are
+                        // as before, what it did in memory stands, and everyone it answered was
+                        // told the error. The batch after it handled the due deadlines again.
+                        self.model.fire_due();
+                        let failed = std::mem::take(&mut self.model.answered);
+                        self.model.restore_rows(&before);
+                        for call in failed.keys() {
+                            let (_, rx) = self.parked.get_mut(call).unwrap();
+                            let got = rx.try_recv();
+                            prop_assert!(
+                                matches!(got, Ok(Err(CoreError::Storage(_)))),
+                                "call {} answered in a failed batch: {:?}",
+                                call,
+                                got
+                            );
+                            self.parked.remove(call);
+                        }
+                    }
                     self.model.fire_due();
                     if next.is_none() {
                         break;
@@ -750,8 +881,8 @@ impl Harness {
                 }
             }
             Step::SetNote { key, value, ttl_s } => {
-                let got = run!(
-                    &mut self.engine,
+                let got = op!(
+                    self,
                     0,
                     SetNote(SetNote {
                         key: format!("k{key}"),
@@ -767,8 +898,8 @@ impl Harness {
                 m.notes.insert(key, (format!("v{value}"), exp));
             }
             Step::GetNote { key } => {
-                let got = run!(
-                    &mut self.engine,
+                let got = op!(
+                    self,
                     0,
                     GetNote(NoteKey {
                         key: format!("k{key}")
@@ -786,8 +917,8 @@ impl Harness {
                 }
             }
             Step::DeleteNote { key } => {
-                let got = run!(
-                    &mut self.engine,
+                let got = op!(
+                    self,
                     0,
                     DeleteNote(NoteKey {
                         key: format!("k{key}")
@@ -800,8 +931,8 @@ impl Harness {
             }
             Step::Cas { key, expected, new } => {
                 let expected = expected.map(|v| format!("v{v}")).unwrap_or_default();
-                let got = run!(
-                    &mut self.engine,
+                let got = op!(
+                    self,
                     0,
                     SetNoteIf(SetNoteIf {
                         key: format!("k{key}"),
@@ -821,8 +952,8 @@ impl Harness {
                 prop_assert_eq!(got.swapped, swap);
             }
             Step::Inc { name, by } => {
-                let got = run!(
-                    &mut self.engine,
+                let got = op!(
+                    self,
                     0,
                     IncrementCounter(IncrementCounter {
                         name: format!("c{name}"),
@@ -847,8 +978,8 @@ impl Harness {
                 key,
             } => {
                 let id = self.model.tasks.len() as i64 + 1;
-                let got = run!(
-                    &mut self.engine,
+                let got = op!(
+                    self,
                     0,
                     PushTask(PushTask {
                         queue: "q".into(),
@@ -891,7 +1022,7 @@ impl Harness {
             Step::Retry { which } => {
                 let n = self.model.tasks.len();
                 let id = (which % (n + 1)) as i64 + 1;
-                let got = run!(&mut self.engine, 0, RetryTask(TaskId { id })).unwrap();
+                let got = op!(self, 0, RetryTask(TaskId { id })).unwrap();
                 let m = &mut self.model;
                 let ok = m.tasks.get(id as usize - 1).is_some_and(|t| {
                     matches!(t.state, TaskSt::Dead | TaskSt::Failed)
@@ -911,7 +1042,7 @@ impl Harness {
             Step::GetTask { which } => {
                 let n = self.model.tasks.len();
                 let id = (which % (n + 1)) as i64 + 1;
-                let got = run!(&mut self.engine, 0, GetTask(TaskId { id })).unwrap();
+                let got = op!(self, 0, GetTask(TaskId { id })).unwrap();
                 match (self.model.tasks.get(id as usize - 1), got) {
                     (None, GetTaskResult::Missing { found: false }) => {}
                     (Some(t), GetTaskResult::Found { found: true, task }) => {
@@ -932,8 +1063,8 @@ impl Harness {
             Step::Claim { agent, lease_s } => {
                 let call = self.next_call;
                 self.next_call += 1;
-                let got = run!(
-                    &mut self.engine,
+                let got = op!(
+                    self,
                     call,
                     ClaimNextTask(ClaimNextTask {
                         queue: "q".into(),
@@ -980,8 +1111,8 @@ impl Harness {
             }
             Step::Complete { which } => {
                 let (id, token) = self.pick_lease(which);
-                let got = run!(
-                    &mut self.engine,
+                let got = op!(
+                    self,
                     0,
                     CompleteTask(Lease {
                         id,
@@ -1001,8 +1132,8 @@ impl Harness {
             }
             Step::Fail { which, requeue } => {
                 let (id, token) = self.pick_lease(which);
-                let got = run!(
-                    &mut self.engine,
+                let got = op!(
+                    self,
                     0,
                     FailTask(FailTask {
                         id,
@@ -1027,8 +1158,8 @@ impl Harness {
             }
             Step::Extend { which, lease_s } => {
                 let (id, token) = self.pick_lease(which);
-                let got = run!(
-                    &mut self.engine,
+                let got = op!(
+                    self,
                     0,
                     ExtendLease(ExtendLease {
                         id,
@@ -1046,8 +1177,8 @@ impl Harness {
                 prop_assert_eq!(got.extended, ok);
             }
             Step::Register { agent, ttl_s } => {
-                let got = run!(
-                    &mut self.engine,
+                let got = op!(
+                    self,
                     0,
                     RegisterAgent(RegisterAgent {
                         agent_id: agent_name(agent),
@@ -1060,8 +1191,8 @@ impl Harness {
                 self.model.agents.insert(agent, now + ttl_s * 1000);
             }
             Step::Unregister { agent } => {
-                let got = run!(
-                    &mut self.engine,
+                let got = op!(
+                    self,
                     0,
                     UnregisterAgent(AgentId {
                         agent_id: agent_name(agent)
@@ -1072,8 +1203,8 @@ impl Harness {
                 self.model.release_agent(agent);
             }
             Step::Signal { event } => {
-                let got = run!(
-                    &mut self.engine,
+                let got = op!(
+                    self,
                     0,
                     SignalEvent(EventName {
                         name: format!("e{event}")
@@ -1085,8 +1216,8 @@ impl Harness {
                 prop_assert_eq!(got.generation, e.0);
             }
             Step::ClearEvent { event } => {
-                let got = run!(
-                    &mut self.engine,
+                let got = op!(
+                    self,
                     0,
                     ClearEvent(EventName {
                         name: format!("e{event}")
@@ -1100,8 +1231,8 @@ impl Harness {
             Step::PeekEvent { event, last_seen } => {
                 let call = self.next_call;
                 self.next_call += 1;
-                let got = run!(
-                    &mut self.engine,
+                let got = op!(
+                    self,
                     call,
                     WaitForEvent(WaitForEvent {
                         name: format!("e{event}"),
@@ -1118,7 +1249,7 @@ impl Harness {
                 );
             }
             Step::ListAgents => {
-                let got = run!(&mut self.engine, 0, ListAgents).unwrap();
+                let got = op!(self, 0, ListAgents).unwrap();
                 let m = &self.model;
                 let expect: Vec<(String, i64, usize, usize)> = m
                     .agents
@@ -1162,7 +1293,10 @@ impl Harness {
         for call in calls {
             let (lock, rx) = self.parked.get_mut(&call).unwrap();
             let lock = *lock;
-            let got = rx.try_recv().map(lock_outcome);
+            let got = match self.early.remove(&call) {
+                Some(answer) => Ok(answer),
+                None => rx.try_recv().map(lock_outcome),
+            };
             match (self.model.answered.remove(&call), got) {
                 (None, Err(oneshot::error::TryRecvError::Empty)) => {}
                 (Some((_, ParkedAnswer::Granted { fence, expires_in })), Ok(Ok(o))) => {
@@ -1223,6 +1357,56 @@ proptest! {
     fn the_engine_matches_the_model(steps in proptest::collection::vec(step(), 1..80)) {
         let mut h = Harness::new();
         for s in &steps {
+            h.step(s)?;
+        }
+    }
+}
+
+fn fault() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        1 => Just(Fault::Begin),
+        1 => Just(Fault::Savepoint),
+        1 => Just(Fault::Release),
+        3 => Just(Fault::Commit),
+        3 => (0..6u32, any::<bool>()).prop_map(|(nth, after)| Fault::Statement { nth, after }),
+    ]
+}
+
+/// Whether the harness can tell what `fault` during `step` must leave behind. Not for steps
+/// whose op changes the lines in memory before its rows (a parked lock call, a cancel, an
+/// unregister): their failed step leaves that change standing, which the model does not
+/// follow. Time advances only get faults of the whole batch (its begin or its commit): a
+/// failed deadline alone is retried after the others, an order the punctual model does not
+/// follow either.
+fn faultable(step: &Step, fault: Fault) -> bool {
+    match step {
+        Step::Lock { .. } | Step::Cancel { .. } | Step::Unregister { .. } => false,
+        Step::Advance { .. } => matches!(fault, Fault::Begin | Fault::Commit),
+        _ => true,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(256),
+        max_shrink_iters: 4096,
+        ..ProptestConfig::default()
+    })]
+
+    /// Storage faults (a failed begin, savepoint, release, statement or commit) injected into
+    /// the store under random sequences: every answer still equals the model's, where a step
+    /// that failed is one that did not happen (its caller told the error), and a batch whose
+    /// commit failed is redone by the next. No answer is ever contradicted by the state after.
+    #[test]
+    fn storage_faults_never_contradict_an_answer(
+        steps in proptest::collection::vec(
+            (step(), proptest::option::weighted(0.4, fault())),
+            1..80,
+        )
+    ) {
+        let mut h = Harness::with_faults();
+        for (s, fault) in &steps {
+            h.fault = fault.filter(|f| faultable(s, *f));
             h.step(s)?;
         }
     }
@@ -1388,4 +1572,101 @@ fn regressions_on_postgres() {
             h.step(s).unwrap_or_else(|e| panic!("{e} in {steps:?}"));
         }
     }
+}
+
+/// One storage error fails its own caller only: the operations batched with it (one
+/// transaction, one savepoint each) are committed and answered as if it had not happened.
+#[test]
+fn a_failed_operation_does_not_fail_its_batch() {
+    let (store, faults) = FaultyStore::new(Box::new(SqliteStore::open_in_memory().unwrap()));
+    let clock = ManualClock::new(1_000_000);
+    let mut e = Engine::new(Box::new(store), Arc::new(clock)).unwrap();
+    e.process(vec![]);
+    let set = |key: &str| {
+        let (tx, rx) = oneshot::channel();
+        let request = Request::SetNote(SetNote {
+            key: key.into(),
+            value: "v".into(),
+            author: None,
+            ttl_seconds: None,
+        });
+        let call = Command::Call {
+            call: 0,
+            request,
+            reply: tx,
+        };
+        (call, rx)
+    };
+    let saved = |r: CoreResult<Response>| matches!(r, Ok(Response::SetNote(s)) if s.saved);
+    let (a, mut ra) = set("a");
+    let (b, mut rb) = set("b");
+    let (c, mut rc) = set("c");
+    // The second statement of the batch is `b`'s write: it runs, then reports a failure.
+    faults.arm(Fault::Statement {
+        nth: 1,
+        after: true,
+    });
+    e.process(vec![a, b, c]);
+    assert!(faults.disarm());
+    assert!(saved(ra.try_recv().unwrap()));
+    assert!(matches!(rb.try_recv().unwrap(), Err(CoreError::Storage(_))));
+    assert!(saved(rc.try_recv().unwrap()));
+    let found = |e: &mut Engine, key: &str| {
+        let (tx, mut rx) = oneshot::channel();
+        e.process(vec![Command::Call {
+            call: 0,
+            request: Request::GetNote(NoteKey { key: key.into() }),
+            reply: tx,
+        }]);
+        matches!(
+            rx.try_recv().unwrap(),
+            Ok(Response::GetNote(GetNoteResult::Found(_)))
+        )
+    };
+    assert!(found(&mut e, "a"));
+    assert!(!found(&mut e, "b"), "the failed write was rolled back");
+    assert!(found(&mut e, "c"));
+}
+
+/// `list_agents` and the status snapshot run on the engine thread: they read counts grouped by
+/// the store and note values cut short, never every task (payloads included) or note value.
+#[test]
+fn summaries_read_counts_not_rows() {
+    let (store, faults) = FaultyStore::new(Box::new(SqliteStore::open_in_memory().unwrap()));
+    let clock = ManualClock::new(1_000_000);
+    let mut e = Engine::new(Box::new(store), Arc::new(clock)).unwrap();
+    e.process(vec![]);
+    let send = |e: &mut Engine, request: Request| {
+        let (tx, mut rx) = oneshot::channel();
+        e.process(vec![Command::Call {
+            call: 0,
+            request,
+            reply: tx,
+        }]);
+        rx.try_recv().unwrap()
+    };
+    send(
+        &mut e,
+        Request::SetNote(SetNote {
+            key: "big".into(),
+            value: "é".repeat(10_000),
+            author: None,
+            ttl_seconds: None,
+        }),
+    )
+    .unwrap();
+    faults.take_log();
+    assert!(send(&mut e, Request::ListAgents).is_ok());
+    let Ok(Response::Status(status)) = send(&mut e, Request::Status) else {
+        panic!("status answered otherwise")
+    };
+    let log = faults.take_log();
+    for rows in ["task_list", "note_list"] {
+        assert!(!log.contains(&rows), "{rows} was read: {log:?}");
+    }
+    let value = &status.notes[0].value;
+    assert!(
+        value.chars().count() < 200 && value.ends_with('…'),
+        "{value}"
+    );
 }

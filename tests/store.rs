@@ -69,6 +69,10 @@ const CHECKS: &[(&str, Check)] = &[
     ("commit keeps, rollback discards", transactions),
     ("savepoints undo one operation only", savepoints),
     ("rollback without a transaction is harmless", stray_rollback),
+    (
+        "summaries: live locks and leases per agent, tasks per queue and state, cut notes",
+        summaries,
+    ),
 ];
 
 fn note(key: &str, value: &str, author: Option<&str>, expires_at: Option<i64>) -> NoteRow {
@@ -727,6 +731,76 @@ fn stray_rollback(s: &mut dyn Store) {
     s.rollback();
     s.begin().unwrap();
     assert!(s.note_get("a").unwrap().is_some());
+    s.commit().unwrap();
+}
+
+fn summaries(s: &mut dyn Store) {
+    s.begin().unwrap();
+    s.lock_put(&lock("a", "ann", 1, 200)).unwrap();
+    s.lock_put(&lock("b", "ann", 1, 200)).unwrap();
+    s.lock_put(&lock("c", "bob", 1, 200)).unwrap();
+    s.lock_put(&lock("d", "bob", 1, 100)).unwrap(); // expired at 100
+    let mut counts = s.lock_counts(100).unwrap();
+    counts.sort();
+    assert_eq!(counts, [("ann".to_string(), 2), ("bob".to_string(), 1)]);
+
+    let claim = |s: &mut dyn Store, queue: &str, agent: &str, until: i64| {
+        let id = s.task_insert(queue, "p", None, 0, 1).unwrap();
+        s.task_update(&TaskRow {
+            state: TaskState::Claimed,
+            attempts: 1,
+            lease_agent: Some(agent.into()),
+            lease_token: Some(format!("ls_{id}")),
+            lease_expires_at: Some(until),
+            ..pending(id, queue, "p", None, 0)
+        })
+        .unwrap();
+        id
+    };
+    claim(s, "q", "ann", 200);
+    claim(s, "q", "ann", 200);
+    claim(s, "r", "bob", 100); // lease expired at 100
+    let done = claim(s, "r", "bob", 200);
+    s.task_update(&TaskRow {
+        state: TaskState::Completed,
+        attempts: 1,
+        lease_agent: Some("bob".into()),
+        finished_at: Some(50),
+        ..pending(done, "r", "p", None, 0)
+    })
+    .unwrap();
+    s.task_insert("q", "p", None, 0, 1).unwrap();
+    assert_eq!(s.lease_counts(100).unwrap(), [("ann".to_string(), 2)]);
+    let mut tasks: Vec<(String, TaskState, i64)> = s
+        .task_counts()
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.queue, c.state, c.count))
+        .collect();
+    tasks.sort_by_key(|(q, st, _)| (q.clone(), st.as_str()));
+    assert_eq!(
+        tasks,
+        [
+            ("q".to_string(), TaskState::Claimed, 2),
+            ("q".to_string(), TaskState::Pending, 1),
+            ("r".to_string(), TaskState::Claimed, 1),
+            ("r".to_string(), TaskState::Completed, 1),
+        ]
+    );
+
+    // Cut by characters, not bytes; a value of exactly the limit is not cut.
+    s.note_put(&note("long", "ééééé", Some("ann"), None))
+        .unwrap();
+    s.note_put(&note("short", "abc", None, Some(300))).unwrap();
+    s.note_put(&note("gone", "abc", None, Some(100))).unwrap();
+    let previews = s.note_previews(100, 3).unwrap();
+    assert_eq!(
+        previews,
+        [
+            (note("long", "ééé", Some("ann"), None), true),
+            (note("short", "abc", None, Some(300)), false),
+        ]
+    );
     s.commit().unwrap();
 }
 

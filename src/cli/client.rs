@@ -192,7 +192,7 @@ impl Client {
             return envelope_result(&self.url, status, &text);
         }
         // Server-sent events: `data:` lines, events separated by a blank line.
-        let mut buf = String::new();
+        let mut events = SseEvents::default();
         loop {
             let chunk = resp.chunk().await.map_err(|e| self.unreachable(&e))?;
             let Some(chunk) = chunk else {
@@ -201,15 +201,7 @@ impl Client {
                     self.url
                 )));
             };
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buf.find("\n\n") {
-                let event: String = buf.drain(..end + 2).collect();
-                let data: String = event
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(|l| l.trim_start())
-                    .collect::<Vec<_>>()
-                    .join("\n");
+            for data in events.push(&chunk) {
                 let Ok(msg) = serde_json::from_str::<Value>(&data) else {
                     continue;
                 };
@@ -348,9 +340,52 @@ pub fn authority_of(url: &str) -> String {
     }
 }
 
+/// Splits a server-sent event stream into the `data` of each event. Bytes are kept until an
+/// event is complete (a blank line) and only then decoded: a chunk may end inside a UTF-8
+/// character, and decoding chunk by chunk would turn its halves into U+FFFD.
+#[derive(Default)]
+struct SseEvents {
+    buf: Vec<u8>,
+}
+
+impl SseEvents {
+    /// Adds `chunk`; returns the data of every event it completed.
+    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = self.buf.drain(..end + 2).collect();
+            let event = String::from_utf8_lossy(&event);
+            let data = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|l| l.trim_start())
+                .collect::<Vec<_>>()
+                .join("\n");
+            out.push(data);
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_character_split_across_chunks_survives() {
+        let stream = "data: {\"note\":\"caf\u{e9} \u{1f512}\"}\n\ndata: {\"n\":2}\n\n".as_bytes();
+        for cut in 0..=stream.len() {
+            let mut events = SseEvents::default();
+            let mut got = events.push(&stream[..cut]);
+            got.extend(events.push(&stream[cut..]));
+            assert_eq!(
+                got,
+                ["{\"note\":\"caf\u{e9} \u{1f512}\"}", "{\"n\":2}"],
+                "cut at byte {cut}"
+            );
+        }
+    }
 
     #[test]
     fn authorities() {

@@ -259,7 +259,7 @@ async fn start(node: &Arc<Node>, term: &Term, row: CallRow) {
         Ok(r) => r,
         Err(e) => {
             let why = CoreError::Storage(format!(
-                "the coordinating daemon could not read this forwarded call ({e}); it did not run"
+                "the forwarded call could not be read by the coordinating daemon ({e}); it did not run"
             ));
             tokio::spawn(finish(node.clone(), term.clone(), id, Ran::failed(why)));
             return;

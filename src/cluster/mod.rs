@@ -24,7 +24,7 @@
 mod coordinate;
 mod forward;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -118,12 +118,14 @@ pub struct Node {
     stop: CancellationToken,
     /// Held while this daemon coordinates, until its engine has stopped.
     coordinating: tokio::sync::Mutex<()>,
-    /// Notifications for the coordinator role.
-    to_coordinator: mpsc::UnboundedSender<String>,
-    coordinator_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
-    /// Ids of answered calls, for the answer fetcher.
-    answers_tx: mpsc::UnboundedSender<i64>,
-    /// Ids of answers read, for deletion.
+    /// Notifications for the coordinator role. Bounded ([`HINTS`]): past it a notification is
+    /// dropped, and the one-second safety net finds the call instead.
+    to_coordinator: mpsc::Sender<String>,
+    coordinator_rx: tokio::sync::Mutex<mpsc::Receiver<String>>,
+    /// Ids of answered calls, for the answer fetcher. Bounded like `to_coordinator`.
+    answers_tx: mpsc::Sender<i64>,
+    /// Ids of answers read, for deletion. Never dropped (a row left behind holds a read grant);
+    /// bounded by the calls this daemon has answered and not yet forgotten.
     forget_tx: mpsc::UnboundedSender<i64>,
     /// Forwarded calls this daemon runs as coordinator: id → cancel.
     running: Mutex<HashMap<i64, Running>>,
@@ -147,11 +149,16 @@ struct Answer {
     from_row: bool,
 }
 
+/// How many notifications (hints: the safety net re-reads what a lost one announced) wait in a
+/// channel before more are dropped, so a flood cannot grow a daemon's memory without bound.
+const HINTS: usize = 65_536;
+
 #[derive(Default)]
 struct Waiting {
     calls: HashMap<i64, oneshot::Sender<Answer>>,
-    /// Answers announced before the sender learned its call's id.
-    early: HashSet<i64>,
+    /// Answers announced before the sender learned its call's id. Ids grow, so past a bound
+    /// the oldest go first: an announcement whose caller is still to come is always recent.
+    early: BTreeSet<i64>,
 }
 
 /// Connects to `url`, migrates the schema, and starts this daemon's part in the group: the
@@ -224,8 +231,8 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
         .build()
         .context("cannot build the PostgreSQL connection pool")?;
 
-    let (to_coordinator, coordinator_rx) = mpsc::unbounded_channel();
-    let (answers_tx, answers_rx) = mpsc::unbounded_channel();
+    let (to_coordinator, coordinator_rx) = mpsc::channel(HINTS);
+    let (answers_tx, answers_rx) = mpsc::channel(HINTS);
     let (forget_tx, forget_rx) = mpsc::unbounded_channel();
     let node = Arc::new(Node {
         id,

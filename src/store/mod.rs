@@ -156,6 +156,13 @@ pub trait Store: Send {
     fn savepoint(&mut self) -> StoreResult<()>;
     fn release_savepoint(&mut self) -> StoreResult<()>;
     fn rollback_to_savepoint(&mut self);
+    /// Whether the transaction `begin` opened is still there to commit. False when the backend
+    /// ended it on its own (SQLite rolls the whole transaction back on some errors, after which
+    /// every statement would commit by itself) or a rollback to a savepoint failed. The engine
+    /// then fails the batch instead of going on.
+    fn transaction_ok(&mut self) -> bool {
+        true
+    }
 
     fn note_get(&mut self, key: &str) -> StoreResult<Option<NoteRow>>;
     fn note_put(&mut self, note: &NoteRow) -> StoreResult<()>;
@@ -235,4 +242,15 @@ pub trait Store: Send {
 
     /// Timed rows, read once at start to rebuild the deadline schedule.
     fn expiries(&mut self) -> StoreResult<Expiries>;
+
+    // Summaries, counted by the backend so the engine thread never loads every row (a task's
+    // payload may be hundreds of KiB) just to count it.
+
+    /// Locks held at `now` (unexpired), per holder.
+    fn lock_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>>;
+    /// Claimed tasks whose lease is unexpired at `now`, per lease holder.
+    fn lease_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>>;
+    /// Notes live at `now`, in key order, each value cut to its first `max_chars` characters;
+    /// the flag says the value was longer.
+    fn note_previews(&mut self, now: Millis, max_chars: i64) -> StoreResult<Vec<(NoteRow, bool)>>;
 }

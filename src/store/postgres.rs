@@ -272,6 +272,14 @@ statements! {
     expiries_leases = "SELECT id, lease_expires_at FROM airlock.tasks WHERE state = 'claimed'";
     expiries_delayed = "SELECT id, ready_at FROM airlock.tasks
                         WHERE state = 'pending' AND ready_at IS NOT NULL";
+    lock_counts = "SELECT agent_id, COUNT(*) FROM airlock.locks WHERE expires_at > $1
+                   GROUP BY agent_id";
+    lease_counts = "SELECT lease_agent, COUNT(*) FROM airlock.tasks
+                    WHERE state = 'claimed' AND lease_agent IS NOT NULL AND lease_expires_at > $1
+                    GROUP BY lease_agent";
+    note_previews = "SELECT key, left(value, ($2::bigint)::int), author, expires_at,
+                            char_length(value) > $2::bigint
+                     FROM airlock.notes WHERE expires_at IS NULL OR expires_at > $1 ORDER BY key";
 }
 
 fn note_from(r: &Row) -> StoreResult<NoteRow> {
@@ -368,6 +376,24 @@ pub struct PgStore {
     begin_pending: std::cell::Cell<bool>,
     /// TLS for the cancel request's own connection, when the store's connection uses it.
     cancel_tls: Option<tls::Connector>,
+    /// The operation savepoint, deferred like BEGIN: declared, sent, or none.
+    savepoint: std::cell::Cell<Savepoint>,
+    /// A RELEASE of the last savepoint, to go out with the next statement (or not at all: the
+    /// commit releases it), so a savepoint per operation costs no round trip of its own.
+    release_pending: std::cell::Cell<bool>,
+    /// A rollback to the savepoint failed: the transaction may be aborted, and its COMMIT would
+    /// be answered ROLLBACK without an error. The engine must not commit it.
+    broken: std::cell::Cell<bool>,
+}
+
+/// Where the operation savepoint stands (see [`PgStore::run`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Savepoint {
+    None,
+    /// `savepoint` was called and SAVEPOINT not yet sent: it goes out with the next statement.
+    Declared,
+    /// SAVEPOINT was sent.
+    Open,
 }
 
 impl PgStore {
@@ -401,6 +427,9 @@ impl PgStore {
             timeout: QUERY_TIMEOUT,
             begin_pending: std::cell::Cell::new(false),
             cancel_tls: None,
+            savepoint: std::cell::Cell::new(Savepoint::None),
+            release_pending: std::cell::Cell::new(false),
+            broken: std::cell::Cell::new(false),
         })
     }
 
@@ -425,14 +454,15 @@ impl PgStore {
             ));
         }
         let timeout = self.timeout;
-        let begin = self.begin_pending.replace(false);
+        let prefix = self.take_prefix();
         let query = async {
-            if !begin {
+            if prefix.is_empty() {
                 return query.await;
             }
-            // BEGIN goes out in the same round trip as the transaction's first statement: both
-            // are sent on the first poll, in this order, before either answer is awaited.
-            let (began, answer) = futures::join!(self.client.batch_execute("BEGIN"), query);
+            // BEGIN, and the savepoint statements, go out in the same round trip as the
+            // transaction's (or the operation's) first statement: both are sent on the first
+            // poll, in this order, before either answer is awaited.
+            let (began, answer) = futures::join!(self.client.batch_execute(&prefix), query);
             began?;
             answer
         };
@@ -463,6 +493,23 @@ impl PgStore {
         })
     }
 
+    /// The deferred statements to send before the next one: BEGIN, the RELEASE of the last
+    /// operation's savepoint, the SAVEPOINT of this operation.
+    fn take_prefix(&self) -> String {
+        let mut prefix = Vec::new();
+        if self.begin_pending.replace(false) {
+            prefix.push("BEGIN");
+        }
+        if self.release_pending.replace(false) {
+            prefix.push("RELEASE SAVEPOINT op");
+        }
+        if self.savepoint.get() == Savepoint::Declared {
+            self.savepoint.set(Savepoint::Open);
+            prefix.push("SAVEPOINT op");
+        }
+        prefix.join("; ")
+    }
+
     fn simple(&self, sql: &str) -> StoreResult<()> {
         self.run(async { Ok(self.client.batch_execute(sql).await?) })
     }
@@ -491,17 +538,31 @@ impl Store for PgStore {
         // and makes a transaction without statements free. READ COMMITTED (the default)
         // suffices: one daemon writes at a time.
         self.begin_pending.set(true);
+        self.savepoint.set(Savepoint::None);
+        self.release_pending.set(false);
+        self.broken.set(false);
         Ok(())
     }
 
     fn commit(&mut self) -> StoreResult<()> {
+        // COMMIT releases every savepoint; one never sent needs nothing.
+        self.savepoint.set(Savepoint::None);
+        self.release_pending.set(false);
         if self.begin_pending.replace(false) {
             return Ok(()); // nothing was sent: nothing to commit
+        }
+        if self.broken.get() {
+            let _ = self.simple("ROLLBACK");
+            return Err(StoreError::Other(
+                "the transaction could not be rolled back to an operation's savepoint".into(),
+            ));
         }
         self.simple("COMMIT")
     }
 
     fn rollback(&mut self) {
+        self.savepoint.set(Savepoint::None);
+        self.release_pending.set(false);
         if self.begin_pending.replace(false) {
             return;
         }
@@ -511,15 +572,33 @@ impl Store for PgStore {
     }
 
     fn savepoint(&mut self) -> StoreResult<()> {
-        self.simple("SAVEPOINT op")
+        // Deferred to the operation's first statement (see `run`): an operation that sends
+        // nothing costs nothing.
+        self.savepoint.set(Savepoint::Declared);
+        Ok(())
     }
 
     fn release_savepoint(&mut self) -> StoreResult<()> {
-        self.simple("RELEASE SAVEPOINT op")
+        if self.savepoint.replace(Savepoint::None) == Savepoint::Open {
+            self.release_pending.set(true);
+        }
+        Ok(())
     }
 
     fn rollback_to_savepoint(&mut self) {
-        let _ = self.simple("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op");
+        if self.savepoint.replace(Savepoint::None) != Savepoint::Open {
+            return; // nothing was sent since the savepoint: nothing to undo
+        }
+        if self
+            .simple("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")
+            .is_err()
+        {
+            self.broken.set(true);
+        }
+    }
+
+    fn transaction_ok(&mut self) -> bool {
+        !self.broken.get()
     }
 
     fn note_get(&mut self, key: &str) -> StoreResult<Option<NoteRow>> {
@@ -778,6 +857,26 @@ impl Store for PgStore {
                 .await?;
             Ok(n as usize)
         })
+    }
+
+    fn lock_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>> {
+        let r = self.run(async { Ok(self.client.query(&self.st.lock_counts, &[&now]).await?) })?;
+        rows(r, |r| Ok((r.try_get(0)?, r.try_get(1)?)))
+    }
+
+    fn lease_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>> {
+        let r = self.run(async { Ok(self.client.query(&self.st.lease_counts, &[&now]).await?) })?;
+        rows(r, |r| Ok((r.try_get(0)?, r.try_get(1)?)))
+    }
+
+    fn note_previews(&mut self, now: Millis, max_chars: i64) -> StoreResult<Vec<(NoteRow, bool)>> {
+        let r = self.run(async {
+            Ok(self
+                .client
+                .query(&self.st.note_previews, &[&now, &max_chars])
+                .await?)
+        })?;
+        rows(r, |r| Ok((note_from(r)?, r.try_get(4)?)))
     }
 
     fn expiries(&mut self) -> StoreResult<Expiries> {

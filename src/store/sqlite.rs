@@ -167,17 +167,27 @@ impl Store for SqliteStore {
     }
 
     fn savepoint(&mut self) -> StoreResult<()> {
-        self.conn.execute_batch("SAVEPOINT op")?;
+        // Outside a transaction SAVEPOINT would open one, and its RELEASE would commit it.
+        if self.conn.is_autocommit() {
+            return Err(StoreError::Other(
+                "no transaction is open (it could not begin, or was rolled back)".into(),
+            ));
+        }
+        self.conn.prepare_cached("SAVEPOINT op")?.execute([])?;
         Ok(())
     }
 
     fn release_savepoint(&mut self) -> StoreResult<()> {
-        self.conn.execute_batch("RELEASE op")?;
+        self.conn.prepare_cached("RELEASE op")?.execute([])?;
         Ok(())
     }
 
     fn rollback_to_savepoint(&mut self) {
         let _ = self.conn.execute_batch("ROLLBACK TO op; RELEASE op");
+    }
+
+    fn transaction_ok(&mut self) -> bool {
+        !self.conn.is_autocommit()
     }
 
     fn note_get(&mut self, key: &str) -> StoreResult<Option<NoteRow>> {
@@ -485,6 +495,33 @@ impl Store for SqliteStore {
             "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at <= ?1",
         )?;
         Ok(st.execute([before])?)
+    }
+
+    fn lock_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT agent_id, COUNT(*) FROM locks WHERE expires_at > ?1 GROUP BY agent_id",
+        )?;
+        let rows = st.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn lease_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT lease_agent, COUNT(*) FROM tasks
+             WHERE state = 'claimed' AND lease_agent IS NOT NULL AND lease_expires_at > ?1
+             GROUP BY lease_agent",
+        )?;
+        let rows = st.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn note_previews(&mut self, now: Millis, max_chars: i64) -> StoreResult<Vec<(NoteRow, bool)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT key, substr(value, 1, ?2), author, expires_at, length(value) > ?2 FROM notes
+             WHERE expires_at IS NULL OR expires_at > ?1 ORDER BY key",
+        )?;
+        let rows = st.query_map([now, max_chars], |r| Ok((note_from(r)?, r.get(4)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn expiries(&mut self) -> StoreResult<Expiries> {

@@ -65,12 +65,33 @@ pub(super) fn get_note(tx: &mut Tx, key: &str, reply: Reply<GetNoteResult>) {
 }
 
 /// Every live note, values included.
-pub(super) fn note_views(tx: &mut Tx) -> CoreResult<Vec<NoteView>> {
+fn note_views(tx: &mut Tx) -> CoreResult<Vec<NoteView>> {
     let now = tx.now();
     Ok(tx
         .db(|s| s.note_list(now))?
         .into_iter()
         .map(|n| note_view(n, now))
+        .collect())
+}
+
+/// How much of each note's value the status snapshot shows: it is a glance, not a dump (a
+/// value may be hundreds of KiB, and the snapshot is built on the engine thread).
+pub(super) const STATUS_VALUE_CHARS: i64 = 120;
+
+/// Every live note for the status snapshot: values cut to [`STATUS_VALUE_CHARS`] characters
+/// by the store (a cut value ends in `…`).
+pub(super) fn note_previews(tx: &mut Tx) -> CoreResult<Vec<NoteView>> {
+    let now = tx.now();
+    Ok(tx
+        .db(|s| s.note_previews(now, STATUS_VALUE_CHARS))?
+        .into_iter()
+        .map(|(n, cut)| {
+            let mut view = note_view(n, now);
+            if cut {
+                view.value.push('…');
+            }
+            view
+        })
         .collect())
 }
 

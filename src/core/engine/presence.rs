@@ -11,7 +11,7 @@ use super::tasks::Tasks;
 use super::{Deadline, Reply, Tx};
 use crate::clock::{seconds_left, Millis};
 use crate::core::types::*;
-use crate::store::{AgentRow, TaskState};
+use crate::store::AgentRow;
 
 pub(super) fn register_agent(
     tx: &mut Tx,
@@ -88,32 +88,23 @@ pub(super) fn list_agents(tx: &mut Tx, reply: Reply<Vec<AgentView>>) {
     tx.respond(reply, r)
 }
 
-/// Every live agent with the locks and leases it holds now.
+/// Every live agent with the locks and leases it holds now (counted by the store: the rows
+/// themselves, task payloads included, are never loaded for this).
 pub(super) fn agent_views(tx: &mut Tx) -> CoreResult<Vec<AgentView>> {
     let now = tx.now();
     let agents = tx.db(|s| s.agent_list())?;
-    let mut locks_by: HashMap<String, usize> = HashMap::new();
-    for l in tx
-        .db(|s| s.lock_list())?
-        .into_iter()
-        .filter(|l| l.expires_at > now)
-    {
-        *locks_by.entry(l.agent_id).or_default() += 1;
-    }
-    let mut leases_by: HashMap<String, usize> = HashMap::new();
-    for t in tx.db(|s| s.task_list_in(None, Some(TaskState::Claimed)))? {
-        if t.state == TaskState::Claimed && t.lease_expires_at.is_some_and(|at| at > now) {
-            if let Some(a) = t.lease_agent {
-                *leases_by.entry(a).or_default() += 1;
-            }
-        }
-    }
+    let locks_by: HashMap<String, i64> = tx.db(|s| s.lock_counts(now))?.into_iter().collect();
+    let leases_by: HashMap<String, i64> = tx.db(|s| s.lease_counts(now))?.into_iter().collect();
+    let count = |by: &HashMap<String, i64>, agent: &str| {
+        by.get(agent)
+            .map_or(0, |&n| usize::try_from(n).unwrap_or(0))
+    };
     Ok(agents
         .into_iter()
         .filter(|a| a.expires_at > now)
         .map(|a| AgentView {
-            locks_held: locks_by.get(&a.agent_id).copied().unwrap_or(0),
-            leases_held: leases_by.get(&a.agent_id).copied().unwrap_or(0),
+            locks_held: count(&locks_by, &a.agent_id),
+            leases_held: count(&leases_by, &a.agent_id),
             expires_in_seconds: seconds_left(a.expires_at, now),
             agent_id: a.agent_id,
         })

@@ -1,5 +1,9 @@
 //! Read-only views across capabilities: the snapshot behind `airlock status`, and where a
 //! parked call stands (for its progress notifications).
+//!
+//! The snapshot is built on the engine thread, so it reads summaries, not rows: counts grouped
+//! by the store (tasks per queue and state, locks and leases per agent) and note values cut
+//! short, never every task payload or whole note value.
 
 use super::events::Events;
 use super::locks::Locks;
@@ -28,7 +32,7 @@ fn snapshot(
 ) -> CoreResult<StatusView> {
     let lock_views = locks.lock_views(tx)?;
     let agents = presence::agent_views(tx)?;
-    let notes = notes::note_views(tx)?;
+    let notes = notes::note_previews(tx)?;
     let event_views = events.event_views(tx)?;
     let queues = tasks.queue_views(tx)?;
     Ok(StatusView {

@@ -382,18 +382,38 @@ impl Tasks {
                 .and_then(|q| q.pop_front())
                 .expect("checked non-empty");
             self.claim_calls.remove(&w.call);
-            let (out, orphan) = lease(tx, task, &w.agent_id, w.lease_ms)?;
-            tx.respond_grant(w.reply, out, orphan);
+            // Out of its queue now: answered whatever happens (the error rolls the step back).
+            match lease(tx, task, &w.agent_id, w.lease_ms) {
+                Ok((out, orphan)) => tx.respond_grant(w.reply, out, orphan),
+                Err(e) => {
+                    tx.respond(w.reply, Err(e.clone()));
+                    return Err(e);
+                }
+            }
         }
     }
 
-    /// Feeds every queue an operation may have given a task.
+    /// Feeds every queue an operation may have given a task. On a storage error the step is
+    /// rolled back, so the queue keeps its mark and is fed in a later step.
     pub(super) fn feed_all(&mut self, tx: &mut Tx) {
         while let Some(queue) = self.to_feed.pop_first() {
             if let Err(e) = self.feed_claimers(tx, &queue) {
                 tracing::error!(queue = %queue, error = %e, "could not hand a task to a waiting claimer");
+                self.to_feed.insert(queue);
+                return;
             }
         }
+    }
+
+    /// Whether some queue may have a task for a parked claimer.
+    pub(super) fn has_work(&self) -> bool {
+        !self.to_feed.is_empty()
+    }
+
+    /// After a rollback: a lease that was undone left its task pending, so every queue with
+    /// parked claimers is looked at again.
+    pub(super) fn mark_all(&mut self) {
+        self.to_feed.extend(self.claim_waiters.keys().cloned());
     }
 
     /// Puts `task` back to pending; its queue may now feed a parked claimer.
