@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use super::client::{Client, ClientError};
 use super::exit;
+use super::show;
 use super::waits::{self, StatusLine, Wait};
 
 /// The agent id a command acts as when `--agent` and `AIRLOCK_AGENT` are not given:
@@ -238,12 +239,19 @@ fn proof(token: Option<String>, agent: Option<String>) -> Result<Value, ClientEr
     }
 }
 
-fn str_of(v: &Value, key: &str) -> String {
+/// A field of an answer as it is, for a single value printed alone (see [`show::for_stdout`]).
+fn raw_of(v: &Value, key: &str) -> String {
     match &v[key] {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         other => other.to_string(),
     }
+}
+
+/// A field of an answer for a line of human output: escaped, so it stays on its line and
+/// cannot drive the terminal (see [`show`]).
+fn str_of(v: &Value, key: &str) -> String {
+    show::escape(&raw_of(v, key))
 }
 
 fn table(rows: &[Value], fmt: impl Fn(&Value) -> String) -> String {
@@ -425,7 +433,7 @@ async fn note(c: &Client, n: NoteCmd) -> Result<Answer, ClientError> {
             if r["found"] == json!(false) {
                 Answer::no(r, format!("not found: no note {key}"))
             } else {
-                let human = str_of(&r, "value");
+                let human = show::for_stdout(&raw_of(&r, "value"));
                 Answer::ok(r, human)
             }
         }

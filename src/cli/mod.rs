@@ -14,6 +14,7 @@ pub mod client;
 pub mod commands;
 pub mod run;
 pub mod service;
+pub mod show;
 pub mod status;
 pub mod waits;
 

@@ -31,10 +31,7 @@ pub async fn run(client: &Client, json: bool) -> i32 {
 
 /// One line of a value, shortened for a table.
 fn short(s: &str, max: usize) -> String {
-    let one_line: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let one_line = super::show::escape(s);
     if one_line.chars().count() > max {
         let cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
         format!("{cut}…")
@@ -188,7 +185,8 @@ mod tests {
 
     #[test]
     fn values_are_one_line_and_short() {
-        assert_eq!(short("a\nb", 10), "a b");
+        assert_eq!(short("a\nb", 10), "a\\nb");
+        assert_eq!(short("ad\u{200b}min", 20), "ad\\u{200b}min");
         assert_eq!(short("abcdef", 4), "abc…");
     }
 }

@@ -77,7 +77,45 @@ pub fn check_name(field: &str, value: &str) -> CoreResult<()> {
             "must not contain control characters (including NUL, tab and newline)",
         ));
     }
+    if let Some(c) = value.chars().find(|c| is_invisible_format(*c)) {
+        return Err(CoreError::invalid(
+            field,
+            format!(
+                "must not contain invisible or bidirectional formatting characters (found \
+                 U+{:04X}): two names differing only by one would look the same",
+                c as u32
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// Characters that print as nothing or reorder the text around them: zero-width characters,
+/// bidirectional marks, embeddings, overrides and isolates, line and paragraph separators,
+/// fillers, variation selectors, tags, the soft hyphen and the byte-order mark.
+pub fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E007F}'
+            | '\u{E0100}'..='\u{E01EF}'
+    )
 }
 
 /// Checks an optional author: same rules as a name when present.
@@ -437,6 +475,21 @@ mod tests {
         assert!(check_name("name", &"x".repeat(512)).is_ok());
         let e = check_name("name", &"x".repeat(513)).unwrap_err();
         assert!(e.to_string().starts_with("name: must be at most 512 bytes"));
+    }
+
+    #[test]
+    fn invisible_and_bidi_characters_are_refused_in_names() {
+        for bad in [
+            "ad\u{200b}min",
+            "x\u{202e}y",
+            "\u{feff}bom",
+            "a\u{2066}b",
+            "l\u{2028}s",
+        ] {
+            let e = check_name("key", bad).unwrap_err().to_string();
+            assert!(e.contains("key") && e.contains("invisible"), "{bad:?}: {e}");
+        }
+        assert!(check_name("key", "ünïcödé-名前-✓").is_ok());
     }
 
     #[test]
