@@ -89,6 +89,16 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
 
     let max_in_flight = env_count("AIRLOCK_MAX_IN_FLIGHT", http::MAX_IN_FLIGHT)?;
+    let state_quota = match std::env::var("AIRLOCK_MAX_STATE_BYTES") {
+        Err(_) => DEFAULT_MAX_STATE_BYTES,
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(n) if n >= 1 << 20 => n,
+            _ => bail!(
+                "AIRLOCK_MAX_STATE_BYTES must be a whole number of bytes, at least 1048576 \
+                 (1 MiB), got {v:?}"
+            ),
+        },
+    };
     let timeouts = Timeouts {
         header: env_millis("AIRLOCK_HEADER_TIMEOUT_MS", conn::HEADER_TIMEOUT)?,
         body: env_millis("AIRLOCK_BODY_TIMEOUT_MS", conn::BODY_TIMEOUT)?,
@@ -110,6 +120,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             let (core, engine) =
                 Coordinator::start(Box::new(store), Arc::new(MonotonicClock::new()))
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
+            core.set_state_quota(state_quota);
             (Core::Local(core), Some(engine))
         }
         config::StoreSpec::Postgres { url, pool_size } => {
@@ -184,6 +195,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
+
+/// The storage quota unless `AIRLOCK_MAX_STATE_BYTES` says otherwise: 4 GiB.
+pub const DEFAULT_MAX_STATE_BYTES: u64 = 4 << 30;
 
 /// A positive whole number from the environment variable `name`, else `default`.
 fn env_count(name: &str, default: usize) -> anyhow::Result<usize> {

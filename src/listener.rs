@@ -31,11 +31,13 @@ pub const FD_RESERVE: usize = 256;
 /// see [`CappedListener::rejecting_for`]). Only connections that arrive when no untrusted one can
 /// be evicted are turned away: every place held by an authenticated client, or all taken in the
 /// last [`EVICTABLE_AFTER`] (a burst). Past this many, the oldest that has waited
-/// [`EVICTABLE_AFTER`] without sending its request is closed to make room, else the newcomer is
-/// closed unanswered: accepting never waits, so silent sockets cannot stall it.
+/// [`EVICTABLE_AFTER`] without sending its request is closed to make room; if none has, accepting
+/// waits for a place (real clients are answered within milliseconds; a burst of silent sockets
+/// ages within [`EVICTABLE_AFTER`], or the 2 s of an answer's drain), so silent sockets can stall
+/// it for about that long at most.
 pub const MAX_REJECTING: usize = 1024;
 /// How old an untrusted connection must be before a newcomer may take its place.
-pub const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
+pub const EVICTABLE_AFTER: Duration = Duration::from_secs(3);
 
 /// The places under the cap, and the untrusted connections in order of arrival.
 #[derive(Debug)]
@@ -329,16 +331,21 @@ impl CappedListener {
                     }
                 }
                 None => {
-                    // None: closed at once, unanswered (every place to answer from is taken).
-                    if let Some((id, me)) = self.start_rejecting() {
-                        let cap = self.cap;
-                        let rejecting = self.rejecting.clone();
-                        tokio::spawn(async move {
-                            turn_away(stream, cap, me).await;
-                            let mut r = rejecting.lock().unwrap_or_else(|p| p.into_inner());
-                            r.open.remove(&id);
-                        });
-                    }
+                    // Every place to answer from is taken by a recent arrival: wait for one
+                    // (they are answered within milliseconds, or age past EVICTABLE_AFTER).
+                    let (id, me) = loop {
+                        if let Some(place) = self.start_rejecting() {
+                            break place;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    };
+                    let cap = self.cap;
+                    let rejecting = self.rejecting.clone();
+                    tokio::spawn(async move {
+                        turn_away(stream, cap, me).await;
+                        let mut r = rejecting.lock().unwrap_or_else(|p| p.into_inner());
+                        r.open.remove(&id);
+                    });
                 }
             }
         }

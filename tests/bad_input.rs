@@ -695,7 +695,7 @@ async fn thousands_of_connections_are_bounded_with_a_clear_503() {
 /// Connections that never send a request still hold a descriptor each, and opening one needs no
 /// token, but they cannot lock a client out: once the cap (the request cap + 256) is full, a new
 /// connection takes the place of the oldest that has not authenticated (after it has had a
-/// second to send its request), and the authenticated call is answered.
+/// few seconds to send its request: `EVICTABLE_AFTER`), and the authenticated call is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_cannot_take_the_place_of_a_client() {
     raise_own_fd_limit(8_192);

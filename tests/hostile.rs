@@ -257,7 +257,7 @@ async fn thousands_of_silent_sockets_do_not_lock_out_clients() {
         }
     }
     assert!(silent.len() >= 1_000, "only {} connected", silent.len());
-    // Past the second a new connection gets to send its request, the silent ones give way.
+    // Past the time a new connection gets to send its request, the silent ones give way.
     tokio::time::sleep(airlock::listener::EVICTABLE_AFTER + Duration::from_millis(500)).await;
     assert!(within(30, d.healthy()).await, "/healthz was locked out");
     let v = within(30, d.call("increment_counter", json!({"name": "c"}))).await;
@@ -593,4 +593,191 @@ async fn the_401_names_the_token_file_of_this_home() {
         m.contains(&d.home.join("token").display().to_string()),
         "{m}"
     );
+}
+
+// ---- 2. Bounded list answers and the storage quota ----
+
+/// Follows `next_cursor` from `first` until the last page; returns every item.
+async fn all_pages(d: &Daemon, tool: &str, mut args: Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let page = d.call(tool, args.clone()).await;
+        let items = page["items"].as_array().unwrap_or_else(|| panic!("{page}"));
+        assert!(items.len() <= args["limit"].as_u64().unwrap_or(1000) as usize);
+        out.extend(items.iter().cloned());
+        match &page["next_cursor"] {
+            Value::Null => return out,
+            Value::String(c) => args["cursor"] = json!(c),
+            other => panic!("next_cursor {other}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_list_tools_answer_bounded_pages() {
+    let d = Daemon::start().await;
+    for i in 0..25 {
+        let k = format!("k{i:02}");
+        d.call("set_note", json!({"key": k, "value": "v"})).await;
+        d.call(
+            "lock_resource",
+            json!({"name": k, "agent_id": format!("a{i:02}")}),
+        )
+        .await;
+        d.call("push_task", json!({"queue": "q", "payload": k}))
+            .await;
+        d.call("register_agent", json!({"agent_id": format!("a{i:02}")}))
+            .await;
+    }
+    // No limit and it fits: the contract's plain array.
+    let all = d.call("list_notes", json!({})).await;
+    assert_eq!(all.as_array().unwrap().len(), 25);
+    for (tool, key, extra) in [
+        ("list_notes", "key", json!({})),
+        ("list_locks", "name", json!({})),
+        ("list_agents", "agent_id", json!({})),
+        ("list_tasks", "id", json!({"queue": "q"})),
+    ] {
+        let mut args = extra.clone();
+        args["limit"] = json!(10);
+        let items = all_pages(&d, tool, args).await;
+        assert_eq!(items.len(), 25, "{tool}");
+        let keys: Vec<String> = items.iter().map(|i| i[key].to_string()).collect();
+        let mut sorted = keys.clone();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 25, "{tool}: no item twice");
+    }
+    // values:false leaves the values out.
+    let page = d
+        .call("list_notes", json!({"limit": 3, "values": false}))
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 3);
+    assert!(page["items"][0].get("value").is_none(), "{page}");
+    assert_eq!(page["items"][0]["key"], json!("k00"));
+    // A limit given but everything fits: a page whose next_cursor is null.
+    let page = d.call("list_locks", json!({"limit": 100})).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 25);
+    assert_eq!(page["next_cursor"], Value::Null);
+    // Bad pages are refused with the field and the rule.
+    for (tool, args, field) in [
+        ("list_notes", json!({"limit": 0}), "limit"),
+        ("list_notes", json!({"limit": 10_001}), "limit"),
+        (
+            "list_tasks",
+            json!({"queue": "q", "cursor": "abc"}),
+            "cursor",
+        ),
+        ("list_locks", json!({"cursor": "a\nb"}), "cursor"),
+    ] {
+        let e = d.call_err(tool, args).await;
+        assert!(e.contains(field), "{tool}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn big_lists_are_cut_into_pages_even_unasked_and_status_says_so() {
+    let d = Daemon::start().await;
+    let value = "x".repeat(256 * 1024);
+    // 70 values of 256 KiB: more than one page's 16 MiB.
+    for i in 0..70 {
+        d.call(
+            "set_note",
+            json!({"key": format!("n{i:02}"), "value": value}),
+        )
+        .await;
+    }
+    let first = d.call("list_notes", json!({})).await;
+    let items = first["items"]
+        .as_array()
+        .expect("a page, not the whole list");
+    assert!(items.len() < 70 && !items.is_empty());
+    assert!(first["next_cursor"].is_string());
+    let mut args = json!({"limit": 1000});
+    let all = all_pages(&d, "list_notes", args.take()).await;
+    assert_eq!(all.len(), 70);
+    let keys = d
+        .call("list_notes", json!({"values": false, "limit": 100}))
+        .await;
+    assert_eq!(keys["items"].as_array().unwrap().len(), 70);
+    let status: Value = d
+        .http
+        .get(format!("{}/status", d.url.trim_end_matches('/')))
+        .bearer_auth(&d.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["truncated"],
+        json!(["notes"]),
+        "{}",
+        status["truncated"]
+    );
+    let shown = status["notes"].as_array().unwrap();
+    assert!(shown
+        .iter()
+        .all(|n| n["value"].as_str().unwrap().len() <= 1100));
+}
+
+#[tokio::test]
+async fn the_storage_quota_refuses_writes_whole_and_deletes_give_room_back() {
+    if common::backend() != common::Backend::Sqlite {
+        eprintln!("SKIPPED: the storage quota is measured on SQLite only");
+        return;
+    }
+    let d = Daemon::start_env(&[("AIRLOCK_MAX_STATE_BYTES", "2097152")]).await;
+    let value = "q".repeat(200 * 1024);
+    let mut stored = 0;
+    let refusal = loop {
+        let r = d
+            .call_raw(
+                "set_note",
+                json!({"key": format!("big{stored}"), "value": value}),
+            )
+            .await;
+        if r["result"]["isError"] == json!(true) {
+            break r["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_string();
+        }
+        stored += 1;
+        assert!(stored < 20, "2 MiB held {stored} values of 200 KiB");
+    };
+    assert!(
+        refusal.contains("value")
+            && refusal.contains("quota")
+            && refusal.contains("AIRLOCK_MAX_STATE_BYTES"),
+        "{refusal}"
+    );
+    assert!(stored >= 5, "only {stored} values of 200 KiB fit in 2 MiB");
+    // Nothing of the refused write is there; tasks and swaps are refused the same way.
+    note_absent(&d, &format!("big{stored}")).await;
+    let e = d
+        .call_err("push_task", json!({"queue": "q", "payload": value}))
+        .await;
+    assert!(e.contains("payload") && e.contains("quota"), "{e}");
+    let e = d
+        .call_err(
+            "set_note_if",
+            json!({"key": "big0", "expected_value": value, "new_value": format!("{value}!")}),
+        )
+        .await;
+    assert!(e.contains("new_value") && e.contains("quota"), "{e}");
+    assert_eq!(
+        d.call("get_note", json!({"key": "big0"})).await["value"],
+        json!(value)
+    );
+    let listed = d.call("list_tasks", json!({"queue": "q"})).await;
+    assert_eq!(listed, json!([]));
+    // Small writes unrelated to values still work, and deleting gives the room back.
+    d.call("increment_counter", json!({"name": "c"})).await;
+    for i in 0..stored {
+        d.call("delete_note", json!({"key": format!("big{i}")}))
+            .await;
+    }
+    d.call("set_note", json!({"key": "again", "value": value}))
+        .await;
 }

@@ -920,7 +920,15 @@ impl Harness {
                 );
             }
             Step::ListAgents => {
-                let got = run(&mut self.engine, |reply| Op::ListAgents { reply }).unwrap();
+                let got = run(&mut self.engine, |reply| Op::ListAgents {
+                    page: airlock::core::Page::default(),
+                    reply,
+                })
+                .unwrap();
+                assert_eq!(
+                    got.next_cursor, None,
+                    "the model has fewer agents than a page"
+                );
                 let m = &self.model;
                 let expect: Vec<(String, i64, usize, usize)> = m
                     .agents
@@ -940,6 +948,7 @@ impl Harness {
                     })
                     .collect();
                 let got: Vec<(String, i64, usize, usize)> = got
+                    .items
                     .into_iter()
                     .map(|a| {
                         (

@@ -254,6 +254,14 @@ fn str_of(v: &Value, key: &str) -> String {
     show::escape(&raw_of(v, key))
 }
 
+/// The items of a list answer: the plain array, or a page's `items`.
+fn rows_of(r: &Value) -> Vec<Value> {
+    r.as_array()
+        .or_else(|| r["items"].as_array())
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn table(rows: &[Value], fmt: impl Fn(&Value) -> String) -> String {
     if rows.is_empty() {
         return "(none)".into();
@@ -345,7 +353,7 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
         }
         ClientCmd::Locks => {
             let r = c.call("list_locks", json!({})).await?;
-            let rows = r.as_array().cloned().unwrap_or_default();
+            let rows = rows_of(&r);
             let human = table(&rows, |l| {
                 format!(
                     "{}\theld by {}\texpires in {}s",
@@ -385,7 +393,7 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
         }
         ClientCmd::Agents | ClientCmd::Agent(AgentCmd::List) => {
             let r = c.call("list_agents", json!({})).await?;
-            let rows = r.as_array().cloned().unwrap_or_default();
+            let rows = rows_of(&r);
             let human = table(&rows, |a| {
                 format!(
                     "{}\texpires in {}s",
@@ -454,7 +462,7 @@ async fn note(c: &Client, n: NoteCmd) -> Result<Answer, ClientError> {
         }
         NoteCmd::List => {
             let r = c.call("list_notes", json!({})).await?;
-            let rows = r.as_array().cloned().unwrap_or_default();
+            let rows = rows_of(&r);
             let human = table(&rows, |n| {
                 format!("{}\t{}", str_of(n, "key"), str_of(n, "value"))
             });
@@ -570,7 +578,7 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
         }
         TaskCmd::List { queue } => {
             let r = c.call("list_tasks", json!({"queue": queue})).await?;
-            let rows = r.as_array().cloned().unwrap_or_default();
+            let rows = rows_of(&r);
             let human = table(&rows, |t| {
                 format!(
                     "{}\t{}\tpriority {}\t{}",

@@ -165,6 +165,16 @@ pub fn render(authority: &str, v: &Value) -> String {
         })
         .collect();
     section("TASKS", queues);
+    let cut: Vec<String> = items(v, "truncated")
+        .iter()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect();
+    if !cut.is_empty() {
+        out.push_str(&format!(
+            "\n(only the first page of {} is shown; `airlock call list_… '{{\"limit\": …, \"cursor\": …}}'` pages through the rest)\n",
+            cut.join(", ")
+        ));
+    }
     out
 }
 

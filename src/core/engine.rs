@@ -63,7 +63,8 @@ pub enum Op {
         reply: Reply<GetNoteResult>,
     },
     ListNotes {
-        reply: Reply<Vec<NoteView>>,
+        page: Page,
+        reply: Reply<Paged<NoteView>>,
     },
     DeleteNote {
         key: String,
@@ -111,7 +112,8 @@ pub enum Op {
         reply: Reply<Renewed>,
     },
     ListLocks {
-        reply: Reply<Vec<LockView>>,
+        page: Page,
+        reply: Reply<Paged<LockView>>,
     },
     RegisterAgent {
         agent_id: String,
@@ -123,7 +125,8 @@ pub enum Op {
         reply: Reply<Unregistered>,
     },
     ListAgents {
-        reply: Reply<Vec<AgentView>>,
+        page: Page,
+        reply: Reply<Paged<AgentView>>,
     },
     SignalEvent {
         name: String,
@@ -174,7 +177,8 @@ pub enum Op {
     },
     ListTasks {
         queue: Option<String>,
-        reply: Reply<Vec<TaskView>>,
+        page: Page,
+        reply: Reply<Paged<TaskView>>,
     },
     Status {
         reply: Reply<StatusView>,
@@ -337,6 +341,21 @@ pub struct Engine {
     /// benchmark can report operations per commit.
     commits: u64,
     operations: u64,
+}
+
+/// Most bytes of a note value shown in `/status`.
+const STATUS_VALUE_BYTES: usize = 1024;
+
+/// Cuts `s` to at most `max` bytes on a character boundary, marking the cut with `…`.
+fn clip_value(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
 }
 
 fn storage(e: StoreError) -> CoreError {
@@ -537,8 +556,8 @@ impl Engine {
                 let r = self.get_note(&key);
                 self.respond(reply, r)
             }
-            Op::ListNotes { reply } => {
-                let r = self.list_notes();
+            Op::ListNotes { page, reply } => {
+                let r = self.list_notes(&page);
                 self.respond(reply, r)
             }
             Op::DeleteNote { key, reply } => {
@@ -590,8 +609,8 @@ impl Engine {
                 let r = self.renew_lock(&name, &proof, ttl_ms);
                 self.respond(reply, r)
             }
-            Op::ListLocks { reply } => {
-                let r = self.list_locks();
+            Op::ListLocks { page, reply } => {
+                let r = self.list_locks(&page);
                 self.respond(reply, r)
             }
             Op::RegisterAgent {
@@ -608,8 +627,8 @@ impl Engine {
                     .map(|_| Unregistered { unregistered: true });
                 self.respond(reply, r)
             }
-            Op::ListAgents { reply } => {
-                let r = self.list_agents();
+            Op::ListAgents { page, reply } => {
+                let r = self.list_agents(&page);
                 self.respond(reply, r)
             }
             Op::SignalEvent { name, reply } => {
@@ -687,8 +706,8 @@ impl Engine {
                 let r = self.extend_lease(id, &lease_token, lease_ms);
                 self.respond(reply, r)
             }
-            Op::ListTasks { queue, reply } => {
-                let r = self.list_tasks(queue.as_deref());
+            Op::ListTasks { queue, page, reply } => {
+                let r = self.list_tasks(queue.as_deref(), &page);
                 self.respond(reply, r)
             }
             Op::Status { reply } => {
@@ -748,14 +767,21 @@ impl Engine {
         })
     }
 
-    fn list_notes(&mut self) -> CoreResult<Vec<NoteView>> {
+    fn list_notes(&mut self, page: &Page) -> CoreResult<Paged<NoteView>> {
         let now = self.now();
-        let rows = self.store.note_list(now);
-        Ok(self
-            .st(rows)?
-            .into_iter()
-            .map(|n| Self::note_view(n, now))
-            .collect())
+        let r = self.store.note_page(
+            now,
+            page.after.as_deref(),
+            page.limit,
+            page.values,
+            MAX_PAGE_VALUE_BYTES,
+        );
+        let (rows, more) = self.st(r)?;
+        let next_cursor = more.then(|| rows.last().map(|n| n.key.clone())).flatten();
+        Ok(Paged {
+            items: rows.into_iter().map(|n| Self::note_view(n, now)).collect(),
+            next_cursor,
+        })
     }
 
     fn delete_note(&mut self, key: &str) -> CoreResult<Deleted> {
@@ -1410,13 +1436,13 @@ impl Engine {
         })
     }
 
-    fn list_locks(&mut self) -> CoreResult<Vec<LockView>> {
+    fn list_locks(&mut self, page: &Page) -> CoreResult<Paged<LockView>> {
         let now = self.now();
-        let rows = self.store.lock_list();
-        let rows = self.st(rows)?;
-        Ok(rows
+        let r = self.store.lock_page(now, page.after.as_deref(), page.limit);
+        let (rows, more) = self.st(r)?;
+        let next_cursor = more.then(|| rows.last().map(|l| l.name.clone())).flatten();
+        let items = rows
             .into_iter()
-            .filter(|l| l.expires_at > now)
             .map(|l| LockView {
                 waiters: self.line_len(&l.name),
                 expires_in_seconds: seconds_left(l.expires_at, now),
@@ -1424,7 +1450,8 @@ impl Engine {
                 agent_id: l.agent_id,
                 fence: l.fence,
             })
-            .collect())
+            .collect();
+        Ok(Paged { items, next_cursor })
     }
 
     fn release_orphan(&mut self, orphan: Orphan) {
@@ -1495,34 +1522,40 @@ impl Engine {
         Ok(())
     }
 
-    fn list_agents(&mut self) -> CoreResult<Vec<AgentView>> {
+    fn list_agents(&mut self, page: &Page) -> CoreResult<Paged<AgentView>> {
         let now = self.now();
-        let agents = self.store.agent_list();
-        let agents = self.st(agents)?;
-        let locks = self.store.lock_list();
-        let mut locks_by: HashMap<String, usize> = HashMap::new();
-        for l in self.st(locks)?.into_iter().filter(|l| l.expires_at > now) {
-            *locks_by.entry(l.agent_id).or_default() += 1;
-        }
-        let tasks = self.store.task_list(None);
-        let mut leases_by: HashMap<String, usize> = HashMap::new();
-        for t in self.st(tasks)? {
-            if t.state == TaskState::Claimed && t.lease_expires_at.is_some_and(|at| at > now) {
-                if let Some(a) = t.lease_agent {
-                    *leases_by.entry(a).or_default() += 1;
-                }
-            }
-        }
-        Ok(agents
-            .into_iter()
-            .filter(|a| a.expires_at > now)
-            .map(|a| AgentView {
-                locks_held: locks_by.get(&a.agent_id).copied().unwrap_or(0),
-                leases_held: leases_by.get(&a.agent_id).copied().unwrap_or(0),
+        let r = self
+            .store
+            .agent_page(now, page.after.as_deref(), page.limit);
+        let (agents, more) = self.st(r)?;
+        let next_cursor = more
+            .then(|| agents.last().map(|a| a.agent_id.clone()))
+            .flatten();
+        let mut items = Vec::with_capacity(agents.len());
+        for a in agents {
+            // What this agent holds, from the indexed per-agent queries (never the whole tables).
+            let locks = self.store.locks_held_by(&a.agent_id);
+            let locks_held = self
+                .st(locks)?
+                .iter()
+                .filter(|l| l.expires_at > now)
+                .count();
+            let leases = self.store.tasks_leased_by(&a.agent_id);
+            let leases_held = self
+                .st(leases)?
+                .iter()
+                .filter(|t| {
+                    t.state == TaskState::Claimed && t.lease_expires_at.is_some_and(|at| at > now)
+                })
+                .count();
+            items.push(AgentView {
+                locks_held,
+                leases_held,
                 expires_in_seconds: seconds_left(a.expires_at, now),
                 agent_id: a.agent_id,
-            })
-            .collect())
+            });
+        }
+        Ok(Paged { items, next_cursor })
     }
 
     // ------------------------------------------------------------ events
@@ -1872,22 +1905,46 @@ impl Engine {
         }
     }
 
-    fn list_tasks(&mut self, queue: Option<&str>) -> CoreResult<Vec<TaskView>> {
+    fn list_tasks(&mut self, queue: Option<&str>, page: &Page) -> CoreResult<Paged<TaskView>> {
         let now = self.now();
-        let rows = self.store.task_list(queue);
-        Ok(self
-            .st(rows)?
-            .into_iter()
-            .map(|t| Self::task_view(t, now))
-            .collect())
+        // The coordinator checked that a task cursor is an id.
+        let after = page.after.as_deref().and_then(|c| c.parse::<i64>().ok());
+        let r = self
+            .store
+            .task_page(queue, after, page.limit, MAX_PAGE_VALUE_BYTES);
+        let (rows, more) = self.st(r)?;
+        let next_cursor = more
+            .then(|| rows.last().map(|t| t.id.to_string()))
+            .flatten();
+        Ok(Paged {
+            items: rows.into_iter().map(|t| Self::task_view(t, now)).collect(),
+            next_cursor,
+        })
     }
 
     // ------------------------------------------------------------ status
 
     fn status(&mut self) -> CoreResult<StatusView> {
-        let locks = self.list_locks()?;
-        let agents = self.list_agents()?;
-        let notes = self.list_notes()?;
+        // One page of each list (values clipped: status is a summary), and the names of the
+        // sections that go on.
+        let page = Page::default();
+        let mut truncated = Vec::new();
+        let locks = self.list_locks(&page)?;
+        let agents = self.list_agents(&page)?;
+        let mut notes = self.list_notes(&page)?;
+        for (name, more) in [
+            ("locks", locks.next_cursor.is_some()),
+            ("agents", agents.next_cursor.is_some()),
+            ("notes", notes.next_cursor.is_some()),
+        ] {
+            if more {
+                truncated.push(name.to_string());
+            }
+        }
+        for n in &mut notes.items {
+            clip_value(&mut n.value, STATUS_VALUE_BYTES);
+        }
+        let (locks, agents, notes) = (locks.items, agents.items, notes.items);
         let rows = self.store.event_list();
         let events = self
             .st(rows)?
@@ -1899,22 +1956,22 @@ impl Engine {
                 cleared_at_generation: e.cleared_at,
             })
             .collect();
-        let tasks = self.store.task_list(None);
+        let counts = self.store.task_counts();
         let mut queues: std::collections::BTreeMap<String, QueueView> = Default::default();
-        for t in self.st(tasks)? {
-            let q = queues.entry(t.queue.clone()).or_insert_with(|| QueueView {
-                queue: t.queue.clone(),
+        for (queue, state, n) in self.st(counts)? {
+            let q = queues.entry(queue.clone()).or_insert_with(|| QueueView {
+                queue,
                 pending: 0,
                 claimed: 0,
                 completed: 0,
                 failed: 0,
                 waiting_claimers: 0,
             });
-            match t.state {
-                TaskState::Pending => q.pending += 1,
-                TaskState::Claimed => q.claimed += 1,
-                TaskState::Completed => q.completed += 1,
-                TaskState::Failed => q.failed += 1,
+            match state {
+                TaskState::Pending => q.pending += n,
+                TaskState::Claimed => q.claimed += n,
+                TaskState::Completed => q.completed += n,
+                TaskState::Failed => q.failed += n,
             }
         }
         for (name, w) in &self.claim_waiters {
@@ -1934,6 +1991,7 @@ impl Engine {
             notes,
             events,
             queues: queues.into_values().collect(),
+            truncated,
         })
     }
 

@@ -7,6 +7,7 @@
 //! arrives only after the change is committed to disk.
 
 pub mod engine;
+pub mod quota;
 pub mod types;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +43,7 @@ pub struct WaitReport {
 pub struct Coordinator {
     tx: mpsc::Sender<Command>,
     next_call: Arc<AtomicU64>,
+    quota: Arc<quota::Quota>,
 }
 
 /// Owns the engine thread; dropping every [`Coordinator`] lets it finish.
@@ -128,6 +130,7 @@ impl Coordinator {
         store: Box<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> CoreResult<(Coordinator, EngineThread)> {
+        let meter = store.usage_meter();
         let engine = Engine::new(store, clock)?;
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -138,6 +141,7 @@ impl Coordinator {
             Coordinator {
                 tx,
                 next_call: Arc::new(AtomicU64::new(1)),
+                quota: Arc::new(quota::Quota::new(meter)),
             },
             EngineThread { handle },
         ))
@@ -151,7 +155,14 @@ impl Coordinator {
         Coordinator {
             tx,
             next_call: Arc::new(AtomicU64::new(1)),
+            quota: Arc::new(quota::Quota::new(None)),
         }
+    }
+
+    /// Limits the state to `bytes` (`AIRLOCK_MAX_STATE_BYTES`): notes and tasks that would
+    /// take it past are refused (see [`quota`]).
+    pub fn set_state_quota(&self, bytes: u64) {
+        self.quota.set_limit(bytes);
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> CoreResult<T> {
@@ -236,6 +247,9 @@ impl Coordinator {
         let ttl_ms = ttl_seconds
             .map(|s| check_ttl("ttl_seconds", s))
             .transpose()?;
+        let _room = self
+            .quota
+            .reserve("value", row_bytes(&key, &value, &author))?;
         self.call(|reply| Op::SetNote {
             key,
             value,
@@ -251,8 +265,13 @@ impl Coordinator {
         self.call(|reply| Op::GetNote { key, reply }).await
     }
 
+    /// The first page of notes (see [`Coordinator::list_notes_page`]).
     pub async fn list_notes(&self) -> CoreResult<Vec<NoteView>> {
-        self.call(|reply| Op::ListNotes { reply }).await
+        Ok(self.list_notes_page(Page::default()).await?.items)
+    }
+
+    pub async fn list_notes_page(&self, page: Page) -> CoreResult<Paged<NoteView>> {
+        self.call(|reply| Op::ListNotes { page, reply }).await
     }
 
     pub async fn delete_note(&self, key: String) -> CoreResult<Deleted> {
@@ -275,6 +294,9 @@ impl Coordinator {
         let ttl_ms = ttl_seconds
             .map(|s| check_ttl("ttl_seconds", s))
             .transpose()?;
+        let _room = self
+            .quota
+            .reserve("new_value", row_bytes(&key, &new_value, &author))?;
         self.call(|reply| Op::SetNoteIf {
             key,
             expected,
@@ -413,8 +435,13 @@ impl Coordinator {
         .await
     }
 
+    /// The first page of locks (see [`Coordinator::list_locks_page`]).
     pub async fn list_locks(&self) -> CoreResult<Vec<LockView>> {
-        self.call(|reply| Op::ListLocks { reply }).await
+        Ok(self.list_locks_page(Page::default()).await?.items)
+    }
+
+    pub async fn list_locks_page(&self, page: Page) -> CoreResult<Paged<LockView>> {
+        self.call(|reply| Op::ListLocks { page, reply }).await
     }
 
     // ------------------------------------------------------------ presence
@@ -443,8 +470,13 @@ impl Coordinator {
             .await
     }
 
+    /// The first page of agents (see [`Coordinator::list_agents_page`]).
     pub async fn list_agents(&self) -> CoreResult<Vec<AgentView>> {
-        self.call(|reply| Op::ListAgents { reply }).await
+        Ok(self.list_agents_page(Page::default()).await?.items)
+    }
+
+    pub async fn list_agents_page(&self, page: Page) -> CoreResult<Paged<AgentView>> {
+        self.call(|reply| Op::ListAgents { page, reply }).await
     }
 
     // ------------------------------------------------------------ events
@@ -506,6 +538,9 @@ impl Coordinator {
         check_value("payload", &payload)?;
         check_author("author", &author)?;
         let priority = priority.unwrap_or(0);
+        let _room = self
+            .quota
+            .reserve("payload", row_bytes(&queue, &payload, &author))?;
         self.call(|reply| Op::PushTask {
             queue,
             payload,
@@ -594,16 +629,41 @@ impl Coordinator {
         .await
     }
 
+    /// The first page of tasks (see [`Coordinator::list_tasks_page`]).
     pub async fn list_tasks(&self, queue: Option<String>) -> CoreResult<Vec<TaskView>> {
+        Ok(self.list_tasks_page(queue, Page::default()).await?.items)
+    }
+
+    pub async fn list_tasks_page(
+        &self,
+        queue: Option<String>,
+        page: Page,
+    ) -> CoreResult<Paged<TaskView>> {
         if let Some(q) = &queue {
             check_name("queue", q)?;
         }
-        self.call(|reply| Op::ListTasks { queue, reply }).await
+        if page
+            .after
+            .as_deref()
+            .is_some_and(|c| c.parse::<i64>().is_err())
+        {
+            return Err(CoreError::invalid(
+                "cursor",
+                "must be the next_cursor of a previous list_tasks answer (a task id)",
+            ));
+        }
+        self.call(|reply| Op::ListTasks { queue, page, reply })
+            .await
     }
 
     pub async fn status(&self) -> CoreResult<StatusView> {
         self.call(|reply| Op::Status { reply }).await
     }
+}
+
+/// What a note or task row adds to the state: its name, value and author.
+fn row_bytes(name: &str, value: &str, author: &Option<String>) -> u64 {
+    (name.len() + value.len() + author.as_ref().map_or(0, String::len)) as u64
 }
 
 fn check_proof(proof: &HolderProof) -> CoreResult<()> {

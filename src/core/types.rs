@@ -20,6 +20,13 @@ pub const MAX_WAIT_SECONDS: i64 = 50;
 pub const WAKE_GRACE_SECONDS: i64 = 10;
 /// Most names one `lock_resources` call may take.
 pub const MAX_LOCK_SET: usize = 64;
+/// Items in a `list_*` page when `limit` is not given.
+pub const DEFAULT_PAGE_ITEMS: usize = 1000;
+/// The most `limit` accepts.
+pub const MAX_PAGE_ITEMS: usize = 10_000;
+/// Values (note values, task payloads) in one page stop past this many bytes (always at least
+/// one item), so one answer holds at most this plus one value.
+pub const MAX_PAGE_VALUE_BYTES: usize = 16 * 1024 * 1024;
 /// How long completed and failed tasks stay visible before they are deleted.
 pub const FINISHED_TASK_RETENTION_SECONDS: i64 = 24 * 3600;
 
@@ -116,6 +123,57 @@ pub fn is_invisible_format(c: char) -> bool {
             | '\u{E0000}'..='\u{E007F}'
             | '\u{E0100}'..='\u{E01EF}'
     )
+}
+
+/// Which slice of a list to answer: items after `after` (a cursor from the previous page), at
+/// most `limit` of them, with or without note values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub after: Option<String>,
+    pub limit: usize,
+    /// Note values (list_notes `values: false` leaves them out).
+    pub values: bool,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Page {
+            after: None,
+            limit: DEFAULT_PAGE_ITEMS,
+            values: true,
+        }
+    }
+}
+
+impl Page {
+    /// Checks `limit` (1 to [`MAX_PAGE_ITEMS`]) and `cursor` (as a name).
+    pub fn new(limit: Option<i64>, cursor: Option<String>, values: bool) -> CoreResult<Page> {
+        let limit = match limit {
+            None => DEFAULT_PAGE_ITEMS,
+            Some(n) if (1..=MAX_PAGE_ITEMS as i64).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(CoreError::invalid(
+                    "limit",
+                    format!("must be between 1 and {MAX_PAGE_ITEMS}, got {n}"),
+                ))
+            }
+        };
+        if let Some(c) = &cursor {
+            check_name("cursor", c)?;
+        }
+        Ok(Page {
+            after: cursor,
+            limit,
+            values,
+        })
+    }
+}
+
+/// One page of a list, and where the next begins (`None`: this is the last).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
 }
 
 /// Checks an optional author: same rules as a name when present.
@@ -435,6 +493,10 @@ pub struct StatusView {
     pub notes: Vec<NoteView>,
     pub events: Vec<EventView>,
     pub queues: Vec<QueueView>,
+    /// Sections cut at [`DEFAULT_PAGE_ITEMS`] (or the page byte budget): the `list_*` tools
+    /// page through the rest.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub truncated: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 use crate::cluster::Core;
 use crate::core::{
     claim_orphan, lock_orphan, lock_set_orphan, Coordinator, CoreError, CoreResult, HolderProof,
-    Orphan, ProgressFn, WaitReport,
+    Orphan, Page, Paged, ProgressFn, WaitReport,
 };
 use args::Args;
 
@@ -147,7 +147,10 @@ async fn dispatch_inner(
                 c.renew_lock(a.str("name")?, holder_proof(a)?, a.ttl_seconds()?)
                     .await,
             ),
-            "list_locks" => json(c.list_locks().await),
+            "list_locks" => {
+                let (page, asked) = page_of(a, true)?;
+                paged(c.list_locks_page(page).await, asked, true)
+            }
             "lock_resources" => {
                 let r = c
                     .lock_resources(
@@ -170,7 +173,11 @@ async fn dispatch_inner(
                 .await,
             ),
             "get_note" => json(c.get_note(a.str("key")?).await),
-            "list_notes" => json(c.list_notes().await),
+            "list_notes" => {
+                let values = a.opt_bool("values")?.unwrap_or(true);
+                let (page, asked) = page_of(a, values)?;
+                paged(c.list_notes_page(page).await, asked, values)
+            }
             "delete_note" => json(c.delete_note(a.str("key")?).await),
             "set_note_if" => json(
                 c.set_note_if(
@@ -187,7 +194,10 @@ async fn dispatch_inner(
             }
             "register_agent" => json(c.register_agent(a.str("agent_id")?, a.ttl_seconds()?).await),
             "unregister_agent" => json(c.unregister_agent(a.str("agent_id")?).await),
-            "list_agents" => json(c.list_agents().await),
+            "list_agents" => {
+                let (page, asked) = page_of(a, true)?;
+                paged(c.list_agents_page(page).await, asked, true)
+            }
             "signal_event" => json(c.signal_event(a.str("name")?).await),
             "wait_for_event" => json(
                 c.wait_for_event(
@@ -233,10 +243,43 @@ async fn dispatch_inner(
                 )
                 .await,
             ),
-            "list_tasks" => json(c.list_tasks(Some(a.str("queue")?)).await),
+            "list_tasks" => {
+                let queue = a.str("queue")?;
+                let (page, asked) = page_of(a, true)?;
+                paged(c.list_tasks_page(Some(queue), page).await, asked, true)
+            }
             other => Err(CoreError::invalid("name", format!("unknown tool {other}"))),
         }
     }
+}
+
+/// A list tool's `limit` and `cursor` (and whether either was given).
+fn page_of(a: &Args<'_>, values: bool) -> CoreResult<(Page, bool)> {
+    let limit = a.opt_i64("limit")?;
+    let cursor = a.opt_str("cursor")?;
+    let asked = limit.is_some() || cursor.is_some();
+    Ok((Page::new(limit, cursor, values)?, asked))
+}
+
+/// A list answer: the plain array (the contract's shape) when no page was asked for and the list
+/// fits in one; else `{items, next_cursor}` (`null` on the last page). Without `values`, each
+/// item's `value` is left out.
+fn paged<T: Serialize>(r: CoreResult<Paged<T>>, asked: bool, values: bool) -> CoreResult<Value> {
+    let p = r?;
+    let mut items = json(Ok(p.items))?;
+    if !values {
+        if let Value::Array(rows) = &mut items {
+            for row in rows {
+                if let Value::Object(m) = row {
+                    m.remove("value");
+                }
+            }
+        }
+    }
+    if !asked && p.next_cursor.is_none() {
+        return Ok(items);
+    }
+    Ok(serde_json::json!({"items": items, "next_cursor": p.next_cursor}))
 }
 
 fn json<T: Serialize>(r: CoreResult<T>) -> CoreResult<Value> {

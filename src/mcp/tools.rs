@@ -94,6 +94,16 @@ const TTL_SECONDS_LOCK: Param = opt(
     Int,
     "How long the lock lasts unless renewed, in seconds (1 to 2592000). Default 900.",
 );
+const LIMIT: Param = opt(
+    "limit",
+    Int,
+    "Most items to answer (1 to 10000). Given (or with cursor), the answer is {items, next_cursor}.",
+);
+const CURSOR: Param = opt(
+    "cursor",
+    Str,
+    "next_cursor from the previous answer: the page after it.",
+);
 const TTL_MINUTES: Param = opt(
     "ttl_minutes",
     Int,
@@ -156,8 +166,9 @@ pub static TOOLS: &[ToolSpec] = &[
     },
     ToolSpec {
         name: "list_locks",
-        description: "List held locks: [{name, agent_id, expires_in_seconds, fence, waiters}].",
-        params: &[],
+        description: "List held locks: [{name, agent_id, expires_in_seconds, fence, waiters}]. \
+            Pages: with limit or cursor, {items, next_cursor}.",
+        params: &[LIMIT, CURSOR],
         read_only: true,
         idempotent: true,
     },
@@ -201,8 +212,13 @@ pub static TOOLS: &[ToolSpec] = &[
     },
     ToolSpec {
         name: "list_notes",
-        description: "List every live note: [{key, value, author?, expires_in_seconds?}].",
-        params: &[],
+        description: "List every live note: [{key, value, author?, expires_in_seconds?}]. \
+            Pages: with limit or cursor, {items, next_cursor}; values:false leaves values out.",
+        params: &[
+            LIMIT,
+            CURSOR,
+            opt("values", Bool, "Include each note's value (default true)."),
+        ],
         read_only: true,
         idempotent: true,
     },
@@ -264,8 +280,9 @@ pub static TOOLS: &[ToolSpec] = &[
     },
     ToolSpec {
         name: "list_agents",
-        description: "List live agents: [{agent_id, expires_in_seconds, locks_held, leases_held}].",
-        params: &[],
+        description: "List live agents: [{agent_id, expires_in_seconds, locks_held, leases_held}]. \
+            Pages: with limit or cursor, {items, next_cursor}.",
+        params: &[LIMIT, CURSOR],
         read_only: true,
         idempotent: true,
     },
@@ -367,7 +384,7 @@ pub static TOOLS: &[ToolSpec] = &[
         description: "List a queue's tasks: [{id, queue, payload, priority, state, author?, \
             attempts, lease_agent?, lease_expires_in_seconds?}]. States: pending, claimed, \
             completed, failed. Finished tasks are kept 24 hours.",
-        params: &[req("queue", Str, "The queue's name.")],
+        params: &[req("queue", Str, "The queue's name."), LIMIT, CURSOR],
         read_only: true,
         idempotent: true,
     },

@@ -2,6 +2,9 @@
 //! fsynced before [`Store::commit`] returns. Statements are prepared once and cached.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -60,7 +63,17 @@ const MIGRATIONS: &[&str] = &[
 /// The SQLite store. Owned by the engine thread.
 pub struct SqliteStore {
     conn: Connection,
+    /// Bytes in use (pages not free), refreshed at every commit: read by the storage quota.
+    usage: Arc<AtomicU64>,
+    /// When free pages were last given back to the file system.
+    last_vacuum: Instant,
 }
+
+/// Free pages given back per incremental vacuum (64 MiB of 4 KiB pages).
+const VACUUM_PAGES: i64 = 16_384;
+/// Free pages worth a vacuum, and the least time between two.
+const VACUUM_THRESHOLD_PAGES: i64 = 256;
+const VACUUM_EVERY: Duration = Duration::from_secs(2);
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, checks its integrity and migrates it.
@@ -104,8 +117,25 @@ impl SqliteStore {
              PRAGMA foreign_keys=OFF;",
         )?;
         conn.set_prepared_statement_cache_capacity(64);
-        let mut store = SqliteStore { conn };
+        // Space freed by deletes goes back to the file system (incremental_vacuum after commits).
+        // A database made before this setting is rebuilt once to take it.
+        let auto_vacuum: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+        if auto_vacuum != 2 {
+            let tables: i64 =
+                conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+            conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL")?;
+            if tables > 0 {
+                tracing::info!("rebuilding the database once for incremental auto-vacuum");
+                conn.execute_batch("VACUUM")?;
+            }
+        }
+        let mut store = SqliteStore {
+            conn,
+            usage: Arc::new(AtomicU64::new(0)),
+            last_vacuum: Instant::now(),
+        };
         store.migrate()?;
+        store.refresh_usage()?;
         Ok(store)
     }
 
@@ -127,6 +157,11 @@ impl SqliteStore {
         }
         Ok(())
     }
+}
+
+/// `limit` + 1 rows (so the page can tell whether more follow), as SQLite's LIMIT takes it.
+fn page_limit(limit: usize) -> i64 {
+    i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)
 }
 
 fn note_from(r: &Row) -> rusqlite::Result<NoteRow> {
@@ -175,6 +210,44 @@ fn task_from(r: &Row) -> rusqlite::Result<TaskRow> {
 }
 
 impl SqliteStore {
+    /// Bytes in pages that are not free.
+    fn measure(&self) -> StoreResult<u64> {
+        let (pages, free, size): (i64, i64, i64) = self.conn.query_row(
+            "SELECT * FROM pragma_page_count, pragma_freelist_count, pragma_page_size",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        Ok(((pages - free).max(0) * size) as u64)
+    }
+
+    fn refresh_usage(&mut self) -> StoreResult<()> {
+        let used = self.measure()?;
+        self.usage.store(used, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Gives free pages back to the file system, a bounded amount at a time, at most every
+    /// [`VACUUM_EVERY`]. Outside any transaction; a failure is only logged.
+    fn vacuum_some(&mut self) {
+        if self.last_vacuum.elapsed() < VACUUM_EVERY {
+            return;
+        }
+        self.last_vacuum = Instant::now();
+        let free: i64 = match self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+        {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        if free >= VACUUM_THRESHOLD_PAGES {
+            let sql = format!("PRAGMA incremental_vacuum({VACUUM_PAGES})");
+            if let Err(e) = self.conn.execute_batch(&sql) {
+                tracing::warn!(error = %e, "incremental vacuum failed");
+            }
+        }
+    }
+
     fn query_tasks(&mut self, sql: &str, args: impl rusqlite::Params) -> StoreResult<Vec<TaskRow>> {
         let mut st = self.conn.prepare_cached(sql)?;
         let rows = st.query_map(args, task_from)?;
@@ -190,6 +263,10 @@ impl Store for SqliteStore {
 
     fn commit(&mut self) -> StoreResult<()> {
         self.conn.execute_batch("COMMIT")?;
+        self.vacuum_some();
+        if let Err(e) = self.refresh_usage() {
+            tracing::warn!(error = %e, "could not measure the database");
+        }
         Ok(())
     }
 
@@ -477,6 +554,112 @@ impl Store for SqliteStore {
             "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at <= ?1",
         )?;
         Ok(st.execute([before])?)
+    }
+
+    fn note_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+        values: bool,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<NoteRow>, bool)> {
+        let sql = if values {
+            "SELECT key, value, author, expires_at FROM notes
+             WHERE (expires_at IS NULL OR expires_at > ?1) AND key > ?2 ORDER BY key LIMIT ?3"
+        } else {
+            "SELECT key, '', author, expires_at FROM notes
+             WHERE (expires_at IS NULL OR expires_at > ?1) AND key > ?2 ORDER BY key LIMIT ?3"
+        };
+        let mut st = self.conn.prepare_cached(sql)?;
+        let rows = st.query_map(
+            params![now, after.unwrap_or(""), page_limit(limit)],
+            note_from,
+        )?;
+        Ok(super::take_page(rows, limit, max_bytes, |n| n.value.len())?)
+    }
+
+    fn lock_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<LockRow>, bool)> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT name, agent_id, token, fence, expires_at FROM locks
+             WHERE expires_at > ?1 AND name > ?2 ORDER BY name LIMIT ?3",
+        )?;
+        let rows = st.query_map(
+            params![now, after.unwrap_or(""), page_limit(limit)],
+            lock_from,
+        )?;
+        Ok(super::take_page(rows, limit, usize::MAX, |_| 0)?)
+    }
+
+    fn agent_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<AgentRow>, bool)> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT agent_id, expires_at FROM agents
+             WHERE expires_at > ?1 AND agent_id > ?2 ORDER BY agent_id LIMIT ?3",
+        )?;
+        let rows = st.query_map(params![now, after.unwrap_or(""), page_limit(limit)], |r| {
+            Ok(AgentRow {
+                agent_id: r.get(0)?,
+                expires_at: r.get(1)?,
+            })
+        })?;
+        Ok(super::take_page(rows, limit, usize::MAX, |_| 0)?)
+    }
+
+    fn task_page(
+        &mut self,
+        queue: Option<&str>,
+        after: Option<i64>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<TaskRow>, bool)> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR queue = ?1) AND id > ?2
+             ORDER BY id LIMIT ?3"
+        );
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let rows = st.query_map(
+            params![queue, after.unwrap_or(i64::MIN), page_limit(limit)],
+            task_from,
+        )?;
+        Ok(super::take_page(rows, limit, max_bytes, |t| {
+            t.payload.len()
+        })?)
+    }
+
+    fn task_counts(&mut self) -> StoreResult<Vec<(String, TaskState, usize)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT queue, state, count(*) FROM tasks GROUP BY queue, state ORDER BY queue",
+        )?;
+        let rows = st.query_map([], |r| {
+            let state: String = r.get(1)?;
+            Ok((r.get::<_, String>(0)?, state, r.get::<_, i64>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (queue, state, n) = row?;
+            let state = TaskState::parse(&state)
+                .ok_or_else(|| StoreError::Other(format!("unknown task state {state:?}")))?;
+            out.push((queue, state, n as usize));
+        }
+        Ok(out)
+    }
+
+    fn used_bytes(&mut self) -> StoreResult<Option<u64>> {
+        Ok(Some(self.measure()?))
+    }
+
+    fn usage_meter(&self) -> Option<Arc<AtomicU64>> {
+        Some(self.usage.clone())
     }
 
     fn expiries(&mut self) -> StoreResult<Expiries> {
