@@ -119,13 +119,19 @@ impl SqliteStore {
         conn.set_prepared_statement_cache_capacity(64);
         // Space freed by deletes goes back to the file system (incremental_vacuum after commits).
         // A database made before this setting is rebuilt once to take it.
-        let auto_vacuum: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
-        if auto_vacuum != 2 {
-            let tables: i64 =
-                conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+        let auto_vacuum = |c: &Connection| -> rusqlite::Result<i64> {
+            c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        };
+        if auto_vacuum(&conn)? != 2 {
             conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL")?;
-            if tables > 0 {
-                tracing::info!("rebuilding the database once for incremental auto-vacuum");
+            // Takes effect at once only on a file without pages yet; otherwise (an older
+            // database, or one WAL mode has already initialised) a VACUUM applies it.
+            if auto_vacuum(&conn)? != 2 {
+                let tables: i64 =
+                    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+                if tables > 0 {
+                    tracing::info!("rebuilding the database once for incremental auto-vacuum");
+                }
                 conn.execute_batch("VACUUM")?;
             }
         }
@@ -241,8 +247,16 @@ impl SqliteStore {
             Err(_) => return,
         };
         if free >= VACUUM_THRESHOLD_PAGES {
-            let sql = format!("PRAGMA incremental_vacuum({VACUUM_PAGES})");
-            if let Err(e) = self.conn.execute_batch(&sql) {
+            // It frees a page per step: step it to the end.
+            let run = || -> rusqlite::Result<()> {
+                let mut st = self
+                    .conn
+                    .prepare(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))?;
+                let mut rows = st.query([])?;
+                while rows.next()?.is_some() {}
+                Ok(())
+            };
+            if let Err(e) = run() {
                 tracing::warn!(error = %e, "incremental vacuum failed");
             }
         }
@@ -690,6 +704,108 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pragma(s: &SqliteStore, p: &str) -> i64 {
+        s.conn
+            .query_row(&format!("PRAGMA {p}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Deleted rows' space goes back to the file system, and the usage gauge follows.
+    #[test]
+    fn deletes_give_space_back_through_incremental_vacuum() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        assert_eq!(pragma(&s, "auto_vacuum"), 2, "incremental");
+        let value = "v".repeat(4096);
+        s.begin().unwrap();
+        for i in 0..2000 {
+            s.note_put(&NoteRow {
+                key: format!("k{i:04}"),
+                value: value.clone(),
+                author: None,
+                expires_at: None,
+            })
+            .unwrap();
+        }
+        s.commit().unwrap();
+        let full = s.usage.load(Ordering::Relaxed);
+        assert!(full > 8_000_000, "{full}");
+        let pages_full = pragma(&s, "page_count");
+        s.begin().unwrap();
+        for i in 0..2000 {
+            s.note_delete(&format!("k{i:04}")).unwrap();
+        }
+        s.commit().unwrap();
+        assert!(
+            s.usage.load(Ordering::Relaxed) < full / 10,
+            "freed pages are not in use"
+        );
+        // The next commit past VACUUM_EVERY gives the free pages back.
+        s.last_vacuum = Instant::now() - VACUUM_EVERY - Duration::from_millis(1);
+        s.begin().unwrap();
+        s.commit().unwrap();
+        assert!(pragma(&s, "freelist_count") < VACUUM_THRESHOLD_PAGES);
+        assert!(pragma(&s, "page_count") < pages_full / 10);
+    }
+
+    /// A database made before incremental auto-vacuum is rebuilt once to take it, keeping its rows.
+    #[test]
+    fn an_older_database_is_converted_to_incremental_vacuum() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut s = SqliteStore::open(&path).unwrap();
+            s.begin().unwrap();
+            s.note_put(&NoteRow {
+                key: "kept".into(),
+                value: "v".into(),
+                author: None,
+                expires_at: None,
+            })
+            .unwrap();
+            s.commit().unwrap();
+            s.conn
+                .execute_batch("PRAGMA auto_vacuum=NONE; VACUUM;")
+                .unwrap();
+            assert_eq!(pragma(&s, "auto_vacuum"), 0);
+        }
+        let mut s = SqliteStore::open(&path).unwrap();
+        assert_eq!(pragma(&s, "auto_vacuum"), 2);
+        assert_eq!(s.note_get("kept").unwrap().unwrap().value, "v");
+    }
+
+    /// Pages are bounded by their limit and by the bytes of their values, and say when more follow.
+    #[test]
+    fn pages_stop_at_the_limit_or_the_byte_budget() {
+        let mut s = SqliteStore::open_in_memory().unwrap();
+        s.begin().unwrap();
+        for i in 0..10 {
+            s.note_put(&NoteRow {
+                key: format!("k{i}"),
+                value: "x".repeat(100),
+                author: None,
+                expires_at: None,
+            })
+            .unwrap();
+        }
+        s.commit().unwrap();
+        let (rows, more) = s.note_page(0, None, 4, true, usize::MAX).unwrap();
+        assert_eq!((rows.len(), more), (4, true));
+        let (rows, more) = s.note_page(0, Some("k3"), 100, true, 250).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            ["k4", "k5", "k6"]
+        );
+        assert!(more);
+        let (rows, more) = s.note_page(0, Some("k7"), 100, false, 1).unwrap();
+        assert_eq!(
+            rows.len(),
+            2,
+            "values left out do not count against the budget"
+        );
+        assert!(!more && rows.iter().all(|r| r.value.is_empty()));
+    }
 
     /// The durability promise rests on these settings: WAL, and an fsync at every commit.
     #[test]
