@@ -185,9 +185,9 @@ pub trait Store: Send {
             .note_list(now)?
             .into_iter()
             .filter(|n| after.is_none_or(|a| n.key.as_str() > a));
-        let (mut rows, more) = take_page(rows.map(Ok::<_, StoreError>), limit, max_bytes, |n| {
-            n.value.len()
-        })?;
+        // Values left out do not count against the budget.
+        let size = |n: &NoteRow| if values { n.value.len() } else { 0 };
+        let (mut rows, more) = take_page(rows.map(Ok::<_, StoreError>), limit, max_bytes, size)?;
         if !values {
             rows.iter_mut().for_each(|n| n.value.clear());
         }

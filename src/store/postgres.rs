@@ -31,6 +31,7 @@ use super::{
 };
 use crate::clock::Millis;
 
+mod pages;
 pub mod testing;
 
 /// The schema every airlock table lives in. SQL below names it literally (`airlock.notes`), so a
@@ -761,6 +762,49 @@ impl Store for PgStore {
                 .await?;
             Ok(n as usize)
         })
+    }
+
+    fn note_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+        values: bool,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<NoteRow>, bool)> {
+        self.pg_note_page(now, after, limit, values, max_bytes)
+    }
+
+    fn lock_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<LockRow>, bool)> {
+        self.pg_lock_page(now, after, limit)
+    }
+
+    fn agent_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<AgentRow>, bool)> {
+        self.pg_agent_page(now, after, limit)
+    }
+
+    fn task_page(
+        &mut self,
+        queue: Option<&str>,
+        after: Option<i64>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<TaskRow>, bool)> {
+        self.pg_task_page(queue, after, limit, max_bytes)
+    }
+
+    fn task_counts(&mut self) -> StoreResult<Vec<(String, TaskState, usize)>> {
+        self.pg_task_counts()
     }
 
     fn expiries(&mut self) -> StoreResult<Expiries> {
