@@ -699,6 +699,20 @@ async fn big_lists_are_cut_into_pages_even_unasked_and_status_says_so() {
         .call("list_notes", json!({"values": false, "limit": 100}))
         .await;
     assert_eq!(keys["items"].as_array().unwrap().len(), 70);
+    // The CLI pages through the whole list.
+    let out = within(
+        60,
+        tokio::process::Command::new(airlock_bin())
+            .args(["note", "list"])
+            .env("AIRLOCK_URL", &d.url)
+            .env("AIRLOCK_HOME", &d.home)
+            .env_remove("AIRLOCK_TOKEN")
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 70);
     let status: Value = d
         .http
         .get(format!("{}/status", d.url.trim_end_matches('/')))

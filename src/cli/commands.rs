@@ -254,6 +254,28 @@ fn str_of(v: &Value, key: &str) -> String {
     show::escape(&raw_of(v, key))
 }
 
+/// Every item of a list, page after page (the daemon answers a long list in pages), as the
+/// contract's plain array.
+async fn list_all(c: &Client, tool: &str, mut args: Value) -> Result<Value, ClientError> {
+    let mut all = Vec::new();
+    let plain = args.clone();
+    args["limit"] = json!(1000);
+    loop {
+        let page = match c.call(tool, args.clone()).await {
+            // A daemon from before pages: it answers the whole list at once.
+            Err(ClientError::Refused(m)) if all.is_empty() && m.starts_with("limit:") => {
+                c.call(tool, plain.clone()).await?
+            }
+            other => other?,
+        };
+        all.extend(rows_of(&page));
+        match page.get("next_cursor").and_then(Value::as_str) {
+            Some(cursor) => args["cursor"] = json!(cursor),
+            None => return Ok(Value::Array(all)),
+        }
+    }
+}
+
 /// The items of a list answer: the plain array, or a page's `items`.
 fn rows_of(r: &Value) -> Vec<Value> {
     r.as_array()
@@ -352,7 +374,7 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             Answer::yes_no(r.clone(), r["renewed"] == json!(true), &human, why)
         }
         ClientCmd::Locks => {
-            let r = c.call("list_locks", json!({})).await?;
+            let r = list_all(c, "list_locks", json!({})).await?;
             let rows = rows_of(&r);
             let human = table(&rows, |l| {
                 format!(
@@ -392,7 +414,7 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             Answer::ok(r, "unregistered")
         }
         ClientCmd::Agents | ClientCmd::Agent(AgentCmd::List) => {
-            let r = c.call("list_agents", json!({})).await?;
+            let r = list_all(c, "list_agents", json!({})).await?;
             let rows = rows_of(&r);
             let human = table(&rows, |a| {
                 format!(
@@ -461,7 +483,7 @@ async fn note(c: &Client, n: NoteCmd) -> Result<Answer, ClientError> {
             Answer::ok(r, "saved")
         }
         NoteCmd::List => {
-            let r = c.call("list_notes", json!({})).await?;
+            let r = list_all(c, "list_notes", json!({})).await?;
             let rows = rows_of(&r);
             let human = table(&rows, |n| {
                 format!("{}\t{}", str_of(n, "key"), str_of(n, "value"))
@@ -577,7 +599,7 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
             Answer::yes_no(r.clone(), r["extended"] == json!(true), &human, why)
         }
         TaskCmd::List { queue } => {
-            let r = c.call("list_tasks", json!({"queue": queue})).await?;
+            let r = list_all(c, "list_tasks", json!({"queue": queue})).await?;
             let rows = rows_of(&r);
             let human = table(&rows, |t| {
                 format!(
