@@ -706,17 +706,14 @@ async fn idle_connections_cannot_take_the_place_of_a_client() {
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
+    let fds_before = fd_count(d.pid());
     let mut idle = Vec::new();
     for _ in 0..cap {
         idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
     }
     // Let the daemon accept them all, and let them age past the grace a new connection gets.
-    let fds_full = within(30, async {
-        loop {
-            let n = fd_count(d.pid());
-            if n >= cap {
-                break n;
-            }
+    within(30, async {
+        while fd_count(d.pid()) < fds_before + cap {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -732,8 +729,10 @@ async fn idle_connections_cannot_take_the_place_of_a_client() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert!(d.healthy().await);
-    // The descriptors stay bounded by the cap: one idle connection was closed per newcomer.
-    assert!(fd_count(d.pid()) <= fds_full + 4);
+    // The descriptors stay bounded by the cap: one idle connection was closed per newcomer (a few
+    // may be closing still).
+    let held = fd_count(d.pid()) - fds_before;
+    assert!(held <= cap + 8, "{held} descriptors for a cap of {cap}");
     drop(idle);
     d.call("list_locks", json!({})).await;
 }
