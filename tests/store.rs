@@ -351,6 +351,20 @@ fn pages(s: &mut dyn Store) {
             ("r".to_string(), "pending", 1),
         ]
     );
+    // What agents hold: live locks, and live leases of claimed tasks.
+    let mut t = s.task_get(b).unwrap().unwrap();
+    t.state = TaskState::Claimed;
+    t.lease_agent = Some("ag".into());
+    t.lease_token = Some("tok".into());
+    t.lease_expires_at = Some(500);
+    s.task_update(&t).unwrap();
+    let held = s
+        .holdings(100, &["ag".to_string(), "nobody".to_string()])
+        .unwrap();
+    assert_eq!(held.get("ag"), Some(&(2, 1)));
+    assert_eq!(held.get("nobody").copied().unwrap_or((0, 0)), (0, 0));
+    let held = s.holdings(450, &["ag".to_string()]).unwrap();
+    assert_eq!(held.get("ag").copied().unwrap_or((0, 0)), (0, 1));
     s.commit().unwrap();
 }
 

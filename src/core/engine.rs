@@ -1531,30 +1531,22 @@ impl Engine {
         let next_cursor = more
             .then(|| agents.last().map(|a| a.agent_id.clone()))
             .flatten();
-        let mut items = Vec::with_capacity(agents.len());
-        for a in agents {
-            // What this agent holds, from the indexed per-agent queries (never the whole tables).
-            let locks = self.store.locks_held_by(&a.agent_id);
-            let locks_held = self
-                .st(locks)?
-                .iter()
-                .filter(|l| l.expires_at > now)
-                .count();
-            let leases = self.store.tasks_leased_by(&a.agent_id);
-            let leases_held = self
-                .st(leases)?
-                .iter()
-                .filter(|t| {
-                    t.state == TaskState::Claimed && t.lease_expires_at.is_some_and(|at| at > now)
-                })
-                .count();
-            items.push(AgentView {
-                locks_held,
-                leases_held,
-                expires_in_seconds: seconds_left(a.expires_at, now),
-                agent_id: a.agent_id,
-            });
-        }
+        let ids: Vec<String> = agents.iter().map(|a| a.agent_id.clone()).collect();
+        // What these agents hold, in one query per table on any backend (never whole tables).
+        let held = self.store.holdings(now, &ids);
+        let held = self.st(held)?;
+        let items = agents
+            .into_iter()
+            .map(|a| {
+                let (locks_held, leases_held) = held.get(&a.agent_id).copied().unwrap_or((0, 0));
+                AgentView {
+                    locks_held,
+                    leases_held,
+                    expires_in_seconds: seconds_left(a.expires_at, now),
+                    agent_id: a.agent_id,
+                }
+            })
+            .collect();
         Ok(Paged { items, next_cursor })
     }
 

@@ -240,6 +240,32 @@ pub trait Store: Send {
         })
     }
 
+    /// For each of `agents`: how many live locks it holds and how many live leases
+    /// (claimed tasks whose lease ends after `now`). Agents holding nothing may be left out.
+    fn holdings(
+        &mut self,
+        now: Millis,
+        agents: &[String],
+    ) -> StoreResult<std::collections::HashMap<String, (usize, usize)>> {
+        let mut out = std::collections::HashMap::new();
+        for a in agents {
+            let locks = self
+                .locks_held_by(a)?
+                .iter()
+                .filter(|l| l.expires_at > now)
+                .count();
+            let leases = self
+                .tasks_leased_by(a)?
+                .iter()
+                .filter(|t| {
+                    t.state == TaskState::Claimed && t.lease_expires_at.is_some_and(|at| at > now)
+                })
+                .count();
+            out.insert(a.clone(), (locks, leases));
+        }
+        Ok(out)
+    }
+
     /// How many tasks each queue has in each state, by queue name.
     fn task_counts(&mut self) -> StoreResult<Vec<(String, TaskState, usize)>> {
         let mut counts: std::collections::BTreeMap<(String, &'static str), (TaskState, usize)> =

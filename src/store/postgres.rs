@@ -807,6 +807,14 @@ impl Store for PgStore {
         self.pg_task_counts()
     }
 
+    fn holdings(
+        &mut self,
+        now: Millis,
+        agents: &[String],
+    ) -> StoreResult<std::collections::HashMap<String, (usize, usize)>> {
+        self.pg_holdings(now, agents)
+    }
+
     fn expiries(&mut self) -> StoreResult<Expiries> {
         let (locks, agents, leases) = self.run(async {
             Ok(futures::try_join!(

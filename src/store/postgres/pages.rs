@@ -3,6 +3,8 @@
 //! server computes the running size (`octet_length` reads a stored value's size without
 //! fetching it), so values past the budget are neither fetched nor sent.
 
+use std::collections::HashMap;
+
 use tokio_postgres::types::ToSql;
 
 use super::{agent_from, lock_from, note_from, rows, task_from, PgStore, TASK_COLUMNS};
@@ -143,6 +145,34 @@ impl PgStore {
             &[&queue, &last],
         )?;
         Ok((page, more))
+    }
+
+    pub(super) fn pg_holdings(
+        &self,
+        now: Millis,
+        agents: &[String],
+    ) -> StoreResult<HashMap<String, (usize, usize)>> {
+        let mut out: HashMap<String, (usize, usize)> = HashMap::new();
+        let locks = self.query_rows(
+            "SELECT agent_id, count(*) FROM airlock.locks
+             WHERE expires_at > $1 AND agent_id = ANY($2) GROUP BY agent_id",
+            &[&now, &agents],
+        )?;
+        for row in &locks {
+            let n: i64 = row.try_get(1)?;
+            out.entry(row.try_get(0)?).or_default().0 = n as usize;
+        }
+        let leases = self.query_rows(
+            "SELECT lease_agent, count(*) FROM airlock.tasks
+             WHERE state = 'claimed' AND lease_expires_at > $1 AND lease_agent = ANY($2)
+             GROUP BY lease_agent",
+            &[&now, &agents],
+        )?;
+        for row in &leases {
+            let n: i64 = row.try_get(1)?;
+            out.entry(row.try_get(0)?).or_default().1 = n as usize;
+        }
+        Ok(out)
     }
 
     pub(super) fn pg_task_counts(&self) -> StoreResult<Vec<(String, TaskState, usize)>> {
