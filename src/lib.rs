@@ -24,6 +24,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod conn;
 pub mod core;
 pub mod daemon;
 pub mod http;
@@ -31,5 +32,6 @@ pub mod identity;
 pub mod listener;
 pub mod mcp;
 pub mod store;
+pub mod strict_json;
 #[doc(hidden)]
 pub mod testkit;

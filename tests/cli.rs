@@ -848,6 +848,16 @@ async fn bare_airlock_on_a_pipe_is_the_bridge_and_starts_a_daemon() {
         serde_json::from_str(body["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
     assert_eq!(got["value"], "v");
     assert!(home.join("daemon.log").exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(home.join("daemon.log"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "daemon.log is private like every other file"
+    );
 }
 
 #[tokio::test]

@@ -67,8 +67,9 @@ async fn an_unwritable_state_directory_is_a_clear_error_at_start() {
         err.contains("cannot create the state directory"),
         "stderr: {err}"
     );
-    // A read-only file system (root ignores permission bits, so a mode is not enough).
-    match Tmpfs::mount(&tmp.path().join("ro"), "size=1m,ro") {
+    // A read-only file system (root ignores permission bits, so a mode is not enough). Mode
+    // 0700: a tmpfs is 1777 by default, and a home other users can write to is refused first.
+    match Tmpfs::mount(&tmp.path().join("ro"), "size=1m,ro,mode=0700") {
         Some(ro) => {
             let (code, err) = refused_start(&ro.0.join("home")).await;
             assert_ne!(code, Some(0));

@@ -1249,7 +1249,11 @@ impl Harness {
                 );
             }
             Step::ListAgents => {
-                let got = op!(self, 0, ListAgents).unwrap();
+                let got = op!(self, 0, ListAgents(ListPage::default())).unwrap();
+                assert_eq!(
+                    got.next_cursor, None,
+                    "the model has fewer agents than a page"
+                );
                 let m = &self.model;
                 let expect: Vec<(String, i64, usize, usize)> = m
                     .agents
@@ -1269,6 +1273,7 @@ impl Harness {
                     })
                     .collect();
                 let got: Vec<(String, i64, usize, usize)> = got
+                    .items
                     .into_iter()
                     .map(|a| {
                         (
@@ -1656,7 +1661,7 @@ fn summaries_read_counts_not_rows() {
     )
     .unwrap();
     faults.take_log();
-    assert!(send(&mut e, Request::ListAgents).is_ok());
+    assert!(send(&mut e, Request::ListAgents(ListPage::default())).is_ok());
     let Ok(Response::Status(status)) = send(&mut e, Request::Status) else {
         panic!("status answered otherwise")
     };

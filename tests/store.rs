@@ -58,6 +58,10 @@ const CHECKS: &[(&str, Check)] = &[
         task_counts,
     ),
     (
+        "pages: limit, cursor, byte budget, liveness, values left out, counts",
+        pages,
+    ),
+    (
         "tasks_leased_by: claimed tasks of that agent only",
         tasks_leased_by,
     ),
@@ -298,6 +302,89 @@ fn events(s: &mut dyn Store) {
     };
     s.event_put(&d).unwrap();
     assert_eq!(s.event_list().unwrap(), [d, e]);
+    s.commit().unwrap();
+}
+
+fn pages(s: &mut dyn Store) {
+    s.begin().unwrap();
+    put_sample_notes(s);
+    // Live at 100: B, a, c (byte order); pages of two, then from the cursor.
+    let (p, more) = s.note_page(100, None, 2, true, usize::MAX).unwrap();
+    assert_eq!((keys(&p), more), (vec!["B", "a"], true));
+    assert_eq!(p[0], note("B", "3", Some("x"), Some(101)));
+    let (p, more) = s.note_page(100, Some("a"), 2, true, usize::MAX).unwrap();
+    assert_eq!((keys(&p), more), (vec!["c"], false));
+    // The byte budget: a row is in the page if it starts within it (the first always is).
+    let (p, more) = s.note_page(49, None, 10, true, 2).unwrap();
+    assert_eq!((keys(&p), more), (vec!["B", "a"], true));
+    let (p, more) = s.note_page(49, None, 10, true, 1).unwrap();
+    assert_eq!((keys(&p), more), (vec!["B"], true));
+    let (p, more) = s.note_page(49, None, 10, false, 1).unwrap();
+    assert_eq!(keys(&p), ["B", "a", "b", "c", "é"]);
+    assert!(!more && p.iter().all(|n| n.value.is_empty() && !n.key.is_empty()));
+    assert_eq!(p[0].author.as_deref(), Some("x"));
+    // Locks and agents: live ones only, by name.
+    for (name, at) in [("l1", 10), ("l2", 300), ("l3", 400)] {
+        s.lock_put(&lock(name, "ag", 1, at)).unwrap();
+    }
+    let (p, more) = s.lock_page(100, None, 1).unwrap();
+    assert_eq!((p[0].name.as_str(), more), ("l2", true));
+    let (p, more) = s.lock_page(100, Some("l2"), 5).unwrap();
+    assert_eq!((p.len(), p[0].name.as_str(), more), (1, "l3", false));
+    for (id, at) in [("x", 10), ("y", 300), ("z", 400)] {
+        s.agent_put(&AgentRow {
+            agent_id: id.into(),
+            expires_at: at,
+        })
+        .unwrap();
+    }
+    let (p, more) = s.agent_page(100, Some("y"), 5).unwrap();
+    assert_eq!((p.len(), p[0].agent_id.as_str(), more), (1, "z", false));
+    // Tasks: by id, of one queue or all, within a payload budget.
+    let a = s.task_insert("q", "aaaa", None, 0, 1).unwrap();
+    let b = s.task_insert("r", "bb", None, 0, 2).unwrap();
+    let c = s.task_insert("q", "cc", None, 0, 3).unwrap();
+    set_state(s, c, TaskState::Completed);
+    let (p, more) = s.task_page(Some("q"), None, None, 10, usize::MAX).unwrap();
+    assert_eq!((ids(&p), more), (vec![a, c], false));
+    let (p, more) = s.task_page(None, None, Some(a), 1, usize::MAX).unwrap();
+    assert_eq!((ids(&p), more), (vec![b], true));
+    let (p, more) = s.task_page(None, None, None, 10, 5).unwrap();
+    assert_eq!((ids(&p), more), (vec![a, b], true));
+    // A state filter pages within that state.
+    let (p, more) = s
+        .task_page(None, Some(TaskState::Completed), None, 10, usize::MAX)
+        .unwrap();
+    assert_eq!((ids(&p), more), (vec![c], false));
+    let mut counts: Vec<(String, &str, usize)> = s
+        .task_counts()
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.queue, c.state.as_str(), c.count as usize))
+        .collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        [
+            ("q".to_string(), "completed", 1),
+            ("q".to_string(), "pending", 1),
+            ("r".to_string(), "pending", 1),
+        ]
+    );
+    // What agents hold: live locks, and live leases of claimed tasks.
+    let mut t = s.task_get(b).unwrap().unwrap();
+    t.state = TaskState::Claimed;
+    t.lease_agent = Some("ag".into());
+    t.lease_token = Some("tok".into());
+    t.lease_expires_at = Some(500);
+    s.task_update(&t).unwrap();
+    let held = s
+        .holdings(100, &["ag".to_string(), "nobody".to_string()])
+        .unwrap();
+    assert_eq!(held.get("ag"), Some(&(2, 1)));
+    assert_eq!(held.get("nobody").copied().unwrap_or((0, 0)), (0, 0));
+    let held = s.holdings(450, &["ag".to_string()]).unwrap();
+    assert_eq!(held.get("ag").copied().unwrap_or((0, 0)), (0, 1));
     s.commit().unwrap();
 }
 

@@ -75,10 +75,7 @@ pub async fn ensure_daemon(client: &Client) -> Result<(), String> {
     let home = config::home_dir();
     config::prepare_home(&home).map_err(|e| e.to_string())?;
     let log_path = home.join("daemon.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    let log = config::open_private_log(&log_path)
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
     let err_log = log
         .try_clone()

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use super::client::{Client, ClientError};
 use super::exit;
+use super::show;
 use super::waits::{self, seconds, StatusLine, Wait};
 use crate::core::request::*;
 
@@ -386,12 +387,51 @@ fn proof(token: Option<String>, agent: Option<String>) -> Result<Holder, ClientE
     }
 }
 
-fn str_of(v: &Value, key: &str) -> String {
+/// A field of an answer as it is, for a single value printed alone (see [`show::for_stdout`]).
+fn raw_of(v: &Value, key: &str) -> String {
     match &v[key] {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         other => other.to_string(),
     }
+}
+
+/// A field of an answer for a line of human output: escaped, so it stays on its line and
+/// cannot drive the terminal (see [`show`]).
+fn str_of(v: &Value, key: &str) -> String {
+    show::escape(&raw_of(v, key))
+}
+
+/// Every item of a list, page after page (the daemon answers a long list in pages), as the
+/// contract's plain array.
+async fn list_all(c: &Client, make: impl Fn(ListPage) -> Request) -> Result<Value, ClientError> {
+    let mut all = Vec::new();
+    let mut page = ListPage {
+        limit: Some(1000),
+        cursor: None,
+    };
+    loop {
+        let answer = match c.request(&make(page.clone())).await {
+            // A daemon from before pages: it answers the whole list at once.
+            Err(ClientError::Refused(m)) if all.is_empty() && m.starts_with("limit:") => {
+                c.request(&make(ListPage::default())).await?
+            }
+            other => other?,
+        };
+        all.extend(rows_of(&answer));
+        match answer.get("next_cursor").and_then(Value::as_str) {
+            Some(cursor) => page.cursor = Some(cursor.to_string()),
+            None => return Ok(Value::Array(all)),
+        }
+    }
+}
+
+/// The items of a list answer: the plain array, or a page's `items`.
+fn rows_of(r: &Value) -> Vec<Value> {
+    r.as_array()
+        .or_else(|| r["items"].as_array())
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn table(rows: &[Value], fmt: impl Fn(&Value) -> String) -> String {
@@ -485,8 +525,8 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             Answer::yes_no(r.clone(), r["renewed"] == json!(true), &human, why)
         }
         ClientCmd::Locks => {
-            let r = c.request(&Request::ListLocks).await?;
-            let rows = r.as_array().cloned().unwrap_or_default();
+            let r = list_all(c, Request::ListLocks).await?;
+            let rows = rows_of(&r);
             let human = table(&rows, |l| {
                 format!(
                     "{}\theld by {}\texpires in {}s",
@@ -528,8 +568,8 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             Answer::ok(r, "unregistered")
         }
         ClientCmd::Agents | ClientCmd::Agent(AgentCmd::List) => {
-            let r = c.request(&Request::ListAgents).await?;
-            let rows = r.as_array().cloned().unwrap_or_default();
+            let r = list_all(c, Request::ListAgents).await?;
+            let rows = rows_of(&r);
             let human = table(&rows, |a| {
                 format!(
                     "{}\texpires in {}s",
@@ -585,7 +625,7 @@ async fn note(c: &Client, n: NoteCmd) -> Result<Answer, ClientError> {
             if r["found"] == json!(false) {
                 Answer::no(r, format!("not found: no note {key}"))
             } else {
-                let human = str_of(&r, "value");
+                let human = show::for_stdout(&raw_of(&r, "value"));
                 Answer::ok(r, human)
             }
         }
@@ -606,8 +646,11 @@ async fn note(c: &Client, n: NoteCmd) -> Result<Answer, ClientError> {
             Answer::ok(r, "saved")
         }
         NoteCmd::List => {
-            let r = c.request(&Request::ListNotes).await?;
-            let rows = r.as_array().cloned().unwrap_or_default();
+            let r = list_all(c, |page| {
+                Request::ListNotes(ListNotes { page, values: None })
+            })
+            .await?;
+            let rows = rows_of(&r);
             let human = table(&rows, |n| {
                 format!("{}\t{}", str_of(n, "key"), str_of(n, "value"))
             });
@@ -739,13 +782,15 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
             Answer::yes_no(r.clone(), r["extended"] == json!(true), &human, why)
         }
         TaskCmd::List { queue, state } => {
-            let r = c
-                .request(&Request::ListTasks(ListTasks {
-                    queue: Some(queue),
-                    state,
-                }))
-                .await?;
-            let rows = r.as_array().cloned().unwrap_or_default();
+            let r = list_all(c, |page| {
+                Request::ListTasks(ListTasks {
+                    queue: Some(queue.clone()),
+                    state: state.clone(),
+                    page,
+                })
+            })
+            .await?;
+            let rows = rows_of(&r);
             let human = table(&rows, |t| {
                 format!(
                     "{}\t{}\tpriority {}\t{}",

@@ -18,6 +18,7 @@ pub mod hook;
 pub mod output;
 pub mod run;
 pub mod service;
+pub mod show;
 pub mod status;
 pub mod waits;
 

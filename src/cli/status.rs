@@ -26,10 +26,7 @@ pub async fn run(client: &Client, json: bool) -> i32 {
 /// One line of a value, shortened for a table by cutting its middle: the start of a name says
 /// what kind of thing it is (`file:/home/…`), its end which one (the file name).
 fn short(s: &str, max: usize) -> String {
-    let one_line: Vec<char> = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let one_line: Vec<char> = super::show::escape(s).chars().collect();
     if one_line.len() <= max {
         return one_line.into_iter().collect();
     }
@@ -171,6 +168,16 @@ pub fn render(authority: &str, v: &Value) -> String {
         })
         .collect();
     section("TASKS", queues);
+    let cut: Vec<String> = items(v, "truncated")
+        .iter()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect();
+    if !cut.is_empty() {
+        out.push_str(&format!(
+            "\n(only the first page of {} is shown; `airlock call list_… '{{\"limit\": …, \"cursor\": …}}'` pages through the rest)\n",
+            cut.join(", ")
+        ));
+    }
     out
 }
 
@@ -206,7 +213,8 @@ mod tests {
 
     #[test]
     fn values_are_one_line_and_short() {
-        assert_eq!(short("a\nb", 10), "a b");
+        assert_eq!(short("a\nb", 10), "a\\nb");
+        assert_eq!(short("ad\u{200b}min", 20), "ad\\u{200b}min");
         assert_eq!(short("abcdef", 4), "ab…f");
         assert_eq!(
             short("file:/home/user/projects/some-project/src/main.rs", 28),

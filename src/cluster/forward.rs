@@ -498,7 +498,12 @@ mod tests {
                 fence: 3,
                 fresh: false,
             })),
-            Ok(Response::ListLocks(vec![])),
+            Ok(Response::ListLocks(crate::core::Listed {
+                items: vec![],
+                next_cursor: None,
+                as_page: false,
+                without: None,
+            })),
             Err(CoreError::invalid(
                 "ttl_seconds",
                 "must be between 1 and 2592000 seconds",

@@ -7,6 +7,7 @@
 //! arrives only after the change is committed to disk.
 
 pub mod engine;
+pub mod quota;
 pub mod request;
 pub mod types;
 
@@ -60,6 +61,7 @@ pub struct WaitReport {
 pub struct Coordinator {
     tx: mpsc::Sender<Command>,
     next_call: Arc<AtomicU64>,
+    quota: Arc<quota::Quota>,
 }
 
 /// Owns the engine thread; dropping every [`Coordinator`] lets it finish.
@@ -105,6 +107,7 @@ impl Coordinator {
         store: Box<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> CoreResult<(Coordinator, EngineThread)> {
+        let meter = store.usage_meter();
         let engine = Engine::new(store, clock)?;
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -115,6 +118,7 @@ impl Coordinator {
             Coordinator {
                 tx,
                 next_call: Arc::new(AtomicU64::new(1)),
+                quota: Arc::new(quota::Quota::new(meter)),
             },
             EngineThread { handle },
         ))
@@ -128,7 +132,14 @@ impl Coordinator {
         Coordinator {
             tx,
             next_call: Arc::new(AtomicU64::new(1)),
+            quota: Arc::new(quota::Quota::new(None)),
         }
+    }
+
+    /// Limits the state to `bytes` (`AIRLOCK_MAX_STATE_BYTES`): notes and tasks that would
+    /// take it past are refused (see [`quota`]).
+    pub fn set_state_quota(&self, bytes: u64) {
+        self.quota.set_limit(bytes);
     }
 
     /// Runs one request: its checks here (a bad argument is refused and changes nothing), its
@@ -141,6 +152,22 @@ impl Coordinator {
         progress: Option<ProgressFn>,
     ) -> CoreResult<Response> {
         let request = request.check()?;
+        // Room for what it writes, held until it is answered (see `quota`).
+        let _room = match &request {
+            Request::SetNote(r) => Some(
+                self.quota
+                    .reserve("value", row_bytes(&r.key, &r.value, &r.author))?,
+            ),
+            Request::SetNoteIf(r) => Some(
+                self.quota
+                    .reserve("new_value", row_bytes(&r.key, &r.new_value, &r.author))?,
+            ),
+            Request::PushTask(r) => Some(
+                self.quota
+                    .reserve("payload", row_bytes(&r.queue, &r.payload, &r.author))?,
+            ),
+            _ => None,
+        };
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         let window_seconds = request.wait_window_seconds();
         // A call that may park keeps what it asked, to know what an unread answer leaves behind.
@@ -223,6 +250,11 @@ impl CoreApi for Coordinator {
     }
 }
 
+/// What a note or task row holds, for the quota: its name, value and author.
+fn row_bytes(name: &str, value: &str, author: &Option<String>) -> u64 {
+    (name.len() + value.len() + author.as_ref().map_or(0, String::len)) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,8 +277,9 @@ mod tests {
     }
 
     async fn locks(core: &Coordinator) -> Vec<LockView> {
-        match core.call(Request::ListLocks, None).await.unwrap() {
-            Response::ListLocks(l) => l,
+        let list = Request::ListLocks(request::ListPage::default());
+        match core.call(list, None).await.unwrap() {
+            Response::ListLocks(l) => l.items,
             other => panic!("{other:?}"),
         }
     }

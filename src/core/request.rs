@@ -352,6 +352,40 @@ pub struct ListTasks {
     /// `pending`, `claimed`, `completed`, `failed` or `dead`; absent: every state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    #[serde(flatten)]
+    pub page: ListPage,
+}
+
+/// Which page of a list: at most `limit` items after `cursor` (the previous page's
+/// `next_cursor`). Either given, the answer is a page, `{items, next_cursor}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListPage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+impl ListPage {
+    /// Whether the caller asked for a page (else the contract's plain array when all fits).
+    pub fn asked(&self) -> bool {
+        self.limit.is_some() || self.cursor.is_some()
+    }
+
+    /// The checked page (`values`: with note values).
+    pub fn page(&self, values: bool) -> CoreResult<Page> {
+        Page::new(self.limit, self.cursor.clone(), values)
+    }
+}
+
+/// `list_notes`: a page, with or without values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListNotes {
+    #[serde(flatten)]
+    pub page: ListPage,
+    /// `false` leaves each note's value out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<bool>,
 }
 
 /// `get_task` and `retry_task`.
@@ -370,17 +404,17 @@ pub enum Request {
     LockResource(LockResource),
     UnlockResource(UnlockResource),
     RenewLock(RenewLock),
-    ListLocks,
+    ListLocks(ListPage),
     LockResources(LockResources),
     SetNote(SetNote),
     GetNote(NoteKey),
-    ListNotes,
+    ListNotes(ListNotes),
     DeleteNote(NoteKey),
     SetNoteIf(SetNoteIf),
     IncrementCounter(IncrementCounter),
     RegisterAgent(RegisterAgent),
     UnregisterAgent(AgentId),
-    ListAgents,
+    ListAgents(ListPage),
     SignalEvent(EventName),
     WaitForEvent(WaitForEvent),
     ClearEvent(EventName),
@@ -404,17 +438,17 @@ pub enum Response {
     LockResource(LockOutcome),
     UnlockResource(Released),
     RenewLock(Renewed),
-    ListLocks(Vec<LockView>),
+    ListLocks(Listed<LockView>),
     LockResources(LockSetOutcome),
     SetNote(Saved),
     GetNote(GetNoteResult),
-    ListNotes(Vec<NoteView>),
+    ListNotes(Listed<NoteView>),
     DeleteNote(Deleted),
     SetNoteIf(Swapped),
     IncrementCounter(CounterValue),
     RegisterAgent(Registered),
     UnregisterAgent(Unregistered),
-    ListAgents(Vec<AgentView>),
+    ListAgents(Listed<AgentView>),
     SignalEvent(Signaled),
     WaitForEvent(EventWaitOutcome),
     ClearEvent(Cleared),
@@ -423,7 +457,7 @@ pub enum Response {
     CompleteTask(Completed),
     FailTask(Failed),
     ExtendLease(Extended),
-    ListTasks(Vec<TaskView>),
+    ListTasks(Listed<TaskView>),
     GetTask(GetTaskResult),
     RetryTask(Retried),
     ListQueues(Vec<QueueView>),
@@ -437,17 +471,17 @@ impl Request {
             Request::LockResource(_) => Tool::LockResource,
             Request::UnlockResource(_) => Tool::UnlockResource,
             Request::RenewLock(_) => Tool::RenewLock,
-            Request::ListLocks => Tool::ListLocks,
+            Request::ListLocks(_) => Tool::ListLocks,
             Request::LockResources(_) => Tool::LockResources,
             Request::SetNote(_) => Tool::SetNote,
             Request::GetNote(_) => Tool::GetNote,
-            Request::ListNotes => Tool::ListNotes,
+            Request::ListNotes(_) => Tool::ListNotes,
             Request::DeleteNote(_) => Tool::DeleteNote,
             Request::SetNoteIf(_) => Tool::SetNoteIf,
             Request::IncrementCounter(_) => Tool::IncrementCounter,
             Request::RegisterAgent(_) => Tool::RegisterAgent,
             Request::UnregisterAgent(_) => Tool::UnregisterAgent,
-            Request::ListAgents => Tool::ListAgents,
+            Request::ListAgents(_) => Tool::ListAgents,
             Request::SignalEvent(_) => Tool::SignalEvent,
             Request::WaitForEvent(_) => Tool::WaitForEvent,
             Request::ClearEvent(_) => Tool::ClearEvent,
@@ -492,9 +526,6 @@ impl Request {
     /// The request of a tool that takes no arguments.
     fn unit(tool: Tool) -> Option<Request> {
         match tool {
-            Tool::ListLocks => Some(Request::ListLocks),
-            Tool::ListNotes => Some(Request::ListNotes),
-            Tool::ListAgents => Some(Request::ListAgents),
             Tool::ListQueues => Some(Request::ListQueues),
             Tool::ListEvents => Some(Request::ListEvents),
             Tool::Status => Some(Request::Status),
@@ -546,7 +577,10 @@ impl Request {
                 r.ttl_seconds = ttl("ttl_seconds", r.ttl_seconds, DEFAULT_LOCK_TTL_SECONDS)?;
                 Request::RenewLock(r)
             }
-            Request::ListLocks => Request::ListLocks,
+            Request::ListLocks(r) => {
+                r.page(true)?;
+                Request::ListLocks(r)
+            }
             Request::LockResources(mut r) => {
                 if r.names.is_empty() || r.names.len() > MAX_LOCK_SET {
                     return Err(CoreError::invalid(
@@ -583,7 +617,10 @@ impl Request {
                 check_name("key", &r.key)?;
                 Request::GetNote(r)
             }
-            Request::ListNotes => Request::ListNotes,
+            Request::ListNotes(r) => {
+                r.page.page(true)?;
+                Request::ListNotes(r)
+            }
             Request::DeleteNote(r) => {
                 check_name("key", &r.key)?;
                 Request::DeleteNote(r)
@@ -610,7 +647,10 @@ impl Request {
                 check_name("agent_id", &r.agent_id)?;
                 Request::UnregisterAgent(r)
             }
-            Request::ListAgents => Request::ListAgents,
+            Request::ListAgents(r) => {
+                r.page(true)?;
+                Request::ListAgents(r)
+            }
             Request::SignalEvent(r) => {
                 check_name("name", &r.name)?;
                 Request::SignalEvent(r)
@@ -689,6 +729,17 @@ impl Request {
                 if let Some(q) = &r.queue {
                     check_name("queue", q)?;
                 }
+                r.page.page(true)?;
+                if r.page
+                    .cursor
+                    .as_deref()
+                    .is_some_and(|c| c.parse::<i64>().is_err())
+                {
+                    return Err(CoreError::invalid(
+                        "cursor",
+                        "must be the next_cursor of a previous list_tasks answer (a task id)",
+                    ));
+                }
                 if let Some(st) = &r.state {
                     if TaskState::parse(st).is_none() {
                         return Err(CoreError::invalid(
@@ -760,16 +811,16 @@ impl Request {
                 | Request::ClaimNextTask(_)
                 | Request::UnlockResource(_)
                 | Request::RenewLock(_)
-                | Request::ListLocks
+                | Request::ListLocks(_)
                 | Request::SetNote(_)
                 | Request::GetNote(_)
-                | Request::ListNotes
+                | Request::ListNotes(_)
                 | Request::DeleteNote(_)
                 | Request::SetNoteIf(_)
                 | Request::IncrementCounter(_)
                 | Request::RegisterAgent(_)
                 | Request::UnregisterAgent(_)
-                | Request::ListAgents
+                | Request::ListAgents(_)
                 | Request::SignalEvent(_)
                 | Request::WaitForEvent(_)
                 | Request::ClearEvent(_)

@@ -196,6 +196,17 @@ const TTL_SECONDS_LOCK: Param = opt(
 )
 .range(TTL.0, TTL.1)
 .default_int(DEFAULT_LOCK_TTL_SECONDS);
+const LIMIT: Param = opt(
+    "limit",
+    Int,
+    "Most items to answer (1 to 10000). Given (or with cursor), the answer is {items, next_cursor}.",
+)
+.range(1, 10_000);
+const CURSOR: Param = opt(
+    "cursor",
+    Str,
+    "next_cursor from the previous answer: the page after it.",
+);
 /// Still accepted (folded into ttl_seconds), no longer offered.
 const TTL_MINUTES: Param = opt(
     "ttl_minutes",
@@ -271,9 +282,10 @@ pub static TOOLS: &[ToolSpec] = &[
     },
     ToolSpec {
         tool: Tool::ListLocks,
-        parse: |_| Ok(Request::ListLocks),
-        description: "List held locks: [{name, agent_id, expires_in_seconds, fence, waiters}].",
-        params: &[],
+        parse: |a| Ok(Request::ListLocks(list_page(a)?)),
+        description: "List held locks: [{name, agent_id, expires_in_seconds, fence, waiters}]. \
+            Pages: with limit or cursor, {items, next_cursor}.",
+        params: &[LIMIT, CURSOR],
     },
     ToolSpec {
         tool: Tool::LockResources,
@@ -322,9 +334,19 @@ pub static TOOLS: &[ToolSpec] = &[
     },
     ToolSpec {
         tool: Tool::ListNotes,
-        parse: |_| Ok(Request::ListNotes),
-        description: "List every live note: [{key, value, author?, expires_in_seconds?}].",
-        params: &[],
+        parse: |a| {
+            Ok(Request::ListNotes(ListNotes {
+                page: list_page(a)?,
+                values: a.opt_bool("values")?,
+            }))
+        },
+        description: "List every live note: [{key, value, author?, expires_in_seconds?}]. \
+            Pages: with limit or cursor, {items, next_cursor}; values:false leaves values out.",
+        params: &[
+            LIMIT,
+            CURSOR,
+            opt("values", Bool, "Include each note's value (default true)."),
+        ],
     },
     ToolSpec {
         tool: Tool::DeleteNote,
@@ -394,9 +416,10 @@ pub static TOOLS: &[ToolSpec] = &[
     },
     ToolSpec {
         tool: Tool::ListAgents,
-        parse: |_| Ok(Request::ListAgents),
-        description: "List live agents: [{agent_id, expires_in_seconds, locks_held, leases_held}].",
-        params: &[],
+        parse: |a| Ok(Request::ListAgents(list_page(a)?)),
+        description: "List live agents: [{agent_id, expires_in_seconds, locks_held, leases_held}]. \
+            Pages: with limit or cursor, {items, next_cursor}.",
+        params: &[LIMIT, CURSOR],
     },
     // ---------------------------------------------------------------- events
     ToolSpec {
@@ -535,14 +558,18 @@ pub static TOOLS: &[ToolSpec] = &[
         parse: |a| Ok(Request::ListTasks(ListTasks {
             queue: Some(a.str("queue")?),
             state: a.opt_str("state")?,
+            page: list_page(a)?,
         })),
         description: "List a queue's tasks: [{id, queue, payload, priority, state, author?, \
             attempts, lease_agent?, lease_expires_in_seconds?, ready_in_seconds?, max_attempts?, \
             unique_key?, last_error?, result?}]. States: pending, claimed, completed, failed, dead. \
-            Completed and failed tasks are kept 24 hours; dead ones until retried.",
+            Completed and failed tasks are kept 24 hours; dead ones until retried. Pages: with \
+            limit or cursor, {items, next_cursor}.",
         params: &[
             req("queue", Str, "The queue's name."),
             opt("state", Str, "Only tasks in this state: pending, claimed, completed, failed or dead.").one_of(&["pending", "claimed", "completed", "failed", "dead"]),
+            LIMIT,
+            CURSOR,
         ],
     },
     ToolSpec {
@@ -570,6 +597,14 @@ pub static TOOLS: &[ToolSpec] = &[
 
 pub fn find(name: &str) -> Option<&'static ToolSpec> {
     TOOLS.iter().find(|t| t.name() == name)
+}
+
+/// The page a list call asks for (`limit`, `cursor`).
+fn list_page(a: &Args<'_>) -> CoreResult<ListPage> {
+    Ok(ListPage {
+        limit: a.opt_i64("limit")?,
+        cursor: a.opt_str("cursor")?,
+    })
 }
 
 /// `lock_token` (preferred) or `agent_id` (v1): exactly one of them.

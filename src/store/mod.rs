@@ -253,4 +253,137 @@ pub trait Store: Send {
     /// Notes live at `now`, in key order, each value cut to its first `max_chars` characters;
     /// the flag says the value was longer.
     fn note_previews(&mut self, now: Millis, max_chars: i64) -> StoreResult<Vec<(NoteRow, bool)>>;
+
+    // Pages (`list_*`, `/status`). Each answers rows in the order of the full list after the
+    // cursor, at most `limit`, and whether more follow. These defaults cut the full list (so
+    // memory is not bounded by the page); SQLite overrides them with bounded queries.
+
+    /// Live notes with keys after `after`; values left empty unless `values`, and the page
+    /// stops once its values pass `max_bytes` (always at least one row).
+    fn note_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+        values: bool,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<NoteRow>, bool)> {
+        let rows = self
+            .note_list(now)?
+            .into_iter()
+            .filter(|n| after.is_none_or(|a| n.key.as_str() > a));
+        // Values left out do not count against the budget.
+        let size = |n: &NoteRow| if values { n.value.len() } else { 0 };
+        let (mut rows, more) = take_page(rows.map(Ok::<_, StoreError>), limit, max_bytes, size)?;
+        if !values {
+            rows.iter_mut().for_each(|n| n.value.clear());
+        }
+        Ok((rows, more))
+    }
+
+    /// Live locks (expiring after `now`) with names after `after`.
+    fn lock_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<LockRow>, bool)> {
+        let rows = self
+            .lock_list()?
+            .into_iter()
+            .filter(|l| l.expires_at > now && after.is_none_or(|a| l.name.as_str() > a));
+        take_page(rows.map(Ok::<_, StoreError>), limit, usize::MAX, |_| 0)
+    }
+
+    /// Live agents (expiring after `now`) with ids after `after`.
+    fn agent_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<AgentRow>, bool)> {
+        let rows = self
+            .agent_list()?
+            .into_iter()
+            .filter(|a| a.expires_at > now && after.is_none_or(|x| a.agent_id.as_str() > x));
+        take_page(rows.map(Ok::<_, StoreError>), limit, usize::MAX, |_| 0)
+    }
+
+    /// Tasks of one queue (or all), in one state (or all), with ids after `after`; stops once
+    /// payloads pass `max_bytes`.
+    fn task_page(
+        &mut self,
+        queue: Option<&str>,
+        state: Option<TaskState>,
+        after: Option<i64>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<TaskRow>, bool)> {
+        let rows = self
+            .task_list_in(queue, state)?
+            .into_iter()
+            .filter(|t| after.is_none_or(|a| t.id > a));
+        take_page(rows.map(Ok::<_, StoreError>), limit, max_bytes, |t| {
+            t.payload.len()
+        })
+    }
+
+    /// For each of `agents`: how many live locks it holds and how many live leases
+    /// (claimed tasks whose lease ends after `now`). Agents holding nothing may be left out.
+    fn holdings(
+        &mut self,
+        now: Millis,
+        agents: &[String],
+    ) -> StoreResult<std::collections::HashMap<String, (usize, usize)>> {
+        let mut out = std::collections::HashMap::new();
+        for a in agents {
+            let locks = self
+                .locks_held_by(a)?
+                .iter()
+                .filter(|l| l.expires_at > now)
+                .count();
+            let leases = self
+                .tasks_leased_by(a)?
+                .iter()
+                .filter(|t| {
+                    t.state == TaskState::Claimed && t.lease_expires_at.is_some_and(|at| at > now)
+                })
+                .count();
+            out.insert(a.clone(), (locks, leases));
+        }
+        Ok(out)
+    }
+
+    /// Bytes the state takes, when the backend can tell cheaply.
+    fn used_bytes(&mut self) -> StoreResult<Option<u64>> {
+        Ok(None)
+    }
+
+    /// A gauge of [`Store::used_bytes`] kept current at every commit, read by the storage
+    /// quota from outside the engine thread; `None` where the backend has none (PostgreSQL).
+    fn usage_meter(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicU64>> {
+        None
+    }
+}
+
+/// The first rows of `rows`: at most `limit`, and no more once their `size` passes `max_bytes`
+/// (but always the first); and whether any row is left.
+pub fn take_page<T, E>(
+    mut rows: impl Iterator<Item = Result<T, E>>,
+    limit: usize,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> Result<(Vec<T>, bool), E> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows.by_ref() {
+        let row = row?;
+        bytes = bytes.saturating_add(size(&row));
+        out.push(row);
+        if out.len() >= limit || bytes >= max_bytes {
+            break;
+        }
+    }
+    let more = rows.next().transpose()?.is_some();
+    Ok((out, more))
 }

@@ -31,6 +31,7 @@ use super::{
 };
 use crate::clock::Millis;
 
+mod pages;
 pub mod tls;
 
 /// The schema every airlock table lives in. SQL below names it literally (`airlock.notes`), so a
@@ -877,6 +878,54 @@ impl Store for PgStore {
                 .await?)
         })?;
         rows(r, |r| Ok((note_from(r)?, r.try_get(4)?)))
+    }
+
+    fn note_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+        values: bool,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<NoteRow>, bool)> {
+        self.pg_note_page(now, after, limit, values, max_bytes)
+    }
+
+    fn lock_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<LockRow>, bool)> {
+        self.pg_lock_page(now, after, limit)
+    }
+
+    fn agent_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<AgentRow>, bool)> {
+        self.pg_agent_page(now, after, limit)
+    }
+
+    fn task_page(
+        &mut self,
+        queue: Option<&str>,
+        state: Option<TaskState>,
+        after: Option<i64>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<TaskRow>, bool)> {
+        self.pg_task_page(queue, state, after, limit, max_bytes)
+    }
+
+    fn holdings(
+        &mut self,
+        now: Millis,
+        agents: &[String],
+    ) -> StoreResult<std::collections::HashMap<String, (usize, usize)>> {
+        self.pg_holdings(now, agents)
     }
 
     fn expiries(&mut self) -> StoreResult<Expiries> {

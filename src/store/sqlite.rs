@@ -2,6 +2,9 @@
 //! fsynced before [`Store::commit`] returns. Statements are prepared once and cached.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -21,7 +24,17 @@ const MIGRATIONS: &[&str] = &[
 /// The SQLite store. Owned by the engine thread.
 pub struct SqliteStore {
     conn: Connection,
+    /// Bytes in use (pages not free), refreshed at every commit: read by the storage quota.
+    usage: Arc<AtomicU64>,
+    /// When free pages were last given back to the file system.
+    last_vacuum: Instant,
 }
+
+/// Free pages given back per incremental vacuum (64 MiB of 4 KiB pages).
+const VACUUM_PAGES: i64 = 16_384;
+/// Free pages worth a vacuum, and the least time between two.
+const VACUUM_THRESHOLD_PAGES: i64 = 256;
+const VACUUM_EVERY: Duration = Duration::from_secs(2);
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, checks its integrity and migrates it.
@@ -65,8 +78,31 @@ impl SqliteStore {
              PRAGMA foreign_keys=OFF;",
         )?;
         conn.set_prepared_statement_cache_capacity(64);
-        let mut store = SqliteStore { conn };
+        // Space freed by deletes goes back to the file system (incremental_vacuum after commits).
+        // A database made before this setting is rebuilt once to take it.
+        let auto_vacuum = |c: &Connection| -> rusqlite::Result<i64> {
+            c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        };
+        if auto_vacuum(&conn)? != 2 {
+            conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL")?;
+            // Takes effect at once only on a file without pages yet; otherwise (an older
+            // database, or one WAL mode has already initialised) a VACUUM applies it.
+            if auto_vacuum(&conn)? != 2 {
+                let tables: i64 =
+                    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+                if tables > 0 {
+                    tracing::info!("rebuilding the database once for incremental auto-vacuum");
+                }
+                conn.execute_batch("VACUUM")?;
+            }
+        }
+        let mut store = SqliteStore {
+            conn,
+            usage: Arc::new(AtomicU64::new(0)),
+            last_vacuum: Instant::now(),
+        };
         store.migrate()?;
+        store.refresh_usage()?;
         Ok(store)
     }
 
@@ -88,6 +124,11 @@ impl SqliteStore {
         }
         Ok(())
     }
+}
+
+/// `limit` + 1 rows (so the page can tell whether more follow), as SQLite's LIMIT takes it.
+fn page_limit(limit: usize) -> i64 {
+    i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)
 }
 
 fn note_from(r: &Row) -> rusqlite::Result<NoteRow> {
@@ -142,6 +183,52 @@ fn task_from(r: &Row) -> rusqlite::Result<TaskRow> {
 }
 
 impl SqliteStore {
+    /// Bytes in pages that are not free.
+    fn measure(&self) -> StoreResult<u64> {
+        let (pages, free, size): (i64, i64, i64) = self.conn.query_row(
+            "SELECT * FROM pragma_page_count, pragma_freelist_count, pragma_page_size",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        Ok(((pages - free).max(0) * size) as u64)
+    }
+
+    fn refresh_usage(&mut self) -> StoreResult<()> {
+        let used = self.measure()?;
+        self.usage.store(used, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Gives free pages back to the file system, a bounded amount at a time, at most every
+    /// [`VACUUM_EVERY`]. Outside any transaction; a failure is only logged.
+    fn vacuum_some(&mut self) {
+        if self.last_vacuum.elapsed() < VACUUM_EVERY {
+            return;
+        }
+        self.last_vacuum = Instant::now();
+        let free: i64 = match self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+        {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        if free >= VACUUM_THRESHOLD_PAGES {
+            // It frees a page per step: step it to the end.
+            let run = || -> rusqlite::Result<()> {
+                let mut st = self
+                    .conn
+                    .prepare(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))?;
+                let mut rows = st.query([])?;
+                while rows.next()?.is_some() {}
+                Ok(())
+            };
+            if let Err(e) = run() {
+                tracing::warn!(error = %e, "incremental vacuum failed");
+            }
+        }
+    }
+
     fn query_tasks(&mut self, sql: &str, args: impl rusqlite::Params) -> StoreResult<Vec<TaskRow>> {
         let mut st = self.conn.prepare_cached(sql)?;
         let rows = st.query_map(args, task_from)?;
@@ -157,6 +244,10 @@ impl Store for SqliteStore {
 
     fn commit(&mut self) -> StoreResult<()> {
         self.conn.execute_batch("COMMIT")?;
+        self.vacuum_some();
+        if let Err(e) = self.refresh_usage() {
+            tracing::warn!(error = %e, "could not measure the database");
+        }
         Ok(())
     }
 
@@ -524,6 +615,100 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn note_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+        values: bool,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<NoteRow>, bool)> {
+        let sql = if values {
+            "SELECT key, value, author, expires_at FROM notes
+             WHERE (expires_at IS NULL OR expires_at > ?1) AND key > ?2 ORDER BY key LIMIT ?3"
+        } else {
+            "SELECT key, '', author, expires_at FROM notes
+             WHERE (expires_at IS NULL OR expires_at > ?1) AND key > ?2 ORDER BY key LIMIT ?3"
+        };
+        let mut st = self.conn.prepare_cached(sql)?;
+        let rows = st.query_map(
+            params![now, after.unwrap_or(""), page_limit(limit)],
+            note_from,
+        )?;
+        Ok(super::take_page(rows, limit, max_bytes, |n| n.value.len())?)
+    }
+
+    fn lock_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<LockRow>, bool)> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT name, agent_id, token, fence, expires_at FROM locks
+             WHERE expires_at > ?1 AND name > ?2 ORDER BY name LIMIT ?3",
+        )?;
+        let rows = st.query_map(
+            params![now, after.unwrap_or(""), page_limit(limit)],
+            lock_from,
+        )?;
+        Ok(super::take_page(rows, limit, usize::MAX, |_| 0)?)
+    }
+
+    fn agent_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<AgentRow>, bool)> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT agent_id, expires_at FROM agents
+             WHERE expires_at > ?1 AND agent_id > ?2 ORDER BY agent_id LIMIT ?3",
+        )?;
+        let rows = st.query_map(params![now, after.unwrap_or(""), page_limit(limit)], |r| {
+            Ok(AgentRow {
+                agent_id: r.get(0)?,
+                expires_at: r.get(1)?,
+            })
+        })?;
+        Ok(super::take_page(rows, limit, usize::MAX, |_| 0)?)
+    }
+
+    fn task_page(
+        &mut self,
+        queue: Option<&str>,
+        state: Option<TaskState>,
+        after: Option<i64>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<TaskRow>, bool)> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR queue = ?1) AND id > ?2
+             AND (?4 IS NULL OR state = ?4) ORDER BY id LIMIT ?3"
+        );
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let rows = st.query_map(
+            params![
+                queue,
+                after.unwrap_or(i64::MIN),
+                page_limit(limit),
+                state.map(|s| s.as_str())
+            ],
+            task_from,
+        )?;
+        Ok(super::take_page(rows, limit, max_bytes, |t| {
+            t.payload.len()
+        })?)
+    }
+
+    fn used_bytes(&mut self) -> StoreResult<Option<u64>> {
+        Ok(Some(self.measure()?))
+    }
+
+    fn usage_meter(&self) -> Option<Arc<AtomicU64>> {
+        Some(self.usage.clone())
+    }
+
     fn expiries(&mut self) -> StoreResult<Expiries> {
         let mut out = Expiries::default();
         {
@@ -559,6 +744,108 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pragma(s: &SqliteStore, p: &str) -> i64 {
+        s.conn
+            .query_row(&format!("PRAGMA {p}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Deleted rows' space goes back to the file system, and the usage gauge follows.
+    #[test]
+    fn deletes_give_space_back_through_incremental_vacuum() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        assert_eq!(pragma(&s, "auto_vacuum"), 2, "incremental");
+        let value = "v".repeat(4096);
+        s.begin().unwrap();
+        for i in 0..2000 {
+            s.note_put(&NoteRow {
+                key: format!("k{i:04}"),
+                value: value.clone(),
+                author: None,
+                expires_at: None,
+            })
+            .unwrap();
+        }
+        s.commit().unwrap();
+        let full = s.usage.load(Ordering::Relaxed);
+        assert!(full > 8_000_000, "{full}");
+        let pages_full = pragma(&s, "page_count");
+        s.begin().unwrap();
+        for i in 0..2000 {
+            s.note_delete(&format!("k{i:04}")).unwrap();
+        }
+        s.commit().unwrap();
+        assert!(
+            s.usage.load(Ordering::Relaxed) < full / 10,
+            "freed pages are not in use"
+        );
+        // The next commit past VACUUM_EVERY gives the free pages back.
+        s.last_vacuum = Instant::now() - VACUUM_EVERY - Duration::from_millis(1);
+        s.begin().unwrap();
+        s.commit().unwrap();
+        assert!(pragma(&s, "freelist_count") < VACUUM_THRESHOLD_PAGES);
+        assert!(pragma(&s, "page_count") < pages_full / 10);
+    }
+
+    /// A database made before incremental auto-vacuum is rebuilt once to take it, keeping its rows.
+    #[test]
+    fn an_older_database_is_converted_to_incremental_vacuum() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut s = SqliteStore::open(&path).unwrap();
+            s.begin().unwrap();
+            s.note_put(&NoteRow {
+                key: "kept".into(),
+                value: "v".into(),
+                author: None,
+                expires_at: None,
+            })
+            .unwrap();
+            s.commit().unwrap();
+            s.conn
+                .execute_batch("PRAGMA auto_vacuum=NONE; VACUUM;")
+                .unwrap();
+            assert_eq!(pragma(&s, "auto_vacuum"), 0);
+        }
+        let mut s = SqliteStore::open(&path).unwrap();
+        assert_eq!(pragma(&s, "auto_vacuum"), 2);
+        assert_eq!(s.note_get("kept").unwrap().unwrap().value, "v");
+    }
+
+    /// Pages are bounded by their limit and by the bytes of their values, and say when more follow.
+    #[test]
+    fn pages_stop_at_the_limit_or_the_byte_budget() {
+        let mut s = SqliteStore::open_in_memory().unwrap();
+        s.begin().unwrap();
+        for i in 0..10 {
+            s.note_put(&NoteRow {
+                key: format!("k{i}"),
+                value: "x".repeat(100),
+                author: None,
+                expires_at: None,
+            })
+            .unwrap();
+        }
+        s.commit().unwrap();
+        let (rows, more) = s.note_page(0, None, 4, true, usize::MAX).unwrap();
+        assert_eq!((rows.len(), more), (4, true));
+        let (rows, more) = s.note_page(0, Some("k3"), 100, true, 250).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            ["k4", "k5", "k6"]
+        );
+        assert!(more);
+        let (rows, more) = s.note_page(0, Some("k7"), 100, false, 1).unwrap();
+        assert_eq!(
+            rows.len(),
+            2,
+            "values left out do not count against the budget"
+        );
+        assert!(!more && rows.iter().all(|r| r.value.is_empty()));
+    }
 
     /// The durability promise rests on these settings: WAL, and an fsync at every commit.
     #[test]

@@ -239,6 +239,53 @@ impl Store for FaultyStore {
     ) -> StoreResult<Vec<TaskRow>> {
         self.stmt("task_list", |s| s.task_list_in(queue, state))
     }
+    fn note_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+        values: bool,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<NoteRow>, bool)> {
+        self.stmt("note_page", |s| {
+            s.note_page(now, after, limit, values, max_bytes)
+        })
+    }
+    fn lock_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<LockRow>, bool)> {
+        self.stmt("lock_page", |s| s.lock_page(now, after, limit))
+    }
+    fn agent_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<AgentRow>, bool)> {
+        self.stmt("agent_page", |s| s.agent_page(now, after, limit))
+    }
+    fn task_page(
+        &mut self,
+        queue: Option<&str>,
+        state: Option<TaskState>,
+        after: Option<i64>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<TaskRow>, bool)> {
+        self.stmt("task_page", |s| {
+            s.task_page(queue, state, after, limit, max_bytes)
+        })
+    }
+    fn holdings(
+        &mut self,
+        now: Millis,
+        agents: &[String],
+    ) -> StoreResult<std::collections::HashMap<String, (usize, usize)>> {
+        self.stmt("holdings", |s| s.holdings(now, agents))
+    }
     fn task_counts(&mut self) -> StoreResult<Vec<QueueCount>> {
         self.stmt("task_counts", |s| s.task_counts())
     }

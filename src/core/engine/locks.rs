@@ -17,6 +17,7 @@ use super::lock_rows::{grant, grant_set, grant_single, live_lock, proof_matches,
 use super::{new_token, tokens_equal, Deadline, Orphan, Reply, Tx, WaitProgress};
 use crate::clock::{seconds_left, Millis};
 use crate::core::types::*;
+use crate::store::LockRow;
 
 /// The reply channel of a parked lock call.
 enum LockWaiter {
@@ -591,26 +592,28 @@ impl Locks {
         tx.respond(reply, r)
     }
 
-    pub(super) fn list_locks(&mut self, tx: &mut Tx, reply: Reply<Vec<LockView>>) {
-        let r = self.lock_views(tx);
+    /// One page of the locks held now, in name order, with the length of each line.
+    pub(super) fn list_locks(&mut self, tx: &mut Tx, page: &Page, reply: Reply<Paged<LockView>>) {
+        let r = self.lock_page(tx, page);
         tx.respond(reply, r)
     }
 
-    /// Every lock held now, with the length of its line.
-    pub(super) fn lock_views(&mut self, tx: &mut Tx) -> CoreResult<Vec<LockView>> {
+    pub(super) fn lock_page(&mut self, tx: &mut Tx, page: &Page) -> CoreResult<Paged<LockView>> {
         let now = tx.now();
-        let rows = tx.db(|s| s.lock_list())?;
-        Ok(rows
-            .into_iter()
-            .filter(|l| l.expires_at > now)
-            .map(|l| LockView {
-                waiters: self.line_len(&l.name),
-                expires_in_seconds: seconds_left(l.expires_at, now),
-                name: l.name,
-                agent_id: l.agent_id,
-                fence: l.fence,
-            })
-            .collect())
+        let (rows, more) = tx.db(|s| s.lock_page(now, page.after.as_deref(), page.limit))?;
+        let next_cursor = more.then(|| rows.last().map(|l| l.name.clone())).flatten();
+        let items = rows.into_iter().map(|l| self.view(l, now)).collect();
+        Ok(Paged { items, next_cursor })
+    }
+
+    fn view(&self, l: LockRow, now: Millis) -> LockView {
+        LockView {
+            waiters: self.line_len(&l.name),
+            expires_in_seconds: seconds_left(l.expires_at, now),
+            name: l.name,
+            agent_id: l.agent_id,
+            fence: l.fence,
+        }
     }
 
     /// Releases undelivered grants that are still held with the token they were granted with.

@@ -86,12 +86,18 @@ const HOUSEKEEPING_MS: Millis = 60_000;
 /// tool, answer in their own type (`O`).
 pub struct Reply<T, O = Response> {
     tx: oneshot::Sender<CoreResult<O>>,
-    wrap: fn(T) -> O,
+    wrap: Box<dyn FnOnce(T) -> O + Send>,
 }
 
 impl<T, O> Reply<T, O> {
-    pub fn new(tx: oneshot::Sender<CoreResult<O>>, wrap: fn(T) -> O) -> Self {
-        Reply { tx, wrap }
+    pub fn new(
+        tx: oneshot::Sender<CoreResult<O>>,
+        wrap: impl FnOnce(T) -> O + Send + 'static,
+    ) -> Self {
+        Reply {
+            tx,
+            wrap: Box::new(wrap),
+        }
     }
 
     /// Sends the answer; an error if the caller is gone.
@@ -480,7 +486,17 @@ impl Engine {
             Request::GetNote(r) => {
                 notes::get_note(tx, &r.key, Reply::new(reply, Response::GetNote))
             }
-            Request::ListNotes => notes::list_notes(tx, Reply::new(reply, Response::ListNotes)),
+            Request::ListNotes(r) => {
+                let values = r.values.unwrap_or(true);
+                let (asked, without) = (r.page.asked(), (!values).then_some("value"));
+                let reply = Reply::new(reply, move |p| {
+                    Response::ListNotes(Listed::of(p, asked, without))
+                });
+                match r.page.page(values) {
+                    Ok(page) => notes::list_notes(tx, &page, reply),
+                    Err(e) => tx.respond(reply, Err(e)),
+                }
+            }
             Request::DeleteNote(r) => {
                 notes::delete_note(tx, &r.key, Reply::new(reply, Response::DeleteNote))
             }
@@ -532,7 +548,16 @@ impl Engine {
                     Err(e) => tx.respond(reply, Err(e)),
                 }
             }
-            Request::ListLocks => locks.list_locks(tx, Reply::new(reply, Response::ListLocks)),
+            Request::ListLocks(r) => {
+                let asked = r.asked();
+                let reply = Reply::new(reply, move |p| {
+                    Response::ListLocks(Listed::of(p, asked, None))
+                });
+                match r.page(true) {
+                    Ok(page) => locks.list_locks(tx, &page, reply),
+                    Err(e) => tx.respond(reply, Err(e)),
+                }
+            }
             Request::RegisterAgent(r) => presence::register_agent(
                 tx,
                 r.agent_id,
@@ -546,8 +571,15 @@ impl Engine {
                 &r.agent_id,
                 Reply::new(reply, Response::UnregisterAgent),
             ),
-            Request::ListAgents => {
-                presence::list_agents(tx, Reply::new(reply, Response::ListAgents))
+            Request::ListAgents(r) => {
+                let asked = r.asked();
+                let reply = Reply::new(reply, move |p| {
+                    Response::ListAgents(Listed::of(p, asked, None))
+                });
+                match r.page(true) {
+                    Ok(page) => presence::list_agents(tx, &page, reply),
+                    Err(e) => tx.respond(reply, Err(e)),
+                }
             }
             Request::SignalEvent(r) => {
                 events.signal_event(tx, r.name, Reply::new(reply, Response::SignalEvent))
@@ -595,12 +627,22 @@ impl Engine {
                 ms(r.lease_seconds),
                 Reply::new(reply, Response::ExtendLease),
             ),
-            Request::ListTasks(r) => tasks::list_tasks(
-                tx,
-                r.queue.as_deref(),
-                r.state.as_deref().and_then(TaskState::parse),
-                Reply::new(reply, Response::ListTasks),
-            ),
+            Request::ListTasks(r) => {
+                let asked = r.page.asked();
+                let reply = Reply::new(reply, move |p| {
+                    Response::ListTasks(Listed::of(p, asked, None))
+                });
+                match r.page.page(true) {
+                    Ok(page) => tasks::list_tasks(
+                        tx,
+                        r.queue.as_deref(),
+                        r.state.as_deref().and_then(TaskState::parse),
+                        &page,
+                        reply,
+                    ),
+                    Err(e) => tx.respond(reply, Err(e)),
+                }
+            }
             Request::GetTask(r) => tasks::get_task(tx, r.id, Reply::new(reply, Response::GetTask)),
             Request::RetryTask(r) => {
                 tasks.retry_task(tx, r.id, Reply::new(reply, Response::RetryTask))

@@ -4,8 +4,6 @@
 //! it kept in lines between two windows are given up. That is the one place where a capability
 //! moves the state of others, so it takes [`Locks`] and [`Tasks`] besides the [`Tx`].
 
-use std::collections::HashMap;
-
 use super::locks::Locks;
 use super::tasks::Tasks;
 use super::{Deadline, Reply, Tx};
@@ -83,30 +81,34 @@ pub(super) fn lapse(
     Ok(())
 }
 
-pub(super) fn list_agents(tx: &mut Tx, reply: Reply<Vec<AgentView>>) {
-    let r = agent_views(tx);
+/// One page of live agents, in id order, with what each holds (counted by the store for the
+/// agents of the page only).
+pub(super) fn list_agents(tx: &mut Tx, page: &Page, reply: Reply<Paged<AgentView>>) {
+    let r = agent_page(tx, page);
     tx.respond(reply, r)
 }
 
-/// Every live agent with the locks and leases it holds now (counted by the store: the rows
-/// themselves, task payloads included, are never loaded for this).
-pub(super) fn agent_views(tx: &mut Tx) -> CoreResult<Vec<AgentView>> {
-    let now = tx.now();
-    let agents = tx.db(|s| s.agent_list())?;
-    let locks_by: HashMap<String, i64> = tx.db(|s| s.lock_counts(now))?.into_iter().collect();
-    let leases_by: HashMap<String, i64> = tx.db(|s| s.lease_counts(now))?.into_iter().collect();
-    let count = |by: &HashMap<String, i64>, agent: &str| {
-        by.get(agent)
-            .map_or(0, |&n| usize::try_from(n).unwrap_or(0))
-    };
-    Ok(agents
-        .into_iter()
-        .filter(|a| a.expires_at > now)
-        .map(|a| AgentView {
-            locks_held: count(&locks_by, &a.agent_id),
-            leases_held: count(&leases_by, &a.agent_id),
-            expires_in_seconds: seconds_left(a.expires_at, now),
-            agent_id: a.agent_id,
-        })
-        .collect())
+pub(super) fn agent_page(tx: &mut Tx, page: &Page) -> CoreResult<Paged<AgentView>> {
+    {
+        let now = tx.now();
+        let (agents, more) = tx.db(|s| s.agent_page(now, page.after.as_deref(), page.limit))?;
+        let next_cursor = more
+            .then(|| agents.last().map(|a| a.agent_id.clone()))
+            .flatten();
+        let ids: Vec<String> = agents.iter().map(|a| a.agent_id.clone()).collect();
+        let held = tx.db(|s| s.holdings(now, &ids))?;
+        let items = agents
+            .into_iter()
+            .map(|a| {
+                let (locks_held, leases_held) = held.get(&a.agent_id).copied().unwrap_or((0, 0));
+                AgentView {
+                    locks_held,
+                    leases_held,
+                    expires_in_seconds: seconds_left(a.expires_at, now),
+                    agent_id: a.agent_id,
+                }
+            })
+            .collect();
+        Ok(Paged { items, next_cursor })
+    }
 }

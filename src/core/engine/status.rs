@@ -30,18 +30,34 @@ fn snapshot(
     tasks: &Tasks,
     engine: EngineCounts,
 ) -> CoreResult<StatusView> {
-    let lock_views = locks.lock_views(tx)?;
-    let agents = presence::agent_views(tx)?;
-    let notes = notes::note_previews(tx)?;
+    // One page of each list (note values cut: status is a glance), and the names of the
+    // sections that go on (the `list_*` tools page through the rest).
+    let page = Page::default();
+    let mut truncated = Vec::new();
+    let mut section = |name: &str, more: bool| {
+        if more {
+            truncated.push(name.to_string());
+        }
+    };
+    let lock_views = locks.lock_page(tx, &page)?;
+    section("locks", lock_views.next_cursor.is_some());
+    let agents = presence::agent_page(tx, &page)?;
+    section("agents", agents.next_cursor.is_some());
+    let mut notes = notes::note_page(tx, &page)?;
+    section("notes", notes.next_cursor.is_some());
+    for n in &mut notes.items {
+        notes::clip_for_status(&mut n.value);
+    }
     let event_views = events.event_views(tx)?;
     let queues = tasks.queue_views(tx)?;
     Ok(StatusView {
-        locks: lock_views,
-        agents,
-        notes,
+        locks: lock_views.items,
+        agents: agents.items,
+        notes: notes.items,
         events: event_views,
         queues,
         engine,
+        truncated,
     })
 }
 

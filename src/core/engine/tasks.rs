@@ -147,16 +147,29 @@ fn task_view(t: TaskRow, now: Millis) -> TaskView {
     }
 }
 
+/// One page of a queue's (or every queue's) tasks, in id order, in one state or all; the page
+/// stops once its payloads pass [`MAX_PAGE_VALUE_BYTES`].
 pub(super) fn list_tasks(
     tx: &mut Tx,
     queue: Option<&str>,
     state: Option<TaskState>,
-    reply: Reply<Vec<TaskView>>,
+    page: &Page,
+    reply: Reply<Paged<TaskView>>,
 ) {
     let now = tx.now();
+    // `Request::check` made sure a task cursor is an id.
+    let after = page.after.as_deref().and_then(|c| c.parse::<i64>().ok());
     let r = tx
-        .db(|s| s.task_list_in(queue, state))
-        .map(|rows| rows.into_iter().map(|t| task_view(t, now)).collect());
+        .db(|s| s.task_page(queue, state, after, page.limit, MAX_PAGE_VALUE_BYTES))
+        .map(|(rows, more)| {
+            let next_cursor = more
+                .then(|| rows.last().map(|t| t.id.to_string()))
+                .flatten();
+            Paged {
+                items: rows.into_iter().map(|t| task_view(t, now)).collect(),
+                next_cursor,
+            }
+        });
     tx.respond(reply, r)
 }
 

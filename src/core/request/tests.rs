@@ -31,10 +31,14 @@ fn requests_round_trip_through_their_arguments() {
                 agent_id: None,
             },
         }),
-        Request::ListLocks,
+        Request::ListLocks(ListPage::default()),
         Request::ListTasks(ListTasks {
             queue: None,
             state: Some("dead".into()),
+            page: ListPage {
+                limit: Some(5),
+                cursor: Some("12".into()),
+            },
         }),
         Request::PushTask(PushTask {
             queue: "q".into(),
@@ -123,7 +127,18 @@ fn responses_round_trip() {
             lease_expires_in_seconds: 3,
             attempts: 1,
         }),
-        Response::ListLocks(vec![]),
+        Response::ListLocks(Listed {
+            items: vec![],
+            next_cursor: None,
+            as_page: false,
+            without: None,
+        }),
+        Response::ListLocks(Listed {
+            items: vec![],
+            next_cursor: Some("x".into()),
+            as_page: true,
+            without: None,
+        }),
         Response::PushTask(Pushed {
             id: 1,
             duplicate: true,
