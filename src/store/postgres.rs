@@ -31,8 +31,11 @@ use super::{
 };
 use crate::clock::Millis;
 
+mod decode;
 mod pages;
 pub mod tls;
+
+use decode::{agent_from, event_from, lock_from, note_from, rows, task_from};
 
 /// The schema every airlock table lives in. SQL below names it literally (`airlock.notes`), so a
 /// `search_path` never decides which table a query touches.
@@ -281,71 +284,6 @@ statements! {
     note_previews = "SELECT key, left(value, ($2::bigint)::int), author, expires_at,
                             char_length(value) > $2::bigint
                      FROM airlock.notes WHERE expires_at IS NULL OR expires_at > $1 ORDER BY key";
-}
-
-fn note_from(r: &Row) -> StoreResult<NoteRow> {
-    Ok(NoteRow {
-        key: r.try_get(0)?,
-        value: r.try_get(1)?,
-        author: r.try_get(2)?,
-        expires_at: r.try_get(3)?,
-    })
-}
-
-fn lock_from(r: &Row) -> StoreResult<LockRow> {
-    Ok(LockRow {
-        name: r.try_get(0)?,
-        agent_id: r.try_get(1)?,
-        token: r.try_get(2)?,
-        fence: r.try_get(3)?,
-        expires_at: r.try_get(4)?,
-    })
-}
-
-fn agent_from(r: &Row) -> StoreResult<AgentRow> {
-    Ok(AgentRow {
-        agent_id: r.try_get(0)?,
-        expires_at: r.try_get(1)?,
-    })
-}
-
-fn event_from(r: &Row) -> StoreResult<EventRow> {
-    Ok(EventRow {
-        name: r.try_get(0)?,
-        generation: r.try_get(1)?,
-        cleared_at: r.try_get(2)?,
-    })
-}
-
-fn task_from(r: &Row) -> StoreResult<TaskRow> {
-    let id: i64 = r.try_get(0)?;
-    let state: &str = r.try_get(5)?;
-    Ok(TaskRow {
-        id,
-        queue: r.try_get(1)?,
-        payload: r.try_get(2)?,
-        author: r.try_get(3)?,
-        priority: r.try_get(4)?,
-        state: TaskState::parse(state).ok_or_else(|| {
-            StoreError::Other(format!(
-                "task {id} has an unknown state {state:?} in airlock.tasks"
-            ))
-        })?,
-        attempts: r.try_get(6)?,
-        lease_agent: r.try_get(7)?,
-        lease_token: r.try_get(8)?,
-        lease_expires_at: r.try_get(9)?,
-        finished_at: r.try_get(10)?,
-        ready_at: r.try_get(11)?,
-        max_attempts: r.try_get(12)?,
-        unique_key: r.try_get(13)?,
-        last_error: r.try_get(14)?,
-        result: r.try_get(15)?,
-    })
-}
-
-fn rows<T>(rows: Vec<Row>, from: fn(&Row) -> StoreResult<T>) -> StoreResult<Vec<T>> {
-    rows.iter().map(from).collect()
 }
 
 /// PostgreSQL's `TEXT` cannot hold U+0000; say so plainly instead of letting the server fail the
