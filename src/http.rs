@@ -28,6 +28,10 @@ use crate::mcp::AirlockMcp;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// A body over [`MAX_BODY_BYTES`] is still read and thrown away up to this many bytes before the
+/// 413 goes out, so a client that writes its whole body before reading (most do) reads the answer
+/// instead of a reset connection. A larger declared `Content-Length` is answered at once.
+pub const DRAIN_BYTES: usize = 8 * MAX_BODY_BYTES;
 /// Most MCP requests in flight at once (parked waits included); more get 503. The daemon raises
 /// its open-files limit to the hard limit at start, so this many parked callers fit; lower it with
 /// `AIRLOCK_MAX_IN_FLIGHT` where the hard limit is small.
@@ -563,6 +567,58 @@ async fn plain_call(
     })
 }
 
+/// Why [`read_body`] gave up.
+enum BodyFailure {
+    /// Over [`MAX_BODY_BYTES`] (what arrived was read on and dropped, up to [`DRAIN_BYTES`]).
+    TooLarge,
+    /// Not all there within the body timeout.
+    Late,
+    /// The connection broke mid-body.
+    Broken,
+}
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`] within `timeout`. Past the limit it keeps
+/// reading and dropping frames up to [`DRAIN_BYTES`] in all, still within `timeout`, so the client
+/// finishes writing and reads the 413.
+async fn read_body(body: Body, timeout: std::time::Duration) -> Result<Bytes, BodyFailure> {
+    use http_body_util::BodyExt;
+    let read = async move {
+        let mut body = body;
+        let mut kept = bytes::BytesMut::new();
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return Err(BodyFailure::Broken);
+            };
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            seen += data.len();
+            if seen > DRAIN_BYTES {
+                return Err(BodyFailure::TooLarge);
+            }
+            if seen <= MAX_BODY_BYTES {
+                kept.extend_from_slice(&data);
+            }
+        }
+        if seen > MAX_BODY_BYTES {
+            Err(BodyFailure::TooLarge)
+        } else {
+            Ok(kept.freeze())
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(BodyFailure::Late))
+}
+
+/// `r` with `Connection: close`: the connection ends after it.
+fn closing(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Response {
     let config = &state.config;
     if let Err(r) = check_host(&req, config) {
@@ -625,30 +681,30 @@ async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Resp
             &format!("request body is larger than the {MAX_BODY_BYTES}-byte limit"),
         )
     };
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-        return too_large();
+    if declared.is_some_and(|n| n > DRAIN_BYTES) {
+        // Too large to be worth reading on: answer now and close.
+        return closing(too_large());
     }
     let (mut parts, body) = req.into_parts();
-    let bytes: Bytes = match tokio::time::timeout(
-        config.body_timeout,
-        axum::body::to_bytes(body, MAX_BODY_BYTES),
-    )
-    .await
-    {
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => return too_large(),
-        Err(_) => {
-            let mut r = edge_error(
+    let bytes: Bytes = match read_body(body, config.body_timeout).await {
+        Ok(b) => b,
+        Err(BodyFailure::TooLarge) => return closing(too_large()),
+        Err(BodyFailure::Broken) => {
+            return closing(edge_error(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                "the request body could not be read",
+            ))
+        }
+        Err(BodyFailure::Late) => {
+            return closing(edge_error(
                 StatusCode::REQUEST_TIMEOUT,
                 -32600,
                 &format!(
                     "the request body did not arrive within {} ms",
                     config.body_timeout.as_millis()
                 ),
-            );
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
+            ));
         }
     };
     let body = match decode_body(&bytes) {
