@@ -580,7 +580,7 @@ impl Harness {
             e.process(vec![Command::Call {
                 call,
                 request,
-                reply: tx,
+                reply: tx.into(),
             }])
         });
         let got = rx.try_recv().expect("answered within its batch");
@@ -682,7 +682,7 @@ impl Harness {
                         wait_seconds: Some(wait_ms / 1000),
                         wake_token: None,
                     }),
-                    reply: tx,
+                    reply: tx.into(),
                 }]);
                 let m = &mut self.model;
                 // An agent calling again while it keeps a place between two windows (even
@@ -1598,7 +1598,7 @@ fn a_failed_operation_does_not_fail_its_batch() {
         let call = Command::Call {
             call: 0,
             request,
-            reply: tx,
+            reply: tx.into(),
         };
         (call, rx)
     };
@@ -1621,7 +1621,7 @@ fn a_failed_operation_does_not_fail_its_batch() {
         e.process(vec![Command::Call {
             call: 0,
             request: Request::GetNote(NoteKey { key: key.into() }),
-            reply: tx,
+            reply: tx.into(),
         }]);
         matches!(
             rx.try_recv().unwrap(),
@@ -1646,7 +1646,7 @@ fn summaries_read_counts_not_rows() {
         e.process(vec![Command::Call {
             call: 0,
             request,
-            reply: tx,
+            reply: tx.into(),
         }]);
         rx.try_recv().unwrap()
     };

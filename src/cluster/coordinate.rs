@@ -266,6 +266,22 @@ async fn start(node: &Arc<Node>, term: &Term, row: CallRow) {
         }
     };
     let repeatable = request.tool().repeatable_at_takeover();
+    if row.state == calls::CallState::Running {
+        // The previous coordinator granted this call something and never delivered it (the row
+        // is not answered): give it back, unless the re-run finds it again — a lock its agent
+        // holds is granted again with the same token, keeping its turn. A lease is given back
+        // first, so the re-run can claim that task again instead of leaving it leased to nobody
+        // until the lease ends.
+        let recorded = row
+            .orphan
+            .as_deref()
+            .and_then(|o| serde_json::from_str::<Orphan>(o).ok());
+        match recorded {
+            Some(Orphan::Locks(_)) if repeatable => {}
+            Some(o) => term.core.release_orphan(o),
+            None => {}
+        }
+    }
     if row.state == calls::CallState::Running && !repeatable {
         let why = CoreError::Storage(
             "the coordinating daemon went away while running this call; it may or may not have \
@@ -278,7 +294,7 @@ async fn start(node: &Arc<Node>, term: &Term, row: CallRow) {
     let run = {
         let core = term.core.clone();
         async move {
-            let outcome = core.call(request.clone(), None).await;
+            let outcome = core.call_forwarded(request.clone(), id).await;
             let orphan = outcome.as_ref().ok().and_then(|r| request.orphan_of(r));
             Ran { outcome, orphan }
         }

@@ -22,7 +22,7 @@ use crate::clock::Clock;
 use crate::store::Store;
 pub use engine::Orphan;
 pub use engine::WaitProgress;
-use engine::{Command, Engine, Reply};
+use engine::{Command, Destination, Engine, Reply};
 pub use request::{Request, Response, Tool};
 pub use types::*;
 
@@ -151,6 +151,22 @@ impl Coordinator {
         request: Request,
         progress: Option<ProgressFn>,
     ) -> CoreResult<Response> {
+        self.call_to(request, progress, None).await
+    }
+
+    /// [`Coordinator::call`] for the call in row `row` of the forwarding table: a grant it is
+    /// answered with is also written beside that row, in the grant's own transaction, so that a
+    /// successor can give it back if this daemon dies before the answer is delivered.
+    pub async fn call_forwarded(&self, request: Request, row: i64) -> CoreResult<Response> {
+        self.call_to(request, None, Some(row)).await
+    }
+
+    async fn call_to(
+        &self,
+        request: Request,
+        progress: Option<ProgressFn>,
+        forwarded: Option<i64>,
+    ) -> CoreResult<Response> {
         let request = request.check()?;
         // Room for what it writes, held until it is answered (see `quota`).
         let _room = match &request {
@@ -177,7 +193,10 @@ impl Coordinator {
             .send(Command::Call {
                 call,
                 request,
-                reply,
+                reply: Destination {
+                    tx: reply,
+                    forwarded,
+                },
             })
             .map_err(|_| CoreError::ShuttingDown)?;
         let Some(kept) = kept else {

@@ -354,6 +354,17 @@ pub trait Store: Send {
         Ok(out)
     }
 
+    /// Writes `orphan` (what an answer grants, as JSON) beside the row of forwarded call `call`,
+    /// inside the open transaction: if the coordinating daemon dies before the answer is
+    /// delivered and the caller then leaves, the next coordinator releases it at once instead of
+    /// leaving it held until its TTL. Only a store other daemons forward calls to has the table.
+    fn record_forwarded_grant(&mut self, call: i64, orphan: &str) -> StoreResult<()> {
+        let _ = (call, orphan);
+        Err(StoreError::Other(
+            "this store does not run calls forwarded by other daemons".into(),
+        ))
+    }
+
     /// Bytes the state takes, when the backend can tell cheaply.
     fn used_bytes(&mut self) -> StoreResult<Option<u64>> {
         Ok(None)

@@ -281,6 +281,7 @@ statements! {
     lease_counts = "SELECT lease_agent, COUNT(*) FROM airlock.tasks
                     WHERE state = 'claimed' AND lease_agent IS NOT NULL AND lease_expires_at > $1
                     GROUP BY lease_agent";
+    record_forwarded_grant = "UPDATE airlock.calls SET orphan = $2 WHERE id = $1";
     note_previews = "SELECT key, left(value, ($2::bigint)::int), author, expires_at,
                             char_length(value) > $2::bigint
                      FROM airlock.notes WHERE expires_at IS NULL OR expires_at > $1 ORDER BY key";
@@ -864,6 +865,12 @@ impl Store for PgStore {
         agents: &[String],
     ) -> StoreResult<std::collections::HashMap<String, (usize, usize)>> {
         self.pg_holdings(now, agents)
+    }
+
+    fn record_forwarded_grant(&mut self, call: i64, orphan: &str) -> StoreResult<()> {
+        let st = &self.st.record_forwarded_grant;
+        self.run(async { Ok(self.client.execute(st, &[&call, &orphan]).await?) })?;
+        Ok(())
     }
 
     fn expiries(&mut self) -> StoreResult<Expiries> {

@@ -304,6 +304,17 @@ impl Store for FaultyStore {
     fn note_previews(&mut self, now: Millis, max_chars: i64) -> StoreResult<Vec<(NoteRow, bool)>> {
         self.stmt("note_previews", |s| s.note_previews(now, max_chars))
     }
+    fn record_forwarded_grant(&mut self, call: i64, orphan: &str) -> StoreResult<()> {
+        self.stmt("record_forwarded_grant", |s| {
+            s.record_forwarded_grant(call, orphan)
+        })
+    }
+    fn used_bytes(&mut self) -> StoreResult<Option<u64>> {
+        self.inner.used_bytes()
+    }
+    fn usage_meter(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicU64>> {
+        self.inner.usage_meter()
+    }
     fn expiries(&mut self) -> StoreResult<Expiries> {
         self.inner.expiries()
     }

@@ -87,16 +87,35 @@ const HOUSEKEEPING_MS: Millis = 60_000;
 pub struct Reply<T, O = Response> {
     tx: oneshot::Sender<CoreResult<O>>,
     wrap: Box<dyn FnOnce(T) -> O + Send>,
+    /// The row of the forwarded call this answers (see [`Destination`]).
+    forwarded: Option<i64>,
+}
+
+/// Where an answer goes: its channel, and for a call another daemon forwarded, the id of the
+/// call's row in the forwarding table. A grant answered to a forwarded call is written beside
+/// that row in the grant's own transaction, so that if this daemon dies before the answer is
+/// delivered, the next coordinator knows what to give back (see `cluster::coordinate`).
+pub struct Destination<O> {
+    pub tx: oneshot::Sender<CoreResult<O>>,
+    pub forwarded: Option<i64>,
+}
+
+impl<O> From<oneshot::Sender<CoreResult<O>>> for Destination<O> {
+    fn from(tx: oneshot::Sender<CoreResult<O>>) -> Self {
+        Destination {
+            tx,
+            forwarded: None,
+        }
+    }
 }
 
 impl<T, O> Reply<T, O> {
-    pub fn new(
-        tx: oneshot::Sender<CoreResult<O>>,
-        wrap: impl FnOnce(T) -> O + Send + 'static,
-    ) -> Self {
+    pub fn new(to: impl Into<Destination<O>>, wrap: impl FnOnce(T) -> O + Send + 'static) -> Self {
+        let to = to.into();
         Reply {
-            tx,
+            tx: to.tx,
             wrap: Box::new(wrap),
+            forwarded: to.forwarded,
         }
     }
 
@@ -128,7 +147,7 @@ pub enum Command {
     Call {
         call: u64,
         request: Request,
-        reply: oneshot::Sender<CoreResult<Response>>,
+        reply: Destination<Response>,
     },
     /// Where parked call `call` stands, for progress notifications.
     WaitStatus { call: u64, reply: ProgressReply },
@@ -460,7 +479,7 @@ impl Engine {
     }
 
     /// Hands one request to its capability. Each handler answers through the outbox.
-    fn apply(&mut self, call: u64, request: Request, reply: oneshot::Sender<CoreResult<Response>>) {
+    fn apply(&mut self, call: u64, request: Request, reply: Destination<Response>) {
         let counts = EngineCounts {
             commits: self.commits,
             operations: self.operations,

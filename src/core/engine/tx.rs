@@ -129,12 +129,23 @@ impl Tx<'_> {
     }
 
     /// Answers with a grant; if nobody receives it, `orphan` is released in the next batch.
+    /// The grant of a forwarded call is also written beside the call's row in this transaction
+    /// (see [`super::Destination`]); if that fails, so does the step, grant and all.
     pub(super) fn respond_grant<T: Send + 'static>(
         &mut self,
         reply: Reply<T>,
         value: T,
         orphan: Orphan,
     ) {
+        if let Some(row) = reply.forwarded {
+            let recorded = serde_json::to_string(&orphan)
+                .map_err(|e| CoreError::Storage(format!("encoding a grant: {e}")))
+                .and_then(|json| self.db(|s| s.record_forwarded_grant(row, &json)));
+            if let Err(e) = recorded {
+                self.outbox.push(reply, Err(e), None);
+                return;
+            }
+        }
         self.outbox.push(reply, Ok(value), Some(orphan));
     }
 
