@@ -120,7 +120,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             (Arc::new(core) as Arc<dyn CoreApi>, Some(engine))
         }
         config::StoreSpec::Postgres { url, pool_size } => {
-            let node = cluster::join(url, *pool_size).await?;
+            let node = cluster::join(url, *pool_size, state_quota).await?;
             (Arc::new(cluster::Shared(node)) as Arc<dyn CoreApi>, None)
         }
     };

@@ -737,10 +737,7 @@ async fn big_lists_are_cut_into_pages_even_unasked_and_status_says_so() {
 
 #[tokio::test]
 async fn the_storage_quota_refuses_writes_whole_and_deletes_give_room_back() {
-    if common::backend() != common::Backend::Sqlite {
-        eprintln!("SKIPPED: the storage quota is measured on SQLite only");
-        return;
-    }
+    // On both backends (AIRLOCK_TEST_BACKEND=postgres: measured by airlock.usage's triggers).
     let d = Daemon::start_env(&[("AIRLOCK_MAX_STATE_BYTES", "2097152")]).await;
     let value = "q".repeat(200 * 1024);
     let mut stored = 0;

@@ -1337,3 +1337,75 @@ fn postgres_privileges_are_what_the_docs_say() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// The quota's gauge on PostgreSQL (`airlock.usage`, kept by triggers) matches the state's size
+/// recomputed from the rows after inserts, upserts, updates, deletes and purges, in committed and
+/// rolled-back transactions alike, and the store reads it at each commit.
+#[test]
+fn postgres_usage_gauge_follows_every_write() {
+    let Some((rt, db)) = pg("postgres_usage_gauge_follows_every_write") else {
+        return;
+    };
+    let admin = rt.block_on(db.connect()).unwrap();
+    let mut s = db.store(&rt).unwrap();
+    let meter = s.usage_meter().expect("PostgreSQL has a gauge");
+    let recomputed = || -> i64 {
+        rt.block_on(admin.query_one(
+            "SELECT (SELECT COALESCE(sum(64 + octet_length(key) + octet_length(value)
+                                         + COALESCE(octet_length(author), 0)), 0) FROM airlock.notes)
+                  + (SELECT COALESCE(sum(64 + octet_length(queue) + octet_length(payload)
+                                         + COALESCE(octet_length(author), 0)
+                                         + COALESCE(octet_length(result), 0)
+                                         + COALESCE(octet_length(last_error), 0)), 0)
+                     FROM airlock.tasks)",
+            &[],
+        ))
+        .unwrap()
+        .get::<_, Option<i64>>(0)
+        .unwrap_or(0)
+    };
+    let check = |why: &str| {
+        let want = recomputed();
+        assert_eq!(
+            meter.load(std::sync::atomic::Ordering::Relaxed) as i64,
+            want,
+            "after {why}"
+        );
+    };
+    s.begin().unwrap();
+    s.note_put(&note("a", "x".repeat(1000).as_str(), Some("ann"), None))
+        .unwrap();
+    s.note_put(&note("b", "yy", None, Some(50))).unwrap();
+    let id = s
+        .task_insert("q", &"p".repeat(500), Some("bob"), 0, 1)
+        .unwrap();
+    s.commit().unwrap();
+    check("inserts");
+    assert!(meter.load(std::sync::atomic::Ordering::Relaxed) > 1500);
+
+    s.begin().unwrap();
+    s.note_put(&note("a", "short", None, None)).unwrap(); // upsert: smaller
+    let mut t = s.task_get(id).unwrap().unwrap();
+    t.state = TaskState::Completed;
+    t.result = Some("r".repeat(300));
+    t.finished_at = Some(10);
+    s.task_update(&t).unwrap();
+    s.commit().unwrap();
+    check("an upsert and a task result");
+
+    s.begin().unwrap();
+    s.note_delete("a").unwrap();
+    s.commit().unwrap();
+    check("a delete");
+
+    s.begin().unwrap();
+    s.note_put(&note("c", &"z".repeat(4000), None, None))
+        .unwrap();
+    s.rollback();
+    s.begin().unwrap();
+    s.notes_purge_expired(100).unwrap();
+    s.tasks_purge_finished(100).unwrap();
+    s.commit().unwrap();
+    check("a rollback, then purges");
+    assert_eq!(recomputed(), 0);
+}

@@ -100,6 +100,7 @@ async fn coordinate(node: &Arc<Node>) -> anyhow::Result<()> {
     })
     .await?
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    core.set_state_quota(node.state_quota);
     *node.engine.write().expect("engine lock") = Some(core.clone());
     listen_for_calls(node, true).await;
     tracing::info!(daemon = %node.id, "this daemon now coordinates the shared database");

@@ -122,6 +122,8 @@ pub struct Node {
     /// dropped, and the one-second safety net finds the call instead.
     to_coordinator: mpsc::Sender<String>,
     coordinator_rx: tokio::sync::Mutex<mpsc::Receiver<String>>,
+    /// The storage quota the engine enforces while this daemon coordinates.
+    state_quota: u64,
     /// Ids of answered calls, for the answer fetcher. Bounded like `to_coordinator`.
     answers_tx: mpsc::Sender<i64>,
     /// Ids of answers read, for deletion. Never dropped (a row left behind holds a read grant);
@@ -163,7 +165,10 @@ struct Waiting {
 
 /// Connects to `url`, migrates the schema, and starts this daemon's part in the group: the
 /// listening connection and the contest for the coordinator lock. Returns once connected.
-pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
+/// Joins the daemons on the database at `url`: connects, migrates, and contends for the
+/// coordinator role. `state_quota` is the storage quota its engine enforces while it coordinates
+/// (`AIRLOCK_MAX_STATE_BYTES`, measured over the whole shared state).
+pub async fn join(url: &str, pool_size: usize, state_quota: u64) -> anyhow::Result<Arc<Node>> {
     use anyhow::Context;
     let shown = crate::config::redact_url(url);
     // sslmode / sslrootcert as libpq reads them (store::postgres::tls).
@@ -251,6 +256,7 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
         answers_tx,
         forget_tx,
         running: Mutex::new(HashMap::new()),
+        state_quota,
     });
     let (up_tx, up_rx) = oneshot::channel();
     tokio::spawn(forward::listen(node.clone(), Some(up_tx)));

@@ -4,7 +4,8 @@
 //!
 //! The store reports the bytes in use after every commit ([`crate::store::Store::usage_meter`]);
 //! writes on their way to the engine are counted as pending until answered, so many writes at
-//! once cannot all pass on the same reading. Only backends with a meter are limited (SQLite).
+//! once cannot all pass on the same reading. Both backends have a meter: SQLite measures its file's
+//! used pages, PostgreSQL the `airlock.usage` row its triggers keep (`store::postgres::usage`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

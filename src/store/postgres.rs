@@ -34,6 +34,7 @@ use crate::clock::Millis;
 mod decode;
 mod pages;
 pub mod tls;
+mod usage;
 
 use decode::{agent_from, event_from, lock_from, note_from, rows, task_from};
 
@@ -62,6 +63,8 @@ const MIGRATIONS: &[&str] = &[
     // 3: push_task's delay, attempt limit and unique key; fail_task's error; complete_task's
     // result.
     include_str!("sql/postgres/0003_task_options.sql"),
+    // 4: the bytes the state takes, kept by triggers, for the storage quota.
+    include_str!("sql/postgres/0004_state_usage.sql"),
 ];
 
 /// How many migrations this binary knows: the schema version it writes and expects.
@@ -324,6 +327,8 @@ pub struct PgStore {
     /// A rollback to the savepoint failed: the transaction may be aborted, and its COMMIT would
     /// be answered ROLLBACK without an error. The engine must not commit it.
     broken: std::cell::Cell<bool>,
+    /// The bytes the state takes, as of the last commit (see `usage`).
+    usage: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Where the operation savepoint stands (see [`PgStore::run`]).
@@ -354,6 +359,7 @@ impl PgStore {
             .query_one("SHOW synchronous_commit", &[])
             .await?
             .try_get(0)?;
+        let usage = usage::gauge(usage::read(&client).await?);
         if sync == "off" {
             tracing::warn!(
                 "the database has synchronous_commit=off: a commit airlock acknowledged can be \
@@ -370,6 +376,7 @@ impl PgStore {
             savepoint: std::cell::Cell::new(Savepoint::None),
             release_pending: std::cell::Cell::new(false),
             broken: std::cell::Cell::new(false),
+            usage,
         })
     }
 
@@ -497,7 +504,7 @@ impl Store for PgStore {
                 "the transaction could not be rolled back to an operation's savepoint".into(),
             ));
         }
-        self.simple("COMMIT")
+        self.commit_measured()
     }
 
     fn rollback(&mut self) {
@@ -865,6 +872,10 @@ impl Store for PgStore {
         agents: &[String],
     ) -> StoreResult<std::collections::HashMap<String, (usize, usize)>> {
         self.pg_holdings(now, agents)
+    }
+
+    fn usage_meter(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicU64>> {
+        Some(self.usage.clone())
     }
 
     fn record_forwarded_grant(&mut self, call: i64, orphan: &str) -> StoreResult<()> {
