@@ -97,19 +97,63 @@ async fn healthz() -> Json<Value> {
     Json(json!({"ok": true, "version": env!("CARGO_PKG_VERSION")}))
 }
 
-/// `GET /status`: every lock (with its waiters), agent, note, event and queue, and the engine's
-/// counts (commits, operations; the benchmark reads them), from one snapshot of the engine, as
-/// JSON. For `airlock status`; agents use the `list_*` tools.
-async fn status(State(core): State<Arc<dyn CoreApi>>) -> Response {
-    match core.call(core_api::Request::Status, None).await {
+/// `GET /status[?limit=N&cursor=C]`: a page of every lock (with its waiters), agent, note,
+/// event and queue, and the engine's counts (commits, operations; the benchmark reads them), from
+/// one snapshot of the engine, as JSON. Each section holds at most `limit` items (default and
+/// bounds as the `list_*` tools); `truncated` names the sections that go on and `next_cursor`
+/// fetches their next page. For `airlock status`; agents use the `list_*` tools.
+async fn status(
+    State(core): State<Arc<dyn CoreApi>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let page = match status_page(query.as_deref().unwrap_or("")) {
+        Ok(p) => p,
+        Err(e) => return edge_error(StatusCode::BAD_REQUEST, -32602, &e.to_string()),
+    };
+    match core.call(core_api::Request::Status(page), None).await {
         Ok(core_api::Response::Status(view)) => Json(view).into_response(),
         Ok(other) => edge_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             -32603,
             &format!("the engine answered a status request with {:?}", other),
         ),
+        Err(e @ core_api::CoreError::Invalid { .. }) => {
+            edge_error(StatusCode::BAD_REQUEST, -32602, &e.to_string())
+        }
         Err(e) => edge_error(StatusCode::SERVICE_UNAVAILABLE, -32603, &e.to_string()),
     }
+}
+
+/// The `/status` query: `limit` and `cursor`, each at most once; anything else is refused.
+fn status_page(query: &str) -> Result<core_api::request::ListPage, core_api::CoreError> {
+    use core_api::CoreError;
+    let mut page = core_api::request::ListPage::default();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "limit" if page.limit.is_none() => {
+                page.limit = Some(value.trim().parse().map_err(|_| {
+                    CoreError::invalid(
+                        "limit",
+                        format!(
+                            "must be a whole number, got {:?}",
+                            crate::mcp::args::clip(&value)
+                        ),
+                    )
+                })?)
+            }
+            "cursor" if page.cursor.is_none() => page.cursor = Some(value.into_owned()),
+            "limit" | "cursor" => {
+                return Err(CoreError::invalid(&key, "is given more than once"));
+            }
+            other => {
+                return Err(CoreError::invalid(
+                    &crate::mcp::args::clip(other),
+                    "is not a /status parameter (it takes limit and cursor)",
+                ))
+            }
+        }
+    }
+    Ok(page)
 }
 
 /// A refusal with no request id, for [`edge_error_for`].

@@ -792,3 +792,133 @@ async fn the_storage_quota_refuses_writes_whole_and_deletes_give_room_back() {
     d.call("set_note", json!({"key": "again", "value": value}))
         .await;
 }
+
+/// `GET /status` pages too: `limit` items per section, `truncated` naming the sections that go
+/// on, `next_cursor` fetching their next page; every item is seen exactly once. Bad paging input
+/// is a 400 naming the parameter. The CLI prints how to get the next page and takes it.
+#[tokio::test]
+async fn status_pages_through_every_section() {
+    let d = Daemon::start().await;
+    for i in 0..5 {
+        d.call(
+            "lock_resource",
+            json!({"name": format!("lock{i}"), "agent_id": format!("agent{i}")}),
+        )
+        .await;
+    }
+    for i in 0..4 {
+        d.call("set_note", json!({"key": format!("note{i}"), "value": "v"}))
+            .await;
+    }
+    for i in 0..3 {
+        d.call("signal_event", json!({"name": format!("event{i}")}))
+            .await;
+        d.call(
+            "push_task",
+            json!({"queue": format!("queue{i}"), "payload": "p"}),
+        )
+        .await;
+    }
+    let get = |query: String| {
+        let d = &d;
+        async move {
+            let r = d
+                .http
+                .get(format!("{}/status{query}", d.url.trim_end_matches('/')))
+                .bearer_auth(&d.token)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let sections = [
+        ("locks", "name"),
+        ("notes", "key"),
+        ("events", "name"),
+        ("queues", "queue"),
+    ];
+    let mut seen: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    let (status, mut page) = get("?limit=2".into()).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        page["truncated"],
+        json!(["locks", "notes", "events", "queues"]),
+        "{page}"
+    );
+    let mut pages = 1;
+    loop {
+        for (section, key) in sections {
+            let items = page[section].as_array().unwrap();
+            assert!(items.len() <= 2, "{section}: {page}");
+            for it in items {
+                seen.entry(section)
+                    .or_default()
+                    .push(it[key].as_str().unwrap().to_string());
+            }
+        }
+        let Some(cursor) = page["next_cursor"].as_str().map(String::from) else {
+            break;
+        };
+        let (status, next) = get(format!("?limit=2&cursor={cursor}")).await;
+        assert_eq!(status, 200, "{next}");
+        page = next;
+        pages += 1;
+        assert!(pages <= 3, "more pages than the longest section needs");
+    }
+    assert_eq!(pages, 3);
+    let want = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>();
+    assert_eq!(seen["locks"], want("lock", 5));
+    assert_eq!(seen["notes"], want("note", 4));
+    assert_eq!(seen["events"], want("event", 3));
+    assert_eq!(seen["queues"], want("queue", 3));
+    assert!(page.get("truncated").is_none(), "{page}");
+
+    // Bad paging input: 400, naming the parameter.
+    for (query, field) in [
+        ("?limit=0", "limit"),
+        ("?limit=abc", "limit"),
+        ("?limit=10001", "limit"),
+        ("?cursor=zz", "cursor"),
+        ("?cursor=00", "cursor"),
+        ("?limit=1&limit=2", "limit"),
+        ("?page=2", "page"),
+    ] {
+        let (status, r) = get(query.into()).await;
+        assert_eq!(status, 400, "{query}: {r}");
+        let msg = r["error"]["message"].as_str().unwrap();
+        assert!(msg.starts_with(field), "{query}: {msg}");
+    }
+
+    // The CLI says how to get the next page, and gets it.
+    let cli = |args: &[&str]| {
+        let out = Command::new(airlock_bin())
+            .arg("status")
+            .args(args)
+            .env("AIRLOCK_URL", &d.url)
+            .env("AIRLOCK_HOME", &d.home)
+            .env_remove("AIRLOCK_TOKEN")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = cli(&["--limit", "2"]);
+    let hint = "the next page: airlock status --cursor ";
+    let at = first.find(hint).unwrap_or_else(|| panic!("{first}"));
+    let cursor = first[at + hint.len()..]
+        .split(')')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        first.contains("lock1") && !first.contains("lock2"),
+        "{first}"
+    );
+    let second = cli(&["--limit", "2", "--cursor", &cursor]);
+    assert!(
+        second.contains("lock2") && second.contains("lock3"),
+        "{second}"
+    );
+    assert!(!second.contains("lock1"), "{second}");
+}

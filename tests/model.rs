@@ -1662,7 +1662,7 @@ fn summaries_read_counts_not_rows() {
     .unwrap();
     faults.take_log();
     assert!(send(&mut e, Request::ListAgents(ListPage::default())).is_ok());
-    let Ok(Response::Status(status)) = send(&mut e, Request::Status) else {
+    let Ok(Response::Status(status)) = send(&mut e, Request::Status(Default::default())) else {
         panic!("status answered otherwise")
     };
     let log = faults.take_log();

@@ -247,10 +247,25 @@ impl Client {
         }
     }
 
-    /// `GET /status`: the daemon's whole state in one snapshot.
-    pub async fn status(&self) -> Result<Value, ClientError> {
+    /// `GET /status`: a page of the daemon's state (every section, from one snapshot).
+    pub async fn status(
+        &self,
+        limit: Option<i64>,
+        cursor: Option<&str>,
+    ) -> Result<Value, ClientError> {
         let base = self.url.strip_suffix("/mcp").unwrap_or(&self.url);
-        let rb = self.http.get(format!("{base}/status"));
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        if let Some(n) = limit {
+            query.append_pair("limit", &n.to_string());
+        }
+        if let Some(c) = cursor {
+            query.append_pair("cursor", c);
+        }
+        let query = query.finish();
+        let rb = match query.is_empty() {
+            true => self.http.get(format!("{base}/status")),
+            false => self.http.get(format!("{base}/status?{query}")),
+        };
         let resp = self
             .with_auth(rb)
             .send()

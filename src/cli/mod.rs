@@ -94,7 +94,14 @@ pub enum Command {
         pg_pool_size: usize,
     },
     /// Show locks (with waiters), agents, notes, events and task queues.
-    Status,
+    Status {
+        /// At most this many items per section (1 to 10000; default 1000).
+        #[arg(long)]
+        limit: Option<i64>,
+        /// The next page: the cursor the previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
     /// Install and start the always-on service (systemd user unit / LaunchAgent).
     InstallService {
         /// Show what would be written and run, and change nothing.
@@ -197,7 +204,9 @@ pub fn run(cli: Cli) -> i32 {
         }
         None => return rt.block_on(bridge::run(client, true)),
         Some(Command::Mcp) => return rt.block_on(bridge::run(client, false)),
-        Some(Command::Status) => return rt.block_on(status::run(&client, json)),
+        Some(Command::Status { limit, cursor }) => {
+            return rt.block_on(status::run(&client, json, limit, cursor.as_deref()))
+        }
         // Answered above, before the URL was read; repeated so the match stays whole.
         Some(Command::Completions { shell }) => return completions::completions(shell),
         Some(Command::Man) => return completions::man(),

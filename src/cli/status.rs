@@ -6,8 +6,8 @@ use serde_json::Value;
 use super::client::Client;
 use super::exit;
 
-pub async fn run(client: &Client, json: bool) -> i32 {
-    match client.status().await {
+pub async fn run(client: &Client, json: bool, limit: Option<i64>, cursor: Option<&str>) -> i32 {
+    match client.status(limit, cursor).await {
         Ok(v) => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -173,10 +173,15 @@ pub fn render(authority: &str, v: &Value) -> String {
         .filter_map(|s| s.as_str().map(String::from))
         .collect();
     if !cut.is_empty() {
-        out.push_str(&format!(
-            "\n(only the first page of {} is shown; `airlock call list_… '{{\"limit\": …, \"cursor\": …}}'` pages through the rest)\n",
-            cut.join(", ")
-        ));
+        out.push_str(&format!("\n(more {} than shown", cut.join(", ")));
+        match v["next_cursor"].as_str() {
+            Some(c) => out.push_str(&format!(
+                "; the next page: airlock status --cursor {}",
+                super::show::escape(c)
+            )),
+            None => out.push_str("; `airlock call list_…` pages through them"),
+        }
+        out.push_str(")\n");
     }
     out
 }

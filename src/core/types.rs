@@ -607,10 +607,72 @@ pub struct StatusView {
     pub queues: Vec<QueueView>,
     /// What the engine that answered has done since it started.
     pub engine: EngineCounts,
-    /// Sections cut at [`DEFAULT_PAGE_ITEMS`] (or the page byte budget): the `list_*` tools
-    /// page through the rest.
+    /// Sections cut at the page's `limit` (or the page byte budget): `next_cursor` (or the
+    /// `list_*` tools) page through the rest.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub truncated: Vec<String>,
+    /// Where the next page of every truncated section starts (`GET /status?cursor=…`); absent
+    /// on the last page.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub next_cursor: Option<String>,
+}
+
+/// Where each section of a paged `/status` goes on from, carried between pages as an opaque
+/// `cursor` (hex of its JSON). A section that ended on an earlier page comes back empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCursor {
+    #[serde(default)]
+    pub locks: SectionAt,
+    #[serde(default)]
+    pub agents: SectionAt,
+    #[serde(default)]
+    pub notes: SectionAt,
+    #[serde(default)]
+    pub events: SectionAt,
+    #[serde(default)]
+    pub queues: SectionAt,
+}
+
+/// Where one section of `/status` stands between pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SectionAt {
+    /// From its first item.
+    #[default]
+    Start,
+    /// After this item (a name, or the section's own list cursor).
+    After(String),
+    /// Ended on an earlier page.
+    Done,
+}
+
+/// The longest `/status` cursor accepted: five positions, each at most a name long, in hex.
+pub const MAX_STATUS_CURSOR_BYTES: usize = 16 * 1024;
+
+impl StatusCursor {
+    pub fn encode(&self) -> String {
+        hex::encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    /// Checks a `/status` page: `limit` as for the list tools, `cursor` one this daemon made.
+    pub fn page(page: &crate::core::request::ListPage) -> CoreResult<(usize, StatusCursor)> {
+        let limit = Page::new(page.limit, None, true)?.limit;
+        let Some(text) = &page.cursor else {
+            return Ok((limit, StatusCursor::default()));
+        };
+        let bad = || {
+            CoreError::invalid(
+                "cursor",
+                "is not a cursor from /status (pass the next_cursor of the previous page as it is)",
+            )
+        };
+        if text.len() > MAX_STATUS_CURSOR_BYTES {
+            return Err(bad());
+        }
+        let bytes = hex::decode(text).map_err(|_| bad())?;
+        let cursor: StatusCursor = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+        Ok((limit, cursor))
+    }
 }
 
 /// An engine's work since it started: transactions committed and operations applied. Their ratio

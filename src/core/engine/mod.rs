@@ -668,12 +668,13 @@ impl Engine {
             }
             Request::ListQueues => tasks.list_queues(tx, Reply::new(reply, Response::ListQueues)),
             Request::ListEvents => events.list_events(tx, Reply::new(reply, Response::ListEvents)),
-            Request::Status => status::status(
+            Request::Status(page) => status::status(
                 tx,
                 locks,
                 events,
                 tasks,
                 counts,
+                &page,
                 Reply::new(reply, Response::Status),
             ),
         }

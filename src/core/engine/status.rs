@@ -9,6 +9,7 @@ use super::events::Events;
 use super::locks::Locks;
 use super::tasks::Tasks;
 use super::{notes, presence, ProgressReply, Reply, Tx, WaitProgress};
+use crate::core::request::ListPage;
 use crate::core::types::*;
 
 pub(super) fn status(
@@ -17,10 +18,46 @@ pub(super) fn status(
     events: &Events,
     tasks: &Tasks,
     engine: EngineCounts,
+    page: &ListPage,
     reply: Reply<StatusView>,
 ) {
-    let r = snapshot(tx, locks, events, tasks, engine);
+    let r = StatusCursor::page(page)
+        .and_then(|(limit, at)| snapshot(tx, locks, events, tasks, engine, limit, at));
     tx.respond(reply, r)
+}
+
+/// One section's page: its items, and where the section stands for the next page.
+fn section<T>(
+    at: &SectionAt,
+    limit: usize,
+    list: impl FnOnce(&Page) -> CoreResult<Paged<T>>,
+) -> CoreResult<(Vec<T>, SectionAt)> {
+    let after = match at {
+        SectionAt::Done => return Ok((Vec::new(), SectionAt::Done)),
+        SectionAt::Start => None,
+        SectionAt::After(a) => Some(a.clone()),
+    };
+    let page = list(&Page {
+        after,
+        limit,
+        values: true,
+    })?;
+    let next = page.next_cursor.map_or(SectionAt::Done, SectionAt::After);
+    Ok((page.items, next))
+}
+
+/// A page of a section held whole in memory (events, queues: a name and a few counts each),
+/// sorted by `name`.
+fn in_memory<T>(all: Vec<T>, page: &Page, name: impl Fn(&T) -> &str) -> CoreResult<Paged<T>> {
+    let mut rest = all
+        .into_iter()
+        .filter(|t| page.after.as_deref().is_none_or(|a| name(t) > a));
+    let items: Vec<T> = rest.by_ref().take(page.limit).collect();
+    let more = rest.next().is_some();
+    let next_cursor = more
+        .then(|| items.last().map(|t| name(t).to_string()))
+        .flatten();
+    Ok(Paged { items, next_cursor })
 }
 
 fn snapshot(
@@ -29,35 +66,51 @@ fn snapshot(
     events: &Events,
     tasks: &Tasks,
     engine: EngineCounts,
+    limit: usize,
+    at: StatusCursor,
 ) -> CoreResult<StatusView> {
-    // One page of each list (note values cut: status is a glance), and the names of the
-    // sections that go on (the `list_*` tools page through the rest).
-    let page = Page::default();
-    let mut truncated = Vec::new();
-    let mut section = |name: &str, more: bool| {
-        if more {
-            truncated.push(name.to_string());
-        }
-    };
-    let lock_views = locks.lock_page(tx, &page)?;
-    section("locks", lock_views.next_cursor.is_some());
-    let agents = presence::agent_page(tx, &page)?;
-    section("agents", agents.next_cursor.is_some());
-    let mut notes = notes::note_page(tx, &page)?;
-    section("notes", notes.next_cursor.is_some());
-    for n in &mut notes.items {
+    // A page of each list (note values cut: status is a glance); the sections that go on are
+    // named in `truncated`, and `next_cursor` carries where each one stands.
+    let (lock_views, locks_at) = section(&at.locks, limit, |p| locks.lock_page(tx, p))?;
+    let (agents, agents_at) = section(&at.agents, limit, |p| presence::agent_page(tx, p))?;
+    let (mut notes, notes_at) = section(&at.notes, limit, |p| notes::note_page(tx, p))?;
+    for n in &mut notes {
         notes::clip_for_status(&mut n.value);
     }
-    let event_views = events.event_views(tx)?;
-    let queues = tasks.queue_views(tx)?;
+    let (event_views, events_at) = section(&at.events, limit, |p| {
+        in_memory(events.event_views(tx)?, p, |e| &e.name)
+    })?;
+    let (queues, queues_at) = section(&at.queues, limit, |p| {
+        in_memory(tasks.queue_views(tx)?, p, |q| &q.queue)
+    })?;
+    let next = StatusCursor {
+        locks: locks_at,
+        agents: agents_at,
+        notes: notes_at,
+        events: events_at,
+        queues: queues_at,
+    };
+    let truncated: Vec<String> = [
+        ("locks", &next.locks),
+        ("agents", &next.agents),
+        ("notes", &next.notes),
+        ("events", &next.events),
+        ("queues", &next.queues),
+    ]
+    .into_iter()
+    .filter(|(_, at)| matches!(at, SectionAt::After(_)))
+    .map(|(name, _)| name.to_string())
+    .collect();
+    let next_cursor = (!truncated.is_empty()).then(|| next.encode());
     Ok(StatusView {
-        locks: lock_views.items,
-        agents: agents.items,
-        notes: notes.items,
+        locks: lock_views,
+        agents,
+        notes,
         events: event_views,
         queues,
         engine,
         truncated,
+        next_cursor,
     })
 }
 

@@ -226,7 +226,10 @@ impl Request {
             Request::RetryTask(r) => Request::RetryTask(r),
             Request::ListQueues => Request::ListQueues,
             Request::ListEvents => Request::ListEvents,
-            Request::Status => Request::Status,
+            Request::Status(r) => {
+                StatusCursor::page(&r)?;
+                Request::Status(r)
+            }
         })
     }
 }

@@ -192,7 +192,8 @@ pub enum Request {
     RetryTask(TaskId),
     ListQueues,
     ListEvents,
-    Status,
+    /// `GET /status`: a page of every section (its cursor is a [`StatusCursor`]).
+    Status(ListPage),
 }
 
 /// One answer, typed, tagged like its [`Request`]: `{"tool": <name>, "result": {…}}`.
@@ -259,7 +260,7 @@ impl Request {
             Request::RetryTask(_) => Tool::RetryTask,
             Request::ListQueues => Tool::ListQueues,
             Request::ListEvents => Tool::ListEvents,
-            Request::Status => Tool::Status,
+            Request::Status(_) => Tool::Status,
         }
     }
 
@@ -292,7 +293,6 @@ impl Request {
         match tool {
             Tool::ListQueues => Some(Request::ListQueues),
             Tool::ListEvents => Some(Request::ListEvents),
-            Tool::Status => Some(Request::Status),
             _ => None,
         }
     }
@@ -369,7 +369,7 @@ impl Request {
                 | Request::RetryTask(_)
                 | Request::ListQueues
                 | Request::ListEvents
-                | Request::Status,
+                | Request::Status(_),
                 _,
             ) => None,
         }

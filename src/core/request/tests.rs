@@ -53,7 +53,7 @@ fn requests_round_trip_through_their_arguments() {
         Request::RetryTask(TaskId { id: 3 }),
         Request::ListQueues,
         Request::ListEvents,
-        Request::Status,
+        Request::Status(ListPage::default()),
     ];
     for r in cases {
         let back = Request::from_arguments(r.tool(), r.arguments()).unwrap();
