@@ -1355,6 +1355,34 @@ async fn a_caller_gone_during_the_forwarding_insert_leaves_nothing_behind() {
     );
 }
 
+/// Installs a trigger that refuses to mark answered the forwarded calls of `agent` (while
+/// `public.hold` has a row; deleting it lets them through), so a test can kill the coordinator
+/// with such an answer unwritten. With `retake_too`, a new coordinator's re-take of the running
+/// row is refused as well, leaving the row exactly as the dead coordinator left it.
+async fn hold_answers(c: &Cluster, agent: &str, retake_too: bool) {
+    let retake = if retake_too {
+        "OR (NEW.state = 'running' AND NEW.orphan IS NOT DISTINCT FROM OLD.orphan)"
+    } else {
+        ""
+    };
+    c.pg.batch_execute(&format!(
+        "CREATE TABLE public.hold (on_ BOOLEAN);
+         INSERT INTO public.hold VALUES (true);
+         CREATE FUNCTION public.hold_answers() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF OLD.state = 'running' AND OLD.args LIKE '%\"{agent}\"%'
+              AND (NEW.state = 'done' {retake}) AND EXISTS (SELECT 1 FROM public.hold) THEN
+             RAISE EXCEPTION 'answers held back by the test';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER hold_answers BEFORE UPDATE ON airlock.calls
+           FOR EACH ROW EXECUTE FUNCTION public.hold_answers();"
+    ))
+    .await
+    .expect("install the trigger");
+}
+
 /// Issue 13, item 7: the coordinator grants a forwarded call, then dies before its answer is
 /// written, and the caller leaves. The grant was written beside the call's row in the grant's
 /// own transaction, so the next coordinator gives it back at once; without that record the lock
@@ -1371,20 +1399,7 @@ async fn a_grant_left_by_a_coordinator_that_died_unanswered_is_given_back() {
     let b = m.pop().unwrap();
     let a = m.pop().unwrap();
     b.d.call("list_locks", json!({})).await;
-    c.pg.batch_execute(
-        "CREATE FUNCTION public.hold_answers() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-           IF OLD.state = 'running' AND OLD.args LIKE '%\"gone\"%' AND (NEW.state = 'done'
-              OR (NEW.state = 'running' AND NEW.orphan IS NOT DISTINCT FROM OLD.orphan)) THEN
-             RAISE EXCEPTION 'answers held back by the test';
-           END IF;
-           RETURN NEW;
-         END $$;
-         CREATE TRIGGER hold_answers BEFORE UPDATE ON airlock.calls
-           FOR EACH ROW EXECUTE FUNCTION public.hold_answers();",
-    )
-    .await
-    .expect("install the trigger");
+    hold_answers(&c, "gone", true).await;
 
     // The caller, through the forwarding daemon: the coordinator grants, cannot answer.
     let caller = {
@@ -1446,22 +1461,7 @@ async fn a_lease_left_by_a_coordinator_that_died_unanswered_is_given_back_before
             .clone();
     b.d.call("push_task", json!({"queue": "q", "payload": "2"}))
         .await;
-    c.pg.batch_execute(
-        "CREATE TABLE public.hold (on_ BOOLEAN);
-         INSERT INTO public.hold VALUES (true);
-         CREATE FUNCTION public.hold_answers() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-           IF OLD.state = 'running' AND NEW.state = 'done' AND OLD.args LIKE '%\"claimer\"%'
-              AND EXISTS (SELECT 1 FROM public.hold) THEN
-             RAISE EXCEPTION 'answers held back by the test';
-           END IF;
-           RETURN NEW;
-         END $$;
-         CREATE TRIGGER hold_answers BEFORE UPDATE ON airlock.calls
-           FOR EACH ROW EXECUTE FUNCTION public.hold_answers();",
-    )
-    .await
-    .expect("install the trigger");
+    hold_answers(&c, "claimer", false).await;
     let caller = {
         let d = b.d.clone();
         tokio::spawn(async move {
@@ -1488,7 +1488,7 @@ async fn a_lease_left_by_a_coordinator_that_died_unanswered_is_given_back_before
     dead.kill();
     c.pg.batch_execute("DELETE FROM public.hold")
         .await
-        .expect("let answers through");
+        .expect("let the answers through");
     let got = within(30, caller).await.expect("the caller's task");
     let text = got["result"]["content"][0]["text"].as_str().unwrap_or("");
     let claim: Value = serde_json::from_str(text).unwrap_or(Value::Null);
