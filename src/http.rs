@@ -514,17 +514,48 @@ struct PlainResponse<'a> {
     result: rmcp::model::CallToolResult,
 }
 
-/// Answers the curl recipe's plain `tools/call` without rmcp's per-request machinery, which
-/// costs more CPU and memory than the HTTP stack itself (BENCHMARKS.md). Only a request with
-/// nothing for rmcp to check takes this path: no `Mcp-*` headers (session, protocol version,
-/// SEP-2243 standard headers), a JSON content type, and a body `mcp::plain_tool_call` accepts.
-/// Everything else goes to rmcp as before.
+/// Whether a request's `Mcp-*` headers leave rmcp nothing to check or act on for a plain
+/// `tools/call`, so the edge may answer it itself: none at all (the curl recipe), or only what
+/// an MCP client of the 2025 protocol era adds — one `MCP-Protocol-Version` naming a version rmcp
+/// knows from before 2026-07-28, and one `Mcp-Session-Id`. Stateless serving ignores the session
+/// id, and for those versions rmcp answers a `tools/call` exactly as it answers one without the
+/// header (no `resultType`, object-only structured content). An unknown, unreadable or repeated
+/// version, a 2026-07-28-era version (rmcp validates its `_meta` and SEP-2243 standard headers),
+/// and any other `Mcp-*` header go to rmcp, which answers (or refuses) them as before.
+fn plain_headers(headers: &HeaderMap) -> bool {
+    use rmcp::model::ProtocolVersion;
+    let mut version = None;
+    let mut session = false;
+    for (name, value) in headers {
+        match name.as_str() {
+            "mcp-protocol-version" if version.is_none() => version = Some(value),
+            "mcp-session-id" if !session => session = true,
+            n if n.starts_with("mcp-") => return false,
+            _ => {}
+        }
+    }
+    let Some(version) = version else {
+        return true;
+    };
+    let Ok(version) = version.to_str() else {
+        return false;
+    };
+    ProtocolVersion::KNOWN_VERSIONS
+        .iter()
+        .any(|v| v.as_str() == version)
+        && version < ProtocolVersion::V_2026_07_28.as_str()
+}
+
+/// Answers a plain `tools/call` without rmcp's per-request machinery, which costs more CPU and
+/// memory than the HTTP stack itself (BENCHMARKS.md). Only a request with nothing for rmcp to
+/// check takes this path: the curl recipe's, or a 2025-era MCP client's ([`plain_headers`]), with
+/// a JSON content type, and a body `mcp::plain_tool_call` accepts. Everything else goes to rmcp.
 async fn plain_call(
     mcp: &AirlockMcp,
     headers: &HeaderMap,
     body: &serde_json::Map<String, Value>,
 ) -> Option<Response> {
-    if headers.keys().any(|k| k.as_str().starts_with("mcp-")) {
+    if !plain_headers(headers) {
         return None;
     }
     let json_type = headers.get(header::CONTENT_TYPE).is_none_or(|v| {
@@ -789,6 +820,51 @@ mod tests {
         let r = decode_body(r#"{"jsonrpc":"2.0","id":7,"method":"x","jsonrpc":"2.0"}"#.as_bytes())
             .unwrap_err();
         assert!(r.message.contains("duplicate key"), "{}", r.message);
+    }
+
+    #[test]
+    fn the_edge_takes_the_plain_call_of_the_2025_era_only() {
+        let headers = |pairs: &[(&'static str, &[u8])]| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            for (name, value) in pairs {
+                h.append(*name, HeaderValue::from_bytes(value).unwrap());
+            }
+            h
+        };
+        assert!(plain_headers(&headers(&[])));
+        for v in ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"] {
+            let v = v.as_bytes();
+            assert!(plain_headers(&headers(&[("mcp-protocol-version", v)])));
+            assert!(plain_headers(&headers(&[
+                ("mcp-protocol-version", v),
+                ("mcp-session-id", b"abc"),
+            ])));
+        }
+        assert!(plain_headers(&headers(&[("mcp-session-id", b"abc")])));
+        let to_rmcp: &[&[(&'static str, &[u8])]] = &[
+            &[("mcp-protocol-version", b"2026-07-28")],
+            &[("mcp-protocol-version", b"2099-01-01")],
+            &[("mcp-protocol-version", b"1999-01-01")],
+            &[("mcp-protocol-version", b"2025-06-18 ")],
+            &[("mcp-protocol-version", b"\xff")],
+            &[
+                ("mcp-protocol-version", b"2025-06-18"),
+                ("mcp-protocol-version", b"2025-06-18"),
+            ],
+            &[("mcp-session-id", b"a"), ("mcp-session-id", b"b")],
+            &[
+                ("mcp-protocol-version", b"2025-06-18"),
+                ("mcp-method", b"tools/call"),
+            ],
+            &[("mcp-name", b"get_note")],
+        ];
+        for pairs in to_rmcp {
+            assert!(!plain_headers(&headers(pairs)), "{pairs:?}");
+        }
     }
 
     #[test]
