@@ -26,6 +26,8 @@ use crate::core::{self as core_api, CoreApi};
 use crate::listener::ConnHandle;
 use crate::mcp::AirlockMcp;
 
+mod shared_service;
+
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// A body over [`MAX_BODY_BYTES`] is still read and thrown away up to this many bytes before the
@@ -72,11 +74,11 @@ pub fn app(core: Arc<dyn CoreApi>, edge: EdgeConfig) -> Router {
         .disable_allowed_hosts()
         .with_max_request_body_bytes(MAX_BODY_BYTES + 1);
     let status_core = core.clone();
-    let mcp = StreamableHttpService::new(
+    let mcp = shared_service::SharedRmcp::new(StreamableHttpService::new(
         move || Ok(AirlockMcp::new(core.clone()).with_sightings(sightings.clone())),
         Arc::new(NeverSessionManager::default()),
         config,
-    );
+    ));
     let state = EdgeState {
         in_flight: Arc::new(Semaphore::new(edge.max_in_flight)),
         config: Arc::new(edge),
@@ -766,113 +768,4 @@ async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Resp
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts_and_origins() {
-        assert_eq!(host_part("127.0.0.1:27183"), "127.0.0.1");
-        assert_eq!(host_part("[::1]:80"), "::1");
-        assert_eq!(host_part("localhost"), "localhost");
-        assert!(is_loopback_host("127.0.0.1") && is_loopback_host("::1"));
-        assert!(!is_loopback_host("evil.example.com"));
-        let o = |s: &'static str| origin_allowed(Some(&HeaderValue::from_static(s)));
-        assert!(o("http://localhost:3000"));
-        assert!(!o("https://evil.example.com"));
-        assert!(!o("null"));
-        assert!(!o("http://127.0.0.1.evil.com"));
-        assert!(origin_allowed(None));
-    }
-
-    #[test]
-    fn malformed_json_rpc_is_answered_as_json_rpc_errors() {
-        let code = |body: &str| {
-            decode_body(body.as_bytes())
-                .map(|_| 0)
-                .unwrap_or_else(|r| r.code)
-        };
-        assert_eq!(code(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), 0);
-        assert_eq!(
-            code(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
-            0
-        );
-        assert_eq!(code(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#), 0);
-        assert_eq!(code(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#), -32600);
-        assert_eq!(code(r#"{"id":1,"method":"ping"}"#), -32600);
-        for id in ["null", "{}", "1.5", "[1]", "true"] {
-            let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
-            assert_eq!(code(&body), -32600, "{body}");
-        }
-        assert_eq!(code(r#"{"jsonrpc":"2.0","id":1,"method":7}"#), -32600);
-        assert_eq!(code(r#"{"jsonrpc":"2.0","id":1}"#), -32600);
-        assert_eq!(
-            code(r#"{"jsonrpc":"2.0","id":1,"method":"a","method":"b"}"#),
-            -32600
-        );
-        assert_eq!(code(r#"{"jsonrpc":"2.0","id":1,"method":"ping""#), -32700);
-        let long = format!(
-            r#"{{"jsonrpc":"2.0","id":1,"method":"{}"}}"#,
-            "m".repeat(100_000)
-        );
-        let r = decode_body(long.as_bytes()).unwrap_err();
-        assert_eq!(r.code, -32601);
-        assert!(r.message.len() < 200, "{}", r.message);
-        let r = decode_body(r#"{"jsonrpc":"2.0","id":7,"method":"x","jsonrpc":"2.0"}"#.as_bytes())
-            .unwrap_err();
-        assert!(r.message.contains("duplicate key"), "{}", r.message);
-    }
-
-    #[test]
-    fn the_edge_takes_the_plain_call_of_the_2025_era_only() {
-        let headers = |pairs: &[(&'static str, &[u8])]| {
-            let mut h = HeaderMap::new();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            for (name, value) in pairs {
-                h.append(*name, HeaderValue::from_bytes(value).unwrap());
-            }
-            h
-        };
-        assert!(plain_headers(&headers(&[])));
-        for v in ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"] {
-            let v = v.as_bytes();
-            assert!(plain_headers(&headers(&[("mcp-protocol-version", v)])));
-            assert!(plain_headers(&headers(&[
-                ("mcp-protocol-version", v),
-                ("mcp-session-id", b"abc"),
-            ])));
-        }
-        assert!(plain_headers(&headers(&[("mcp-session-id", b"abc")])));
-        let to_rmcp: &[&[(&'static str, &[u8])]] = &[
-            &[("mcp-protocol-version", b"2026-07-28")],
-            &[("mcp-protocol-version", b"2099-01-01")],
-            &[("mcp-protocol-version", b"1999-01-01")],
-            &[("mcp-protocol-version", b"2025-06-18 ")],
-            &[("mcp-protocol-version", b"\xff")],
-            &[
-                ("mcp-protocol-version", b"2025-06-18"),
-                ("mcp-protocol-version", b"2025-06-18"),
-            ],
-            &[("mcp-session-id", b"a"), ("mcp-session-id", b"b")],
-            &[
-                ("mcp-protocol-version", b"2025-06-18"),
-                ("mcp-method", b"tools/call"),
-            ],
-            &[("mcp-name", b"get_note")],
-        ];
-        for pairs in to_rmcp {
-            assert!(!plain_headers(&headers(pairs)), "{pairs:?}");
-        }
-    }
-
-    #[test]
-    fn quoted_inputs_are_clipped() {
-        let m = format!("unknown variant `{}`, expected `a`", "v".repeat(1000));
-        let c = clip_quoted(&m);
-        assert!(c.len() < 150 && c.ends_with("expected `a`"), "{c}");
-        assert_eq!(clip_quoted("no quotes"), "no quotes");
-        assert_eq!(clip_quoted("open `end"), "open `end");
-    }
-}
+mod tests;
