@@ -26,6 +26,8 @@ use crate::core::{self as core_api, CoreApi};
 use crate::listener::ConnHandle;
 use crate::mcp::AirlockMcp;
 
+mod shared_service;
+
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// A body over [`MAX_BODY_BYTES`] is still read and thrown away up to this many bytes before the
@@ -72,11 +74,11 @@ pub fn app(core: Arc<dyn CoreApi>, edge: EdgeConfig) -> Router {
         .disable_allowed_hosts()
         .with_max_request_body_bytes(MAX_BODY_BYTES + 1);
     let status_core = core.clone();
-    let mcp = StreamableHttpService::new(
+    let mcp = shared_service::SharedRmcp::new(StreamableHttpService::new(
         move || Ok(AirlockMcp::new(core.clone()).with_sightings(sightings.clone())),
         Arc::new(NeverSessionManager::default()),
         config,
-    );
+    ));
     let state = EdgeState {
         in_flight: Arc::new(Semaphore::new(edge.max_in_flight)),
         config: Arc::new(edge),
@@ -558,17 +560,48 @@ struct PlainResponse<'a> {
     result: rmcp::model::CallToolResult,
 }
 
-/// Answers the curl recipe's plain `tools/call` without rmcp's per-request machinery, which
-/// costs more CPU and memory than the HTTP stack itself (BENCHMARKS.md). Only a request with
-/// nothing for rmcp to check takes this path: no `Mcp-*` headers (session, protocol version,
-/// SEP-2243 standard headers), a JSON content type, and a body `mcp::plain_tool_call` accepts.
-/// Everything else goes to rmcp as before.
+/// Whether a request's `Mcp-*` headers leave rmcp nothing to check or act on for a plain
+/// `tools/call`, so the edge may answer it itself: none at all (the curl recipe), or only what
+/// an MCP client of the 2025 protocol era adds — one `MCP-Protocol-Version` naming a version rmcp
+/// knows from before 2026-07-28, and one `Mcp-Session-Id`. Stateless serving ignores the session
+/// id, and for those versions rmcp answers a `tools/call` exactly as it answers one without the
+/// header (no `resultType`, object-only structured content). An unknown, unreadable or repeated
+/// version, a 2026-07-28-era version (rmcp validates its `_meta` and SEP-2243 standard headers),
+/// and any other `Mcp-*` header go to rmcp, which answers (or refuses) them as before.
+fn plain_headers(headers: &HeaderMap) -> bool {
+    use rmcp::model::ProtocolVersion;
+    let mut version = None;
+    let mut session = false;
+    for (name, value) in headers {
+        match name.as_str() {
+            "mcp-protocol-version" if version.is_none() => version = Some(value),
+            "mcp-session-id" if !session => session = true,
+            n if n.starts_with("mcp-") => return false,
+            _ => {}
+        }
+    }
+    let Some(version) = version else {
+        return true;
+    };
+    let Ok(version) = version.to_str() else {
+        return false;
+    };
+    ProtocolVersion::KNOWN_VERSIONS
+        .iter()
+        .any(|v| v.as_str() == version)
+        && version < ProtocolVersion::V_2026_07_28.as_str()
+}
+
+/// Answers a plain `tools/call` without rmcp's per-request machinery, which costs more CPU and
+/// memory than the HTTP stack itself (BENCHMARKS.md). Only a request with nothing for rmcp to
+/// check takes this path: the curl recipe's, or a 2025-era MCP client's ([`plain_headers`]), with
+/// a JSON content type, and a body `mcp::plain_tool_call` accepts. Everything else goes to rmcp.
 async fn plain_call(
     mcp: &AirlockMcp,
     headers: &HeaderMap,
     body: &serde_json::Map<String, Value>,
 ) -> Option<Response> {
-    if headers.keys().any(|k| k.as_str().starts_with("mcp-")) {
+    if !plain_headers(headers) {
         return None;
     }
     let json_type = headers.get(header::CONTENT_TYPE).is_none_or(|v| {
@@ -779,68 +812,4 @@ async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Resp
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts_and_origins() {
-        assert_eq!(host_part("127.0.0.1:27183"), "127.0.0.1");
-        assert_eq!(host_part("[::1]:80"), "::1");
-        assert_eq!(host_part("localhost"), "localhost");
-        assert!(is_loopback_host("127.0.0.1") && is_loopback_host("::1"));
-        assert!(!is_loopback_host("evil.example.com"));
-        let o = |s: &'static str| origin_allowed(Some(&HeaderValue::from_static(s)));
-        assert!(o("http://localhost:3000"));
-        assert!(!o("https://evil.example.com"));
-        assert!(!o("null"));
-        assert!(!o("http://127.0.0.1.evil.com"));
-        assert!(origin_allowed(None));
-    }
-
-    #[test]
-    fn malformed_json_rpc_is_answered_as_json_rpc_errors() {
-        let code = |body: &str| {
-            decode_body(body.as_bytes())
-                .map(|_| 0)
-                .unwrap_or_else(|r| r.code)
-        };
-        assert_eq!(code(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), 0);
-        assert_eq!(
-            code(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
-            0
-        );
-        assert_eq!(code(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#), 0);
-        assert_eq!(code(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#), -32600);
-        assert_eq!(code(r#"{"id":1,"method":"ping"}"#), -32600);
-        for id in ["null", "{}", "1.5", "[1]", "true"] {
-            let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
-            assert_eq!(code(&body), -32600, "{body}");
-        }
-        assert_eq!(code(r#"{"jsonrpc":"2.0","id":1,"method":7}"#), -32600);
-        assert_eq!(code(r#"{"jsonrpc":"2.0","id":1}"#), -32600);
-        assert_eq!(
-            code(r#"{"jsonrpc":"2.0","id":1,"method":"a","method":"b"}"#),
-            -32600
-        );
-        assert_eq!(code(r#"{"jsonrpc":"2.0","id":1,"method":"ping""#), -32700);
-        let long = format!(
-            r#"{{"jsonrpc":"2.0","id":1,"method":"{}"}}"#,
-            "m".repeat(100_000)
-        );
-        let r = decode_body(long.as_bytes()).unwrap_err();
-        assert_eq!(r.code, -32601);
-        assert!(r.message.len() < 200, "{}", r.message);
-        let r = decode_body(r#"{"jsonrpc":"2.0","id":7,"method":"x","jsonrpc":"2.0"}"#.as_bytes())
-            .unwrap_err();
-        assert!(r.message.contains("duplicate key"), "{}", r.message);
-    }
-
-    #[test]
-    fn quoted_inputs_are_clipped() {
-        let m = format!("unknown variant `{}`, expected `a`", "v".repeat(1000));
-        let c = clip_quoted(&m);
-        assert!(c.len() < 150 && c.ends_with("expected `a`"), "{c}");
-        assert_eq!(clip_quoted("no quotes"), "no quotes");
-        assert_eq!(clip_quoted("open `end"), "open `end");
-    }
-}
+mod tests;

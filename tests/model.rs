@@ -1633,6 +1633,100 @@ fn a_failed_operation_does_not_fail_its_batch() {
     assert!(found(&mut e, "c"));
 }
 
+/// A step's savepoint is opened by its first statement: a step that never reaches the store (a
+/// cancel of a call that is parked nowhere, a batch with nothing to do) sends no `SAVEPOINT` or
+/// `RELEASE`, and a step that does is covered from its first statement to its last.
+#[test]
+fn a_savepoint_only_around_a_step_that_reaches_the_store() {
+    let (store, faults) = FaultyStore::new(Box::new(SqliteStore::open_in_memory().unwrap()));
+    let clock = ManualClock::new(1_000_000);
+    let mut e = Engine::new(Box::new(store), Arc::new(clock)).unwrap();
+    e.process(vec![]);
+    faults.take_log();
+    e.process(vec![Command::Cancel(42), Command::Cancel(43)]);
+    assert_eq!(faults.take_log(), ["begin", "commit"]);
+    let (tx, mut rx) = oneshot::channel();
+    let set = Request::SetNote(SetNote {
+        key: "k".into(),
+        value: "v".into(),
+        author: None,
+        ttl_seconds: None,
+    });
+    e.process(vec![
+        Command::Cancel(44),
+        Command::Call {
+            call: 0,
+            request: set,
+            reply: tx,
+        },
+        Command::Cancel(45),
+    ]);
+    assert!(matches!(rx.try_recv().unwrap(), Ok(Response::SetNote(s)) if s.saved));
+    let log = faults.take_log();
+    assert_eq!(log.first(), Some(&"begin"), "{log:?}");
+    assert_eq!(log.get(1), Some(&"savepoint"), "{log:?}");
+    assert!(log.len() > 4, "the write's statements: {log:?}");
+    assert_eq!(
+        &log[log.len() - 2..],
+        ["release_savepoint", "commit"],
+        "{log:?}"
+    );
+    assert_eq!(
+        log.iter().filter(|m| m.contains("savepoint")).count(),
+        2,
+        "one savepoint, for the one step that wrote: {log:?}"
+    );
+}
+
+/// A savepoint opened at a step's first statement that cannot be opened fails the batch, as one
+/// opened at the step's start did (nothing of it is acknowledged), and the next batch commits.
+/// (A failed statement failing its own step alone: `a_failed_operation_does_not_fail_its_batch`.)
+#[test]
+fn a_lazy_savepoint_keeps_failures_to_their_step() {
+    let (store, faults) = FaultyStore::new(Box::new(SqliteStore::open_in_memory().unwrap()));
+    let clock = ManualClock::new(1_000_000);
+    let mut e = Engine::new(Box::new(store), Arc::new(clock)).unwrap();
+    e.process(vec![]);
+    let set = |key: &str| {
+        let (tx, rx) = oneshot::channel();
+        let request = Request::SetNote(SetNote {
+            key: key.into(),
+            value: "v".into(),
+            author: None,
+            ttl_seconds: None,
+        });
+        let call = Command::Call {
+            call: 0,
+            request,
+            reply: tx,
+        };
+        (call, rx)
+    };
+    let saved = |r: CoreResult<Response>| matches!(r, Ok(Response::SetNote(s)) if s.saved);
+    // The first savepoint asked for (`a`'s; the cancel before it needed none) cannot be opened:
+    // the batch cannot commit, so nobody is told it saved anything.
+    let (a, mut ra) = set("a");
+    let (b, mut rb) = set("b");
+    faults.arm(Fault::Savepoint);
+    faults.take_log();
+    e.process(vec![Command::Cancel(7), a, b]);
+    assert!(faults.disarm(), "the first write's savepoint was the fault");
+    assert!(matches!(ra.try_recv().unwrap(), Err(CoreError::Storage(_))));
+    assert!(matches!(rb.try_recv().unwrap(), Err(CoreError::Storage(_))));
+    let log = faults.take_log();
+    assert_eq!(
+        log,
+        ["begin", "savepoint"],
+        "nothing more reached the store"
+    );
+    // The next batch commits both, each in its own savepoint.
+    let (a, mut ra) = set("a");
+    let (b, mut rb) = set("b");
+    e.process(vec![a, b]);
+    assert!(saved(ra.try_recv().unwrap()));
+    assert!(saved(rb.try_recv().unwrap()));
+}
+
 /// `list_agents` and the status snapshot run on the engine thread: they read counts grouped by
 /// the store and note values cut short, never every task (payloads included) or note value.
 #[test]

@@ -31,7 +31,8 @@ pub struct Plan {
     fault: Option<Fault>,
     statements: u32,
     struck: bool,
-    /// The store methods called, by name, since the last `take_log`.
+    /// The store methods called (the transaction's own included), by name, since the last
+    /// `take_log`.
     log: Vec<&'static str>,
 }
 
@@ -98,6 +99,14 @@ impl FaultyStore {
         kind: Fault,
         f: impl FnOnce(&mut dyn Store) -> StoreResult<()>,
     ) -> StoreResult<()> {
+        let name = match kind {
+            Fault::Begin => "begin",
+            Fault::Savepoint => "savepoint",
+            Fault::Release => "release_savepoint",
+            Fault::Commit => "commit",
+            Fault::Statement { .. } => "statement",
+        };
+        self.faults.0.lock().unwrap().log.push(name);
         if self.strikes(kind) {
             return Err(Self::injected());
         }
@@ -154,6 +163,12 @@ impl Store for FaultyStore {
         self.control(Fault::Release, |s| s.release_savepoint())
     }
     fn rollback_to_savepoint(&mut self) {
+        self.faults
+            .0
+            .lock()
+            .unwrap()
+            .log
+            .push("rollback_to_savepoint");
         self.inner.rollback_to_savepoint()
     }
     fn transaction_ok(&mut self) -> bool {

@@ -29,8 +29,9 @@
 //!   of the batch becomes a storage error and nothing is acknowledged; what the batch handled
 //!   (due deadlines, undelivered grants) is handled again by a later one.
 //! - Each step of a batch (a command, a grant to release, a due deadline) runs in a savepoint of
-//!   its own: a storage error rolls back that step alone, and the answers it made become the
-//!   error. A batch that could not begin sends the store nothing at all.
+//!   its own, opened by the step's first store call: a storage error rolls back that step alone,
+//!   and the answers it made become the error. A step that never reaches the store opens none.
+//!   A batch that could not begin sends the store nothing at all.
 //! - A lock is granted only to the head ticket of each of its names' queues; a caller who went
 //!   away is skipped, and a grant whose answer could not be delivered is released at once.
 //! - An expired row is treated as absent by every reader, so correctness never waits on a
@@ -62,7 +63,7 @@ use deadlines::{Deadline, Deadlines};
 use events::Events;
 use locks::Locks;
 use tasks::Tasks;
-use tx::{storage, Outbox, Tx};
+use tx::{storage, Outbox, StepSavepoint, Tx};
 
 /// Most commands applied in one transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -201,6 +202,8 @@ pub struct Engine {
     batch_error: Option<CoreError>,
     /// The first storage error of the current step (see [`Tx::failed`]).
     step_error: Option<CoreError>,
+    /// The current step's savepoint (opened at its first store call, see [`StepSavepoint`]).
+    savepoint: StepSavepoint,
     /// Deadlines handled in this batch, with their instants: armed again if the batch does not
     /// commit, so a rollback never loses an expiry, a lapse or a window's end.
     fired: Vec<(Millis, Deadline)>,
@@ -253,6 +256,7 @@ impl Engine {
             orphans: Vec::new(),
             batch_error: None,
             step_error: None,
+            savepoint: StepSavepoint::Off,
             fired: Vec::new(),
             retry_at: None,
             draining: false,
@@ -275,6 +279,7 @@ impl Engine {
                 deadlines: &mut self.deadlines,
                 draining: self.draining,
                 failed: &mut self.step_error,
+                savepoint: &mut self.savepoint,
             },
             locks: &mut self.locks,
             events: &mut self.events,
@@ -284,8 +289,11 @@ impl Engine {
 
     /// Runs until every sender of the channel is gone.
     pub fn run(mut self, rx: Receiver<Command>) {
+        // One buffer for every batch: allocated once, at the size of the largest batch seen, so
+        // the engine thread does not ask the allocator for (and give back) up to
+        // `max_batch` commands' worth of memory per batch.
+        let mut batch = Vec::new();
         loop {
-            let mut batch = Vec::new();
             let first = match self.next_wake_in() {
                 Some(d) => match rx.recv_timeout(d) {
                     Ok(c) => Some(c),
@@ -304,7 +312,7 @@ impl Engine {
                     Err(_) => break,
                 }
             }
-            self.process(batch);
+            self.process(batch.drain(..));
         }
         tracing::info!(
             commits = self.commits,
@@ -337,7 +345,7 @@ impl Engine {
     /// failure of the transaction itself (`BEGIN`, a savepoint, the commit) fails the whole
     /// batch: nothing of it is acknowledged, the deadlines it handled are armed again, and its
     /// undelivered grants are kept to release later.
-    pub fn process(&mut self, batch: Vec<Command>) {
+    pub fn process(&mut self, batch: impl IntoIterator<Item = Command>) {
         self.batch_error = None;
         let mut retry = false;
         if let Err(e) = self.store.begin() {
@@ -419,7 +427,9 @@ impl Engine {
         }
         retry |= !kept.is_empty() || self.locks.has_work() || self.tasks.has_work();
         self.orphans.append(&mut kept);
-        for out in std::mem::take(&mut self.outbox.answers) {
+        // The outbox keeps its buffer for the next batch (delivering adds nothing to it).
+        let mut answers = std::mem::take(&mut self.outbox.answers);
+        for out in answers.drain(..) {
             let error = failed.as_ref().or(out.failed.as_ref());
             let delivered = (out.deliver)(error);
             if !delivered && error.is_none() {
@@ -428,6 +438,7 @@ impl Engine {
                 }
             }
         }
+        self.outbox.answers = answers;
         self.retry_at = retry.then(|| self.now() + RETRY_MS);
         for done in drained {
             let _ = done.send(());
@@ -437,23 +448,32 @@ impl Engine {
     /// Runs one step of the batch in its own savepoint, then moves the lines and queues it
     /// unblocked. On a storage error the step is rolled back and its answers become the error.
     /// True if the step's changes stand (for now: the batch may still fail to commit).
+    ///
+    /// The savepoint is opened by the step's first store call ([`StepSavepoint`]): a step that
+    /// never reaches the store has nothing to undo there and opens none.
     fn step(&mut self, f: impl FnOnce(&mut Engine)) -> bool {
         self.step_error = self.batch_error.clone();
-        if self.step_error.is_none() {
-            if let Err(e) = self.store.savepoint() {
-                self.fail_batch(storage(e));
-            }
-        }
-        let in_savepoint = self.batch_error.is_none();
+        self.savepoint = if self.step_error.is_none() {
+            StepSavepoint::Pending
+        } else {
+            StepSavepoint::Off
+        };
         let mark = self.outbox.len();
         f(self);
         if self.step_error.is_none() {
             self.settle();
         }
+        let savepoint = std::mem::take(&mut self.savepoint);
+        if let StepSavepoint::Failed(e) = &savepoint {
+            self.fail_batch(e.clone());
+        }
+        let in_savepoint = matches!(savepoint, StepSavepoint::Open);
         let Some(error) = self.step_error.take() else {
-            if let Err(e) = self.store.release_savepoint() {
-                self.fail_batch(storage(e));
-                return false;
+            if in_savepoint {
+                if let Err(e) = self.store.release_savepoint() {
+                    self.fail_batch(storage(e));
+                    return false;
+                }
             }
             return true;
         };

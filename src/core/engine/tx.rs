@@ -81,6 +81,23 @@ impl Outbox {
 
 // ------------------------------------------------------------ the transaction context
 
+/// The savepoint of the current step. It is opened just before the step's first store call,
+/// so a step that never reaches the store (a cancel, a progress probe, a window that ends with
+/// an answer, a line with nothing to grant) costs no `SAVEPOINT`/`RELEASE`; a step that does is
+/// covered from its first statement on, exactly as if it had been opened at the step's start.
+#[derive(Debug, Default)]
+pub(super) enum StepSavepoint {
+    /// None is to be opened: outside a step, or the batch can no longer commit.
+    #[default]
+    Off,
+    /// To be opened before the step's first store call.
+    Pending,
+    /// Opened: the step's statements are undone by rolling back to it.
+    Open,
+    /// Opening it failed: the batch's transaction cannot commit.
+    Failed(CoreError),
+}
+
 /// What one step of a batch works through: the store inside the batch's transaction, the
 /// outbox, the deadline schedule and the clock. Capabilities take a `Tx` (and, when one
 /// capability's change moves another's state, that capability), never the whole engine.
@@ -95,6 +112,8 @@ pub(super) struct Tx<'a> {
     /// set, the step touches the store no more (on SQLite some errors end the whole transaction,
     /// and a statement run after that would commit on its own).
     pub(super) failed: &'a mut Option<CoreError>,
+    /// The step's savepoint, opened by the first store call ([`Tx::db`]).
+    pub(super) savepoint: &'a mut StepSavepoint,
 }
 
 impl Tx<'_> {
@@ -110,6 +129,15 @@ impl Tx<'_> {
     ) -> CoreResult<T> {
         if let Some(e) = self.failed {
             return Err(e.clone());
+        }
+        if let StepSavepoint::Pending = self.savepoint {
+            if let Err(e) = self.store.savepoint() {
+                let e = storage(e);
+                *self.savepoint = StepSavepoint::Failed(e.clone());
+                *self.failed = Some(e.clone());
+                return Err(e);
+            }
+            *self.savepoint = StepSavepoint::Open;
         }
         f(&mut *self.store).map_err(|e| {
             let e = storage(e);

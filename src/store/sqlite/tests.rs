@@ -147,6 +147,33 @@ fn pending_tasks_come_by_priority_then_age() {
     s.commit().unwrap();
 }
 
+/// A cached statement is parsed and planned once: binding new values never re-prepares it (the
+/// planner compared `id = ?1` with `tasks_pending`'s `state = 'pending'` and re-prepared every
+/// task statement at every run before the query planner stability guarantee was turned on).
+#[test]
+fn task_statements_are_prepared_once() {
+    let mut s = SqliteStore::open_in_memory().unwrap();
+    s.begin().unwrap();
+    let a = s.task_insert("q", "a", None, 0, 1).unwrap();
+    let b = s.task_insert("r", "b", None, 0, 2).unwrap();
+    for (id, queue, now) in [(a, "q", 10), (b, "r", 20), (a, "q", 30), (b, "s", 40)] {
+        let mut t = s.task_get(id).unwrap().unwrap();
+        t.attempts += 1;
+        s.task_update(&t).unwrap();
+        s.task_next_ready(queue, now).unwrap();
+    }
+    s.commit().unwrap();
+    for sql in [TASK_GET, TASK_NEXT_READY] {
+        let st = s.conn.prepare_cached(sql).unwrap();
+        let reprepared = st.get_status(rusqlite::StatementStatus::RePrepare);
+        assert_eq!(reprepared, 0, "{sql}");
+        assert!(
+            st.get_status(rusqlite::StatementStatus::VmStep) > 0,
+            "the cached statement is the one that ran: {sql}"
+        );
+    }
+}
+
 #[test]
 fn counter_overflow_is_reported_not_wrapped() {
     let mut s = SqliteStore::open_in_memory().unwrap();
