@@ -681,6 +681,8 @@ impl Harness {
                         ttl_seconds: Some(ttl_ms / 1000),
                         wait_seconds: Some(wait_ms / 1000),
                         wake_token: None,
+                        shared: None,
+                        limit: None,
                     }),
                     reply: tx,
                 }]);

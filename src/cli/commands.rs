@@ -9,6 +9,7 @@ use super::exit;
 use super::show;
 use super::waits::{self, seconds, StatusLine, Wait};
 use crate::core::request::*;
+use crate::core::LockMode;
 
 /// The TTL `airlock lock`, `airlock renew` and `airlock run` give a lock unless `--ttl` says
 /// otherwise: short, so a script that dies holding a lock blocks others for a minute, not the
@@ -453,7 +454,16 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             let ttl = Some(ttl.unwrap_or(DEFAULT_LOCK_TTL));
             if names.len() == 1 {
                 let line = StatusLine::start(&names[0]);
-                let r = waits::acquire(c, &names[0], &agent, ttl, wait, Some(&line)).await?;
+                let r = waits::acquire(
+                    c,
+                    &names[0],
+                    LockMode::EXCLUSIVE,
+                    &agent,
+                    ttl,
+                    wait,
+                    Some(&line),
+                )
+                .await?;
                 line.finish();
                 if r["locked"] == json!(true) {
                     // The token alone on stdout, so `T=$(airlock lock NAME)` works.

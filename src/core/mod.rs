@@ -273,6 +273,8 @@ mod tests {
             ttl_seconds: None,
             wait_seconds,
             wake_token: None,
+            shared: None,
+            limit: None,
         })
     }
 
