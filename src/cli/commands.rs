@@ -435,6 +435,16 @@ fn rows_of(r: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// How a lock holder holds it, for a human: nothing for the plain exclusive lock, else
+/// `\tshared` or `\tshared, limit N`.
+pub fn hold_mode(l: &Value) -> String {
+    match (l["mode"].as_str(), l["limit"].as_i64()) {
+        (_, Some(n)) => format!("\tshared, limit {n}"),
+        (Some("shared"), None) => "\tshared".into(),
+        _ => String::new(),
+    }
+}
+
 fn table(rows: &[Value], fmt: impl Fn(&Value) -> String) -> String {
     if rows.is_empty() {
         return "(none)".into();
@@ -539,10 +549,11 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             let rows = rows_of(&r);
             let human = table(&rows, |l| {
                 format!(
-                    "{}\theld by {}\texpires in {}s",
+                    "{}\theld by {}\texpires in {}s{}",
                     str_of(l, "name"),
                     str_of(l, "agent_id"),
-                    str_of(l, "expires_in_seconds")
+                    str_of(l, "expires_in_seconds"),
+                    hold_mode(l)
                 )
             });
             Answer::ok(r, human)
