@@ -135,14 +135,17 @@ impl<'a> Args<'a> {
             None => {
                 return Err(CoreError::invalid(
                     field,
-                    "is required (an array of names, or of {name, shared, limit} objects)",
+                    "is required (an array of strings, or of {name, shared, limit} objects)",
                 ))
             }
             Some(Value::Array(items)) => items,
             Some(v) => {
                 return Err(CoreError::invalid(
                     field,
-                    format!("must be an array of names, got {}", type_name(v)),
+                    format!(
+                    "must be an array of strings (or of {{name, shared, limit}} objects), got {}",
+                    type_name(v)
+                ),
                 ))
             }
         };
