@@ -32,6 +32,11 @@ use tokio::sync::{Notify, RwLock};
 
 const CLIENTS: usize = 6;
 const LOCKS: &[&str] = &["fault-lock-a", "fault-lock-b"];
+/// A readers-writer lock: each call asks shared or exclusive at random.
+const RW_LOCK: &str = "fault-rw";
+/// A semaphore of [`SEM_LIMIT`] holders.
+const SEM_LOCK: &str = "fault-sem";
+const SEM_LIMIT: i64 = 2;
 const LOCK_TTL_MS: i64 = 2_000;
 const LEASE_MS: i64 = 2_000;
 /// A holder stops trusting its lock this long before the TTL it asked for runs out, measured from
@@ -225,7 +230,39 @@ async fn client(world: Arc<World>, id: usize, seed: u64) {
     while !world.stop.load(Ordering::Relaxed) {
         seq += 1;
         let roll: u32 = rng.random_range(0..100);
-        if roll < 40 {
+        if roll < 12 {
+            // A shared lock or a semaphore: held briefly (or past its TTL, paused), released.
+            let (lock, mode) = if rng.random_range(0..2) == 0 {
+                let shared = rng.random_range(0..100) < 60;
+                (RW_LOCK, json!({"shared": shared}))
+            } else {
+                (SEM_LOCK, json!({"limit": SEM_LIMIT}))
+            };
+            let mut args = json!({"name": lock, "agent_id": format!("{me}-{seq}"),
+                                  "ttl_seconds": LOCK_TTL_MS / 1000, "wait_seconds": 3});
+            for (k, v) in mode.as_object().unwrap() {
+                args[k] = v.clone();
+            }
+            let c = world.call(&http, &me, "lock_resource", args).await;
+            let Some(a) = c.answer().filter(|a| a["locked"] == json!(true)) else {
+                continue;
+            };
+            let token = a["lock_token"].as_str().unwrap().to_string();
+            let pause = if rng.random_range(0..100) < 12 {
+                LOCK_TTL_MS + 600
+            } else {
+                rng.random_range(0..30)
+            };
+            tokio::time::sleep(Duration::from_millis(pause as u64)).await;
+            world
+                .call(
+                    &http,
+                    &me,
+                    "unlock_resource",
+                    json!({"name": lock, "lock_token": token}),
+                )
+                .await;
+        } else if roll < 40 {
             let lock = LOCKS[rng.random_range(0..LOCKS.len())];
             let agent = format!("{me}-{seq}");
             let c = world
@@ -381,6 +418,8 @@ impl Report {
 /// An acknowledged lock grant and how long its holder relied on it.
 struct Grant {
     lock: String,
+    /// Asked shared (or as a semaphore's holder).
+    shared: bool,
     fence: i64,
     start: i64,
     answered: i64,
@@ -408,6 +447,7 @@ fn grants(calls: &[Call]) -> Vec<Grant> {
             let until = unlock_start.get(&token).copied().unwrap_or(i64::MAX);
             Some(Grant {
                 lock: c.args["name"].as_str()?.to_string(),
+                shared: c.args["shared"] == json!(true) || c.args["limit"].is_i64(),
                 fence: a["fence"].as_i64()?,
                 start: c.start,
                 answered: c.end,
@@ -468,6 +508,46 @@ fn check_locks(calls: &[Call], writes: &[FencedWrite], r: &mut Report) {
                 w.lock, w.fence, w.at
             )
         });
+    }
+}
+
+/// The shared lock and the semaphore: at every instant some grant starts being relied on, the
+/// grants relied on then are compatible — at most one exclusive, never beside a shared one, and
+/// at most [`SEM_LIMIT`] holders of the semaphore. Fences are unique per name.
+fn check_modes(calls: &[Call], r: &mut Report) {
+    let all = grants(calls);
+    for lock in [RW_LOCK, SEM_LOCK] {
+        let gs: Vec<&Grant> = all
+            .iter()
+            .filter(|g| g.lock == lock && g.answered < g.until)
+            .collect();
+        for g in &gs {
+            let at = g.answered;
+            let together: Vec<&&Grant> = gs
+                .iter()
+                .filter(|o| o.answered <= at && at < o.until)
+                .collect();
+            let exclusive = together.iter().filter(|o| !o.shared).count();
+            r.check(exclusive == 0 || together.len() == 1, || {
+                let fences: Vec<(i64, bool)> = together.iter().map(|o| (o.fence, o.shared)).collect();
+                format!("{lock}: at {at} an exclusive grant was relied on beside others: (fence, shared) {fences:?}")
+            });
+            if lock == SEM_LOCK {
+                r.check(together.len() as i64 <= SEM_LIMIT, || {
+                    let fences: Vec<i64> = together.iter().map(|o| o.fence).collect();
+                    format!(
+                        "{lock}: {} holders at {at}, over its limit {SEM_LIMIT}: fences {fences:?}",
+                        together.len()
+                    )
+                });
+            }
+        }
+        let mut seen = HashSet::new();
+        for g in all.iter().filter(|g| g.lock == lock) {
+            r.check(seen.insert(g.fence), || {
+                format!("{lock}: fence {} granted twice", g.fence)
+            });
+        }
     }
 }
 
@@ -721,7 +801,8 @@ async fn check_after_restart(world: &World, http: &reqwest::Client, r: &mut Repo
     let l = world
         .call_ungated(http, "checker", "list_locks", json!({}))
         .await;
-    let held: HashMap<String, i64> = l
+    // One entry per holder: a shared lock or a semaphore has several.
+    let held: HashSet<(String, i64)> = l
         .answer()
         .and_then(|a| a.as_array().cloned())
         .unwrap_or_default()
@@ -735,12 +816,15 @@ async fn check_after_restart(world: &World, http: &reqwest::Client, r: &mut Repo
         .collect();
     for g in grants(&calls) {
         if g.until == g.start + LOCK_TTL_MS - SAFETY_MARGIN_MS && g.until > l.end + 100 {
-            r.check(held.get(&g.lock) == Some(&g.fence), || {
+            r.check(held.contains(&(g.lock.clone(), g.fence)), || {
+                let now: Vec<i64> = held
+                    .iter()
+                    .filter(|(n, _)| *n == g.lock)
+                    .map(|(_, f)| *f)
+                    .collect();
                 format!(
-                    "{}: acknowledged grant fence {} vanished in a restart (held: {:?})",
-                    g.lock,
-                    g.fence,
-                    held.get(&g.lock)
+                    "{}: acknowledged grant fence {} vanished in a restart (held: {now:?})",
+                    g.lock, g.fence
                 )
             });
         }
@@ -860,6 +944,7 @@ async fn sigkill_and_pauses_lose_nothing_and_break_no_promise() {
     let calls = world.calls.lock().unwrap().clone();
     let writes = world.writes.lock().unwrap().clone();
     check_locks(&calls, &writes, &mut report);
+    check_modes(&calls, &mut report);
     check_counter(&calls, &mut report);
     check_cas(&calls, &mut report);
     check_tasks(&calls, &final_tasks, &mut report);
@@ -959,6 +1044,83 @@ fn lock_call(start: i64, end: i64, fence: i64, token: &str) -> Call {
         end,
         Some(json!({"locked": true, "fence": fence, "lock_token": token})),
     )
+}
+
+/// A grant of `lock` in a mode (`{"shared": true}`, `{"limit": 2}` or `{}`).
+fn mode_call(lock: &str, mode: Value, start: i64, fence: i64, token: &str) -> Call {
+    let mut args = json!({"name": lock, "agent_id": token, "ttl_seconds": 2});
+    for (k, v) in mode.as_object().unwrap() {
+        args[k] = v.clone();
+    }
+    rec(
+        "lock_resource",
+        args,
+        start,
+        start + 10,
+        Some(json!({"locked": true, "fence": fence, "lock_token": token})),
+    )
+}
+
+#[test]
+fn the_checker_catches_shared_beside_exclusive_and_a_semaphore_over_its_limit() {
+    let shared = || json!({"shared": true});
+    let sem = || json!({"limit": SEM_LIMIT});
+    // Fine: two readers together, then a writer after both unlocked; two semaphore holders.
+    let mut r = Report::default();
+    let unlock = |lock: &str, token: &str, at: i64| {
+        rec(
+            "unlock_resource",
+            json!({"name": lock, "lock_token": token}),
+            at,
+            at + 5,
+            Some(json!({"released": true})),
+        )
+    };
+    check_modes(
+        &[
+            mode_call(RW_LOCK, shared(), 0, 1, "r1"),
+            mode_call(RW_LOCK, shared(), 5, 2, "r2"),
+            unlock(RW_LOCK, "r1", 100),
+            unlock(RW_LOCK, "r2", 110),
+            mode_call(RW_LOCK, json!({}), 105, 3, "w"),
+            mode_call(SEM_LOCK, sem(), 0, 1, "s1"),
+            mode_call(SEM_LOCK, sem(), 5, 2, "s2"),
+        ],
+        &mut r,
+    );
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    // A writer relied on while a reader still holds.
+    let mut r = Report::default();
+    check_modes(
+        &[
+            mode_call(RW_LOCK, shared(), 0, 1, "r1"),
+            mode_call(RW_LOCK, json!({}), 50, 2, "w"),
+        ],
+        &mut r,
+    );
+    assert!(
+        r.violations
+            .iter()
+            .any(|v| v.contains("exclusive grant was relied on beside")),
+        "{:?}",
+        r.violations
+    );
+    // Three holders of a semaphore of two; a fence handed out twice.
+    let mut r = Report::default();
+    check_modes(
+        &[
+            mode_call(SEM_LOCK, sem(), 0, 1, "s1"),
+            mode_call(SEM_LOCK, sem(), 5, 2, "s2"),
+            mode_call(SEM_LOCK, sem(), 8, 2, "s3"),
+        ],
+        &mut r,
+    );
+    assert!(
+        r.violations.iter().any(|v| v.contains("over its limit")),
+        "{:?}",
+        r.violations
+    );
+    assert!(r.violations.iter().any(|v| v.contains("granted twice")));
 }
 
 #[test]

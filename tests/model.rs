@@ -681,6 +681,8 @@ impl Harness {
                         ttl_seconds: Some(ttl_ms / 1000),
                         wait_seconds: Some(wait_ms / 1000),
                         wake_token: None,
+                        shared: None,
+                        limit: None,
                     }),
                     reply: tx.into(),
                 }]);
@@ -1657,7 +1659,7 @@ fn a_savepoint_only_around_a_step_that_reaches_the_store() {
         Command::Call {
             call: 0,
             request: set,
-            reply: tx,
+            reply: tx.into(),
         },
         Command::Cancel(45),
     ]);
@@ -1698,7 +1700,7 @@ fn a_lazy_savepoint_keeps_failures_to_their_step() {
         let call = Command::Call {
             call: 0,
             request,
-            reply: tx,
+            reply: tx.into(),
         };
         (call, rx)
     };

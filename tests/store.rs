@@ -34,6 +34,10 @@ const CHECKS: &[(&str, Check)] = &[
     ("counters add, start at zero and refuse overflow", counters),
     ("locks round-trip, list and filter by holder", locks),
     (
+        "lock holders: one row each, in fence order, mode and limit kept",
+        lock_holders,
+    ),
+    (
         "fences strictly increase per name and outlive the lock",
         fences,
     ),
@@ -95,6 +99,16 @@ fn lock(name: &str, agent: &str, fence: i64, expires_at: i64) -> LockRow {
         token: format!("lk_{name}_{agent}_{fence}"),
         fence,
         expires_at,
+        shared: false,
+        limit: None,
+    }
+}
+
+fn shared_lock(name: &str, agent: &str, fence: i64, limit: Option<i64>) -> LockRow {
+    LockRow {
+        shared: true,
+        limit,
+        ..lock(name, agent, fence, 1_000)
     }
 }
 
@@ -195,14 +209,15 @@ fn counters(s: &mut dyn Store) {
 
 fn locks(s: &mut dyn Store) {
     s.begin().unwrap();
-    assert_eq!(s.lock_get("l").unwrap(), None);
+    assert!(s.lock_holders("l").unwrap().is_empty());
     assert!(s.lock_list().unwrap().is_empty());
     let l = lock("l", "alice", 1, 1_000);
     s.lock_put(&l).unwrap();
-    assert_eq!(s.lock_get("l").unwrap(), Some(l));
-    let l = lock("l", "bob", 2, 2_000);
+    assert_eq!(s.lock_holders("l").unwrap(), std::slice::from_ref(&l));
+    // The same holder again: its row is replaced (a refresh, or a new grant after expiry).
+    let l = lock("l", "alice", 2, 2_000);
     s.lock_put(&l).unwrap();
-    assert_eq!(s.lock_get("l").unwrap(), Some(l.clone()));
+    assert_eq!(s.lock_holders("l").unwrap(), std::slice::from_ref(&l));
     let others = [
         lock("a", "alice", 1, 10),
         lock("Z", "alice", 7, 20),
@@ -215,14 +230,60 @@ fn locks(s: &mut dyn Store) {
     assert_eq!(names, ["Z", "a", "l", "é"]);
     assert_eq!(
         s.locks_held_by("alice").unwrap(),
-        [others[1].clone(), others[0].clone()]
+        [others[1].clone(), others[0].clone(), l.clone()]
     );
-    assert_eq!(s.locks_held_by("bob").unwrap(), [l, others[2].clone()]);
+    assert_eq!(s.locks_held_by("bob").unwrap(), [others[2].clone()]);
     assert!(s.locks_held_by("carol").unwrap().is_empty());
     s.lock_delete("l").unwrap();
     s.lock_delete("l").unwrap();
-    assert_eq!(s.lock_get("l").unwrap(), None);
-    assert_eq!(s.locks_held_by("bob").unwrap(), [others[2].clone()]);
+    assert!(s.lock_holders("l").unwrap().is_empty());
+    assert_eq!(s.locks_held_by("alice").unwrap().len(), 2);
+    s.commit().unwrap();
+}
+
+/// Shared locks and semaphores: one row per holder, in fence order, each deleted on its own;
+/// mode and limit read back as written.
+fn lock_holders(s: &mut dyn Store) {
+    s.begin().unwrap();
+    let rows = [
+        shared_lock("s", "carol", 5, Some(3)),
+        shared_lock("s", "alice", 3, Some(3)),
+        shared_lock("s", "bob", 4, Some(3)),
+    ];
+    for r in &rows {
+        s.lock_put(r).unwrap();
+    }
+    s.lock_put(&shared_lock("r", "alice", 1, None)).unwrap();
+    let held = s.lock_holders("s").unwrap();
+    assert_eq!(held, [rows[1].clone(), rows[2].clone(), rows[0].clone()]);
+    assert!(held.iter().all(|h| h.shared && h.limit == Some(3)));
+    assert_eq!(
+        s.lock_holders("r").unwrap(),
+        [shared_lock("r", "alice", 1, None)]
+    );
+    s.lock_delete_holder("s", "bob").unwrap();
+    s.lock_delete_holder("s", "bob").unwrap();
+    s.lock_delete_holder("s", "nobody").unwrap();
+    assert_eq!(
+        s.lock_holders("s").unwrap(),
+        [rows[1].clone(), rows[0].clone()]
+    );
+    assert_eq!(s.locks_held_by("alice").unwrap().len(), 2);
+    let mut counts = s.lock_counts(0).unwrap();
+    counts.sort();
+    assert_eq!(counts, [("alice".into(), 2), ("carol".into(), 1)]);
+    // A page counts names and holds every holder of each.
+    let (p, more) = s.lock_page(0, None, 1).unwrap();
+    assert_eq!(
+        (p.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), more),
+        (vec!["r"], true)
+    );
+    let (p, more) = s.lock_page(0, Some("r"), 1).unwrap();
+    let agents: Vec<&str> = p.iter().map(|l| l.agent_id.as_str()).collect();
+    assert_eq!((agents, more), (vec!["alice", "carol"], false));
+    s.lock_delete("s").unwrap();
+    s.lock_delete("r").unwrap();
+    assert!(s.lock_list().unwrap().is_empty());
     s.commit().unwrap();
 }
 
@@ -766,7 +827,7 @@ fn transactions(s: &mut dyn Store) {
     );
     assert_eq!(s.counter_add("c", 0).unwrap(), Some(1));
     assert_eq!(s.fence_next("f").unwrap(), 1);
-    assert_eq!(s.lock_get("l").unwrap(), None);
+    assert!(s.lock_holders("l").unwrap().is_empty());
     assert_eq!(s.agent_get("a").unwrap(), None);
     assert_eq!(ids(&s.task_list(None).unwrap()), [kept]);
     // A later task still gets a larger id than every committed one.
@@ -1408,4 +1469,109 @@ fn postgres_usage_gauge_follows_every_write() {
     s.commit().unwrap();
     check("a rollback, then purges");
     assert_eq!(recomputed(), 0);
+}
+
+// ------------------------------------------------------------------ lock holders migration
+
+/// A state.db of the schema before lock holders (SQLite version 2, one row per lock name) with a
+/// lock held: opening it upgrades it in place; the lock is kept as an exclusive holder, and a
+/// name can then have several holders.
+#[test]
+fn sqlite_a_version_2_database_upgrades_to_lock_holders_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(include_str!("../src/store/sql/sqlite/0001_schema.sql"))
+            .unwrap();
+        c.execute_batch(include_str!(
+            "../src/store/sql/sqlite/0002_task_options.sql"
+        ))
+        .unwrap();
+        c.execute_batch(
+            "PRAGMA user_version = 2;
+             INSERT INTO locks (name, agent_id, token, fence, expires_at)
+             VALUES ('l', 'alice', 'lk_old', 4, 5000);",
+        )
+        .unwrap();
+    }
+    let mut s = SqliteStore::open(&path).unwrap();
+    s.begin().unwrap();
+    assert_eq!(
+        s.lock_holders("l").unwrap(),
+        [LockRow {
+            token: "lk_old".into(),
+            ..lock("l", "alice", 4, 5000)
+        }]
+    );
+    assert_eq!(s.locks_held_by("alice").unwrap().len(), 1);
+    s.lock_put(&shared_lock("r", "alice", 1, Some(2))).unwrap();
+    s.lock_put(&shared_lock("r", "bob", 2, Some(2))).unwrap();
+    assert_eq!(s.lock_holders("r").unwrap().len(), 2);
+    s.commit().unwrap();
+    drop(s);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
+    let index: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'locks_agent'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(index, 1);
+}
+
+/// A PostgreSQL database of version 3 (one row per lock name) with a lock held: migrating
+/// brings it to the current version in place; the lock is kept as an exclusive holder, and a
+/// name can then have several holders.
+#[test]
+fn postgres_a_version_3_database_upgrades_to_lock_holders_in_place() {
+    let Some((rt, db)) = pg("postgres_a_version_3_database_upgrades_to_lock_holders_in_place")
+    else {
+        return;
+    };
+    rt.block_on(async {
+        let mut c = db.connect().await.unwrap();
+        // What a version 3 binary made: migrations 1 to 3, a lock held.
+        c.batch_execute(&format!(
+            "CREATE SCHEMA airlock;
+             CREATE TABLE airlock.schema_version (
+                version BIGINT PRIMARY KEY,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+             );
+             {}
+             {}
+             {}
+             INSERT INTO airlock.schema_version (version) VALUES (1), (2), (3);
+             INSERT INTO airlock.locks (name, agent_id, token, fence, expires_at)
+             VALUES ('l', 'alice', 'lk_old', 4, 5000);",
+            include_str!("../src/store/sql/postgres/0001_schema.sql"),
+            include_str!("../src/store/sql/postgres/0002_forwarding_calls.sql"),
+            include_str!("../src/store/sql/postgres/0003_task_options.sql"),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(versions(&c).await, [1, 2, 3]);
+        postgres::migrate(&mut c).await.unwrap();
+        assert_eq!(versions(&c).await, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+        // Again: nothing left to do.
+        postgres::migrate(&mut c).await.unwrap();
+    });
+    let mut s = db.store(&rt).unwrap();
+    s.begin().unwrap();
+    assert_eq!(
+        s.lock_holders("l").unwrap(),
+        [LockRow {
+            token: "lk_old".into(),
+            ..lock("l", "alice", 4, 5000)
+        }]
+    );
+    s.lock_put(&shared_lock("r", "alice", 1, Some(2))).unwrap();
+    s.lock_put(&shared_lock("r", "bob", 2, Some(2))).unwrap();
+    assert_eq!(s.lock_holders("r").unwrap().len(), 2);
+    s.commit().unwrap();
 }

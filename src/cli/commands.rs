@@ -9,6 +9,7 @@ use super::exit;
 use super::show;
 use super::waits::{self, seconds, StatusLine, Wait};
 use crate::core::request::*;
+use crate::core::LockMode;
 
 /// The TTL `airlock lock`, `airlock renew` and `airlock run` give a lock unless `--ttl` says
 /// otherwise: short, so a script that dies holding a lock blocks others for a minute, not the
@@ -434,6 +435,16 @@ fn rows_of(r: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// How a lock holder holds it, for a human: nothing for the plain exclusive lock, else
+/// `\tshared` or `\tshared, limit N`.
+pub fn hold_mode(l: &Value) -> String {
+    match (l["mode"].as_str(), l["limit"].as_i64()) {
+        (_, Some(n)) => format!("\tshared, limit {n}"),
+        (Some("shared"), None) => "\tshared".into(),
+        _ => String::new(),
+    }
+}
+
 fn table(rows: &[Value], fmt: impl Fn(&Value) -> String) -> String {
     if rows.is_empty() {
         return "(none)".into();
@@ -453,7 +464,16 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             let ttl = Some(ttl.unwrap_or(DEFAULT_LOCK_TTL));
             if names.len() == 1 {
                 let line = StatusLine::start(&names[0]);
-                let r = waits::acquire(c, &names[0], &agent, ttl, wait, Some(&line)).await?;
+                let r = waits::acquire(
+                    c,
+                    &names[0],
+                    LockMode::EXCLUSIVE,
+                    &agent,
+                    ttl,
+                    wait,
+                    Some(&line),
+                )
+                .await?;
                 line.finish();
                 if r["locked"] == json!(true) {
                     // The token alone on stdout, so `T=$(airlock lock NAME)` works.
@@ -529,10 +549,11 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             let rows = rows_of(&r);
             let human = table(&rows, |l| {
                 format!(
-                    "{}\theld by {}\texpires in {}s",
+                    "{}\theld by {}\texpires in {}s{}",
                     str_of(l, "name"),
                     str_of(l, "agent_id"),
-                    str_of(l, "expires_in_seconds")
+                    str_of(l, "expires_in_seconds"),
+                    hold_mode(l)
                 )
             });
             Answer::ok(r, human)

@@ -2,6 +2,7 @@
 //! long as `--wait` says, past 50 s with the `wake_token`), runs CMD, renews the locks in the
 //! background, releases them when CMD exits, forwards SIGINT/SIGTERM to CMD, and exits with
 //! CMD's status. If `airlock run` itself is killed, the TTL bounds how long the locks outlive it.
+//! `--shared` takes the locks shared, `--limit N` as a semaphore of N holders.
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use super::commands::default_agent;
 use super::exit;
 use super::waits::{self, StatusLine, Wait};
 use crate::core::request::{Holder, RenewLock, Request, UnlockResource};
+use crate::core::LockMode;
 
 /// Default lock TTL for `airlock run`: short, because it is renewed while CMD runs and bounds
 /// the damage if `airlock run` is killed without a chance to release. The same as `airlock lock`.
@@ -26,6 +28,14 @@ pub struct RunArgs {
     /// cannot deadlock).
     #[arg(long = "lock", value_name = "NAME", required = true)]
     pub locks: Vec<String>,
+    /// Hold the locks shared: any number of shared holders run together, never beside an
+    /// exclusive holder (a writer queued first goes first).
+    #[arg(long)]
+    pub shared: bool,
+    /// Hold the locks as a counting semaphore: at most N holders at once (1 to 1000). Every
+    /// caller of the name must give the same N.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<i64>,
     /// How long to wait for the locks: seconds, or `forever`.
     #[arg(long, default_value = "forever")]
     pub wait: Wait,
@@ -100,6 +110,13 @@ pub async fn run(c: &Client, args: RunArgs) -> i32 {
         eprintln!("airlock run: --ttl must be at least 1 second");
         return exit::USAGE;
     }
+    let mode = match LockMode::new("--", args.shared.then_some(true), args.limit) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("airlock run: {e}");
+            return exit::USAGE;
+        }
+    };
     let mut names = args.locks.clone();
     names.sort();
     names.dedup();
@@ -118,7 +135,7 @@ pub async fn run(c: &Client, args: RunArgs) -> i32 {
     for name in &names {
         let line = StatusLine::start(name);
         let outcome = tokio::select! {
-            r = waits::acquire(c, name, &agent, Some(args.ttl), args.wait, Some(&line)) => r,
+            r = waits::acquire(c, name, mode, &agent, Some(args.ttl), args.wait, Some(&line)) => r,
             _ = sigint.recv() => { line.finish(); release(c, &held).await; return 128 + libc::SIGINT; }
             _ = sigterm.recv() => { line.finish(); release(c, &held).await; return 128 + libc::SIGTERM; }
         };

@@ -78,6 +78,7 @@ pub fn render(authority: &str, v: &Value) -> String {
                 int(l, "expires_in_seconds"),
                 int(l, "fence"),
             );
+            row.push_str(&super::commands::hold_mode(l).replace('\t', "  "));
             let w = int(l, "waiters");
             if w > 0 {
                 row.push_str(&format!("  {w} waiting"));

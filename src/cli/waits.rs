@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::client::{Client, ClientError};
-use crate::core::request::{LockResource, LockResources, Request, WaitForEvent};
+use crate::core::request::{LockName, LockResource, LockResources, Request, WaitForEvent};
+use crate::core::LockMode;
 use crate::core::MAX_WAIT_SECONDS;
 
 /// How long to wait: a number of seconds, or forever.
@@ -168,6 +169,7 @@ pub fn contended_detail(r: &Value) -> String {
 pub async fn acquire(
     client: &Client,
     name: &str,
+    mode: LockMode,
     agent: &str,
     ttl: Option<u64>,
     wait: Wait,
@@ -185,6 +187,8 @@ pub async fn acquire(
             ttl_seconds: seconds(ttl),
             wait_seconds: Some(this_window),
             wake_token: wake.clone(),
+            shared: mode.shared.then_some(true),
+            limit: mode.limit,
         });
         let started = Instant::now();
         let answer = match line {
@@ -223,7 +227,7 @@ pub async fn acquire_set(
         let started = Instant::now();
         let answer = client
             .request(&Request::LockResources(LockResources {
-                names: names.to_vec(),
+                names: names.iter().map(LockName::plain).collect(),
                 agent_id: agent.to_string(),
                 ttl_seconds: seconds(ttl),
                 wait_seconds: Some(w),

@@ -292,6 +292,8 @@ mod tests {
             ttl_seconds: None,
             wait_seconds,
             wake_token: None,
+            shared: None,
+            limit: None,
         })
     }
 

@@ -20,6 +20,8 @@ pub const MAX_WAIT_SECONDS: i64 = 50;
 pub const WAKE_GRACE_SECONDS: i64 = 10;
 /// Most names one `lock_resources` call may take.
 pub const MAX_LOCK_SET: usize = 64;
+/// The most holders a semaphore's `limit` may admit.
+pub const MAX_LOCK_LIMIT: i64 = 1000;
 /// Items in a `list_*` page when `limit` is not given.
 pub const DEFAULT_PAGE_ITEMS: usize = 1000;
 /// The most `limit` accepts.
@@ -368,6 +370,66 @@ pub struct RetryWith {
     pub ttl_seconds: i64,
     pub wait_seconds: i64,
     pub wake_token: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+}
+
+/// How a caller takes one lock name: exclusive (alone; the default), shared (together with other
+/// shared holders, never with an exclusive one), or as one of a semaphore's `limit` holders (a
+/// semaphore is shared with a limit: every holder of it is shared).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LockMode {
+    pub shared: bool,
+    pub limit: Option<i64>,
+}
+
+impl LockMode {
+    pub const EXCLUSIVE: LockMode = LockMode {
+        shared: false,
+        limit: None,
+    };
+
+    /// Checks `shared` and `limit` as given (`field` prefixes their names in errors, e.g.
+    /// `names[2].`): `limit` 1 to [`MAX_LOCK_LIMIT`], and never with `shared: false`.
+    pub fn new(field: &str, shared: Option<bool>, limit: Option<i64>) -> CoreResult<LockMode> {
+        if let Some(n) = limit {
+            if !(1..=MAX_LOCK_LIMIT).contains(&n) {
+                return Err(CoreError::invalid(
+                    &format!("{field}limit"),
+                    format!("must be between 1 and {MAX_LOCK_LIMIT}, got {n}"),
+                ));
+            }
+            if shared == Some(false) {
+                return Err(CoreError::invalid(
+                    &format!("{field}shared"),
+                    "must not be false with a limit: a semaphore's holders all share it \
+                     (leave shared out, or give true)",
+                ));
+            }
+        }
+        Ok(LockMode {
+            shared: shared.unwrap_or(false) || limit.is_some(),
+            limit,
+        })
+    }
+
+    pub fn hold_mode(self) -> HoldMode {
+        if self.shared {
+            HoldMode::Shared
+        } else {
+            HoldMode::Exclusive
+        }
+    }
+}
+
+/// How a holder holds its lock, as `list_locks` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldMode {
+    Exclusive,
+    Shared,
 }
 
 /// The answer of `lock_resource`.
@@ -449,6 +511,13 @@ pub struct LockView {
     pub fence: i64,
     /// Callers parked or holding a place in line for this lock.
     pub waiters: usize,
+    /// `exclusive` or `shared` (a semaphore's holders are shared).
+    pub mode: HoldMode,
+    /// A semaphore's limit; absent for a lock without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    /// How many holders the lock has now (one entry each).
+    pub holders: usize,
 }
 
 // ---------------------------------------------------------------- presence

@@ -6,6 +6,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::core::request::LockName;
 use crate::core::{CoreError, MAX_TTL_SECONDS};
 
 pub type ArgResult<T> = Result<T, CoreError>;
@@ -125,6 +126,58 @@ impl<'a> Args<'a> {
                 format!("must be an array of strings, got {}", type_name(v)),
             )),
         }
+    }
+
+    /// `lock_resources`' names: each a string (exclusive), or an object
+    /// `{name, shared?, limit?}`.
+    pub fn lock_names(&self, field: &str) -> ArgResult<Vec<LockName>> {
+        let items = match self.present(field) {
+            None => {
+                return Err(CoreError::invalid(
+                    field,
+                    "is required (an array of strings, or of {name, shared, limit} objects)",
+                ))
+            }
+            Some(Value::Array(items)) => items,
+            Some(v) => {
+                return Err(CoreError::invalid(
+                    field,
+                    format!(
+                    "must be an array of strings (or of {{name, shared, limit}} objects), got {}",
+                    type_name(v)
+                ),
+                ))
+            }
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(LockName::plain(s.clone())),
+                Value::Object(m) => {
+                    let at = |e: CoreError| match e {
+                        CoreError::Invalid { field: f, rule } => CoreError::Invalid {
+                            field: format!("{field}[{i}].{f}"),
+                            rule,
+                        },
+                        other => other,
+                    };
+                    let a = Args::new(m, &["name", "shared", "limit"]).map_err(at)?;
+                    Ok(LockName {
+                        name: a.str("name").map_err(at)?,
+                        shared: a.opt_bool("shared").map_err(at)?,
+                        limit: a.opt_i64("limit").map_err(at)?,
+                    })
+                }
+                other => Err(CoreError::invalid(
+                    &format!("{field}[{i}]"),
+                    format!(
+                        "must be a string or a {{name, shared, limit}} object, got {}",
+                        type_name(other)
+                    ),
+                )),
+            })
+            .collect()
     }
 
     /// `ttl_seconds`, or the deprecated `ttl_minutes` converted; both at once is an error.

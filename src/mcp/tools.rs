@@ -17,6 +17,8 @@ pub enum Kind {
     Int,
     Bool,
     StrList,
+    /// `lock_resources`' names: strings, or `{name, shared, limit}` objects.
+    LockNames,
 }
 
 /// A default the schema states (the one `Request::check` fills in).
@@ -89,6 +91,14 @@ impl Param {
             Kind::Int => json!({"type": "integer"}),
             Kind::Bool => json!({"type": "boolean"}),
             Kind::StrList => json!({"type": "array", "items": {"type": "string"}}),
+            Kind::LockNames => json!({"type": "array", "items": {"anyOf": [
+                {"type": "string"},
+                {"type": "object", "properties": {
+                    "name": {"type": "string"},
+                    "shared": {"type": "boolean", "default": false},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LOCK_LIMIT},
+                }, "required": ["name"], "additionalProperties": false},
+            ]}}),
         };
         schema["description"] = Value::String(self.description.to_string());
         if let Some(min) = self.minimum {
@@ -231,13 +241,18 @@ pub static TOOLS: &[ToolSpec] = &[
             ttl_seconds: a.ttl_seconds()?,
             wait_seconds: a.opt_i64("wait_seconds")?,
             wake_token: a.opt_str("wake_token")?,
+            shared: a.opt_bool("shared")?,
+            limit: a.opt_i64("limit")?,
         })),
         description: "Take a named lock (e.g. file:/abs/path or npm-install). With wait_seconds > 0 \
             (up to 50) the call BLOCKS in the daemon until the lock frees, then returns \
             {locked:true, lock_token, expires_in_seconds, fence}; do not write retry loops. If the \
             wait ends first you get {locked:false, held_by, wake_token, queue_position, retry_with}: \
             call again with exactly retry_with (within 10 s) to keep your place in line. Keep the \
-            lock_token to unlock or renew. Re-calling while you hold the lock returns the same token.",
+            lock_token to unlock or renew. Re-calling while you hold the lock returns the same token. \
+            shared:true holds it together with other shared holders (never with an exclusive one; \
+            a waiting exclusive caller goes first); limit:N makes it a semaphore of at most N holders, \
+            and every caller of the name must give the same limit.",
         params: &[
             req("name", Str, "The lock's name, 1-512 bytes, no control characters."),
             AGENT_ID,
@@ -245,6 +260,8 @@ pub static TOOLS: &[ToolSpec] = &[
             TTL_MINUTES,
             opt("wait_seconds", Int, "Seconds to block waiting for the lock (0 = try once). Capped at 50. Default 0.").range(WAIT.0, WAIT.1).default_int(0),
             opt("wake_token", Str, "The wake_token from an earlier locked:false answer, to keep your place in line."),
+            opt("shared", Bool, "Hold it shared (a reader): together with other shared holders, never with an exclusive one. Default false.").default_bool(false),
+            opt("limit", Int, "A counting semaphore: at most this many holders at once (1 to 1000; shared implied). Every caller must give the same limit while the name is held or awaited.").range(1, MAX_LOCK_LIMIT),
         ],
     },
     ToolSpec {
@@ -283,14 +300,16 @@ pub static TOOLS: &[ToolSpec] = &[
     ToolSpec {
         tool: Tool::ListLocks,
         parse: |a| Ok(Request::ListLocks(list_page(a)?)),
-        description: "List held locks: [{name, agent_id, expires_in_seconds, fence, waiters}]. \
-            Pages: with limit or cursor, {items, next_cursor}.",
+        description: "List held locks, one entry per holder: [{name, agent_id, expires_in_seconds, \
+            fence, waiters, mode, limit?, holders}] (mode exclusive or shared; limit for a \
+            semaphore). Pages: with limit or cursor, {items, next_cursor}; a page counts lock \
+            names and holds every holder of each.",
         params: &[LIMIT, CURSOR],
     },
     ToolSpec {
         tool: Tool::LockResources,
         parse: |a| Ok(Request::LockResources(LockResources {
-            names: a.str_list("names")?,
+            names: a.lock_names("names")?,
             agent_id: a.str("agent_id")?,
             ttl_seconds: a.ttl_seconds()?,
             wait_seconds: a.opt_i64("wait_seconds")?,
@@ -300,7 +319,7 @@ pub static TOOLS: &[ToolSpec] = &[
             expires_in_seconds} or {locked:false, held_by, contended}. With wait_seconds > 0 \
             (up to 50) it blocks until the whole set can be granted at once.",
         params: &[
-            req("names", StrList, "The lock names (1 to 64, distinct)."),
+            req("names", LockNames, "The lock names (1 to 64, distinct): each a string (exclusive) or {name, shared?, limit?} to take that name shared or as a semaphore."),
             AGENT_ID,
             TTL_SECONDS_LOCK,
             TTL_MINUTES,
@@ -671,6 +690,7 @@ mod tests {
                     Kind::Int => json!(1),
                     Kind::Bool => json!(true),
                     Kind::StrList => json!(["x"]),
+                    Kind::LockNames => json!(["x"]),
                 };
                 args.insert(p.name.to_string(), v);
             }

@@ -35,6 +35,8 @@ pub struct NoteRow {
     pub expires_at: Option<Millis>,
 }
 
+/// One holder of a lock: an exclusive lock has one, a shared lock or a semaphore may have
+/// several (one per agent), each with its own token and fence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockRow {
     pub name: String,
@@ -42,6 +44,10 @@ pub struct LockRow {
     pub token: String,
     pub fence: i64,
     pub expires_at: Millis,
+    /// Held shared (a reader, or one of a semaphore's holders); false: exclusive.
+    pub shared: bool,
+    /// The semaphore's limit, the same on every holder of the name; `None`: no limit.
+    pub limit: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,9 +179,15 @@ pub trait Store: Send {
     /// Adds `by` to the counter (absent = 0) and returns the new value; `None` on overflow.
     fn counter_add(&mut self, name: &str, by: i64) -> StoreResult<Option<i64>>;
 
-    fn lock_get(&mut self, name: &str) -> StoreResult<Option<LockRow>>;
+    /// Every holder row of `name`, expired ones too, oldest grant (lowest fence) first.
+    fn lock_holders(&mut self, name: &str) -> StoreResult<Vec<LockRow>>;
+    /// Inserts the holder (`name`, `agent_id`), or replaces its row.
     fn lock_put(&mut self, row: &LockRow) -> StoreResult<()>;
+    /// Deletes one holder of `name`; absent, nothing happens.
+    fn lock_delete_holder(&mut self, name: &str, agent_id: &str) -> StoreResult<()>;
+    /// Deletes every holder of `name`.
     fn lock_delete(&mut self, name: &str) -> StoreResult<()>;
+    /// Every holder row, in name order (then fence).
     fn lock_list(&mut self) -> StoreResult<Vec<LockRow>>;
     fn locks_held_by(&mut self, agent_id: &str) -> StoreResult<Vec<LockRow>>;
     /// The next fence for `name`: strictly greater than every fence ever issued for it.
@@ -281,7 +293,8 @@ pub trait Store: Send {
         Ok((rows, more))
     }
 
-    /// Live locks (expiring after `now`) with names after `after`.
+    /// Live holders (expiring after `now`) of the first `limit` lock names after `after`: a page
+    /// counts names and holds every live holder of each, in name order, then fence.
     fn lock_page(
         &mut self,
         now: Millis,
@@ -291,8 +304,9 @@ pub trait Store: Send {
         let rows = self
             .lock_list()?
             .into_iter()
-            .filter(|l| l.expires_at > now && after.is_none_or(|a| l.name.as_str() > a));
-        take_page(rows.map(Ok::<_, StoreError>), limit, usize::MAX, |_| 0)
+            .filter(|l| l.expires_at > now && after.is_none_or(|a| l.name.as_str() > a))
+            .collect();
+        Ok(whole_names(rows, limit))
     }
 
     /// Live agents (expiring after `now`) with ids after `after`.
@@ -375,6 +389,25 @@ pub trait Store: Send {
     fn usage_meter(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicU64>> {
         None
     }
+}
+
+/// Cuts lock holder rows (in name order, all after the cursor) to the first `limit` names, each
+/// with all its rows; and whether another name follows.
+pub fn whole_names(mut rows: Vec<LockRow>, limit: usize) -> (Vec<LockRow>, bool) {
+    let mut names = 0;
+    let mut cut = rows.len();
+    for (i, r) in rows.iter().enumerate() {
+        if i == 0 || rows[i - 1].name != r.name {
+            names += 1;
+            if names > limit {
+                cut = i;
+                break;
+            }
+        }
+    }
+    let more = cut < rows.len();
+    rows.truncate(cut);
+    (rows, more)
 }
 
 /// The first rows of `rows`: at most `limit`, and no more once their `size` passes `max_bytes`

@@ -32,6 +32,7 @@ use super::{
 use crate::clock::Millis;
 
 mod decode;
+mod locks;
 mod pages;
 pub mod tls;
 mod usage;
@@ -65,6 +66,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sql/postgres/0003_task_options.sql"),
     // 4: the bytes the state takes, kept by triggers, for the storage quota.
     include_str!("sql/postgres/0004_state_usage.sql"),
+    // 5: one row per lock holder (shared locks and semaphores).
+    include_str!("sql/postgres/0005_lock_holders.sql"),
 ];
 
 /// How many migrations this binary knows: the schema version it writes and expects.
@@ -195,7 +198,7 @@ macro_rules! statements {
 }
 
 const NOTE_COLUMNS: &str = "key, value, author, expires_at";
-const LOCK_COLUMNS: &str = "name, agent_id, token, fence, expires_at";
+const LOCK_COLUMNS: &str = "name, agent_id, token, fence, expires_at, shared, max_holders";
 const TASK_COLUMNS: &str = "id, queue, payload, author, priority, state, attempts, lease_agent, \
                             lease_token, lease_expires_at, finished_at, ready_at, max_attempts, \
                             unique_key, last_error, result";
@@ -220,13 +223,18 @@ statements! {
                    WHERE c.value::numeric + excluded.value::numeric
                          BETWEEN -9223372036854775808 AND 9223372036854775807
                    RETURNING value";
-    lock_get = &format!("SELECT {LOCK_COLUMNS} FROM airlock.locks WHERE name = $1");
-    lock_put = "INSERT INTO airlock.locks (name, agent_id, token, fence, expires_at)
-                VALUES ($1, $2, $3, $4, $5)
-                ON CONFLICT (name) DO UPDATE SET agent_id = excluded.agent_id,
-                token = excluded.token, fence = excluded.fence, expires_at = excluded.expires_at";
+    lock_holders = &format!(
+        "SELECT {LOCK_COLUMNS} FROM airlock.locks WHERE name = $1 ORDER BY fence"
+    );
+    lock_put = &format!(
+        "INSERT INTO airlock.locks ({LOCK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (name, agent_id) DO UPDATE SET token = excluded.token,
+         fence = excluded.fence, expires_at = excluded.expires_at, shared = excluded.shared,
+         max_holders = excluded.max_holders"
+    );
+    lock_delete_holder = "DELETE FROM airlock.locks WHERE name = $1 AND agent_id = $2";
     lock_delete = "DELETE FROM airlock.locks WHERE name = $1";
-    lock_list = &format!("SELECT {LOCK_COLUMNS} FROM airlock.locks ORDER BY name");
+    lock_list = &format!("SELECT {LOCK_COLUMNS} FROM airlock.locks ORDER BY name, fence");
     locks_held_by = &format!(
         "SELECT {LOCK_COLUMNS} FROM airlock.locks WHERE agent_id = $1 ORDER BY name"
     );
@@ -595,44 +603,28 @@ impl Store for PgStore {
         Ok(r.map(|row| row.try_get(0)).transpose()?)
     }
 
-    fn lock_get(&mut self, name: &str) -> StoreResult<Option<LockRow>> {
-        let r =
-            self.run(async { Ok(self.client.query_opt(&self.st.lock_get, &[&name]).await?) })?;
-        r.as_ref().map(lock_from).transpose()
+    fn lock_holders(&mut self, name: &str) -> StoreResult<Vec<LockRow>> {
+        self.pg_lock_holders(name)
     }
 
     fn lock_put(&mut self, l: &LockRow) -> StoreResult<()> {
-        self.run(async {
-            self.client
-                .execute(
-                    &self.st.lock_put,
-                    &[&l.name, &l.agent_id, &l.token, &l.fence, &l.expires_at],
-                )
-                .await?;
-            Ok(())
-        })
+        self.pg_lock_put(l)
+    }
+
+    fn lock_delete_holder(&mut self, name: &str, agent_id: &str) -> StoreResult<()> {
+        self.pg_lock_delete_holder(name, agent_id)
     }
 
     fn lock_delete(&mut self, name: &str) -> StoreResult<()> {
-        self.run(async {
-            self.client.execute(&self.st.lock_delete, &[&name]).await?;
-            Ok(())
-        })
+        self.pg_lock_delete(name)
     }
 
     fn lock_list(&mut self) -> StoreResult<Vec<LockRow>> {
-        let r = self.run(async { Ok(self.client.query(&self.st.lock_list, &[]).await?) })?;
-        rows(r, lock_from)
+        self.pg_lock_list()
     }
 
     fn locks_held_by(&mut self, agent_id: &str) -> StoreResult<Vec<LockRow>> {
-        let r = self.run(async {
-            Ok(self
-                .client
-                .query(&self.st.locks_held_by, &[&agent_id])
-                .await?)
-        })?;
-        rows(r, lock_from)
+        self.pg_locks_held_by(agent_id)
     }
 
     fn fence_next(&mut self, name: &str) -> StoreResult<i64> {

@@ -19,6 +19,7 @@ use crate::clock::Millis;
 const MIGRATIONS: &[&str] = &[
     include_str!("sql/sqlite/0001_schema.sql"),
     include_str!("sql/sqlite/0002_task_options.sql"),
+    include_str!("sql/sqlite/0003_lock_holders.sql"),
 ];
 
 /// The SQLite store. Owned by the engine thread.
@@ -157,8 +158,12 @@ fn lock_from(r: &Row) -> rusqlite::Result<LockRow> {
         token: r.get(2)?,
         fence: r.get(3)?,
         expires_at: r.get(4)?,
+        shared: r.get(5)?,
+        limit: r.get(6)?,
     })
 }
+
+const LOCK_COLUMNS: &str = "name, agent_id, token, fence, expires_at, shared, max_holders";
 
 /// The task columns `task_from` reads, as a literal so the hot statements are `concat!`ed at
 /// compile time (no `format!` per call).
@@ -371,20 +376,38 @@ impl Store for SqliteStore {
         Ok(Some(next))
     }
 
-    fn lock_get(&mut self, name: &str) -> StoreResult<Option<LockRow>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT name, agent_id, token, fence, expires_at FROM locks WHERE name = ?1",
-        )?;
-        Ok(st.query_row([name], lock_from).optional()?)
+    fn lock_holders(&mut self, name: &str) -> StoreResult<Vec<LockRow>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {LOCK_COLUMNS} FROM locks WHERE name = ?1 ORDER BY fence"
+        ))?;
+        let rows = st.query_map([name], lock_from)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn lock_put(&mut self, l: &LockRow) -> StoreResult<()> {
-        let mut st = self.conn.prepare_cached(
-            "INSERT INTO locks (name, agent_id, token, fence, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(name) DO UPDATE SET agent_id = excluded.agent_id, token = excluded.token,
-             fence = excluded.fence, expires_at = excluded.expires_at",
-        )?;
-        st.execute(params![l.name, l.agent_id, l.token, l.fence, l.expires_at])?;
+        let mut st = self.conn.prepare_cached(&format!(
+            "INSERT INTO locks ({LOCK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(name, agent_id) DO UPDATE SET token = excluded.token,
+             fence = excluded.fence, expires_at = excluded.expires_at, shared = excluded.shared,
+             max_holders = excluded.max_holders"
+        ))?;
+        st.execute(params![
+            l.name,
+            l.agent_id,
+            l.token,
+            l.fence,
+            l.expires_at,
+            l.shared,
+            l.limit
+        ])?;
+        Ok(())
+    }
+
+    fn lock_delete_holder(&mut self, name: &str, agent_id: &str) -> StoreResult<()> {
+        let mut st = self
+            .conn
+            .prepare_cached("DELETE FROM locks WHERE name = ?1 AND agent_id = ?2")?;
+        st.execute([name, agent_id])?;
         Ok(())
     }
 
@@ -397,18 +420,17 @@ impl Store for SqliteStore {
     }
 
     fn lock_list(&mut self) -> StoreResult<Vec<LockRow>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT name, agent_id, token, fence, expires_at FROM locks ORDER BY name",
-        )?;
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {LOCK_COLUMNS} FROM locks ORDER BY name, fence"
+        ))?;
         let rows = st.query_map([], lock_from)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn locks_held_by(&mut self, agent_id: &str) -> StoreResult<Vec<LockRow>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT name, agent_id, token, fence, expires_at FROM locks WHERE agent_id = ?1
-             ORDER BY name",
-        )?;
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {LOCK_COLUMNS} FROM locks WHERE agent_id = ?1 ORDER BY name"
+        ))?;
         let rows = st.query_map([agent_id], lock_from)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -673,15 +695,20 @@ impl Store for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<(Vec<LockRow>, bool)> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT name, agent_id, token, fence, expires_at FROM locks
-             WHERE expires_at > ?1 AND name > ?2 ORDER BY name LIMIT ?3",
-        )?;
+        // The first `limit` + 1 live names, then every live holder of each (the last name only
+        // tells whether more follow).
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {LOCK_COLUMNS} FROM locks WHERE expires_at > ?1 AND name IN
+             (SELECT DISTINCT name FROM locks WHERE expires_at > ?1 AND name > ?2
+              ORDER BY name LIMIT ?3)
+             ORDER BY name, fence"
+        ))?;
         let rows = st.query_map(
             params![now, after.unwrap_or(""), page_limit(limit)],
             lock_from,
         )?;
-        Ok(super::take_page(rows, limit, usize::MAX, |_| 0)?)
+        let rows = rows.collect::<Result<Vec<_>, _>>()?;
+        Ok(super::whole_names(rows, limit))
     }
 
     fn agent_page(

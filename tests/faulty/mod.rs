@@ -193,11 +193,16 @@ impl Store for FaultyStore {
     fn counter_add(&mut self, name: &str, by: i64) -> StoreResult<Option<i64>> {
         self.stmt("counter_add", |s| s.counter_add(name, by))
     }
-    fn lock_get(&mut self, name: &str) -> StoreResult<Option<LockRow>> {
-        self.stmt("lock_get", |s| s.lock_get(name))
+    fn lock_holders(&mut self, name: &str) -> StoreResult<Vec<LockRow>> {
+        self.stmt("lock_holders", |s| s.lock_holders(name))
     }
     fn lock_put(&mut self, row: &LockRow) -> StoreResult<()> {
         self.stmt("lock_put", |s| s.lock_put(row))
+    }
+    fn lock_delete_holder(&mut self, name: &str, agent_id: &str) -> StoreResult<()> {
+        self.stmt("lock_delete_holder", |s| {
+            s.lock_delete_holder(name, agent_id)
+        })
     }
     fn lock_delete(&mut self, name: &str) -> StoreResult<()> {
         self.stmt("lock_delete", |s| s.lock_delete(name))

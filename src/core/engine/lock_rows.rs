@@ -1,19 +1,42 @@
-//! Lock rows: reading a lock as its holders see it, granting, refreshing, checking a holder's
-//! proof. These touch only the store (through a [`Tx`]); the lines of waiters and who is next
-//! are [`super::locks`]'s.
+//! Lock rows: reading a lock's holders as they see it, whether a mode is admitted, granting,
+//! refreshing, finding the holder a proof names. These touch only the store (through a [`Tx`]);
+//! the lines of waiters and who is next are [`super::locks`]'s.
+//!
+//! A lock has one row per holder: an exclusive lock one, a shared lock or a semaphore as many as
+//! hold it together, each with its own token and fence. One agent holds a name once.
 
 use super::{new_token, tokens_equal, Deadline, Orphan, Tx};
 use crate::clock::{seconds_left, Millis};
 use crate::core::types::*;
 use crate::store::LockRow;
 
-/// The lock row if it is held now; an expired row counts as absent.
-pub(super) fn live_lock(tx: &mut Tx, name: &str) -> CoreResult<Option<LockRow>> {
+/// The holders of `name` now, oldest grant first; expired rows count as absent.
+pub(super) fn live_holders(tx: &mut Tx, name: &str) -> CoreResult<Vec<LockRow>> {
     let now = tx.now();
-    Ok(tx.db(|s| s.lock_get(name))?.filter(|l| l.expires_at > now))
+    let mut rows = tx.db(|s| s.lock_holders(name))?;
+    rows.retain(|l| l.expires_at > now);
+    Ok(rows)
 }
 
-/// Extends a lock its agent already holds: same token, same fence.
+/// Whether a newcomer asking for `mode` may hold the name beside `holders` (none of them its
+/// own): exclusive only alone; shared beside shared holders only, and under the limit.
+pub(super) fn admits(holders: &[LockRow], mode: LockMode) -> bool {
+    if !mode.shared {
+        return holders.is_empty();
+    }
+    if holders.iter().any(|h| !h.shared) {
+        return false;
+    }
+    mode.limit
+        .is_none_or(|n| i64::try_from(holders.len()).unwrap_or(i64::MAX) < n)
+}
+
+/// The holder a caller waits on: the one whose expiry comes first.
+pub(super) fn first_to_expire(holders: &[LockRow]) -> Option<&LockRow> {
+    holders.iter().min_by_key(|h| h.expires_at)
+}
+
+/// Extends a hold its agent already has: same token, same fence.
 pub(super) fn refresh(tx: &mut Tx, mut row: LockRow, ttl_ms: Millis) -> CoreResult<LockRow> {
     row.expires_at = tx.now() + ttl_ms;
     tx.db(|s| s.lock_put(&row))?;
@@ -21,16 +44,16 @@ pub(super) fn refresh(tx: &mut Tx, mut row: LockRow, ttl_ms: Millis) -> CoreResu
     Ok(row)
 }
 
-/// Writes new grants of `names` to `agent_id`, one token and fence per name.
+/// Writes new holds of `names` (each in its mode) for `agent_id`, one token and fence each.
 pub(super) fn grant(
     tx: &mut Tx,
     agent_id: &str,
-    names: &[String],
+    names: &[(String, LockMode)],
     ttl_ms: Millis,
 ) -> CoreResult<Vec<(String, String, i64)>> {
     let expires_at = tx.now() + ttl_ms;
     let mut out = Vec::with_capacity(names.len());
-    for name in names {
+    for (name, mode) in names {
         let fence = tx.db(|s| s.fence_next(name))?;
         let row = LockRow {
             name: name.clone(),
@@ -38,6 +61,8 @@ pub(super) fn grant(
             token: new_token("lk"),
             fence,
             expires_at,
+            shared: mode.shared,
+            limit: mode.limit,
         };
         tx.db(|s| s.lock_put(&row))?;
         tx.schedule(expires_at, Deadline::LockExpiry(name.clone()));
@@ -46,25 +71,26 @@ pub(super) fn grant(
     Ok(out)
 }
 
-/// Grants a whole set (names already the agent's are refreshed, keeping their tokens).
+/// Grants a whole set (names the agent already holds are refreshed, keeping their tokens).
 pub(super) fn grant_set(
     tx: &mut Tx,
     agent_id: &str,
     names: &[String],
+    modes: &[LockMode],
     ttl_ms: Millis,
 ) -> CoreResult<(LockSetOutcome, Orphan)> {
     let now = tx.now();
     let mut tokens = std::collections::BTreeMap::new();
     let mut fences = std::collections::BTreeMap::new();
     let mut fresh = Vec::new();
-    for n in names {
-        match live_lock(tx, n)? {
-            Some(l) if l.agent_id == agent_id => {
+    for (n, mode) in names.iter().zip(modes) {
+        match own_hold(tx, n, agent_id)? {
+            Some(l) => {
                 let l = refresh(tx, l, ttl_ms)?;
                 tokens.insert(l.name.clone(), l.token);
                 fences.insert(l.name, l.fence);
             }
-            _ => fresh.push(n.clone()),
+            None => fresh.push((n.clone(), *mode)),
         }
     }
     let mut orphan = Vec::new();
@@ -79,29 +105,36 @@ pub(super) fn grant_set(
             tokens,
             fences,
             expires_in_seconds: seconds_left(now + ttl_ms, now),
-            fresh,
+            fresh: fresh.into_iter().map(|(n, _)| n).collect(),
         },
         Orphan::Locks(orphan),
     ))
 }
 
+/// `agent_id`'s live hold of `name`, if it has one.
+pub(super) fn own_hold(tx: &mut Tx, name: &str, agent_id: &str) -> CoreResult<Option<LockRow>> {
+    Ok(live_holders(tx, name)?
+        .into_iter()
+        .find(|h| h.agent_id == agent_id))
+}
+
 /// Grants `name` to the head ticket of its line: a refresh if the agent already holds it
-/// (never undone if undelivered), else a new grant.
+/// (never undone if undelivered), else a new hold in `mode`.
 pub(super) fn grant_single(
     tx: &mut Tx,
     name: &str,
-    names: &[String],
+    mode: LockMode,
     agent_id: &str,
     ttl_ms: Millis,
 ) -> CoreResult<(LockOutcome, Option<Orphan>)> {
     let now = tx.now();
-    let (out, fresh) = match live_lock(tx, name)? {
+    let (out, fresh) = match own_hold(tx, name, agent_id)? {
         Some(l) => {
             let l = refresh(tx, l, ttl_ms)?;
             ((l.name, l.token, l.fence), false)
         }
         None => (
-            grant(tx, agent_id, names, ttl_ms)?
+            grant(tx, agent_id, &[(name.to_string(), mode)], ttl_ms)?
                 .into_iter()
                 .next()
                 .expect("one name granted"),
@@ -120,15 +153,19 @@ pub(super) fn grant_single(
     Ok((out, fresh.then(|| Orphan::Locks(vec![(n, token)]))))
 }
 
-pub(super) fn proof_matches(row: &LockRow, proof: &HolderProof) -> Result<(), String> {
-    match proof {
-        HolderProof::Token(t) if tokens_equal(t, &row.token) => Ok(()),
-        HolderProof::Token(_) => Err("lock_token does not match the current holder's token \
-                                      (the lock may have expired and been granted again)"
-            .into()),
-        HolderProof::Agent(a) if *a == row.agent_id => Ok(()),
-        HolderProof::Agent(_) => Err("the lock is held by another agent".into()),
-    }
+/// The holder `proof` names among `holders` (all live, at least one): by token, or (v1) by
+/// agent id, which names at most one holder since an agent holds a name once.
+pub(super) fn find_holder(holders: Vec<LockRow>, proof: &HolderProof) -> Result<LockRow, String> {
+    let found = holders.into_iter().find(|h| match proof {
+        HolderProof::Token(t) => tokens_equal(t, &h.token),
+        HolderProof::Agent(a) => *a == h.agent_id,
+    });
+    found.ok_or_else(|| match proof {
+        HolderProof::Token(_) => "lock_token does not match the current holder's token \
+                                  (the lock may have expired and been granted again)"
+            .into(),
+        HolderProof::Agent(_) => "the lock is held by another agent".into(),
+    })
 }
 
 pub(super) fn renew(
@@ -137,18 +174,22 @@ pub(super) fn renew(
     proof: &HolderProof,
     ttl_ms: Millis,
 ) -> CoreResult<Renewed> {
-    let Some(row) = live_lock(tx, name)? else {
+    let holders = live_holders(tx, name)?;
+    if holders.is_empty() {
         return Ok(Renewed::No {
             renewed: false,
             error: "the lock is not held (it may have expired)".into(),
         });
-    };
-    if let Err(error) = proof_matches(&row, proof) {
-        return Ok(Renewed::No {
-            renewed: false,
-            error,
-        });
     }
+    let row = match find_holder(holders, proof) {
+        Ok(row) => row,
+        Err(error) => {
+            return Ok(Renewed::No {
+                renewed: false,
+                error,
+            })
+        }
+    };
     let now = tx.now();
     let row = refresh(tx, row, ttl_ms)?;
     Ok(Renewed::Yes {

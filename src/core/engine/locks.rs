@@ -1,60 +1,36 @@
-//! Locks: the lock row in the store is the truth; the line of waiters is in memory.
+//! Locks: the holder rows in the store are the truth; the line of waiters is in memory
+//! ([`line`]: tickets, places, wake tokens; this file: granting and releasing).
 //!
+//! A lock name has holders: one exclusive holder, or any number of shared ones, or at most
+//! `limit` (a semaphore, whose holders are shared); each holder has its own token and fence.
 //! A waiter holds a [`Ticket`], a place in line for one lock (or, for `lock_resources`, for a
-//! set of locks at once, standing in every one of their lines). A ticket is *parked* (a call
-//! waits on it) or in *grace* (its call timed out with a `wake_token`; its place is kept for
-//! [`WAKE_GRACE_SECONDS`]). [`Locks::pump_lock`] grants the head ticket when it is parked, first
-//! in every line it stands in, and each of its names is free — in the same transaction as the
-//! release that freed it, so no newcomer can slip in between release and take. A ticket in grace
-//! at the head reserves the lock for its caller's return.
+//! set of locks at once, standing in every one of their lines), with the mode it asks for each.
+//! A ticket is *parked* (a call waits on it) or in *grace* (its call timed out with a
+//! `wake_token`; its place is kept for [`WAKE_GRACE_SECONDS`]). [`Locks::pump_lock`] grants the
+//! head ticket when it is parked, first in every line it stands in, and each of its names
+//! admits it beside the holders there — in the same transaction as the release that freed it,
+//! so no newcomer can slip in between release and take. The grant marks the line again, so the
+//! next head is granted too when it can share (readers behind a reader); an exclusive head
+//! stops the line for everyone behind it (strict FIFO: writers never starve). A newcomer is
+//! granted at once only when nobody is in line. A ticket in grace at the head reserves the lock
+//! for its caller's return.
 //!
 //! A caller who went away is skipped (its ticket is dropped when it reaches the head), and a
 //! grant whose answer could not be delivered is released in the next batch ([`Locks::release_orphan`]).
 
+mod line;
+
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use super::lock_rows::{grant, grant_set, grant_single, live_lock, proof_matches, refresh, renew};
-use super::{new_token, tokens_equal, Deadline, Orphan, Reply, Tx, WaitProgress};
+use super::lock_rows::{
+    admits, find_holder, first_to_expire, grant, grant_set, grant_single, live_holders, refresh,
+    renew,
+};
+use super::{Deadline, Orphan, Reply, Tx, WaitProgress};
 use crate::clock::{seconds_left, Millis};
 use crate::core::types::*;
 use crate::store::LockRow;
-
-/// The reply channel of a parked lock call.
-enum LockWaiter {
-    Single(Reply<LockOutcome>),
-    Set(Reply<LockSetOutcome>),
-}
-
-impl LockWaiter {
-    fn is_closed(&self) -> bool {
-        match self {
-            LockWaiter::Single(r) => r.is_closed(),
-            LockWaiter::Set(r) => r.is_closed(),
-        }
-    }
-}
-
-enum TicketState {
-    /// A call is waiting on it now.
-    Parked {
-        call: u64,
-        waiter: LockWaiter,
-        window_end: Millis,
-    },
-    /// Its call timed out and was given the wake token; the place is kept until `until`.
-    Grace { until: Millis },
-}
-
-/// A place in line for one lock (or, for `lock_resources`, for a set of locks at once).
-struct Ticket {
-    wake_token: String,
-    agent_id: String,
-    /// Sorted, distinct.
-    names: Vec<String>,
-    ttl_ms: Millis,
-    wait_seconds: i64,
-    state: TicketState,
-}
+use line::{set_name_contended, LockWaiter, Ticket, TicketState};
 
 /// The lines of waiters for every lock, and what may move them.
 pub(super) struct Locks {
@@ -83,86 +59,22 @@ impl Default for Locks {
 }
 
 impl Locks {
-    /// Whether ticket `id` still holds a place: a parked call whose caller is there, or a place
-    /// kept between two windows.
-    fn ticket_live(&self, id: u64) -> bool {
-        match self.tickets.get(&id).map(|t| &t.state) {
-            Some(TicketState::Parked { waiter, .. }) => !waiter.is_closed(),
-            Some(TicketState::Grace { .. }) => true,
-            None => false,
-        }
-    }
-
-    /// Removes tickets whose parked caller is gone from the front of `name`'s line.
-    fn line_head(&mut self, name: &str) -> Option<u64> {
-        loop {
-            let head = *self.lock_queues.get(name)?.front()?;
-            if self.ticket_live(head) {
-                return Some(head);
-            }
-            self.remove_ticket(head);
-        }
-    }
-
-    /// Takes a ticket out of every line it stands in; those lines may now move.
-    fn remove_ticket(&mut self, id: u64) -> Option<Ticket> {
-        let ticket = self.tickets.remove(&id);
-        let names: Vec<String> = match &ticket {
-            Some(t) => {
-                self.wake_tokens.remove(&t.wake_token);
-                if let TicketState::Parked { call, .. } = &t.state {
-                    self.ticket_calls.remove(call);
-                }
-                t.names.clone()
-            }
-            // Not in the map: find it in the lines by brute force (cannot normally happen).
-            None => self
-                .lock_queues
-                .iter()
-                .filter(|(_, q)| q.contains(&id))
-                .map(|(n, _)| n.clone())
-                .collect(),
-        };
-        for name in names {
-            if let Some(q) = self.lock_queues.get_mut(&name) {
-                q.retain(|&t| t != id);
-                if q.is_empty() {
-                    self.lock_queues.remove(&name);
-                }
-            }
-            self.to_pump.insert(name);
-        }
-        ticket
-    }
-
-    /// Live tickets in `name`'s line.
-    fn line_len(&self, name: &str) -> usize {
-        self.lock_queues
-            .get(name)
-            .map_or(0, |q| q.iter().filter(|&&id| self.ticket_live(id)).count())
-    }
-
-    /// 1-based place of ticket `id` in `name`'s line, counting only live tickets.
-    fn line_position(&self, name: &str, id: u64) -> Option<usize> {
-        let q = self.lock_queues.get(name)?;
-        let mut pos = 0;
-        for t in q {
-            if self.ticket_live(*t) || *t == id {
-                pos += 1;
-            }
-            if *t == id {
-                return Some(pos);
-            }
-        }
-        None
-    }
-
-    /// Who stands between a caller and `name`: the holder, or the queued agent it is
-    /// reserved for; with the seconds until that changes.
-    fn blocker(&mut self, tx: &mut Tx, name: &str) -> CoreResult<(Option<String>, i64)> {
+    /// Who stands between a caller asking `mode` and `name`: a holder it cannot share with (the
+    /// first to expire), else the agent at the head of the line (waiting, or the one the lock is
+    /// reserved for), else a holder; with the seconds until that changes.
+    fn blocker(
+        &mut self,
+        tx: &mut Tx,
+        name: &str,
+        mode: LockMode,
+    ) -> CoreResult<(Option<String>, i64)> {
         let now = tx.now();
-        if let Some(l) = live_lock(tx, name)? {
-            return Ok((Some(l.agent_id), seconds_left(l.expires_at, now)));
+        let holders = live_holders(tx, name)?;
+        let first = first_to_expire(&holders).map(|h| (h.agent_id.clone(), h.expires_at));
+        if !admits(&holders, mode) {
+            if let Some((agent, at)) = first {
+                return Ok((Some(agent), seconds_left(at, now)));
+            }
         }
         if let Some(head) = self.line_head(name) {
             if let Some(t) = self.tickets.get(&head) {
@@ -173,47 +85,10 @@ impl Locks {
                 return Ok((Some(t.agent_id.clone()), seconds_left(until, now)));
             }
         }
-        Ok((None, 0))
-    }
-
-    /// Stands a new ticket at the back of every line of `names` and schedules its window.
-    #[allow(clippy::too_many_arguments)]
-    fn enqueue(
-        &mut self,
-        tx: &mut Tx,
-        call: u64,
-        names: Vec<String>,
-        agent_id: String,
-        ttl_ms: Millis,
-        wait_ms: Millis,
-        waiter: LockWaiter,
-        now: Millis,
-    ) {
-        let id = self.next_ticket;
-        self.next_ticket += 1;
-        let wake_token = new_token("wt");
-        self.wake_tokens.insert(wake_token.clone(), id);
-        self.ticket_calls.insert(call, id);
-        for n in &names {
-            self.lock_queues.entry(n.clone()).or_default().push_back(id);
-            self.to_pump.insert(n.clone());
-        }
-        self.tickets.insert(
-            id,
-            Ticket {
-                wake_token,
-                agent_id,
-                names,
-                ttl_ms,
-                wait_seconds: wait_ms / 1000,
-                state: TicketState::Parked {
-                    call,
-                    waiter,
-                    window_end: now + wait_ms,
-                },
-            },
-        );
-        tx.schedule(now + wait_ms, Deadline::TicketWindow(id));
+        Ok(match first {
+            Some((agent, at)) => (Some(agent), seconds_left(at, now)),
+            None => (None, 0),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -222,14 +97,16 @@ impl Locks {
         tx: &mut Tx,
         call: u64,
         name: String,
+        mode: LockMode,
         agent_id: String,
         ttl_ms: Millis,
         wait_ms: Millis,
         wake_token: Option<String>,
         reply: Reply<LockOutcome>,
     ) {
-        let r =
-            self.lock_resource_inner(tx, call, name, agent_id, ttl_ms, wait_ms, wake_token, reply);
+        let r = self.lock_resource_inner(
+            tx, call, name, mode, agent_id, ttl_ms, wait_ms, wake_token, reply,
+        );
         if let Err((reply, e)) = r {
             tx.respond(reply, Err(e));
         }
@@ -241,6 +118,7 @@ impl Locks {
         tx: &mut Tx,
         call: u64,
         name: String,
+        mode: LockMode,
         agent_id: String,
         ttl_ms: Millis,
         wait_ms: Millis,
@@ -257,8 +135,9 @@ impl Locks {
                 }
             };
         }
-        let held = tr!(live_lock(tx, &name));
-        if let Some(row) = held.clone().filter(|l| l.agent_id == agent_id) {
+        let holders = tr!(live_holders(tx, &name));
+        tr!(self.check_mode(&name, mode, &holders, &agent_id));
+        if let Some(row) = holders.iter().find(|l| l.agent_id == agent_id).cloned() {
             // Idempotent re-acquire: a caller that lost its answer may ask again safely.
             let row = tr!(refresh(tx, row, ttl_ms));
             if let Some(id) = wake_token
@@ -304,6 +183,7 @@ impl Locks {
                 );
                 t.ttl_ms = ttl_ms;
                 t.wait_seconds = wait_ms / 1000;
+                t.modes = vec![mode];
                 if let TicketState::Parked {
                     call: old_call,
                     waiter,
@@ -324,8 +204,8 @@ impl Locks {
             return Ok(());
         }
 
-        if held.is_none() && self.line_head(&name).is_none() {
-            let granted = tr!(grant(tx, &agent_id, std::slice::from_ref(&name), ttl_ms));
+        if self.line_head(&name).is_none() && admits(&holders, mode) {
+            let granted = tr!(grant(tx, &agent_id, &[(name.clone(), mode)], ttl_ms));
             let (name, token, fence) = granted.into_iter().next().expect("one name granted");
             let out = LockOutcome::Granted {
                 locked: true,
@@ -339,7 +219,7 @@ impl Locks {
         }
 
         if wait_ms == 0 {
-            let (held_by, expires_in_seconds) = tr!(self.blocker(tx, &name));
+            let (held_by, expires_in_seconds) = tr!(self.blocker(tx, &name, mode));
             let out = LockOutcome::Contended {
                 locked: false,
                 held_by,
@@ -353,20 +233,18 @@ impl Locks {
         }
 
         let waiter = LockWaiter::Single(reply);
-        self.enqueue(tx, call, vec![name], agent_id, ttl_ms, wait_ms, waiter, now);
+        self.enqueue(
+            tx,
+            call,
+            vec![name],
+            vec![mode],
+            agent_id,
+            ttl_ms,
+            wait_ms,
+            waiter,
+            now,
+        );
         Ok(())
-    }
-
-    /// The place `agent_id` keeps in `name`'s line between two windows (a single-name ticket
-    /// in its grace), if any.
-    fn kept_place(&self, name: &str, agent_id: &str) -> Option<u64> {
-        self.lock_queues.get(name)?.iter().copied().find(|id| {
-            self.tickets.get(id).is_some_and(|t| {
-                matches!(t.state, TicketState::Grace { .. })
-                    && t.agent_id == agent_id
-                    && t.names.len() == 1
-            })
-        })
     }
 
     /// The `locked:false` answer for a caller standing in line with ticket `id` (if any).
@@ -376,7 +254,10 @@ impl Locks {
         name: &str,
         id: Option<u64>,
     ) -> CoreResult<LockOutcome> {
-        let (held_by, expires_in_seconds) = self.blocker(tx, name)?;
+        let mode = id
+            .and_then(|id| self.tickets.get(&id))
+            .map_or(LockMode::EXCLUSIVE, |t| t.mode_of(name));
+        let (held_by, expires_in_seconds) = self.blocker(tx, name, mode)?;
         let ticket = id.and_then(|id| self.tickets.get(&id).map(|t| (id, t)));
         Ok(match ticket {
             Some((id, t)) => LockOutcome::Contended {
@@ -391,6 +272,8 @@ impl Locks {
                     ttl_seconds: t.ttl_ms / 1000,
                     wait_seconds: t.wait_seconds.max(1),
                     wake_token: t.wake_token.clone(),
+                    shared: mode.shared,
+                    limit: mode.limit,
                 }),
             },
             None => LockOutcome::Contended {
@@ -410,47 +293,55 @@ impl Locks {
         tx: &mut Tx,
         call: u64,
         names: Vec<String>,
+        modes: Vec<LockMode>,
         agent_id: String,
         ttl_ms: Millis,
         wait_ms: Millis,
         reply: Reply<LockSetOutcome>,
     ) {
         let wait_ms = if tx.draining { 0 } else { wait_ms };
-        match self.set_grantable_now(tx, &names, &agent_id) {
+        match self.set_grantable_now(tx, &names, &modes, &agent_id) {
             Err(e) => tx.respond(reply, Err(e)),
-            Ok(Ok(())) => match grant_set(tx, &agent_id, &names, ttl_ms) {
+            Ok(Ok(())) => match grant_set(tx, &agent_id, &names, &modes, ttl_ms) {
                 Ok((out, orphan)) => tx.respond_grant(reply, out, orphan),
                 Err(e) => tx.respond(reply, Err(e)),
             },
-            Ok(Err(contended)) if wait_ms == 0 => {
-                let r = self.set_contended_answer(tx, contended);
+            Ok(Err((contended, mode))) if wait_ms == 0 => {
+                let r = self.set_contended_answer(tx, contended, mode);
                 tx.respond(reply, r);
             }
             Ok(Err(_)) => {
                 let now = tx.now();
                 let waiter = LockWaiter::Set(reply);
-                self.enqueue(tx, call, names, agent_id, ttl_ms, wait_ms, waiter, now);
+                self.enqueue(
+                    tx, call, names, modes, agent_id, ttl_ms, wait_ms, waiter, now,
+                );
             }
         }
     }
 
-    /// Whether a caller with no place in line may take every name now: each free (or already
-    /// the caller's) with nobody waiting. `Err(name)` names the first that is not.
+    /// Whether a caller with no place in line may take every name now: each already the
+    /// caller's, or with nobody waiting and holders it can share with. `Err(name)` names the
+    /// first that is not. Every name's mode is checked first (a mismatch refuses the call).
     fn set_grantable_now(
         &mut self,
         tx: &mut Tx,
         names: &[String],
+        modes: &[LockMode],
         agent_id: &str,
-    ) -> CoreResult<Result<(), String>> {
-        for n in names {
-            match live_lock(tx, n)? {
-                Some(l) if l.agent_id == agent_id => continue,
-                Some(_) => return Ok(Err(n.clone())),
-                None => {
-                    if self.line_head(n).is_some() {
-                        return Ok(Err(n.clone()));
-                    }
-                }
+    ) -> CoreResult<Result<(), (String, LockMode)>> {
+        let mut held = Vec::with_capacity(names.len());
+        for (n, mode) in names.iter().zip(modes) {
+            let holders = live_holders(tx, n)?;
+            self.check_mode(n, *mode, &holders, agent_id)?;
+            held.push(holders);
+        }
+        for ((n, mode), holders) in names.iter().zip(modes).zip(held) {
+            if holders.iter().any(|l| l.agent_id == agent_id) {
+                continue;
+            }
+            if self.line_head(n).is_some() || !admits(&holders, *mode) {
+                return Ok(Err((n.clone(), *mode)));
             }
         }
         Ok(Ok(()))
@@ -460,8 +351,9 @@ impl Locks {
         &mut self,
         tx: &mut Tx,
         contended: String,
+        mode: LockMode,
     ) -> CoreResult<LockSetOutcome> {
-        let (held_by, expires_in_seconds) = self.blocker(tx, &contended)?;
+        let (held_by, expires_in_seconds) = self.blocker(tx, &contended, mode)?;
         Ok(LockSetOutcome::Contended {
             locked: false,
             held_by,
@@ -471,33 +363,34 @@ impl Locks {
     }
 
     /// Moves `name`'s line: grants the head ticket if it is parked and every one of its names
-    /// is either already its agent's or free with the ticket first in that name's line.
+    /// is either already its agent's or admits it beside its holders with the ticket first in
+    /// that name's line. A grant takes the ticket out of line, which marks the line again: the
+    /// next head is looked at in turn (readers behind a granted reader join it).
     fn pump_lock(&mut self, tx: &mut Tx, name: &str) -> CoreResult<()> {
         let Some(head) = self.line_head(name) else {
             return Ok(());
         };
-        let (names, agent_id, ttl_ms) = match self.tickets.get(&head) {
+        let (names, modes, agent_id, ttl_ms) = match self.tickets.get(&head) {
             Some(Ticket {
                 state: TicketState::Parked { .. },
                 names,
+                modes,
                 agent_id,
                 ttl_ms,
                 ..
-            }) => (names.clone(), agent_id.clone(), *ttl_ms),
+            }) => (names.clone(), modes.clone(), agent_id.clone(), *ttl_ms),
             // Reserved for a waiter between two windows, or gone.
             _ => return Ok(()),
         };
-        for n in &names {
-            match live_lock(tx, n)? {
-                // Already its own: keeping it needs no place in that name's line (waiting there
-                // behind callers who wait for it would never end).
-                Some(l) if l.agent_id == agent_id => {}
-                Some(_) => return Ok(()),
-                None => {
-                    if self.line_head(n) != Some(head) {
-                        return Ok(());
-                    }
-                }
+        for (n, mode) in names.iter().zip(&modes) {
+            let holders = live_holders(tx, n)?;
+            // Already its own: keeping it needs no place in that name's line (waiting there
+            // behind callers who wait for it would never end).
+            if holders.iter().any(|l| l.agent_id == agent_id) {
+                continue;
+            }
+            if self.line_head(n) != Some(head) || !admits(&holders, *mode) {
+                return Ok(());
             }
         }
         let ticket = self.remove_ticket(head).expect("head ticket exists");
@@ -507,14 +400,16 @@ impl Locks {
         // The ticket is out of line now: its caller is answered whatever happens, with the
         // storage error if the grant cannot be written (the step is then rolled back).
         match waiter {
-            LockWaiter::Single(reply) => match grant_single(tx, name, &names, &agent_id, ttl_ms) {
-                Ok((out, orphan)) => tx.outbox.push(reply, Ok(out), orphan),
-                Err(e) => {
-                    tx.respond(reply, Err(e.clone()));
-                    return Err(e);
+            LockWaiter::Single(reply) => {
+                match grant_single(tx, name, modes[0], &agent_id, ttl_ms) {
+                    Ok((out, orphan)) => tx.outbox.push(reply, Ok(out), orphan),
+                    Err(e) => {
+                        tx.respond(reply, Err(e.clone()));
+                        return Err(e);
+                    }
                 }
-            },
-            LockWaiter::Set(reply) => match grant_set(tx, &agent_id, &names, ttl_ms) {
+            }
+            LockWaiter::Set(reply) => match grant_set(tx, &agent_id, &names, &modes, ttl_ms) {
                 Ok((out, orphan)) => tx.respond_grant(reply, out, orphan),
                 Err(e) => {
                     tx.respond(reply, Err(e.clone()));
@@ -537,17 +432,6 @@ impl Locks {
         }
     }
 
-    /// Whether some line may be able to move.
-    pub(super) fn has_work(&self) -> bool {
-        !self.to_pump.is_empty()
-    }
-
-    /// After a rollback: a grant that was undone left its line unmoved, so every line is
-    /// looked at again.
-    pub(super) fn mark_all(&mut self) {
-        self.to_pump.extend(self.lock_queues.keys().cloned());
-    }
-
     pub(super) fn unlock_resource(
         &mut self,
         tx: &mut Tx,
@@ -559,20 +443,26 @@ impl Locks {
         tx.respond(reply, r)
     }
 
+    /// Releases the one holder `proof` names (by token; by v1 agent id, the agent's hold, of
+    /// which it has at most one per name); the other holders keep theirs.
     fn unlock(&mut self, tx: &mut Tx, name: &str, proof: &HolderProof) -> CoreResult<Released> {
-        let Some(row) = live_lock(tx, name)? else {
+        let holders = live_holders(tx, name)?;
+        if holders.is_empty() {
             return Ok(Released {
                 released: false,
                 error: Some("the lock is not held (it may have expired)".into()),
             });
-        };
-        if let Err(error) = proof_matches(&row, proof) {
-            return Ok(Released {
-                released: false,
-                error: Some(error),
-            });
         }
-        tx.db(|s| s.lock_delete(name))?;
+        let row = match find_holder(holders, proof) {
+            Ok(row) => row,
+            Err(error) => {
+                return Ok(Released {
+                    released: false,
+                    error: Some(error),
+                })
+            }
+        };
+        tx.db(|s| s.lock_delete_holder(name, &row.agent_id))?;
         self.to_pump.insert(name.to_string());
         Ok(Released {
             released: true,
@@ -592,7 +482,8 @@ impl Locks {
         tx.respond(reply, r)
     }
 
-    /// One page of the locks held now, in name order, with the length of each line.
+    /// One page of the locks held now, in name order, every holder of each, with the length of
+    /// each line.
     pub(super) fn list_locks(&mut self, tx: &mut Tx, page: &Page, reply: Reply<Paged<LockView>>) {
         let r = self.lock_page(tx, page);
         tx.respond(reply, r)
@@ -602,17 +493,31 @@ impl Locks {
         let now = tx.now();
         let (rows, more) = tx.db(|s| s.lock_page(now, page.after.as_deref(), page.limit))?;
         let next_cursor = more.then(|| rows.last().map(|l| l.name.clone())).flatten();
-        let items = rows.into_iter().map(|l| self.view(l, now)).collect();
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for l in &rows {
+            *counts.entry(l.name.as_str()).or_default() += 1;
+        }
+        let items = rows
+            .iter()
+            .map(|l| self.view(l, counts[l.name.as_str()], now))
+            .collect();
         Ok(Paged { items, next_cursor })
     }
 
-    fn view(&self, l: LockRow, now: Millis) -> LockView {
+    fn view(&self, l: &LockRow, holders: usize, now: Millis) -> LockView {
         LockView {
             waiters: self.line_len(&l.name),
             expires_in_seconds: seconds_left(l.expires_at, now),
-            name: l.name,
-            agent_id: l.agent_id,
+            name: l.name.clone(),
+            agent_id: l.agent_id.clone(),
             fence: l.fence,
+            mode: LockMode {
+                shared: l.shared,
+                limit: l.limit,
+            }
+            .hold_mode(),
+            limit: l.limit,
+            holders,
         }
     }
 
@@ -623,68 +528,44 @@ impl Locks {
         grants: Vec<(String, String)>,
     ) -> CoreResult<()> {
         grants.into_iter().try_for_each(|(name, token)| {
-            if let Some(row) = live_lock(tx, &name)? {
-                if tokens_equal(&row.token, &token) {
-                    tracing::debug!(lock = %name, "released a grant whose caller went away");
-                    tx.db(|s| s.lock_delete(&name))?;
-                    self.to_pump.insert(name);
-                }
+            let proof = HolderProof::Token(token);
+            if let Ok(row) = find_holder(live_holders(tx, &name)?, &proof) {
+                tracing::debug!(lock = %name, agent = %row.agent_id, "released a grant whose caller went away");
+                tx.db(|s| s.lock_delete_holder(&name, &row.agent_id))?;
+                self.to_pump.insert(name);
             }
             Ok(())
         })
     }
 
-    /// `agent_id` is gone: releases the locks it holds and drops the places it kept in line.
+    /// `agent_id` is gone: releases every hold it has (other holders of the same names keep
+    /// theirs) and drops the places it kept in line.
     pub(super) fn release_agent(&mut self, tx: &mut Tx, agent_id: &str) -> CoreResult<()> {
         for l in tx.db(|s| s.locks_held_by(agent_id))? {
-            tx.db(|s| s.lock_delete(&l.name))?;
+            tx.db(|s| s.lock_delete_holder(&l.name, agent_id))?;
             tracing::info!(lock = %l.name, agent = %agent_id, "released: its holder is gone");
             self.to_pump.insert(l.name);
         }
         Ok(())
     }
 
-    /// Places `agent_id` kept in line between two windows: nobody will come back for them, and
-    /// a freed lock must not sit reserved for them until their grace runs out.
-    pub(super) fn drop_kept_places(&mut self, agent_id: &str) {
-        let kept: Vec<u64> = self
-            .tickets
-            .iter()
-            .filter(|(_, t)| t.agent_id == agent_id && matches!(t.state, TicketState::Grace { .. }))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in kept {
-            self.remove_ticket(id);
-        }
-    }
-
-    /// The lock's expiry deadline: deletes the row if it is due, else re-arms at its expiry.
+    /// The lock's expiry deadline: deletes every hold that is due, and re-arms at the next
+    /// holder's expiry.
     pub(super) fn expire(&mut self, tx: &mut Tx, name: String, now: Millis) -> CoreResult<()> {
-        if let Some(l) = tx.db(|s| s.lock_get(&name))? {
+        let mut next: Option<Millis> = None;
+        for l in tx.db(|s| s.lock_holders(&name))? {
             if l.expires_at <= now {
-                tx.db(|s| s.lock_delete(&name))?;
+                tx.db(|s| s.lock_delete_holder(&name, &l.agent_id))?;
                 tracing::info!(lock = %name, agent = %l.agent_id, "expired");
-                self.to_pump.insert(name);
+                self.to_pump.insert(name.clone());
             } else {
-                tx.schedule(l.expires_at, Deadline::LockExpiry(name));
+                next = Some(next.map_or(l.expires_at, |n| n.min(l.expires_at)));
             }
         }
-        Ok(())
-    }
-
-    /// The caller of parked call `call` went away; true if it was a lock call.
-    pub(super) fn cancel(&mut self, call: u64) -> bool {
-        let Some(id) = self.ticket_calls.get(&call).copied() else {
-            return false;
-        };
-        let parked_here = matches!(
-            self.tickets.get(&id).map(|t| &t.state),
-            Some(TicketState::Parked { call: c, .. }) if *c == call
-        );
-        if parked_here {
-            self.remove_ticket(id);
+        if let Some(at) = next {
+            tx.schedule(at, Deadline::LockExpiry(name));
         }
-        true
+        Ok(())
     }
 
     /// A lock ticket's window ended: answer `locked:false` and keep its place for the grace.
@@ -719,26 +600,18 @@ impl Locks {
             LockWaiter::Set(reply) => {
                 // A set waiter has no wake token to come back with: it leaves the line.
                 let names = t.names.clone();
+                let modes = t.modes.clone();
+                let agent_id = t.agent_id.clone();
                 self.remove_ticket(id);
-                let contended = names
+                let (contended, mode) = names
                     .iter()
-                    .find(|n| live_lock(tx, n).ok().flatten().is_some() || self.line_len(n) > 0)
-                    .cloned()
-                    .unwrap_or_else(|| names[0].clone());
-                let r = self.set_contended_answer(tx, contended);
+                    .zip(&modes)
+                    .find(|(n, m)| set_name_contended(self, tx, n, **m, &agent_id))
+                    .map(|(n, m)| (n.clone(), *m))
+                    .unwrap_or_else(|| (names[0].clone(), modes[0]));
+                let r = self.set_contended_answer(tx, contended, mode);
                 tx.respond(reply, r);
             }
-        }
-    }
-
-    /// A ticket's grace ended: its place is given up.
-    pub(super) fn end_grace(&mut self, id: u64, now: Millis) {
-        let due = matches!(
-            self.tickets.get(&id).map(|t| &t.state),
-            Some(TicketState::Grace { until }) if *until <= now
-        );
-        if due {
-            self.remove_ticket(id);
         }
     }
 
@@ -763,20 +636,18 @@ impl Locks {
         call: u64,
     ) -> Option<CoreResult<Option<WaitProgress>>> {
         let &id = self.ticket_calls.get(&call)?;
-        let Some(name) = self.tickets.get(&id).map(|t| t.names[0].clone()) else {
+        let Some((name, mode)) = self
+            .tickets
+            .get(&id)
+            .map(|t| (t.names[0].clone(), t.modes[0]))
+        else {
             return Some(Ok(None));
         };
-        Some(self.blocker(tx, &name).map(|(held_by, _)| {
+        Some(self.blocker(tx, &name, mode).map(|(held_by, _)| {
             Some(WaitProgress {
                 queue_position: self.line_position(&name, id),
                 held_by,
             })
         }))
-    }
-
-    /// For tests: how many lock tickets are held in memory.
-    #[cfg(test)]
-    pub(super) fn ticket_count(&self) -> usize {
-        self.tickets.len()
     }
 }

@@ -557,7 +557,8 @@ impl Engine {
             Request::LockResource(r) => locks.lock_resource(
                 tx,
                 call,
-                r.name,
+                r.name.clone(),
+                r.mode(),
                 r.agent_id,
                 ms(r.ttl_seconds),
                 ms(r.wait_seconds),
@@ -567,7 +568,8 @@ impl Engine {
             Request::LockResources(r) => locks.lock_resources(
                 tx,
                 call,
-                r.names,
+                r.names.iter().map(|n| n.name.clone()).collect(),
+                r.names.iter().map(|n| n.mode()).collect(),
                 r.agent_id,
                 ms(r.ttl_seconds),
                 ms(r.wait_seconds),

@@ -59,6 +59,8 @@ fn lock(
         ttl_seconds: Some(60),
         wait_seconds: Some(wait_ms / 1000),
         wake_token,
+        shared: None,
+        limit: None,
     });
     send(e, call, request, answer_of!(LockResource))
 }

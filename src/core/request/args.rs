@@ -15,6 +15,99 @@ pub struct LockResource {
     pub wait_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_token: Option<String>,
+    /// Take it shared (readers); `Some(true)` after the check when `limit` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<bool>,
+    /// A counting semaphore: at most this many holders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+}
+
+impl LockResource {
+    /// The mode asked for (checked by [`Request::check`](super::Request::check)).
+    pub fn mode(&self) -> LockMode {
+        LockMode {
+            shared: self.shared.unwrap_or(false) || self.limit.is_some(),
+            limit: self.limit,
+        }
+    }
+}
+
+/// One name of `lock_resources`: on the wire a plain string (exclusive), or
+/// `{"name": .., "shared": true, "limit": N}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "LockNameWire", into = "LockNameWire")]
+pub struct LockName {
+    pub name: String,
+    pub shared: Option<bool>,
+    pub limit: Option<i64>,
+}
+
+impl LockName {
+    pub fn plain(name: impl Into<String>) -> LockName {
+        LockName {
+            name: name.into(),
+            shared: None,
+            limit: None,
+        }
+    }
+
+    pub fn mode(&self) -> LockMode {
+        LockMode {
+            shared: self.shared.unwrap_or(false) || self.limit.is_some(),
+            limit: self.limit,
+        }
+    }
+}
+
+impl From<&str> for LockName {
+    fn from(name: &str) -> Self {
+        LockName::plain(name)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum LockNameWire {
+    Plain(String),
+    Item {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shared: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<i64>,
+    },
+}
+
+impl From<LockNameWire> for LockName {
+    fn from(w: LockNameWire) -> Self {
+        match w {
+            LockNameWire::Plain(name) => LockName::plain(name),
+            LockNameWire::Item {
+                name,
+                shared,
+                limit,
+            } => LockName {
+                name,
+                shared,
+                limit,
+            },
+        }
+    }
+}
+
+impl From<LockName> for LockNameWire {
+    fn from(n: LockName) -> Self {
+        if n.shared.is_none() && n.limit.is_none() {
+            LockNameWire::Plain(n.name)
+        } else {
+            LockNameWire::Item {
+                name: n.name,
+                shared: n.shared,
+                limit: n.limit,
+            }
+        }
+    }
 }
 
 /// How a holder proves it holds a lock: `lock_token` (preferred) or, for v1 clients, `agent_id`.
@@ -61,7 +154,7 @@ pub struct RenewLock {
 /// `lock_resources`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockResources {
-    pub names: Vec<String>,
+    pub names: Vec<LockName>,
     pub agent_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<i64>,

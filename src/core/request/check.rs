@@ -36,6 +36,8 @@ impl Request {
                 if let Some(t) = &r.wake_token {
                     check_name("wake_token", t)?;
                 }
+                let mode = LockMode::new("", r.shared, r.limit)?;
+                r.shared = Some(mode.shared);
                 Request::LockResource(r)
             }
             Request::UnlockResource(r) => {
@@ -61,14 +63,24 @@ impl Request {
                         ),
                     ));
                 }
-                for (i, n) in r.names.iter().enumerate() {
-                    check_name(&format!("names[{i}]"), n)?;
+                for (i, n) in r.names.iter_mut().enumerate() {
+                    let plain = n.shared.is_none() && n.limit.is_none();
+                    let field = if plain {
+                        format!("names[{i}]")
+                    } else {
+                        format!("names[{i}].name")
+                    };
+                    check_name(&field, &n.name)?;
+                    let mode = LockMode::new(&format!("names[{i}]."), n.shared, n.limit)?;
+                    if !plain {
+                        n.shared = Some(mode.shared);
+                    }
                 }
-                r.names.sort();
-                if let Some(w) = r.names.windows(2).find(|w| w[0] == w[1]) {
+                r.names.sort_by(|a, b| a.name.cmp(&b.name));
+                if let Some(w) = r.names.windows(2).find(|w| w[0].name == w[1].name) {
                     return Err(CoreError::invalid(
                         "names",
-                        format!("must not repeat a name, got {:?} twice", w[0]),
+                        format!("must not repeat a name, got {:?} twice", w[0].name),
                     ));
                 }
                 check_name("agent_id", &r.agent_id)?;

@@ -23,6 +23,8 @@ fn requests_round_trip_through_their_arguments() {
             ttl_seconds: Some(5),
             wait_seconds: None,
             wake_token: Some("w".into()),
+            shared: None,
+            limit: None,
         }),
         Request::UnlockResource(UnlockResource {
             name: "x".into(),
@@ -87,6 +89,8 @@ fn responses_round_trip() {
                 ttl_seconds: 9,
                 wait_seconds: 5,
                 wake_token: "w".into(),
+                shared: false,
+                limit: None,
             }),
         }),
         Response::LockResources(LockSetOutcome::Granted {

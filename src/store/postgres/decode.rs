@@ -22,6 +22,8 @@ pub(super) fn lock_from(r: &Row) -> StoreResult<LockRow> {
         token: r.try_get(2)?,
         fence: r.try_get(3)?,
         expires_at: r.try_get(4)?,
+        shared: r.try_get(5)?,
+        limit: r.try_get(6)?,
     })
 }
 

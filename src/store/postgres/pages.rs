@@ -7,7 +7,9 @@ use std::collections::HashMap;
 
 use tokio_postgres::types::ToSql;
 
-use super::{agent_from, lock_from, note_from, rows, task_from, PgStore, TASK_COLUMNS};
+use super::{
+    agent_from, lock_from, note_from, rows, task_from, PgStore, LOCK_COLUMNS, TASK_COLUMNS,
+};
 use crate::clock::Millis;
 use crate::store::{AgentRow, LockRow, NoteRow, StoreResult, TaskRow, TaskState};
 
@@ -79,19 +81,22 @@ impl PgStore {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<(Vec<LockRow>, bool)> {
+        // The first `limit` + 1 live names, then every live holder of each (the last name only
+        // tells whether more follow).
         let r = self.query_rows(
-            "SELECT name, agent_id, token, fence, expires_at FROM airlock.locks
-             WHERE expires_at > $1 AND name > $2 ORDER BY name LIMIT $3",
+            &format!(
+                "SELECT {LOCK_COLUMNS} FROM airlock.locks WHERE expires_at > $1 AND name IN
+                 (SELECT DISTINCT name FROM airlock.locks WHERE expires_at > $1 AND name > $2
+                  ORDER BY name LIMIT $3)
+                 ORDER BY name, fence"
+            ),
             &[
                 &now,
                 &after.unwrap_or(""),
                 &sql_limit(limit.saturating_add(1)),
             ],
         )?;
-        let mut page = rows(r, lock_from)?;
-        let more = page.len() > limit;
-        page.truncate(limit);
-        Ok((page, more))
+        Ok(crate::store::whole_names(rows(r, lock_from)?, limit))
     }
 
     pub(super) fn pg_agent_page(
