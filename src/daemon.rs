@@ -130,12 +130,14 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     } else {
         vec![addr.ip().to_string()]
     };
+    let stopping = tokio_util::sync::CancellationToken::new();
     let app = http::app(
         core.clone(),
         EdgeConfig {
             token: require.then_some(token),
             extra_hosts,
             max_in_flight,
+            stopping: stopping.clone(),
         },
     );
     tracing::info!(listen = %local, home = %opts.home.display(), token_required = require, connection_cap, "airlock is serving");
@@ -147,6 +149,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         stop_signal.await;
+        stopping.cancel();
         tracing::info!("shutting down: answering parked calls");
         drain_core.drain().await;
         let _ = stopping_tx.send(());

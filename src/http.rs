@@ -42,6 +42,9 @@ pub struct EdgeConfig {
     pub extra_hosts: Vec<String>,
     /// Most MCP requests in flight at once; more get 503 ([`MAX_IN_FLIGHT`] by default).
     pub max_in_flight: usize,
+    /// Cancelled when the daemon starts to stop: long-lived answers (the dashboard's live
+    /// stream) end then, so they do not hold the graceful shutdown open.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 #[derive(Clone)]
@@ -62,6 +65,8 @@ pub fn app(core: Arc<dyn CoreApi>, edge: EdgeConfig) -> Router {
         .disable_allowed_hosts()
         .with_max_request_body_bytes(MAX_BODY_BYTES + 1);
     let status_core = core.clone();
+    let streams = crate::ui::Streams::new(core.clone(), edge.stopping.clone());
+    let pages = crate::ui::pages(Arc::new(edge.clone()));
     let mcp = StreamableHttpService::new(
         move || Ok(AirlockMcp::new(core.clone())),
         Arc::new(NeverSessionManager::default()),
@@ -77,9 +82,12 @@ pub fn app(core: Arc<dyn CoreApi>, edge: EdgeConfig) -> Router {
         .route_service("/mcp", mcp)
         // Not an MCP tool: one consistent snapshot for `airlock status`, behind the same guard.
         .route("/status", get(status).with_state(status_core))
+        // The dashboard's live view (src/ui), behind the same guard.
+        .route("/events/stream", get(crate::ui::stream).with_state(streams))
         .layer(middleware::from_fn_with_state(state, guard));
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(pages)
         .merge(mcp_routes)
 }
 
@@ -334,21 +342,30 @@ async fn plain_call(
     })
 }
 
-async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Response {
-    let config = &state.config;
-    if !host_allowed(req.headers(), config) {
-        return edge_error(
+/// The Host and Origin checks: the refusal to answer, if the request is not addressed to this
+/// machine or comes from a page that is not served by it.
+pub(crate) fn refuse_foreign(headers: &HeaderMap, config: &EdgeConfig) -> Option<Response> {
+    if !host_allowed(headers, config) {
+        return Some(edge_error(
             StatusCode::FORBIDDEN,
             -32001,
             "Host is not a loopback name; airlock answers only requests addressed to this machine",
-        );
+        ));
     }
-    if !origin_allowed(req.headers()) {
-        return edge_error(
+    if !origin_allowed(headers) {
+        return Some(edge_error(
             StatusCode::FORBIDDEN,
             -32001,
             "Origin is not a loopback origin; requests from web pages are refused",
-        );
+        ));
+    }
+    None
+}
+
+async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Response {
+    let config = &state.config;
+    if let Some(refused) = refuse_foreign(req.headers(), config) {
+        return refused;
     }
     if let Some(token) = &config.token {
         if !token_ok(req.headers(), token) {

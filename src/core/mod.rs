@@ -39,6 +39,13 @@ pub trait CoreApi: Send + Sync + 'static {
 
     /// Answers every parked call and stops taking work: for shutdown.
     fn drain(&self) -> futures::future::BoxFuture<'_, ()>;
+
+    /// Hears of every change to what `status` shows, when this daemon's own engine answers
+    /// (live views re-read on it); `None` when changes cannot be heard here (a daemon that
+    /// forwards to another), and a live view re-reads now and then instead.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// A callback told, every [`PROGRESS_EVERY`], how a parked call is doing.
@@ -60,6 +67,8 @@ pub struct WaitReport {
 pub struct Coordinator {
     tx: mpsc::Sender<Command>,
     next_call: Arc<AtomicU64>,
+    /// The engine's change signal (see [`CoreApi::changes`]); `None` when detached.
+    changes: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// Owns the engine thread; dropping every [`Coordinator`] lets it finish.
@@ -106,6 +115,7 @@ impl Coordinator {
         clock: Arc<dyn Clock>,
     ) -> CoreResult<(Coordinator, EngineThread)> {
         let engine = Engine::new(store, clock)?;
+        let changes = Some(engine.changes());
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("airlock-engine".into())
@@ -115,6 +125,7 @@ impl Coordinator {
             Coordinator {
                 tx,
                 next_call: Arc::new(AtomicU64::new(1)),
+                changes,
             },
             EngineThread { handle },
         ))
@@ -128,6 +139,7 @@ impl Coordinator {
         Coordinator {
             tx,
             next_call: Arc::new(AtomicU64::new(1)),
+            changes: None,
         }
     }
 
@@ -227,6 +239,10 @@ impl CoreApi for Coordinator {
     fn drain(&self) -> futures::future::BoxFuture<'_, ()> {
         Box::pin(Coordinator::drain(self))
     }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.changes.clone()
+    }
 }
 
 #[cfg(test)]
@@ -298,6 +314,6 @@ mod tests {
             granted_c,
             Response::LockResource(LockOutcome::Granted { fence: 3, .. })
         ));
-        assert_eq!(locks(&core).await[0].agent_id, "c");
+        assert_eq!(locks(&core).await[0].agent_id.as_deref(), Some("c"));
     }
 }

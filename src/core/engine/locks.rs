@@ -11,6 +11,8 @@
 //! A caller who went away is skipped (its ticket is dropped when it reaches the head), and a
 //! grant whose answer could not be delivered is released in the next batch ([`Locks::release_orphan`]).
 
+mod lines;
+
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use super::{new_token, tokens_equal, Deadline, Orphan, Reply, Tx, WaitProgress};
@@ -52,6 +54,8 @@ struct Ticket {
     names: Vec<String>,
     ttl_ms: Millis,
     wait_seconds: i64,
+    /// When it joined the line (for the views).
+    since: Millis,
     state: TicketState,
 }
 
@@ -294,6 +298,7 @@ impl Locks {
                 names,
                 ttl_ms,
                 wait_seconds: wait_ms / 1000,
+                since: now,
                 state: TicketState::Parked {
                     call,
                     waiter,
@@ -684,23 +689,6 @@ impl Locks {
     pub(super) fn list_locks(&mut self, tx: &mut Tx, reply: Reply<Vec<LockView>>) {
         let r = self.lock_views(tx);
         tx.respond(reply, r)
-    }
-
-    /// Every lock held now, with the length of its line.
-    pub(super) fn lock_views(&mut self, tx: &mut Tx) -> CoreResult<Vec<LockView>> {
-        let now = tx.now();
-        let rows = tx.db(|s| s.lock_list())?;
-        Ok(rows
-            .into_iter()
-            .filter(|l| l.expires_at > now)
-            .map(|l| LockView {
-                waiters: self.line_len(&l.name),
-                expires_in_seconds: seconds_left(l.expires_at, now),
-                name: l.name,
-                agent_id: l.agent_id,
-                fence: l.fence,
-            })
-            .collect())
     }
 
     /// Releases undelivered grants that are still held with the token they were granted with.

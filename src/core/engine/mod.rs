@@ -272,6 +272,10 @@ pub struct Engine {
     /// benchmark can report operations per commit.
     commits: u64,
     operations: u64,
+    /// Bumped whenever a step may have changed what `status` shows (a write, a deadline, a
+    /// caller leaving a line), so live views (`GET /events/stream`) re-read only then. Bumped
+    /// before the commit: a reader's status request is a later command, answered after it.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// A [`Tx`] and the capabilities, borrowed apart from one engine.
@@ -311,7 +315,18 @@ impl Engine {
             max_batch: max_batch_from_env(),
             commits: 0,
             operations: 0,
+            changes: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Hears of every step that may have changed what `status` shows (see `changes`).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Tells live views that the state may have changed.
+    fn note_change(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn now(&self) -> Millis {
@@ -432,6 +447,9 @@ impl Engine {
 
     /// Hands one request to its capability. Each handler answers through the outbox.
     fn apply(&mut self, call: u64, request: Request, reply: oneshot::Sender<CoreResult<Response>>) {
+        if !request.tool().read_only() {
+            self.note_change();
+        }
         let counts = EngineCounts {
             commits: self.commits,
             operations: self.operations,
@@ -618,6 +636,7 @@ impl Engine {
 
     /// Releases a grant nobody received (or read): its locks, or its lease.
     fn release_orphan(&mut self, orphan: Orphan) {
+        self.note_change();
         let Parts {
             mut tx,
             locks,
@@ -636,6 +655,7 @@ impl Engine {
 
     /// The caller of a parked call went away.
     fn cancel(&mut self, call: u64) {
+        self.note_change();
         if self.locks.cancel(call) || self.events.cancel(call) {
             return;
         }
@@ -672,6 +692,7 @@ impl Engine {
     }
 
     fn fire(&mut self, what: Deadline, now: Millis) -> CoreResult<()> {
+        self.note_change();
         let Parts {
             mut tx,
             locks,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::events::Events;
 use super::locks::Locks;
-use super::tasks::Tasks;
+use super::tasks::{task_view, Tasks};
 use super::{notes, presence, ProgressReply, Reply, Tx, WaitProgress};
 use crate::core::types::*;
 use crate::store::TaskState;
@@ -54,6 +54,8 @@ fn snapshot(
         })
         .collect();
     let mut queues: BTreeMap<String, QueueView> = BTreeMap::new();
+    let now = tx.now();
+    let mut open = Vec::new();
     for t in tx.db(|s| s.task_list(None))? {
         let q = queues
             .entry(t.queue.clone())
@@ -64,7 +66,28 @@ fn snapshot(
             TaskState::Completed => q.completed += 1,
             TaskState::Failed => q.failed += 1,
         }
+        if matches!(t.state, TaskState::Pending | TaskState::Claimed) {
+            open.push(t);
+        }
     }
+    // As claims take them: highest priority first, then oldest.
+    open.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+    let open_tasks = open
+        .into_iter()
+        .take(STATUS_MAX_TASKS)
+        .map(|t| {
+            let mut v = task_view(t, now);
+            if v.payload.chars().count() > STATUS_PAYLOAD_CHARS {
+                v.payload = v
+                    .payload
+                    .chars()
+                    .take(STATUS_PAYLOAD_CHARS)
+                    .collect::<String>()
+                    + "…";
+            }
+            v
+        })
+        .collect();
     for (name, waiting) in tasks.waiting_claimers() {
         let q = queues
             .entry(name.clone())
@@ -77,6 +100,7 @@ fn snapshot(
         notes,
         events: event_views,
         queues: queues.into_values().collect(),
+        tasks: open_tasks,
         engine,
     })
 }

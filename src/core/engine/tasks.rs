@@ -116,7 +116,7 @@ fn extend(tx: &mut Tx, id: i64, lease_token: &str, lease_ms: Millis) -> CoreResu
     })
 }
 
-fn task_view(t: TaskRow, now: Millis) -> TaskView {
+pub(super) fn task_view(t: TaskRow, now: Millis) -> TaskView {
     let leased = t.state == TaskState::Claimed;
     TaskView {
         id: t.id,

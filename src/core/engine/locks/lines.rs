@@ -1,0 +1,79 @@
+//! What the views show of locks: every lock held now, every free lock kept for the head of its
+//! line, and each line of waiters (for `list_locks`, `status` and the dashboard).
+
+use super::{live_lock, Locks, TicketState};
+use crate::clock::{seconds_left, Millis};
+use crate::core::engine::Tx;
+use crate::core::types::*;
+
+impl Locks {
+    /// Every lock held now, and every free lock someone stands in line for (reserved for the
+    /// head of that line), each with its line, first in line first.
+    pub(in crate::core::engine) fn lock_views(&mut self, tx: &mut Tx) -> CoreResult<Vec<LockView>> {
+        let now = tx.now();
+        let rows = tx.db(|s| s.lock_list())?;
+        let mut views: Vec<LockView> = rows
+            .into_iter()
+            .filter(|l| l.expires_at > now)
+            .map(|l| LockView {
+                line: self.line_view(&l.name, now),
+                waiters: self.line_len(&l.name),
+                expires_in_seconds: seconds_left(l.expires_at, now),
+                name: l.name,
+                agent_id: Some(l.agent_id),
+                fence: Some(l.fence),
+                reserved_for: None,
+                reserved_for_seconds: None,
+            })
+            .collect();
+        let mut waited_for: Vec<String> = self.lock_queues.keys().cloned().collect();
+        waited_for.sort();
+        for name in waited_for {
+            if views.iter().any(|v| v.name == name) || live_lock(tx, &name)?.is_some() {
+                continue;
+            }
+            let line = self.line_view(&name, now);
+            let Some(head) = line.first() else {
+                continue;
+            };
+            views.push(LockView {
+                agent_id: None,
+                expires_in_seconds: 0,
+                fence: None,
+                waiters: line.len(),
+                reserved_for: Some(head.agent_id.clone()),
+                reserved_for_seconds: Some(head.seconds_left),
+                name,
+                line,
+            });
+        }
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(views)
+    }
+
+    /// The live places in `name`'s line, first in line first.
+    fn line_view(&self, name: &str, now: Millis) -> Vec<LineView> {
+        let Some(queue) = self.lock_queues.get(name) else {
+            return Vec::new();
+        };
+        queue
+            .iter()
+            .filter(|&&id| self.ticket_live(id))
+            .filter_map(|id| self.tickets.get(id))
+            .enumerate()
+            .map(|(i, t)| {
+                let (state, until) = match t.state {
+                    TicketState::Parked { window_end, .. } => ("parked", window_end),
+                    TicketState::Grace { until } => ("grace", until),
+                };
+                LineView {
+                    agent_id: t.agent_id.clone(),
+                    position: i + 1,
+                    waiting_seconds: ((now - t.since).max(0)) / 1000,
+                    state: state.to_string(),
+                    seconds_left: seconds_left(until, now),
+                }
+            })
+            .collect()
+    }
+}
