@@ -373,12 +373,17 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             let r = c.request(&Request::ListLocks).await?;
             let rows = r.as_array().cloned().unwrap_or_default();
             let human = table(&rows, |l| {
-                format!(
-                    "{}\theld by {}\texpires in {}s",
-                    str_of(l, "name"),
-                    str_of(l, "agent_id"),
-                    str_of(l, "expires_in_seconds")
-                )
+                let mut row = format!("{}\t{}", str_of(l, "name"), super::status::holder_text(l));
+                if !l["agent_id"].is_null() {
+                    row.push_str(&format!(
+                        "\texpires in {}s",
+                        str_of(l, "expires_in_seconds")
+                    ));
+                }
+                for place in super::status::line_rows(l) {
+                    row.push_str(&format!("\n\t{place}"));
+                }
+                row
             });
             Answer::ok(r, human)
         }

@@ -46,6 +46,7 @@ tools! {
     RenewLock => "renew_lock",
     ListLocks => "list_locks",
     LockResources => "lock_resources",
+    LeaveLine => "leave_line",
     SetNote => "set_note",
     GetNote => "get_note",
     ListNotes => "list_notes",
@@ -85,11 +86,10 @@ impl Tool {
             ListLocks | GetNote | ListNotes | ListAgents | WaitForEvent | ListTasks | Status => {
                 true
             }
-            LockResource | UnlockResource | RenewLock | LockResources | SetNote | DeleteNote
-            | SetNoteIf | IncrementCounter | RegisterAgent | UnregisterAgent | SignalEvent
-            | ClearEvent | PushTask | ClaimNextTask | CompleteTask | FailTask | ExtendLease => {
-                false
-            }
+            LockResource | UnlockResource | RenewLock | LockResources | LeaveLine | SetNote
+            | DeleteNote | SetNoteIf | IncrementCounter | RegisterAgent | UnregisterAgent
+            | SignalEvent | ClearEvent | PushTask | ClaimNextTask | CompleteTask | FailTask
+            | ExtendLease => false,
         }
     }
 
@@ -102,6 +102,8 @@ impl Tool {
             RenewLock | ListLocks | SetNote | GetNote | ListNotes | DeleteNote | RegisterAgent
             | UnregisterAgent | ListAgents | WaitForEvent | ClearEvent | ExtendLease
             | ListTasks | Status => true,
+            // A place left is gone; leaving it again finds nothing to leave.
+            LeaveLine => true,
             // A second lock call by another agent queues; a second push adds a task; a counter
             // counts twice; a second unlock may release a later grant of the same agent.
             LockResource | UnlockResource | LockResources | SetNoteIf | IncrementCounter
@@ -129,6 +131,8 @@ impl Tool {
             // A claim the old coordinator committed but never answered stays leased to the agent
             // until its lease ends; the re-run claims the next task (README: "What is not").
             ClaimNextTask => true,
+            // Lines live in the coordinator's memory: a new coordinator has none to leave.
+            LeaveLine => true,
             SetNote | DeleteNote | SetNoteIf | IncrementCounter | UnlockResource
             | UnregisterAgent | SignalEvent | ClearEvent | PushTask | CompleteTask | FailTask => {
                 false
@@ -142,10 +146,10 @@ impl Tool {
         use Tool::*;
         match self {
             LockResource | LockResources | WaitForEvent | ClaimNextTask => true,
-            UnlockResource | RenewLock | ListLocks | SetNote | GetNote | ListNotes | DeleteNote
-            | SetNoteIf | IncrementCounter | RegisterAgent | UnregisterAgent | ListAgents
-            | SignalEvent | ClearEvent | PushTask | CompleteTask | FailTask | ExtendLease
-            | ListTasks | Status => false,
+            UnlockResource | RenewLock | ListLocks | LeaveLine | SetNote | GetNote | ListNotes
+            | DeleteNote | SetNoteIf | IncrementCounter | RegisterAgent | UnregisterAgent
+            | ListAgents | SignalEvent | ClearEvent | PushTask | CompleteTask | FailTask
+            | ExtendLease | ListTasks | Status => false,
         }
     }
 }
@@ -186,6 +190,13 @@ impl Holder {
             )),
         }
     }
+}
+
+/// `leave_line`: give up a place kept in a lock's line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaveLine {
+    pub name: String,
+    pub wake_token: String,
 }
 
 /// `unlock_resource`.
@@ -350,6 +361,7 @@ pub enum Request {
     RenewLock(RenewLock),
     ListLocks,
     LockResources(LockResources),
+    LeaveLine(LeaveLine),
     SetNote(SetNote),
     GetNote(NoteKey),
     ListNotes,
@@ -380,6 +392,7 @@ pub enum Response {
     RenewLock(Renewed),
     ListLocks(Vec<LockView>),
     LockResources(LockSetOutcome),
+    LeaveLine(LeftLine),
     SetNote(Saved),
     GetNote(GetNoteResult),
     ListNotes(Vec<NoteView>),
@@ -409,6 +422,7 @@ impl Request {
             Request::RenewLock(_) => Tool::RenewLock,
             Request::ListLocks => Tool::ListLocks,
             Request::LockResources(_) => Tool::LockResources,
+            Request::LeaveLine(_) => Tool::LeaveLine,
             Request::SetNote(_) => Tool::SetNote,
             Request::GetNote(_) => Tool::GetNote,
             Request::ListNotes => Tool::ListNotes,
@@ -511,6 +525,11 @@ impl Request {
                 Request::RenewLock(r)
             }
             Request::ListLocks => Request::ListLocks,
+            Request::LeaveLine(r) => {
+                check_name("name", &r.name)?;
+                check_name("wake_token", &r.wake_token)?;
+                Request::LeaveLine(r)
+            }
             Request::LockResources(mut r) => {
                 if r.names.is_empty() || r.names.len() > MAX_LOCK_SET {
                     return Err(CoreError::invalid(
@@ -686,6 +705,7 @@ impl Request {
                 | Request::UnlockResource(_)
                 | Request::RenewLock(_)
                 | Request::ListLocks
+                | Request::LeaveLine(_)
                 | Request::SetNote(_)
                 | Request::GetNote(_)
                 | Request::ListNotes
@@ -719,6 +739,7 @@ impl Response {
             Response::RenewLock(v) => serde_json::to_value(v),
             Response::ListLocks(v) => serde_json::to_value(v),
             Response::LockResources(v) => serde_json::to_value(v),
+            Response::LeaveLine(v) => serde_json::to_value(v),
             Response::SetNote(v) => serde_json::to_value(v),
             Response::GetNote(v) => serde_json::to_value(v),
             Response::ListNotes(v) => serde_json::to_value(v),
@@ -777,6 +798,10 @@ mod tests {
                 },
             }),
             Request::ListLocks,
+            Request::LeaveLine(LeaveLine {
+                name: "x".into(),
+                wake_token: "w".into(),
+            }),
             Request::ListTasks(ListTasks { queue: None }),
             Request::Status,
         ];

@@ -297,6 +297,15 @@ pub struct LockView {
     pub line: Vec<LineView>,
 }
 
+/// The answer to `leave_line`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeftLine {
+    /// Whether a place was given up (false: no such place, or a call is waiting on it now).
+    pub left: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// One place in a lock's line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LineView {

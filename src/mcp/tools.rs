@@ -177,8 +177,28 @@ pub static TOOLS: &[ToolSpec] = &[
     ToolSpec {
         tool: Tool::ListLocks,
         parse: |_| Ok(Request::ListLocks),
-        description: "List held locks: [{name, agent_id, expires_in_seconds, fence, waiters}].",
+        description: "List held locks, and free locks reserved for the head of their line: \
+            [{name, agent_id, expires_in_seconds, fence, waiters, line:[{agent_id, position, \
+            waiting_seconds, state, seconds_left}]}]; a reserved free lock has agent_id null, \
+            reserved_for and reserved_for_seconds. state is parked (a call waits now) or grace \
+            (a place kept for a caller coming back with its wake_token).",
         params: &[],
+    },
+    ToolSpec {
+        tool: Tool::LeaveLine,
+        parse: |a| Ok(Request::LeaveLine(LeaveLine {
+            name: a.str("name")?,
+            wake_token: a.str("wake_token")?,
+        })),
+        description: "Give up your place in a lock's line when you will not call lock_resource \
+            again: pass the wake_token of your locked:false answer. Without it the place (and, at \
+            the head of the line, a reservation of the freed lock) is kept for 10 s, making the \
+            next waiter wait. Returns {left:true}, or {left:false, error} if no place is kept \
+            for that token.",
+        params: &[
+            req("name", Str, "The lock's name."),
+            req("wake_token", Str, "The wake_token from your locked:false answer."),
+        ],
     },
     ToolSpec {
         tool: Tool::LockResources,
@@ -473,8 +493,8 @@ mod tests {
         }
         assert_eq!(
             TOOLS.len(),
-            contract.len() + 1,
-            "22 contract tools + extend_lease"
+            contract.len() + 2,
+            "22 contract tools + extend_lease + leave_line"
         );
         // Every tool offered over MCP has exactly one entry, and each entry parses into its tool.
         for t in Tool::ALL.iter().filter(|t| t.is_mcp_tool()) {

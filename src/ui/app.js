@@ -215,7 +215,7 @@ function lineList(line, at) {
     li.append(
       w.agent_id + " — " + (w.state === "grace" ? "in grace, place kept " : "parked, ") ,
       countdown(w.seconds_left, at),
-      " left (waiting since " + formatSeconds(w.waiting_seconds) + " ago)"
+      " left (waiting " + formatSeconds(w.waiting_seconds) + ")"
     );
     ol.appendChild(li);
   }

@@ -528,6 +528,12 @@ impl Engine {
                 }
             }
             Request::ListLocks => locks.list_locks(tx, Reply::new(reply, Response::ListLocks)),
+            Request::LeaveLine(r) => locks.leave_line(
+                tx,
+                &r.name,
+                &r.wake_token,
+                Reply::new(reply, Response::LeaveLine),
+            ),
             Request::RegisterAgent(r) => presence::register_agent(
                 tx,
                 r.agent_id,

@@ -3,7 +3,7 @@
 
 use super::{live_lock, Locks, TicketState};
 use crate::clock::{seconds_left, Millis};
-use crate::core::engine::Tx;
+use crate::core::engine::{Reply, Tx};
 use crate::core::types::*;
 
 impl Locks {
@@ -49,6 +49,43 @@ impl Locks {
         }
         views.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(views)
+    }
+
+    /// `leave_line`: the caller holding `wake_token` gives up its place in `name`'s line now,
+    /// instead of keeping it (and, at the head, a reservation of the lock) until its grace ends.
+    pub(in crate::core::engine) fn leave_line(
+        &mut self,
+        tx: &mut Tx,
+        name: &str,
+        wake_token: &str,
+        reply: Reply<LeftLine>,
+    ) {
+        let refused = |error: &str| LeftLine {
+            left: false,
+            error: Some(error.to_string()),
+        };
+        let id = self.wake_tokens.get(wake_token).copied();
+        let ticket = id.and_then(|id| self.tickets.get(&id).map(|t| (id, t)));
+        let r = match ticket {
+            Some((_, t)) if !t.names.iter().any(|n| n == name) => {
+                refused("this wake_token holds no place in that lock's line")
+            }
+            Some((_, t)) if matches!(t.state, TicketState::Parked { .. }) => refused(
+                "a call is waiting on this place now; it leaves the line when that call ends",
+            ),
+            Some((id, t)) => {
+                tracing::debug!(lock = %name, agent = %t.agent_id, "left the line");
+                self.remove_ticket(id);
+                LeftLine {
+                    left: true,
+                    error: None,
+                }
+            }
+            None => {
+                refused("no place is kept for this wake_token (it was used, or its grace ended)")
+            }
+        };
+        tx.respond(reply, Ok(r))
     }
 
     /// The live places in `name`'s line, first in line first.
