@@ -57,6 +57,15 @@ struct EdgeState {
 
 /// The whole HTTP application.
 pub fn app(core: Arc<dyn CoreApi>, edge: EdgeConfig) -> Router {
+    // Tool calls are counted and timed for `GET /metrics`; the edge's own reads are not.
+    let calls = Arc::new(crate::metrics::CallMetrics::default());
+    let metrics = crate::metrics::MetricsState {
+        core: core.clone(),
+        calls: calls.clone(),
+    };
+    let status_core = core.clone();
+    let streams = crate::ui::Streams::new(core.clone(), edge.stopping.clone());
+    let core: Arc<dyn CoreApi> = Arc::new(crate::metrics::Metered::new(core, calls));
     let direct = AirlockMcp::new(core.clone());
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
@@ -64,8 +73,6 @@ pub fn app(core: Arc<dyn CoreApi>, edge: EdgeConfig) -> Router {
         // The edge already checked Host and the body size, with its own clearer answers.
         .disable_allowed_hosts()
         .with_max_request_body_bytes(MAX_BODY_BYTES + 1);
-    let status_core = core.clone();
-    let streams = crate::ui::Streams::new(core.clone(), edge.stopping.clone());
     let pages = crate::ui::pages(Arc::new(edge.clone()));
     let mcp = StreamableHttpService::new(
         move || Ok(AirlockMcp::new(core.clone())),
@@ -84,6 +91,8 @@ pub fn app(core: Arc<dyn CoreApi>, edge: EdgeConfig) -> Router {
         .route("/status", get(status).with_state(status_core))
         // The dashboard's live view (src/ui), behind the same guard.
         .route("/events/stream", get(crate::ui::stream).with_state(streams))
+        // Prometheus' text format (src/metrics.rs), behind the same guard.
+        .route("/metrics", get(crate::metrics::handler).with_state(metrics))
         .layer(middleware::from_fn_with_state(state, guard));
     Router::new()
         .route("/healthz", get(healthz))

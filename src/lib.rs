@@ -6,6 +6,8 @@
 //!   `/status`, the fast path for a plain `tools/call`.
 //! - [`ui`]: the web dashboard at `/ui` (static files compiled in) and its live stream
 //!   (`/events/stream`, Server-Sent Events behind the token).
+//! - [`metrics`]: `GET /metrics` in Prometheus' text format (calls by tool and outcome, latency,
+//!   commits, waiters, queue depths).
 //! - [`mcp`]: the MCP layer (rmcp): the one table of tools, argument reading, results and errors.
 //! - [`cluster`]: several daemons on one PostgreSQL database: one coordinates (runs the engine),
 //!   the others forward calls to it through a table, woken by LISTEN/NOTIFY.
@@ -30,6 +32,7 @@ pub mod daemon;
 pub mod http;
 pub mod listener;
 pub mod mcp;
+pub mod metrics;
 pub mod store;
 #[doc(hidden)]
 pub mod testkit;

@@ -7,6 +7,7 @@
 //! arrives only after the change is committed to disk.
 
 pub mod engine;
+pub mod metrics;
 pub mod request;
 pub mod types;
 
@@ -46,6 +47,12 @@ pub trait CoreApi: Send + Sync + 'static {
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+
+    /// What this daemon's own engine records for `GET /metrics` (commit times, operations per
+    /// commit); `None` when no engine of this daemon answers.
+    fn engine_metrics(&self) -> Option<Arc<metrics::EngineMetrics>> {
+        None
+    }
 }
 
 /// A callback told, every [`PROGRESS_EVERY`], how a parked call is doing.
@@ -69,6 +76,8 @@ pub struct Coordinator {
     next_call: Arc<AtomicU64>,
     /// The engine's change signal (see [`CoreApi::changes`]); `None` when detached.
     changes: Option<tokio::sync::watch::Receiver<u64>>,
+    /// The engine's commit metrics; `None` when detached.
+    metrics: Option<Arc<metrics::EngineMetrics>>,
 }
 
 /// Owns the engine thread; dropping every [`Coordinator`] lets it finish.
@@ -116,6 +125,7 @@ impl Coordinator {
     ) -> CoreResult<(Coordinator, EngineThread)> {
         let engine = Engine::new(store, clock)?;
         let changes = Some(engine.changes());
+        let metrics = Some(engine.metrics());
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("airlock-engine".into())
@@ -126,6 +136,7 @@ impl Coordinator {
                 tx,
                 next_call: Arc::new(AtomicU64::new(1)),
                 changes,
+                metrics,
             },
             EngineThread { handle },
         ))
@@ -140,6 +151,7 @@ impl Coordinator {
             tx,
             next_call: Arc::new(AtomicU64::new(1)),
             changes: None,
+            metrics: None,
         }
     }
 
@@ -242,6 +254,10 @@ impl CoreApi for Coordinator {
 
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.changes.clone()
+    }
+
+    fn engine_metrics(&self) -> Option<Arc<metrics::EngineMetrics>> {
+        self.metrics.clone()
     }
 }
 

@@ -276,6 +276,10 @@ pub struct Engine {
     /// caller leaving a line), so live views (`GET /events/stream`) re-read only then. Bumped
     /// before the commit: a reader's status request is a later command, answered after it.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Commit times and operations per commit, for `GET /metrics`.
+    metrics: Arc<crate::core::metrics::EngineMetrics>,
+    /// `operations` at the last commit, so each commit knows how many it carried.
+    operations_at_commit: u64,
 }
 
 /// A [`Tx`] and the capabilities, borrowed apart from one engine.
@@ -316,12 +320,30 @@ impl Engine {
             commits: 0,
             operations: 0,
             changes: tokio::sync::watch::Sender::new(0),
+            metrics: Default::default(),
+            operations_at_commit: 0,
         })
     }
 
     /// Hears of every step that may have changed what `status` shows (see `changes`).
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// What this engine records for `GET /metrics`.
+    pub fn metrics(&self) -> Arc<crate::core::metrics::EngineMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Commits the batch's transaction, timing it (its fsync included) for the metrics.
+    fn timed_commit(&mut self) -> StoreResult<()> {
+        let started = std::time::Instant::now();
+        let r = self.store.commit();
+        let carried = self.operations - self.operations_at_commit;
+        self.operations_at_commit = self.operations;
+        self.metrics
+            .record_commit(started.elapsed().as_secs_f64(), carried);
+        r
     }
 
     /// Tells live views that the state may have changed.
@@ -423,7 +445,7 @@ impl Engine {
         self.fire_due();
         let failed = match self.batch_error.take() {
             Some(e) => Some(e),
-            None => self.store.commit().err().map(storage),
+            None => self.timed_commit().err().map(storage),
         };
         if failed.is_none() {
             self.commits += 1;
