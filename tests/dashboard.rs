@@ -259,6 +259,49 @@ async fn a_stop_ends_the_streams_at_once() {
     );
 }
 
+/// Reads `out` into `seen` until `seen` shows `want`.
+async fn read_until(out: &mut tokio::process::ChildStdout, seen: &mut String, want: &str) {
+    use tokio::io::AsyncReadExt;
+    within(30, async {
+        let mut buf = [0u8; 4096];
+        while !seen.contains(want) {
+            let n = out.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the watch ended: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await
+}
+
+/// `airlock status --watch` redraws the view in place as things change, and Ctrl-C stops it.
+#[tokio::test]
+async fn status_watch_redraws_in_place() {
+    let d = Daemon::start().await;
+    let mut child = tokio::process::Command::new(airlock_bin())
+        .args(["status", "--watch"])
+        .env("AIRLOCK_URL", &d.url)
+        .env("AIRLOCK_HOME", &d.home)
+        .env_remove("AIRLOCK_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    read_until(&mut out, &mut seen, "LOCKS (0)").await;
+    lock(&d, "build", "alpha", json!({})).await;
+    read_until(&mut out, &mut seen, "held by alpha").await;
+    let frames = seen.matches("\x1b[H\x1b[2J").count();
+    assert!(frames >= 2, "each frame replaces the last: {frames} frames");
+    // SIGINT, as Ctrl-C sends it: a clean stop.
+    let pid = child.id().unwrap() as i32;
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let status = within(30, child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
 /// The page in a real browser: sign in, then watch a lock, its waiter, its reservation and its
 /// release arrive without a reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

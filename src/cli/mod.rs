@@ -16,6 +16,7 @@ pub mod run;
 pub mod service;
 pub mod status;
 pub mod waits;
+pub mod watch;
 
 use std::io::IsTerminal;
 
@@ -83,7 +84,11 @@ pub enum Command {
         pg_pool_size: usize,
     },
     /// Show locks (with waiters), agents, notes, events and task queues.
-    Status,
+    Status {
+        /// Keep the view on screen and redraw it in place as things change (Ctrl-C stops).
+        #[arg(long)]
+        watch: bool,
+    },
     /// Install and start the always-on service (systemd user unit / LaunchAgent).
     InstallService {
         /// Show what would be written and run, and change nothing.
@@ -158,7 +163,8 @@ pub fn run(cli: Cli) -> i32 {
             return exit::USAGE;
         }
         Some(Command::Mcp) => return rt.block_on(bridge::run(client)),
-        Some(Command::Status) => return rt.block_on(status::run(&client, json)),
+        Some(Command::Status { watch: true }) => return rt.block_on(watch::run(&client)),
+        Some(Command::Status { watch: false }) => return rt.block_on(status::run(&client, json)),
         Some(Command::InstallService { print }) => return service::install(print),
         Some(Command::UninstallService { print }) => return service::uninstall(print),
         Some(Command::Run(args)) => return rt.block_on(run::run(&client, args)),
