@@ -9,12 +9,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::{bail, Context};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::MonotonicClock;
 use crate::cluster;
 use crate::config::{self, Token};
+use crate::conn::{self, Timeouts};
 use crate::core::Coordinator;
 use crate::core::CoreApi;
 use crate::http::{self, EdgeConfig};
@@ -72,12 +76,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let open_files = raise_fd_limit();
     config::prepare_home(&opts.home)?;
     let _lock = config::lock_home(&opts.home)?;
-    let addr: SocketAddr = opts.listen.parse().with_context(|| {
-        format!(
-            "--listen {:?} is not an address like 127.0.0.1:27183",
-            opts.listen
-        )
-    })?;
+    let addr: SocketAddr = config::parse_listen(&opts.listen).map_err(anyhow::Error::msg)?;
     let loopback = addr.ip().is_loopback();
     let token: Token = config::load_or_create_token(&opts.home)?;
     let require = opts.require_token || platform_requires_token() || !loopback;
@@ -85,17 +84,28 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         tracing::warn!(listen = %addr, "listening on a non-loopback address: every request must carry the token");
     }
 
-    let max_in_flight = match std::env::var("AIRLOCK_MAX_IN_FLIGHT") {
-        Err(_) => http::MAX_IN_FLIGHT,
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n >= 1 => n,
-            _ => bail!("AIRLOCK_MAX_IN_FLIGHT must be a whole number of 1 or more, got {v:?}"),
+    let max_in_flight = env_count("AIRLOCK_MAX_IN_FLIGHT", http::MAX_IN_FLIGHT)?;
+    let state_quota = match std::env::var("AIRLOCK_MAX_STATE_BYTES") {
+        Err(_) => DEFAULT_MAX_STATE_BYTES,
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(n) if n >= 1 << 20 => n,
+            _ => bail!(
+                "AIRLOCK_MAX_STATE_BYTES must be a whole number of bytes, at least 1048576 \
+                 (1 MiB), got {v:?}"
+            ),
         },
+    };
+    let timeouts = Timeouts {
+        header: env_millis("AIRLOCK_HEADER_TIMEOUT_MS", conn::HEADER_TIMEOUT)?,
+        body: env_millis("AIRLOCK_BODY_TIMEOUT_MS", conn::BODY_TIMEOUT)?,
+        idle: env_millis("AIRLOCK_IDLE_TIMEOUT_MS", conn::IDLE_TIMEOUT)?,
     };
 
     let (core, engine) = match &opts.store {
         config::StoreSpec::Sqlite => {
             let db_path = opts.home.join("state.db");
+            // SQLite opens these itself, following links: refuse links before it does.
+            config::check_database_files(&db_path)?;
             let store = SqliteStore::open(&db_path).map_err(|e| {
                 anyhow::anyhow!(
                     "cannot open the state database {}: {e}. If it is corrupt, stop here: move it \
@@ -106,10 +116,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             let (core, engine) =
                 Coordinator::start(Box::new(store), Arc::new(MonotonicClock::new()))
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
+            core.set_state_quota(state_quota);
             (Arc::new(core) as Arc<dyn CoreApi>, Some(engine))
         }
         config::StoreSpec::Postgres { url, pool_size } => {
-            let node = cluster::join(url, *pool_size).await?;
+            let node = cluster::join(url, *pool_size, state_quota).await?;
             (Arc::new(cluster::Shared(node)) as Arc<dyn CoreApi>, None)
         }
     };
@@ -123,8 +134,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         Err(e) => bail!("cannot listen on {addr}: {e}"),
     };
     let local = listener.local_addr()?;
-    let connection_cap = CappedListener::cap_for(max_in_flight, open_files);
-    let listener = CappedListener::new(listener, connection_cap);
+    let connection_cap = env_count(
+        "AIRLOCK_MAX_CONNECTIONS",
+        CappedListener::cap_for(max_in_flight, open_files),
+    )?;
+    let max_rejecting = CappedListener::rejecting_for(connection_cap, open_files);
+    let listener = CappedListener::new(listener, connection_cap, max_rejecting);
     let extra_hosts = if loopback {
         Vec::new()
     } else {
@@ -137,6 +152,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             token: require.then_some(token),
             extra_hosts,
             max_in_flight,
+            body_timeout: timeouts.body,
+            home: opts.home.clone(),
             stopping: stopping.clone(),
         },
     );
@@ -145,45 +162,67 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // Scripts and tests read this line to learn the port when listening on port 0.
     println!("airlock listening on http://{local}");
 
-    let drain_core = core.clone();
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        stop_signal.await;
-        stopping.cancel();
-        tracing::info!("shutting down: answering parked calls");
-        drain_core.drain().await;
-        let _ = stopping_tx.send(());
-    });
-    // A client that stalls half-way through sending a request would hold the graceful shutdown
-    // open for ever; after a grace period such connections are abandoned (nothing of theirs was
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(conn::serve(listener, app, timeouts, stop.clone()));
+    stop_signal.await;
+    // The dashboard's streams end first, so they hold no connection open through the drain.
+    stopping.cancel();
+    tracing::info!("shutting down: answering parked calls");
+    core.drain().await;
+    // Stop accepting; open connections finish what they are answering and close.
+    stop.cancel();
+    let tracker = server.await.context("the HTTP server failed")?;
+    // A client that stalls half-way through sending a request would hold the shutdown open for
+    // ever; after a grace period such connections are abandoned (nothing of theirs was
     // acknowledged, so nothing durable is lost).
-    let grace = async move {
-        if stopping_rx.await.is_err() {
-            std::future::pending::<()>().await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_ok()
+    {
+        drop(core);
+        if let Some(engine) = engine {
+            engine.join();
         }
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        r = server => {
-            r.context("the HTTP server failed")?;
-            drop(core);
-            if let Some(engine) = engine {
-                engine.join();
-            }
-        }
-        _ = grace => {
-            tracing::warn!(
-                "connections still open {}s after the stop signal (stalled clients); closing them",
-                SHUTDOWN_GRACE.as_secs()
-            );
-            // A barrier: everything sent to the engine before it is committed and answered. The
-            // abandoned connections still hold handles to the core, so the engine thread is not
-            // joined; the process exits next.
-            core.drain().await;
-        }
+    } else {
+        tracing::warn!(
+            "connections still open {}s after the stop signal (stalled clients); closing them",
+            SHUTDOWN_GRACE.as_secs()
+        );
+        // A barrier: everything sent to the engine before it is committed and answered. The
+        // abandoned connections still hold handles to the core, so the engine thread is not
+        // joined; the process exits next.
+        core.drain().await;
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The storage quota unless `AIRLOCK_MAX_STATE_BYTES` says otherwise: 4 GiB.
+pub const DEFAULT_MAX_STATE_BYTES: u64 = 4 << 30;
+
+/// A positive whole number from the environment variable `name`, else `default`.
+fn env_count(name: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => bail!("{name} must be a whole number of 1 or more, got {v:?}"),
+        },
+    }
+}
+
+/// A duration in milliseconds (1 to 3,600,000) from the environment variable `name`, else
+/// `default`.
+fn env_millis(name: &str, default: Duration) -> anyhow::Result<Duration> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(n) if (1..=3_600_000).contains(&n) => Ok(Duration::from_millis(n)),
+            _ => {
+                bail!("{name} must be a whole number of milliseconds from 1 to 3600000, got {v:?}")
+            }
+        },
+    }
 }
 
 /// How long after SIGTERM or ctrl-c open connections may take to finish before they are closed.

@@ -23,10 +23,15 @@ use tokio::sync::Semaphore;
 
 use crate::config::Token;
 use crate::core::{self as core_api, CoreApi};
+use crate::listener::ConnHandle;
 use crate::mcp::AirlockMcp;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// A body over [`MAX_BODY_BYTES`] is still read and thrown away up to this many bytes before the
+/// 413 goes out, so a client that writes its whole body before reading (most do) reads the answer
+/// instead of a reset connection. A larger declared `Content-Length` is answered at once.
+pub const DRAIN_BYTES: usize = 8 * MAX_BODY_BYTES;
 /// Most MCP requests in flight at once (parked waits included); more get 503. The daemon raises
 /// its open-files limit to the hard limit at start, so this many parked callers fit; lower it with
 /// `AIRLOCK_MAX_IN_FLIGHT` where the hard limit is small.
@@ -45,6 +50,10 @@ pub struct EdgeConfig {
     /// Cancelled when the daemon starts to stop: long-lived answers (the dashboard's live
     /// stream) end then, so they do not hold the graceful shutdown open.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// How long a request body may take to arrive once its head is read; 408 after.
+    pub body_timeout: std::time::Duration,
+    /// The state directory, to name the token file in the 401 answer.
+    pub home: std::path::PathBuf,
 }
 
 #[derive(Clone)]
@@ -66,7 +75,8 @@ pub fn app(core: Arc<dyn CoreApi>, edge: EdgeConfig) -> Router {
     let status_core = core.clone();
     let streams = crate::ui::Streams::new(core.clone(), edge.stopping.clone());
     let core: Arc<dyn CoreApi> = Arc::new(crate::metrics::Metered::new(core, calls));
-    let direct = AirlockMcp::new(core.clone());
+    let sightings = Arc::new(crate::identity::Sightings::default());
+    let direct = AirlockMcp::new(core.clone()).with_sightings(sightings.clone());
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
@@ -75,7 +85,7 @@ pub fn app(core: Arc<dyn CoreApi>, edge: EdgeConfig) -> Router {
         .with_max_request_body_bytes(MAX_BODY_BYTES + 1);
     let pages = crate::ui::pages(Arc::new(edge.clone()));
     let mcp = StreamableHttpService::new(
-        move || Ok(AirlockMcp::new(core.clone())),
+        move || Ok(AirlockMcp::new(core.clone()).with_sightings(sightings.clone())),
         Arc::new(NeverSessionManager::default()),
         config,
     );
@@ -104,18 +114,78 @@ async fn healthz() -> Json<Value> {
     Json(json!({"ok": true, "version": env!("CARGO_PKG_VERSION")}))
 }
 
-/// `GET /status`: every lock (with its waiters), agent, note, event and queue, and the engine's
-/// counts (commits, operations; the benchmark reads them), from one snapshot of the engine, as
-/// JSON. For `airlock status`; agents use the `list_*` tools.
-async fn status(State(core): State<Arc<dyn CoreApi>>) -> Response {
-    match core.call(core_api::Request::Status, None).await {
+/// `GET /status[?limit=N&cursor=C]`: a page of every lock (with its waiters), agent, note,
+/// event and queue, and the engine's counts (commits, operations; the benchmark reads them), from
+/// one snapshot of the engine, as JSON. Each section holds at most `limit` items (default and
+/// bounds as the `list_*` tools); `truncated` names the sections that go on and `next_cursor`
+/// fetches their next page. For `airlock status`; agents use the `list_*` tools.
+async fn status(
+    State(core): State<Arc<dyn CoreApi>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let page = match status_page(query.as_deref().unwrap_or("")) {
+        Ok(p) => p,
+        Err(e) => return edge_error(StatusCode::BAD_REQUEST, -32602, &e.to_string()),
+    };
+    match core.call(core_api::Request::Status(page), None).await {
         Ok(core_api::Response::Status(view)) => Json(view).into_response(),
         Ok(other) => edge_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             -32603,
             &format!("the engine answered a status request with {:?}", other),
         ),
+        Err(e @ core_api::CoreError::Invalid { .. }) => {
+            edge_error(StatusCode::BAD_REQUEST, -32602, &e.to_string())
+        }
         Err(e) => edge_error(StatusCode::SERVICE_UNAVAILABLE, -32603, &e.to_string()),
+    }
+}
+
+/// The `/status` query: `limit` and `cursor`, each at most once; anything else is refused.
+fn status_page(query: &str) -> Result<core_api::request::ListPage, core_api::CoreError> {
+    use core_api::CoreError;
+    let mut page = core_api::request::ListPage::default();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "limit" if page.limit.is_none() => {
+                page.limit = Some(value.trim().parse().map_err(|_| {
+                    CoreError::invalid(
+                        "limit",
+                        format!(
+                            "must be a whole number, got {:?}",
+                            crate::mcp::args::clip(&value)
+                        ),
+                    )
+                })?)
+            }
+            "cursor" if page.cursor.is_none() => page.cursor = Some(value.into_owned()),
+            "limit" | "cursor" => {
+                return Err(CoreError::invalid(&key, "is given more than once"));
+            }
+            other => {
+                return Err(CoreError::invalid(
+                    &crate::mcp::args::clip(other),
+                    "is not a /status parameter (it takes limit and cursor)",
+                ))
+            }
+        }
+    }
+    Ok(page)
+}
+
+/// A refusal with no request id, for [`edge_error_for`].
+fn refusal(status: StatusCode, code: i64, message: &str) -> Rejected {
+    Rejected {
+        id: Value::Null,
+        status,
+        code,
+        message: message.to_string(),
+    }
+}
+
+impl Rejected {
+    fn into_response(self) -> Response {
+        edge_error_for(self.id, self.status, self.code, &self.message)
     }
 }
 
@@ -154,15 +224,25 @@ fn host_part(authority: &str) -> &str {
     }
 }
 
-fn host_allowed(headers: &HeaderMap, config: &EdgeConfig) -> bool {
-    let Some(host) = headers.get(header::HOST) else {
-        // HTTP/1.0 without Host: no browser sends this, so no rebinding risk.
-        return true;
-    };
-    let Ok(host) = host.to_str() else {
-        return false;
-    };
-    let h = host_part(host.trim());
+/// The one value of header `name`: `Err` when it is sent more than once (two Hosts or two
+/// Origins could be read differently by a proxy in front and by airlock).
+fn single<'a>(
+    headers: &'a HeaderMap,
+    name: &header::HeaderName,
+) -> Result<Option<&'a HeaderValue>, Rejected> {
+    let mut all = headers.get_all(name).iter();
+    let first = all.next();
+    if all.next().is_some() {
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            -32600,
+            &format!("the request carries more than one {name} header; send exactly one"),
+        ));
+    }
+    Ok(first)
+}
+
+fn name_allowed(h: &str, config: &EdgeConfig) -> bool {
     is_loopback_host(h)
         || config.extra_hosts.iter().any(|x| {
             x.eq_ignore_ascii_case(h)
@@ -173,9 +253,65 @@ fn host_allowed(headers: &HeaderMap, config: &EdgeConfig) -> bool {
         })
 }
 
+/// Checks the request's authority: exactly one `Host` (or, in HTTP/2, the `:authority` alone),
+/// naming this machine, and an absolute request target naming it too.
+fn check_host(req: &Request, config: &EdgeConfig) -> Result<(), Rejected> {
+    let forbidden = || {
+        refusal(
+            StatusCode::FORBIDDEN,
+            -32001,
+            "Host is not a loopback name; airlock answers only requests addressed to this machine",
+        )
+    };
+    let host = single(req.headers(), &header::HOST)?;
+    let target = req.uri().authority().map(|a| a.as_str());
+    if host.is_none() && target.is_none() {
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            -32600,
+            "the request has no Host header; send one naming this machine (e.g. Host: 127.0.0.1)",
+        ));
+    }
+    if let Some(host) = host {
+        let Ok(host) = host.to_str() else {
+            return Err(forbidden());
+        };
+        if !name_allowed(host_part(host.trim()), config) {
+            return Err(forbidden());
+        }
+    }
+    if let Some(target) = target {
+        let target = target.rsplit_once('@').map_or(target, |(_, h)| h);
+        if !name_allowed(host_part(target), config) {
+            return Err(forbidden());
+        }
+    }
+    Ok(())
+}
+
+/// Longest value accepted in an `Mcp-*` header (rmcp quotes some of them in its answers).
+const MAX_MCP_HEADER_BYTES: usize = 64;
+
+/// `Mcp-*` headers (protocol version, session, SEP-2243 standard headers) are short.
+fn check_mcp_headers(headers: &HeaderMap) -> Result<(), Rejected> {
+    for (name, value) in headers {
+        if name.as_str().starts_with("mcp-") && value.len() > MAX_MCP_HEADER_BYTES {
+            return Err(refusal(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                &format!(
+                    "the {name} header is {} bytes long; at most {MAX_MCP_HEADER_BYTES} are accepted",
+                    value.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A request from a web page carries its page's Origin; only loopback pages may call.
-fn origin_allowed(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else {
+fn origin_allowed(origin: Option<&HeaderValue>) -> bool {
+    let Some(origin) = origin else {
         return true;
     };
     let Ok(origin) = origin.to_str() else {
@@ -226,8 +362,14 @@ pub struct Rejected {
     pub message: String,
 }
 
-/// What the edge makes of a POST body (already within [`MAX_BODY_BYTES`]): one JSON object, or
-/// the error to answer. Pure, so it can be fuzzed.
+/// What the edge makes of a POST body (already within [`MAX_BODY_BYTES`]): one JSON-RPC
+/// message as a JSON object, or the error to answer. Pure, so it can be fuzzed.
+///
+/// Refused, each with a JSON-RPC error: a body that is not JSON (-32700); duplicate keys at any
+/// depth, a batch, a non-object, a `jsonrpc` other than `"2.0"`, an `id` that is not a string or
+/// an integer, a missing or non-string `method` (unless the message is a response), and a body
+/// rmcp could not read as an MCP message (-32600); a `method` longer than 64 bytes (-32601).
+/// Inputs are quoted at most 64 bytes long.
 pub fn decode_body(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, Rejected> {
     let reject = |status, code, message: String| Rejected {
         id: Value::Null,
@@ -235,7 +377,14 @@ pub fn decode_body(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, Rejec
         code,
         message,
     };
-    let map = match serde_json::from_slice::<Value>(bytes) {
+    let map = match crate::strict_json::from_slice(bytes) {
+        Err(e) if e.is_data() => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                format!("invalid request: {e}"),
+            ))
+        }
         Err(e) => {
             return Err(reject(
                 StatusCode::BAD_REQUEST,
@@ -259,8 +408,133 @@ pub fn decode_body(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, Rejec
             ))
         }
     };
+    check_shape(&map)?;
     check_tool_call(&map)?;
     Ok(map)
+}
+
+/// The JSON-RPC 2.0 envelope, as MCP narrows it.
+fn check_shape(map: &serde_json::Map<String, Value>) -> Result<(), Rejected> {
+    let id = match map.get("id") {
+        None => None,
+        Some(id) if id.is_string() || id.is_i64() || id.is_u64() => Some(id.clone()),
+        Some(other) => {
+            return Err(Rejected {
+                id: Value::Null,
+                status: StatusCode::BAD_REQUEST,
+                code: -32600,
+                message: format!(
+                    "invalid request: id must be a string or an integer, got {}",
+                    json_kind(other)
+                ),
+            })
+        }
+    };
+    let invalid = |code: i64, message: String| Rejected {
+        id: id.clone().unwrap_or(Value::Null),
+        status: StatusCode::BAD_REQUEST,
+        code,
+        message,
+    };
+    match map.get("jsonrpc") {
+        Some(Value::String(v)) if v == "2.0" => {}
+        Some(other) => {
+            return Err(invalid(
+                -32600,
+                format!(
+                    "invalid request: jsonrpc must be \"2.0\", got {}",
+                    match other {
+                        Value::String(s) => format!("{:?}", crate::mcp::args::clip(s)),
+                        v => json_kind(v).to_string(),
+                    }
+                ),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                -32600,
+                "invalid request: jsonrpc must be \"2.0\" and is missing".into(),
+            ))
+        }
+    }
+    match map.get("method") {
+        Some(Value::String(m)) if m.len() > 64 => Err(invalid(
+            -32601,
+            format!("method not found: {}", crate::mcp::args::clip(m)),
+        )),
+        Some(Value::String(_)) => Ok(()),
+        Some(other) => Err(invalid(
+            -32600,
+            format!(
+                "invalid request: method must be a string, got {}",
+                json_kind(other)
+            ),
+        )),
+        // A response to a server request: an id, and a result or an error.
+        None if id.is_some() && (map.contains_key("result") || map.contains_key("error")) => Ok(()),
+        None => Err(invalid(
+            -32600,
+            "invalid request: method (a string) is missing".into(),
+        )),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a fractional number",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// What rmcp itself would refuse with a plain-text 415 (a shape its types do not read), as a
+/// JSON-RPC -32600 with any quoted input clipped to 64 bytes.
+fn check_mcp_message(map: &serde_json::Map<String, Value>) -> Result<(), Rejected> {
+    let value = Value::Object(map.clone());
+    match serde_json::from_value::<rmcp::model::ClientJsonRpcMessage>(value) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Rejected {
+            id: map.get("id").cloned().unwrap_or(Value::Null),
+            status: StatusCode::BAD_REQUEST,
+            code: -32600,
+            message: format!(
+                "invalid request: not an MCP message ({})",
+                clip_quoted(&e.to_string())
+            ),
+        }),
+    }
+}
+
+/// `message` with every quoted part (between backticks or double quotes) clipped to 64 bytes,
+/// and the whole to 512.
+fn clip_quoted(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(start) = rest.find(['`', '"']) {
+        let quote = rest.as_bytes()[start] as char;
+        out.push_str(&rest[..=start]);
+        let after = &rest[start + 1..];
+        let end = after.find(quote).unwrap_or(after.len());
+        out.push_str(&crate::mcp::args::clip(&after[..end]));
+        rest = &after[end..];
+        if let Some(r) = rest.strip_prefix(quote) {
+            out.push(quote);
+            rest = r;
+        }
+    }
+    out.push_str(rest);
+    if out.len() <= 512 {
+        return out;
+    }
+    let mut end = 512;
+    while !out.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &out[..end])
 }
 
 /// rmcp answers a `tools/call` whose params do not decode with a bare "method not found"; say
@@ -326,6 +600,9 @@ async fn plain_call(
     }
     let call = crate::mcp::plain_tool_call(body)?;
     let mut result = mcp.call_plain(call.name, call.arguments).await;
+    if let Some(w) = mcp.identity_warning(headers, call.arguments) {
+        crate::identity::annotate(&mut result, &w);
+    }
     // As rmcp answers a request that negotiated no version: without the 2026-07-28 field.
     result.result_type = None;
     let response = PlainResponse {
@@ -351,17 +628,70 @@ async fn plain_call(
     })
 }
 
+/// Why [`read_body`] gave up.
+enum BodyFailure {
+    /// Over [`MAX_BODY_BYTES`] (what arrived was read on and dropped, up to [`DRAIN_BYTES`]).
+    TooLarge,
+    /// Not all there within the body timeout.
+    Late,
+    /// The connection broke mid-body.
+    Broken,
+}
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`] within `timeout`. Past the limit it keeps
+/// reading and dropping frames up to [`DRAIN_BYTES`] in all, still within `timeout`, so the client
+/// finishes writing and reads the 413.
+async fn read_body(body: Body, timeout: std::time::Duration) -> Result<Bytes, BodyFailure> {
+    use http_body_util::BodyExt;
+    let read = async move {
+        let mut body = body;
+        let mut kept = bytes::BytesMut::new();
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return Err(BodyFailure::Broken);
+            };
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            seen += data.len();
+            if seen > DRAIN_BYTES {
+                return Err(BodyFailure::TooLarge);
+            }
+            if seen <= MAX_BODY_BYTES {
+                kept.extend_from_slice(&data);
+            }
+        }
+        if seen > MAX_BODY_BYTES {
+            Err(BodyFailure::TooLarge)
+        } else {
+            Ok(kept.freeze())
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(BodyFailure::Late))
+}
+
+/// `r` with `Connection: close`: the connection ends after it.
+fn closing(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 /// The Host and Origin checks: the refusal to answer, if the request is not addressed to this
-/// machine or comes from a page that is not served by it.
-pub(crate) fn refuse_foreign(headers: &HeaderMap, config: &EdgeConfig) -> Option<Response> {
-    if !host_allowed(headers, config) {
-        return Some(edge_error(
-            StatusCode::FORBIDDEN,
-            -32001,
-            "Host is not a loopback name; airlock answers only requests addressed to this machine",
-        ));
+/// machine or comes from a page that is not served by it (the guard's, and the dashboard's pages).
+pub(crate) fn refuse_foreign(req: &Request, config: &EdgeConfig) -> Option<Response> {
+    if let Err(r) = check_host(req, config) {
+        return Some(r.into_response());
     }
-    if !origin_allowed(headers) {
+    // A missing Origin is normal (every non-browser client); two are refused.
+    let origin = match single(req.headers(), &header::ORIGIN) {
+        Ok(o) => o,
+        Err(r) => return Some(r.into_response()),
+    };
+    if !origin_allowed(origin) {
         return Some(edge_error(
             StatusCode::FORBIDDEN,
             -32001,
@@ -373,7 +703,7 @@ pub(crate) fn refuse_foreign(headers: &HeaderMap, config: &EdgeConfig) -> Option
 
 async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Response {
     let config = &state.config;
-    if let Some(refused) = refuse_foreign(req.headers(), config) {
+    if let Some(refused) = refuse_foreign(&req, config) {
         return refused;
     }
     if let Some(token) = &config.token {
@@ -381,9 +711,17 @@ async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Resp
             return edge_error(
                 StatusCode::UNAUTHORIZED,
                 -32001,
-                "missing or wrong bearer token: send 'Authorization: Bearer <contents of ~/.airlock/token>'",
+                &format!(
+                    "missing or wrong bearer token: send 'Authorization: Bearer <contents of {}>'",
+                    config.home.join("token").display()
+                ),
             );
         }
+    }
+    // Authenticated (or no token is required here): this connection keeps its place under the
+    // connection cap when unauthenticated ones arrive.
+    if let Some(conn) = req.extensions().get::<ConnHandle>() {
+        conn.trust();
     }
     let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
         return edge_error(
@@ -395,6 +733,9 @@ async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Resp
             ),
         );
     };
+    if let Err(r) = check_mcp_headers(req.headers()) {
+        return r.into_response();
+    }
     if req.method() != axum::http::Method::POST {
         return next.run(req).await;
     }
@@ -410,13 +751,31 @@ async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Resp
             &format!("request body is larger than the {MAX_BODY_BYTES}-byte limit"),
         )
     };
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-        return too_large();
+    if declared.is_some_and(|n| n > DRAIN_BYTES) {
+        // Too large to be worth reading on: answer now and close.
+        return closing(too_large());
     }
     let (mut parts, body) = req.into_parts();
-    let bytes: Bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+    let bytes: Bytes = match read_body(body, config.body_timeout).await {
         Ok(b) => b,
-        Err(_) => return too_large(),
+        Err(BodyFailure::TooLarge) => return closing(too_large()),
+        Err(BodyFailure::Broken) => {
+            return closing(edge_error(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                "the request body could not be read",
+            ))
+        }
+        Err(BodyFailure::Late) => {
+            return closing(edge_error(
+                StatusCode::REQUEST_TIMEOUT,
+                -32600,
+                &format!(
+                    "the request body did not arrive within {} ms",
+                    config.body_timeout.as_millis()
+                ),
+            ));
+        }
     };
     let body = match decode_body(&bytes) {
         Ok(body) => body,
@@ -424,6 +783,9 @@ async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Resp
     };
     if let Some(r) = plain_call(&state.mcp, &parts.headers, &body).await {
         return r;
+    }
+    if let Err(r) = check_mcp_message(&body) {
+        return edge_error_for(r.id, r.status, r.code, &r.message);
     }
     // curl sends `Accept: */*`; rmcp wants both types listed. We answer plain JSON either way.
     if !accepts_both(&parts.headers) {
@@ -453,23 +815,58 @@ mod tests {
         assert_eq!(host_part("localhost"), "localhost");
         assert!(is_loopback_host("127.0.0.1") && is_loopback_host("::1"));
         assert!(!is_loopback_host("evil.example.com"));
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("http://localhost:3000"),
+        let o = |s: &'static str| origin_allowed(Some(&HeaderValue::from_static(s)));
+        assert!(o("http://localhost:3000"));
+        assert!(!o("https://evil.example.com"));
+        assert!(!o("null"));
+        assert!(!o("http://127.0.0.1.evil.com"));
+        assert!(origin_allowed(None));
+    }
+
+    #[test]
+    fn malformed_json_rpc_is_answered_as_json_rpc_errors() {
+        let code = |body: &str| {
+            decode_body(body.as_bytes())
+                .map(|_| 0)
+                .unwrap_or_else(|r| r.code)
+        };
+        assert_eq!(code(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), 0);
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
+            0
         );
-        assert!(origin_allowed(&h));
-        h.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("https://evil.example.com"),
+        assert_eq!(code(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#), 0);
+        assert_eq!(code(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#), -32600);
+        assert_eq!(code(r#"{"id":1,"method":"ping"}"#), -32600);
+        for id in ["null", "{}", "1.5", "[1]", "true"] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
+            assert_eq!(code(&body), -32600, "{body}");
+        }
+        assert_eq!(code(r#"{"jsonrpc":"2.0","id":1,"method":7}"#), -32600);
+        assert_eq!(code(r#"{"jsonrpc":"2.0","id":1}"#), -32600);
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","id":1,"method":"a","method":"b"}"#),
+            -32600
         );
-        assert!(!origin_allowed(&h));
-        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
-        assert!(!origin_allowed(&h));
-        h.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("http://127.0.0.1.evil.com"),
+        assert_eq!(code(r#"{"jsonrpc":"2.0","id":1,"method":"ping""#), -32700);
+        let long = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"{}"}}"#,
+            "m".repeat(100_000)
         );
-        assert!(!origin_allowed(&h));
+        let r = decode_body(long.as_bytes()).unwrap_err();
+        assert_eq!(r.code, -32601);
+        assert!(r.message.len() < 200, "{}", r.message);
+        let r = decode_body(r#"{"jsonrpc":"2.0","id":7,"method":"x","jsonrpc":"2.0"}"#.as_bytes())
+            .unwrap_err();
+        assert!(r.message.contains("duplicate key"), "{}", r.message);
+    }
+
+    #[test]
+    fn quoted_inputs_are_clipped() {
+        let m = format!("unknown variant `{}`, expected `a`", "v".repeat(1000));
+        let c = clip_quoted(&m);
+        assert!(c.len() < 150 && c.ends_with("expected `a`"), "{c}");
+        assert_eq!(clip_quoted("no quotes"), "no quotes");
+        assert_eq!(clip_quoted("open `end"), "open `end");
     }
 }

@@ -22,18 +22,22 @@
 //! - [`cli`]: the command line; every command but `serve` is an HTTP client of the daemon.
 //! - `testkit` (hidden, **not part of the API**): the harness the integration tests and the
 //!   benchmark tool share (real daemon processes, tool calls, throwaway PostgreSQL databases).
+//! - [`identity`]: one `agent_id` used from two clients at once, noticed and said in the answer.
 
 pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod conn;
 pub mod core;
 pub mod daemon;
 pub mod http;
+pub mod identity;
 pub mod listener;
 pub mod mcp;
 pub mod metrics;
 pub mod store;
+pub mod strict_json;
 #[doc(hidden)]
 pub mod testkit;
 pub mod ui;

@@ -1,7 +1,5 @@
 //! The `airlock` binary: parse the command line, start logging, dispatch, exit with its code.
 
-use clap::Parser;
-
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -13,6 +11,8 @@ fn main() {
             }),
         )
         .init();
-    let cli = airlock::cli::Cli::parse();
-    std::process::exit(airlock::cli::run(cli));
+    match airlock::cli::output::parse_args() {
+        Ok(cli) => std::process::exit(airlock::cli::run(cli)),
+        Err(code) => std::process::exit(code),
+    }
 }

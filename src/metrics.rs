@@ -24,7 +24,8 @@ use futures::future::BoxFuture;
 
 pub use crate::core::metrics::{EngineMetrics, Histogram};
 use crate::core::{
-    CoreApi, CoreError, CoreResult, ProgressFn, Request, Response as CoreResponse, StatusView, Tool,
+    request::ListPage, CoreApi, CoreError, CoreResult, ProgressFn, Request,
+    Response as CoreResponse, StatusView, Tool, MAX_PAGE_ITEMS,
 };
 
 /// Bucket bounds of the call-latency histogram, in seconds (parked calls reach the high ones).
@@ -148,16 +149,9 @@ pub struct MetricsState {
 
 /// `GET /metrics`.
 pub async fn handler(State(state): State<MetricsState>) -> Response {
-    let view = match state.core.call(Request::Status, None).await {
-        Ok(CoreResponse::Status(v)) => v,
-        Ok(other) => {
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the engine answered status with {other:?}"),
-            )
-                .into_response()
-        }
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    let view = match whole_status(state.core.as_ref()).await {
+        Ok(v) => v,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
     };
     let body = render(&state.calls, state.core.engine_metrics().as_deref(), &view);
     let mut r = body.into_response();
@@ -166,6 +160,38 @@ pub async fn handler(State(state): State<MetricsState>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
+}
+
+/// Every page of the status snapshot, one after another, as one view (the gauges count all
+/// locks, agents and queues, not only the first page's).
+async fn whole_status(core: &dyn CoreApi) -> Result<StatusView, String> {
+    let mut whole: Option<StatusView> = None;
+    let mut cursor = None;
+    loop {
+        let page = ListPage {
+            limit: Some(MAX_PAGE_ITEMS as i64),
+            cursor: cursor.take(),
+        };
+        let v = match core.call(Request::Status(page), None).await {
+            Ok(CoreResponse::Status(v)) => v,
+            Ok(other) => return Err(format!("the engine answered status with {other:?}")),
+            Err(e) => return Err(e.to_string()),
+        };
+        cursor = v.next_cursor.clone();
+        match &mut whole {
+            None => whole = Some(v),
+            Some(w) => {
+                w.locks.extend(v.locks);
+                w.agents.extend(v.agents);
+                w.notes.extend(v.notes);
+                w.events.extend(v.events);
+                w.queues.extend(v.queues);
+            }
+        }
+        if cursor.is_none() {
+            return whole.ok_or_else(|| "no status page".to_string());
+        }
+    }
 }
 
 /// A label value, escaped as the text format wants (backslash, double quote, newline).

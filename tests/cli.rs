@@ -340,6 +340,60 @@ async fn counter_agent_and_event_commands() {
 }
 
 #[tokio::test]
+async fn task_options_dead_letters_and_retries_from_the_shell() {
+    let d = Daemon::start().await;
+    let push = [
+        "task",
+        "push",
+        "q",
+        "job",
+        "--max-attempts",
+        "1",
+        "--unique-key",
+        "k",
+    ];
+    assert_eq!(expect(&d, &push, 0).await, "1");
+    let again = expect_json(&d, &push, 0).await;
+    assert_eq!(again, json!({"id": 1, "duplicate": true}));
+    let later = ["task", "push", "q", "later", "--delay", "600"];
+    assert_eq!(expect(&d, &later, 0).await, "2");
+    let c = expect_json(&d, &["task", "claim", "q", "--agent", "w"], 0).await;
+    assert_eq!(c["id"], 1, "the delayed task is not claimable yet: {c}");
+    let token = c["lease_token"].as_str().unwrap();
+    let fail = [
+        "task",
+        "fail",
+        "1",
+        "--token",
+        token,
+        "--error",
+        "disk full",
+    ];
+    expect(&d, &fail, 0).await;
+    let t = expect_json(&d, &["task", "get", "1"], 0).await;
+    assert_eq!(
+        (&t["state"], &t["last_error"]),
+        (&json!("dead"), &json!("disk full"))
+    );
+    expect(&d, &["task", "get", "99"], 1).await;
+    let dead = expect(&d, &["task", "list", "q", "--state", "dead"], 0).await;
+    assert!(dead.starts_with("1\tdead"), "{dead}");
+    let queues = expect(&d, &["task", "queues"], 0).await;
+    assert!(
+        queues.contains("pending 1") && queues.contains("dead 1"),
+        "{queues}"
+    );
+    assert_eq!(expect(&d, &["task", "retry", "1"], 0).await, "retried");
+    expect(&d, &["task", "retry", "1"], 1).await;
+    let c = expect_json(&d, &["task", "claim", "q", "--agent", "w"], 0).await;
+    let token = c["lease_token"].as_str().unwrap();
+    let done = ["task", "complete", "1", "--token", token, "--result", "ok"];
+    assert_eq!(expect(&d, &done, 0).await, "completed");
+    let t = expect_json(&d, &["task", "get", "1"], 0).await;
+    assert_eq!(t["result"], "ok");
+}
+
+#[tokio::test]
 async fn task_commands_and_their_exit_codes() {
     let d = Daemon::start().await;
     assert_eq!(expect(&d, &["task", "push", "q", "job-1"], 0).await, "1");
@@ -562,6 +616,8 @@ async fn install_service_print_shows_the_unit_and_touches_nothing() {
         30,
         cmd(&d, &["install-service", "--print"])
             .env("HOME", home.path())
+            // No installed airlock on PATH: the unit names the binary under test (with a warning).
+            .env("PATH", "/usr/bin:/bin")
             .env_remove("XDG_CONFIG_HOME")
             .env_remove("AIRLOCK_HOME")
             .output(),
@@ -748,6 +804,14 @@ async fn bare_airlock_on_a_pipe_is_the_bridge_and_starts_a_daemon() {
         .unwrap()
         .0;
     let client = within(60, ().serve(child)).await.unwrap();
+    // The daemon is started once the handshake is done; the first call finds it (or starts it).
+    let r = within(
+        60,
+        client.call_tool(call("set_note", json!({"key": "k", "value": "v"}))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tool_json(&r), json!({"saved": true}));
     let pid: i32 = std::fs::read_to_string(home.join("daemon.lock"))
         .expect("the auto-started daemon holds daemon.lock")
         .trim()
@@ -762,14 +826,6 @@ async fn bare_airlock_on_a_pipe_is_the_bridge_and_starts_a_daemon() {
         }
     }
     let _daemon = KillOnDrop(pid);
-
-    let r = within(
-        30,
-        client.call_tool(call("set_note", json!({"key": "k", "value": "v"}))),
-    )
-    .await
-    .unwrap();
-    assert_eq!(tool_json(&r), json!({"saved": true}));
     // The daemon it started listens where the URL points, and outlives the bridge.
     within(30, client.cancel()).await.unwrap();
     let token = std::fs::read_to_string(home.join("token")).unwrap();
@@ -792,6 +848,16 @@ async fn bare_airlock_on_a_pipe_is_the_bridge_and_starts_a_daemon() {
         serde_json::from_str(body["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
     assert_eq!(got["value"], "v");
     assert!(home.join("daemon.log").exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(home.join("daemon.log"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "daemon.log is private like every other file"
+    );
 }
 
 #[tokio::test]

@@ -1303,3 +1303,246 @@ async fn only_the_session_holding_the_coordinator_lock_can_answer_a_call() {
         vec![(id2, r#"{"ok":2}"#.to_string())]
     );
 }
+
+/// A caller that goes away while its forwarded call's INSERT is under way (held up here by a
+/// table lock) leaves no call behind: the row is withdrawn once it lands, so the call never runs
+/// for nobody with its grant held until its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_gone_during_the_forwarding_insert_leaves_nothing_behind() {
+    let Some(mut c) = Cluster::new("cluster::a_caller_gone_during_the_forwarding_insert").await
+    else {
+        return;
+    };
+    let m = c.start_n(2).await;
+    let (a, b) = (&m[0].d, &m[1].d);
+    // A call first, so the INSERT is prepared on the forwarding connection: the table lock then
+    // holds up the INSERT itself, not its preparation (a prepare cut off leaves nothing).
+    b.call("list_locks", json!({})).await;
+    let blocker = c.db.connect().await.expect("connect");
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE airlock.calls IN EXCLUSIVE MODE")
+        .await
+        .expect("lock airlock.calls");
+    let args = json!({"name": "x", "agent_id": "gone", "ttl_seconds": 3600});
+    let call = b.call_raw("lock_resource", args);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), call)
+            .await
+            .is_err(),
+        "the INSERT was held up"
+    );
+    // The caller is gone (its connection closed); now the INSERT lands.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    blocker.batch_execute("ROLLBACK").await.expect("unlock");
+    within(60, async {
+        loop {
+            let left: i64 =
+                c.pg.query_one("SELECT count(*) FROM airlock.calls", &[])
+                    .await
+                    .expect("count calls")
+                    .get(0);
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        holder(a, "x").await,
+        None,
+        "nobody holds a grant nobody read"
+    );
+}
+
+/// Issue 13, item 7: the coordinator grants a forwarded call, then dies before its answer is
+/// written, and the caller leaves. The grant was written beside the call's row in the grant's
+/// own transaction, so the next coordinator gives it back at once; without that record the lock
+/// stayed held for nobody until its TTL (ten minutes here).
+///
+/// A trigger holds the answer back (it refuses to mark this call's row answered, and refuses the
+/// new coordinator's re-take of it, so the row stays exactly as the dead coordinator left it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grant_left_by_a_coordinator_that_died_unanswered_is_given_back() {
+    let Some(mut c) = Cluster::new("cluster::a_grant_left_by_a_dead_coordinator").await else {
+        return;
+    };
+    let mut m = c.start_n(2).await;
+    let b = m.pop().unwrap();
+    let a = m.pop().unwrap();
+    b.d.call("list_locks", json!({})).await;
+    c.pg.batch_execute(
+        "CREATE FUNCTION public.hold_answers() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF OLD.state = 'running' AND OLD.args LIKE '%\"gone\"%' AND (NEW.state = 'done'
+              OR (NEW.state = 'running' AND NEW.orphan IS NOT DISTINCT FROM OLD.orphan)) THEN
+             RAISE EXCEPTION 'answers held back by the test';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER hold_answers BEFORE UPDATE ON airlock.calls
+           FOR EACH ROW EXECUTE FUNCTION public.hold_answers();",
+    )
+    .await
+    .expect("install the trigger");
+
+    // The caller, through the forwarding daemon: the coordinator grants, cannot answer.
+    let caller = {
+        let d = b.d.clone();
+        tokio::spawn(async move {
+            d.call_raw(
+                "lock_resource",
+                json!({"name": "held-answer", "agent_id": "gone", "ttl_seconds": 600}),
+            )
+            .await
+        })
+    };
+    within(20, async {
+        while holder(&a.d, "held-answer").await.as_deref() != Some("gone") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(!caller.is_finished(), "the answer was held back");
+
+    // The coordinator dies with the answer unwritten; then the caller leaves.
+    let mut dead = a.take();
+    dead.kill();
+    caller.abort();
+    let _ = caller.await;
+
+    // The survivor coordinates and gives the grant back: the next caller gets the lock.
+    let next = lock(&b.d, "held-answer", "next", json!({"wait_seconds": 30})).await;
+    assert_eq!(
+        next["locked"],
+        json!(true),
+        "the grant nobody read was held: {next}"
+    );
+    let left: i64 =
+        c.pg.query_one(
+            "SELECT count(*) FROM airlock.calls WHERE args LIKE '%\"gone\"%'",
+            &[],
+        )
+        .await
+        .expect("count calls")
+        .get(0);
+    assert_eq!(left, 0, "the abandoned call's row is cleared");
+}
+
+/// The same, for a claim whose caller is still waiting: the new coordinator re-runs
+/// `claim_next_task`, and gives back the lease the dead coordinator granted first, so the caller
+/// gets that task rather than the next one while the first stays leased to nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_left_by_a_coordinator_that_died_unanswered_is_given_back_before_the_rerun() {
+    let Some(mut c) = Cluster::new("cluster::a_lease_left_by_a_dead_coordinator").await else {
+        return;
+    };
+    let mut m = c.start_n(2).await;
+    let b = m.pop().unwrap();
+    let a = m.pop().unwrap();
+    let first =
+        b.d.call("push_task", json!({"queue": "q", "payload": "1"}))
+            .await["id"]
+            .clone();
+    b.d.call("push_task", json!({"queue": "q", "payload": "2"}))
+        .await;
+    c.pg.batch_execute(
+        "CREATE TABLE public.hold (on_ BOOLEAN);
+         INSERT INTO public.hold VALUES (true);
+         CREATE FUNCTION public.hold_answers() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF OLD.state = 'running' AND NEW.state = 'done' AND OLD.args LIKE '%\"claimer\"%'
+              AND EXISTS (SELECT 1 FROM public.hold) THEN
+             RAISE EXCEPTION 'answers held back by the test';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER hold_answers BEFORE UPDATE ON airlock.calls
+           FOR EACH ROW EXECUTE FUNCTION public.hold_answers();",
+    )
+    .await
+    .expect("install the trigger");
+    let caller = {
+        let d = b.d.clone();
+        tokio::spawn(async move {
+            d.call_raw(
+                "claim_next_task",
+                json!({"queue": "q", "agent_id": "claimer", "lease_seconds": 600}),
+            )
+            .await
+        })
+    };
+    // Claimed, answer held back.
+    within(20, async {
+        loop {
+            let tasks = a.d.call("list_tasks", json!({"queue": "q"})).await;
+            if tasks.to_string().contains("claimed") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(!caller.is_finished(), "the answer was held back");
+    let mut dead = a.take();
+    dead.kill();
+    c.pg.batch_execute("DELETE FROM public.hold")
+        .await
+        .expect("let answers through");
+    let got = within(30, caller).await.expect("the caller's task");
+    let text = got["result"]["content"][0]["text"].as_str().unwrap_or("");
+    let claim: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    assert_eq!(
+        claim["id"], first,
+        "the re-run claimed the next task: {got}"
+    );
+    let tasks = b.d.call("list_tasks", json!({"queue": "q"})).await;
+    let claimed = tasks
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|t| t["state"] == "claimed")
+        .count();
+    assert_eq!(claimed, 1, "one task leased, to the caller: {tasks}");
+}
+
+/// Forwarded arguments that do not read back are refused with an error; they never run as an
+/// empty argument list (a `list_notes` with none would have answered every note).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarded_arguments_that_do_not_parse_are_refused() {
+    let Some(mut c) = Cluster::new("cluster::forwarded_arguments_that_do_not_parse").await else {
+        return;
+    };
+    let m = c.start_n(2).await;
+    let daemon = m[1].app.trim_start_matches("airlock ").to_string();
+    let id: i64 =
+        c.pg.query_one(
+            "WITH c AS (INSERT INTO airlock.calls (daemon, tool, args) \
+             VALUES ($1, 'list_notes', '{not json') RETURNING id) \
+             SELECT id, pg_notify('airlock_coordinator', 'q' || id) FROM c",
+            &[&daemon],
+        )
+        .await
+        .expect("insert a call")
+        .get(0);
+    let result: String = within(30, async {
+        loop {
+            let row =
+                c.pg.query_opt(
+                    "SELECT result FROM airlock.calls WHERE id = $1 AND result IS NOT NULL",
+                    &[&id],
+                )
+                .await
+                .expect("read the call");
+            if let Some(row) = row {
+                break row.get(0);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        result.contains("\"err\"") && result.contains("could not be read"),
+        "{result}"
+    );
+}

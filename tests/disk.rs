@@ -67,8 +67,9 @@ async fn an_unwritable_state_directory_is_a_clear_error_at_start() {
         err.contains("cannot create the state directory"),
         "stderr: {err}"
     );
-    // A read-only file system (root ignores permission bits, so a mode is not enough).
-    match Tmpfs::mount(&tmp.path().join("ro"), "size=1m,ro") {
+    // A read-only file system (root ignores permission bits, so a mode is not enough). Mode
+    // 0700: a tmpfs is 1777 by default, and a home other users can write to is refused first.
+    match Tmpfs::mount(&tmp.path().join("ro"), "size=1m,ro,mode=0700") {
         Some(ro) => {
             let (code, err) = refused_start(&ro.0.join("home")).await;
             assert_ne!(code, Some(0));
@@ -267,4 +268,95 @@ async fn a_corrupt_state_db_refuses_to_start_and_is_left_alone() {
     );
     eprintln!("garbage: {err}");
     assert_eq!(file_bytes(&db), garbage, "the file was replaced");
+}
+
+/// Another process holds SQLite's write lock for a few seconds (a backup tool, a `sqlite3`
+/// shell) while calls run. The daemon's `BEGIN IMMEDIATE` fails with SQLITE_BUSY after its busy
+/// timeout; such a batch must not go on in autocommit mode (each write would commit while its
+/// caller is told "storage error"). Afterwards the state matches what every caller was told,
+/// and the deadlines that fell due during the fault fire once the lock is released.
+#[tokio::test]
+async fn an_outside_write_lock_fails_calls_honestly_and_deadlines_still_fire() {
+    let d = std::sync::Arc::new(Daemon::start_sqlite().await);
+    // A presence that lapses during the fault, holding a lock someone waits for.
+    d.call(
+        "register_agent",
+        json!({"agent_id": "lapser", "ttl_seconds": 2}),
+    )
+    .await;
+    common::lock(&d, "held", "lapser", json!({"ttl_seconds": 300})).await;
+    let waiter = common::spawn_lock(&d, "held", "waiter", json!({"wait_seconds": 45}));
+    common::within(60, async {
+        while d.call("list_locks", json!({})).await[0]["waiters"] != json!(1) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    let mut outside = rusqlite::Connection::open(d.home.join("state.db")).unwrap();
+    outside.busy_timeout(Duration::from_secs(30)).unwrap();
+    let tx = outside
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    // Writes start while the lock is held and go on past its release, so some batches begin
+    // during the fault and meet its end half-way through their busy wait.
+    let mut writers = Vec::new();
+    for i in 0..40u32 {
+        let d = d.clone();
+        writers.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(u64::from(i) * 250)).await;
+            let key = format!("k{i}");
+            let body = d
+                .call_raw("set_note", json!({"key": key, "value": "v"}))
+                .await;
+            (key, body["result"]["isError"] != json!(true))
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    tx.rollback().unwrap();
+
+    let mut saved = 0;
+    for w in writers {
+        let (key, ok) = common::within(120, w).await.unwrap();
+        let found = d.call("get_note", json!({"key": key})).await["found"] != json!(false);
+        assert_eq!(
+            found, ok,
+            "note {key}: answered saved={ok}, present={found}"
+        );
+        saved += usize::from(ok);
+    }
+    eprintln!("{saved} of 40 writes saved around a 6.5 s outside write lock");
+    assert!(saved > 0, "writes after the release must succeed");
+
+    // The lapse fell due during the fault: it fires, and the lock goes to its waiter (or, if
+    // that grant's batch failed, the waiter was told so and does not hold it).
+    let granted = common::within(120, waiter).await.unwrap();
+    let locks = common::within(60, async {
+        loop {
+            let locks = d.call("list_locks", json!({})).await;
+            let by_lapser = locks
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["agent_id"] == json!("lapser"));
+            if !by_lapser {
+                break locks;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let holder = locks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == json!("held"))
+        .map(|l| l["agent_id"].clone());
+    if granted["locked"] == json!(true) {
+        assert_eq!(holder, Some(json!("waiter")), "{locks}");
+    } else {
+        assert_eq!(holder, None, "a waiter told no does not hold it: {locks}");
+    }
+    let agents = d.call("list_agents", json!({})).await;
+    assert_eq!(agents, json!([]), "the lapse fired");
 }

@@ -290,14 +290,12 @@ async fn client(world: Arc<World>, id: usize, seed: u64) {
                 )
                 .await;
         } else if roll < 90 {
-            world
-                .call(
-                    &http,
-                    &me,
-                    "push_task",
-                    json!({"queue": QUEUE, "payload": format!("{me}-{seq}")}),
-                )
-                .await;
+            let mut args = json!({"queue": QUEUE, "payload": format!("{me}-{seq}")});
+            // One push in three carries one of a few unique keys: at most one live task each.
+            if rng.random_range(0..3) == 0 {
+                args["unique_key"] = json!(format!("fault-key-{}", rng.random_range(0..3)));
+            }
+            world.call(&http, &me, "push_task", args).await;
         } else {
             let c = world
                 .call(
@@ -537,9 +535,20 @@ fn check_cas(calls: &[Call], r: &mut Report) {
 fn check_tasks(calls: &[Call], final_tasks: &[Value], r: &mut Report) {
     let mut pushed: BTreeMap<i64, String> = BTreeMap::new();
     let mut maybe_payloads: HashSet<String> = HashSet::new();
+    // Pushes answered `duplicate: true`: (the id they were given, the key they asked for).
+    let mut duplicates: Vec<(i64, String)> = Vec::new();
     for c in calls.iter().filter(|c| c.tool == "push_task") {
         let payload = c.args["payload"].as_str().unwrap().to_string();
+        let duplicate = c.answer().is_some_and(|a| a["duplicate"] == json!(true));
         if let Some(id) = c.answer().and_then(|a| a["id"].as_i64()) {
+            if duplicate {
+                let key = c.args["unique_key"].as_str().unwrap_or("").to_string();
+                r.check(!key.is_empty(), || {
+                    format!("a push without a unique_key was answered duplicate (task {id})")
+                });
+                duplicates.push((id, key));
+                continue;
+            }
             r.check(pushed.insert(id, payload.clone()).is_none(), || {
                 format!("task id {id} returned by two pushes")
             });
@@ -625,6 +634,27 @@ fn check_tasks(calls: &[Call], final_tasks: &[Value], r: &mut Report) {
         r.check(maybe_payloads.contains(p), || {
             format!("task {p:?} appeared without a push")
         });
+    }
+    // Unique keys: a duplicate answer names a task pushed with that key, and no two tasks with
+    // one key are live (pending or claimed) at the end.
+    for (id, key) in &duplicates {
+        if let Some(t) = by_id.get(id) {
+            r.check(t["unique_key"] == json!(key), || {
+                format!("a push with key {key} was answered duplicate of task {id}, which has another key")
+            });
+        }
+    }
+    let mut live_keys: HashMap<&str, i64> = HashMap::new();
+    for t in final_tasks {
+        let live = ["pending", "claimed"].contains(&t["state"].as_str().unwrap_or(""));
+        if let (true, Some(key)) = (live, t["unique_key"].as_str()) {
+            let id = t["id"].as_i64().unwrap_or(0);
+            if let Some(other) = live_keys.insert(key, id) {
+                r.check(false, || {
+                    format!("tasks {other} and {id} are both live with unique_key {key}")
+                });
+            }
+        }
     }
 }
 
@@ -1026,6 +1056,57 @@ fn the_checker_catches_repeated_counters_lost_tasks_and_double_completion() {
     check_tasks(
         &[push, claim("l1", 10, 11), done("l1", 100)],
         &final_state,
+        &mut r,
+    );
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+}
+
+#[test]
+fn the_checker_catches_two_live_tasks_with_one_unique_key() {
+    let push = |payload: &str, answer: Value| {
+        rec(
+            "push_task",
+            json!({"queue": QUEUE, "payload": payload, "unique_key": "k"}),
+            0,
+            1,
+            Some(answer),
+        )
+    };
+    let task = |id: i64, payload: &str, state: &str, key: &str| json!({"id": id, "payload": payload, "state": state, "unique_key": key});
+    let mut r = Report::default();
+    check_tasks(
+        &[push("a", json!({"id": 1})), push("b", json!({"id": 2}))],
+        &[task(1, "a", "pending", "k"), task(2, "b", "claimed", "k")],
+        &mut r,
+    );
+    assert!(
+        r.violations.iter().any(|v| v.contains("both live")),
+        "{:?}",
+        r.violations
+    );
+    let mut r = Report::default();
+    check_tasks(
+        &[
+            push("a", json!({"id": 1})),
+            push("b", json!({"id": 1, "duplicate": true})),
+        ],
+        &[task(1, "a", "pending", "other")],
+        &mut r,
+    );
+    assert!(
+        r.violations.iter().any(|v| v.contains("another key")),
+        "{:?}",
+        r.violations
+    );
+    // One live, one finished, and a duplicate pointing at the live one: fine.
+    let mut r = Report::default();
+    check_tasks(
+        &[
+            push("a", json!({"id": 1})),
+            push("b", json!({"id": 2})),
+            push("c", json!({"id": 2, "duplicate": true})),
+        ],
+        &[task(1, "a", "completed", "k"), task(2, "b", "pending", "k")],
         &mut r,
     );
     assert!(r.violations.is_empty(), "{:?}", r.violations);

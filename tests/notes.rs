@@ -771,10 +771,7 @@ async fn tools_list_describes_every_tool_with_schema_and_annotations() {
     assert_eq!(required("increment_counter"), ["name"]);
     assert!(required("list_notes").is_empty());
     for (tool, props) in [
-        (
-            "set_note",
-            &["key", "value", "author", "ttl_seconds", "ttl_minutes"][..],
-        ),
+        ("set_note", &["key", "value", "author", "ttl_seconds"][..]),
         (
             "set_note_if",
             &[

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use airlock::store::postgres::{self, PgStore, SCHEMA_VERSION};
 use airlock::store::sqlite::SqliteStore;
-use airlock::store::{AgentRow, EventRow, LockRow, NoteRow, Store, StoreError, TaskRow, TaskState};
+use airlock::store::{
+    AgentRow, EventRow, LockRow, NewTask, NoteRow, QueueCount, Store, StoreError, TaskRow,
+    TaskState,
+};
 use airlock::testkit::postgres::{self as testing, TestDb};
 
 // ------------------------------------------------------------------ the shared checks
@@ -47,6 +50,18 @@ const CHECKS: &[(&str, Check)] = &[
     ),
     ("task_list by queue and in all, in id order", task_list),
     (
+        "task options: delay, attempt limit, unique key, error, result, dead",
+        task_options,
+    ),
+    (
+        "task_list_in filters by state; task_counts counts",
+        task_counts,
+    ),
+    (
+        "pages: limit, cursor, byte budget, liveness, values left out, counts",
+        pages,
+    ),
+    (
         "tasks_leased_by: claimed tasks of that agent only",
         tasks_leased_by,
     ),
@@ -58,6 +73,10 @@ const CHECKS: &[(&str, Check)] = &[
     ("commit keeps, rollback discards", transactions),
     ("savepoints undo one operation only", savepoints),
     ("rollback without a transaction is harmless", stray_rollback),
+    (
+        "summaries: live locks and leases per agent, tasks per queue and state, cut notes",
+        summaries,
+    ),
 ];
 
 fn note(key: &str, value: &str, author: Option<&str>, expires_at: Option<i64>) -> NoteRow {
@@ -286,6 +305,89 @@ fn events(s: &mut dyn Store) {
     s.commit().unwrap();
 }
 
+fn pages(s: &mut dyn Store) {
+    s.begin().unwrap();
+    put_sample_notes(s);
+    // Live at 100: B, a, c (byte order); pages of two, then from the cursor.
+    let (p, more) = s.note_page(100, None, 2, true, usize::MAX).unwrap();
+    assert_eq!((keys(&p), more), (vec!["B", "a"], true));
+    assert_eq!(p[0], note("B", "3", Some("x"), Some(101)));
+    let (p, more) = s.note_page(100, Some("a"), 2, true, usize::MAX).unwrap();
+    assert_eq!((keys(&p), more), (vec!["c"], false));
+    // The byte budget: a row is in the page if it starts within it (the first always is).
+    let (p, more) = s.note_page(49, None, 10, true, 2).unwrap();
+    assert_eq!((keys(&p), more), (vec!["B", "a"], true));
+    let (p, more) = s.note_page(49, None, 10, true, 1).unwrap();
+    assert_eq!((keys(&p), more), (vec!["B"], true));
+    let (p, more) = s.note_page(49, None, 10, false, 1).unwrap();
+    assert_eq!(keys(&p), ["B", "a", "b", "c", "é"]);
+    assert!(!more && p.iter().all(|n| n.value.is_empty() && !n.key.is_empty()));
+    assert_eq!(p[0].author.as_deref(), Some("x"));
+    // Locks and agents: live ones only, by name.
+    for (name, at) in [("l1", 10), ("l2", 300), ("l3", 400)] {
+        s.lock_put(&lock(name, "ag", 1, at)).unwrap();
+    }
+    let (p, more) = s.lock_page(100, None, 1).unwrap();
+    assert_eq!((p[0].name.as_str(), more), ("l2", true));
+    let (p, more) = s.lock_page(100, Some("l2"), 5).unwrap();
+    assert_eq!((p.len(), p[0].name.as_str(), more), (1, "l3", false));
+    for (id, at) in [("x", 10), ("y", 300), ("z", 400)] {
+        s.agent_put(&AgentRow {
+            agent_id: id.into(),
+            expires_at: at,
+        })
+        .unwrap();
+    }
+    let (p, more) = s.agent_page(100, Some("y"), 5).unwrap();
+    assert_eq!((p.len(), p[0].agent_id.as_str(), more), (1, "z", false));
+    // Tasks: by id, of one queue or all, within a payload budget.
+    let a = s.task_insert("q", "aaaa", None, 0, 1).unwrap();
+    let b = s.task_insert("r", "bb", None, 0, 2).unwrap();
+    let c = s.task_insert("q", "cc", None, 0, 3).unwrap();
+    set_state(s, c, TaskState::Completed);
+    let (p, more) = s.task_page(Some("q"), None, None, 10, usize::MAX).unwrap();
+    assert_eq!((ids(&p), more), (vec![a, c], false));
+    let (p, more) = s.task_page(None, None, Some(a), 1, usize::MAX).unwrap();
+    assert_eq!((ids(&p), more), (vec![b], true));
+    let (p, more) = s.task_page(None, None, None, 10, 5).unwrap();
+    assert_eq!((ids(&p), more), (vec![a, b], true));
+    // A state filter pages within that state.
+    let (p, more) = s
+        .task_page(None, Some(TaskState::Completed), None, 10, usize::MAX)
+        .unwrap();
+    assert_eq!((ids(&p), more), (vec![c], false));
+    let mut counts: Vec<(String, &str, usize)> = s
+        .task_counts()
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.queue, c.state.as_str(), c.count as usize))
+        .collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        [
+            ("q".to_string(), "completed", 1),
+            ("q".to_string(), "pending", 1),
+            ("r".to_string(), "pending", 1),
+        ]
+    );
+    // What agents hold: live locks, and live leases of claimed tasks.
+    let mut t = s.task_get(b).unwrap().unwrap();
+    t.state = TaskState::Claimed;
+    t.lease_agent = Some("ag".into());
+    t.lease_token = Some("tok".into());
+    t.lease_expires_at = Some(500);
+    s.task_update(&t).unwrap();
+    let held = s
+        .holdings(100, &["ag".to_string(), "nobody".to_string()])
+        .unwrap();
+    assert_eq!(held.get("ag"), Some(&(2, 1)));
+    assert_eq!(held.get("nobody").copied().unwrap_or((0, 0)), (0, 0));
+    let held = s.holdings(450, &["ag".to_string()]).unwrap();
+    assert_eq!(held.get("ag").copied().unwrap_or((0, 0)), (0, 1));
+    s.commit().unwrap();
+}
+
 fn pending(id: i64, queue: &str, payload: &str, author: Option<&str>, priority: i64) -> TaskRow {
     TaskRow {
         id,
@@ -299,6 +401,11 @@ fn pending(id: i64, queue: &str, payload: &str, author: Option<&str>, priority: 
         lease_token: None,
         lease_expires_at: None,
         finished_at: None,
+        ready_at: None,
+        max_attempts: None,
+        unique_key: None,
+        last_error: None,
+        result: None,
     }
 }
 
@@ -414,6 +521,115 @@ fn task_next_pending(s: &mut dyn Store) {
     // Back to pending: first again by priority.
     set_state(s, high, TaskState::Pending);
     assert_eq!(next(s, "q"), Some(high));
+    s.commit().unwrap();
+}
+
+fn new_task<'a>(queue: &'a str, unique_key: Option<&'a str>, ready_at: Option<i64>) -> NewTask<'a> {
+    NewTask {
+        queue,
+        payload: "p",
+        author: None,
+        priority: 0,
+        now: 1,
+        ready_at,
+        max_attempts: Some(3),
+        unique_key,
+    }
+}
+
+fn task_options(s: &mut dyn Store) {
+    s.begin().unwrap();
+    let later = s
+        .task_insert_new(&new_task("q", Some("k"), Some(500)))
+        .unwrap();
+    let back = s.task_get(later).unwrap().unwrap();
+    assert_eq!(
+        (back.ready_at, back.max_attempts, back.unique_key.as_deref()),
+        (Some(500), Some(3), Some("k"))
+    );
+    // Not ready before its instant; ready at it.
+    assert_eq!(s.task_next_ready("q", 499).unwrap(), None);
+    assert_eq!(
+        s.task_next_ready("q", 500).unwrap().map(|t| t.id),
+        Some(later)
+    );
+    assert_eq!(s.task_next_pending("q").unwrap().map(|t| t.id), Some(later));
+    // The live task with a key is found in its queue only, while pending or claimed.
+    assert_eq!(
+        s.task_live_with_key("q", "k").unwrap().map(|t| t.id),
+        Some(later)
+    );
+    assert_eq!(s.task_live_with_key("r", "k").unwrap(), None);
+    assert_eq!(s.task_live_with_key("q", "other").unwrap(), None);
+    set_state(s, later, TaskState::Claimed);
+    assert_eq!(
+        s.task_live_with_key("q", "k").unwrap().map(|t| t.id),
+        Some(later)
+    );
+    s.commit().unwrap();
+    // A second live task with the same key in the same queue is refused by the store itself.
+    s.begin().unwrap();
+    assert!(s.task_insert_new(&new_task("q", Some("k"), None)).is_err());
+    s.rollback();
+    s.begin().unwrap();
+    let mut t = s.task_get(later).unwrap().unwrap();
+    t.state = TaskState::Dead;
+    t.last_error = Some("boom".into());
+    t.lease_token = None;
+    s.task_update(&t).unwrap();
+    assert_eq!(s.task_get(later).unwrap(), Some(t.clone()));
+    assert_eq!(s.task_live_with_key("q", "k").unwrap(), None);
+    // Once it is dead, the key is free again.
+    let again = s.task_insert_new(&new_task("q", Some("k"), None)).unwrap();
+    let mut done = s.task_get(again).unwrap().unwrap();
+    done.state = TaskState::Completed;
+    done.result = Some("42".into());
+    done.finished_at = Some(9);
+    s.task_update(&done).unwrap();
+    assert_eq!(s.task_get(again).unwrap(), Some(done));
+    // The delayed pending tasks are timed rows.
+    let delayed = s.task_insert_new(&new_task("q", None, Some(700))).unwrap();
+    assert_eq!(s.expiries().unwrap().delayed, [(delayed, 700)]);
+    s.commit().unwrap();
+}
+
+fn task_counts(s: &mut dyn Store) {
+    s.begin().unwrap();
+    let a = s.task_insert("q", "a", None, 0, 1).unwrap();
+    let b = s.task_insert("q", "b", None, 0, 1).unwrap();
+    let c = s.task_insert("r", "c", None, 0, 1).unwrap();
+    let d = s.task_insert("q", "d", None, 0, 1).unwrap();
+    set_state(s, b, TaskState::Dead);
+    set_state(s, c, TaskState::Claimed);
+    let _ = (a, d);
+    assert_eq!(
+        ids(&s.task_list_in(Some("q"), Some(TaskState::Pending)).unwrap()),
+        [a, d]
+    );
+    assert_eq!(
+        ids(&s.task_list_in(None, Some(TaskState::Dead)).unwrap()),
+        [b]
+    );
+    assert_eq!(ids(&s.task_list_in(Some("r"), None).unwrap()), [c]);
+    assert!(s
+        .task_list_in(Some("r"), Some(TaskState::Pending))
+        .unwrap()
+        .is_empty());
+    let mut counts = s.task_counts().unwrap();
+    counts.sort_by(|x, y| (&x.queue, x.state).cmp(&(&y.queue, y.state)));
+    let count = |queue: &str, state, count| QueueCount {
+        queue: queue.into(),
+        state,
+        count,
+    };
+    assert_eq!(
+        counts,
+        [
+            count("q", TaskState::Pending, 2),
+            count("q", TaskState::Dead, 1),
+            count("r", TaskState::Claimed, 1),
+        ]
+    );
     s.commit().unwrap();
 }
 
@@ -602,6 +818,76 @@ fn stray_rollback(s: &mut dyn Store) {
     s.rollback();
     s.begin().unwrap();
     assert!(s.note_get("a").unwrap().is_some());
+    s.commit().unwrap();
+}
+
+fn summaries(s: &mut dyn Store) {
+    s.begin().unwrap();
+    s.lock_put(&lock("a", "ann", 1, 200)).unwrap();
+    s.lock_put(&lock("b", "ann", 1, 200)).unwrap();
+    s.lock_put(&lock("c", "bob", 1, 200)).unwrap();
+    s.lock_put(&lock("d", "bob", 1, 100)).unwrap(); // expired at 100
+    let mut counts = s.lock_counts(100).unwrap();
+    counts.sort();
+    assert_eq!(counts, [("ann".to_string(), 2), ("bob".to_string(), 1)]);
+
+    let claim = |s: &mut dyn Store, queue: &str, agent: &str, until: i64| {
+        let id = s.task_insert(queue, "p", None, 0, 1).unwrap();
+        s.task_update(&TaskRow {
+            state: TaskState::Claimed,
+            attempts: 1,
+            lease_agent: Some(agent.into()),
+            lease_token: Some(format!("ls_{id}")),
+            lease_expires_at: Some(until),
+            ..pending(id, queue, "p", None, 0)
+        })
+        .unwrap();
+        id
+    };
+    claim(s, "q", "ann", 200);
+    claim(s, "q", "ann", 200);
+    claim(s, "r", "bob", 100); // lease expired at 100
+    let done = claim(s, "r", "bob", 200);
+    s.task_update(&TaskRow {
+        state: TaskState::Completed,
+        attempts: 1,
+        lease_agent: Some("bob".into()),
+        finished_at: Some(50),
+        ..pending(done, "r", "p", None, 0)
+    })
+    .unwrap();
+    s.task_insert("q", "p", None, 0, 1).unwrap();
+    assert_eq!(s.lease_counts(100).unwrap(), [("ann".to_string(), 2)]);
+    let mut tasks: Vec<(String, TaskState, i64)> = s
+        .task_counts()
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.queue, c.state, c.count))
+        .collect();
+    tasks.sort_by_key(|(q, st, _)| (q.clone(), st.as_str()));
+    assert_eq!(
+        tasks,
+        [
+            ("q".to_string(), TaskState::Claimed, 2),
+            ("q".to_string(), TaskState::Pending, 1),
+            ("r".to_string(), TaskState::Claimed, 1),
+            ("r".to_string(), TaskState::Completed, 1),
+        ]
+    );
+
+    // Cut by characters, not bytes; a value of exactly the limit is not cut.
+    s.note_put(&note("long", "ééééé", Some("ann"), None))
+        .unwrap();
+    s.note_put(&note("short", "abc", None, Some(300))).unwrap();
+    s.note_put(&note("gone", "abc", None, Some(100))).unwrap();
+    let previews = s.note_previews(100, 3).unwrap();
+    assert_eq!(
+        previews,
+        [
+            (note("long", "ééé", Some("ann"), None), true),
+            (note("short", "abc", None, Some(300)), false),
+        ]
+    );
     s.commit().unwrap();
 }
 
@@ -1050,4 +1336,76 @@ fn postgres_privileges_are_what_the_docs_say() {
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// The quota's gauge on PostgreSQL (`airlock.usage`, kept by triggers) matches the state's size
+/// recomputed from the rows after inserts, upserts, updates, deletes and purges, in committed and
+/// rolled-back transactions alike, and the store reads it at each commit.
+#[test]
+fn postgres_usage_gauge_follows_every_write() {
+    let Some((rt, db)) = pg("postgres_usage_gauge_follows_every_write") else {
+        return;
+    };
+    let admin = rt.block_on(db.connect()).unwrap();
+    let mut s = db.store(&rt).unwrap();
+    let meter = s.usage_meter().expect("PostgreSQL has a gauge");
+    let recomputed = || -> i64 {
+        rt.block_on(admin.query_one(
+            "SELECT (SELECT COALESCE(sum(64 + octet_length(key) + octet_length(value)
+                                         + COALESCE(octet_length(author), 0)), 0) FROM airlock.notes)
+                  + (SELECT COALESCE(sum(64 + octet_length(queue) + octet_length(payload)
+                                         + COALESCE(octet_length(author), 0)
+                                         + COALESCE(octet_length(result), 0)
+                                         + COALESCE(octet_length(last_error), 0)), 0)
+                     FROM airlock.tasks)",
+            &[],
+        ))
+        .unwrap()
+        .get::<_, Option<i64>>(0)
+        .unwrap_or(0)
+    };
+    let check = |why: &str| {
+        let want = recomputed();
+        assert_eq!(
+            meter.load(std::sync::atomic::Ordering::Relaxed) as i64,
+            want,
+            "after {why}"
+        );
+    };
+    s.begin().unwrap();
+    s.note_put(&note("a", "x".repeat(1000).as_str(), Some("ann"), None))
+        .unwrap();
+    s.note_put(&note("b", "yy", None, Some(50))).unwrap();
+    let id = s
+        .task_insert("q", &"p".repeat(500), Some("bob"), 0, 1)
+        .unwrap();
+    s.commit().unwrap();
+    check("inserts");
+    assert!(meter.load(std::sync::atomic::Ordering::Relaxed) > 1500);
+
+    s.begin().unwrap();
+    s.note_put(&note("a", "short", None, None)).unwrap(); // upsert: smaller
+    let mut t = s.task_get(id).unwrap().unwrap();
+    t.state = TaskState::Completed;
+    t.result = Some("r".repeat(300));
+    t.finished_at = Some(10);
+    s.task_update(&t).unwrap();
+    s.commit().unwrap();
+    check("an upsert and a task result");
+
+    s.begin().unwrap();
+    s.note_delete("a").unwrap();
+    s.commit().unwrap();
+    check("a delete");
+
+    s.begin().unwrap();
+    s.note_put(&note("c", &"z".repeat(4000), None, None))
+        .unwrap();
+    s.rollback();
+    s.begin().unwrap();
+    s.notes_purge_expired(100).unwrap();
+    s.tasks_purge_finished(100).unwrap();
+    s.commit().unwrap();
+    check("a rollback, then purges");
+    assert_eq!(recomputed(), 0);
 }

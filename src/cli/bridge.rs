@@ -3,6 +3,11 @@
 //! `tools/call` to the daemon over HTTP, progress reports included. If no daemon answers, it
 //! starts one in the background (`airlock serve`, detached, logging to `$AIRLOCK_HOME/daemon.log`)
 //! listening where the URL points, and connects.
+//!
+//! The bridge is one agent ([`agent`]): it fills in its own unique `agent_id` where a call
+//! omits it, and heartbeats presence while its stdin is open.
+
+mod agent;
 
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
@@ -29,6 +34,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 struct Bridge {
     client: Client,
+    /// Held while making sure a daemon answers, so the start after the handshake and a call
+    /// that found no daemon do not both start one.
+    starting: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The one agent this bridge is: fills in `agent_id`, keeps presence.
+    agent: std::sync::Arc<agent::BridgeAgent>,
 }
 
 /// Whether `host` (brackets stripped) is this machine.
@@ -65,10 +75,7 @@ pub async fn ensure_daemon(client: &Client) -> Result<(), String> {
     let home = config::home_dir();
     config::prepare_home(&home).map_err(|e| e.to_string())?;
     let log_path = home.join("daemon.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    let log = config::open_private_log(&log_path)
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
     let err_log = log
         .try_clone()
@@ -137,6 +144,12 @@ fn to_error(e: ClientError) -> ErrorData {
 }
 
 impl Bridge {
+    /// [`ensure_daemon`], one at a time.
+    async fn ensure_daemon(&self) -> Result<(), String> {
+        let _one = self.starting.lock().await;
+        ensure_daemon(&self.client).await
+    }
+
     /// Forwards one request, starting the daemon again if it has gone away.
     async fn forward(
         &self,
@@ -150,7 +163,7 @@ impl Bridge {
             .await
         {
             Err(ClientError::Unreachable { .. }) => {
-                if let Err(why) = ensure_daemon(&self.client).await {
+                if let Err(why) = self.ensure_daemon().await {
                     tracing::warn!("{why}");
                 }
                 self.client
@@ -178,9 +191,11 @@ impl ServerHandler for Bridge {
             .forward("tools/list", json!({}), |_| {})
             .await
             .map_err(to_error)?;
-        serde_json::from_value(r).map_err(|e| {
+        let mut list: ListToolsResult = serde_json::from_value(r).map_err(|e| {
             ErrorData::internal_error(format!("the daemon's tool list is unreadable: {e}"), None)
-        })
+        })?;
+        list.tools.iter_mut().for_each(|t| self.agent.offer(t));
+        Ok(list)
     }
 
     async fn call_tool(
@@ -189,7 +204,9 @@ impl ServerHandler for Bridge {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let token = context.meta.get_progress_token();
-        let mut params = json!({"name": request.name, "arguments": request.arguments});
+        let mut arguments = request.arguments.clone().unwrap_or_default();
+        self.agent.fill(&request.name, &mut arguments);
+        let mut params = json!({"name": request.name, "arguments": arguments});
         if token.is_some() {
             params["_meta"] = json!({"progressToken": 1});
         }
@@ -233,21 +250,49 @@ impl ServerHandler for Bridge {
     }
 }
 
-/// Serves MCP on stdin/stdout until stdin closes.
-pub async fn run(client: Client) -> i32 {
-    if let Err(why) = ensure_daemon(&client).await {
-        // Keep serving: each call tries again, and the agent sees this sentence as a tool error.
-        eprintln!("airlock mcp: {why}");
-    }
-    let bridge = Bridge { client };
-    match bridge.serve(rmcp::transport::stdio()).await {
-        Ok(running) => match running.waiting().await {
-            Ok(_) => exit::OK,
-            Err(e) => {
-                eprintln!("airlock mcp: {e}");
-                exit::UNAVAILABLE
+/// Serves MCP on stdin/stdout until stdin closes. Nothing is started before a client has sent a
+/// valid `initialize`: bare `airlock` with a non-terminal stdin (a script, cron, an agent's shell
+/// tool) must not leave a daemon behind. `bare` says the bridge was chosen for want of a
+/// command, which changes what a failed handshake is told. The bridge is one agent: it fills in
+/// a unique `agent_id` where a call omits it and keeps the presence of the ids used through it
+/// while stdin is open.
+pub async fn run(client: Client, bare: bool) -> i32 {
+    let client = client.with_source(super::commands::default_agent("airlock-mcp"));
+    let agent = agent::BridgeAgent::new(client.clone());
+    let bridge = Bridge {
+        client,
+        starting: Default::default(),
+        agent: agent.clone(),
+    };
+    match bridge.clone().serve(rmcp::transport::stdio()).await {
+        Ok(running) => {
+            // The handshake is done: now make sure a daemon answers (started if need be), so the
+            // first call does not wait for it. Each call tries again if this fails, and the
+            // agent sees the sentence as a tool error.
+            if let Err(why) = bridge.ensure_daemon().await {
+                eprintln!("airlock mcp: {why}");
             }
-        },
+            let heartbeat = tokio::spawn(agent.clone().heartbeat());
+            let code = match running.waiting().await {
+                Ok(_) => exit::OK,
+                Err(e) => {
+                    eprintln!("airlock mcp: {e}");
+                    exit::UNAVAILABLE
+                }
+            };
+            // Stdin closed: the client is gone, and so is this agent.
+            heartbeat.abort();
+            agent.leave().await;
+            code
+        }
+        Err(e) if bare => {
+            eprintln!(
+                "airlock: with no command and stdin not a terminal, airlock acts as the stdio MCP \
+                 bridge, but stdin did not open an MCP session ({e}); nothing was started. Give a \
+                 command (`airlock --help` lists them)."
+            );
+            exit::USAGE
+        }
         Err(e) => {
             eprintln!("airlock mcp: the MCP handshake on stdin/stdout failed: {e}");
             exit::UNAVAILABLE

@@ -15,7 +15,7 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:27183";
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing answered at the address (refused, timed out connecting, reset).
-    #[error("no airlock daemon answers at {url} ({detail}); start one with `airlock serve` or `airlock install-service`")]
+    #[error("no airlock daemon answers at {url} ({detail}); start one with `airlock serve` or `airlock install-service`, or point at the one running with --url or AIRLOCK_URL (when both are unset, clients use AIRLOCK_LISTEN, else 127.0.0.1:27183)")]
     Unreachable { url: String, detail: String },
     /// The daemon refused the token.
     #[error("the daemon at {url} refused the token: set AIRLOCK_TOKEN, or make sure AIRLOCK_HOME points at the daemon's state directory (its token file is read from there)")]
@@ -23,6 +23,9 @@ pub enum ClientError {
     /// The daemon refused the arguments (a tool error or a JSON-RPC error).
     #[error("{0}")]
     Refused(String),
+    /// Refused here, before anything was sent (too big, unknown tool, bad input).
+    #[error("{0}")]
+    Usage(String),
     /// The daemon failed (storage, shutting down) or answered something unreadable.
     #[error("{0}")]
     Failed(String),
@@ -32,7 +35,7 @@ impl ClientError {
     /// The exit code a script sees for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ClientError::Refused(_) => exit::USAGE,
+            ClientError::Refused(_) | ClientError::Usage(_) => exit::USAGE,
             _ => exit::UNAVAILABLE,
         }
     }
@@ -44,6 +47,9 @@ pub struct Client {
     pub url: String,
     http: reqwest::Client,
     next_id: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Sent as `X-Airlock-Source`, so the daemon can tell this client from another one using
+    /// the same agent_id (see `identity`).
+    source: Option<String>,
 }
 
 impl Client {
@@ -57,7 +63,14 @@ impl Client {
             url: url.trim_end_matches('/').to_string(),
             http,
             next_id: Default::default(),
+            source: None,
         }
+    }
+
+    /// Names this client to the daemon (`X-Airlock-Source`).
+    pub fn with_source(mut self, source: String) -> Client {
+        self.source = Some(source);
+        self
     }
 
     /// The token, read fresh each time: a daemon started a moment ago may just have written it.
@@ -66,6 +79,10 @@ impl Client {
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> ClientError {
+        if e.is_builder() {
+            // Never sent: the request could not even be made (a bad URL).
+            return ClientError::Usage(format!("cannot send to {}: {e}", self.url));
+        }
         if !e.is_connect() {
             // The request may have reached the daemon: say so rather than invite a blind retry.
             return ClientError::Failed(format!(
@@ -86,6 +103,10 @@ impl Client {
     }
 
     fn with_auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let rb = match &self.source {
+            Some(s) => rb.header(crate::identity::SOURCE_HEADER, s),
+            None => rb,
+        };
         match Self::token() {
             Some(t) => rb.bearer_auth(t),
             None => rb,
@@ -134,12 +155,22 @@ impl Client {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let body = body.to_string();
+        // The daemon closes a connection whose body is over its limit, maybe mid-send; checked
+        // here, the call is refused as what it is, and nothing is sent.
+        if body.len() > crate::http::MAX_BODY_BYTES {
+            return Err(ClientError::Usage(format!(
+                "the request is {} bytes; the daemon takes at most {} bytes (1 MiB) per request",
+                body.len(),
+                crate::http::MAX_BODY_BYTES
+            )));
+        }
         let rb = self
             .http
             .post(&self.url)
             .header("Content-Type", "application/json")
             .header("Accept", "application/json, text/event-stream")
-            .body(body.to_string());
+            .body(body);
         let mut resp = self
             .with_auth(rb)
             .send()
@@ -161,7 +192,7 @@ impl Client {
             return envelope_result(&self.url, status, &text);
         }
         // Server-sent events: `data:` lines, events separated by a blank line.
-        let mut buf = String::new();
+        let mut events = SseEvents::default();
         loop {
             let chunk = resp.chunk().await.map_err(|e| self.unreachable(&e))?;
             let Some(chunk) = chunk else {
@@ -170,15 +201,7 @@ impl Client {
                     self.url
                 )));
             };
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buf.find("\n\n") {
-                let event: String = buf.drain(..end + 2).collect();
-                let data: String = event
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(|l| l.trim_start())
-                    .collect::<Vec<_>>()
-                    .join("\n");
+            for data in events.push(&chunk) {
                 let Ok(msg) = serde_json::from_str::<Value>(&data) else {
                     continue;
                 };
@@ -245,10 +268,25 @@ impl Client {
         }
     }
 
-    /// `GET /status`: the daemon's whole state in one snapshot.
-    pub async fn status(&self) -> Result<Value, ClientError> {
+    /// `GET /status`: a page of the daemon's state (every section, from one snapshot).
+    pub async fn status(
+        &self,
+        limit: Option<i64>,
+        cursor: Option<&str>,
+    ) -> Result<Value, ClientError> {
         let base = self.url.strip_suffix("/mcp").unwrap_or(&self.url);
-        let rb = self.http.get(format!("{base}/status"));
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        if let Some(n) = limit {
+            query.append_pair("limit", &n.to_string());
+        }
+        if let Some(c) = cursor {
+            query.append_pair("cursor", c);
+        }
+        let query = query.finish();
+        let rb = match query.is_empty() {
+            true => self.http.get(format!("{base}/status")),
+            false => self.http.get(format!("{base}/status?{query}")),
+        };
         let resp = self
             .with_auth(rb)
             .send()
@@ -338,9 +376,52 @@ pub fn authority_of(url: &str) -> String {
     }
 }
 
+/// Splits a server-sent event stream into the `data` of each event. Bytes are kept until an
+/// event is complete (a blank line) and only then decoded: a chunk may end inside a UTF-8
+/// character, and decoding chunk by chunk would turn its halves into U+FFFD.
+#[derive(Default)]
+struct SseEvents {
+    buf: Vec<u8>,
+}
+
+impl SseEvents {
+    /// Adds `chunk`; returns the data of every event it completed.
+    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = self.buf.drain(..end + 2).collect();
+            let event = String::from_utf8_lossy(&event);
+            let data = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|l| l.trim_start())
+                .collect::<Vec<_>>()
+                .join("\n");
+            out.push(data);
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_character_split_across_chunks_survives() {
+        let stream = "data: {\"note\":\"caf\u{e9} \u{1f512}\"}\n\ndata: {\"n\":2}\n\n".as_bytes();
+        for cut in 0..=stream.len() {
+            let mut events = SseEvents::default();
+            let mut got = events.push(&stream[..cut]);
+            got.extend(events.push(&stream[cut..]));
+            assert_eq!(
+                got,
+                ["{\"note\":\"caf\u{e9} \u{1f512}\"}", "{\"n\":2}"],
+                "cut at byte {cut}"
+            );
+        }
+    }
 
     #[test]
     fn authorities() {

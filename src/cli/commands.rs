@@ -6,8 +6,15 @@ use serde_json::{json, Value};
 
 use super::client::{Client, ClientError};
 use super::exit;
+use super::show;
 use super::waits::{self, seconds, StatusLine, Wait};
 use crate::core::request::*;
+
+/// The TTL `airlock lock`, `airlock renew` and `airlock run` give a lock unless `--ttl` says
+/// otherwise: short, so a script that dies holding a lock blocks others for a minute, not the
+/// MCP tools' 15. A longer hold renews (`airlock renew`, as `airlock run` does by itself) or
+/// asks for more with `--ttl`.
+pub const DEFAULT_LOCK_TTL: u64 = 60;
 
 /// The agent id a command acts as when `--agent` and `AIRLOCK_AGENT` are not given:
 /// `cli:USER@HOST:PID`, unique per process so two shells never share a lock by accident.
@@ -30,11 +37,17 @@ fn hostname() -> String {
 #[derive(Subcommand, Debug)]
 pub enum NoteCmd {
     /// Print a note's value (exit 1 if there is none).
-    Get { key: String },
+    Get {
+        /// The note's key (1 to 512 bytes).
+        key: String,
+    },
     /// Store a note. VALUE `-` reads it from stdin.
     Set {
+        /// The note's key (1 to 512 bytes).
         key: String,
+        /// The value (up to 256 KiB); `-` reads it from stdin.
         value: String,
+        /// Who wrote it, shown by `note list` and `status`.
         #[arg(long)]
         author: Option<String>,
         /// Seconds until the note expires (default: never).
@@ -44,14 +57,22 @@ pub enum NoteCmd {
     /// List every note.
     List,
     /// Delete a note (exit 1 if there was none).
-    Delete { key: String },
+    Delete {
+        /// The note's key (1 to 512 bytes).
+        key: String,
+    },
     /// Compare-and-swap: store NEW only if the note holds EXPECTED ("" for absent); exit 1 if not.
     Cas {
+        /// The note's key (1 to 512 bytes).
         key: String,
+        /// The value the note must hold now ("" for no note).
         expected: String,
+        /// The value to store if it does; `-` reads it from stdin.
         new: String,
+        /// Who wrote it.
         #[arg(long)]
         author: Option<String>,
+        /// Seconds until the note expires (default: never).
         #[arg(long)]
         ttl: Option<u64>,
     },
@@ -61,7 +82,9 @@ pub enum NoteCmd {
 pub enum CounterCmd {
     /// Add to a counter and print its new value (collision-free under concurrency).
     Incr {
+        /// The counter's name (created at 0).
         name: String,
+        /// How much to add (may be negative).
         #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
         by: i64,
     },
@@ -71,12 +94,17 @@ pub enum CounterCmd {
 pub enum AgentCmd {
     /// Announce (or keep alive) an agent; when it lapses its locks are released.
     Register {
+        /// The agent's id, e.g. agent:claude-session-abc.
         agent_id: String,
+        /// Seconds until it lapses unless registered again (default 60).
         #[arg(long)]
         ttl: Option<u64>,
     },
     /// Remove an agent and release what it holds.
-    Unregister { agent_id: String },
+    Unregister {
+        /// The agent's id.
+        agent_id: String,
+    },
     /// List live agents.
     List,
 }
@@ -84,9 +112,13 @@ pub enum AgentCmd {
 #[derive(Subcommand, Debug)]
 pub enum EventCmd {
     /// Bump an event's generation, waking every waiter; prints the new generation.
-    Signal { name: String },
+    Signal {
+        /// The event's name.
+        name: String,
+    },
     /// Wait until the event's generation passes --since; prints it. Exit 1 if the wait ran out.
     Wait {
+        /// The event's name.
         name: String,
         /// The generation you last saw.
         #[arg(long, default_value_t = 0)]
@@ -96,23 +128,41 @@ pub enum EventCmd {
         wait: Wait,
     },
     /// Forget signals up to now: later waits fire only on new signals.
-    Clear { name: String },
+    Clear {
+        /// The event's name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum TaskCmd {
     /// Queue a task; prints its id. PAYLOAD `-` reads it from stdin.
     Push {
+        /// The queue's name.
         queue: String,
+        /// The task (up to 256 KiB of text, e.g. JSON); `-` reads it from stdin.
         payload: String,
+        /// Higher is claimed first; equal priorities go in push order.
         #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
         priority: i64,
+        /// Who queued it.
         #[arg(long)]
         author: Option<String>,
+        /// Seconds before it may be claimed.
+        #[arg(long)]
+        delay: Option<u64>,
+        /// Failed attempts (or lapsed leases) before it is dead.
+        #[arg(long)]
+        max_attempts: Option<i64>,
+        /// While a task with this key is pending or claimed in the queue, print its id instead.
+        #[arg(long)]
+        unique_key: Option<String>,
     },
     /// Claim the next task; prints id, lease token and payload. Exit 1 if the queue is empty.
     Claim {
+        /// The queue's name.
         queue: String,
+        /// The agent id to hold the lease as (default cli:USER@HOST:PID).
         #[arg(long, env = "AIRLOCK_AGENT")]
         agent: Option<String>,
         /// Lease length in seconds (default 120).
@@ -124,29 +174,60 @@ pub enum TaskCmd {
     },
     /// Mark a claimed task done. Exit 1 if the lease was lost.
     Complete {
+        /// The task's id (from `task claim`).
         id: i64,
         /// The lease_token from `task claim`.
         #[arg(long)]
         token: String,
+        /// What the task produced (`-` reads it from stdin).
+        #[arg(long)]
+        result: Option<String>,
     },
     /// Give a claimed task back (requeue) or fail it for good (--no-requeue). Exit 1 if the lease was lost.
     Fail {
+        /// The task's id (from `task claim`).
         id: i64,
+        /// The lease_token from `task claim`.
         #[arg(long)]
         token: String,
+        /// Fail it for good instead of putting it back in the queue.
         #[arg(long)]
         no_requeue: bool,
+        /// Why it failed.
+        #[arg(long)]
+        error: Option<String>,
     },
     /// Extend a claimed task's lease. Exit 1 if the lease was lost.
     Extend {
+        /// The task's id (from `task claim`).
         id: i64,
+        /// The lease_token from `task claim`.
         #[arg(long)]
         token: String,
+        /// The new lease length in seconds, from now (default 120).
         #[arg(long)]
         lease: Option<u64>,
     },
-    /// List a queue's tasks.
-    List { queue: String },
+    /// List a queue's tasks (--state: only pending, claimed, completed, failed or dead ones).
+    List {
+        /// The queue's name.
+        queue: String,
+        /// Only tasks in this state: pending, claimed, completed, failed or dead.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Show one task as JSON. Exit 1 if there is none with that id.
+    Get {
+        /// The task id.
+        id: i64,
+    },
+    /// Put a dead (or failed) task back to pending. Exit 1 if refused.
+    Retry {
+        /// The task id.
+        id: i64,
+    },
+    /// List the queues with their tasks counted by state.
+    Queues,
 }
 
 /// A client command: one per tool, in shell idiom (flattened into the top-level commands).
@@ -154,12 +235,14 @@ pub enum TaskCmd {
 pub enum ClientCmd {
     /// Take a lock and print its token (several names: all or nothing, one "NAME TOKEN" per line).
     Lock {
+        /// The lock's name, e.g. file:/abs/path or npm-install (several: all or nothing).
         #[arg(required = true)]
         names: Vec<String>,
         /// Seconds to wait for it, or `forever` (past 50 s by keeping one's place in line).
         #[arg(long, default_value = "0")]
         wait: Wait,
-        /// Lock TTL in seconds (default 900).
+        /// Lock TTL in seconds [default: 60; renew with `airlock renew`, or use `airlock run`,
+        /// which renews while its command runs].
         #[arg(long)]
         ttl: Option<u64>,
         /// The agent id to hold it as (default cli:USER@HOST:PID).
@@ -168,6 +251,7 @@ pub enum ClientCmd {
     },
     /// Release a lock.
     Unlock {
+        /// The lock's name.
         name: String,
         /// The lock_token from `airlock lock`.
         #[arg(long)]
@@ -176,13 +260,17 @@ pub enum ClientCmd {
         #[arg(long)]
         agent: Option<String>,
     },
-    /// Extend a lock you hold.
+    /// Extend a lock you hold: it expires TTL seconds from now.
     Renew {
+        /// The lock's name.
         name: String,
+        /// The lock_token from `airlock lock`.
         #[arg(long)]
         token: Option<String>,
+        /// v1: renew by holder identity instead.
         #[arg(long)]
         agent: Option<String>,
+        /// Seconds from now until it expires [default: 60].
         #[arg(long)]
         ttl: Option<u64>,
     },
@@ -206,7 +294,13 @@ pub enum ClientCmd {
     #[command(subcommand)]
     Task(TaskCmd),
     /// Call any tool with JSON arguments (`-` reads them from stdin); prints its answer.
-    Call { tool: String, args: Option<String> },
+    #[command(after_help = super::output::call_help())]
+    Call {
+        /// The tool's name (listed below).
+        tool: String,
+        /// Its arguments as a JSON object, or `-` to read them from stdin [default: {}].
+        args: Option<String>,
+    },
 }
 
 /// What a command answered: the JSON for `--json`, the text for humans, and the exit code.
@@ -246,14 +340,35 @@ impl Answer {
     }
 }
 
+/// The most a command reads from stdin: past the request limit nothing could be sent anyway.
+const STDIN_LIMIT: usize = crate::http::MAX_BODY_BYTES;
+
+/// `v`, or stdin when `v` is `-` (at most [`STDIN_LIMIT`] bytes are read).
 fn read_arg(v: String) -> Result<String, ClientError> {
     if v != "-" {
         return Ok(v);
     }
-    let mut s = String::new();
-    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-        .map_err(|e| ClientError::Refused(format!("cannot read stdin: {e}")))?;
-    Ok(s)
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::io::stdin(), STDIN_LIMIT as u64 + 1),
+        &mut buf,
+    )
+    .map_err(|e| ClientError::Usage(format!("cannot read stdin: {e}")))?;
+    if buf.len() > STDIN_LIMIT {
+        return Err(ClientError::Usage(format!(
+            "stdin holds more than {STDIN_LIMIT} bytes (1 MiB), more than the daemon takes in one \
+             request; nothing was sent"
+        )));
+    }
+    String::from_utf8(buf).map_err(|_| ClientError::Usage("stdin is not UTF-8 text".into()))
+}
+
+/// A note value or task payload (`-` reads stdin), checked against the daemon's limit here so
+/// an oversized one is refused as what it is, and never sent.
+fn read_value(v: String, field: &str) -> Result<String, ClientError> {
+    let v = read_arg(v)?;
+    crate::core::check_value(field, &v).map_err(|e| ClientError::Usage(e.to_string()))?;
+    Ok(v)
 }
 
 fn proof(token: Option<String>, agent: Option<String>) -> Result<Holder, ClientError> {
@@ -266,18 +381,57 @@ fn proof(token: Option<String>, agent: Option<String>) -> Result<Holder, ClientE
             lock_token: None,
             agent_id: Some(a),
         }),
-        (None, None) => Err(ClientError::Refused(
+        (None, None) => Err(ClientError::Usage(
             "give --token TOKEN (the lock_token from `airlock lock`) or --agent ID".into(),
         )),
     }
 }
 
-fn str_of(v: &Value, key: &str) -> String {
+/// A field of an answer as it is, for a single value printed alone (see [`show::for_stdout`]).
+fn raw_of(v: &Value, key: &str) -> String {
     match &v[key] {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         other => other.to_string(),
     }
+}
+
+/// A field of an answer for a line of human output: escaped, so it stays on its line and
+/// cannot drive the terminal (see [`show`]).
+fn str_of(v: &Value, key: &str) -> String {
+    show::escape(&raw_of(v, key))
+}
+
+/// Every item of a list, page after page (the daemon answers a long list in pages), as the
+/// contract's plain array.
+async fn list_all(c: &Client, make: impl Fn(ListPage) -> Request) -> Result<Value, ClientError> {
+    let mut all = Vec::new();
+    let mut page = ListPage {
+        limit: Some(1000),
+        cursor: None,
+    };
+    loop {
+        let answer = match c.request(&make(page.clone())).await {
+            // A daemon from before pages: it answers the whole list at once.
+            Err(ClientError::Refused(m)) if all.is_empty() && m.starts_with("limit:") => {
+                c.request(&make(ListPage::default())).await?
+            }
+            other => other?,
+        };
+        all.extend(rows_of(&answer));
+        match answer.get("next_cursor").and_then(Value::as_str) {
+            Some(cursor) => page.cursor = Some(cursor.to_string()),
+            None => return Ok(Value::Array(all)),
+        }
+    }
+}
+
+/// The items of a list answer: the plain array, or a page's `items`.
+fn rows_of(r: &Value) -> Vec<Value> {
+    r.as_array()
+        .or_else(|| r["items"].as_array())
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn table(rows: &[Value], fmt: impl Fn(&Value) -> String) -> String {
@@ -296,6 +450,7 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             agent,
         } => {
             let agent = agent.unwrap_or_else(|| default_agent("cli"));
+            let ttl = Some(ttl.unwrap_or(DEFAULT_LOCK_TTL));
             if names.len() == 1 {
                 let line = StatusLine::start(&names[0]);
                 let r = waits::acquire(c, &names[0], &agent, ttl, wait, Some(&line)).await?;
@@ -359,7 +514,7 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
                 .request(&Request::RenewLock(RenewLock {
                     name,
                     holder: proof(token, agent)?,
-                    ttl_seconds: seconds(ttl),
+                    ttl_seconds: seconds(Some(ttl.unwrap_or(DEFAULT_LOCK_TTL))),
                 }))
                 .await?;
             let human = format!(
@@ -370,8 +525,8 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             Answer::yes_no(r.clone(), r["renewed"] == json!(true), &human, why)
         }
         ClientCmd::Locks => {
-            let r = c.request(&Request::ListLocks).await?;
-            let rows = r.as_array().cloned().unwrap_or_default();
+            let r = list_all(c, Request::ListLocks).await?;
+            let rows = rows_of(&r);
             let human = table(&rows, |l| {
                 let mut row = format!("{}\t{}", str_of(l, "name"), super::status::holder_text(l));
                 if !l["agent_id"].is_null() {
@@ -418,8 +573,8 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             Answer::ok(r, "unregistered")
         }
         ClientCmd::Agents | ClientCmd::Agent(AgentCmd::List) => {
-            let r = c.request(&Request::ListAgents).await?;
-            let rows = r.as_array().cloned().unwrap_or_default();
+            let r = list_all(c, Request::ListAgents).await?;
+            let rows = rows_of(&r);
             let human = table(&rows, |a| {
                 format!(
                     "{}\texpires in {}s",
@@ -447,11 +602,17 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
         }
         ClientCmd::Task(t) => task(c, t).await?,
         ClientCmd::Call { tool, args } => {
+            let tools = super::output::tool_names();
+            if !tools.contains(&tool.as_str()) {
+                return Err(ClientError::Usage(format!(
+                    "unknown tool {tool:?}; the tools are: {}",
+                    tools.join(", ")
+                )));
+            }
             let args: Value = match args {
                 None => json!({}),
-                Some(a) => serde_json::from_str(&read_arg(a)?).map_err(|e| {
-                    ClientError::Refused(format!("ARGS must be a JSON object: {e}"))
-                })?,
+                Some(a) => serde_json::from_str(&read_arg(a)?)
+                    .map_err(|e| ClientError::Usage(format!("ARGS must be a JSON object: {e}")))?,
             };
             let r = c.call(&tool, args).await?;
             let human = serde_json::to_string_pretty(&r).unwrap_or_default();
@@ -469,7 +630,7 @@ async fn note(c: &Client, n: NoteCmd) -> Result<Answer, ClientError> {
             if r["found"] == json!(false) {
                 Answer::no(r, format!("not found: no note {key}"))
             } else {
-                let human = str_of(&r, "value");
+                let human = show::for_stdout(&raw_of(&r, "value"));
                 Answer::ok(r, human)
             }
         }
@@ -482,7 +643,7 @@ async fn note(c: &Client, n: NoteCmd) -> Result<Answer, ClientError> {
             let r = c
                 .request(&Request::SetNote(SetNote {
                     key,
-                    value: read_arg(value)?,
+                    value: read_value(value, "value")?,
                     author,
                     ttl_seconds: seconds(ttl),
                 }))
@@ -490,8 +651,11 @@ async fn note(c: &Client, n: NoteCmd) -> Result<Answer, ClientError> {
             Answer::ok(r, "saved")
         }
         NoteCmd::List => {
-            let r = c.request(&Request::ListNotes).await?;
-            let rows = r.as_array().cloned().unwrap_or_default();
+            let r = list_all(c, |page| {
+                Request::ListNotes(ListNotes { page, values: None })
+            })
+            .await?;
+            let rows = rows_of(&r);
             let human = table(&rows, |n| {
                 format!("{}\t{}", str_of(n, "key"), str_of(n, "value"))
             });
@@ -515,7 +679,7 @@ async fn note(c: &Client, n: NoteCmd) -> Result<Answer, ClientError> {
                 .request(&Request::SetNoteIf(SetNoteIf {
                     key: key.clone(),
                     expected_value: expected,
-                    new_value: read_arg(new)?,
+                    new_value: read_value(new, "new_value")?,
                     author,
                     ttl_seconds: seconds(ttl),
                 }))
@@ -533,13 +697,19 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
             payload,
             priority,
             author,
+            delay,
+            max_attempts,
+            unique_key,
         } => {
             let r = c
                 .request(&Request::PushTask(PushTask {
                     queue,
-                    payload: read_arg(payload)?,
+                    payload: read_value(payload, "payload")?,
                     author,
                     priority: Some(priority),
+                    delay_seconds: seconds(delay),
+                    max_attempts,
+                    unique_key,
                 }))
                 .await?;
             let human = str_of(&r, "id");
@@ -572,11 +742,12 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
                 Answer::no(r, format!("no task: {queue} has nothing pending"))
             }
         }
-        TaskCmd::Complete { id, token } => {
+        TaskCmd::Complete { id, token, result } => {
             let r = c
                 .request(&Request::CompleteTask(Lease {
                     id,
                     lease_token: token,
+                    result: result.map(read_arg).transpose()?,
                 }))
                 .await?;
             let why = format!("not completed: {}", lease_error(&r));
@@ -586,12 +757,14 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
             id,
             token,
             no_requeue,
+            error,
         } => {
             let r = c
                 .request(&Request::FailTask(FailTask {
                     id,
                     lease_token: token,
                     requeue: Some(!no_requeue),
+                    error,
                 }))
                 .await?;
             let why = format!("not failed: {}", lease_error(&r));
@@ -613,11 +786,16 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
             let why = format!("not extended: {}", lease_error(&r));
             Answer::yes_no(r.clone(), r["extended"] == json!(true), &human, why)
         }
-        TaskCmd::List { queue } => {
-            let r = c
-                .request(&Request::ListTasks(ListTasks { queue: Some(queue) }))
-                .await?;
-            let rows = r.as_array().cloned().unwrap_or_default();
+        TaskCmd::List { queue, state } => {
+            let r = list_all(c, |page| {
+                Request::ListTasks(ListTasks {
+                    queue: Some(queue.clone()),
+                    state: state.clone(),
+                    page,
+                })
+            })
+            .await?;
+            let rows = rows_of(&r);
             let human = table(&rows, |t| {
                 format!(
                     "{}\t{}\tpriority {}\t{}",
@@ -625,6 +803,36 @@ async fn task(c: &Client, t: TaskCmd) -> Result<Answer, ClientError> {
                     str_of(t, "state"),
                     str_of(t, "priority"),
                     str_of(t, "payload")
+                )
+            });
+            Answer::ok(r, human)
+        }
+        TaskCmd::Get { id } => {
+            let r = c.request(&Request::GetTask(TaskId { id })).await?;
+            if r["found"] == json!(true) {
+                let human = r.to_string();
+                Answer::ok(r, human)
+            } else {
+                Answer::no(r, format!("no task with id {id}"))
+            }
+        }
+        TaskCmd::Retry { id } => {
+            let r = c.request(&Request::RetryTask(TaskId { id })).await?;
+            let why = format!("not retried: {}", str_of(&r, "error"));
+            Answer::yes_no(r.clone(), r["retried"] == json!(true), "retried", why)
+        }
+        TaskCmd::Queues => {
+            let r = c.request(&Request::ListQueues).await?;
+            let rows = r.as_array().cloned().unwrap_or_default();
+            let human = table(&rows, |q| {
+                format!(
+                    "{}	pending {}	claimed {}	completed {}	failed {}	dead {}",
+                    str_of(q, "queue"),
+                    str_of(q, "pending"),
+                    str_of(q, "claimed"),
+                    str_of(q, "completed"),
+                    str_of(q, "failed"),
+                    str_of(q, "dead")
                 )
             });
             Answer::ok(r, human)
@@ -654,7 +862,7 @@ pub async fn run(c: &Client, cmd: ClientCmd, json_out: bool) -> i32 {
             a.code
         }
         Err(e) => {
-            eprintln!("airlock: {e}");
+            super::output::print_error(json_out, "airlock", &e.to_string(), e.exit_code());
             e.exit_code()
         }
     }

@@ -8,12 +8,17 @@
 //! - [`status`]: `airlock status`.
 //! - [`service`]: `install-service` / `uninstall-service`.
 //! - [`bridge`]: `airlock mcp`, the stdio bridge.
+//! - [`hook`]: `airlock hook …`, Claude Code and git hooks that take locks for agents.
 
 pub mod bridge;
 pub mod client;
 pub mod commands;
+pub mod completions;
+pub mod hook;
+pub mod output;
 pub mod run;
 pub mod service;
+pub mod show;
 pub mod status;
 pub mod waits;
 pub mod watch;
@@ -24,7 +29,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config;
 use crate::daemon::{self, ServeOptions};
-use client::{Client, DEFAULT_URL};
+use client::Client;
 use commands::ClientCmd;
 
 /// Exit codes a script can branch on.
@@ -39,10 +44,13 @@ pub mod exit {
     pub const UNAVAILABLE: i32 = 3;
 }
 
+/// `airlock --version`: the crate version, and the git commit when built from a checkout.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("AIRLOCK_VERSION_SUFFIX"));
+
 #[derive(Parser, Debug)]
 #[command(
     name = "airlock",
-    version,
+    version = VERSION,
     about = "Coordination for AI coding agents: blocking locks, shared notes and counters, presence, events and a leased task queue, over MCP",
     after_help = "Exit codes: 0 ok; 1 no (not acquired, not found, timed out, lease lost); 2 usage or \
                   bad arguments; 3 daemon unreachable, unauthorized or failing. `airlock run` exits \
@@ -50,9 +58,12 @@ pub mod exit {
                   acts as the stdio MCP bridge (`airlock mcp`)."
 )]
 pub struct Cli {
-    /// The daemon's address.
-    #[arg(long, global = true, env = "AIRLOCK_URL", default_value = DEFAULT_URL)]
-    pub url: String,
+    /// The daemon's URL [env: AIRLOCK_URL] [default: http://$AIRLOCK_LISTEN when that is set,
+    /// else http://127.0.0.1:27183].
+    // AIRLOCK_URL is read by `output::resolve_url`, not by clap: an env value clap reads counts
+    // as given, and then shows in every usage line (`airlock run --lock NAME --url URL …`).
+    #[arg(long, global = true)]
+    pub url: Option<String>,
     /// Print the daemon's answer as JSON (for scripts).
     #[arg(long, global = true)]
     pub json: bool,
@@ -86,8 +97,14 @@ pub enum Command {
     /// Show locks (with waiters), agents, notes, events and task queues.
     Status {
         /// Keep the view on screen and redraw it in place as things change (Ctrl-C stops).
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["limit", "cursor"])]
         watch: bool,
+        /// At most this many items per section (1 to 10000; default 1000).
+        #[arg(long)]
+        limit: Option<i64>,
+        /// The next page: the cursor the previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// Install and start the always-on service (systemd user unit / LaunchAgent).
     InstallService {
@@ -108,6 +125,17 @@ pub enum Command {
     /// A client command for a tool (`lock`, `note get`, `task claim`, …).
     #[command(flatten)]
     Client(ClientCmd),
+    /// Print a shell completion script: `airlock completions bash > ~/.local/share/bash-completion/completions/airlock`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `airlock man > ~/.local/share/man/man1/airlock.1`.
+    Man,
+    /// Editor and git hooks that take locks whether or not the model asks: `hook claude`,
+    /// `hook git pre-commit`, `hook install claude|git`, `hook uninstall claude|git`.
+    #[command(subcommand)]
+    Hook(hook::HookCmd),
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
@@ -125,8 +153,31 @@ pub fn run(cli: Cli) -> i32 {
     let Some(rt) = runtime() else {
         return exit::UNAVAILABLE;
     };
-    let client = Client::new(&cli.url);
     let json = cli.json;
+    // Commands that talk to no daemon come first: a bad AIRLOCK_URL must not stop them.
+    match &cli.command {
+        Some(Command::Completions { shell }) => return completions::completions(*shell),
+        Some(Command::Man) => return completions::man(),
+        Some(Command::InstallService { print }) => return service::install(*print),
+        Some(Command::UninstallService { print }) => return service::uninstall(*print),
+        None if std::io::stdin().is_terminal() => {
+            let _ = Cli::command().print_help();
+            return exit::USAGE;
+        }
+        _ => {}
+    }
+    // `serve` needs no client (it makes the daemon the others reach).
+    let client = match &cli.command {
+        Some(Command::Serve { .. }) => None,
+        _ => match output::resolve_url(cli.url.as_deref()) {
+            Ok(url) => Some(Client::new(&url)),
+            Err(e) => {
+                output::print_error(json, "airlock", &e, exit::USAGE);
+                return exit::USAGE;
+            }
+        },
+    };
+    let client = client.unwrap_or_else(|| Client::new(client::DEFAULT_URL));
     let cmd = match cli.command {
         Some(Command::Serve {
             listen,
@@ -155,19 +206,21 @@ pub fn run(cli: Cli) -> i32 {
                 }
             };
         }
-        None if !std::io::stdin().is_terminal() => {
-            return rt.block_on(bridge::run(client));
-        }
-        None => {
-            let _ = Cli::command().print_help();
-            return exit::USAGE;
-        }
-        Some(Command::Mcp) => return rt.block_on(bridge::run(client)),
-        Some(Command::Status { watch: true }) => return rt.block_on(watch::run(&client)),
-        Some(Command::Status { watch: false }) => return rt.block_on(status::run(&client, json)),
+        None => return rt.block_on(bridge::run(client, true)),
+        Some(Command::Mcp) => return rt.block_on(bridge::run(client, false)),
+        Some(Command::Status { watch: true, .. }) => return rt.block_on(watch::run(&client)),
+        Some(Command::Status {
+            watch: false,
+            limit,
+            cursor,
+        }) => return rt.block_on(status::run(&client, json, limit, cursor.as_deref())),
+        // Answered above, before the URL was read; repeated so the match stays whole.
+        Some(Command::Completions { shell }) => return completions::completions(shell),
+        Some(Command::Man) => return completions::man(),
         Some(Command::InstallService { print }) => return service::install(print),
         Some(Command::UninstallService { print }) => return service::uninstall(print),
         Some(Command::Run(args)) => return rt.block_on(run::run(&client, args)),
+        Some(Command::Hook(h)) => return rt.block_on(hook::run(&client, h)),
         Some(Command::Client(cmd)) => cmd,
     };
     rt.block_on(commands::run(&client, cmd, json))

@@ -17,8 +17,8 @@ use super::waits::{self, StatusLine, Wait};
 use crate::core::request::{Holder, RenewLock, Request, UnlockResource};
 
 /// Default lock TTL for `airlock run`: short, because it is renewed while CMD runs and bounds
-/// the damage if `airlock run` is killed without a chance to release.
-pub const DEFAULT_RUN_TTL: u64 = 60;
+/// the damage if `airlock run` is killed without a chance to release. The same as `airlock lock`.
+pub const DEFAULT_RUN_TTL: u64 = super::commands::DEFAULT_LOCK_TTL;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {

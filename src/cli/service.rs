@@ -37,9 +37,56 @@ fn home() -> PathBuf {
 }
 
 fn exe() -> PathBuf {
-    std::env::current_exe()
+    service_exe().0
+}
+
+/// Whether `p` is a build output (`…/target/debug/airlock`), which `cargo clean` or the next
+/// build removes or replaces under a running service.
+fn is_build_output(p: &Path) -> bool {
+    let parts: Vec<_> = p.components().map(|c| c.as_os_str()).collect();
+    parts.windows(2).any(|w| {
+        w[0] == "target"
+            || ((w[1] == "debug" || w[1] == "release") && w[0].to_string_lossy().contains("target"))
+    })
+}
+
+/// The binary the service runs, and a warning when it is a poor choice. Run from an installed
+/// copy, that copy. Run from a build directory, the `airlock` on PATH (e.g. `~/.cargo/bin`, from
+/// `cargo install`) if it is this same version; otherwise this binary, with a warning saying
+/// how to install it.
+fn service_exe() -> (PathBuf, Option<String>) {
+    let me = std::env::current_exe()
         .and_then(|p| p.canonicalize())
-        .unwrap_or_else(|_| PathBuf::from("airlock"))
+        .unwrap_or_else(|_| PathBuf::from("airlock"));
+    if !is_build_output(&me) {
+        return (me, None);
+    }
+    let ours = format!("airlock {}", env!("CARGO_PKG_VERSION"));
+    let installed = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("airlock"))
+        .filter_map(|p| p.canonicalize().ok())
+        .filter(|p| p.is_file() && !is_build_output(p))
+        .find(|p| {
+            Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with(&ours))
+        });
+    match installed {
+        Some(p) => (p, None),
+        None => {
+            let warning = format!(
+                "warning: {} is a build output: `cargo clean` or the next build would remove or \
+                 replace it under the service. Install airlock first (`cargo install --locked \
+                 --path .`, which puts it in ~/.cargo/bin), then run `airlock install-service` \
+                 again from the installed copy.",
+                me.display()
+            );
+            (me, Some(warning))
+        }
+    }
 }
 
 /// Environment the service should keep from the installing shell (only what is set). The store
@@ -52,6 +99,8 @@ fn service_env() -> Vec<(String, String)> {
         "AIRLOCK_STORE",
         "AIRLOCK_PG_POOL_SIZE",
         "PGPASSWORD",
+        "PGSSLMODE",
+        "PGSSLROOTCERT",
     ]
     .iter()
     .filter_map(|k| {
@@ -90,13 +139,19 @@ fn systemd_quote(s: &str) -> String {
 
 /// The systemd user unit running `airlock serve`, restarted on failure.
 pub fn systemd_unit(exe: &Path, env: &[(String, String)]) -> String {
-    let mut s = String::from(
+    // The address it listens on: the AIRLOCK_LISTEN written below, else the default.
+    let listen = env
+        .iter()
+        .find(|(k, _)| k == "AIRLOCK_LISTEN")
+        .map_or(config::DEFAULT_LISTEN, |(_, v)| v.as_str());
+    let mut s = format!(
         "[Unit]\n\
-         Description=airlock: coordination daemon for AI coding agents (MCP on 127.0.0.1:27183)\n\
+         Description=airlock: coordination daemon for AI coding agents (MCP on {})\n\
          Documentation=https://github.com/adamorad/airlock\n\
          \n\
          [Service]\n\
          Type=simple\n",
+        listen.replace('%', "%%")
     );
     s.push_str(&format!(
         "ExecStart={} serve\n",
@@ -384,6 +439,9 @@ fn hide_passwords(content: &str) -> String {
 }
 
 pub fn install(print: bool) -> i32 {
+    if let Some(warning) = service_exe().1 {
+        eprintln!("airlock: {warning}");
+    }
     let steps = install_steps();
     if print {
         print_plan(&steps);
@@ -480,7 +538,30 @@ mod tests {
             "{shown}"
         );
         assert!(u.contains("Restart=on-failure\n"));
+        assert!(u.contains("(MCP on 127.0.0.1:27183)"), "{u}");
+        let elsewhere = systemd_unit(
+            Path::new("/usr/bin/airlock"),
+            &[("AIRLOCK_LISTEN".into(), "127.0.0.1:27999".into())],
+        );
+        assert!(
+            elsewhere.contains("(MCP on 127.0.0.1:27999)\n"),
+            "{elsewhere}"
+        );
+        assert!(!elsewhere.contains("27183"), "{elsewhere}");
         assert!(u.contains("WantedBy=default.target\n"));
+    }
+
+    #[test]
+    fn build_outputs_are_recognised() {
+        assert!(is_build_output(Path::new(
+            "/src/airlock/target/debug/airlock"
+        )));
+        assert!(is_build_output(Path::new(
+            "/w/ready/target/release/airlock"
+        )));
+        assert!(is_build_output(Path::new("/tmp/my-target/debug/airlock")));
+        assert!(!is_build_output(Path::new("/home/u/.cargo/bin/airlock")));
+        assert!(!is_build_output(Path::new("/usr/bin/airlock")));
     }
 
     #[test]

@@ -3,11 +3,11 @@
 
 use serde_json::Value;
 
-use super::client::{Client, ClientError};
+use super::client::Client;
 use super::exit;
 
-pub async fn run(client: &Client, json: bool) -> i32 {
-    match client.status().await {
+pub async fn run(client: &Client, json: bool, limit: Option<i64>, cursor: Option<&str>) -> i32 {
+    match client.status(limit, cursor).await {
         Ok(v) => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -17,30 +17,26 @@ pub async fn run(client: &Client, json: bool) -> i32 {
             exit::OK
         }
         Err(e) => {
-            match &e {
-                ClientError::Unreachable { url, .. } => eprintln!(
-                    "airlock: no daemon answers at {url}; start one with `airlock serve` (foreground) \
-                     or `airlock install-service` (always on)"
-                ),
-                other => eprintln!("airlock: {other}"),
-            }
+            super::output::print_error(json, "airlock", &e.to_string(), e.exit_code());
             e.exit_code()
         }
     }
 }
 
-/// One line of a value, shortened for a table.
+/// One line of a value, shortened for a table by cutting its middle: the start of a name says
+/// what kind of thing it is (`file:/home/…`), its end which one (the file name).
 fn short(s: &str, max: usize) -> String {
-    let one_line: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if one_line.chars().count() > max {
-        let cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
-        format!("{cut}…")
-    } else {
-        one_line
+    let one_line: Vec<char> = super::show::escape(s).chars().collect();
+    if one_line.len() <= max {
+        return one_line.into_iter().collect();
     }
+    let keep = max.saturating_sub(1);
+    let tail = keep / 2;
+    let head = keep - tail;
+    let mut out: String = one_line[..head].iter().collect();
+    out.push('…');
+    out.extend(&one_line[one_line.len() - tail..]);
+    out
 }
 
 fn items(v: &Value, key: &str) -> Vec<Value> {
@@ -200,6 +196,10 @@ pub fn render(authority: &str, v: &Value) -> String {
                 int(q, "completed"),
                 int(q, "failed"),
             );
+            let dead = int(q, "dead");
+            if dead > 0 {
+                row.push_str(&format!("  dead {dead}"));
+            }
             let w = int(q, "waiting_claimers");
             if w > 0 {
                 row.push_str(&format!("  {w} waiting to claim"));
@@ -208,6 +208,21 @@ pub fn render(authority: &str, v: &Value) -> String {
         })
         .collect();
     section("TASKS", queues);
+    let cut: Vec<String> = items(v, "truncated")
+        .iter()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect();
+    if !cut.is_empty() {
+        out.push_str(&format!("\n(more {} than shown", cut.join(", ")));
+        match v["next_cursor"].as_str() {
+            Some(c) => out.push_str(&format!(
+                "; the next page: airlock status --cursor {}",
+                super::show::escape(c)
+            )),
+            None => out.push_str("; `airlock call list_…` pages through them"),
+        }
+        out.push_str(")\n");
+    }
     out
 }
 
@@ -253,8 +268,29 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_shows_dead_tasks_only_when_it_has_some() {
+        let queue = |dead| {
+            json!({"locks": [], "agents": [], "notes": [], "events": [], "queues": [
+                {"queue": "q", "pending": 1, "claimed": 0, "completed": 2, "failed": 0,
+                 "dead": dead, "waiting_claimers": 0}]})
+        };
+        let out = render("a", &queue(3));
+        assert!(
+            out.contains("pending 1  claimed 0  completed 2  failed 0  dead 3\n"),
+            "{out}"
+        );
+        assert!(!render("a", &queue(0)).contains("dead"));
+    }
+
+    #[test]
     fn values_are_one_line_and_short() {
-        assert_eq!(short("a\nb", 10), "a b");
-        assert_eq!(short("abcdef", 4), "abc…");
+        assert_eq!(short("a\nb", 10), "a\\nb");
+        assert_eq!(short("ad\u{200b}min", 20), "ad\\u{200b}min");
+        assert_eq!(short("abcdef", 4), "ab…f");
+        assert_eq!(
+            short("file:/home/user/projects/some-project/src/main.rs", 28),
+            "file:/home/use…t/src/main.rs"
+        );
+        assert_eq!(short("abc", 3), "abc");
     }
 }

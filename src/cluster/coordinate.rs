@@ -63,7 +63,7 @@ pub(super) async fn contend(node: Arc<Node>) {
 
 /// Waits for the coordinator lock, then coordinates until the connection or the daemon stops.
 async fn coordinate(node: &Arc<Node>) -> anyhow::Result<()> {
-    let (client, conn) = node.pg.connect(tokio_postgres::NoTls).await?;
+    let (client, conn) = node.pg.connect(node.tls.clone()).await?;
     let (lost_tx, mut lost) = oneshot::channel();
     tokio::spawn(async move {
         let r = conn.await;
@@ -90,7 +90,9 @@ async fn coordinate(node: &Arc<Node>) -> anyhow::Result<()> {
         .query_one("SELECT pg_backend_pid()", &[])
         .await?
         .get(0);
-    let store = PgStore::new(client, tokio::runtime::Handle::current()).await?;
+    let store = PgStore::new(client, tokio::runtime::Handle::current())
+        .await?
+        .with_cancel_tls(node.tls.clone());
     // The engine calls the store synchronously (it reads its deadlines as it starts), so it
     // must start off the runtime's threads.
     let (core, engine) = tokio::task::spawn_blocking(move || {
@@ -98,6 +100,7 @@ async fn coordinate(node: &Arc<Node>) -> anyhow::Result<()> {
     })
     .await?
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    core.set_state_quota(node.state_quota);
     *node.engine.write().expect("engine lock") = Some(core.clone());
     listen_for_calls(node, true).await;
     tracing::info!(daemon = %node.id, "this daemon now coordinates the shared database");
@@ -257,13 +260,29 @@ async fn start(node: &Arc<Node>, term: &Term, row: CallRow) {
         Ok(r) => r,
         Err(e) => {
             let why = CoreError::Storage(format!(
-                "the coordinating daemon could not read this forwarded call ({e}); it did not run"
+                "the forwarded call could not be read by the coordinating daemon ({e}); it did not run"
             ));
             tokio::spawn(finish(node.clone(), term.clone(), id, Ran::failed(why)));
             return;
         }
     };
     let repeatable = request.tool().repeatable_at_takeover();
+    if row.state == calls::CallState::Running {
+        // The previous coordinator granted this call something and never delivered it (the row
+        // is not answered): give it back, unless the re-run finds it again — a lock its agent
+        // holds is granted again with the same token, keeping its turn. A lease is given back
+        // first, so the re-run can claim that task again instead of leaving it leased to nobody
+        // until the lease ends.
+        let recorded = row
+            .orphan
+            .as_deref()
+            .and_then(|o| serde_json::from_str::<Orphan>(o).ok());
+        match recorded {
+            Some(Orphan::Locks(_)) if repeatable => {}
+            Some(o) => term.core.release_orphan(o),
+            None => {}
+        }
+    }
     if row.state == calls::CallState::Running && !repeatable {
         let why = CoreError::Storage(
             "the coordinating daemon went away while running this call; it may or may not have \
@@ -276,7 +295,7 @@ async fn start(node: &Arc<Node>, term: &Term, row: CallRow) {
     let run = {
         let core = term.core.clone();
         async move {
-            let outcome = core.call(request.clone(), None).await;
+            let outcome = core.call_forwarded(request.clone(), id).await;
             let orphan = outcome.as_ref().ok().and_then(|r| request.orphan_of(r));
             Ran { outcome, orphan }
         }

@@ -64,6 +64,54 @@ impl Drop for Pending {
     }
 }
 
+/// A forwarded call's INSERT under way, in a task of its own so that it is not cut off half
+/// way. Dropped before the id is known (the caller went away meanwhile), it withdraws the row
+/// once it lands: otherwise the call would run for nobody, its grant held until its TTL.
+struct Inserting {
+    node: Arc<Node>,
+    insert: Option<tokio::task::JoinHandle<CoreResult<i64>>>,
+}
+
+impl Inserting {
+    fn start(node: &Arc<Node>, tool: &str, args: String) -> Inserting {
+        let (n, tool) = (node.clone(), tool.to_string());
+        let insert = tokio::spawn(async move {
+            let c = pooled(&n).await?;
+            calls::insert(&*c, &n.id, &tool, &args).await.map_err(|e| {
+                db_error(
+                    "could not hand the call to the coordinating daemon (if the connection \
+                     broke after sending it, it may still run)",
+                    e,
+                )
+            })
+        });
+        Inserting {
+            node: node.clone(),
+            insert: Some(insert),
+        }
+    }
+
+    /// The call's id, once its row is in the table.
+    async fn id(mut self) -> CoreResult<i64> {
+        let inserted = self.insert.as_mut().expect("awaited once").await;
+        self.insert = None;
+        inserted.unwrap_or_else(|_| Err(CoreError::Storage("internal error".into())))
+    }
+}
+
+impl Drop for Inserting {
+    fn drop(&mut self) {
+        if let Some(insert) = self.insert.take() {
+            let node = self.node.clone();
+            tokio::spawn(async move {
+                if let Ok(Ok(id)) = insert.await {
+                    withdraw(&node, vec![id]).await;
+                }
+            });
+        }
+    }
+}
+
 /// Withdraws calls whose callers went away; what cannot be withdrawn now (the database is
 /// unreachable) is retried by the safety net.
 async fn withdraw(node: &Node, mut ids: Vec<i64>) {
@@ -105,18 +153,9 @@ impl Node {
             ));
         }
         let args = Value::Object(request.arguments()).to_string();
-        let id = {
-            let c = pooled(self).await?;
-            calls::insert(&*c, &self.id, request.tool().name(), &args)
-                .await
-                .map_err(|e| {
-                    db_error(
-                        "could not hand the call to the coordinating daemon (if the connection \
-                         broke after sending it, it may still run)",
-                        e,
-                    )
-                })?
-        };
+        let id = Inserting::start(self, request.tool().name(), args)
+            .id()
+            .await?;
         let (tx, rx) = oneshot::channel();
         let announced = {
             let mut w = self.waiting.lock().expect("waiting");
@@ -124,7 +163,7 @@ impl Node {
             w.early.remove(&id)
         };
         if announced {
-            let _ = self.answers_tx.send(id);
+            let _ = self.answers_tx.try_send(id);
         }
         let mut pending = Pending {
             node: self.clone(),
@@ -189,9 +228,21 @@ async fn deliver(node: &Node, answers: Vec<(i64, String)>) {
     }
 }
 
+/// Most answer announcements kept for callers still to learn their ids (see `Waiting::early`).
+const EARLY_LIMIT: usize = 100_000;
+
+/// The next id `recv` gives, or `None` once the daemon stops. The task holds the `Node` that
+/// owns the sending half, so the channel never closes by itself.
+async fn next_id(node: &Node, recv: impl std::future::Future<Output = Option<i64>>) -> Option<i64> {
+    tokio::select! {
+        id = recv => id,
+        _ = node.stop.cancelled() => None,
+    }
+}
+
 /// Fetches answers as their notifications arrive, a burst at a time.
-pub(super) async fn fetch_answers(node: Arc<Node>, mut ids: mpsc::UnboundedReceiver<i64>) {
-    while let Some(first) = ids.recv().await {
+pub(super) async fn fetch_answers(node: Arc<Node>, mut ids: mpsc::Receiver<i64>) {
+    while let Some(first) = next_id(&node, ids.recv()).await {
         let mut burst = vec![first];
         while let Ok(id) = ids.try_recv() {
             burst.push(id);
@@ -200,10 +251,10 @@ pub(super) async fn fetch_answers(node: Arc<Node>, mut ids: mpsc::UnboundedRecei
             let mut w = node.waiting.lock().expect("waiting");
             let (known, early): (Vec<i64>, Vec<i64>) =
                 burst.into_iter().partition(|id| w.calls.contains_key(id));
-            if w.early.len() > 100_000 {
-                w.early.clear();
-            }
             w.early.extend(early);
+            while w.early.len() > EARLY_LIMIT {
+                w.early.pop_first();
+            }
             known
         };
         if known.is_empty() {
@@ -222,7 +273,7 @@ pub(super) async fn fetch_answers(node: Arc<Node>, mut ids: mpsc::UnboundedRecei
 
 /// Deletes answered rows once their callers have read them, a burst at a time.
 pub(super) async fn forget_read(node: Arc<Node>, mut ids: mpsc::UnboundedReceiver<i64>) {
-    while let Some(first) = ids.recv().await {
+    while let Some(first) = next_id(&node, ids.recv()).await {
         let mut burst = vec![first];
         while let Ok(id) = ids.try_recv() {
             burst.push(id);
@@ -304,15 +355,17 @@ pub(super) async fn listen(node: Arc<Node>, mut up: Option<oneshot::Sender<()>>)
         if node.is_stopping() {
             return;
         }
-        match node.pg.connect(tokio_postgres::NoTls).await {
+        match node.pg.connect(node.tls.clone()).await {
             Ok((client, mut conn)) => {
-                let (ntx, mut nrx) = mpsc::unbounded_channel();
+                // Bounded: notifications are hints, and one dropped in a flood is found by
+                // the safety net.
+                let (ntx, mut nrx) = mpsc::channel(super::HINTS);
                 tokio::spawn(async move {
                     let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
                     while let Some(m) = messages.next().await {
                         match m {
                             Ok(AsyncMessage::Notification(n)) => {
-                                if ntx.send(n).is_err() {
+                                if let Err(mpsc::error::TrySendError::Closed(_)) = ntx.try_send(n) {
                                     return;
                                 }
                             }
@@ -402,10 +455,10 @@ fn route(node: &Node, channel: &str, payload: &str) {
     if channel == calls::COORDINATOR_CHANNEL {
         // A LISTEN left over from a term that ended: nobody would read these.
         if node.is_coordinator() {
-            let _ = node.to_coordinator.send(payload.to_string());
+            let _ = node.to_coordinator.try_send(payload.to_string());
         }
     } else if let Ok(id) = payload.parse::<i64>() {
-        let _ = node.answers_tx.send(id);
+        let _ = node.answers_tx.try_send(id);
     }
 }
 
@@ -445,7 +498,12 @@ mod tests {
                 fence: 3,
                 fresh: false,
             })),
-            Ok(Response::ListLocks(vec![])),
+            Ok(Response::ListLocks(crate::core::Listed {
+                items: vec![],
+                next_cursor: None,
+                as_page: false,
+                without: None,
+            })),
             Err(CoreError::invalid(
                 "ttl_seconds",
                 "must be between 1 and 2592000 seconds",

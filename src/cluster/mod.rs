@@ -24,7 +24,7 @@
 mod coordinate;
 mod forward;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -110,6 +110,8 @@ pub struct Node {
     /// Random, per process: names this daemon's rows and notification channel.
     id: String,
     pg: tokio_postgres::Config,
+    /// TLS for every connection `pg` makes, checking what the URL's sslmode asks.
+    tls: crate::store::postgres::tls::Connector,
     /// For forwarding, answering and cleaning up (never for state: the engine has its own).
     pool: deadpool_postgres::Pool,
     /// The engine, while this daemon coordinates.
@@ -126,12 +128,16 @@ pub struct Node {
     stop: CancellationToken,
     /// Held while this daemon coordinates, until its engine has stopped.
     coordinating: tokio::sync::Mutex<()>,
-    /// Notifications for the coordinator role.
-    to_coordinator: mpsc::UnboundedSender<String>,
-    coordinator_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
-    /// Ids of answered calls, for the answer fetcher.
-    answers_tx: mpsc::UnboundedSender<i64>,
-    /// Ids of answers read, for deletion.
+    /// Notifications for the coordinator role. Bounded ([`HINTS`]): past it a notification is
+    /// dropped, and the one-second safety net finds the call instead.
+    to_coordinator: mpsc::Sender<String>,
+    coordinator_rx: tokio::sync::Mutex<mpsc::Receiver<String>>,
+    /// The storage quota the engine enforces while this daemon coordinates.
+    state_quota: u64,
+    /// Ids of answered calls, for the answer fetcher. Bounded like `to_coordinator`.
+    answers_tx: mpsc::Sender<i64>,
+    /// Ids of answers read, for deletion. Never dropped (a row left behind holds a read grant);
+    /// bounded by the calls this daemon has answered and not yet forgotten.
     forget_tx: mpsc::UnboundedSender<i64>,
     /// Forwarded calls this daemon runs as coordinator: id → cancel.
     running: Mutex<HashMap<i64, Running>>,
@@ -155,28 +161,30 @@ struct Answer {
     from_row: bool,
 }
 
+/// How many notifications (hints: the safety net re-reads what a lost one announced) wait in a
+/// channel before more are dropped, so a flood cannot grow a daemon's memory without bound.
+const HINTS: usize = 65_536;
+
 #[derive(Default)]
 struct Waiting {
     calls: HashMap<i64, oneshot::Sender<Answer>>,
-    /// Answers announced before the sender learned its call's id.
-    early: HashSet<i64>,
+    /// Answers announced before the sender learned its call's id. Ids grow, so past a bound
+    /// the oldest go first: an announcement whose caller is still to come is always recent.
+    early: BTreeSet<i64>,
 }
 
 /// Connects to `url`, migrates the schema, and starts this daemon's part in the group: the
 /// listening connection and the contest for the coordinator lock. Returns once connected.
-pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
+/// Joins the daemons on the database at `url`: connects, migrates, and contends for the
+/// coordinator role. `state_quota` is the storage quota its engine enforces while it coordinates
+/// (`AIRLOCK_MAX_STATE_BYTES`, measured over the whole shared state).
+pub async fn join(url: &str, pool_size: usize, state_quota: u64) -> anyhow::Result<Arc<Node>> {
     use anyhow::Context;
     let shown = crate::config::redact_url(url);
-    let mut pg: tokio_postgres::Config = url
-        .parse()
-        .with_context(|| format!("--store {shown} is not a PostgreSQL URL airlock can read"))?;
-    if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-        anyhow::bail!(
-            "--store {shown} asks for TLS (sslmode=require), which this build of airlock does not \
-             speak to PostgreSQL; reach the server over a private network or a tunnel (ssh -L) and \
-             drop sslmode=require"
-        );
-    }
+    // sslmode / sslrootcert as libpq reads them (store::postgres::tls).
+    let target =
+        crate::store::postgres::tls::parse(url).map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+    let (mut pg, tls, ssl_mode) = (target.config, target.tls, target.mode);
     // A password in the URL shows in `ps` when given as --store; PGPASSWORD keeps it out.
     if pg.get_password().is_none() {
         if let Some(password) = std::env::var_os("PGPASSWORD").filter(|p| !p.is_empty()) {
@@ -197,10 +205,16 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
         // lost power): this bounds that case too.
         .tcp_user_timeout(Duration::from_secs(11));
 
-    let (mut client, conn) = pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
+    let (mut client, conn) = match pg.connect(tls.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            let e = anyhow::Error::new(e);
+            let hint = crate::store::postgres::tls::hint(ssl_mode, &format!("{e:#}"))
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
+            return Err(e.context(format!("cannot connect to PostgreSQL at {shown}{hint}")));
+        }
+    };
     let driver = tokio::spawn(conn);
     crate::store::postgres::migrate(&mut client)
         .await
@@ -219,7 +233,7 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
     pool_pg.options(options);
     let manager = deadpool_postgres::Manager::from_config(
         pool_pg,
-        tokio_postgres::NoTls,
+        tls.clone(),
         deadpool_postgres::ManagerConfig {
             recycling_method: deadpool_postgres::RecyclingMethod::Fast,
         },
@@ -232,12 +246,13 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
         .build()
         .context("cannot build the PostgreSQL connection pool")?;
 
-    let (to_coordinator, coordinator_rx) = mpsc::unbounded_channel();
-    let (answers_tx, answers_rx) = mpsc::unbounded_channel();
+    let (to_coordinator, coordinator_rx) = mpsc::channel(HINTS);
+    let (answers_tx, answers_rx) = mpsc::channel(HINTS);
     let (forget_tx, forget_rx) = mpsc::unbounded_channel();
     let node = Arc::new(Node {
         id,
         pg,
+        tls,
         pool,
         engine: RwLock::new(None),
         waiting: Mutex::new(Waiting::default()),
@@ -251,6 +266,7 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
         answers_tx,
         forget_tx,
         running: Mutex::new(HashMap::new()),
+        state_quota,
     });
     let (up_tx, up_rx) = oneshot::channel();
     tokio::spawn(forward::listen(node.clone(), Some(up_tx)));
@@ -259,7 +275,7 @@ pub async fn join(url: &str, pool_size: usize) -> anyhow::Result<Arc<Node>> {
     tokio::spawn(forward::safety_net(node.clone()));
     tokio::spawn(coordinate::contend(node.clone()));
     let _ = up_rx.await;
-    tracing::info!(daemon = %node.id, store = %shown, "joined the shared database");
+    tracing::info!(daemon = %node.id, store = %shown, ?ssl_mode, "joined the shared database");
     Ok(node)
 }
 

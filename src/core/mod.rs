@@ -8,6 +8,7 @@
 
 pub mod engine;
 pub mod metrics;
+pub mod quota;
 pub mod request;
 pub mod types;
 
@@ -22,7 +23,7 @@ use crate::clock::Clock;
 use crate::store::Store;
 pub use engine::Orphan;
 pub use engine::WaitProgress;
-use engine::{Command, Engine, Reply};
+use engine::{Command, Destination, Engine, Reply};
 pub use request::{Request, Response, Tool};
 pub use types::*;
 
@@ -78,6 +79,7 @@ pub struct Coordinator {
     changes: Option<tokio::sync::watch::Receiver<u64>>,
     /// The engine's commit metrics; `None` when detached.
     metrics: Option<Arc<metrics::EngineMetrics>>,
+    quota: Arc<quota::Quota>,
 }
 
 /// Owns the engine thread; dropping every [`Coordinator`] lets it finish.
@@ -123,6 +125,7 @@ impl Coordinator {
         store: Box<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> CoreResult<(Coordinator, EngineThread)> {
+        let meter = store.usage_meter();
         let engine = Engine::new(store, clock)?;
         let changes = Some(engine.changes());
         let metrics = Some(engine.metrics());
@@ -137,6 +140,7 @@ impl Coordinator {
                 next_call: Arc::new(AtomicU64::new(1)),
                 changes,
                 metrics,
+                quota: Arc::new(quota::Quota::new(meter)),
             },
             EngineThread { handle },
         ))
@@ -152,7 +156,14 @@ impl Coordinator {
             next_call: Arc::new(AtomicU64::new(1)),
             changes: None,
             metrics: None,
+            quota: Arc::new(quota::Quota::new(None)),
         }
+    }
+
+    /// Limits the state to `bytes` (`AIRLOCK_MAX_STATE_BYTES`): notes and tasks that would
+    /// take it past are refused (see [`quota`]).
+    pub fn set_state_quota(&self, bytes: u64) {
+        self.quota.set_limit(bytes);
     }
 
     /// Runs one request: its checks here (a bad argument is refused and changes nothing), its
@@ -164,28 +175,57 @@ impl Coordinator {
         request: Request,
         progress: Option<ProgressFn>,
     ) -> CoreResult<Response> {
+        self.call_to(request, progress, None).await
+    }
+
+    /// [`Coordinator::call`] for the call in row `row` of the forwarding table: a grant it is
+    /// answered with is also written beside that row, in the grant's own transaction, so that a
+    /// successor can give it back if this daemon dies before the answer is delivered.
+    pub async fn call_forwarded(&self, request: Request, row: i64) -> CoreResult<Response> {
+        self.call_to(request, None, Some(row)).await
+    }
+
+    async fn call_to(
+        &self,
+        request: Request,
+        progress: Option<ProgressFn>,
+        forwarded: Option<i64>,
+    ) -> CoreResult<Response> {
         let request = request.check()?;
+        // Room for what it writes, held until it is answered (see `quota`).
+        let _room = match &request {
+            Request::SetNote(r) => Some(
+                self.quota
+                    .reserve("value", row_bytes(&r.key, &r.value, &r.author))?,
+            ),
+            Request::SetNoteIf(r) => Some(
+                self.quota
+                    .reserve("new_value", row_bytes(&r.key, &r.new_value, &r.author))?,
+            ),
+            Request::PushTask(r) => Some(
+                self.quota
+                    .reserve("payload", row_bytes(&r.queue, &r.payload, &r.author))?,
+            ),
+            _ => None,
+        };
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
-        let (reply, rx) = oneshot::channel();
-        if !request.tool().may_park() {
-            self.tx
-                .send(Command::Call {
-                    call,
-                    request,
-                    reply,
-                })
-                .map_err(|_| CoreError::ShuttingDown)?;
-            return rx.await.map_err(|_| CoreError::ShuttingDown)?;
-        }
         let window_seconds = request.wait_window_seconds();
-        let kept = request.clone();
+        // A call that may park keeps what it asked, to know what an unread answer leaves behind.
+        let kept = request.tool().may_park().then(|| request.clone());
+        let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Call {
                 call,
                 request,
-                reply,
+                reply: Destination {
+                    tx: reply,
+                    forwarded,
+                },
             })
             .map_err(|_| CoreError::ShuttingDown)?;
+        let Some(kept) = kept else {
+            return rx.await.map_err(|_| CoreError::ShuttingDown)?;
+        };
         let mut guard = ParkedCall {
             tx: self.tx.clone(),
             call,
@@ -261,6 +301,11 @@ impl CoreApi for Coordinator {
     }
 }
 
+/// What a note or task row holds, for the quota: its name, value and author.
+fn row_bytes(name: &str, value: &str, author: &Option<String>) -> u64 {
+    (name.len() + value.len() + author.as_ref().map_or(0, String::len)) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,8 +328,9 @@ mod tests {
     }
 
     async fn locks(core: &Coordinator) -> Vec<LockView> {
-        match core.call(Request::ListLocks, None).await.unwrap() {
-            Response::ListLocks(l) => l,
+        let list = Request::ListLocks(request::ListPage::default());
+        match core.call(list, None).await.unwrap() {
+            Response::ListLocks(l) => l.items,
             other => panic!("{other:?}"),
         }
     }

@@ -20,8 +20,20 @@ pub const MAX_WAIT_SECONDS: i64 = 50;
 pub const WAKE_GRACE_SECONDS: i64 = 10;
 /// Most names one `lock_resources` call may take.
 pub const MAX_LOCK_SET: usize = 64;
+/// Items in a `list_*` page when `limit` is not given.
+pub const DEFAULT_PAGE_ITEMS: usize = 1000;
+/// The most `limit` accepts.
+pub const MAX_PAGE_ITEMS: usize = 10_000;
+/// Values (note values, task payloads) in one page stop past this many bytes (always at least
+/// one item), so one answer holds at most this plus one value.
+pub const MAX_PAGE_VALUE_BYTES: usize = 16 * 1024 * 1024;
 /// How long completed and failed tasks stay visible before they are deleted.
 pub const FINISHED_TASK_RETENTION_SECONDS: i64 = 24 * 3600;
+
+/// `push_task`'s `delay_seconds`: 0 (default) to 30 days.
+pub const MAX_DELAY_SECONDS: i64 = 30 * 24 * 3600;
+/// `push_task`'s `max_attempts`: 1 to 1000 (absent: no limit).
+pub const MAX_ATTEMPTS_LIMIT: i64 = 1000;
 
 pub const DEFAULT_LOCK_TTL_SECONDS: i64 = 900;
 pub const DEFAULT_AGENT_TTL_SECONDS: i64 = 60;
@@ -81,7 +93,165 @@ pub fn check_name(field: &str, value: &str) -> CoreResult<()> {
             "must not contain control characters (including NUL, tab and newline)",
         ));
     }
+    if let Some(c) = value.chars().find(|c| is_invisible_format(*c)) {
+        return Err(CoreError::invalid(
+            field,
+            format!(
+                "must not contain invisible or bidirectional formatting characters (found \
+                 U+{:04X}): two names differing only by one would look the same",
+                c as u32
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// Characters that print as nothing or reorder the text around them: zero-width characters,
+/// bidirectional marks, embeddings, overrides and isolates, line and paragraph separators,
+/// fillers, variation selectors, tags, the soft hyphen and the byte-order mark.
+pub fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E007F}'
+            | '\u{E0100}'..='\u{E01EF}'
+    )
+}
+
+/// Which slice of a list to answer: items after `after` (a cursor from the previous page), at
+/// most `limit` of them, with or without note values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub after: Option<String>,
+    pub limit: usize,
+    /// Note values (list_notes `values: false` leaves them out).
+    pub values: bool,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Page {
+            after: None,
+            limit: DEFAULT_PAGE_ITEMS,
+            values: true,
+        }
+    }
+}
+
+impl Page {
+    /// Checks `limit` (1 to [`MAX_PAGE_ITEMS`]) and `cursor` (as a name).
+    pub fn new(limit: Option<i64>, cursor: Option<String>, values: bool) -> CoreResult<Page> {
+        let limit = match limit {
+            None => DEFAULT_PAGE_ITEMS,
+            Some(n) if (1..=MAX_PAGE_ITEMS as i64).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(CoreError::invalid(
+                    "limit",
+                    format!("must be between 1 and {MAX_PAGE_ITEMS}, got {n}"),
+                ))
+            }
+        };
+        if let Some(c) = &cursor {
+            check_name("cursor", c)?;
+        }
+        Ok(Page {
+            after: cursor,
+            limit,
+            values,
+        })
+    }
+}
+
+/// One page of a list, and where the next begins (`None`: this is the last).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// A list answer as the caller sees it: the contract's plain array when no page was asked for and
+/// the whole list fitted in one (`as_page: false`); else `{items, next_cursor}` (`null` on the
+/// last page). `without` names a field left out of every item (`list_notes` `values: false`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+    pub as_page: bool,
+    pub without: Option<&'static str>,
+}
+
+impl<T> Listed<T> {
+    /// The answer to a request that `asked` for a page (or not).
+    pub fn of(p: Paged<T>, asked: bool, without: Option<&'static str>) -> Listed<T> {
+        Listed {
+            as_page: asked || p.next_cursor.is_some(),
+            items: p.items,
+            next_cursor: p.next_cursor,
+            without,
+        }
+    }
+}
+
+impl<T: Serialize> Serialize for Listed<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut items = serde_json::to_value(&self.items).map_err(serde::ser::Error::custom)?;
+        if let (Some(field), serde_json::Value::Array(rows)) = (self.without, &mut items) {
+            for row in rows {
+                if let serde_json::Value::Object(m) = row {
+                    m.remove(field);
+                }
+            }
+        }
+        if self.as_page {
+            serde_json::json!({"items": items, "next_cursor": self.next_cursor}).serialize(s)
+        } else {
+            items.serialize(s)
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Listed<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Shape<T> {
+            All(Vec<T>),
+            Page {
+                items: Vec<T>,
+                next_cursor: Option<String>,
+            },
+        }
+        Ok(match Shape::deserialize(d)? {
+            Shape::All(items) => Listed {
+                items,
+                next_cursor: None,
+                as_page: false,
+                without: None,
+            },
+            Shape::Page { items, next_cursor } => Listed {
+                items,
+                next_cursor,
+                as_page: true,
+                without: None,
+            },
+        })
+    }
 }
 
 /// Checks an optional author: same rules as a name when present.
@@ -161,6 +331,8 @@ pub struct Saved {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NoteView {
     pub key: String,
+    /// Left out of `list_notes` with `values: false` (read back as empty).
+    #[serde(default)]
     pub value: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
@@ -374,6 +546,10 @@ pub struct EventView {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Pushed {
     pub id: i64,
+    /// The push found a pending or claimed task with its `unique_key`: `id` is that task's, and
+    /// nothing was added. Absent when false, so a plain push still answers `{id}`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -429,6 +605,38 @@ pub struct TaskView {
     pub lease_agent: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_expires_in_seconds: Option<i64>,
+    /// A delayed task: seconds until it may be claimed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_in_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+}
+
+/// `get_task`: the task, or `{found:false}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum GetTaskResult {
+    Found {
+        found: bool,
+        #[serde(flatten)]
+        task: Box<TaskView>,
+    },
+    Missing {
+        found: bool,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Retried {
+    pub retried: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Everything `airlock status` shows, in one consistent snapshot.
@@ -439,12 +647,78 @@ pub struct StatusView {
     pub notes: Vec<NoteView>,
     pub events: Vec<EventView>,
     pub queues: Vec<QueueView>,
-    /// Open tasks (pending and claimed), at most [`STATUS_MAX_TASKS`], highest priority and
-    /// oldest first as claims take them, payloads shortened to [`STATUS_PAYLOAD_CHARS`].
+    /// Open tasks (on the first page): claimed, then pending, oldest first in each, at most
+    /// [`STATUS_MAX_TASKS`], payloads shortened to [`STATUS_PAYLOAD_CHARS`].
     #[serde(default)]
     pub tasks: Vec<TaskView>,
     /// What the engine that answered has done since it started.
     pub engine: EngineCounts,
+    /// Sections cut at the page's `limit` (or the page byte budget): `next_cursor` (or the
+    /// `list_*` tools) page through the rest.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub truncated: Vec<String>,
+    /// Where the next page of every truncated section starts (`GET /status?cursor=…`); absent
+    /// on the last page.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub next_cursor: Option<String>,
+}
+
+/// Where each section of a paged `/status` goes on from, carried between pages as an opaque
+/// `cursor` (hex of its JSON). A section that ended on an earlier page comes back empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCursor {
+    #[serde(default)]
+    pub locks: SectionAt,
+    #[serde(default)]
+    pub agents: SectionAt,
+    #[serde(default)]
+    pub notes: SectionAt,
+    #[serde(default)]
+    pub events: SectionAt,
+    #[serde(default)]
+    pub queues: SectionAt,
+}
+
+/// Where one section of `/status` stands between pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SectionAt {
+    /// From its first item.
+    #[default]
+    Start,
+    /// After this item (a name, or the section's own list cursor).
+    After(String),
+    /// Ended on an earlier page.
+    Done,
+}
+
+/// The longest `/status` cursor accepted: five positions, each at most a name long, in hex.
+pub const MAX_STATUS_CURSOR_BYTES: usize = 16 * 1024;
+
+impl StatusCursor {
+    pub fn encode(&self) -> String {
+        hex::encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    /// Checks a `/status` page: `limit` as for the list tools, `cursor` one this daemon made.
+    pub fn page(page: &crate::core::request::ListPage) -> CoreResult<(usize, StatusCursor)> {
+        let limit = Page::new(page.limit, None, true)?.limit;
+        let Some(text) = &page.cursor else {
+            return Ok((limit, StatusCursor::default()));
+        };
+        let bad = || {
+            CoreError::invalid(
+                "cursor",
+                "is not a cursor from /status (pass the next_cursor of the previous page as it is)",
+            )
+        };
+        if text.len() > MAX_STATUS_CURSOR_BYTES {
+            return Err(bad());
+        }
+        let bytes = hex::decode(text).map_err(|_| bad())?;
+        let cursor: StatusCursor = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+        Ok((limit, cursor))
+    }
 }
 
 /// An engine's work since it started: transactions committed and operations applied. Their ratio
@@ -462,6 +736,9 @@ pub struct QueueView {
     pub claimed: usize,
     pub completed: usize,
     pub failed: usize,
+    /// Tasks that used up their `max_attempts` (kept until `retry_task`).
+    #[serde(default)]
+    pub dead: usize,
     /// Callers parked in `claim_next_task` on this queue.
     pub waiting_claimers: usize,
 }
@@ -493,6 +770,21 @@ mod tests {
         assert!(check_name("name", &"x".repeat(512)).is_ok());
         let e = check_name("name", &"x".repeat(513)).unwrap_err();
         assert!(e.to_string().starts_with("name: must be at most 512 bytes"));
+    }
+
+    #[test]
+    fn invisible_and_bidi_characters_are_refused_in_names() {
+        for bad in [
+            "ad\u{200b}min",
+            "x\u{202e}y",
+            "\u{feff}bom",
+            "a\u{2066}b",
+            "l\u{2028}s",
+        ] {
+            let e = check_name("key", bad).unwrap_err().to_string();
+            assert!(e.contains("key") && e.contains("invisible"), "{bad:?}: {e}");
+        }
+        assert!(check_name("key", "ünïcödé-名前-✓").is_ok());
     }
 
     #[test]

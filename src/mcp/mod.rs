@@ -29,19 +29,43 @@ use args::Args;
 pub const INSTRUCTIONS: &str = "airlock coordinates agents working on one repository or machine. \
 Take a named lock before touching a shared resource (lock_resource with wait_seconds up to 50 \
 blocks in the daemon until it frees; never poll), release it with its lock_token. Share state with \
-notes (set_note_if for compare-and-swap) and increment_counter for unique numbers. Heartbeat with \
-register_agent so your locks release if you die. Hand off with signal_event/wait_for_event and \
-share work through push_task/claim_next_task.";
+notes (set_note_if for compare-and-swap) and increment_counter for unique numbers. Hand off with \
+signal_event/wait_for_event and share work through push_task/claim_next_task. Use one agent_id of \
+your own in every call, never a shared name like \"claude\": airlock's Claude Code hooks give you \
+claude:<session id>, and through `airlock mcp` it is filled in when you omit it. Presence (which \
+releases your locks if you die) is kept for you by those hooks and by `airlock mcp`; otherwise call \
+register_agent once with ttl_seconds longer than your longest pause between calls (e.g. 3600), \
+and unregister_agent when you finish, which releases your locks at once.";
 
 /// The MCP server: a thin shell around the core ([`CoreApi`]). Cheap to clone (one per request).
 #[derive(Clone)]
 pub struct AirlockMcp {
     core: Arc<dyn CoreApi>,
+    /// Which clients used which agent_id lately (shared by every request of the daemon).
+    sightings: Arc<crate::identity::Sightings>,
 }
 
 impl AirlockMcp {
     pub fn new(core: Arc<dyn CoreApi>) -> Self {
-        AirlockMcp { core }
+        AirlockMcp {
+            core,
+            sightings: Default::default(),
+        }
+    }
+
+    /// Shares one record of (agent_id, client) sightings among the daemon's requests.
+    pub fn with_sightings(mut self, sightings: Arc<crate::identity::Sightings>) -> Self {
+        self.sightings = sightings;
+        self
+    }
+
+    /// The warning for an agent_id that another client uses too, if any.
+    pub fn identity_warning(
+        &self,
+        headers: &http::HeaderMap,
+        arguments: Option<&Map<String, Value>>,
+    ) -> Option<String> {
+        self.sightings.check(headers, arguments)
     }
 
     /// Runs one tool and returns its result as JSON, or the error to report.
@@ -214,6 +238,11 @@ impl ServerHandler for AirlockMcp {
                 Ok(Err(CoreError::ShuttingDown))
             }
         }?;
-        Ok(tool_result(outcome).into())
+        let mut result = tool_result(outcome);
+        let parts = context.extensions.get::<http::request::Parts>();
+        if let Some(w) = parts.and_then(|p| self.identity_warning(&p.headers, Some(arguments))) {
+            crate::identity::annotate(&mut result, &w);
+        }
+        Ok(result.into())
     }
 }

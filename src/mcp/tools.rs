@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::args::Args;
 use crate::core::request::*;
-use crate::core::CoreResult;
+use crate::core::*;
 
 #[derive(Clone, Copy)]
 pub enum Kind {
@@ -19,11 +19,94 @@ pub enum Kind {
     StrList,
 }
 
+/// A default the schema states (the one `Request::check` fills in).
+#[derive(Clone, Copy)]
+pub enum DefaultValue {
+    None,
+    Int(i64),
+    Bool(bool),
+}
+
 pub struct Param {
     pub name: &'static str,
     pub kind: Kind,
     pub required: bool,
     pub description: &'static str,
+    /// Inclusive bounds of an integer, as the checks enforce them (`wait_seconds`' maximum is
+    /// its cap).
+    pub minimum: Option<i64>,
+    pub maximum: Option<i64>,
+    pub default: DefaultValue,
+    /// The only values a string may take.
+    pub choices: &'static [&'static str],
+    /// One of the tool's alternatives (the schema's `anyOf`): at least one of them is required.
+    pub alternative: bool,
+    /// Accepted but not offered in the schema (the deprecated `ttl_minutes`).
+    pub hidden: bool,
+}
+
+impl Param {
+    const fn range(mut self, minimum: i64, maximum: i64) -> Param {
+        self.minimum = Some(minimum);
+        self.maximum = Some(maximum);
+        self
+    }
+
+    const fn at_least(mut self, minimum: i64) -> Param {
+        self.minimum = Some(minimum);
+        self
+    }
+
+    const fn default_int(mut self, default: i64) -> Param {
+        self.default = DefaultValue::Int(default);
+        self
+    }
+
+    const fn default_bool(mut self, default: bool) -> Param {
+        self.default = DefaultValue::Bool(default);
+        self
+    }
+
+    const fn one_of(mut self, choices: &'static [&'static str]) -> Param {
+        self.choices = choices;
+        self
+    }
+
+    const fn alternative(mut self) -> Param {
+        self.alternative = true;
+        self
+    }
+
+    const fn hidden(mut self) -> Param {
+        self.hidden = true;
+        self
+    }
+
+    /// The property's JSON schema.
+    fn schema(&self) -> Value {
+        let mut schema = match self.kind {
+            Kind::Str => json!({"type": "string"}),
+            Kind::Int => json!({"type": "integer"}),
+            Kind::Bool => json!({"type": "boolean"}),
+            Kind::StrList => json!({"type": "array", "items": {"type": "string"}}),
+        };
+        schema["description"] = Value::String(self.description.to_string());
+        if let Some(min) = self.minimum {
+            schema["minimum"] = json!(min);
+        }
+        if let Some(max) = self.maximum {
+            schema["maximum"] = json!(max);
+        }
+        match self.default {
+            DefaultValue::None => {}
+            DefaultValue::Int(d) => schema["default"] = json!(d),
+            DefaultValue::Bool(d) => schema["default"] = json!(d),
+        }
+        if !self.choices.is_empty() {
+            schema["enum"] = json!(self.choices);
+        }
+        schema
+    }
 }
 
 pub struct ToolSpec {
@@ -46,17 +129,14 @@ impl ToolSpec {
     pub fn to_tool(&self) -> rmcp::model::Tool {
         let mut props = serde_json::Map::new();
         let mut required = Vec::new();
-        for p in self.params {
-            let mut schema = match p.kind {
-                Kind::Str => json!({"type": "string"}),
-                Kind::Int => json!({"type": "integer"}),
-                Kind::Bool => json!({"type": "boolean"}),
-                Kind::StrList => json!({"type": "array", "items": {"type": "string"}}),
-            };
-            schema["description"] = Value::String(p.description.to_string());
-            props.insert(p.name.to_string(), schema);
+        let mut alternatives = Vec::new();
+        for p in self.params.iter().filter(|p| !p.hidden) {
+            props.insert(p.name.to_string(), p.schema());
             if p.required {
                 required.push(Value::String(p.name.to_string()));
+            }
+            if p.alternative {
+                alternatives.push(json!({"required": [p.name]}));
             }
         }
         let mut schema = JsonObject::new();
@@ -64,6 +144,9 @@ impl ToolSpec {
         schema.insert("properties".into(), Value::Object(props));
         if !required.is_empty() {
             schema.insert("required".into(), Value::Array(required));
+        }
+        if !alternatives.is_empty() {
+            schema.insert("anyOf".into(), Value::Array(alternatives));
         }
         let mut ann = ToolAnnotations::new()
             .read_only(self.tool.read_only())
@@ -85,34 +168,57 @@ const fn req(name: &'static str, kind: Kind, description: &'static str) -> Param
         kind,
         required: true,
         description,
+        minimum: None,
+        maximum: None,
+        default: DefaultValue::None,
+        choices: &[],
+        alternative: false,
+        hidden: false,
     }
 }
 
 const fn opt(name: &'static str, kind: Kind, description: &'static str) -> Param {
     Param {
-        name,
-        kind,
         required: false,
-        description,
+        ..req(name, kind, description)
     }
 }
 
 use Kind::*;
 
+const TTL: (i64, i64) = (MIN_TTL_SECONDS, MAX_TTL_SECONDS);
+const WAIT: (i64, i64) = (0, MAX_WAIT_SECONDS);
+
 const TTL_SECONDS_LOCK: Param = opt(
     "ttl_seconds",
     Int,
     "How long the lock lasts unless renewed, in seconds (1 to 2592000). Default 900.",
+)
+.range(TTL.0, TTL.1)
+.default_int(DEFAULT_LOCK_TTL_SECONDS);
+const LIMIT: Param = opt(
+    "limit",
+    Int,
+    "Most items to answer (1 to 10000). Given (or with cursor), the answer is {items, next_cursor}.",
+)
+.range(1, 10_000);
+const CURSOR: Param = opt(
+    "cursor",
+    Str,
+    "next_cursor from the previous answer: the page after it.",
 );
+/// Still accepted (folded into ttl_seconds), no longer offered.
 const TTL_MINUTES: Param = opt(
     "ttl_minutes",
     Int,
     "Deprecated alias of ttl_seconds, in minutes. Do not give both.",
-);
+)
+.hidden();
 const AGENT_ID: Param = req(
     "agent_id",
     Str,
-    "Your stable identity, e.g. agent:claude-session-abc. Locks and leases are held by it.",
+    "Your own stable identity, unique to you (e.g. claude:<session id>, as airlock's Claude Code \
+     hooks give it); never a name another agent might also use. Locks and leases are held by it.",
 );
 
 pub static TOOLS: &[ToolSpec] = &[
@@ -137,7 +243,7 @@ pub static TOOLS: &[ToolSpec] = &[
             AGENT_ID,
             TTL_SECONDS_LOCK,
             TTL_MINUTES,
-            opt("wait_seconds", Int, "Seconds to block waiting for the lock (0 = try once). Capped at 50. Default 0."),
+            opt("wait_seconds", Int, "Seconds to block waiting for the lock (0 = try once). Capped at 50. Default 0.").range(WAIT.0, WAIT.1).default_int(0),
             opt("wake_token", Str, "The wake_token from an earlier locked:false answer, to keep your place in line."),
         ],
     },
@@ -153,8 +259,8 @@ pub static TOOLS: &[ToolSpec] = &[
             The next waiter is granted at once.",
         params: &[
             req("name", Str, "The lock's name."),
-            opt("lock_token", Str, "The lock_token from lock_resource."),
-            opt("agent_id", Str, "v1 compatibility: release by holder identity instead of token."),
+            opt("lock_token", Str, "The lock_token from lock_resource.").alternative(),
+            opt("agent_id", Str, "v1 compatibility: release by holder identity instead of token.").alternative(),
         ],
     },
     ToolSpec {
@@ -168,21 +274,22 @@ pub static TOOLS: &[ToolSpec] = &[
             {renewed:true, expires_in_seconds, fence} or {renewed:false, error}.",
         params: &[
             req("name", Str, "The lock's name."),
-            opt("lock_token", Str, "The lock_token from lock_resource (preferred)."),
-            opt("agent_id", Str, "v1 compatibility: renew by holder identity instead of token."),
+            opt("lock_token", Str, "The lock_token from lock_resource (preferred).").alternative(),
+            opt("agent_id", Str, "v1 compatibility: renew by holder identity instead of token.").alternative(),
             TTL_SECONDS_LOCK,
             TTL_MINUTES,
         ],
     },
     ToolSpec {
         tool: Tool::ListLocks,
-        parse: |_| Ok(Request::ListLocks),
+        parse: |a| Ok(Request::ListLocks(list_page(a)?)),
         description: "List held locks, and free locks reserved for the head of their line: \
             [{name, agent_id, expires_in_seconds, fence, waiters, line:[{agent_id, position, \
             waiting_seconds, state, seconds_left}]}]; a reserved free lock has agent_id null, \
             reserved_for and reserved_for_seconds. state is parked (a call waits now) or grace \
-            (a place kept for a caller coming back with its wake_token).",
-        params: &[],
+            (a place kept for a caller coming back with its wake_token). Pages: with limit or \
+            cursor, {items, next_cursor}.",
+        params: &[LIMIT, CURSOR],
     },
     ToolSpec {
         tool: Tool::LeaveLine,
@@ -217,7 +324,7 @@ pub static TOOLS: &[ToolSpec] = &[
             AGENT_ID,
             TTL_SECONDS_LOCK,
             TTL_MINUTES,
-            opt("wait_seconds", Int, "Seconds to block waiting for the whole set. Capped at 50. Default 0."),
+            opt("wait_seconds", Int, "Seconds to block waiting for the whole set. Capped at 50. Default 0.").range(WAIT.0, WAIT.1).default_int(0),
         ],
     },
     // ---------------------------------------------------------------- notes and counters
@@ -235,7 +342,7 @@ pub static TOOLS: &[ToolSpec] = &[
             req("key", Str, "The note's key, 1-512 bytes."),
             req("value", Str, "The value, up to 256 KiB."),
             opt("author", Str, "Who wrote it."),
-            opt("ttl_seconds", Int, "Seconds until the note expires (1 to 2592000). Default: never."),
+            opt("ttl_seconds", Int, "Seconds until the note expires (1 to 2592000). Default: never.").range(TTL.0, TTL.1),
             TTL_MINUTES,
         ],
     },
@@ -247,9 +354,19 @@ pub static TOOLS: &[ToolSpec] = &[
     },
     ToolSpec {
         tool: Tool::ListNotes,
-        parse: |_| Ok(Request::ListNotes),
-        description: "List every live note: [{key, value, author?, expires_in_seconds?}].",
-        params: &[],
+        parse: |a| {
+            Ok(Request::ListNotes(ListNotes {
+                page: list_page(a)?,
+                values: a.opt_bool("values")?,
+            }))
+        },
+        description: "List every live note: [{key, value, author?, expires_in_seconds?}]. \
+            Pages: with limit or cursor, {items, next_cursor}; values:false leaves values out.",
+        params: &[
+            LIMIT,
+            CURSOR,
+            opt("values", Bool, "Include each note's value (default true)."),
+        ],
     },
     ToolSpec {
         tool: Tool::DeleteNote,
@@ -274,7 +391,7 @@ pub static TOOLS: &[ToolSpec] = &[
             req("expected_value", Str, "The value you expect it to hold now (\"\" for absent)."),
             req("new_value", Str, "The value to store if it does."),
             opt("author", Str, "Who wrote it."),
-            opt("ttl_seconds", Int, "Seconds until the note expires. Default: never."),
+            opt("ttl_seconds", Int, "Seconds until the note expires. Default: never.").range(TTL.0, TTL.1),
             TTL_MINUTES,
         ],
     },
@@ -288,7 +405,7 @@ pub static TOOLS: &[ToolSpec] = &[
             callers ever get the same value. Use it for unique numbers (migration ids, ports).",
         params: &[
             req("name", Str, "The counter's name."),
-            opt("by", Int, "How much to add (may be negative). Default 1."),
+            opt("by", Int, "How much to add (may be negative). Default 1.").default_int(1),
         ],
     },
     // ---------------------------------------------------------------- presence
@@ -298,12 +415,15 @@ pub static TOOLS: &[ToolSpec] = &[
             agent_id: a.str("agent_id")?,
             ttl_seconds: a.ttl_seconds()?,
         })),
-        description: "Announce you are alive (a heartbeat); call again before ttl_seconds passes. \
-            If you stop, your presence lapses and every lock you hold is released and every task \
+        description: "Announce you are present for ttl_seconds; calling again extends it. Do not \
+            try to heartbeat every minute (one long turn outlives that): register once with \
+            ttl_seconds longer than your longest pause (e.g. 3600) and call unregister_agent when \
+            you finish. airlock's Claude Code hooks and `airlock mcp` keep presence for you. \
+            When it lapses, every lock you hold is released and every task \
             lease you hold is requeued. Returns {registered:true, expires_in_seconds}.",
         params: &[
             AGENT_ID,
-            opt("ttl_seconds", Int, "Seconds until your presence lapses (1 to 2592000). Default 60."),
+            opt("ttl_seconds", Int, "Seconds until your presence lapses (1 to 2592000). Default 60.").range(TTL.0, TTL.1).default_int(DEFAULT_AGENT_TTL_SECONDS),
             TTL_MINUTES,
         ],
     },
@@ -316,9 +436,10 @@ pub static TOOLS: &[ToolSpec] = &[
     },
     ToolSpec {
         tool: Tool::ListAgents,
-        parse: |_| Ok(Request::ListAgents),
-        description: "List live agents: [{agent_id, expires_in_seconds, locks_held, leases_held}].",
-        params: &[],
+        parse: |a| Ok(Request::ListAgents(list_page(a)?)),
+        description: "List live agents: [{agent_id, expires_in_seconds, locks_held, leases_held}]. \
+            Pages: with limit or cursor, {items, next_cursor}.",
+        params: &[LIMIT, CURSOR],
     },
     // ---------------------------------------------------------------- events
     ToolSpec {
@@ -339,8 +460,8 @@ pub static TOOLS: &[ToolSpec] = &[
             is ever missed, even one made between your calls.",
         params: &[
             req("name", Str, "The event's name."),
-            opt("last_seen_generation", Int, "The generation you last saw. Default 0."),
-            opt("wait_seconds", Int, "Seconds to block. Capped at 50. Default 25."),
+            opt("last_seen_generation", Int, "The generation you last saw. Default 0.").at_least(0).default_int(0),
+            opt("wait_seconds", Int, "Seconds to block. Capped at 50. Default 25.").range(WAIT.0, WAIT.1).default_int(DEFAULT_EVENT_WAIT_SECONDS),
         ],
     },
     ToolSpec {
@@ -351,6 +472,13 @@ pub static TOOLS: &[ToolSpec] = &[
             Returns {cleared:true}.",
         params: &[req("name", Str, "The event's name.")],
     },
+    ToolSpec {
+        tool: Tool::ListEvents,
+        parse: |_| Ok(Request::ListEvents),
+        description: "Every event signalled or cleared so far: [{name, generation, \
+            cleared_at_generation, waiters}].",
+        params: &[],
+    },
     // ---------------------------------------------------------------- tasks
     ToolSpec {
         tool: Tool::PushTask,
@@ -359,13 +487,23 @@ pub static TOOLS: &[ToolSpec] = &[
             payload: a.str("payload")?,
             author: a.opt_str("author")?,
             priority: a.opt_i64("priority")?,
+            delay_seconds: a.opt_i64("delay_seconds")?,
+            max_attempts: a.opt_i64("max_attempts")?,
+            unique_key: a.opt_str("unique_key")?,
         })),
-        description: "Add a task to a queue. Higher priority is claimed first, then older. Returns {id}.",
+        description: "Add a task to a queue. Higher priority is claimed first, then older. Returns {id}. \
+            delay_seconds holds it back (claimers parked on the queue get it the moment it is ready). \
+            max_attempts: after that many failures or lapsed leases it goes to state dead (kept, not \
+            retried; retry_task puts it back). unique_key: while a task with that key is pending or \
+            claimed in the queue, pushing again adds nothing and returns {id: <that task>, duplicate:true}.",
         params: &[
             req("queue", Str, "The queue's name."),
             req("payload", Str, "The task, up to 256 KiB (JSON text is fine)."),
             opt("author", Str, "Who pushed it."),
-            opt("priority", Int, "Higher first. Default 0."),
+            opt("priority", Int, "Higher first. Default 0.").default_int(0),
+            opt("delay_seconds", Int, "Not claimable until this many seconds from now (0 to 2592000). Default 0.").range(0, MAX_DELAY_SECONDS).default_int(0),
+            opt("max_attempts", Int, "Failures or lapsed leases before the task is dead (1 to 1000). Default: no limit.").range(1, MAX_ATTEMPTS_LIMIT),
+            opt("unique_key", Str, "At most one pending or claimed task of the queue has this key (1-512 bytes)."),
         ],
     },
     ToolSpec {
@@ -383,8 +521,8 @@ pub static TOOLS: &[ToolSpec] = &[
         params: &[
             req("queue", Str, "The queue's name."),
             AGENT_ID,
-            opt("lease_seconds", Int, "Seconds you have to finish (1 to 2592000). Default 120."),
-            opt("wait_seconds", Int, "Seconds to block for a task if none is pending. Capped at 50. Default 0."),
+            opt("lease_seconds", Int, "Seconds you have to finish (1 to 2592000). Default 120.").range(TTL.0, TTL.1).default_int(DEFAULT_LEASE_SECONDS),
+            opt("wait_seconds", Int, "Seconds to block for a task if none is pending. Capped at 50. Default 0.").range(WAIT.0, WAIT.1).default_int(0),
         ],
     },
     ToolSpec {
@@ -392,12 +530,14 @@ pub static TOOLS: &[ToolSpec] = &[
         parse: |a| Ok(Request::CompleteTask(Lease {
             id: a.i64("id")?,
             lease_token: a.str("lease_token")?,
+            result: a.opt_str("result")?,
         })),
         description: "Mark a claimed task done. Requires the lease_token of the current claim. \
-            Returns {completed:true} or {completed:false, error}.",
+            Returns {completed:true} or {completed:false, error}. get_task shows the result.",
         params: &[
             req("id", Int, "The task id."),
             req("lease_token", Str, "The lease_token from claim_next_task."),
+            opt("result", Str, "What the task produced, up to 256 KiB."),
         ],
     },
     ToolSpec {
@@ -406,13 +546,16 @@ pub static TOOLS: &[ToolSpec] = &[
             id: a.i64("id")?,
             lease_token: a.str("lease_token")?,
             requeue: a.opt_bool("requeue")?,
+            error: a.opt_str("error")?,
         })),
         description: "Give up on a claimed task: requeue=true (default) returns it to pending for \
-            another try; requeue=false fails it for good. Returns {failed:true} or {failed:false, error}.",
+            another try (or to dead, if it has used up its max_attempts); requeue=false fails it for \
+            good. Returns {failed:true} or {failed:false, error}.",
         params: &[
             req("id", Int, "The task id."),
             req("lease_token", Str, "The lease_token from claim_next_task."),
-            opt("requeue", Bool, "Return it to the queue (true, default) or fail it for good (false)."),
+            opt("requeue", Bool, "Return it to the queue (true, default) or fail it for good (false).").default_bool(true),
+            opt("error", Str, "Why it failed, up to 256 KiB; get_task and list_tasks show it as last_error."),
         ],
     },
     ToolSpec {
@@ -427,21 +570,61 @@ pub static TOOLS: &[ToolSpec] = &[
         params: &[
             req("id", Int, "The task id."),
             req("lease_token", Str, "The lease_token from claim_next_task."),
-            opt("lease_seconds", Int, "New lease length from now, in seconds. Default 120."),
+            opt("lease_seconds", Int, "New lease length from now, in seconds. Default 120.").range(TTL.0, TTL.1).default_int(DEFAULT_LEASE_SECONDS),
         ],
     },
     ToolSpec {
         tool: Tool::ListTasks,
-        parse: |a| Ok(Request::ListTasks(ListTasks { queue: Some(a.str("queue")?) })),
+        parse: |a| Ok(Request::ListTasks(ListTasks {
+            queue: Some(a.str("queue")?),
+            state: a.opt_str("state")?,
+            page: list_page(a)?,
+        })),
         description: "List a queue's tasks: [{id, queue, payload, priority, state, author?, \
-            attempts, lease_agent?, lease_expires_in_seconds?}]. States: pending, claimed, \
-            completed, failed. Finished tasks are kept 24 hours.",
-        params: &[req("queue", Str, "The queue's name.")],
+            attempts, lease_agent?, lease_expires_in_seconds?, ready_in_seconds?, max_attempts?, \
+            unique_key?, last_error?, result?}]. States: pending, claimed, completed, failed, dead. \
+            Completed and failed tasks are kept 24 hours; dead ones until retried. Pages: with \
+            limit or cursor, {items, next_cursor}.",
+        params: &[
+            req("queue", Str, "The queue's name."),
+            opt("state", Str, "Only tasks in this state: pending, claimed, completed, failed or dead.").one_of(&["pending", "claimed", "completed", "failed", "dead"]),
+            LIMIT,
+            CURSOR,
+        ],
+    },
+    ToolSpec {
+        tool: Tool::GetTask,
+        parse: |a| Ok(Request::GetTask(TaskId { id: a.i64("id")? })),
+        description: "One task by id: {found:true, id, queue, payload, priority, state, attempts, \
+            last_error?, result?, ...} (the fields of list_tasks) or {found:false}.",
+        params: &[req("id", Int, "The task id.")],
+    },
+    ToolSpec {
+        tool: Tool::RetryTask,
+        parse: |a| Ok(Request::RetryTask(TaskId { id: a.i64("id")? })),
+        description: "Put a dead (or failed) task back to pending with its attempts at 0; its \
+            last_error is kept. Returns {retried:true} or {retried:false, error}.",
+        params: &[req("id", Int, "The task id.")],
+    },
+    ToolSpec {
+        tool: Tool::ListQueues,
+        parse: |_| Ok(Request::ListQueues),
+        description: "Every queue with tasks or parked claimers: [{queue, pending, claimed, \
+            completed, failed, dead, waiting_claimers}].",
+        params: &[],
     },
 ];
 
 pub fn find(name: &str) -> Option<&'static ToolSpec> {
     TOOLS.iter().find(|t| t.name() == name)
+}
+
+/// The page a list call asks for (`limit`, `cursor`).
+fn list_page(a: &Args<'_>) -> CoreResult<ListPage> {
+    Ok(ListPage {
+        limit: a.opt_i64("limit")?,
+        cursor: a.opt_str("cursor")?,
+    })
 }
 
 /// `lock_token` (preferred) or `agent_id` (v1): exactly one of them.
@@ -493,8 +676,9 @@ mod tests {
         }
         assert_eq!(
             TOOLS.len(),
-            contract.len() + 2,
-            "22 contract tools + extend_lease + leave_line"
+            contract.len() + 6,
+            "22 contract tools + extend_lease, get_task, retry_task, list_queues, list_events, \
+             leave_line"
         );
         // Every tool offered over MCP has exactly one entry, and each entry parses into its tool.
         for t in Tool::ALL.iter().filter(|t| t.is_mcp_tool()) {
@@ -512,6 +696,17 @@ mod tests {
                 args.insert(p.name.to_string(), v);
             }
             let a = Args::new(&args, &spec.arg_names()).unwrap();
+            // Every param is in the schema except the hidden (deprecated) ones.
+            let schema = spec.to_tool().input_schema;
+            for p in spec.params {
+                assert_eq!(
+                    schema["properties"].get(p.name).is_some(),
+                    !p.hidden,
+                    "{} {}",
+                    spec.name(),
+                    p.name
+                );
+            }
             let request = (spec.parse)(&a).unwrap();
             assert_eq!(request.tool(), spec.tool, "{}", spec.name());
             // What the MCP client sent is what the typed request carries (and forwards).

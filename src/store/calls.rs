@@ -124,6 +124,9 @@ pub struct CallRow {
     /// `Running` when a previous coordinator had already taken it (it may have taken effect);
     /// `Queued` otherwise.
     pub state: CallState,
+    /// What a previous coordinator granted this call and never delivered (an
+    /// [`Orphan`](crate::core::Orphan) as JSON, written in the grant's own transaction).
+    pub orphan: Option<String>,
 }
 
 /// What became of an answered row.
@@ -182,7 +185,7 @@ pub async fn take(
                 c,
                 &format!(
                     "UPDATE airlock.calls SET state = 'running' WHERE id = ANY($1) \
-                     AND state = 'queued' AND {} RETURNING id, daemon, tool, args, 'queued'",
+                     AND state = 'queued' AND {} RETURNING id, daemon, tool, args, 'queued', orphan",
                     holds_coordinator_lock(2)
                 ),
                 &[&ids, &engine_pid, &hi, &lo],
@@ -194,7 +197,7 @@ pub async fn take(
                 c,
                 &format!(
                     "UPDATE airlock.calls SET state = 'running' WHERE state = 'queued' AND {} \
-                     RETURNING id, daemon, tool, args, 'queued'",
+                     RETURNING id, daemon, tool, args, 'queued', orphan",
                     holds_coordinator_lock(1)
                 ),
                 &[&engine_pid, &hi, &lo],
@@ -208,7 +211,7 @@ pub async fn take(
                     "WITH t AS (SELECT id, state AS was FROM airlock.calls \
                      WHERE state IN ('queued', 'running') AND {} FOR UPDATE) \
                      UPDATE airlock.calls c SET state = 'running' FROM t WHERE c.id = t.id \
-                     RETURNING c.id, c.daemon, c.tool, c.args, t.was",
+                     RETURNING c.id, c.daemon, c.tool, c.args, t.was, c.orphan",
                     holds_coordinator_lock(1)
                 ),
                 &[&engine_pid, &hi, &lo],
@@ -224,13 +227,16 @@ pub async fn take(
             tool: r.get(2),
             args: r.get(3),
             state: CallState::from_name(r.get::<_, &str>(4)).unwrap_or(CallState::Running),
+            orphan: r.get(5),
         })
         .collect();
     calls.sort_by_key(|c| c.id);
     Ok(calls)
 }
 
-/// Writes a call's answer (and the grant it carries) and tells the receiving daemon, provided
+/// Writes a call's answer (and the grant it carries, unless the engine already wrote the grant
+/// this call was given, which is kept: a re-run that finds its grant again answers it as not
+/// fresh) and tells the receiving daemon, provided
 /// the coordinator lock is still held by `engine_pid` (the backend of the answering daemon's
 /// engine session): a daemon that lost that session must not answer calls its successor may
 /// already have run again. `None` if there is no unanswered row (its daemon died and the row
@@ -247,7 +253,7 @@ pub async fn answer(
         c,
         &format!(
             "WITH mine AS (SELECT {} AS yes), \
-             u AS (UPDATE airlock.calls SET result = $2, orphan = $3, \
+             u AS (UPDATE airlock.calls SET result = $2, orphan = COALESCE($3, orphan), \
                state = CASE state WHEN 'running' THEN 'done' ELSE 'orphaned' END \
                WHERE id = $1 AND state IN ('running', 'cancelled') AND (SELECT yes FROM mine) \
                RETURNING state, daemon) \

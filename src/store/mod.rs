@@ -57,13 +57,15 @@ pub struct EventRow {
     pub cleared_at: i64,
 }
 
-/// A task's life: `pending` → `claimed` → `completed` | `failed` (or back to `pending`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A task's life: `pending` → `claimed` → `completed` | `failed` (or back to `pending`), or
+/// `dead` once it has used up its `max_attempts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TaskState {
     Pending,
     Claimed,
     Completed,
     Failed,
+    Dead,
 }
 
 impl TaskState {
@@ -73,6 +75,7 @@ impl TaskState {
             TaskState::Claimed => "claimed",
             TaskState::Completed => "completed",
             TaskState::Failed => "failed",
+            TaskState::Dead => "dead",
         }
     }
 
@@ -82,6 +85,7 @@ impl TaskState {
             "claimed" => TaskState::Claimed,
             "completed" => TaskState::Completed,
             "failed" => TaskState::Failed,
+            "dead" => TaskState::Dead,
             _ => return None,
         })
     }
@@ -100,6 +104,37 @@ pub struct TaskRow {
     pub lease_token: Option<String>,
     pub lease_expires_at: Option<Millis>,
     pub finished_at: Option<Millis>,
+    /// Not claimable before this instant (`delay_seconds`); `None`: at once.
+    pub ready_at: Option<Millis>,
+    /// Failures or lapsed leases after which the task is `dead`; `None`: no limit.
+    pub max_attempts: Option<i64>,
+    /// At most one pending or claimed task of the queue has it.
+    pub unique_key: Option<String>,
+    /// Why the last attempt failed (`fail_task`'s `error`, or a lapsed lease).
+    pub last_error: Option<String>,
+    /// What `complete_task` returned.
+    pub result: Option<String>,
+}
+
+/// A task to insert: the columns a push decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask<'a> {
+    pub queue: &'a str,
+    pub payload: &'a str,
+    pub author: Option<&'a str>,
+    pub priority: i64,
+    pub now: Millis,
+    pub ready_at: Option<Millis>,
+    pub max_attempts: Option<i64>,
+    pub unique_key: Option<&'a str>,
+}
+
+/// How many tasks of one queue are in one state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueCount {
+    pub queue: String,
+    pub state: TaskState,
+    pub count: i64,
 }
 
 /// Every timed row the deadline scheduler must know about after a restart.
@@ -108,6 +143,8 @@ pub struct Expiries {
     pub locks: Vec<(String, Millis)>,
     pub agents: Vec<(String, Millis)>,
     pub leases: Vec<(i64, Millis)>,
+    /// Pending tasks with a `ready_at`: a parked claimer must wake when one becomes ready.
+    pub delayed: Vec<(i64, Millis)>,
 }
 
 /// The storage backend. Called only from the engine thread, inside `begin`/`commit`.
@@ -119,6 +156,13 @@ pub trait Store: Send {
     fn savepoint(&mut self) -> StoreResult<()>;
     fn release_savepoint(&mut self) -> StoreResult<()>;
     fn rollback_to_savepoint(&mut self);
+    /// Whether the transaction `begin` opened is still there to commit. False when the backend
+    /// ended it on its own (SQLite rolls the whole transaction back on some errors, after which
+    /// every statement would commit by itself) or a rollback to a savepoint failed. The engine
+    /// then fails the batch instead of going on.
+    fn transaction_ok(&mut self) -> bool {
+        true
+    }
 
     fn note_get(&mut self, key: &str) -> StoreResult<Option<NoteRow>>;
     fn note_put(&mut self, note: &NoteRow) -> StoreResult<()>;
@@ -147,6 +191,8 @@ pub trait Store: Send {
     fn event_list(&mut self) -> StoreResult<Vec<EventRow>>;
 
     /// Inserts a new pending task and returns its id (ids strictly increase).
+    fn task_insert_new(&mut self, task: &NewTask<'_>) -> StoreResult<i64>;
+    /// [`Store::task_insert_new`] without delay, attempt limit or unique key.
     fn task_insert(
         &mut self,
         queue: &str,
@@ -154,16 +200,201 @@ pub trait Store: Send {
         author: Option<&str>,
         priority: i64,
         now: Millis,
-    ) -> StoreResult<i64>;
+    ) -> StoreResult<i64> {
+        self.task_insert_new(&NewTask {
+            queue,
+            payload,
+            author,
+            priority,
+            now,
+            ready_at: None,
+            max_attempts: None,
+            unique_key: None,
+        })
+    }
     fn task_get(&mut self, id: i64) -> StoreResult<Option<TaskRow>>;
+    /// Updates what a task's life changes: state, attempts, lease, finish, readiness, error,
+    /// result.
     fn task_update(&mut self, row: &TaskRow) -> StoreResult<()>;
-    /// The pending task of `queue` to claim next: highest priority, then oldest.
-    fn task_next_pending(&mut self, queue: &str) -> StoreResult<Option<TaskRow>>;
+    /// The pending task of `queue` to claim next at `now`: ready (no `ready_at`, or one at or
+    /// before `now`), highest priority, then oldest.
+    fn task_next_ready(&mut self, queue: &str, now: Millis) -> StoreResult<Option<TaskRow>>;
+    /// [`Store::task_next_ready`], whatever the tasks' `ready_at`.
+    fn task_next_pending(&mut self, queue: &str) -> StoreResult<Option<TaskRow>> {
+        self.task_next_ready(queue, Millis::MAX)
+    }
+    /// The pending or claimed task of `queue` with this unique key, if any.
+    fn task_live_with_key(&mut self, queue: &str, key: &str) -> StoreResult<Option<TaskRow>>;
+    /// Tasks of one queue, or of every queue, in one state or all, in id order.
+    fn task_list_in(
+        &mut self,
+        queue: Option<&str>,
+        state: Option<TaskState>,
+    ) -> StoreResult<Vec<TaskRow>>;
     /// Tasks of one queue, or of every queue, in id order.
-    fn task_list(&mut self, queue: Option<&str>) -> StoreResult<Vec<TaskRow>>;
+    fn task_list(&mut self, queue: Option<&str>) -> StoreResult<Vec<TaskRow>> {
+        self.task_list_in(queue, None)
+    }
+    /// How many tasks each queue has in each state (states with none are left out).
+    fn task_counts(&mut self) -> StoreResult<Vec<QueueCount>>;
     fn tasks_leased_by(&mut self, agent_id: &str) -> StoreResult<Vec<TaskRow>>;
     fn tasks_purge_finished(&mut self, before: Millis) -> StoreResult<usize>;
 
     /// Timed rows, read once at start to rebuild the deadline schedule.
     fn expiries(&mut self) -> StoreResult<Expiries>;
+
+    // Summaries, counted by the backend so the engine thread never loads every row (a task's
+    // payload may be hundreds of KiB) just to count it.
+
+    /// Locks held at `now` (unexpired), per holder.
+    fn lock_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>>;
+    /// Claimed tasks whose lease is unexpired at `now`, per lease holder.
+    fn lease_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>>;
+    /// Notes live at `now`, in key order, each value cut to its first `max_chars` characters;
+    /// the flag says the value was longer.
+    fn note_previews(&mut self, now: Millis, max_chars: i64) -> StoreResult<Vec<(NoteRow, bool)>>;
+
+    // Pages (`list_*`, `/status`). Each answers rows in the order of the full list after the
+    // cursor, at most `limit`, and whether more follow. These defaults cut the full list (so
+    // memory is not bounded by the page); SQLite overrides them with bounded queries.
+
+    /// Live notes with keys after `after`; values left empty unless `values`, and the page
+    /// stops once its values pass `max_bytes` (always at least one row).
+    fn note_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+        values: bool,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<NoteRow>, bool)> {
+        let rows = self
+            .note_list(now)?
+            .into_iter()
+            .filter(|n| after.is_none_or(|a| n.key.as_str() > a));
+        // Values left out do not count against the budget.
+        let size = |n: &NoteRow| if values { n.value.len() } else { 0 };
+        let (mut rows, more) = take_page(rows.map(Ok::<_, StoreError>), limit, max_bytes, size)?;
+        if !values {
+            rows.iter_mut().for_each(|n| n.value.clear());
+        }
+        Ok((rows, more))
+    }
+
+    /// Live locks (expiring after `now`) with names after `after`.
+    fn lock_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<LockRow>, bool)> {
+        let rows = self
+            .lock_list()?
+            .into_iter()
+            .filter(|l| l.expires_at > now && after.is_none_or(|a| l.name.as_str() > a));
+        take_page(rows.map(Ok::<_, StoreError>), limit, usize::MAX, |_| 0)
+    }
+
+    /// Live agents (expiring after `now`) with ids after `after`.
+    fn agent_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<AgentRow>, bool)> {
+        let rows = self
+            .agent_list()?
+            .into_iter()
+            .filter(|a| a.expires_at > now && after.is_none_or(|x| a.agent_id.as_str() > x));
+        take_page(rows.map(Ok::<_, StoreError>), limit, usize::MAX, |_| 0)
+    }
+
+    /// Tasks of one queue (or all), in one state (or all), with ids after `after`; stops once
+    /// payloads pass `max_bytes`.
+    fn task_page(
+        &mut self,
+        queue: Option<&str>,
+        state: Option<TaskState>,
+        after: Option<i64>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<TaskRow>, bool)> {
+        let rows = self
+            .task_list_in(queue, state)?
+            .into_iter()
+            .filter(|t| after.is_none_or(|a| t.id > a));
+        take_page(rows.map(Ok::<_, StoreError>), limit, max_bytes, |t| {
+            t.payload.len()
+        })
+    }
+
+    /// For each of `agents`: how many live locks it holds and how many live leases
+    /// (claimed tasks whose lease ends after `now`). Agents holding nothing may be left out.
+    fn holdings(
+        &mut self,
+        now: Millis,
+        agents: &[String],
+    ) -> StoreResult<std::collections::HashMap<String, (usize, usize)>> {
+        let mut out = std::collections::HashMap::new();
+        for a in agents {
+            let locks = self
+                .locks_held_by(a)?
+                .iter()
+                .filter(|l| l.expires_at > now)
+                .count();
+            let leases = self
+                .tasks_leased_by(a)?
+                .iter()
+                .filter(|t| {
+                    t.state == TaskState::Claimed && t.lease_expires_at.is_some_and(|at| at > now)
+                })
+                .count();
+            out.insert(a.clone(), (locks, leases));
+        }
+        Ok(out)
+    }
+
+    /// Writes `orphan` (what an answer grants, as JSON) beside the row of forwarded call `call`,
+    /// inside the open transaction: if the coordinating daemon dies before the answer is
+    /// delivered and the caller then leaves, the next coordinator releases it at once instead of
+    /// leaving it held until its TTL. Only a store other daemons forward calls to has the table.
+    fn record_forwarded_grant(&mut self, call: i64, orphan: &str) -> StoreResult<()> {
+        let _ = (call, orphan);
+        Err(StoreError::Other(
+            "this store does not run calls forwarded by other daemons".into(),
+        ))
+    }
+
+    /// Bytes the state takes, when the backend can tell cheaply.
+    fn used_bytes(&mut self) -> StoreResult<Option<u64>> {
+        Ok(None)
+    }
+
+    /// A gauge of [`Store::used_bytes`] kept current at every commit, read by the storage
+    /// quota from outside the engine thread; `None` where the backend has none (PostgreSQL).
+    fn usage_meter(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicU64>> {
+        None
+    }
+}
+
+/// The first rows of `rows`: at most `limit`, and no more once their `size` passes `max_bytes`
+/// (but always the first); and whether any row is left.
+pub fn take_page<T, E>(
+    mut rows: impl Iterator<Item = Result<T, E>>,
+    limit: usize,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> Result<(Vec<T>, bool), E> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows.by_ref() {
+        let row = row?;
+        bytes = bytes.saturating_add(size(&row));
+        out.push(row);
+        if out.len() >= limit || bytes >= max_bytes {
+            break;
+        }
+    }
+    let more = rows.next().transpose()?.is_some();
+    Ok((out, more))
 }

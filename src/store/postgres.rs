@@ -26,10 +26,17 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::{
-    AgentRow, EventRow, Expiries, LockRow, NoteRow, Store, StoreError, StoreResult, TaskRow,
-    TaskState,
+    AgentRow, EventRow, Expiries, LockRow, NewTask, NoteRow, QueueCount, Store, StoreError,
+    StoreResult, TaskRow, TaskState,
 };
 use crate::clock::Millis;
+
+mod decode;
+mod pages;
+pub mod tls;
+mod usage;
+
+use decode::{agent_from, event_from, lock_from, note_from, rows, task_from};
 
 /// The schema every airlock table lives in. SQL below names it literally (`airlock.notes`), so a
 /// `search_path` never decides which table a query touches.
@@ -53,6 +60,11 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sql/postgres/0001_schema.sql"),
     // 2: the coordinator's call table (made by 1 in databases from before the split).
     include_str!("sql/postgres/0002_forwarding_calls.sql"),
+    // 3: push_task's delay, attempt limit and unique key; fail_task's error; complete_task's
+    // result.
+    include_str!("sql/postgres/0003_task_options.sql"),
+    // 4: the bytes the state takes, kept by triggers, for the storage quota.
+    include_str!("sql/postgres/0004_state_usage.sql"),
 ];
 
 /// How many migrations this binary knows: the schema version it writes and expects.
@@ -185,7 +197,8 @@ macro_rules! statements {
 const NOTE_COLUMNS: &str = "key, value, author, expires_at";
 const LOCK_COLUMNS: &str = "name, agent_id, token, fence, expires_at";
 const TASK_COLUMNS: &str = "id, queue, payload, author, priority, state, attempts, lease_agent, \
-                            lease_token, lease_expires_at, finished_at";
+                            lease_token, lease_expires_at, finished_at, ready_at, max_attempts, \
+                            unique_key, last_error, result";
 
 statements! {
     note_get = &format!("SELECT {NOTE_COLUMNS} FROM airlock.notes WHERE key = $1");
@@ -231,21 +244,30 @@ statements! {
                  cleared_at = excluded.cleared_at";
     event_list = "SELECT name, generation, cleared_at FROM airlock.events ORDER BY name";
     task_insert = "INSERT INTO airlock.tasks
-                   (queue, payload, author, priority, state, attempts, created_at)
-                   VALUES ($1, $2, $3, $4, 'pending', 0, $5) RETURNING id";
+                   (queue, payload, author, priority, state, attempts, created_at, ready_at,
+                   max_attempts, unique_key)
+                   VALUES ($1, $2, $3, $4, 'pending', 0, $5, $6, $7, $8) RETURNING id";
     task_get = &format!("SELECT {TASK_COLUMNS} FROM airlock.tasks WHERE id = $1");
     task_update = "UPDATE airlock.tasks SET state = $2, attempts = $3, lease_agent = $4,
-                   lease_token = $5, lease_expires_at = $6, finished_at = $7 WHERE id = $1";
+                   lease_token = $5, lease_expires_at = $6, finished_at = $7, ready_at = $8,
+                   last_error = $9, result = $10 WHERE id = $1";
     // SKIP LOCKED: one writer at a time is the design, but should two ever overlap, they still
     // never pick the same task.
     task_next_pending = &format!(
         "SELECT {TASK_COLUMNS} FROM airlock.tasks WHERE queue = $1 AND state = 'pending'
+         AND (ready_at IS NULL OR ready_at <= $2)
          ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED"
     );
-    task_list_queue = &format!(
-        "SELECT {TASK_COLUMNS} FROM airlock.tasks WHERE queue = $1 ORDER BY id"
+    task_live_with_key = &format!(
+        "SELECT {TASK_COLUMNS} FROM airlock.tasks WHERE queue = $1 AND unique_key = $2
+         AND state IN ('pending', 'claimed')"
     );
-    task_list_all = &format!("SELECT {TASK_COLUMNS} FROM airlock.tasks ORDER BY id");
+    task_list_in = &format!(
+        "SELECT {TASK_COLUMNS} FROM airlock.tasks WHERE ($1::text IS NULL OR queue = $1)
+         AND ($2::text IS NULL OR state = $2) ORDER BY id"
+    );
+    task_counts = "SELECT queue, state, count(*) FROM airlock.tasks GROUP BY queue, state
+                   ORDER BY queue";
     tasks_leased_by = &format!(
         "SELECT {TASK_COLUMNS} FROM airlock.tasks WHERE lease_agent = $1 AND state = 'claimed'
          ORDER BY id"
@@ -255,66 +277,17 @@ statements! {
     expiries_locks = "SELECT name, expires_at FROM airlock.locks";
     expiries_agents = "SELECT agent_id, expires_at FROM airlock.agents";
     expiries_leases = "SELECT id, lease_expires_at FROM airlock.tasks WHERE state = 'claimed'";
-}
-
-fn note_from(r: &Row) -> StoreResult<NoteRow> {
-    Ok(NoteRow {
-        key: r.try_get(0)?,
-        value: r.try_get(1)?,
-        author: r.try_get(2)?,
-        expires_at: r.try_get(3)?,
-    })
-}
-
-fn lock_from(r: &Row) -> StoreResult<LockRow> {
-    Ok(LockRow {
-        name: r.try_get(0)?,
-        agent_id: r.try_get(1)?,
-        token: r.try_get(2)?,
-        fence: r.try_get(3)?,
-        expires_at: r.try_get(4)?,
-    })
-}
-
-fn agent_from(r: &Row) -> StoreResult<AgentRow> {
-    Ok(AgentRow {
-        agent_id: r.try_get(0)?,
-        expires_at: r.try_get(1)?,
-    })
-}
-
-fn event_from(r: &Row) -> StoreResult<EventRow> {
-    Ok(EventRow {
-        name: r.try_get(0)?,
-        generation: r.try_get(1)?,
-        cleared_at: r.try_get(2)?,
-    })
-}
-
-fn task_from(r: &Row) -> StoreResult<TaskRow> {
-    let id: i64 = r.try_get(0)?;
-    let state: &str = r.try_get(5)?;
-    Ok(TaskRow {
-        id,
-        queue: r.try_get(1)?,
-        payload: r.try_get(2)?,
-        author: r.try_get(3)?,
-        priority: r.try_get(4)?,
-        state: TaskState::parse(state).ok_or_else(|| {
-            StoreError::Other(format!(
-                "task {id} has an unknown state {state:?} in airlock.tasks"
-            ))
-        })?,
-        attempts: r.try_get(6)?,
-        lease_agent: r.try_get(7)?,
-        lease_token: r.try_get(8)?,
-        lease_expires_at: r.try_get(9)?,
-        finished_at: r.try_get(10)?,
-    })
-}
-
-fn rows<T>(rows: Vec<Row>, from: fn(&Row) -> StoreResult<T>) -> StoreResult<Vec<T>> {
-    rows.iter().map(from).collect()
+    expiries_delayed = "SELECT id, ready_at FROM airlock.tasks
+                        WHERE state = 'pending' AND ready_at IS NOT NULL";
+    lock_counts = "SELECT agent_id, COUNT(*) FROM airlock.locks WHERE expires_at > $1
+                   GROUP BY agent_id";
+    lease_counts = "SELECT lease_agent, COUNT(*) FROM airlock.tasks
+                    WHERE state = 'claimed' AND lease_agent IS NOT NULL AND lease_expires_at > $1
+                    GROUP BY lease_agent";
+    record_forwarded_grant = "UPDATE airlock.calls SET orphan = $2 WHERE id = $1";
+    note_previews = "SELECT key, left(value, ($2::bigint)::int), author, expires_at,
+                            char_length(value) > $2::bigint
+                     FROM airlock.notes WHERE expires_at IS NULL OR expires_at > $1 ORDER BY key";
 }
 
 /// PostgreSQL's `TEXT` cannot hold U+0000; say so plainly instead of letting the server fail the
@@ -344,6 +317,28 @@ pub struct PgStore {
     /// because `run` takes `&self` (its query borrows the statements); the store is used from
     /// one thread only.
     begin_pending: std::cell::Cell<bool>,
+    /// TLS for the cancel request's own connection, when the store's connection uses it.
+    cancel_tls: Option<tls::Connector>,
+    /// The operation savepoint, deferred like BEGIN: declared, sent, or none.
+    savepoint: std::cell::Cell<Savepoint>,
+    /// A RELEASE of the last savepoint, to go out with the next statement (or not at all: the
+    /// commit releases it), so a savepoint per operation costs no round trip of its own.
+    release_pending: std::cell::Cell<bool>,
+    /// A rollback to the savepoint failed: the transaction may be aborted, and its COMMIT would
+    /// be answered ROLLBACK without an error. The engine must not commit it.
+    broken: std::cell::Cell<bool>,
+    /// The bytes the state takes, as of the last commit (see `usage`).
+    usage: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Where the operation savepoint stands (see [`PgStore::run`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Savepoint {
+    None,
+    /// `savepoint` was called and SAVEPOINT not yet sent: it goes out with the next statement.
+    Declared,
+    /// SAVEPOINT was sent.
+    Open,
 }
 
 impl PgStore {
@@ -364,6 +359,7 @@ impl PgStore {
             .query_one("SHOW synchronous_commit", &[])
             .await?
             .try_get(0)?;
+        let usage = usage::gauge(usage::read(&client).await?);
         if sync == "off" {
             tracing::warn!(
                 "the database has synchronous_commit=off: a commit airlock acknowledged can be \
@@ -376,7 +372,18 @@ impl PgStore {
             st,
             timeout: QUERY_TIMEOUT,
             begin_pending: std::cell::Cell::new(false),
+            cancel_tls: None,
+            savepoint: std::cell::Cell::new(Savepoint::None),
+            release_pending: std::cell::Cell::new(false),
+            broken: std::cell::Cell::new(false),
+            usage,
         })
+    }
+
+    /// Sends the cancel request of a timed-out query over TLS too (the store's connection does).
+    pub fn with_cancel_tls(mut self, tls: tls::Connector) -> Self {
+        self.cancel_tls = Some(tls);
+        self
     }
 
     /// Changes the bound on each query (tests use a short one to see it fire).
@@ -394,14 +401,15 @@ impl PgStore {
             ));
         }
         let timeout = self.timeout;
-        let begin = self.begin_pending.replace(false);
+        let prefix = self.take_prefix();
         let query = async {
-            if !begin {
+            if prefix.is_empty() {
                 return query.await;
             }
-            // BEGIN goes out in the same round trip as the transaction's first statement: both
-            // are sent on the first poll, in this order, before either answer is awaited.
-            let (began, answer) = futures::join!(self.client.batch_execute("BEGIN"), query);
+            // BEGIN, and the savepoint statements, go out in the same round trip as the
+            // transaction's (or the operation's) first statement: both are sent on the first
+            // poll, in this order, before either answer is awaited.
+            let (began, answer) = futures::join!(self.client.batch_execute(&prefix), query);
             began?;
             answer
         };
@@ -413,8 +421,13 @@ impl PgStore {
                     // later statement on this connection would queue behind it: ask the server to
                     // cancel it. Best effort; a failure only means the wait goes on.
                     let cancel = self.client.cancel_token();
-                    let cancelled =
-                        tokio::time::timeout(CANCEL_TIMEOUT, cancel.cancel_query(NoTls)).await;
+                    let cancelled = tokio::time::timeout(CANCEL_TIMEOUT, async {
+                        match &self.cancel_tls {
+                            Some(tls) => cancel.cancel_query(tls.clone()).await,
+                            None => cancel.cancel_query(NoTls).await,
+                        }
+                    })
+                    .await;
                     if !matches!(cancelled, Ok(Ok(()))) {
                         tracing::warn!("could not cancel a database query that timed out");
                     }
@@ -425,6 +438,23 @@ impl PgStore {
                 }
             }
         })
+    }
+
+    /// The deferred statements to send before the next one: BEGIN, the RELEASE of the last
+    /// operation's savepoint, the SAVEPOINT of this operation.
+    fn take_prefix(&self) -> String {
+        let mut prefix = Vec::new();
+        if self.begin_pending.replace(false) {
+            prefix.push("BEGIN");
+        }
+        if self.release_pending.replace(false) {
+            prefix.push("RELEASE SAVEPOINT op");
+        }
+        if self.savepoint.get() == Savepoint::Declared {
+            self.savepoint.set(Savepoint::Open);
+            prefix.push("SAVEPOINT op");
+        }
+        prefix.join("; ")
     }
 
     fn simple(&self, sql: &str) -> StoreResult<()> {
@@ -455,17 +485,31 @@ impl Store for PgStore {
         // and makes a transaction without statements free. READ COMMITTED (the default)
         // suffices: one daemon writes at a time.
         self.begin_pending.set(true);
+        self.savepoint.set(Savepoint::None);
+        self.release_pending.set(false);
+        self.broken.set(false);
         Ok(())
     }
 
     fn commit(&mut self) -> StoreResult<()> {
+        // COMMIT releases every savepoint; one never sent needs nothing.
+        self.savepoint.set(Savepoint::None);
+        self.release_pending.set(false);
         if self.begin_pending.replace(false) {
             return Ok(()); // nothing was sent: nothing to commit
         }
-        self.simple("COMMIT")
+        if self.broken.get() {
+            let _ = self.simple("ROLLBACK");
+            return Err(StoreError::Other(
+                "the transaction could not be rolled back to an operation's savepoint".into(),
+            ));
+        }
+        self.commit_measured()
     }
 
     fn rollback(&mut self) {
+        self.savepoint.set(Savepoint::None);
+        self.release_pending.set(false);
         if self.begin_pending.replace(false) {
             return;
         }
@@ -475,15 +519,33 @@ impl Store for PgStore {
     }
 
     fn savepoint(&mut self) -> StoreResult<()> {
-        self.simple("SAVEPOINT op")
+        // Deferred to the operation's first statement (see `run`): an operation that sends
+        // nothing costs nothing.
+        self.savepoint.set(Savepoint::Declared);
+        Ok(())
     }
 
     fn release_savepoint(&mut self) -> StoreResult<()> {
-        self.simple("RELEASE SAVEPOINT op")
+        if self.savepoint.replace(Savepoint::None) == Savepoint::Open {
+            self.release_pending.set(true);
+        }
+        Ok(())
     }
 
     fn rollback_to_savepoint(&mut self) {
-        let _ = self.simple("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op");
+        if self.savepoint.replace(Savepoint::None) != Savepoint::Open {
+            return; // nothing was sent since the savepoint: nothing to undo
+        }
+        if self
+            .simple("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")
+            .is_err()
+        {
+            self.broken.set(true);
+        }
+    }
+
+    fn transaction_ok(&mut self) -> bool {
+        !self.broken.get()
     }
 
     fn note_get(&mut self, key: &str) -> StoreResult<Option<NoteRow>> {
@@ -633,21 +695,23 @@ impl Store for PgStore {
         rows(r, event_from)
     }
 
-    fn task_insert(
-        &mut self,
-        queue: &str,
-        payload: &str,
-        author: Option<&str>,
-        priority: i64,
-        now: Millis,
-    ) -> StoreResult<i64> {
-        check_text("the task's payload", payload)?;
+    fn task_insert_new(&mut self, t: &NewTask<'_>) -> StoreResult<i64> {
+        check_text("the task's payload", t.payload)?;
         self.run(async {
             let row = self
                 .client
                 .query_one(
                     &self.st.task_insert,
-                    &[&queue, &payload, &author, &priority, &now],
+                    &[
+                        &t.queue,
+                        &t.payload,
+                        &t.author,
+                        &t.priority,
+                        &t.now,
+                        &t.ready_at,
+                        &t.max_attempts,
+                        &t.unique_key,
+                    ],
                 )
                 .await?;
             Ok(row.try_get(0)?)
@@ -659,6 +723,12 @@ impl Store for PgStore {
     }
 
     fn task_update(&mut self, t: &TaskRow) -> StoreResult<()> {
+        if let Some(e) = &t.last_error {
+            check_text("the task's error", e)?;
+        }
+        if let Some(r) = &t.result {
+            check_text("the task's result", r)?;
+        }
         self.run(async {
             self.client
                 .execute(
@@ -671,6 +741,9 @@ impl Store for PgStore {
                         &t.lease_token,
                         &t.lease_expires_at,
                         &t.finished_at,
+                        &t.ready_at,
+                        &t.last_error,
+                        &t.result,
                     ],
                 )
                 .await?;
@@ -678,15 +751,45 @@ impl Store for PgStore {
         })
     }
 
-    fn task_next_pending(&mut self, queue: &str) -> StoreResult<Option<TaskRow>> {
-        Ok(self.task_rows(&self.st.task_next_pending, &[&queue])?.pop())
+    fn task_next_ready(&mut self, queue: &str, now: Millis) -> StoreResult<Option<TaskRow>> {
+        Ok(self
+            .task_rows(&self.st.task_next_pending, &[&queue, &now])?
+            .pop())
     }
 
-    fn task_list(&mut self, queue: Option<&str>) -> StoreResult<Vec<TaskRow>> {
-        match queue {
-            Some(q) => self.task_rows(&self.st.task_list_queue, &[&q]),
-            None => self.task_rows(&self.st.task_list_all, &[]),
-        }
+    fn task_live_with_key(&mut self, queue: &str, key: &str) -> StoreResult<Option<TaskRow>> {
+        Ok(self
+            .task_rows(&self.st.task_live_with_key, &[&queue, &key])?
+            .pop())
+    }
+
+    fn task_list_in(
+        &mut self,
+        queue: Option<&str>,
+        state: Option<TaskState>,
+    ) -> StoreResult<Vec<TaskRow>> {
+        let state = state.map(TaskState::as_str);
+        self.task_rows(&self.st.task_list_in, &[&queue, &state])
+    }
+
+    fn task_counts(&mut self) -> StoreResult<Vec<QueueCount>> {
+        let r = self.run(async { Ok(self.client.query(&self.st.task_counts, &[]).await?) })?;
+        r.iter()
+            .map(|row| {
+                let queue: String = row.try_get(0)?;
+                let state: &str = row.try_get(1)?;
+                let state = TaskState::parse(state).ok_or_else(|| {
+                    StoreError::Other(format!(
+                        "unknown task state {state:?} in queue {queue:?} in airlock.tasks"
+                    ))
+                })?;
+                Ok(QueueCount {
+                    queue,
+                    state,
+                    count: row.try_get(2)?,
+                })
+            })
+            .collect()
     }
 
     fn tasks_leased_by(&mut self, agent_id: &str) -> StoreResult<Vec<TaskRow>> {
@@ -703,14 +806,98 @@ impl Store for PgStore {
         })
     }
 
+    fn lock_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>> {
+        let r = self.run(async { Ok(self.client.query(&self.st.lock_counts, &[&now]).await?) })?;
+        rows(r, |r| Ok((r.try_get(0)?, r.try_get(1)?)))
+    }
+
+    fn lease_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>> {
+        let r = self.run(async { Ok(self.client.query(&self.st.lease_counts, &[&now]).await?) })?;
+        rows(r, |r| Ok((r.try_get(0)?, r.try_get(1)?)))
+    }
+
+    fn note_previews(&mut self, now: Millis, max_chars: i64) -> StoreResult<Vec<(NoteRow, bool)>> {
+        let r = self.run(async {
+            Ok(self
+                .client
+                .query(&self.st.note_previews, &[&now, &max_chars])
+                .await?)
+        })?;
+        rows(r, |r| Ok((note_from(r)?, r.try_get(4)?)))
+    }
+
+    fn note_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+        values: bool,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<NoteRow>, bool)> {
+        self.pg_note_page(now, after, limit, values, max_bytes)
+    }
+
+    fn lock_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<LockRow>, bool)> {
+        self.pg_lock_page(now, after, limit)
+    }
+
+    fn agent_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<AgentRow>, bool)> {
+        self.pg_agent_page(now, after, limit)
+    }
+
+    fn task_page(
+        &mut self,
+        queue: Option<&str>,
+        state: Option<TaskState>,
+        after: Option<i64>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<TaskRow>, bool)> {
+        self.pg_task_page(queue, state, after, limit, max_bytes)
+    }
+
+    fn holdings(
+        &mut self,
+        now: Millis,
+        agents: &[String],
+    ) -> StoreResult<std::collections::HashMap<String, (usize, usize)>> {
+        self.pg_holdings(now, agents)
+    }
+
+    fn usage_meter(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicU64>> {
+        Some(self.usage.clone())
+    }
+
+    fn record_forwarded_grant(&mut self, call: i64, orphan: &str) -> StoreResult<()> {
+        let st = &self.st.record_forwarded_grant;
+        self.run(async { Ok(self.client.execute(st, &[&call, &orphan]).await?) })?;
+        Ok(())
+    }
+
     fn expiries(&mut self) -> StoreResult<Expiries> {
-        let (locks, agents, leases) = self.run(async {
+        let (locks, agents, leases, delayed) = self.run(async {
             Ok(futures::try_join!(
                 self.client.query(&self.st.expiries_locks, &[]),
                 self.client.query(&self.st.expiries_agents, &[]),
                 self.client.query(&self.st.expiries_leases, &[]),
+                self.client.query(&self.st.expiries_delayed, &[]),
             )?)
         })?;
+        let ids = |rows: Vec<Row>| -> StoreResult<Vec<(i64, Millis)>> {
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect()
+        };
         let pairs = |rows: Vec<Row>| -> StoreResult<Vec<(String, Millis)>> {
             rows.iter()
                 .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
@@ -719,10 +906,8 @@ impl Store for PgStore {
         Ok(Expiries {
             locks: pairs(locks)?,
             agents: pairs(agents)?,
-            leases: leases
-                .iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-                .collect::<StoreResult<_>>()?,
+            leases: ids(leases)?,
+            delayed: ids(delayed)?,
         })
     }
 }

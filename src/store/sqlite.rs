@@ -2,23 +2,39 @@
 //! fsynced before [`Store::commit`] returns. Statements are prepared once and cached.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    AgentRow, EventRow, Expiries, LockRow, NoteRow, Store, StoreError, StoreResult, TaskRow,
-    TaskState,
+    AgentRow, EventRow, Expiries, LockRow, NewTask, NoteRow, QueueCount, Store, StoreError,
+    StoreResult, TaskRow, TaskState,
 };
 use crate::clock::Millis;
 
 /// Schema migrations (`src/store/sql/sqlite/`), applied in order; `PRAGMA user_version` records
 /// how many ran. Append only: a released migration is never edited.
-const MIGRATIONS: &[&str] = &[include_str!("sql/sqlite/0001_schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("sql/sqlite/0001_schema.sql"),
+    include_str!("sql/sqlite/0002_task_options.sql"),
+];
 
 /// The SQLite store. Owned by the engine thread.
 pub struct SqliteStore {
     conn: Connection,
+    /// Bytes in use (pages not free), refreshed at every commit: read by the storage quota.
+    usage: Arc<AtomicU64>,
+    /// When free pages were last given back to the file system.
+    last_vacuum: Instant,
 }
+
+/// Free pages given back per incremental vacuum (64 MiB of 4 KiB pages).
+const VACUUM_PAGES: i64 = 16_384;
+/// Free pages worth a vacuum, and the least time between two.
+const VACUUM_THRESHOLD_PAGES: i64 = 256;
+const VACUUM_EVERY: Duration = Duration::from_secs(2);
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, checks its integrity and migrates it.
@@ -62,8 +78,31 @@ impl SqliteStore {
              PRAGMA foreign_keys=OFF;",
         )?;
         conn.set_prepared_statement_cache_capacity(64);
-        let mut store = SqliteStore { conn };
+        // Space freed by deletes goes back to the file system (incremental_vacuum after commits).
+        // A database made before this setting is rebuilt once to take it.
+        let auto_vacuum = |c: &Connection| -> rusqlite::Result<i64> {
+            c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        };
+        if auto_vacuum(&conn)? != 2 {
+            conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL")?;
+            // Takes effect at once only on a file without pages yet; otherwise (an older
+            // database, or one WAL mode has already initialised) a VACUUM applies it.
+            if auto_vacuum(&conn)? != 2 {
+                let tables: i64 =
+                    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+                if tables > 0 {
+                    tracing::info!("rebuilding the database once for incremental auto-vacuum");
+                }
+                conn.execute_batch("VACUUM")?;
+            }
+        }
+        let mut store = SqliteStore {
+            conn,
+            usage: Arc::new(AtomicU64::new(0)),
+            last_vacuum: Instant::now(),
+        };
         store.migrate()?;
+        store.refresh_usage()?;
         Ok(store)
     }
 
@@ -87,6 +126,11 @@ impl SqliteStore {
     }
 }
 
+/// `limit` + 1 rows (so the page can tell whether more follow), as SQLite's LIMIT takes it.
+fn page_limit(limit: usize) -> i64 {
+    i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)
+}
+
 fn note_from(r: &Row) -> rusqlite::Result<NoteRow> {
     Ok(NoteRow {
         key: r.get(0)?,
@@ -107,7 +151,8 @@ fn lock_from(r: &Row) -> rusqlite::Result<LockRow> {
 }
 
 const TASK_COLUMNS: &str = "id, queue, payload, author, priority, state, attempts, lease_agent, \
-                            lease_token, lease_expires_at, finished_at";
+                            lease_token, lease_expires_at, finished_at, ready_at, max_attempts, \
+                            unique_key, last_error, result";
 
 fn task_from(r: &Row) -> rusqlite::Result<TaskRow> {
     let state: String = r.get(5)?;
@@ -129,10 +174,61 @@ fn task_from(r: &Row) -> rusqlite::Result<TaskRow> {
         lease_token: r.get(8)?,
         lease_expires_at: r.get(9)?,
         finished_at: r.get(10)?,
+        ready_at: r.get(11)?,
+        max_attempts: r.get(12)?,
+        unique_key: r.get(13)?,
+        last_error: r.get(14)?,
+        result: r.get(15)?,
     })
 }
 
 impl SqliteStore {
+    /// Bytes in pages that are not free.
+    fn measure(&self) -> StoreResult<u64> {
+        let (pages, free, size): (i64, i64, i64) = self.conn.query_row(
+            "SELECT * FROM pragma_page_count, pragma_freelist_count, pragma_page_size",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        Ok(((pages - free).max(0) * size) as u64)
+    }
+
+    fn refresh_usage(&mut self) -> StoreResult<()> {
+        let used = self.measure()?;
+        self.usage.store(used, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Gives free pages back to the file system, a bounded amount at a time, at most every
+    /// [`VACUUM_EVERY`]. Outside any transaction; a failure is only logged.
+    fn vacuum_some(&mut self) {
+        if self.last_vacuum.elapsed() < VACUUM_EVERY {
+            return;
+        }
+        self.last_vacuum = Instant::now();
+        let free: i64 = match self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+        {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        if free >= VACUUM_THRESHOLD_PAGES {
+            // It frees a page per step: step it to the end.
+            let run = || -> rusqlite::Result<()> {
+                let mut st = self
+                    .conn
+                    .prepare(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))?;
+                let mut rows = st.query([])?;
+                while rows.next()?.is_some() {}
+                Ok(())
+            };
+            if let Err(e) = run() {
+                tracing::warn!(error = %e, "incremental vacuum failed");
+            }
+        }
+    }
+
     fn query_tasks(&mut self, sql: &str, args: impl rusqlite::Params) -> StoreResult<Vec<TaskRow>> {
         let mut st = self.conn.prepare_cached(sql)?;
         let rows = st.query_map(args, task_from)?;
@@ -148,6 +244,10 @@ impl Store for SqliteStore {
 
     fn commit(&mut self) -> StoreResult<()> {
         self.conn.execute_batch("COMMIT")?;
+        self.vacuum_some();
+        if let Err(e) = self.refresh_usage() {
+            tracing::warn!(error = %e, "could not measure the database");
+        }
         Ok(())
     }
 
@@ -158,17 +258,27 @@ impl Store for SqliteStore {
     }
 
     fn savepoint(&mut self) -> StoreResult<()> {
-        self.conn.execute_batch("SAVEPOINT op")?;
+        // Outside a transaction SAVEPOINT would open one, and its RELEASE would commit it.
+        if self.conn.is_autocommit() {
+            return Err(StoreError::Other(
+                "no transaction is open (it could not begin, or was rolled back)".into(),
+            ));
+        }
+        self.conn.prepare_cached("SAVEPOINT op")?.execute([])?;
         Ok(())
     }
 
     fn release_savepoint(&mut self) -> StoreResult<()> {
-        self.conn.execute_batch("RELEASE op")?;
+        self.conn.prepare_cached("RELEASE op")?.execute([])?;
         Ok(())
     }
 
     fn rollback_to_savepoint(&mut self) {
         let _ = self.conn.execute_batch("ROLLBACK TO op; RELEASE op");
+    }
+
+    fn transaction_ok(&mut self) -> bool {
+        !self.conn.is_autocommit()
     }
 
     fn note_get(&mut self, key: &str) -> StoreResult<Option<NoteRow>> {
@@ -364,19 +474,25 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn task_insert(
-        &mut self,
-        queue: &str,
-        payload: &str,
-        author: Option<&str>,
-        priority: i64,
-        now: Millis,
-    ) -> StoreResult<i64> {
+    fn task_insert_new(&mut self, t: &NewTask<'_>) -> StoreResult<i64> {
         let mut st = self.conn.prepare_cached(
-            "INSERT INTO tasks (queue, payload, author, priority, state, attempts, created_at)
-             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5) RETURNING id",
+            "INSERT INTO tasks (queue, payload, author, priority, state, attempts, created_at,
+             ready_at, max_attempts, unique_key)
+             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7, ?8) RETURNING id",
         )?;
-        Ok(st.query_row(params![queue, payload, author, priority, now], |r| r.get(0))?)
+        Ok(st.query_row(
+            params![
+                t.queue,
+                t.payload,
+                t.author,
+                t.priority,
+                t.now,
+                t.ready_at,
+                t.max_attempts,
+                t.unique_key
+            ],
+            |r| r.get(0),
+        )?)
     }
 
     fn task_get(&mut self, id: i64) -> StoreResult<Option<TaskRow>> {
@@ -387,7 +503,8 @@ impl Store for SqliteStore {
     fn task_update(&mut self, t: &TaskRow) -> StoreResult<()> {
         let mut st = self.conn.prepare_cached(
             "UPDATE tasks SET state = ?2, attempts = ?3, lease_agent = ?4, lease_token = ?5,
-             lease_expires_at = ?6, finished_at = ?7 WHERE id = ?1",
+             lease_expires_at = ?6, finished_at = ?7, ready_at = ?8, last_error = ?9,
+             result = ?10 WHERE id = ?1",
         )?;
         st.execute(params![
             t.id,
@@ -396,30 +513,64 @@ impl Store for SqliteStore {
             t.lease_agent,
             t.lease_token,
             t.lease_expires_at,
-            t.finished_at
+            t.finished_at,
+            t.ready_at,
+            t.last_error,
+            t.result
         ])?;
         Ok(())
     }
 
-    fn task_next_pending(&mut self, queue: &str) -> StoreResult<Option<TaskRow>> {
+    fn task_next_ready(&mut self, queue: &str, now: Millis) -> StoreResult<Option<TaskRow>> {
         let sql = format!(
             "SELECT {TASK_COLUMNS} FROM tasks WHERE queue = ?1 AND state = 'pending'
+             AND (ready_at IS NULL OR ready_at <= ?2)
              ORDER BY priority DESC, id LIMIT 1"
         );
-        Ok(self.query_tasks(&sql, [queue])?.pop())
+        Ok(self.query_tasks(&sql, params![queue, now])?.pop())
     }
 
-    fn task_list(&mut self, queue: Option<&str>) -> StoreResult<Vec<TaskRow>> {
-        match queue {
-            Some(q) => {
-                let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE queue = ?1 ORDER BY id");
-                self.query_tasks(&sql, [q])
-            }
-            None => {
-                let sql = format!("SELECT {TASK_COLUMNS} FROM tasks ORDER BY id");
-                self.query_tasks(&sql, [])
-            }
+    fn task_live_with_key(&mut self, queue: &str, key: &str) -> StoreResult<Option<TaskRow>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE queue = ?1 AND unique_key = ?2
+             AND state IN ('pending', 'claimed')"
+        );
+        Ok(self.query_tasks(&sql, [queue, key])?.pop())
+    }
+
+    fn task_list_in(
+        &mut self,
+        queue: Option<&str>,
+        state: Option<TaskState>,
+    ) -> StoreResult<Vec<TaskRow>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR queue = ?1)
+             AND (?2 IS NULL OR state = ?2) ORDER BY id"
+        );
+        self.query_tasks(&sql, params![queue, state.map(TaskState::as_str)])
+    }
+
+    fn task_counts(&mut self) -> StoreResult<Vec<QueueCount>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT queue, state, count(*) FROM tasks GROUP BY queue, state ORDER BY queue",
+        )?;
+        let rows = st.query_map([], |r| {
+            let state: String = r.get(1)?;
+            Ok((r.get::<_, String>(0)?, state, r.get::<_, i64>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (queue, state, count) = row?;
+            let state = TaskState::parse(&state).ok_or_else(|| {
+                StoreError::Other(format!("unknown task state {state:?} in queue {queue:?}"))
+            })?;
+            out.push(QueueCount {
+                queue,
+                state,
+                count,
+            });
         }
+        Ok(out)
     }
 
     fn tasks_leased_by(&mut self, agent_id: &str) -> StoreResult<Vec<TaskRow>> {
@@ -435,6 +586,127 @@ impl Store for SqliteStore {
             "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at <= ?1",
         )?;
         Ok(st.execute([before])?)
+    }
+
+    fn lock_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT agent_id, COUNT(*) FROM locks WHERE expires_at > ?1 GROUP BY agent_id",
+        )?;
+        let rows = st.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn lease_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT lease_agent, COUNT(*) FROM tasks
+             WHERE state = 'claimed' AND lease_agent IS NOT NULL AND lease_expires_at > ?1
+             GROUP BY lease_agent",
+        )?;
+        let rows = st.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn note_previews(&mut self, now: Millis, max_chars: i64) -> StoreResult<Vec<(NoteRow, bool)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT key, substr(value, 1, ?2), author, expires_at, length(value) > ?2 FROM notes
+             WHERE expires_at IS NULL OR expires_at > ?1 ORDER BY key",
+        )?;
+        let rows = st.query_map([now, max_chars], |r| Ok((note_from(r)?, r.get(4)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn note_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+        values: bool,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<NoteRow>, bool)> {
+        let sql = if values {
+            "SELECT key, value, author, expires_at FROM notes
+             WHERE (expires_at IS NULL OR expires_at > ?1) AND key > ?2 ORDER BY key LIMIT ?3"
+        } else {
+            "SELECT key, '', author, expires_at FROM notes
+             WHERE (expires_at IS NULL OR expires_at > ?1) AND key > ?2 ORDER BY key LIMIT ?3"
+        };
+        let mut st = self.conn.prepare_cached(sql)?;
+        let rows = st.query_map(
+            params![now, after.unwrap_or(""), page_limit(limit)],
+            note_from,
+        )?;
+        Ok(super::take_page(rows, limit, max_bytes, |n| n.value.len())?)
+    }
+
+    fn lock_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<LockRow>, bool)> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT name, agent_id, token, fence, expires_at FROM locks
+             WHERE expires_at > ?1 AND name > ?2 ORDER BY name LIMIT ?3",
+        )?;
+        let rows = st.query_map(
+            params![now, after.unwrap_or(""), page_limit(limit)],
+            lock_from,
+        )?;
+        Ok(super::take_page(rows, limit, usize::MAX, |_| 0)?)
+    }
+
+    fn agent_page(
+        &mut self,
+        now: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<AgentRow>, bool)> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT agent_id, expires_at FROM agents
+             WHERE expires_at > ?1 AND agent_id > ?2 ORDER BY agent_id LIMIT ?3",
+        )?;
+        let rows = st.query_map(params![now, after.unwrap_or(""), page_limit(limit)], |r| {
+            Ok(AgentRow {
+                agent_id: r.get(0)?,
+                expires_at: r.get(1)?,
+            })
+        })?;
+        Ok(super::take_page(rows, limit, usize::MAX, |_| 0)?)
+    }
+
+    fn task_page(
+        &mut self,
+        queue: Option<&str>,
+        state: Option<TaskState>,
+        after: Option<i64>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<TaskRow>, bool)> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR queue = ?1) AND id > ?2
+             AND (?4 IS NULL OR state = ?4) ORDER BY id LIMIT ?3"
+        );
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let rows = st.query_map(
+            params![
+                queue,
+                after.unwrap_or(i64::MIN),
+                page_limit(limit),
+                state.map(|s| s.as_str())
+            ],
+            task_from,
+        )?;
+        Ok(super::take_page(rows, limit, max_bytes, |t| {
+            t.payload.len()
+        })?)
+    }
+
+    fn used_bytes(&mut self) -> StoreResult<Option<u64>> {
+        Ok(Some(self.measure()?))
+    }
+
+    fn usage_meter(&self) -> Option<Arc<AtomicU64>> {
+        Some(self.usage.clone())
     }
 
     fn expiries(&mut self) -> StoreResult<Expiries> {
@@ -458,64 +730,16 @@ impl Store for SqliteStore {
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             out.leases = rows.collect::<Result<_, _>>()?;
         }
+        {
+            let mut st = self.conn.prepare(
+                "SELECT id, ready_at FROM tasks WHERE state = 'pending' AND ready_at IS NOT NULL",
+            )?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            out.delayed = rows.collect::<Result<_, _>>()?;
+        }
         Ok(out)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The durability promise rests on these settings: WAL, and an fsync at every commit.
-    #[test]
-    fn a_file_database_is_wal_with_an_fsync_per_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("state.db")).unwrap();
-        let get = |p: &str| -> String {
-            s.conn
-                .query_row(&format!("PRAGMA {p}"), [], |r| {
-                    r.get::<_, rusqlite::types::Value>(0)
-                })
-                .map(|v| match v {
-                    rusqlite::types::Value::Integer(i) => i.to_string(),
-                    rusqlite::types::Value::Text(t) => t,
-                    other => format!("{other:?}"),
-                })
-                .unwrap()
-        };
-        assert_eq!(get("journal_mode"), "wal");
-        assert_eq!(get("synchronous"), "2", "synchronous must be FULL");
-        assert_eq!(get("fullfsync"), "1");
-    }
-
-    #[test]
-    fn fences_never_repeat_even_after_the_lock_row_is_gone() {
-        let mut s = SqliteStore::open_in_memory().unwrap();
-        s.begin().unwrap();
-        assert_eq!(s.fence_next("a").unwrap(), 1);
-        assert_eq!(s.fence_next("a").unwrap(), 2);
-        assert_eq!(s.fence_next("b").unwrap(), 1);
-        s.commit().unwrap();
-    }
-
-    #[test]
-    fn pending_tasks_come_by_priority_then_age() {
-        let mut s = SqliteStore::open_in_memory().unwrap();
-        s.begin().unwrap();
-        let low = s.task_insert("q", "low", None, 0, 1).unwrap();
-        let high = s.task_insert("q", "high", None, 5, 2).unwrap();
-        let high2 = s.task_insert("q", "high2", None, 5, 3).unwrap();
-        assert!(low < high && high < high2);
-        assert_eq!(s.task_next_pending("q").unwrap().unwrap().id, high);
-        s.commit().unwrap();
-    }
-
-    #[test]
-    fn counter_overflow_is_reported_not_wrapped() {
-        let mut s = SqliteStore::open_in_memory().unwrap();
-        s.begin().unwrap();
-        assert_eq!(s.counter_add("c", i64::MAX).unwrap(), Some(i64::MAX));
-        assert_eq!(s.counter_add("c", 1).unwrap(), None);
-        s.commit().unwrap();
-    }
-}
+mod tests;

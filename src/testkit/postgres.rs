@@ -147,7 +147,8 @@ pub async fn reset(client: &Client) -> StoreResult<()> {
     let tables: Vec<String> = client
         .query(
             "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables
-             WHERE schemaname = $1 AND tablename <> 'schema_version' ORDER BY tablename",
+             WHERE schemaname = $1 AND tablename NOT IN ('schema_version', 'usage')
+             ORDER BY tablename",
             &[&SCHEMA],
         )
         .await?
@@ -159,6 +160,13 @@ pub async fn reset(client: &Client) -> StoreResult<()> {
             .batch_execute(&format!("TRUNCATE {} RESTART IDENTITY", tables.join(", ")))
             .await?;
     }
+    // TRUNCATE fires no row or statement DELETE triggers: the usage gauge is set to match.
+    client
+        .batch_execute(
+            "DO $$ BEGIN IF to_regclass('airlock.usage') IS NOT NULL THEN \
+             UPDATE airlock.usage SET bytes = 0; END IF; END $$",
+        )
+        .await?;
     Ok(())
 }
 

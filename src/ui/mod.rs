@@ -100,7 +100,7 @@ fn page(body: &'static str, content_type: &'static str) -> Response {
 
 /// The edge's Host and Origin checks, without the token.
 async fn same_machine(State(edge): State<Arc<EdgeConfig>>, req: Request, next: Next) -> Response {
-    if let Some(refused) = http::refuse_foreign(req.headers(), &edge) {
+    if let Some(refused) = http::refuse_foreign(&req, &edge) {
         return refused;
     }
     next.run(req).await
@@ -214,7 +214,11 @@ impl Live {
             // Everything up to now is in the snapshot about to be read.
             rx.borrow_and_update();
         }
-        let view = match self.core.call(CoreRequest::Status, None).await {
+        let view = match self
+            .core
+            .call(CoreRequest::Status(Default::default()), None)
+            .await
+        {
             Ok(CoreResponse::Status(mut view)) => {
                 // The engine's own counts move with every read; they are no change of state.
                 view.engine = Default::default();

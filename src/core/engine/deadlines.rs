@@ -16,6 +16,8 @@ pub(super) enum Deadline {
     LockExpiry(String),
     AgentLapse(String),
     LeaseExpiry(i64),
+    /// A delayed task becomes claimable: its queue may feed a parked claimer.
+    TaskReady(i64),
     TicketWindow(u64),
     TicketGrace(u64),
     EventWindow(u64),

@@ -37,6 +37,25 @@ fn event_row(tx: &mut Tx, name: &str) -> CoreResult<EventRow> {
 }
 
 impl Events {
+    /// Every event ever signalled or cleared, with how many callers wait on it.
+    pub(super) fn event_views(&self, tx: &mut Tx) -> CoreResult<Vec<EventView>> {
+        Ok(tx
+            .db(|s| s.event_list())?
+            .into_iter()
+            .map(|e| EventView {
+                waiters: self.waiting_on(&e.name),
+                name: e.name,
+                generation: e.generation,
+                cleared_at_generation: e.cleared_at,
+            })
+            .collect())
+    }
+
+    pub(super) fn list_events(&self, tx: &mut Tx, reply: Reply<Vec<EventView>>) {
+        let r = self.event_views(tx);
+        tx.respond(reply, r)
+    }
+
     pub(super) fn signal_event(&mut self, tx: &mut Tx, name: String, reply: Reply<Signaled>) {
         // Answered ahead of the waiters it wakes (all after the same commit), so the
         // signaller does not queue behind a thousand deliveries.

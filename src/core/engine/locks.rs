@@ -15,6 +15,7 @@ mod lines;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
+use super::lock_rows::{grant, grant_set, grant_single, live_lock, proof_matches, refresh, renew};
 use super::{new_token, tokens_equal, Deadline, Orphan, Reply, Tx, WaitProgress};
 use crate::clock::{seconds_left, Millis};
 use crate::core::types::*;
@@ -82,95 +83,6 @@ impl Default for Locks {
             next_ticket: 1,
             to_pump: BTreeSet::new(),
         }
-    }
-}
-
-/// The lock row if it is held now; an expired row counts as absent.
-pub(super) fn live_lock(tx: &mut Tx, name: &str) -> CoreResult<Option<LockRow>> {
-    let now = tx.now();
-    Ok(tx.db(|s| s.lock_get(name))?.filter(|l| l.expires_at > now))
-}
-
-/// Extends a lock its agent already holds: same token, same fence.
-fn refresh(tx: &mut Tx, mut row: LockRow, ttl_ms: Millis) -> CoreResult<LockRow> {
-    row.expires_at = tx.now() + ttl_ms;
-    tx.db(|s| s.lock_put(&row))?;
-    tx.schedule(row.expires_at, Deadline::LockExpiry(row.name.clone()));
-    Ok(row)
-}
-
-/// Writes new grants of `names` to `agent_id`, one token and fence per name.
-fn grant(
-    tx: &mut Tx,
-    agent_id: &str,
-    names: &[String],
-    ttl_ms: Millis,
-) -> CoreResult<Vec<(String, String, i64)>> {
-    let expires_at = tx.now() + ttl_ms;
-    let mut out = Vec::with_capacity(names.len());
-    for name in names {
-        let fence = tx.db(|s| s.fence_next(name))?;
-        let row = LockRow {
-            name: name.clone(),
-            agent_id: agent_id.to_string(),
-            token: new_token("lk"),
-            fence,
-            expires_at,
-        };
-        tx.db(|s| s.lock_put(&row))?;
-        tx.schedule(expires_at, Deadline::LockExpiry(name.clone()));
-        out.push((row.name, row.token, fence));
-    }
-    Ok(out)
-}
-
-/// Grants a whole set (names already the agent's are refreshed, keeping their tokens).
-fn grant_set(
-    tx: &mut Tx,
-    agent_id: &str,
-    names: &[String],
-    ttl_ms: Millis,
-) -> CoreResult<(LockSetOutcome, Orphan)> {
-    let now = tx.now();
-    let mut tokens = std::collections::BTreeMap::new();
-    let mut fences = std::collections::BTreeMap::new();
-    let mut fresh = Vec::new();
-    for n in names {
-        match live_lock(tx, n)? {
-            Some(l) if l.agent_id == agent_id => {
-                let l = refresh(tx, l, ttl_ms)?;
-                tokens.insert(l.name.clone(), l.token);
-                fences.insert(l.name, l.fence);
-            }
-            _ => fresh.push(n.clone()),
-        }
-    }
-    let mut orphan = Vec::new();
-    for (name, token, fence) in grant(tx, agent_id, &fresh, ttl_ms)? {
-        orphan.push((name.clone(), token.clone()));
-        tokens.insert(name.clone(), token);
-        fences.insert(name, fence);
-    }
-    Ok((
-        LockSetOutcome::Granted {
-            locked: true,
-            tokens,
-            fences,
-            expires_in_seconds: seconds_left(now + ttl_ms, now),
-            fresh,
-        },
-        Orphan::Locks(orphan),
-    ))
-}
-
-fn proof_matches(row: &LockRow, proof: &HolderProof) -> Result<(), String> {
-    match proof {
-        HolderProof::Token(t) if tokens_equal(t, &row.token) => Ok(()),
-        HolderProof::Token(_) => Err("lock_token does not match the current holder's token \
-                                      (the lock may have expired and been granted again)"
-            .into()),
-        HolderProof::Agent(a) if *a == row.agent_id => Ok(()),
-        HolderProof::Agent(_) => Err("the lock is held by another agent".into()),
     }
 }
 
@@ -597,49 +509,48 @@ impl Locks {
         let TicketState::Parked { waiter, .. } = ticket.state else {
             unreachable!("checked parked above")
         };
+        // The ticket is out of line now: its caller is answered whatever happens, with the
+        // storage error if the grant cannot be written (the step is then rolled back).
         match waiter {
-            LockWaiter::Single(reply) => {
-                let now = tx.now();
-                let (out, fresh) = match live_lock(tx, name)? {
-                    Some(l) => {
-                        let l = refresh(tx, l, ttl_ms)?;
-                        ((l.name, l.token, l.fence), false)
-                    }
-                    None => (
-                        grant(tx, &agent_id, &names, ttl_ms)?
-                            .into_iter()
-                            .next()
-                            .expect("one name granted"),
-                        true,
-                    ),
-                };
-                let (n, token, fence) = out;
-                let out = LockOutcome::Granted {
-                    locked: true,
-                    lock_token: token.clone(),
-                    expires_in_seconds: seconds_left(now + ttl_ms, now),
-                    fence,
-                    fresh,
-                };
-                // A refresh of a lock the agent already held is never undone.
-                let orphan = fresh.then(|| Orphan::Locks(vec![(n, token)]));
-                tx.outbox.push(reply, Ok(out), orphan);
-            }
-            LockWaiter::Set(reply) => {
-                let (out, orphan) = grant_set(tx, &agent_id, &names, ttl_ms)?;
-                tx.respond_grant(reply, out, orphan);
-            }
+            LockWaiter::Single(reply) => match grant_single(tx, name, &names, &agent_id, ttl_ms) {
+                Ok((out, orphan)) => tx.outbox.push(reply, Ok(out), orphan),
+                Err(e) => {
+                    tx.respond(reply, Err(e.clone()));
+                    return Err(e);
+                }
+            },
+            LockWaiter::Set(reply) => match grant_set(tx, &agent_id, &names, ttl_ms) {
+                Ok((out, orphan)) => tx.respond_grant(reply, out, orphan),
+                Err(e) => {
+                    tx.respond(reply, Err(e.clone()));
+                    return Err(e);
+                }
+            },
         }
         Ok(())
     }
 
-    /// Moves every line an operation may have unblocked.
+    /// Moves every line an operation may have unblocked. On a storage error the step is
+    /// rolled back, so the line keeps its mark and moves in a later step.
     pub(super) fn pump_all(&mut self, tx: &mut Tx) {
         while let Some(name) = self.to_pump.pop_first() {
             if let Err(e) = self.pump_lock(tx, &name) {
                 tracing::error!(lock = %name, error = %e, "could not hand a lock to its next waiter");
+                self.to_pump.insert(name);
+                return;
             }
         }
+    }
+
+    /// Whether some line may be able to move.
+    pub(super) fn has_work(&self) -> bool {
+        !self.to_pump.is_empty()
+    }
+
+    /// After a rollback: a grant that was undone left its line unmoved, so every line is
+    /// looked at again.
+    pub(super) fn mark_all(&mut self) {
+        self.to_pump.extend(self.lock_queues.keys().cloned());
     }
 
     pub(super) fn unlock_resource(
@@ -686,9 +597,31 @@ impl Locks {
         tx.respond(reply, r)
     }
 
-    pub(super) fn list_locks(&mut self, tx: &mut Tx, reply: Reply<Vec<LockView>>) {
-        let r = self.lock_views(tx);
+    /// One page of the locks held now, in name order, with the length of each line.
+    pub(super) fn list_locks(&mut self, tx: &mut Tx, page: &Page, reply: Reply<Paged<LockView>>) {
+        let r = self.lock_page(tx, page);
         tx.respond(reply, r)
+    }
+
+    pub(super) fn lock_page(&mut self, tx: &mut Tx, page: &Page) -> CoreResult<Paged<LockView>> {
+        let now = tx.now();
+        let (rows, more) = tx.db(|s| s.lock_page(now, page.after.as_deref(), page.limit))?;
+        let items = rows.into_iter().map(|l| self.view(l, now)).collect();
+        // Free locks kept for the head of their line join the page in name order.
+        Ok(self.with_reserved(page, items, more, now))
+    }
+
+    fn view(&self, l: LockRow, now: Millis) -> LockView {
+        LockView {
+            waiters: self.line_len(&l.name),
+            line: self.line_view(&l.name, now),
+            expires_in_seconds: seconds_left(l.expires_at, now),
+            name: l.name,
+            agent_id: Some(l.agent_id),
+            fence: Some(l.fence),
+            reserved_for: None,
+            reserved_for_seconds: None,
+        }
     }
 
     /// Releases undelivered grants that are still held with the token they were granted with.
@@ -854,26 +787,4 @@ impl Locks {
     pub(super) fn ticket_count(&self) -> usize {
         self.tickets.len()
     }
-}
-
-fn renew(tx: &mut Tx, name: &str, proof: &HolderProof, ttl_ms: Millis) -> CoreResult<Renewed> {
-    let Some(row) = live_lock(tx, name)? else {
-        return Ok(Renewed::No {
-            renewed: false,
-            error: "the lock is not held (it may have expired)".into(),
-        });
-    };
-    if let Err(error) = proof_matches(&row, proof) {
-        return Ok(Renewed::No {
-            renewed: false,
-            error,
-        });
-    }
-    let now = tx.now();
-    let row = refresh(tx, row, ttl_ms)?;
-    Ok(Renewed::Yes {
-        renewed: true,
-        expires_in_seconds: seconds_left(row.expires_at, now),
-        fence: row.fence,
-    })
 }

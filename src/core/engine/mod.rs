@@ -26,7 +26,11 @@
 //!
 //! Invariants:
 //! - Nothing is answered before the commit that made it true. If the commit fails, every answer
-//!   of the batch becomes a storage error and nothing is acknowledged.
+//!   of the batch becomes a storage error and nothing is acknowledged; what the batch handled
+//!   (due deadlines, undelivered grants) is handled again by a later one.
+//! - Each step of a batch (a command, a grant to release, a due deadline) runs in a savepoint of
+//!   its own: a storage error rolls back that step alone, and the answers it made become the
+//!   error. A batch that could not begin sends the store nothing at all.
 //! - A lock is granted only to the head ticket of each of its names' queues; a caller who went
 //!   away is skipped, and a grant whose answer could not be delivered is released at once.
 //! - An expired row is treated as absent by every reader, so correctness never waits on a
@@ -34,6 +38,7 @@
 
 mod deadlines;
 mod events;
+mod lock_rows;
 mod locks;
 mod notes;
 mod presence;
@@ -41,6 +46,7 @@ mod status;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod tx;
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -51,11 +57,12 @@ use tokio::sync::oneshot;
 use super::request::{Request, Response};
 use super::types::*;
 use crate::clock::{Clock, Millis};
-use crate::store::{Store, StoreError, StoreResult};
+use crate::store::{Store, TaskState};
 use deadlines::{Deadline, Deadlines};
 use events::Events;
 use locks::Locks;
 use tasks::Tasks;
+use tx::{storage, Outbox, Tx};
 
 /// Most commands applied in one transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -79,12 +86,37 @@ const HOUSEKEEPING_MS: Millis = 60_000;
 /// tool, answer in their own type (`O`).
 pub struct Reply<T, O = Response> {
     tx: oneshot::Sender<CoreResult<O>>,
-    wrap: fn(T) -> O,
+    wrap: Box<dyn FnOnce(T) -> O + Send>,
+    /// The row of the forwarded call this answers (see [`Destination`]).
+    forwarded: Option<i64>,
+}
+
+/// Where an answer goes: its channel, and for a call another daemon forwarded, the id of the
+/// call's row in the forwarding table. A grant answered to a forwarded call is written beside
+/// that row in the grant's own transaction, so that if this daemon dies before the answer is
+/// delivered, the next coordinator knows what to give back (see `cluster::coordinate`).
+pub struct Destination<O> {
+    pub tx: oneshot::Sender<CoreResult<O>>,
+    pub forwarded: Option<i64>,
+}
+
+impl<O> From<oneshot::Sender<CoreResult<O>>> for Destination<O> {
+    fn from(tx: oneshot::Sender<CoreResult<O>>) -> Self {
+        Destination {
+            tx,
+            forwarded: None,
+        }
+    }
 }
 
 impl<T, O> Reply<T, O> {
-    pub fn new(tx: oneshot::Sender<CoreResult<O>>, wrap: fn(T) -> O) -> Self {
-        Reply { tx, wrap }
+    pub fn new(to: impl Into<Destination<O>>, wrap: impl FnOnce(T) -> O + Send + 'static) -> Self {
+        let to = to.into();
+        Reply {
+            tx: to.tx,
+            wrap: Box::new(wrap),
+            forwarded: to.forwarded,
+        }
     }
 
     /// Sends the answer; an error if the caller is gone.
@@ -115,7 +147,7 @@ pub enum Command {
     Call {
         call: u64,
         request: Request,
-        reply: oneshot::Sender<CoreResult<Response>>,
+        reply: Destination<Response>,
     },
     /// Where parked call `call` stands, for progress notifications.
     WaitStatus { call: u64, reply: ProgressReply },
@@ -136,111 +168,6 @@ pub enum Orphan {
     Lease { id: i64, lease_token: String },
 }
 
-// ------------------------------------------------------------ the outbox
-
-/// Sends an answer (or, if the batch failed, that failure); false if the caller is gone.
-type Deliver = Box<dyn FnOnce(Option<&CoreError>) -> bool + Send>;
-
-/// An answer waiting for its batch's commit.
-struct Outgoing {
-    deliver: Deliver,
-    /// What to release if the answer carries a grant nobody receives.
-    orphan: Option<Orphan>,
-}
-
-/// The answers of the batch, in the order they leave after the commit.
-#[derive(Default)]
-pub(super) struct Outbox {
-    answers: Vec<Outgoing>,
-}
-
-impl Outbox {
-    /// Queues `value` for `reply`; a grant carries the `orphan` that undoes it.
-    fn push<T: Send + 'static, O: Send + 'static>(
-        &mut self,
-        reply: Reply<T, O>,
-        value: CoreResult<T>,
-        orphan: Option<Orphan>,
-    ) {
-        self.insert(self.answers.len(), reply, value, orphan);
-    }
-
-    fn insert<T: Send + 'static, O: Send + 'static>(
-        &mut self,
-        at: usize,
-        reply: Reply<T, O>,
-        value: CoreResult<T>,
-        orphan: Option<Orphan>,
-    ) {
-        let deliver: Deliver = Box::new(move |failed: Option<&CoreError>| {
-            let value = match failed {
-                Some(e) => Err(e.clone()),
-                None => value,
-            };
-            reply.send(value).is_ok()
-        });
-        self.answers.insert(at, Outgoing { deliver, orphan });
-    }
-
-    fn len(&self) -> usize {
-        self.answers.len()
-    }
-}
-
-// ------------------------------------------------------------ the transaction context
-
-/// What one step of a batch works through: the store inside the batch's transaction, the
-/// outbox, the deadline schedule and the clock. Capabilities take a `Tx` (and, when one
-/// capability's change moves another's state, that capability), never the whole engine.
-pub(super) struct Tx<'a> {
-    store: &'a mut dyn Store,
-    clock: &'a dyn Clock,
-    outbox: &'a mut Outbox,
-    deadlines: &'a mut Deadlines,
-    /// The engine is draining: nobody is parked from now on.
-    draining: bool,
-    /// The first storage error of the batch: the batch is rolled back.
-    failed: &'a mut Option<CoreError>,
-}
-
-impl Tx<'_> {
-    fn now(&self) -> Millis {
-        self.clock.now_ms()
-    }
-
-    /// Runs a store call; a failure is recorded (the batch will roll back) and passed on.
-    fn db<T>(&mut self, f: impl FnOnce(&mut dyn Store) -> StoreResult<T>) -> CoreResult<T> {
-        f(&mut *self.store).map_err(|e| {
-            let e = storage(e);
-            if self.failed.is_none() {
-                *self.failed = Some(e.clone());
-            }
-            e
-        })
-    }
-
-    fn respond<T: Send + 'static, O: Send + 'static>(
-        &mut self,
-        reply: Reply<T, O>,
-        value: CoreResult<T>,
-    ) {
-        self.outbox.push(reply, value, None);
-    }
-
-    /// Answers with a grant; if nobody receives it, `orphan` is released in the next batch.
-    fn respond_grant<T: Send + 'static>(&mut self, reply: Reply<T>, value: T, orphan: Orphan) {
-        self.outbox.push(reply, Ok(value), Some(orphan));
-    }
-
-    fn schedule(&mut self, at: Millis, what: Deadline) {
-        self.deadlines.schedule(at, what);
-    }
-}
-
-fn storage(e: StoreError) -> CoreError {
-    CoreError::Storage(e.to_string())
-}
-
 /// A fresh unguessable token: 128 random bits, hex, with a prefix that says what it is.
 pub fn new_token(prefix: &str) -> String {
     let bytes: [u8; 16] = rand::random();
@@ -253,6 +180,11 @@ fn tokens_equal(a: &str, b: &str) -> bool {
 
 // ------------------------------------------------------------ the engine
 
+/// How long the engine waits before it tries again after a storage failure: a batch that could
+/// not begin or commit, an undelivered grant it could not release, a line it could not move.
+/// Commands that arrive meanwhile are tried at once.
+const RETRY_MS: Millis = 1000;
+
 pub struct Engine {
     store: Box<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -261,10 +193,20 @@ pub struct Engine {
     locks: Locks,
     events: Events,
     tasks: Tasks,
-    /// Grants nobody received, released at the start of the next batch.
+    /// Grants nobody received, released at the start of the next batch that can commit.
     orphans: Vec<Orphan>,
-    /// Set by the first storage error of a batch: the batch is rolled back.
+    /// Set when the batch's transaction cannot commit (its `BEGIN`, a savepoint or the
+    /// transaction itself failed): every later step of the batch is refused without reaching
+    /// the store, and the batch is rolled back.
     batch_error: Option<CoreError>,
+    /// The first storage error of the current step (see [`Tx::failed`]).
+    step_error: Option<CoreError>,
+    /// Deadlines handled in this batch, with their instants: armed again if the batch does not
+    /// commit, so a rollback never loses an expiry, a lapse or a window's end.
+    fired: Vec<(Millis, Deadline)>,
+    /// Something failed for a storage reason in the last batch: wake no earlier than this for
+    /// orphans, unmoved lines or due deadlines (commands are still taken at once).
+    retry_at: Option<Millis>,
     draining: bool,
     /// Most commands per transaction (group commit off when 1).
     max_batch: usize,
@@ -304,6 +246,9 @@ impl Engine {
         for (id, at) in expiries.leases {
             deadlines.schedule(at, Deadline::LeaseExpiry(id));
         }
+        for (id, at) in expiries.delayed {
+            deadlines.schedule(at, Deadline::TaskReady(id));
+        }
         deadlines.schedule(clock.now_ms(), Deadline::Housekeeping);
         Ok(Engine {
             store,
@@ -315,6 +260,9 @@ impl Engine {
             tasks: Tasks::default(),
             orphans: Vec::new(),
             batch_error: None,
+            step_error: None,
+            fired: Vec::new(),
+            retry_at: None,
             draining: false,
             max_batch: max_batch_from_env(),
             commits: 0,
@@ -336,7 +284,7 @@ impl Engine {
     }
 
     /// Commits the batch's transaction, timing it (its fsync included) for the metrics.
-    fn timed_commit(&mut self) -> StoreResult<()> {
+    fn timed_commit(&mut self) -> crate::store::StoreResult<()> {
         let started = std::time::Instant::now();
         let r = self.store.commit();
         let carried = self.operations - self.operations_at_commit;
@@ -363,7 +311,7 @@ impl Engine {
                 outbox: &mut self.outbox,
                 deadlines: &mut self.deadlines,
                 draining: self.draining,
-                failed: &mut self.batch_error,
+                failed: &mut self.step_error,
             },
             locks: &mut self.locks,
             events: &mut self.events,
@@ -375,20 +323,18 @@ impl Engine {
     pub fn run(mut self, rx: Receiver<Command>) {
         loop {
             let mut batch = Vec::new();
-            if self.orphans.is_empty() {
-                let first = match self.next_deadline_in() {
-                    Some(d) => match rx.recv_timeout(d) {
-                        Ok(c) => Some(c),
-                        Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    },
-                    None => match rx.recv() {
-                        Ok(c) => Some(c),
-                        Err(_) => break,
-                    },
-                };
-                batch.extend(first);
-            }
+            let first = match self.next_wake_in() {
+                Some(d) => match rx.recv_timeout(d) {
+                    Ok(c) => Some(c),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match rx.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => break,
+                },
+            };
+            batch.extend(first);
             while batch.len() < self.max_batch {
                 match rx.try_recv() {
                     Ok(c) => batch.push(c),
@@ -405,21 +351,55 @@ impl Engine {
         );
     }
 
-    fn next_deadline_in(&self) -> Option<Duration> {
-        self.deadlines.next_at().map(|at| {
-            let ms = (at - self.now()).max(0) as u64;
-            Duration::from_millis(ms)
-        })
+    /// How long to wait for a command before the engine has work of its own: the next
+    /// deadline, or at once for grants to release and lines to move; never before `retry_at`.
+    fn next_wake_in(&self) -> Option<Duration> {
+        let now = self.now();
+        let pending = !self.orphans.is_empty() || self.locks.has_work() || self.tasks.has_work();
+        let mut wake = self.deadlines.next_at();
+        if pending {
+            wake = Some(now);
+        }
+        if let Some(retry) = self.retry_at {
+            wake = wake.map(|w| w.max(retry));
+        }
+        wake.map(|at| Duration::from_millis((at - now).max(0) as u64))
     }
 
     /// Applies one batch in one transaction and answers its callers after the commit.
+    ///
+    /// Each command (and each undelivered grant to release, and each due deadline) is one
+    /// *step* inside its own savepoint: a step that meets a storage error is rolled back to its
+    /// savepoint and its answers become that error, and the rest of the batch goes on. A
+    /// failure of the transaction itself (`BEGIN`, a savepoint, the commit) fails the whole
+    /// batch: nothing of it is acknowledged, the deadlines it handled are armed again, and its
+    /// undelivered grants are kept to release later.
     pub fn process(&mut self, batch: Vec<Command>) {
+        self.batch_error = None;
+        let mut retry = false;
         if let Err(e) = self.store.begin() {
+            // No transaction: nothing may reach the store (on SQLite every statement would
+            // commit on its own). Operations are answered with the error; the rest waits.
             self.batch_error = Some(storage(e));
         }
         let mut drained = Vec::new();
-        for orphan in std::mem::take(&mut self.orphans) {
-            self.release_orphan(orphan);
+        let orphans = if self.batch_error.is_none() {
+            std::mem::take(&mut self.orphans)
+        } else {
+            Vec::new()
+        };
+        // Undelivered grants released in this batch, and those whose release failed.
+        let mut taken = Vec::new();
+        let mut kept = Vec::new();
+        for orphan in orphans {
+            if !self.step(|e| e.release_orphan(orphan.clone())) {
+                kept.push(orphan.clone());
+            }
+            taken.push(orphan);
+        }
+        // Lines and queues a failed step could not move.
+        if self.locks.has_work() || self.tasks.has_work() {
+            retry |= !self.step(|_| {});
         }
         for cmd in batch {
             match cmd {
@@ -429,46 +409,114 @@ impl Engine {
                     reply,
                 } => {
                     self.operations += 1;
-                    self.apply(call, request, reply)
+                    self.step(|e| e.apply(call, request, reply));
                 }
-                Command::WaitStatus { call, reply } => self.wait_status(call, reply),
-                Command::Cancel(call) => self.cancel(call),
-                Command::Orphaned(orphan) => self.release_orphan(orphan),
+                Command::WaitStatus { call, reply } => {
+                    self.step(|e| e.wait_status(call, reply));
+                }
+                Command::Cancel(call) => {
+                    self.step(|e| e.cancel(call));
+                }
+                Command::Orphaned(orphan) => {
+                    if !self.step(|e| e.release_orphan(orphan.clone())) {
+                        kept.push(orphan.clone());
+                    }
+                    taken.push(orphan);
+                }
                 Command::Drain(done) => {
                     self.draining = true;
-                    self.answer_all_parked();
+                    self.step(|e| e.answer_all_parked());
                     drained.push(done);
                 }
             }
-            self.settle();
         }
-        self.fire_due();
+        if self.batch_error.is_none() {
+            retry |= !self.fire_due();
+        }
         let failed = match self.batch_error.take() {
             Some(e) => Some(e),
             None => self.timed_commit().err().map(storage),
         };
-        if failed.is_none() {
-            self.commits += 1;
-        }
         if let Some(e) = &failed {
             tracing::error!(error = %e, "a batch failed and was rolled back");
             self.store.rollback();
+            // Nothing of the batch happened: what it handled must happen again.
+            for (at, what) in std::mem::take(&mut self.fired) {
+                self.deadlines.schedule(at, what);
+            }
+            // Undelivered grants it released are held again: release them later. Grants it
+            // made are undone: their lines and queues must be looked at again.
+            kept = std::mem::take(&mut taken);
+            self.locks.mark_all();
+            self.tasks.mark_all();
+            retry = true;
+        } else {
+            self.commits += 1;
+            self.fired.clear();
         }
+        retry |= !kept.is_empty() || self.locks.has_work() || self.tasks.has_work();
+        self.orphans.append(&mut kept);
         for out in std::mem::take(&mut self.outbox.answers) {
-            let delivered = (out.deliver)(failed.as_ref());
-            if !delivered && failed.is_none() {
+            let error = failed.as_ref().or(out.failed.as_ref());
+            let delivered = (out.deliver)(error);
+            if !delivered && error.is_none() {
                 if let Some(orphan) = out.orphan {
                     self.orphans.push(orphan);
                 }
             }
         }
+        self.retry_at = retry.then(|| self.now() + RETRY_MS);
         for done in drained {
             let _ = done.send(());
         }
     }
 
+    /// Runs one step of the batch in its own savepoint, then moves the lines and queues it
+    /// unblocked. On a storage error the step is rolled back and its answers become the error.
+    /// True if the step's changes stand (for now: the batch may still fail to commit).
+    fn step(&mut self, f: impl FnOnce(&mut Engine)) -> bool {
+        self.step_error = self.batch_error.clone();
+        if self.step_error.is_none() {
+            if let Err(e) = self.store.savepoint() {
+                self.fail_batch(storage(e));
+            }
+        }
+        let in_savepoint = self.batch_error.is_none();
+        let mark = self.outbox.len();
+        f(self);
+        if self.step_error.is_none() {
+            self.settle();
+        }
+        let Some(error) = self.step_error.take() else {
+            if let Err(e) = self.store.release_savepoint() {
+                self.fail_batch(storage(e));
+                return false;
+            }
+            return true;
+        };
+        self.outbox.fail_since(mark, &error);
+        self.locks.mark_all();
+        self.tasks.mark_all();
+        if in_savepoint {
+            tracing::warn!(error = %error, "an operation failed and was rolled back");
+            self.store.rollback_to_savepoint();
+            if !self.store.transaction_ok() {
+                self.fail_batch(error);
+            }
+        }
+        false
+    }
+
+    /// The batch's transaction cannot commit: refuse the rest of the batch.
+    fn fail_batch(&mut self, error: CoreError) {
+        if self.batch_error.is_none() {
+            self.batch_error = Some(error.clone());
+        }
+        self.step_error.get_or_insert(error);
+    }
+
     /// Hands one request to its capability. Each handler answers through the outbox.
-    fn apply(&mut self, call: u64, request: Request, reply: oneshot::Sender<CoreResult<Response>>) {
+    fn apply(&mut self, call: u64, request: Request, reply: Destination<Response>) {
         if !request.tool().read_only() {
             self.note_change();
         }
@@ -497,7 +545,17 @@ impl Engine {
             Request::GetNote(r) => {
                 notes::get_note(tx, &r.key, Reply::new(reply, Response::GetNote))
             }
-            Request::ListNotes => notes::list_notes(tx, Reply::new(reply, Response::ListNotes)),
+            Request::ListNotes(r) => {
+                let values = r.values.unwrap_or(true);
+                let (asked, without) = (r.page.asked(), (!values).then_some("value"));
+                let reply = Reply::new(reply, move |p| {
+                    Response::ListNotes(Listed::of(p, asked, without))
+                });
+                match r.page.page(values) {
+                    Ok(page) => notes::list_notes(tx, &page, reply),
+                    Err(e) => tx.respond(reply, Err(e)),
+                }
+            }
             Request::DeleteNote(r) => {
                 notes::delete_note(tx, &r.key, Reply::new(reply, Response::DeleteNote))
             }
@@ -549,7 +607,16 @@ impl Engine {
                     Err(e) => tx.respond(reply, Err(e)),
                 }
             }
-            Request::ListLocks => locks.list_locks(tx, Reply::new(reply, Response::ListLocks)),
+            Request::ListLocks(r) => {
+                let asked = r.asked();
+                let reply = Reply::new(reply, move |p| {
+                    Response::ListLocks(Listed::of(p, asked, None))
+                });
+                match r.page(true) {
+                    Ok(page) => locks.list_locks(tx, &page, reply),
+                    Err(e) => tx.respond(reply, Err(e)),
+                }
+            }
             Request::LeaveLine(r) => locks.leave_line(
                 tx,
                 &r.name,
@@ -569,8 +636,15 @@ impl Engine {
                 &r.agent_id,
                 Reply::new(reply, Response::UnregisterAgent),
             ),
-            Request::ListAgents => {
-                presence::list_agents(tx, Reply::new(reply, Response::ListAgents))
+            Request::ListAgents(r) => {
+                let asked = r.asked();
+                let reply = Reply::new(reply, move |p| {
+                    Response::ListAgents(Listed::of(p, asked, None))
+                });
+                match r.page(true) {
+                    Ok(page) => presence::list_agents(tx, &page, reply),
+                    Err(e) => tx.respond(reply, Err(e)),
+                }
             }
             Request::SignalEvent(r) => {
                 events.signal_event(tx, r.name, Reply::new(reply, Response::SignalEvent))
@@ -586,14 +660,7 @@ impl Engine {
             Request::ClearEvent(r) => {
                 events.clear_event(tx, r.name, Reply::new(reply, Response::ClearEvent))
             }
-            Request::PushTask(r) => tasks.push_task(
-                tx,
-                r.queue,
-                r.payload,
-                r.author,
-                r.priority.unwrap_or(0),
-                Reply::new(reply, Response::PushTask),
-            ),
+            Request::PushTask(r) => tasks.push_task(tx, r, Reply::new(reply, Response::PushTask)),
             Request::ClaimNextTask(r) => tasks.claim_next_task(
                 tx,
                 call,
@@ -607,6 +674,7 @@ impl Engine {
                 tx,
                 r.id,
                 &r.lease_token,
+                r.result,
                 Reply::new(reply, Response::CompleteTask),
             ),
             Request::FailTask(r) => tasks.fail_task(
@@ -614,6 +682,7 @@ impl Engine {
                 r.id,
                 &r.lease_token,
                 r.requeue.unwrap_or(true),
+                r.error,
                 Reply::new(reply, Response::FailTask),
             ),
             Request::ExtendLease(r) => tasks.extend_lease(
@@ -623,17 +692,35 @@ impl Engine {
                 ms(r.lease_seconds),
                 Reply::new(reply, Response::ExtendLease),
             ),
-            Request::ListTasks(r) => tasks::list_tasks(
-                tx,
-                r.queue.as_deref(),
-                Reply::new(reply, Response::ListTasks),
-            ),
-            Request::Status => status::status(
+            Request::ListTasks(r) => {
+                let asked = r.page.asked();
+                let reply = Reply::new(reply, move |p| {
+                    Response::ListTasks(Listed::of(p, asked, None))
+                });
+                match r.page.page(true) {
+                    Ok(page) => tasks::list_tasks(
+                        tx,
+                        r.queue.as_deref(),
+                        r.state.as_deref().and_then(TaskState::parse),
+                        &page,
+                        reply,
+                    ),
+                    Err(e) => tx.respond(reply, Err(e)),
+                }
+            }
+            Request::GetTask(r) => tasks::get_task(tx, r.id, Reply::new(reply, Response::GetTask)),
+            Request::RetryTask(r) => {
+                tasks.retry_task(tx, r.id, Reply::new(reply, Response::RetryTask))
+            }
+            Request::ListQueues => tasks.list_queues(tx, Reply::new(reply, Response::ListQueues)),
+            Request::ListEvents => events.list_events(tx, Reply::new(reply, Response::ListEvents)),
+            Request::Status(page) => status::status(
                 tx,
                 locks,
                 events,
                 tasks,
                 counts,
+                &page,
                 Reply::new(reply, Response::Status),
             ),
         }
@@ -650,7 +737,7 @@ impl Engine {
         status::wait_status(&mut tx, locks, events, tasks, call, reply)
     }
 
-    /// Moves every line and queue that an operation may have unblocked.
+    /// Moves every line and queue that the step may have unblocked.
     fn settle(&mut self) {
         let Parts {
             mut tx,
@@ -676,9 +763,8 @@ impl Engine {
             Orphan::Lease { id, lease_token } => tasks.requeue_if_leased(&mut tx, id, &lease_token),
         };
         if let Err(e) = r {
-            tracing::error!(error = %e, "could not release an undelivered grant");
+            tracing::error!(error = %e, "could not release an undelivered grant; will retry");
         }
-        self.settle();
     }
 
     /// The caller of a parked call went away.
@@ -703,23 +789,33 @@ impl Engine {
         tasks.end_all_windows(&mut tx);
     }
 
-    /// Handles every deadline that is due.
-    fn fire_due(&mut self) {
+    /// Handles every deadline that is due, each in its own step. One that fails is armed
+    /// again at its instant, to be retried in a later batch. False if any failed.
+    fn fire_due(&mut self) -> bool {
+        let mut failed = Vec::new();
         loop {
             let now = self.now();
-            let Some((_, what)) = self.deadlines.pop_due(now) else {
+            let Some((at, what)) = self.deadlines.pop_due(now) else {
                 break;
             };
-            let r = self.fire(what.clone(), now);
-            if let Err(e) = r {
-                tracing::error!(error = %e, "a deadline could not be handled; retrying in 1 s");
-                self.deadlines.schedule(now + 1000, what);
+            self.fired.push((at, what.clone()));
+            let handled = {
+                let what = what.clone();
+                self.step(move |e| e.fire(what, now))
+            };
+            if !handled {
+                tracing::error!(deadline = ?what, "a deadline could not be handled; will retry");
+                failed.push((at, what));
             }
-            self.settle();
         }
+        let all_handled = failed.is_empty();
+        for (at, what) in failed {
+            self.deadlines.schedule(at, what);
+        }
+        all_handled
     }
 
-    fn fire(&mut self, what: Deadline, now: Millis) -> CoreResult<()> {
+    fn fire(&mut self, what: Deadline, now: Millis) {
         self.note_change();
         let Parts {
             mut tx,
@@ -728,20 +824,38 @@ impl Engine {
             tasks,
         } = self.parts();
         let tx = &mut tx;
-        match what {
-            Deadline::LockExpiry(name) => locks.expire(tx, name, now)?,
-            Deadline::AgentLapse(agent) => presence::lapse(tx, locks, tasks, agent, now)?,
-            Deadline::LeaseExpiry(id) => tasks.expire_lease(tx, id, now)?,
-            Deadline::TicketWindow(id) => locks.end_ticket_window(tx, id, now),
-            Deadline::TicketGrace(id) => locks.end_grace(id, now),
-            Deadline::EventWindow(call) => events.end_event_window(tx, call, false),
-            Deadline::ClaimWindow(call) => tasks.end_claim_window(tx, call, false),
-            Deadline::Housekeeping => {
-                notes::purge_expired(tx, now)?;
-                tasks::purge_finished(tx, now)?;
-                tx.schedule(now + HOUSEKEEPING_MS, Deadline::Housekeeping);
+        // An error is already recorded in the step (`Tx::db`), which rolls it back.
+        let _ = match what {
+            Deadline::LockExpiry(name) => locks.expire(tx, name, now),
+            Deadline::AgentLapse(agent) => presence::lapse(tx, locks, tasks, agent, now),
+            Deadline::LeaseExpiry(id) => tasks.expire_lease(tx, id, now),
+            Deadline::TaskReady(id) => tasks.task_ready(tx, id, now),
+            Deadline::TicketWindow(id) => {
+                locks.end_ticket_window(tx, id, now);
+                Ok(())
             }
-        }
-        Ok(())
+            Deadline::TicketGrace(id) => {
+                locks.end_grace(id, now);
+                Ok(())
+            }
+            Deadline::EventWindow(call) => {
+                events.end_event_window(tx, call, false);
+                Ok(())
+            }
+            Deadline::ClaimWindow(call) => {
+                tasks.end_claim_window(tx, call, false);
+                Ok(())
+            }
+            Deadline::Housekeeping => housekeeping(tx, now),
+        };
     }
+}
+
+/// Deletes what readers already treat as gone (expired notes, old finished tasks), every
+/// [`HOUSEKEEPING_MS`].
+fn housekeeping(tx: &mut Tx, now: Millis) -> CoreResult<()> {
+    notes::purge_expired(tx, now)?;
+    tasks::purge_finished(tx, now)?;
+    tx.schedule(now + HOUSEKEEPING_MS, Deadline::Housekeeping);
+    Ok(())
 }

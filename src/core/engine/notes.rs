@@ -65,18 +65,46 @@ pub(super) fn get_note(tx: &mut Tx, key: &str, reply: Reply<GetNoteResult>) {
 }
 
 /// Every live note, values included.
-pub(super) fn note_views(tx: &mut Tx) -> CoreResult<Vec<NoteView>> {
-    let now = tx.now();
-    Ok(tx
-        .db(|s| s.note_list(now))?
-        .into_iter()
-        .map(|n| note_view(n, now))
-        .collect())
+/// How much of each note's value the status snapshot shows: it is a glance, not a dump (a
+/// value may be hundreds of KiB, and the snapshot is built on the engine thread).
+pub(super) const STATUS_VALUE_CHARS: i64 = 120;
+
+/// Every live note for the status snapshot: values cut to [`STATUS_VALUE_CHARS`] characters
+/// by the store (a cut value ends in `…`).
+/// Cuts a note's value to [`STATUS_VALUE_CHARS`] characters for the status snapshot, marking
+/// the cut with `…`.
+pub(super) fn clip_for_status(value: &mut String) {
+    if let Some((at, _)) = value.char_indices().nth(STATUS_VALUE_CHARS as usize) {
+        value.truncate(at);
+        value.push('…');
+    }
 }
 
-pub(super) fn list_notes(tx: &mut Tx, reply: Reply<Vec<NoteView>>) {
-    let r = note_views(tx);
+/// One page of live notes, in key order (values left empty without `page.values`; the page
+/// stops once its values pass [`MAX_PAGE_VALUE_BYTES`]).
+pub(super) fn list_notes(tx: &mut Tx, page: &Page, reply: Reply<Paged<NoteView>>) {
+    let r = note_page(tx, page);
     tx.respond(reply, r)
+}
+
+pub(super) fn note_page(tx: &mut Tx, page: &Page) -> CoreResult<Paged<NoteView>> {
+    let now = tx.now();
+    tx.db(|s| {
+        s.note_page(
+            now,
+            page.after.as_deref(),
+            page.limit,
+            page.values,
+            MAX_PAGE_VALUE_BYTES,
+        )
+    })
+    .map(|(rows, more)| {
+        let next_cursor = more.then(|| rows.last().map(|n| n.key.clone())).flatten();
+        Paged {
+            items: rows.into_iter().map(|n| note_view(n, now)).collect(),
+            next_cursor,
+        }
+    })
 }
 
 pub(super) fn delete_note(tx: &mut Tx, key: &str, reply: Reply<Deleted>) {

@@ -4,14 +4,12 @@
 //! it kept in lines between two windows are given up. That is the one place where a capability
 //! moves the state of others, so it takes [`Locks`] and [`Tasks`] besides the [`Tx`].
 
-use std::collections::HashMap;
-
 use super::locks::Locks;
 use super::tasks::Tasks;
 use super::{Deadline, Reply, Tx};
 use crate::clock::{seconds_left, Millis};
 use crate::core::types::*;
-use crate::store::{AgentRow, TaskState};
+use crate::store::AgentRow;
 
 pub(super) fn register_agent(
     tx: &mut Tx,
@@ -83,39 +81,34 @@ pub(super) fn lapse(
     Ok(())
 }
 
-pub(super) fn list_agents(tx: &mut Tx, reply: Reply<Vec<AgentView>>) {
-    let r = agent_views(tx);
+/// One page of live agents, in id order, with what each holds (counted by the store for the
+/// agents of the page only).
+pub(super) fn list_agents(tx: &mut Tx, page: &Page, reply: Reply<Paged<AgentView>>) {
+    let r = agent_page(tx, page);
     tx.respond(reply, r)
 }
 
-/// Every live agent with the locks and leases it holds now.
-pub(super) fn agent_views(tx: &mut Tx) -> CoreResult<Vec<AgentView>> {
-    let now = tx.now();
-    let agents = tx.db(|s| s.agent_list())?;
-    let mut locks_by: HashMap<String, usize> = HashMap::new();
-    for l in tx
-        .db(|s| s.lock_list())?
-        .into_iter()
-        .filter(|l| l.expires_at > now)
+pub(super) fn agent_page(tx: &mut Tx, page: &Page) -> CoreResult<Paged<AgentView>> {
     {
-        *locks_by.entry(l.agent_id).or_default() += 1;
+        let now = tx.now();
+        let (agents, more) = tx.db(|s| s.agent_page(now, page.after.as_deref(), page.limit))?;
+        let next_cursor = more
+            .then(|| agents.last().map(|a| a.agent_id.clone()))
+            .flatten();
+        let ids: Vec<String> = agents.iter().map(|a| a.agent_id.clone()).collect();
+        let held = tx.db(|s| s.holdings(now, &ids))?;
+        let items = agents
+            .into_iter()
+            .map(|a| {
+                let (locks_held, leases_held) = held.get(&a.agent_id).copied().unwrap_or((0, 0));
+                AgentView {
+                    locks_held,
+                    leases_held,
+                    expires_in_seconds: seconds_left(a.expires_at, now),
+                    agent_id: a.agent_id,
+                }
+            })
+            .collect();
+        Ok(Paged { items, next_cursor })
     }
-    let mut leases_by: HashMap<String, usize> = HashMap::new();
-    for t in tx.db(|s| s.task_list(None))? {
-        if t.state == TaskState::Claimed && t.lease_expires_at.is_some_and(|at| at > now) {
-            if let Some(a) = t.lease_agent {
-                *leases_by.entry(a).or_default() += 1;
-            }
-        }
-    }
-    Ok(agents
-        .into_iter()
-        .filter(|a| a.expires_at > now)
-        .map(|a| AgentView {
-            locks_held: locks_by.get(&a.agent_id).copied().unwrap_or(0),
-            leases_held: leases_by.get(&a.agent_id).copied().unwrap_or(0),
-            expires_in_seconds: seconds_left(a.expires_at, now),
-            agent_id: a.agent_id,
-        })
-        .collect())
 }

@@ -1,12 +1,15 @@
 //! Read-only views across capabilities: the snapshot behind `airlock status`, and where a
 //! parked call stands (for its progress notifications).
-
-use std::collections::BTreeMap;
+//!
+//! The snapshot is built on the engine thread, so it reads summaries, not rows: counts grouped
+//! by the store (tasks per queue and state, locks and leases per agent) and note values cut
+//! short, never every task payload or whole note value.
 
 use super::events::Events;
 use super::locks::Locks;
 use super::tasks::{task_view, Tasks};
 use super::{notes, presence, ProgressReply, Reply, Tx, WaitProgress};
+use crate::core::request::ListPage;
 use crate::core::types::*;
 use crate::store::TaskState;
 
@@ -16,21 +19,46 @@ pub(super) fn status(
     events: &Events,
     tasks: &Tasks,
     engine: EngineCounts,
+    page: &ListPage,
     reply: Reply<StatusView>,
 ) {
-    let r = snapshot(tx, locks, events, tasks, engine);
+    let r = StatusCursor::page(page)
+        .and_then(|(limit, at)| snapshot(tx, locks, events, tasks, engine, limit, at));
     tx.respond(reply, r)
 }
 
-fn empty_queue(queue: &str) -> QueueView {
-    QueueView {
-        queue: queue.to_string(),
-        pending: 0,
-        claimed: 0,
-        completed: 0,
-        failed: 0,
-        waiting_claimers: 0,
-    }
+/// One section's page: its items, and where the section stands for the next page.
+fn section<T>(
+    at: &SectionAt,
+    limit: usize,
+    list: impl FnOnce(&Page) -> CoreResult<Paged<T>>,
+) -> CoreResult<(Vec<T>, SectionAt)> {
+    let after = match at {
+        SectionAt::Done => return Ok((Vec::new(), SectionAt::Done)),
+        SectionAt::Start => None,
+        SectionAt::After(a) => Some(a.clone()),
+    };
+    let page = list(&Page {
+        after,
+        limit,
+        values: true,
+    })?;
+    let next = page.next_cursor.map_or(SectionAt::Done, SectionAt::After);
+    Ok((page.items, next))
+}
+
+/// A page of a section held whole in memory (events, queues: a name and a few counts each),
+/// sorted by `name`.
+fn in_memory<T>(all: Vec<T>, page: &Page, name: impl Fn(&T) -> &str) -> CoreResult<Paged<T>> {
+    let mut rest = all
+        .into_iter()
+        .filter(|t| page.after.as_deref().is_none_or(|a| name(t) > a));
+    let items: Vec<T> = rest.by_ref().take(page.limit).collect();
+    let more = rest.next().is_some();
+    let next_cursor = more
+        .then(|| items.last().map(|t| name(t).to_string()))
+        .flatten();
+    Ok(Paged { items, next_cursor })
 }
 
 fn snapshot(
@@ -39,42 +67,76 @@ fn snapshot(
     events: &Events,
     tasks: &Tasks,
     engine: EngineCounts,
+    limit: usize,
+    at: StatusCursor,
 ) -> CoreResult<StatusView> {
-    let lock_views = locks.lock_views(tx)?;
-    let agents = presence::agent_views(tx)?;
-    let notes = notes::note_views(tx)?;
-    let event_views = tx
-        .db(|s| s.event_list())?
-        .into_iter()
-        .map(|e| EventView {
-            waiters: events.waiting_on(&e.name),
-            name: e.name,
-            generation: e.generation,
-            cleared_at_generation: e.cleared_at,
-        })
-        .collect();
-    let mut queues: BTreeMap<String, QueueView> = BTreeMap::new();
-    let now = tx.now();
-    let mut open = Vec::new();
-    for t in tx.db(|s| s.task_list(None))? {
-        let q = queues
-            .entry(t.queue.clone())
-            .or_insert_with(|| empty_queue(&t.queue));
-        match t.state {
-            TaskState::Pending => q.pending += 1,
-            TaskState::Claimed => q.claimed += 1,
-            TaskState::Completed => q.completed += 1,
-            TaskState::Failed => q.failed += 1,
-        }
-        if matches!(t.state, TaskState::Pending | TaskState::Claimed) {
-            open.push(t);
-        }
+    // A page of each list (note values cut: status is a glance); the sections that go on are
+    // named in `truncated`, and `next_cursor` carries where each one stands.
+    let (lock_views, locks_at) = section(&at.locks, limit, |p| locks.lock_page(tx, p))?;
+    let (agents, agents_at) = section(&at.agents, limit, |p| presence::agent_page(tx, p))?;
+    let (mut notes, notes_at) = section(&at.notes, limit, |p| notes::note_page(tx, p))?;
+    for n in &mut notes {
+        notes::clip_for_status(&mut n.value);
     }
-    // As claims take them: highest priority first, then oldest.
-    open.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
-    let open_tasks = open
+    let (event_views, events_at) = section(&at.events, limit, |p| {
+        in_memory(events.event_views(tx)?, p, |e| &e.name)
+    })?;
+    // The open tasks come with the first page of queues (the dashboard's glance).
+    let open = match at.queues {
+        SectionAt::Start => open_tasks(tx)?,
+        _ => Vec::new(),
+    };
+    let (queues, queues_at) = section(&at.queues, limit, |p| {
+        in_memory(tasks.queue_views(tx)?, p, |q| &q.queue)
+    })?;
+    let next = StatusCursor {
+        locks: locks_at,
+        agents: agents_at,
+        notes: notes_at,
+        events: events_at,
+        queues: queues_at,
+    };
+    let truncated: Vec<String> = [
+        ("locks", &next.locks),
+        ("agents", &next.agents),
+        ("notes", &next.notes),
+        ("events", &next.events),
+        ("queues", &next.queues),
+    ]
+    .into_iter()
+    .filter(|(_, at)| matches!(at, SectionAt::After(_)))
+    .map(|(name, _)| name.to_string())
+    .collect();
+    let next_cursor = (!truncated.is_empty()).then(|| next.encode());
+    Ok(StatusView {
+        locks: lock_views,
+        agents,
+        notes,
+        events: event_views,
+        queues,
+        tasks: open,
+        engine,
+        truncated,
+        next_cursor,
+    })
+}
+
+/// Open tasks, claimed ones first, then pending, oldest first in each: at most
+/// [`STATUS_MAX_TASKS`] in all, payloads cut to [`STATUS_PAYLOAD_CHARS`].
+fn open_tasks(tx: &mut Tx) -> CoreResult<Vec<TaskView>> {
+    let now = tx.now();
+    let mut rows = Vec::new();
+    for state in [TaskState::Claimed, TaskState::Pending] {
+        let room = STATUS_MAX_TASKS - rows.len();
+        if room == 0 {
+            break;
+        }
+        let (page, _) =
+            tx.db(|s| s.task_page(None, Some(state), None, room, MAX_PAGE_VALUE_BYTES))?;
+        rows.extend(page);
+    }
+    Ok(rows
         .into_iter()
-        .take(STATUS_MAX_TASKS)
         .map(|t| {
             let mut v = task_view(t, now);
             if v.payload.chars().count() > STATUS_PAYLOAD_CHARS {
@@ -87,22 +149,7 @@ fn snapshot(
             }
             v
         })
-        .collect();
-    for (name, waiting) in tasks.waiting_claimers() {
-        let q = queues
-            .entry(name.clone())
-            .or_insert_with(|| empty_queue(name));
-        q.waiting_claimers = waiting;
-    }
-    Ok(StatusView {
-        locks: lock_views,
-        agents,
-        notes,
-        events: event_views,
-        queues: queues.into_values().collect(),
-        tasks: open_tasks,
-        engine,
-    })
+        .collect())
 }
 
 pub(super) fn wait_status(

@@ -1,16 +1,19 @@
 //! Tasks: rows in the store (`pending` → `claimed` → `completed` | `failed`, or back to
-//! `pending`); parked claimers in a FIFO per queue, fed by `push_task` and by requeues in the
-//! same transaction, so a claimer waiting on an empty queue gets the task the moment it exists.
+//! `pending`, or `dead` once `max_attempts` failures or lapsed leases are used up); parked
+//! claimers in a FIFO per queue, fed by `push_task` and by requeues in the same transaction, so a
+//! claimer waiting on an empty queue gets the task the moment it exists. A delayed task
+//! (`delay_seconds`) is fed the same way at its `ready_at`, by a deadline, not by polling.
 //!
 //! A lease is checked against the store on every use (an expired lease is no lease), and its
 //! expiry deadline only makes the requeue happen at the instant.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use super::{new_token, tokens_equal, Deadline, Orphan, Reply, Tx};
 use crate::clock::{seconds_left, Millis};
+use crate::core::request::PushTask;
 use crate::core::types::*;
-use crate::store::{TaskRow, TaskState};
+use crate::store::{NewTask, TaskRow, TaskState};
 
 struct ClaimWaiter {
     call: u64,
@@ -118,7 +121,16 @@ fn extend(tx: &mut Tx, id: i64, lease_token: &str, lease_ms: Millis) -> CoreResu
 
 pub(super) fn task_view(t: TaskRow, now: Millis) -> TaskView {
     let leased = t.state == TaskState::Claimed;
+    let ready_in_seconds = match (t.state, t.ready_at) {
+        (TaskState::Pending, Some(at)) if at > now => Some(seconds_left(at, now)),
+        _ => None,
+    };
     TaskView {
+        ready_in_seconds,
+        max_attempts: t.max_attempts,
+        unique_key: t.unique_key,
+        last_error: t.last_error,
+        result: t.result,
         id: t.id,
         queue: t.queue,
         payload: t.payload,
@@ -135,12 +147,54 @@ pub(super) fn task_view(t: TaskRow, now: Millis) -> TaskView {
     }
 }
 
-pub(super) fn list_tasks(tx: &mut Tx, queue: Option<&str>, reply: Reply<Vec<TaskView>>) {
+/// One page of a queue's (or every queue's) tasks, in id order, in one state or all; the page
+/// stops once its payloads pass [`MAX_PAGE_VALUE_BYTES`].
+pub(super) fn list_tasks(
+    tx: &mut Tx,
+    queue: Option<&str>,
+    state: Option<TaskState>,
+    page: &Page,
+    reply: Reply<Paged<TaskView>>,
+) {
     let now = tx.now();
+    // `Request::check` made sure a task cursor is an id.
+    let after = page.after.as_deref().and_then(|c| c.parse::<i64>().ok());
     let r = tx
-        .db(|s| s.task_list(queue))
-        .map(|rows| rows.into_iter().map(|t| task_view(t, now)).collect());
+        .db(|s| s.task_page(queue, state, after, page.limit, MAX_PAGE_VALUE_BYTES))
+        .map(|(rows, more)| {
+            let next_cursor = more
+                .then(|| rows.last().map(|t| t.id.to_string()))
+                .flatten();
+            Paged {
+                items: rows.into_iter().map(|t| task_view(t, now)).collect(),
+                next_cursor,
+            }
+        });
     tx.respond(reply, r)
+}
+
+pub(super) fn get_task(tx: &mut Tx, id: i64, reply: Reply<GetTaskResult>) {
+    let now = tx.now();
+    let r = tx.db(|s| s.task_get(id)).map(|row| match row {
+        Some(t) => GetTaskResult::Found {
+            found: true,
+            task: Box::new(task_view(t, now)),
+        },
+        None => GetTaskResult::Missing { found: false },
+    });
+    tx.respond(reply, r)
+}
+
+fn empty_queue(queue: &str) -> QueueView {
+    QueueView {
+        queue: queue.to_string(),
+        pending: 0,
+        claimed: 0,
+        completed: 0,
+        failed: 0,
+        dead: 0,
+        waiting_claimers: 0,
+    }
 }
 
 /// Housekeeping: deletes tasks finished longer ago than the retention.
@@ -150,22 +204,129 @@ pub(super) fn purge_finished(tx: &mut Tx, now: Millis) -> CoreResult<()> {
 }
 
 impl Tasks {
-    pub(super) fn push_task(
-        &mut self,
-        tx: &mut Tx,
-        queue: String,
-        payload: String,
-        author: Option<String>,
-        priority: i64,
-        reply: Reply<Pushed>,
-    ) {
-        let now = tx.now();
-        let r = tx.db(|s| s.task_insert(&queue, &payload, author.as_deref(), priority, now));
-        let r = r.map(|id| {
-            self.to_feed.insert(queue);
-            Pushed { id }
-        });
+    /// Every queue with a task or a parked claimer, by name, with its tasks counted by state.
+    pub(super) fn queue_views(&self, tx: &mut Tx) -> CoreResult<Vec<QueueView>> {
+        let mut queues: BTreeMap<String, QueueView> = BTreeMap::new();
+        for c in tx.db(|s| s.task_counts())? {
+            let q = queues
+                .entry(c.queue.clone())
+                .or_insert_with(|| empty_queue(&c.queue));
+            let n = usize::try_from(c.count).unwrap_or(0);
+            match c.state {
+                TaskState::Pending => q.pending += n,
+                TaskState::Claimed => q.claimed += n,
+                TaskState::Completed => q.completed += n,
+                TaskState::Failed => q.failed += n,
+                TaskState::Dead => q.dead += n,
+            }
+        }
+        for (name, waiting) in self.waiting_claimers() {
+            let q = queues
+                .entry(name.clone())
+                .or_insert_with(|| empty_queue(name));
+            q.waiting_claimers = waiting;
+        }
+        Ok(queues.into_values().collect())
+    }
+
+    pub(super) fn list_queues(&self, tx: &mut Tx, reply: Reply<Vec<QueueView>>) {
+        let r = self.queue_views(tx);
         tx.respond(reply, r)
+    }
+
+    pub(super) fn push_task(&mut self, tx: &mut Tx, r: PushTask, reply: Reply<Pushed>) {
+        let out = self.push(tx, r);
+        tx.respond(reply, out)
+    }
+
+    fn push(&mut self, tx: &mut Tx, r: PushTask) -> CoreResult<Pushed> {
+        if let Some(key) = &r.unique_key {
+            if let Some(t) = tx.db(|s| s.task_live_with_key(&r.queue, key))? {
+                return Ok(Pushed {
+                    id: t.id,
+                    duplicate: true,
+                });
+            }
+        }
+        let now = tx.now();
+        // Checked requests carry every default (see `Request::check`).
+        let delay_ms = r.delay_seconds.unwrap_or(0) * 1000;
+        let ready_at = (delay_ms > 0).then_some(now + delay_ms);
+        let id = tx.db(|s| {
+            s.task_insert_new(&NewTask {
+                queue: &r.queue,
+                payload: &r.payload,
+                author: r.author.as_deref(),
+                priority: r.priority.unwrap_or(0),
+                now,
+                ready_at,
+                max_attempts: r.max_attempts,
+                unique_key: r.unique_key.as_deref(),
+            })
+        })?;
+        match ready_at {
+            Some(at) => tx.schedule(at, Deadline::TaskReady(id)),
+            None => {
+                self.to_feed.insert(r.queue);
+            }
+        }
+        Ok(Pushed {
+            id,
+            duplicate: false,
+        })
+    }
+
+    /// A delayed task's `ready_at` came: its queue may feed a parked claimer.
+    pub(super) fn task_ready(&mut self, tx: &mut Tx, id: i64, now: Millis) -> CoreResult<()> {
+        if let Some(t) = tx.db(|s| s.task_get(id))? {
+            match (t.state, t.ready_at) {
+                (TaskState::Pending, Some(at)) if at > now => {
+                    tx.schedule(at, Deadline::TaskReady(id));
+                }
+                (TaskState::Pending, _) => {
+                    self.to_feed.insert(t.queue);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// `retry_task`: a dead (or failed) task goes back to pending with its attempts at zero.
+    pub(super) fn retry_task(&mut self, tx: &mut Tx, id: i64, reply: Reply<Retried>) {
+        let out = self.retry(tx, id).map(|error| Retried {
+            retried: error.is_none(),
+            error,
+        });
+        tx.respond(reply, out)
+    }
+
+    fn retry(&mut self, tx: &mut Tx, id: i64) -> CoreResult<Option<String>> {
+        let Some(mut t) = tx.db(|s| s.task_get(id))? else {
+            return Ok(Some(format!("no task with id {id}")));
+        };
+        if !matches!(t.state, TaskState::Dead | TaskState::Failed) {
+            return Ok(Some(format!(
+                "task {id} is {}; only a dead or failed task can be retried",
+                t.state.as_str()
+            )));
+        }
+        if let Some(key) = &t.unique_key {
+            if let Some(live) = tx.db(|s| s.task_live_with_key(&t.queue, key))? {
+                return Ok(Some(format!(
+                    "task {} of the same queue has unique_key {key:?} and is {}; retry this one \
+                     after it finishes",
+                    live.id,
+                    live.state.as_str()
+                )));
+            }
+        }
+        t.attempts = 0;
+        t.finished_at = None;
+        t.ready_at = None;
+        tracing::info!(task = id, queue = %t.queue, "retried");
+        self.requeue(tx, t)?;
+        Ok(None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -179,7 +340,8 @@ impl Tasks {
         wait_ms: Millis,
         reply: Reply<ClaimOutcome>,
     ) {
-        let next = match tx.db(|s| s.task_next_pending(&queue)) {
+        let now = tx.now();
+        let next = match tx.db(|s| s.task_next_ready(&queue, now)) {
             Ok(n) => n,
             Err(e) => return tx.respond(reply, Err(e)),
         };
@@ -223,7 +385,8 @@ impl Tasks {
                 self.claim_waiters.remove(queue);
                 return Ok(());
             }
-            let Some(task) = tx.db(|s| s.task_next_pending(queue))? else {
+            let now = tx.now();
+            let Some(task) = tx.db(|s| s.task_next_ready(queue, now))? else {
                 return Ok(());
             };
             let w = self
@@ -232,18 +395,38 @@ impl Tasks {
                 .and_then(|q| q.pop_front())
                 .expect("checked non-empty");
             self.claim_calls.remove(&w.call);
-            let (out, orphan) = lease(tx, task, &w.agent_id, w.lease_ms)?;
-            tx.respond_grant(w.reply, out, orphan);
+            // Out of its queue now: answered whatever happens (the error rolls the step back).
+            match lease(tx, task, &w.agent_id, w.lease_ms) {
+                Ok((out, orphan)) => tx.respond_grant(w.reply, out, orphan),
+                Err(e) => {
+                    tx.respond(w.reply, Err(e.clone()));
+                    return Err(e);
+                }
+            }
         }
     }
 
-    /// Feeds every queue an operation may have given a task.
+    /// Feeds every queue an operation may have given a task. On a storage error the step is
+    /// rolled back, so the queue keeps its mark and is fed in a later step.
     pub(super) fn feed_all(&mut self, tx: &mut Tx) {
         while let Some(queue) = self.to_feed.pop_first() {
             if let Err(e) = self.feed_claimers(tx, &queue) {
                 tracing::error!(queue = %queue, error = %e, "could not hand a task to a waiting claimer");
+                self.to_feed.insert(queue);
+                return;
             }
         }
+    }
+
+    /// Whether some queue may have a task for a parked claimer.
+    pub(super) fn has_work(&self) -> bool {
+        !self.to_feed.is_empty()
+    }
+
+    /// After a rollback: a lease that was undone left its task pending, so every queue with
+    /// parked claimers is looked at again.
+    pub(super) fn mark_all(&mut self) {
+        self.to_feed.extend(self.claim_waiters.keys().cloned());
     }
 
     /// Puts `task` back to pending; its queue may now feed a parked claimer.
@@ -255,6 +438,23 @@ impl Tasks {
         tx.db(|s| s.task_update(&task))?;
         self.to_feed.insert(task.queue);
         Ok(())
+    }
+
+    /// An attempt at `task` failed (`fail_task` with requeue, a lapsed lease, a claimant gone):
+    /// `error` is kept as its last error, and it goes back to pending, or to `dead` if it has
+    /// used up its `max_attempts`.
+    fn attempt_failed(&mut self, tx: &mut Tx, mut task: TaskRow, error: String) -> CoreResult<()> {
+        task.last_error = Some(error);
+        if task.max_attempts.is_some_and(|max| task.attempts >= max) {
+            tracing::info!(task = task.id, queue = %task.queue, attempts = task.attempts, "dead: attempts used up");
+            task.state = TaskState::Dead;
+            task.lease_agent = None;
+            task.lease_token = None;
+            task.lease_expires_at = None;
+            tx.db(|s| s.task_update(&task))?;
+            return Ok(());
+        }
+        self.requeue(tx, task)
     }
 
     /// Requeues task `id` if `lease_token` is still its lease (an undelivered claim).
@@ -276,7 +476,7 @@ impl Tasks {
     pub(super) fn requeue_leased_by(&mut self, tx: &mut Tx, agent_id: &str) -> CoreResult<()> {
         for t in tx.db(|s| s.tasks_leased_by(agent_id))? {
             tracing::info!(task = t.id, agent = %agent_id, "requeued: its claimant is gone");
-            self.requeue(tx, t)?;
+            self.attempt_failed(tx, t, format!("its claimant {agent_id} went away"))?;
         }
         Ok(())
     }
@@ -287,7 +487,7 @@ impl Tasks {
             match (t.state, t.lease_expires_at) {
                 (TaskState::Claimed, Some(at)) if at <= now => {
                     tracing::info!(task = id, "lease expired; requeued");
-                    self.requeue(tx, t)?;
+                    self.attempt_failed(tx, t, "the lease expired".into())?;
                 }
                 (TaskState::Claimed, Some(at)) => {
                     tx.schedule(at, Deadline::LeaseExpiry(id));
@@ -298,21 +498,28 @@ impl Tasks {
         Ok(())
     }
 
-    /// Completes, fails for good, or requeues a leased task. `Ok(Some(reason))` if refused.
+    /// Completes (keeping `note` as the result), fails for good, or requeues a leased task
+    /// (keeping `note` as the last error). `Ok(Some(reason))` if refused.
     fn finish_task(
         &mut self,
         tx: &mut Tx,
         id: i64,
         lease_token: &str,
         to: TaskState,
+        note: Option<String>,
     ) -> CoreResult<Option<String>> {
         let mut t = match leased_task(tx, id, lease_token)? {
             Ok(t) => t,
             Err(reason) => return Ok(Some(reason)),
         };
-        if to == TaskState::Pending {
-            self.requeue(tx, t)?;
-            return Ok(None);
+        match to {
+            TaskState::Pending => {
+                let error = note.unwrap_or_else(|| "failed (no error given)".into());
+                self.attempt_failed(tx, t, error)?;
+                return Ok(None);
+            }
+            TaskState::Completed => t.result = note,
+            _ => t.last_error = note,
         }
         t.state = to;
         t.lease_token = None;
@@ -327,10 +534,11 @@ impl Tasks {
         tx: &mut Tx,
         id: i64,
         lease_token: &str,
+        result: Option<String>,
         reply: Reply<Completed>,
     ) {
         let r = self
-            .finish_task(tx, id, lease_token, TaskState::Completed)
+            .finish_task(tx, id, lease_token, TaskState::Completed, result)
             .map(|error| Completed {
                 completed: error.is_none(),
                 error,
@@ -344,6 +552,7 @@ impl Tasks {
         id: i64,
         lease_token: &str,
         requeue: bool,
+        error: Option<String>,
         reply: Reply<Failed>,
     ) {
         let to = if requeue {
@@ -352,7 +561,7 @@ impl Tasks {
             TaskState::Failed
         };
         let r = self
-            .finish_task(tx, id, lease_token, to)
+            .finish_task(tx, id, lease_token, to, error)
             .map(|error| Failed {
                 failed: error.is_none(),
                 error,

@@ -31,7 +31,7 @@ fn send<T>(e: &mut Engine, call: u64, request: Request, take: fn(Response) -> T)
     e.process(vec![Command::Call {
         call,
         request,
-        reply: tx,
+        reply: tx.into(),
     }]);
     Answer { rx, take }
 }

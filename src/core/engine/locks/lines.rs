@@ -1,37 +1,43 @@
 //! What the views show of locks: every lock held now, every free lock kept for the head of its
 //! line, and each line of waiters (for `list_locks`, `status` and the dashboard).
 
-use super::{live_lock, Locks, TicketState};
+use std::collections::BTreeSet;
+
+use super::{Locks, TicketState};
 use crate::clock::{seconds_left, Millis};
 use crate::core::engine::{Reply, Tx};
 use crate::core::types::*;
 
 impl Locks {
-    /// Every lock held now, and every free lock someone stands in line for (reserved for the
-    /// head of that line), each with its line, first in line first.
-    pub(in crate::core::engine) fn lock_views(&mut self, tx: &mut Tx) -> CoreResult<Vec<LockView>> {
-        let now = tx.now();
-        let rows = tx.db(|s| s.lock_list())?;
-        let mut views: Vec<LockView> = rows
-            .into_iter()
-            .filter(|l| l.expires_at > now)
-            .map(|l| LockView {
-                line: self.line_view(&l.name, now),
-                waiters: self.line_len(&l.name),
-                expires_in_seconds: seconds_left(l.expires_at, now),
-                name: l.name,
-                agent_id: Some(l.agent_id),
-                fence: Some(l.fence),
-                reserved_for: None,
-                reserved_for_seconds: None,
-            })
-            .collect();
-        let mut waited_for: Vec<String> = self.lock_queues.keys().cloned().collect();
-        waited_for.sort();
-        for name in waited_for {
-            if views.iter().any(|v| v.name == name) || live_lock(tx, &name)?.is_some() {
-                continue;
-            }
+    /// A page of held locks (`held`, names after `page.after`; `more`: the store has more after
+    /// the last) with the free locks someone stands in line for merged in by name, each
+    /// reserved for the head of its line. When the store has more, only reserved names up to
+    /// the last held one join, so the next page (after the last name shown) misses nothing.
+    pub(in crate::core::engine) fn with_reserved(
+        &self,
+        page: &Page,
+        mut views: Vec<LockView>,
+        more: bool,
+        now: Millis,
+    ) -> Paged<LockView> {
+        let upto = if more {
+            views.last().map(|v| v.name.clone())
+        } else {
+            None
+        };
+        let in_range = |name: &str| {
+            page.after.as_deref().is_none_or(|a| name > a)
+                && upto.as_deref().is_none_or(|u| name <= u)
+        };
+        let held: BTreeSet<String> = views.iter().map(|v| v.name.clone()).collect();
+        // Within the range the store answered for, a name it did not answer is free.
+        let free_lines = self
+            .lock_queues
+            .keys()
+            .filter(|n| in_range(n) && !held.contains(*n))
+            .cloned()
+            .collect::<Vec<_>>();
+        for name in free_lines {
             let line = self.line_view(&name, now);
             let Some(head) = line.first() else {
                 continue;
@@ -48,7 +54,13 @@ impl Locks {
             });
         }
         views.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(views)
+        let more = more || views.len() > page.limit;
+        views.truncate(page.limit);
+        let next_cursor = more.then(|| views.last().map(|v| v.name.clone())).flatten();
+        Paged {
+            items: views,
+            next_cursor,
+        }
     }
 
     /// `leave_line`: the caller holding `wake_token` gives up its place in `name`'s line now,
@@ -89,7 +101,7 @@ impl Locks {
     }
 
     /// The live places in `name`'s line, first in line first.
-    fn line_view(&self, name: &str, now: Millis) -> Vec<LineView> {
+    pub(super) fn line_view(&self, name: &str, now: Millis) -> Vec<LineView> {
         let Some(queue) = self.lock_queues.get(name) else {
             return Vec::new();
         };

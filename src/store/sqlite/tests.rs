@@ -1,0 +1,157 @@
+//! Unit tests of the SQLite store.
+use super::*;
+
+fn pragma(s: &SqliteStore, p: &str) -> i64 {
+    s.conn
+        .query_row(&format!("PRAGMA {p}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Deleted rows' space goes back to the file system, and the usage gauge follows.
+#[test]
+fn deletes_give_space_back_through_incremental_vacuum() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+    assert_eq!(pragma(&s, "auto_vacuum"), 2, "incremental");
+    let value = "v".repeat(4096);
+    s.begin().unwrap();
+    for i in 0..2000 {
+        s.note_put(&NoteRow {
+            key: format!("k{i:04}"),
+            value: value.clone(),
+            author: None,
+            expires_at: None,
+        })
+        .unwrap();
+    }
+    s.commit().unwrap();
+    let full = s.usage.load(Ordering::Relaxed);
+    assert!(full > 8_000_000, "{full}");
+    let pages_full = pragma(&s, "page_count");
+    s.begin().unwrap();
+    for i in 0..2000 {
+        s.note_delete(&format!("k{i:04}")).unwrap();
+    }
+    s.commit().unwrap();
+    assert!(
+        s.usage.load(Ordering::Relaxed) < full / 10,
+        "freed pages are not in use"
+    );
+    // The next commit past VACUUM_EVERY gives the free pages back.
+    s.last_vacuum = Instant::now() - VACUUM_EVERY - Duration::from_millis(1);
+    s.begin().unwrap();
+    s.commit().unwrap();
+    assert!(pragma(&s, "freelist_count") < VACUUM_THRESHOLD_PAGES);
+    assert!(pragma(&s, "page_count") < pages_full / 10);
+}
+
+/// A database made before incremental auto-vacuum is rebuilt once to take it, keeping its rows.
+#[test]
+fn an_older_database_is_converted_to_incremental_vacuum() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let mut s = SqliteStore::open(&path).unwrap();
+        s.begin().unwrap();
+        s.note_put(&NoteRow {
+            key: "kept".into(),
+            value: "v".into(),
+            author: None,
+            expires_at: None,
+        })
+        .unwrap();
+        s.commit().unwrap();
+        s.conn
+            .execute_batch("PRAGMA auto_vacuum=NONE; VACUUM;")
+            .unwrap();
+        assert_eq!(pragma(&s, "auto_vacuum"), 0);
+    }
+    let mut s = SqliteStore::open(&path).unwrap();
+    assert_eq!(pragma(&s, "auto_vacuum"), 2);
+    assert_eq!(s.note_get("kept").unwrap().unwrap().value, "v");
+}
+
+/// Pages are bounded by their limit and by the bytes of their values, and say when more follow.
+#[test]
+fn pages_stop_at_the_limit_or_the_byte_budget() {
+    let mut s = SqliteStore::open_in_memory().unwrap();
+    s.begin().unwrap();
+    for i in 0..10 {
+        s.note_put(&NoteRow {
+            key: format!("k{i}"),
+            value: "x".repeat(100),
+            author: None,
+            expires_at: None,
+        })
+        .unwrap();
+    }
+    s.commit().unwrap();
+    let (rows, more) = s.note_page(0, None, 4, true, usize::MAX).unwrap();
+    assert_eq!((rows.len(), more), (4, true));
+    let (rows, more) = s.note_page(0, Some("k3"), 100, true, 250).unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        ["k4", "k5", "k6"]
+    );
+    assert!(more);
+    let (rows, more) = s.note_page(0, Some("k7"), 100, false, 1).unwrap();
+    assert_eq!(
+        rows.len(),
+        2,
+        "values left out do not count against the budget"
+    );
+    assert!(!more && rows.iter().all(|r| r.value.is_empty()));
+}
+
+/// The durability promise rests on these settings: WAL, and an fsync at every commit.
+#[test]
+fn a_file_database_is_wal_with_an_fsync_per_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+    let get = |p: &str| -> String {
+        s.conn
+            .query_row(&format!("PRAGMA {p}"), [], |r| {
+                r.get::<_, rusqlite::types::Value>(0)
+            })
+            .map(|v| match v {
+                rusqlite::types::Value::Integer(i) => i.to_string(),
+                rusqlite::types::Value::Text(t) => t,
+                other => format!("{other:?}"),
+            })
+            .unwrap()
+    };
+    assert_eq!(get("journal_mode"), "wal");
+    assert_eq!(get("synchronous"), "2", "synchronous must be FULL");
+    assert_eq!(get("fullfsync"), "1");
+}
+
+#[test]
+fn fences_never_repeat_even_after_the_lock_row_is_gone() {
+    let mut s = SqliteStore::open_in_memory().unwrap();
+    s.begin().unwrap();
+    assert_eq!(s.fence_next("a").unwrap(), 1);
+    assert_eq!(s.fence_next("a").unwrap(), 2);
+    assert_eq!(s.fence_next("b").unwrap(), 1);
+    s.commit().unwrap();
+}
+
+#[test]
+fn pending_tasks_come_by_priority_then_age() {
+    let mut s = SqliteStore::open_in_memory().unwrap();
+    s.begin().unwrap();
+    let low = s.task_insert("q", "low", None, 0, 1).unwrap();
+    let high = s.task_insert("q", "high", None, 5, 2).unwrap();
+    let high2 = s.task_insert("q", "high2", None, 5, 3).unwrap();
+    assert!(low < high && high < high2);
+    assert_eq!(s.task_next_pending("q").unwrap().unwrap().id, high);
+    s.commit().unwrap();
+}
+
+#[test]
+fn counter_overflow_is_reported_not_wrapped() {
+    let mut s = SqliteStore::open_in_memory().unwrap();
+    s.begin().unwrap();
+    assert_eq!(s.counter_add("c", i64::MAX).unwrap(), Some(i64::MAX));
+    assert_eq!(s.counter_add("c", 1).unwrap(), None);
+    s.commit().unwrap();
+}
