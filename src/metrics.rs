@@ -305,6 +305,7 @@ pub fn render(calls: &CallMetrics, engine: Option<&EngineMetrics>, view: &Status
             ("claimed", q.claimed),
             ("completed", q.completed),
             ("failed", q.failed),
+            ("dead", q.dead),
         ] {
             let _ = writeln!(
                 out,

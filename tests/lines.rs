@@ -189,3 +189,43 @@ async fn the_cli_and_run_leave_the_line_when_they_give_up() {
     let (code, out) = airlock(&d, &["locks"]).await;
     assert_eq!((code, out.trim()), (0, "(none)"));
 }
+
+/// Grants and releases are logged at `info` (agent, lock, fence, and why it was released), and
+/// the lock token never is.
+#[tokio::test]
+async fn grants_and_releases_are_logged_without_tokens() {
+    let d = Daemon::serve()
+        .selected_backend()
+        .rust_log("info")
+        .log(Log::Keep(&["granted", "released", "lk_"]))
+        .start()
+        .await;
+    let got = lock(&d, "logged", "alpha", json!({})).await;
+    let token = got["lock_token"].as_str().expect("a token").to_string();
+    let r = d
+        .call(
+            "unlock_resource",
+            json!({"name": "logged", "lock_token": token}),
+        )
+        .await;
+    assert_eq!(r["released"], true, "{r}");
+    within(30, async {
+        while !d.process.logged("released: unlocked") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let granted = d.process.log_lines("granted");
+    assert!(
+        granted
+            .iter()
+            .any(|l| l.contains("logged") && l.contains("alpha") && l.contains("fence")),
+        "{granted:?}"
+    );
+    assert!(d
+        .process
+        .log_lines("released: unlocked")
+        .iter()
+        .any(|l| l.contains("alpha")));
+    assert!(!d.process.logged(&token), "a lock token reached the log");
+}

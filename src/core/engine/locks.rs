@@ -578,6 +578,7 @@ impl Locks {
             });
         }
         tx.db(|s| s.lock_delete(name))?;
+        tracing::info!(lock = %name, agent = %row.agent_id, fence = row.fence, "released: unlocked");
         self.to_pump.insert(name.to_string());
         Ok(Released {
             released: true,
@@ -633,7 +634,7 @@ impl Locks {
         grants.into_iter().try_for_each(|(name, token)| {
             if let Some(row) = live_lock(tx, &name)? {
                 if tokens_equal(&row.token, &token) {
-                    tracing::debug!(lock = %name, "released a grant whose caller went away");
+                    tracing::info!(lock = %name, "released: its caller went away (orphan)");
                     tx.db(|s| s.lock_delete(&name))?;
                     self.to_pump.insert(name);
                 }
