@@ -145,6 +145,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     } else {
         vec![addr.ip().to_string()]
     };
+    let stopping = tokio_util::sync::CancellationToken::new();
     let app = http::app(
         core.clone(),
         EdgeConfig {
@@ -153,6 +154,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             max_in_flight,
             body_timeout: timeouts.body,
             home: opts.home.clone(),
+            stopping: stopping.clone(),
         },
     );
     tracing::info!(listen = %local, home = %opts.home.display(), token_required = require, connection_cap, "airlock is serving");
@@ -163,6 +165,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let server = tokio::spawn(conn::serve(listener, app, timeouts, stop.clone()));
     stop_signal.await;
+    // The dashboard's streams end first, so they hold no connection open through the drain.
+    stopping.cancel();
     tracing::info!("shutting down: answering parked calls");
     core.drain().await;
     // Stop accepting; open connections finish what they are answering and close.

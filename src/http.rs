@@ -49,6 +49,9 @@ pub struct EdgeConfig {
     pub extra_hosts: Vec<String>,
     /// Most MCP requests in flight at once; more get 503 ([`MAX_IN_FLIGHT`] by default).
     pub max_in_flight: usize,
+    /// Cancelled when the daemon starts to stop: long-lived answers (the dashboard's live
+    /// stream) end then, so they do not hold the graceful shutdown open.
+    pub stopping: tokio_util::sync::CancellationToken,
     /// How long a request body may take to arrive once its head is read; 408 after.
     pub body_timeout: std::time::Duration,
     /// The state directory, to name the token file in the 401 answer.
@@ -65,6 +68,15 @@ struct EdgeState {
 
 /// The whole HTTP application.
 pub fn app(core: Arc<dyn CoreApi>, edge: EdgeConfig) -> Router {
+    // Tool calls are counted and timed for `GET /metrics`; the edge's own reads are not.
+    let calls = Arc::new(crate::metrics::CallMetrics::default());
+    let metrics = crate::metrics::MetricsState {
+        core: core.clone(),
+        calls: calls.clone(),
+    };
+    let status_core = core.clone();
+    let streams = crate::ui::Streams::new(core.clone(), edge.stopping.clone());
+    let core: Arc<dyn CoreApi> = Arc::new(crate::metrics::Metered::new(core, calls));
     let sightings = Arc::new(crate::identity::Sightings::default());
     let direct = AirlockMcp::new(core.clone()).with_sightings(sightings.clone());
     let config = StreamableHttpServerConfig::default()
@@ -73,7 +85,7 @@ pub fn app(core: Arc<dyn CoreApi>, edge: EdgeConfig) -> Router {
         // The edge already checked Host and the body size, with its own clearer answers.
         .disable_allowed_hosts()
         .with_max_request_body_bytes(MAX_BODY_BYTES + 1);
-    let status_core = core.clone();
+    let pages = crate::ui::pages(Arc::new(edge.clone()));
     let mcp = shared_service::SharedRmcp::new(StreamableHttpService::new(
         move || Ok(AirlockMcp::new(core.clone()).with_sightings(sightings.clone())),
         Arc::new(NeverSessionManager::default()),
@@ -89,9 +101,14 @@ pub fn app(core: Arc<dyn CoreApi>, edge: EdgeConfig) -> Router {
         .route_service("/mcp", mcp)
         // Not an MCP tool: one consistent snapshot for `airlock status`, behind the same guard.
         .route("/status", get(status).with_state(status_core))
+        // The dashboard's live view (src/ui), behind the same guard.
+        .route("/events/stream", get(crate::ui::stream).with_state(streams))
+        // Prometheus' text format (src/metrics.rs), behind the same guard.
+        .route("/metrics", get(crate::metrics::handler).with_state(metrics))
         .layer(middleware::from_fn_with_state(state, guard));
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(pages)
         .merge(mcp_routes)
 }
 
@@ -696,22 +713,31 @@ fn closing(mut r: Response) -> Response {
     r
 }
 
-async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Response {
-    let config = &state.config;
-    if let Err(r) = check_host(&req, config) {
-        return r.into_response();
+/// The Host and Origin checks: the refusal to answer, if the request is not addressed to this
+/// machine or comes from a page that is not served by it (the guard's, and the dashboard's pages).
+pub(crate) fn refuse_foreign(req: &Request, config: &EdgeConfig) -> Option<Response> {
+    if let Err(r) = check_host(req, config) {
+        return Some(r.into_response());
     }
     // A missing Origin is normal (every non-browser client); two are refused.
     let origin = match single(req.headers(), &header::ORIGIN) {
         Ok(o) => o,
-        Err(r) => return r.into_response(),
+        Err(r) => return Some(r.into_response()),
     };
     if !origin_allowed(origin) {
-        return edge_error(
+        return Some(edge_error(
             StatusCode::FORBIDDEN,
             -32001,
             "Origin is not a loopback origin; requests from web pages are refused",
-        );
+        ));
+    }
+    None
+}
+
+async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Response {
+    let config = &state.config;
+    if let Some(refused) = refuse_foreign(&req, config) {
+        return refused;
     }
     if let Some(token) = &config.token {
         if !token_ok(req.headers(), token) {

@@ -4,6 +4,10 @@
 //! - [`listener`]: the TCP listener, with a cap on open connections.
 //! - [`http`]: the HTTP edge (axum): Host/Origin checks, bearer token, body limit, `/healthz`,
 //!   `/status`, the fast path for a plain `tools/call`.
+//! - [`ui`]: the web dashboard at `/ui` (static files compiled in) and its live stream
+//!   (`/events/stream`, Server-Sent Events behind the token).
+//! - [`metrics`]: `GET /metrics` in Prometheus' text format (calls by tool and outcome, latency,
+//!   commits, waiters, queue depths).
 //! - [`mcp`]: the MCP layer (rmcp): the one table of tools, argument reading, results and errors.
 //! - [`cluster`]: several daemons on one PostgreSQL database: one coordinates (runs the engine),
 //!   the others forward calls to it through a table, woken by LISTEN/NOTIFY.
@@ -31,7 +35,9 @@ pub mod http;
 pub mod identity;
 pub mod listener;
 pub mod mcp;
+pub mod metrics;
 pub mod store;
 pub mod strict_json;
 #[doc(hidden)]
 pub mod testkit;
+pub mod ui;

@@ -247,6 +247,27 @@ impl Client {
         }
     }
 
+    /// `GET /events/stream`: the live status snapshots (Server-Sent Events), open.
+    pub async fn events_stream(&self) -> Result<reqwest::Response, ClientError> {
+        let base = self.url.strip_suffix("/mcp").unwrap_or(&self.url);
+        let rb = self.http.get(format!("{base}/events/stream"));
+        let resp = self
+            .with_auth(rb)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        match resp.status() {
+            reqwest::StatusCode::UNAUTHORIZED => Err(ClientError::Unauthorized {
+                url: self.url.clone(),
+            }),
+            s if s.is_success() => Ok(resp),
+            s => Err(ClientError::Failed(format!(
+                "{base}/events/stream answered HTTP {s}: {}",
+                resp.text().await.unwrap_or_default()
+            ))),
+        }
+    }
+
     /// `GET /status`: a page of the daemon's state (every section, from one snapshot).
     pub async fn status(
         &self,

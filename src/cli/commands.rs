@@ -548,13 +548,18 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             let r = list_all(c, Request::ListLocks).await?;
             let rows = rows_of(&r);
             let human = table(&rows, |l| {
-                format!(
-                    "{}\theld by {}\texpires in {}s{}",
-                    str_of(l, "name"),
-                    str_of(l, "agent_id"),
-                    str_of(l, "expires_in_seconds"),
-                    hold_mode(l)
-                )
+                let mut row = format!("{}\t{}", str_of(l, "name"), super::status::holder_text(l));
+                if !l["agent_id"].is_null() {
+                    row.push_str(&format!(
+                        "\texpires in {}s{}",
+                        str_of(l, "expires_in_seconds"),
+                        hold_mode(l)
+                    ));
+                }
+                for place in super::status::line_rows(l) {
+                    row.push_str(&format!("\n\t{place}"));
+                }
+                row
             });
             Answer::ok(r, human)
         }

@@ -21,6 +21,7 @@ pub mod service;
 pub mod show;
 pub mod status;
 pub mod waits;
+pub mod watch;
 
 use std::io::IsTerminal;
 
@@ -95,6 +96,9 @@ pub enum Command {
     },
     /// Show locks (with waiters), agents, notes, events and task queues.
     Status {
+        /// Keep the view on screen and redraw it in place as things change (Ctrl-C stops).
+        #[arg(long, conflicts_with_all = ["limit", "cursor"])]
+        watch: bool,
         /// At most this many items per section (1 to 10000; default 1000).
         #[arg(long)]
         limit: Option<i64>,
@@ -204,9 +208,12 @@ pub fn run(cli: Cli) -> i32 {
         }
         None => return rt.block_on(bridge::run(client, true)),
         Some(Command::Mcp) => return rt.block_on(bridge::run(client, false)),
-        Some(Command::Status { limit, cursor }) => {
-            return rt.block_on(status::run(&client, json, limit, cursor.as_deref()))
-        }
+        Some(Command::Status { watch: true, .. }) => return rt.block_on(watch::run(&client)),
+        Some(Command::Status {
+            watch: false,
+            limit,
+            cursor,
+        }) => return rt.block_on(status::run(&client, json, limit, cursor.as_deref())),
         // Answered above, before the URL was read; repeated so the match stays whole.
         Some(Command::Completions { shell }) => return completions::completions(shell),
         Some(Command::Man) => return completions::man(),

@@ -55,6 +55,39 @@ fn int(v: &Value, key: &str) -> i64 {
     v[key].as_i64().unwrap_or(0)
 }
 
+/// Who a lock of `list_locks` is for: `held by A`, or `free, reserved for A for Ns`.
+pub fn holder_text(l: &Value) -> String {
+    match l["agent_id"].as_str() {
+        Some(a) => format!("held by {a}"),
+        None => format!(
+            "free, reserved for {} for {}s",
+            str_of(l, "reserved_for"),
+            int(l, "reserved_for_seconds")
+        ),
+    }
+}
+
+/// A lock's line, one place a row: `1. beta  parked, 47s left, waiting 3s`.
+pub fn line_rows(l: &Value) -> Vec<String> {
+    items(l, "line")
+        .iter()
+        .map(|p| {
+            let state = match p["state"].as_str() {
+                Some("grace") => "in grace (place kept)",
+                Some(other) => other,
+                None => "",
+            };
+            format!(
+                "{}. {}  {state}, {}s left, waiting {}s",
+                int(p, "position"),
+                short(&str_of(p, "agent_id"), 40),
+                int(p, "seconds_left"),
+                int(p, "waiting_seconds"),
+            )
+        })
+        .collect()
+}
+
 /// Renders a `StatusView` (as JSON) in the seed's layout.
 pub fn render(authority: &str, v: &Value) -> String {
     let mut out = format!("Airlock — {authority}\n");
@@ -71,17 +104,23 @@ pub fn render(authority: &str, v: &Value) -> String {
     let locks = items(v, "locks")
         .iter()
         .map(|l| {
-            let mut row = format!(
-                "{:<28} held by {:<24} expires in {}s  fence {}",
-                short(&str_of(l, "name"), 28),
-                short(&str_of(l, "agent_id"), 24),
-                int(l, "expires_in_seconds"),
-                int(l, "fence"),
-            );
-            row.push_str(&super::commands::hold_mode(l).replace('\t', "  "));
+            let mut row = if l["agent_id"].is_null() {
+                format!("{:<28} {}", short(&str_of(l, "name"), 28), holder_text(l))
+            } else {
+                format!(
+                    "{:<28} held by {:<24} expires in {}s  fence {}",
+                    short(&str_of(l, "name"), 28),
+                    short(&str_of(l, "agent_id"), 24),
+                    int(l, "expires_in_seconds"),
+                    int(l, "fence"),
+                ) + &super::commands::hold_mode(l).replace('\t', "  ")
+            };
             let w = int(l, "waiters");
             if w > 0 {
                 row.push_str(&format!("  {w} waiting"));
+            }
+            for place in line_rows(l) {
+                row.push_str(&format!("\n      {place}"));
             }
             row
         })
@@ -200,6 +239,32 @@ mod tests {
         for s in ["AGENTS (0)", "NOTES (0)", "EVENTS (0)", "TASKS (0)"] {
             assert!(out.contains(&format!("\n{s}\n  (none)\n")), "{out}");
         }
+    }
+
+    #[test]
+    fn lines_and_reservations_are_shown() {
+        let v = json!({"locks": [
+            {"name": "build", "agent_id": "alpha", "expires_in_seconds": 60, "fence": 3, "waiters": 1,
+             "line": [{"agent_id": "beta", "position": 1, "waiting_seconds": 4, "state": "parked", "seconds_left": 46}]},
+            {"name": "deploy", "agent_id": null, "expires_in_seconds": 0, "waiters": 1,
+             "reserved_for": "gamma", "reserved_for_seconds": 7,
+             "line": [{"agent_id": "gamma", "position": 1, "waiting_seconds": 50, "state": "grace", "seconds_left": 7}]}
+        ]});
+        let out = render("h", &v);
+        assert!(
+            out.contains("\n      1. beta  parked, 46s left, waiting 4s\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "deploy                       free, reserved for gamma for 7s  1 waiting\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("1. gamma  in grace (place kept), 7s left, waiting 50s"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::client::{Client, ClientError};
-use crate::core::request::{LockName, LockResource, LockResources, Request, WaitForEvent};
+use crate::core::request::{
+    LeaveLine, LockName, LockResource, LockResources, Request, WaitForEvent,
+};
 use crate::core::LockMode;
 use crate::core::MAX_WAIT_SECONDS;
 
@@ -204,11 +206,28 @@ pub async fn acquire(
             l.set(None, contended_detail(&answer));
         }
         if window(deadline) == 0 {
+            leave_line(client, name, &answer).await;
             return Ok(answer);
         }
         first = false;
         wake = answer["wake_token"].as_str().map(str::to_string);
         pace(started, this_window).await;
+    }
+}
+
+/// Gives up the place a contended answer kept in line (its `wake_token`): this caller will not
+/// come back, and at the head of the line the place would hold a freed lock for it for the
+/// grace. Best effort: if it fails, the place goes when the grace ends.
+async fn leave_line(client: &Client, name: &str, answer: &Value) {
+    let Some(wake_token) = answer["wake_token"].as_str() else {
+        return;
+    };
+    let request = Request::LeaveLine(LeaveLine {
+        name: name.to_string(),
+        wake_token: wake_token.to_string(),
+    });
+    if let Err(e) = client.request(&request).await {
+        tracing::debug!(lock = %name, error = %e, "could not leave the line");
     }
 }
 

@@ -93,6 +93,16 @@ impl CoreApi for Shared {
     fn drain(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.0.drain())
     }
+
+    /// While this daemon coordinates, its engine's changes; when it steps down the signal ends
+    /// (a live view then reconnects and re-reads now and then).
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.0.coordinator().and_then(|c| c.changes())
+    }
+
+    fn engine_metrics(&self) -> Option<std::sync::Arc<crate::core::metrics::EngineMetrics>> {
+        self.0.coordinator().and_then(|c| c.engine_metrics())
+    }
 }
 
 /// This daemon's place among the daemons sharing one database.

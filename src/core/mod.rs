@@ -7,6 +7,7 @@
 //! arrives only after the change is committed to disk.
 
 pub mod engine;
+pub mod metrics;
 pub mod quota;
 pub mod request;
 pub mod types;
@@ -40,6 +41,19 @@ pub trait CoreApi: Send + Sync + 'static {
 
     /// Answers every parked call and stops taking work: for shutdown.
     fn drain(&self) -> futures::future::BoxFuture<'_, ()>;
+
+    /// Hears of every change to what `status` shows, when this daemon's own engine answers
+    /// (live views re-read on it); `None` when changes cannot be heard here (a daemon that
+    /// forwards to another), and a live view re-reads now and then instead.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
+    /// What this daemon's own engine records for `GET /metrics` (commit times, operations per
+    /// commit); `None` when no engine of this daemon answers.
+    fn engine_metrics(&self) -> Option<Arc<metrics::EngineMetrics>> {
+        None
+    }
 }
 
 /// A callback told, every [`PROGRESS_EVERY`], how a parked call is doing.
@@ -61,6 +75,10 @@ pub struct WaitReport {
 pub struct Coordinator {
     tx: mpsc::Sender<Command>,
     next_call: Arc<AtomicU64>,
+    /// The engine's change signal (see [`CoreApi::changes`]); `None` when detached.
+    changes: Option<tokio::sync::watch::Receiver<u64>>,
+    /// The engine's commit metrics; `None` when detached.
+    metrics: Option<Arc<metrics::EngineMetrics>>,
     quota: Arc<quota::Quota>,
 }
 
@@ -109,6 +127,8 @@ impl Coordinator {
     ) -> CoreResult<(Coordinator, EngineThread)> {
         let meter = store.usage_meter();
         let engine = Engine::new(store, clock)?;
+        let changes = Some(engine.changes());
+        let metrics = Some(engine.metrics());
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("airlock-engine".into())
@@ -118,6 +138,8 @@ impl Coordinator {
             Coordinator {
                 tx,
                 next_call: Arc::new(AtomicU64::new(1)),
+                changes,
+                metrics,
                 quota: Arc::new(quota::Quota::new(meter)),
             },
             EngineThread { handle },
@@ -132,6 +154,8 @@ impl Coordinator {
         Coordinator {
             tx,
             next_call: Arc::new(AtomicU64::new(1)),
+            changes: None,
+            metrics: None,
             quota: Arc::new(quota::Quota::new(None)),
         }
     }
@@ -267,6 +291,14 @@ impl CoreApi for Coordinator {
     fn drain(&self) -> futures::future::BoxFuture<'_, ()> {
         Box::pin(Coordinator::drain(self))
     }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.changes.clone()
+    }
+
+    fn engine_metrics(&self) -> Option<Arc<metrics::EngineMetrics>> {
+        self.metrics.clone()
+    }
 }
 
 /// What a note or task row holds, for the quota: its name, value and author.
@@ -346,6 +378,6 @@ mod tests {
             granted_c,
             Response::LockResource(LockOutcome::Granted { fence: 3, .. })
         ));
-        assert_eq!(locks(&core).await[0].agent_id, "c");
+        assert_eq!(locks(&core).await[0].agent_id.as_deref(), Some("c"));
     }
 }

@@ -39,6 +39,10 @@ pub const MAX_ATTEMPTS_LIMIT: i64 = 1000;
 
 pub const DEFAULT_LOCK_TTL_SECONDS: i64 = 900;
 pub const DEFAULT_AGENT_TTL_SECONDS: i64 = 60;
+/// Most open tasks in a status snapshot (the queue counts are always complete).
+pub const STATUS_MAX_TASKS: usize = 200;
+/// Characters of a task's payload shown in a status snapshot.
+pub const STATUS_PAYLOAD_CHARS: usize = 200;
 pub const DEFAULT_LEASE_SECONDS: i64 = 120;
 pub const DEFAULT_EVENT_WAIT_SECONDS: i64 = 25;
 
@@ -503,12 +507,17 @@ pub enum Renewed {
     },
 }
 
+/// A lock held now, or free but reserved for the caller at the head of its line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LockView {
     pub name: String,
-    pub agent_id: String,
+    /// The holder; `null` when the lock is free but reserved (see `reserved_for`).
+    pub agent_id: Option<String>,
+    /// Seconds until the holder's grant expires; 0 when free.
     pub expires_in_seconds: i64,
-    pub fence: i64,
+    /// The holder's fence; absent when free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<i64>,
     /// Callers parked or holding a place in line for this lock.
     pub waiters: usize,
     /// `exclusive` or `shared` (a semaphore's holders are shared).
@@ -518,6 +527,39 @@ pub struct LockView {
     pub limit: Option<i64>,
     /// How many holders the lock has now (one entry each).
     pub holders: usize,
+    /// A free lock is kept for the head of its line while it comes back with its `wake_token`:
+    /// that agent, and the seconds it has left to do so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_for: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_for_seconds: Option<i64>,
+    /// The line of waiters, first in line first.
+    #[serde(default)]
+    pub line: Vec<LineView>,
+}
+
+/// The answer to `leave_line`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeftLine {
+    /// Whether a place was given up (false: no such place, or a call is waiting on it now).
+    pub left: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One place in a lock's line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LineView {
+    pub agent_id: String,
+    /// 1 = next in line.
+    pub position: usize,
+    /// Seconds since it joined the line.
+    pub waiting_seconds: i64,
+    /// `parked` (a call waits on it now) or `grace` (its call timed out with a `wake_token`;
+    /// the place is kept until it calls again).
+    pub state: String,
+    /// Seconds until its parked call times out, or until its kept place is given up.
+    pub seconds_left: i64,
 }
 
 // ---------------------------------------------------------------- presence
@@ -674,6 +716,10 @@ pub struct StatusView {
     pub notes: Vec<NoteView>,
     pub events: Vec<EventView>,
     pub queues: Vec<QueueView>,
+    /// Open tasks (on the first page): claimed, then pending, oldest first in each, at most
+    /// [`STATUS_MAX_TASKS`], payloads shortened to [`STATUS_PAYLOAD_CHARS`].
+    #[serde(default)]
+    pub tasks: Vec<TaskView>,
     /// What the engine that answered has done since it started.
     pub engine: EngineCounts,
     /// Sections cut at the page's `limit` (or the page byte budget): `next_cursor` (or the

@@ -300,11 +300,31 @@ pub static TOOLS: &[ToolSpec] = &[
     ToolSpec {
         tool: Tool::ListLocks,
         parse: |a| Ok(Request::ListLocks(list_page(a)?)),
-        description: "List held locks, one entry per holder: [{name, agent_id, expires_in_seconds, \
-            fence, waiters, mode, limit?, holders}] (mode exclusive or shared; limit for a \
-            semaphore). Pages: with limit or cursor, {items, next_cursor}; a page counts lock \
-            names and holds every holder of each.",
+        description: "List held locks, one entry per holder, and free locks reserved for the \
+            head of their line: [{name, agent_id, expires_in_seconds, fence, waiters, mode, \
+            limit?, holders, line:[{agent_id, position, waiting_seconds, state, seconds_left}]}] \
+            (mode exclusive or shared; limit for a semaphore). A reserved free lock has agent_id \
+            null, holders 0, reserved_for and reserved_for_seconds. state is parked (a call waits \
+            now) or grace (a place kept for a caller coming back with its wake_token). Pages: \
+            with limit or cursor, {items, next_cursor}; a page counts lock names and holds every \
+            holder of each.",
         params: &[LIMIT, CURSOR],
+    },
+    ToolSpec {
+        tool: Tool::LeaveLine,
+        parse: |a| Ok(Request::LeaveLine(LeaveLine {
+            name: a.str("name")?,
+            wake_token: a.str("wake_token")?,
+        })),
+        description: "Give up your place in a lock's line when you will not call lock_resource \
+            again: pass the wake_token of your locked:false answer. Without it the place (and, at \
+            the head of the line, a reservation of the freed lock) is kept for 10 s, making the \
+            next waiter wait. Returns {left:true}, or {left:false, error} if no place is kept \
+            for that token.",
+        params: &[
+            req("name", Str, "The lock's name."),
+            req("wake_token", Str, "The wake_token from your locked:false answer."),
+        ],
     },
     ToolSpec {
         tool: Tool::LockResources,
@@ -675,8 +695,9 @@ mod tests {
         }
         assert_eq!(
             TOOLS.len(),
-            contract.len() + 5,
-            "22 contract tools + extend_lease, get_task, retry_task, list_queues, list_events"
+            contract.len() + 6,
+            "22 contract tools + extend_lease, get_task, retry_task, list_queues, list_events, \
+             leave_line"
         );
         // Every tool offered over MCP has exactly one entry, and each entry parses into its tool.
         for t in Tool::ALL.iter().filter(|t| t.is_mcp_tool()) {

@@ -66,6 +66,8 @@ pub(super) fn grant(
         };
         tx.db(|s| s.lock_put(&row))?;
         tx.schedule(expires_at, Deadline::LockExpiry(name.clone()));
+        // Never the token: logs are read by people who must not be able to release the lock.
+        tracing::info!(lock = %name, agent = %agent_id, fence, ttl_ms, "granted");
         out.push((row.name, row.token, fence));
     }
     Ok(out)

@@ -19,6 +19,7 @@
 //! grant whose answer could not be delivered is released in the next batch ([`Locks::release_orphan`]).
 
 mod line;
+mod lines;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -463,6 +464,7 @@ impl Locks {
             }
         };
         tx.db(|s| s.lock_delete_holder(name, &row.agent_id))?;
+        tracing::info!(lock = %name, agent = %row.agent_id, fence = row.fence, "released: unlocked");
         self.to_pump.insert(name.to_string());
         Ok(Released {
             released: true,
@@ -492,7 +494,6 @@ impl Locks {
     pub(super) fn lock_page(&mut self, tx: &mut Tx, page: &Page) -> CoreResult<Paged<LockView>> {
         let now = tx.now();
         let (rows, more) = tx.db(|s| s.lock_page(now, page.after.as_deref(), page.limit))?;
-        let next_cursor = more.then(|| rows.last().map(|l| l.name.clone())).flatten();
         let mut counts: HashMap<&str, usize> = HashMap::new();
         for l in &rows {
             *counts.entry(l.name.as_str()).or_default() += 1;
@@ -501,16 +502,18 @@ impl Locks {
             .iter()
             .map(|l| self.view(l, counts[l.name.as_str()], now))
             .collect();
-        Ok(Paged { items, next_cursor })
+        // Free locks kept for the head of their line join the page in name order.
+        Ok(self.with_reserved(page, items, more, now))
     }
 
     fn view(&self, l: &LockRow, holders: usize, now: Millis) -> LockView {
         LockView {
             waiters: self.line_len(&l.name),
+            line: self.line_view(&l.name, now),
             expires_in_seconds: seconds_left(l.expires_at, now),
             name: l.name.clone(),
-            agent_id: l.agent_id.clone(),
-            fence: l.fence,
+            agent_id: Some(l.agent_id.clone()),
+            fence: Some(l.fence),
             mode: LockMode {
                 shared: l.shared,
                 limit: l.limit,
@@ -518,6 +521,8 @@ impl Locks {
             .hold_mode(),
             limit: l.limit,
             holders,
+            reserved_for: None,
+            reserved_for_seconds: None,
         }
     }
 
@@ -530,7 +535,7 @@ impl Locks {
         grants.into_iter().try_for_each(|(name, token)| {
             let proof = HolderProof::Token(token);
             if let Ok(row) = find_holder(live_holders(tx, &name)?, &proof) {
-                tracing::debug!(lock = %name, agent = %row.agent_id, "released a grant whose caller went away");
+                tracing::info!(lock = %name, agent = %row.agent_id, "released: its caller went away (orphan)");
                 tx.db(|s| s.lock_delete_holder(&name, &row.agent_id))?;
                 self.to_pump.insert(name);
             }

@@ -217,6 +217,14 @@ pub struct Engine {
     /// benchmark can report operations per commit.
     commits: u64,
     operations: u64,
+    /// Bumped whenever a step may have changed what `status` shows (a write, a deadline, a
+    /// caller leaving a line), so live views (`GET /events/stream`) re-read only then. Bumped
+    /// before the commit: a reader's status request is a later command, answered after it.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Commit times and operations per commit, for `GET /metrics`.
+    metrics: Arc<crate::core::metrics::EngineMetrics>,
+    /// `operations` at the last commit, so each commit knows how many it carried.
+    operations_at_commit: u64,
 }
 
 /// A [`Tx`] and the capabilities, borrowed apart from one engine.
@@ -263,7 +271,36 @@ impl Engine {
             max_batch: max_batch_from_env(),
             commits: 0,
             operations: 0,
+            changes: tokio::sync::watch::Sender::new(0),
+            metrics: Default::default(),
+            operations_at_commit: 0,
         })
+    }
+
+    /// Hears of every step that may have changed what `status` shows (see `changes`).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// What this engine records for `GET /metrics`.
+    pub fn metrics(&self) -> Arc<crate::core::metrics::EngineMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Commits the batch's transaction, timing it (its fsync included) for the metrics.
+    fn timed_commit(&mut self) -> crate::store::StoreResult<()> {
+        let started = std::time::Instant::now();
+        let r = self.store.commit();
+        let carried = self.operations - self.operations_at_commit;
+        self.operations_at_commit = self.operations;
+        self.metrics
+            .record_commit(started.elapsed().as_secs_f64(), carried);
+        r
+    }
+
+    /// Tells live views that the state may have changed.
+    fn note_change(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn now(&self) -> Millis {
@@ -406,7 +443,7 @@ impl Engine {
         }
         let failed = match self.batch_error.take() {
             Some(e) => Some(e),
-            None => self.store.commit().err().map(storage),
+            None => self.timed_commit().err().map(storage),
         };
         if let Some(e) = &failed {
             tracing::error!(error = %e, "a batch failed and was rolled back");
@@ -500,6 +537,9 @@ impl Engine {
 
     /// Hands one request to its capability. Each handler answers through the outbox.
     fn apply(&mut self, call: u64, request: Request, reply: Destination<Response>) {
+        if !request.tool().read_only() {
+            self.note_change();
+        }
         let counts = EngineCounts {
             commits: self.commits,
             operations: self.operations,
@@ -599,6 +639,12 @@ impl Engine {
                     Err(e) => tx.respond(reply, Err(e)),
                 }
             }
+            Request::LeaveLine(r) => locks.leave_line(
+                tx,
+                &r.name,
+                &r.wake_token,
+                Reply::new(reply, Response::LeaveLine),
+            ),
             Request::RegisterAgent(r) => presence::register_agent(
                 tx,
                 r.agent_id,
@@ -727,6 +773,7 @@ impl Engine {
 
     /// Releases a grant nobody received (or read): its locks, or its lease.
     fn release_orphan(&mut self, orphan: Orphan) {
+        self.note_change();
         let Parts {
             mut tx,
             locks,
@@ -744,6 +791,7 @@ impl Engine {
 
     /// The caller of a parked call went away.
     fn cancel(&mut self, call: u64) {
+        self.note_change();
         if self.locks.cancel(call) || self.events.cancel(call) {
             return;
         }
@@ -790,6 +838,7 @@ impl Engine {
     }
 
     fn fire(&mut self, what: Deadline, now: Millis) {
+        self.note_change();
         let Parts {
             mut tx,
             locks,

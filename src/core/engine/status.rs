@@ -7,10 +7,11 @@
 
 use super::events::Events;
 use super::locks::Locks;
-use super::tasks::Tasks;
+use super::tasks::{task_view, Tasks};
 use super::{notes, presence, ProgressReply, Reply, Tx, WaitProgress};
 use crate::core::request::ListPage;
 use crate::core::types::*;
+use crate::store::TaskState;
 
 pub(super) fn status(
     tx: &mut Tx,
@@ -80,6 +81,11 @@ fn snapshot(
     let (event_views, events_at) = section(&at.events, limit, |p| {
         in_memory(events.event_views(tx)?, p, |e| &e.name)
     })?;
+    // The open tasks come with the first page of queues (the dashboard's glance).
+    let open = match at.queues {
+        SectionAt::Start => open_tasks(tx)?,
+        _ => Vec::new(),
+    };
     let (queues, queues_at) = section(&at.queues, limit, |p| {
         in_memory(tasks.queue_views(tx)?, p, |q| &q.queue)
     })?;
@@ -108,10 +114,42 @@ fn snapshot(
         notes,
         events: event_views,
         queues,
+        tasks: open,
         engine,
         truncated,
         next_cursor,
     })
+}
+
+/// Open tasks, claimed ones first, then pending, oldest first in each: at most
+/// [`STATUS_MAX_TASKS`] in all, payloads cut to [`STATUS_PAYLOAD_CHARS`].
+fn open_tasks(tx: &mut Tx) -> CoreResult<Vec<TaskView>> {
+    let now = tx.now();
+    let mut rows = Vec::new();
+    for state in [TaskState::Claimed, TaskState::Pending] {
+        let room = STATUS_MAX_TASKS - rows.len();
+        if room == 0 {
+            break;
+        }
+        let (page, _) =
+            tx.db(|s| s.task_page(None, Some(state), None, room, MAX_PAGE_VALUE_BYTES))?;
+        rows.extend(page);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|t| {
+            let mut v = task_view(t, now);
+            if v.payload.chars().count() > STATUS_PAYLOAD_CHARS {
+                v.payload = v
+                    .payload
+                    .chars()
+                    .take(STATUS_PAYLOAD_CHARS)
+                    .collect::<String>()
+                    + "…";
+            }
+            v
+        })
+        .collect())
 }
 
 pub(super) fn wait_status(

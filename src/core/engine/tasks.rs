@@ -119,7 +119,7 @@ fn extend(tx: &mut Tx, id: i64, lease_token: &str, lease_ms: Millis) -> CoreResu
     })
 }
 
-fn task_view(t: TaskRow, now: Millis) -> TaskView {
+pub(super) fn task_view(t: TaskRow, now: Millis) -> TaskView {
     let leased = t.state == TaskState::Claimed;
     let ready_in_seconds = match (t.state, t.ready_at) {
         (TaskState::Pending, Some(at)) if at > now => Some(seconds_left(at, now)),

@@ -162,6 +162,13 @@ pub struct LockResources {
     pub wait_seconds: Option<i64>,
 }
 
+/// `leave_line`: give up a place kept in a lock's line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaveLine {
+    pub name: String,
+    pub wake_token: String,
+}
+
 /// `set_note`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetNote {

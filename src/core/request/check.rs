@@ -53,6 +53,11 @@ impl Request {
                 r.page(true)?;
                 Request::ListLocks(r)
             }
+            Request::LeaveLine(r) => {
+                check_name("name", &r.name)?;
+                check_name("wake_token", &r.wake_token)?;
+                Request::LeaveLine(r)
+            }
             Request::LockResources(mut r) => {
                 if r.names.is_empty() || r.names.len() > MAX_LOCK_SET {
                     return Err(CoreError::invalid(

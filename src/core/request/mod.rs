@@ -47,6 +47,7 @@ tools! {
     RenewLock => "renew_lock",
     ListLocks => "list_locks",
     LockResources => "lock_resources",
+    LeaveLine => "leave_line",
     SetNote => "set_note",
     GetNote => "get_note",
     ListNotes => "list_notes",
@@ -89,10 +90,10 @@ impl Tool {
         match self {
             ListLocks | GetNote | ListNotes | ListAgents | WaitForEvent | ListTasks | GetTask
             | ListQueues | ListEvents | Status => true,
-            LockResource | UnlockResource | RenewLock | LockResources | SetNote | DeleteNote
-            | SetNoteIf | IncrementCounter | RegisterAgent | UnregisterAgent | SignalEvent
-            | ClearEvent | PushTask | ClaimNextTask | CompleteTask | FailTask | ExtendLease
-            | RetryTask => false,
+            LockResource | UnlockResource | RenewLock | LockResources | LeaveLine | SetNote
+            | DeleteNote | SetNoteIf | IncrementCounter | RegisterAgent | UnregisterAgent
+            | SignalEvent | ClearEvent | PushTask | ClaimNextTask | CompleteTask | FailTask
+            | ExtendLease | RetryTask => false,
         }
     }
 
@@ -106,6 +107,8 @@ impl Tool {
             RenewLock | ListLocks | SetNote | GetNote | ListNotes | DeleteNote | RegisterAgent
             | UnregisterAgent | ListAgents | WaitForEvent | ClearEvent | ExtendLease
             | ListTasks | GetTask | RetryTask | ListQueues | ListEvents | Status => true,
+            // A place left is gone; leaving it again finds nothing to leave.
+            LeaveLine => true,
             // A second lock call by another agent queues; a second push adds a task; a counter
             // counts twice; a second unlock may release a later grant of the same agent.
             LockResource | UnlockResource | LockResources | SetNoteIf | IncrementCounter
@@ -132,6 +135,8 @@ impl Tool {
             // A claim the old coordinator committed but never answered stays leased to the agent
             // until its lease ends; the re-run claims the next task (README: "What is not").
             ClaimNextTask => true,
+            // Lines live in the coordinator's memory: a new coordinator has none to leave.
+            LeaveLine => true,
             // A late retry could put back a task that died again since.
             SetNote | DeleteNote | SetNoteIf | IncrementCounter | UnlockResource
             | UnregisterAgent | SignalEvent | ClearEvent | PushTask | CompleteTask | FailTask
@@ -145,10 +150,12 @@ impl Tool {
         use Tool::*;
         match self {
             LockResource | LockResources | WaitForEvent | ClaimNextTask => true,
-            UnlockResource | RenewLock | ListLocks | SetNote | GetNote | ListNotes | DeleteNote
-            | SetNoteIf | IncrementCounter | RegisterAgent | UnregisterAgent | ListAgents
-            | SignalEvent | ClearEvent | PushTask | CompleteTask | FailTask | ExtendLease
-            | ListTasks | GetTask | RetryTask | ListQueues | ListEvents | Status => false,
+            UnlockResource | RenewLock | ListLocks | LeaveLine | SetNote | GetNote | ListNotes
+            | DeleteNote | SetNoteIf | IncrementCounter | RegisterAgent | UnregisterAgent
+            | ListAgents | SignalEvent | ClearEvent | PushTask | CompleteTask | FailTask
+            | ExtendLease | ListTasks | GetTask | RetryTask | ListQueues | ListEvents | Status => {
+                false
+            }
         }
     }
 }
@@ -170,6 +177,7 @@ pub enum Request {
     RenewLock(RenewLock),
     ListLocks(ListPage),
     LockResources(LockResources),
+    LeaveLine(LeaveLine),
     SetNote(SetNote),
     GetNote(NoteKey),
     ListNotes(ListNotes),
@@ -205,6 +213,7 @@ pub enum Response {
     RenewLock(Renewed),
     ListLocks(Listed<LockView>),
     LockResources(LockSetOutcome),
+    LeaveLine(LeftLine),
     SetNote(Saved),
     GetNote(GetNoteResult),
     ListNotes(Listed<NoteView>),
@@ -238,6 +247,7 @@ impl Request {
             Request::RenewLock(_) => Tool::RenewLock,
             Request::ListLocks(_) => Tool::ListLocks,
             Request::LockResources(_) => Tool::LockResources,
+            Request::LeaveLine(_) => Tool::LeaveLine,
             Request::SetNote(_) => Tool::SetNote,
             Request::GetNote(_) => Tool::GetNote,
             Request::ListNotes(_) => Tool::ListNotes,
@@ -348,6 +358,7 @@ impl Request {
                 | Request::UnlockResource(_)
                 | Request::RenewLock(_)
                 | Request::ListLocks(_)
+                | Request::LeaveLine(_)
                 | Request::SetNote(_)
                 | Request::GetNote(_)
                 | Request::ListNotes(_)
@@ -385,6 +396,7 @@ impl Response {
             Response::RenewLock(v) => serde_json::to_value(v),
             Response::ListLocks(v) => serde_json::to_value(v),
             Response::LockResources(v) => serde_json::to_value(v),
+            Response::LeaveLine(v) => serde_json::to_value(v),
             Response::SetNote(v) => serde_json::to_value(v),
             Response::GetNote(v) => serde_json::to_value(v),
             Response::ListNotes(v) => serde_json::to_value(v),

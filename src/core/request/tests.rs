@@ -34,6 +34,10 @@ fn requests_round_trip_through_their_arguments() {
             },
         }),
         Request::ListLocks(ListPage::default()),
+        Request::LeaveLine(LeaveLine {
+            name: "x".into(),
+            wake_token: "w".into(),
+        }),
         Request::ListTasks(ListTasks {
             queue: None,
             state: Some("dead".into()),

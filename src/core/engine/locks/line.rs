@@ -45,6 +45,8 @@ pub(super) struct Ticket {
     pub(super) modes: Vec<LockMode>,
     pub(super) ttl_ms: Millis,
     pub(super) wait_seconds: i64,
+    /// When it joined the line (for the views).
+    pub(super) since: Millis,
     pub(super) state: TicketState,
 }
 
@@ -219,6 +221,7 @@ impl Locks {
                 modes,
                 ttl_ms,
                 wait_seconds: wait_ms / 1000,
+                since: now,
                 state: TicketState::Parked {
                     call,
                     waiter,
