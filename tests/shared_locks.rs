@@ -91,6 +91,7 @@ async fn an_exclusive_lock_is_listed_as_before_with_its_mode() {
             "expires_in_seconds",
             "fence",
             "holders",
+            "line",
             "mode",
             "name",
             "waiters"
