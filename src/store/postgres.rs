@@ -37,7 +37,7 @@ mod pages;
 pub mod tls;
 mod usage;
 
-use decode::{agent_from, event_from, lock_from, note_from, rows, task_from};
+use decode::{agent_from, describe_duration, event_from, lock_from, note_from, rows, task_from};
 
 /// The schema every airlock table lives in. SQL below names it literally (`airlock.notes`), so a
 /// `search_path` never decides which table a query touches.
@@ -476,14 +476,6 @@ impl PgStore {
     ) -> StoreResult<Vec<TaskRow>> {
         let r = self.run(async { Ok(self.client.query(st, params).await?) })?;
         rows(r, task_from)
-    }
-}
-
-fn describe_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{} s", d.as_secs())
-    } else {
-        format!("{} ms", d.as_millis())
     }
 }
 

@@ -72,3 +72,12 @@ pub(super) fn task_from(r: &Row) -> StoreResult<TaskRow> {
 pub(super) fn rows<T>(rows: Vec<Row>, from: fn(&Row) -> StoreResult<T>) -> StoreResult<Vec<T>> {
     rows.iter().map(from).collect()
 }
+
+/// A query timeout as the error names it: whole seconds, or milliseconds.
+pub(super) fn describe_duration(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
