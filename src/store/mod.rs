@@ -258,14 +258,6 @@ pub trait Store: Send {
     // Summaries, counted by the backend so the engine thread never loads every row (a task's
     // payload may be hundreds of KiB) just to count it.
 
-    /// Locks held at `now` (unexpired), per holder.
-    fn lock_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>>;
-    /// Claimed tasks whose lease is unexpired at `now`, per lease holder.
-    fn lease_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>>;
-    /// Notes live at `now`, in key order, each value cut to its first `max_chars` characters;
-    /// the flag says the value was longer.
-    fn note_previews(&mut self, now: Millis, max_chars: i64) -> StoreResult<Vec<(NoteRow, bool)>>;
-
     // Pages (`list_*`, `/status`). Each answers rows in the order of the full list after the
     // cursor, at most `limit`, and whether more follow. These defaults cut the full list (so
     // memory is not bounded by the page); SQLite overrides them with bounded queries.

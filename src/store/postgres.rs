@@ -287,15 +287,7 @@ statements! {
     expiries_leases = "SELECT id, lease_expires_at FROM airlock.tasks WHERE state = 'claimed'";
     expiries_delayed = "SELECT id, ready_at FROM airlock.tasks
                         WHERE state = 'pending' AND ready_at IS NOT NULL";
-    lock_counts = "SELECT agent_id, COUNT(*) FROM airlock.locks WHERE expires_at > $1
-                   GROUP BY agent_id";
-    lease_counts = "SELECT lease_agent, COUNT(*) FROM airlock.tasks
-                    WHERE state = 'claimed' AND lease_agent IS NOT NULL AND lease_expires_at > $1
-                    GROUP BY lease_agent";
     record_forwarded_grant = "UPDATE airlock.calls SET orphan = $2 WHERE id = $1";
-    note_previews = "SELECT key, left(value, ($2::bigint)::int), author, expires_at,
-                            char_length(value) > $2::bigint
-                     FROM airlock.notes WHERE expires_at IS NULL OR expires_at > $1 ORDER BY key";
 }
 
 /// PostgreSQL's `TEXT` cannot hold U+0000; say so plainly instead of letting the server fail the
@@ -788,26 +780,6 @@ impl Store for PgStore {
                 .await?;
             Ok(n as usize)
         })
-    }
-
-    fn lock_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>> {
-        let r = self.run(async { Ok(self.client.query(&self.st.lock_counts, &[&now]).await?) })?;
-        rows(r, |r| Ok((r.try_get(0)?, r.try_get(1)?)))
-    }
-
-    fn lease_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>> {
-        let r = self.run(async { Ok(self.client.query(&self.st.lease_counts, &[&now]).await?) })?;
-        rows(r, |r| Ok((r.try_get(0)?, r.try_get(1)?)))
-    }
-
-    fn note_previews(&mut self, now: Millis, max_chars: i64) -> StoreResult<Vec<(NoteRow, bool)>> {
-        let r = self.run(async {
-            Ok(self
-                .client
-                .query(&self.st.note_previews, &[&now, &max_chars])
-                .await?)
-        })?;
-        rows(r, |r| Ok((note_from(r)?, r.try_get(4)?)))
     }
 
     fn note_page(

@@ -639,33 +639,6 @@ impl Store for SqliteStore {
         Ok(st.execute([before])?)
     }
 
-    fn lock_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT agent_id, COUNT(*) FROM locks WHERE expires_at > ?1 GROUP BY agent_id",
-        )?;
-        let rows = st.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn lease_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT lease_agent, COUNT(*) FROM tasks
-             WHERE state = 'claimed' AND lease_agent IS NOT NULL AND lease_expires_at > ?1
-             GROUP BY lease_agent",
-        )?;
-        let rows = st.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn note_previews(&mut self, now: Millis, max_chars: i64) -> StoreResult<Vec<(NoteRow, bool)>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT key, substr(value, 1, ?2), author, expires_at, length(value) > ?2 FROM notes
-             WHERE expires_at IS NULL OR expires_at > ?1 ORDER BY key",
-        )?;
-        let rows = st.query_map([now, max_chars], |r| Ok((note_from(r)?, r.get(4)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
     fn note_page(
         &mut self,
         now: Millis,

@@ -315,15 +315,6 @@ impl Store for FaultyStore {
     fn tasks_purge_finished(&mut self, before: Millis) -> StoreResult<usize> {
         self.stmt("tasks_purge_finished", |s| s.tasks_purge_finished(before))
     }
-    fn lock_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>> {
-        self.stmt("lock_counts", |s| s.lock_counts(now))
-    }
-    fn lease_counts(&mut self, now: Millis) -> StoreResult<Vec<(String, i64)>> {
-        self.stmt("lease_counts", |s| s.lease_counts(now))
-    }
-    fn note_previews(&mut self, now: Millis, max_chars: i64) -> StoreResult<Vec<(NoteRow, bool)>> {
-        self.stmt("note_previews", |s| s.note_previews(now, max_chars))
-    }
     fn record_forwarded_grant(&mut self, call: i64, orphan: &str) -> StoreResult<()> {
         self.stmt("record_forwarded_grant", |s| {
             s.record_forwarded_grant(call, orphan)
