@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::client::{Client, ClientError};
 use super::{exit, status};
@@ -16,6 +17,15 @@ use super::{exit, status};
 const REDRAW: &str = "\x1b[H\x1b[2J";
 
 pub async fn run(client: &Client) -> i32 {
+    // One listener for the whole run, made before the first frame: a Ctrl-C that lands while a
+    // frame is being drawn (outside any `select!`) is kept by it, not lost between two futures.
+    let mut sigint = match signal(SignalKind::interrupt()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("airlock: cannot listen for Ctrl-C: {e}");
+            return exit::UNAVAILABLE;
+        }
+    };
     let mut first = true;
     loop {
         let resp = match client.events_stream().await {
@@ -29,19 +39,19 @@ pub async fn run(client: &Client) -> i32 {
                 println!("{REDRAW}airlock: reconnecting ({e})");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
-                    _ = tokio::signal::ctrl_c() => return exit::OK,
+                    _ = sigint.recv() => return exit::OK,
                 }
             }
         };
         first = false;
-        if follow(client, resp).await {
+        if follow(client, resp, &mut sigint).await {
             return exit::OK;
         }
     }
 }
 
 /// Draws from one stream until it ends (false: reconnect) or Ctrl-C (true: stop).
-async fn follow(client: &Client, mut resp: reqwest::Response) -> bool {
+async fn follow(client: &Client, mut resp: reqwest::Response, sigint: &mut Signal) -> bool {
     let mut buf = String::new();
     let mut shown: Option<(Value, Instant)> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -68,7 +78,7 @@ async fn follow(client: &Client, mut resp: reqwest::Response) -> bool {
                     draw(client, v, at.elapsed().as_secs() as i64);
                 }
             }
-            _ = tokio::signal::ctrl_c() => return true,
+            _ = sigint.recv() => return true,
         }
     }
 }
