@@ -95,6 +95,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             ),
         },
     };
+    // Read again by the engine; checked here so a bad value stops the start with its rule.
+    crate::core::history::Retention::from_env().map_err(|e| anyhow::anyhow!(e))?;
     let timeouts = Timeouts {
         header: env_millis("AIRLOCK_HEADER_TIMEOUT_MS", conn::HEADER_TIMEOUT)?,
         body: env_millis("AIRLOCK_BODY_TIMEOUT_MS", conn::BODY_TIMEOUT)?,

@@ -430,6 +430,15 @@ async fn the_dashboard_in_a_browser() {
         b.wait_for(
             "document.querySelector('#agents tr[data-agent=\"beta\"]')",
             30,
+        );
+        // The timeline shows the history: the grant, the pushes, the signal.
+        b.wait_for(
+            "document.querySelector('#history tr[data-kind=\"signal\"][data-name=\"schema-migrated\"]')",
+            30,
+        );
+        b.wait_for(
+            "document.querySelector('#history tr[data-kind=\"grant\"][data-name=\"build\"]')?.dataset.agent === 'alpha'",
+            30,
         )
     });
     let png = tokio::task::block_in_place(|| b.screenshot());
@@ -484,8 +493,23 @@ async fn the_dashboard_in_a_browser() {
         b.wait_for(
             "!document.querySelector('#locks tr[data-lock=\"build\"]')",
             30,
+        );
+        // The release arrives on the timeline, newest first, with its reason.
+        b.wait_for(
+            "document.querySelector('#history tbody tr')?.dataset.kind === 'release'",
+            30,
         )
     });
+    let newest = page(&mut b, &|b| {
+        b.eval(
+            "(() => { const r = document.querySelector('#history tbody tr'); \
+              return {agent: r.dataset.agent, details: r.cells[4].textContent}; })()",
+        )
+    });
+    assert_eq!(
+        newest,
+        json!({"agent": "beta", "details": format!("fence {}, reason: unlock", fence(&again))})
+    );
     let same_page = page(&mut b, &|b| b.eval("window.notReloaded === true"));
     assert_eq!(
         same_page,

@@ -294,6 +294,9 @@ pub enum ClientCmd {
     /// The leased task queue: push, claim, complete, fail, extend, list.
     #[command(subcommand)]
     Task(TaskCmd),
+    /// The audit history, newest first: grants, releases (and why), renewals, task changes,
+    /// signals.
+    History(super::history::HistoryArgs),
     /// Call any tool with JSON arguments (`-` reads them from stdin); prints its answer.
     #[command(after_help = super::output::call_help())]
     Call {
@@ -564,6 +567,10 @@ async fn answer(c: &Client, cmd: ClientCmd) -> Result<Answer, ClientError> {
             Answer::ok(r, human)
         }
         ClientCmd::Note(n) => note(c, n).await?,
+        ClientCmd::History(h) => {
+            let (r, human) = super::history::answer(c, h).await?;
+            Answer::ok(r, human)
+        }
         ClientCmd::Counter(CounterCmd::Incr { name, by }) => {
             let r = c
                 .request(&Request::IncrementCounter(IncrementCounter {

@@ -14,6 +14,7 @@ pub mod bridge;
 pub mod client;
 pub mod commands;
 pub mod completions;
+pub mod history;
 pub mod hook;
 pub mod output;
 pub mod run;

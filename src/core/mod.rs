@@ -7,6 +7,7 @@
 //! arrives only after the change is committed to disk.
 
 pub mod engine;
+pub mod history;
 pub mod metrics;
 pub mod quota;
 pub mod request;

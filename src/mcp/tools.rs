@@ -8,6 +8,7 @@ use rmcp::model::{JsonObject, ToolAnnotations};
 use serde_json::{json, Value};
 
 use super::args::Args;
+use crate::core::history::{HistoryKind, DEFAULT_HISTORY_ITEMS, MAX_HISTORY_ITEMS};
 use crate::core::request::*;
 use crate::core::*;
 
@@ -632,6 +633,31 @@ pub static TOOLS: &[ToolSpec] = &[
             completed, failed, dead, waiting_claimers}].",
         params: &[],
     },
+    ToolSpec {
+        tool: Tool::GetHistory,
+        parse: |a| Ok(Request::GetHistory(GetHistory {
+            name: a.opt_str("name")?,
+            agent_id: a.opt_str("agent_id")?,
+            kind: a.opt_str("kind")?,
+            since: a.opt_str("since")?,
+            limit: a.opt_i64("limit")?,
+            cursor: a.opt_str("cursor")?,
+        })),
+        description: "Who took, held and gave back what, and when: the audit history, newest \
+            first, as {items:[{id, at, kind, name, agent_id?, fence?, task_id?, generation?, \
+            reason?, error?}], next_cursor}. Kinds: grant, renew, release (reason: unlock, ttl, \
+            presence_lapse, shutdown, orphan) for locks; push, claim, extend, complete, fail, \
+            requeue, dead, retry for tasks (name is the queue); signal, clear for events. \
+            Kept 7 days, at most 100,000 entries, unless the daemon is set otherwise.",
+        params: &[
+            opt("name", Str, "Only entries of this lock, queue or event."),
+            opt("agent_id", Str, "Only entries of this agent."),
+            opt("kind", Str, "Only entries of this kind.").one_of(HistoryKind::NAMES),
+            opt("since", Str, "Only entries from this time on: RFC 3339 (2026-12-07T02:00:00Z) or a span back from now (90s, 10m, 2h, 7d)."),
+            opt("limit", Int, "Most entries to answer.").range(1, MAX_HISTORY_ITEMS as i64).default_int(DEFAULT_HISTORY_ITEMS as i64),
+            CURSOR,
+        ],
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static ToolSpec> {
@@ -695,9 +721,9 @@ mod tests {
         }
         assert_eq!(
             TOOLS.len(),
-            contract.len() + 6,
+            contract.len() + 7,
             "22 contract tools + extend_lease, get_task, retry_task, list_queues, list_events, \
-             leave_line"
+             leave_line, get_history"
         );
         // Every tool offered over MCP has exactly one entry, and each entry parses into its tool.
         for t in Tool::ALL.iter().filter(|t| t.is_mcp_tool()) {

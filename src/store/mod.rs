@@ -143,6 +143,53 @@ pub struct QueueCount {
     pub count: i64,
 }
 
+/// One entry of the audit history (`get_history`, `airlock history`): something that happened
+/// to a lock, a task or an event, written in the transaction that made it happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRow {
+    /// Assigned by the store, increasing; 0 in a row to append.
+    pub id: i64,
+    pub at: Millis,
+    /// What happened (`grant`, `release`, `claim`, `signal`, …: see `core::history`).
+    pub kind: String,
+    /// The lock's name, the task's queue, or the event's name.
+    pub name: String,
+    pub agent_id: Option<String>,
+    /// The lock's fence, the task's id, or the event's generation.
+    pub number: Option<i64>,
+    /// Why a hold or a lease ended (`unlock`, `ttl`, …).
+    pub reason: Option<String>,
+    /// What a failed attempt said (`fail_task`'s error, cut short).
+    pub error: Option<String>,
+}
+
+/// Which history entries to read: newest first, older than `before` (a cursor), at most `limit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub name: Option<String>,
+    pub agent_id: Option<String>,
+    pub kind: Option<String>,
+    /// Only entries at or after this instant.
+    pub since: Option<Millis>,
+    /// Only entries with a smaller id.
+    pub before: Option<i64>,
+    pub limit: usize,
+}
+
+impl HistoryQuery {
+    /// Whether `row` is one the query asks for (what the stores' SQL says, for the tests).
+    pub fn matches(&self, row: &HistoryRow) -> bool {
+        self.name.as_ref().is_none_or(|n| *n == row.name)
+            && self
+                .agent_id
+                .as_ref()
+                .is_none_or(|a| row.agent_id.as_ref() == Some(a))
+            && self.kind.as_ref().is_none_or(|k| *k == row.kind)
+            && self.since.is_none_or(|t| row.at >= t)
+            && self.before.is_none_or(|b| row.id < b)
+    }
+}
+
 /// Every timed row the deadline scheduler must know about after a restart.
 #[derive(Debug, Default)]
 pub struct Expiries {
@@ -254,6 +301,16 @@ pub trait Store: Send {
 
     /// Timed rows, read once at start to rebuild the deadline schedule.
     fn expiries(&mut self) -> StoreResult<Expiries>;
+
+    // The audit history. Appended in the transaction of what it records (a backend may hold
+    // the rows until `commit` and write them there; a savepoint rolled back drops its rows).
+
+    fn history_append(&mut self, row: &HistoryRow) -> StoreResult<()>;
+    /// Entries `q` asks for, newest first, and whether older ones match too.
+    fn history_page(&mut self, q: &HistoryQuery) -> StoreResult<(Vec<HistoryRow>, bool)>;
+    /// Deletes entries older than `before`, and all but the newest `keep` (ids are dense enough
+    /// that "the last `keep` ids" is that); returns how many went.
+    fn history_prune(&mut self, before: Millis, keep: u64) -> StoreResult<usize>;
 
     // Summaries, counted by the backend so the engine thread never loads every row (a task's
     // payload may be hundreds of KiB) just to count it.

@@ -26,12 +26,13 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::{
-    AgentRow, EventRow, Expiries, LockRow, NewTask, NoteRow, QueueCount, Store, StoreError,
-    StoreResult, TaskRow, TaskState,
+    AgentRow, EventRow, Expiries, HistoryQuery, HistoryRow, LockRow, NewTask, NoteRow, QueueCount,
+    Store, StoreError, StoreResult, TaskRow, TaskState,
 };
 use crate::clock::Millis;
 
 mod decode;
+mod history;
 mod locks;
 mod pages;
 pub mod tls;
@@ -68,6 +69,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sql/postgres/0004_state_usage.sql"),
     // 5: one row per lock holder (shared locks and semaphores).
     include_str!("sql/postgres/0005_lock_holders.sql"),
+    // 6: the audit history.
+    include_str!("sql/postgres/0006_history.sql"),
 ];
 
 /// How many migrations this binary knows: the schema version it writes and expects.
@@ -204,6 +207,7 @@ const TASK_COLUMNS: &str = "id, queue, payload, author, priority, state, attempt
                             unique_key, last_error, result";
 
 statements! {
+    history_insert = history::INSERT;
     note_get = &format!("SELECT {NOTE_COLUMNS} FROM airlock.notes WHERE key = $1");
     note_put = "INSERT INTO airlock.notes (key, value, author, expires_at) VALUES ($1, $2, $3, $4)
                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, author = excluded.author,
@@ -329,6 +333,8 @@ pub struct PgStore {
     broken: std::cell::Cell<bool>,
     /// The bytes the state takes, as of the last commit (see `usage`).
     usage: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// History entries of this transaction, written with its COMMIT (see `history`).
+    history: history::Pending,
 }
 
 /// Where the operation savepoint stands (see [`PgStore::run`]).
@@ -376,6 +382,7 @@ impl PgStore {
             savepoint: std::cell::Cell::new(Savepoint::None),
             release_pending: std::cell::Cell::new(false),
             broken: std::cell::Cell::new(false),
+            history: history::Pending::default(),
             usage,
         })
     }
@@ -480,6 +487,7 @@ impl Store for PgStore {
         self.savepoint.set(Savepoint::None);
         self.release_pending.set(false);
         self.broken.set(false);
+        self.history.clear();
         Ok(())
     }
 
@@ -487,7 +495,8 @@ impl Store for PgStore {
         // COMMIT releases every savepoint; one never sent needs nothing.
         self.savepoint.set(Savepoint::None);
         self.release_pending.set(false);
-        if self.begin_pending.replace(false) {
+        let history = std::mem::take(&mut self.history);
+        if history.is_empty() && self.begin_pending.replace(false) {
             return Ok(()); // nothing was sent: nothing to commit
         }
         if self.broken.get() {
@@ -496,12 +505,13 @@ impl Store for PgStore {
                 "the transaction could not be rolled back to an operation's savepoint".into(),
             ));
         }
-        self.commit_measured()
+        self.commit_measured(&history)
     }
 
     fn rollback(&mut self) {
         self.savepoint.set(Savepoint::None);
         self.release_pending.set(false);
+        self.history.clear();
         if self.begin_pending.replace(false) {
             return;
         }
@@ -514,6 +524,7 @@ impl Store for PgStore {
         // Deferred to the operation's first statement (see `run`): an operation that sends
         // nothing costs nothing.
         self.savepoint.set(Savepoint::Declared);
+        self.history.savepoint();
         Ok(())
     }
 
@@ -525,6 +536,7 @@ impl Store for PgStore {
     }
 
     fn rollback_to_savepoint(&mut self) {
+        self.history.rollback_to_savepoint();
         if self.savepoint.replace(Savepoint::None) != Savepoint::Open {
             return; // nothing was sent since the savepoint: nothing to undo
         }
@@ -538,6 +550,19 @@ impl Store for PgStore {
 
     fn transaction_ok(&mut self) -> bool {
         !self.broken.get()
+    }
+
+    fn history_append(&mut self, row: &HistoryRow) -> StoreResult<()> {
+        self.history.push(row);
+        Ok(())
+    }
+
+    fn history_page(&mut self, q: &HistoryQuery) -> StoreResult<(Vec<HistoryRow>, bool)> {
+        self.read_history(q)
+    }
+
+    fn history_prune(&mut self, before: Millis, keep: u64) -> StoreResult<usize> {
+        self.prune_history(before, keep)
     }
 
     fn note_get(&mut self, key: &str) -> StoreResult<Option<NoteRow>> {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    AgentRow, EventRow, Expiries, LockRow, NewTask, NoteRow, QueueCount, Store, StoreError,
-    StoreResult, TaskRow, TaskState,
+    AgentRow, EventRow, Expiries, HistoryQuery, HistoryRow, LockRow, NewTask, NoteRow, QueueCount,
+    Store, StoreError, StoreResult, TaskRow, TaskState,
 };
 use crate::clock::Millis;
 
@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sql/sqlite/0001_schema.sql"),
     include_str!("sql/sqlite/0002_task_options.sql"),
     include_str!("sql/sqlite/0003_lock_holders.sql"),
+    include_str!("sql/sqlite/0004_history.sql"),
 ];
 
 /// The SQLite store. Owned by the engine thread.
@@ -315,6 +316,18 @@ impl Store for SqliteStore {
 
     fn transaction_ok(&mut self) -> bool {
         !self.conn.is_autocommit()
+    }
+
+    fn history_append(&mut self, row: &HistoryRow) -> StoreResult<()> {
+        self.append_history(row)
+    }
+
+    fn history_page(&mut self, q: &HistoryQuery) -> StoreResult<(Vec<HistoryRow>, bool)> {
+        self.read_history(q)
+    }
+
+    fn history_prune(&mut self, before: Millis, keep: u64) -> StoreResult<usize> {
+        self.prune_history(before, keep)
     }
 
     fn note_get(&mut self, key: &str) -> StoreResult<Option<NoteRow>> {
@@ -770,5 +783,6 @@ impl Store for SqliteStore {
     }
 }
 
+mod history;
 #[cfg(test)]
 mod tests;

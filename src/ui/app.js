@@ -34,7 +34,7 @@ function showLogin(message) {
   $("login").hidden = false;
   $("login-error").textContent = message || "";
   setConnection("signed out", "off");
-  for (const id of ["locks", "agents", "queues", "tasks", "events", "notes"]) {
+  for (const id of ["locks", "agents", "queues", "tasks", "events", "notes", "history"]) {
     $(id).tBodies[0].replaceChildren();
   }
 }
@@ -222,11 +222,23 @@ function lineList(line, at) {
   return ol;
 }
 
+// What a history entry says besides its kind, name and agent.
+function details(h) {
+  const parts = [];
+  if (h.fence !== undefined) parts.push("fence " + h.fence);
+  if (h.task_id !== undefined) parts.push("task " + h.task_id);
+  if (h.generation !== undefined) parts.push("generation " + h.generation);
+  if (h.reason) parts.push("reason: " + h.reason);
+  if (h.error) parts.push("error: " + h.error);
+  return parts.join(", ");
+}
+
 function render(v) {
   const at = Date.now();
   const locks = (v.locks || []).map((l) => {
+    const mode = l.limit ? " (shared, limit " + l.limit + ")" : l.mode === "shared" ? " (shared)" : "";
     const holder = l.agent_id
-      ? cell(l.agent_id)
+      ? cell(l.agent_id + mode)
       : cell("free — reserved for " + l.reserved_for + " (" + formatSeconds(l.reserved_for_seconds || 0) + ")", "reserved");
     return row(
       [
@@ -304,6 +316,27 @@ function render(v) {
     4,
     "no notes"
   );
+
+  // The timeline comes with the live stream's snapshots (not with the sign-in's /status).
+  if (v.history) {
+    fill(
+      "history",
+      v.history.map((h) =>
+        row(
+          [
+            cell(new Date(h.at).toLocaleTimeString(), "mono"),
+            cell(h.kind),
+            cell(h.name, "mono"),
+            cell(h.agent_id || ""),
+            cell(details(h)),
+          ],
+          { kind: h.kind, name: h.name, agent: h.agent_id || "" }
+        )
+      ),
+      5,
+      "nothing has happened yet"
+    );
+  }
 
   $("updated").textContent = "updated " + new Date(at).toLocaleTimeString();
 }

@@ -32,6 +32,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::core::request::GetHistory;
 use crate::core::{CoreApi, Request as CoreRequest, Response as CoreResponse};
 use crate::http::{self, EdgeConfig};
 
@@ -41,6 +42,8 @@ const STYLE_CSS: &str = include_str!("style.css");
 
 /// Most live streams open at once; one more gets 503.
 pub const MAX_STREAMS: usize = 16;
+/// History entries each snapshot carries for the dashboard's timeline (`history`).
+pub const TIMELINE_ENTRIES: i64 = 30;
 /// How long one stream lives; the page then opens another (and checks its token again).
 pub const STREAM_LIFETIME: Duration = Duration::from_secs(600);
 /// How often an idle stream sends a comment.
@@ -227,7 +230,19 @@ impl Live {
             Ok(other) => return Err(format!("the engine answered status with {other:?}")),
             Err(e) => return Err(e.to_string()),
         };
-        let json = serde_json::to_string(&view).map_err(|e| e.to_string())?;
+        // The timeline: the newest entries of the audit history, beside the snapshot.
+        let recent = GetHistory {
+            limit: Some(TIMELINE_ENTRIES),
+            ..GetHistory::default()
+        };
+        let history = match self.core.call(CoreRequest::GetHistory(recent), None).await {
+            Ok(CoreResponse::GetHistory(page)) => page.items,
+            Ok(other) => return Err(format!("the engine answered get_history with {other:?}")),
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut snapshot = serde_json::to_value(&view).map_err(|e| e.to_string())?;
+        snapshot["history"] = serde_json::to_value(history).map_err(|e| e.to_string())?;
+        let json = snapshot.to_string();
         if self.last_sent.as_deref() == Some(json.as_str()) {
             return Ok(None);
         }

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use airlock::clock::Millis;
 use airlock::store::{
-    AgentRow, EventRow, Expiries, LockRow, NewTask, NoteRow, QueueCount, Store, StoreError,
-    StoreResult, TaskRow, TaskState,
+    AgentRow, EventRow, Expiries, HistoryQuery, HistoryRow, LockRow, NewTask, NoteRow, QueueCount,
+    Store, StoreError, StoreResult, TaskRow, TaskState,
 };
 
 /// Where the next fault strikes.
@@ -173,6 +173,16 @@ impl Store for FaultyStore {
     }
     fn transaction_ok(&mut self) -> bool {
         self.inner.transaction_ok()
+    }
+
+    fn history_append(&mut self, row: &HistoryRow) -> StoreResult<()> {
+        self.stmt("history_append", |s| s.history_append(row))
+    }
+    fn history_page(&mut self, q: &HistoryQuery) -> StoreResult<(Vec<HistoryRow>, bool)> {
+        self.stmt("history_page", |s| s.history_page(q))
+    }
+    fn history_prune(&mut self, before: Millis, keep: u64) -> StoreResult<usize> {
+        self.stmt("history_prune", |s| s.history_prune(before, keep))
     }
 
     fn note_get(&mut self, key: &str) -> StoreResult<Option<NoteRow>> {

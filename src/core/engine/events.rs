@@ -6,8 +6,10 @@
 
 use std::collections::HashMap;
 
+use super::history::Said;
 use super::{Deadline, Reply, Tx};
 use crate::clock::Millis;
+use crate::core::history::HistoryKind;
 use crate::core::types::*;
 use crate::store::EventRow;
 
@@ -69,6 +71,7 @@ impl Events {
         row.generation += 1;
         tx.db(|s| s.event_put(&row))?;
         let generation = row.generation;
+        tx.record(HistoryKind::Signal, &name, generation_of(generation))?;
         if let Some(waiters) = self.waiters.remove(&name) {
             let (fire, keep): (Vec<_>, Vec<_>) =
                 waiters.into_iter().partition(|w| generation > w.after);
@@ -130,6 +133,7 @@ impl Events {
             let mut row = event_row(tx, &name)?;
             row.cleared_at = row.generation;
             tx.db(|s| s.event_put(&row))?;
+            tx.record(HistoryKind::Clear, &name, generation_of(row.generation))?;
             Ok(Cleared { cleared: true })
         })();
         tx.respond(reply, r)
@@ -193,5 +197,13 @@ impl Events {
     /// How many calls wait on `name`.
     pub(super) fn waiting_on(&self, name: &str) -> usize {
         self.waiters.get(name).map_or(0, Vec::len)
+    }
+}
+
+/// What an event's entry says: its generation (events name no agent).
+fn generation_of(generation: i64) -> Said<'static> {
+    Said {
+        number: Some(generation),
+        ..Said::default()
     }
 }

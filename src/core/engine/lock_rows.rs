@@ -5,8 +5,10 @@
 //! A lock has one row per holder: an exclusive lock one, a shared lock or a semaphore as many as
 //! hold it together, each with its own token and fence. One agent holds a name once.
 
+use super::history::Said;
 use super::{new_token, tokens_equal, Deadline, Orphan, Tx};
 use crate::clock::{seconds_left, Millis};
+use crate::core::history::HistoryKind;
 use crate::core::types::*;
 use crate::store::LockRow;
 
@@ -40,6 +42,11 @@ pub(super) fn first_to_expire(holders: &[LockRow]) -> Option<&LockRow> {
 pub(super) fn refresh(tx: &mut Tx, mut row: LockRow, ttl_ms: Millis) -> CoreResult<LockRow> {
     row.expires_at = tx.now() + ttl_ms;
     tx.db(|s| s.lock_put(&row))?;
+    tx.record(
+        HistoryKind::Renew,
+        &row.name,
+        Said::by(&row.agent_id, row.fence),
+    )?;
     tx.schedule(row.expires_at, Deadline::LockExpiry(row.name.clone()));
     Ok(row)
 }
@@ -65,6 +72,7 @@ pub(super) fn grant(
             limit: mode.limit,
         };
         tx.db(|s| s.lock_put(&row))?;
+        tx.record(HistoryKind::Grant, name, Said::by(agent_id, fence))?;
         tx.schedule(expires_at, Deadline::LockExpiry(name.clone()));
         // Never the token: logs are read by people who must not be able to release the lock.
         tracing::info!(lock = %name, agent = %agent_id, fence, ttl_ms, "granted");

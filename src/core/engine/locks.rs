@@ -23,12 +23,14 @@ mod lines;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
+use super::history::Said;
 use super::lock_rows::{
     admits, find_holder, first_to_expire, grant, grant_set, grant_single, live_holders, refresh,
     renew,
 };
 use super::{Deadline, Orphan, Reply, Tx, WaitProgress};
 use crate::clock::{seconds_left, Millis};
+use crate::core::history::{HistoryKind, Why};
 use crate::core::types::*;
 use crate::store::LockRow;
 use line::{set_name_contended, LockWaiter, Ticket, TicketState};
@@ -464,7 +466,7 @@ impl Locks {
             }
         };
         tx.db(|s| s.lock_delete_holder(name, &row.agent_id))?;
-        tracing::info!(lock = %name, agent = %row.agent_id, fence = row.fence, "released: unlocked");
+        released(tx, &row, Why::Unlock)?;
         self.to_pump.insert(name.to_string());
         Ok(Released {
             released: true,
@@ -535,20 +537,25 @@ impl Locks {
         grants.into_iter().try_for_each(|(name, token)| {
             let proof = HolderProof::Token(token);
             if let Ok(row) = find_holder(live_holders(tx, &name)?, &proof) {
-                tracing::info!(lock = %name, agent = %row.agent_id, "released: its caller went away (orphan)");
                 tx.db(|s| s.lock_delete_holder(&name, &row.agent_id))?;
+                released(tx, &row, Why::Orphan)?;
                 self.to_pump.insert(name);
             }
             Ok(())
         })
     }
 
-    /// `agent_id` is gone: releases every hold it has (other holders of the same names keep
-    /// theirs) and drops the places it kept in line.
-    pub(super) fn release_agent(&mut self, tx: &mut Tx, agent_id: &str) -> CoreResult<()> {
+    /// `agent_id` is gone (`why`: its presence lapsed, or it unregistered): releases every
+    /// hold it has (other holders of the same names keep theirs).
+    pub(super) fn release_agent(
+        &mut self,
+        tx: &mut Tx,
+        agent_id: &str,
+        why: Why,
+    ) -> CoreResult<()> {
         for l in tx.db(|s| s.locks_held_by(agent_id))? {
             tx.db(|s| s.lock_delete_holder(&l.name, agent_id))?;
-            tracing::info!(lock = %l.name, agent = %agent_id, "released: its holder is gone");
+            released(tx, &l, why)?;
             self.to_pump.insert(l.name);
         }
         Ok(())
@@ -561,7 +568,7 @@ impl Locks {
         for l in tx.db(|s| s.lock_holders(&name))? {
             if l.expires_at <= now {
                 tx.db(|s| s.lock_delete_holder(&name, &l.agent_id))?;
-                tracing::info!(lock = %name, agent = %l.agent_id, "expired");
+                released(tx, &l, Why::Ttl)?;
                 self.to_pump.insert(name.clone());
             } else {
                 next = Some(next.map_or(l.expires_at, |n| n.min(l.expires_at)));
@@ -655,4 +662,14 @@ impl Locks {
             })
         }))
     }
+}
+
+/// Records (and logs at `info`) the end of `row`'s hold, `why`.
+fn released(tx: &mut Tx, row: &LockRow, why: Why) -> CoreResult<()> {
+    tracing::info!(lock = %row.name, agent = %row.agent_id, fence = row.fence, reason = why.as_str(), "released");
+    tx.record(
+        HistoryKind::Release,
+        &row.name,
+        Said::by(&row.agent_id, row.fence).because(why),
+    )
 }

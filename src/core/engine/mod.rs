@@ -39,6 +39,7 @@
 
 mod deadlines;
 mod events;
+mod history;
 mod lock_rows;
 mod locks;
 mod notes;
@@ -58,6 +59,7 @@ use tokio::sync::oneshot;
 use super::request::{Request, Response};
 use super::types::*;
 use crate::clock::{Clock, Millis};
+use crate::core::history::Retention;
 use crate::store::{Store, TaskState};
 use deadlines::{Deadline, Deadlines};
 use events::Events;
@@ -225,6 +227,8 @@ pub struct Engine {
     metrics: Arc<crate::core::metrics::EngineMetrics>,
     /// `operations` at the last commit, so each commit knows how many it carried.
     operations_at_commit: u64,
+    /// The audit history's retention (see [`history`]).
+    history: history::HistoryLog,
 }
 
 /// A [`Tx`] and the capabilities, borrowed apart from one engine.
@@ -274,7 +278,14 @@ impl Engine {
             changes: tokio::sync::watch::Sender::new(0),
             metrics: Default::default(),
             operations_at_commit: 0,
+            // The daemon refuses a bad setting before it starts (see `daemon`).
+            history: history::HistoryLog::new(Retention::from_env().unwrap_or_default()),
         })
+    }
+
+    /// Keeps the audit history within `retention` (the default unless the daemon says otherwise).
+    pub fn set_history_retention(&mut self, retention: Retention) {
+        self.history.retention = retention;
     }
 
     /// Hears of every step that may have changed what `status` shows (see `changes`).
@@ -317,6 +328,7 @@ impl Engine {
                 draining: self.draining,
                 failed: &mut self.step_error,
                 savepoint: &mut self.savepoint,
+                history: &mut self.history,
             },
             locks: &mut self.locks,
             events: &mut self.events,
@@ -736,6 +748,9 @@ impl Engine {
             }
             Request::ListQueues => tasks.list_queues(tx, Reply::new(reply, Response::ListQueues)),
             Request::ListEvents => events.list_events(tx, Reply::new(reply, Response::ListEvents)),
+            Request::GetHistory(r) => {
+                history::get_history(tx, r, Reply::new(reply, Response::GetHistory))
+            }
             Request::Status(page) => status::status(
                 tx,
                 locks,
@@ -873,11 +888,12 @@ impl Engine {
     }
 }
 
-/// Deletes what readers already treat as gone (expired notes, old finished tasks), every
-/// [`HOUSEKEEPING_MS`].
+/// Deletes what readers already treat as gone (expired notes, old finished tasks) and history
+/// past its retention, every [`HOUSEKEEPING_MS`].
 fn housekeeping(tx: &mut Tx, now: Millis) -> CoreResult<()> {
     notes::purge_expired(tx, now)?;
     tasks::purge_finished(tx, now)?;
+    history::prune(tx, now)?;
     tx.schedule(now + HOUSEKEEPING_MS, Deadline::Housekeeping);
     Ok(())
 }

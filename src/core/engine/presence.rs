@@ -8,6 +8,7 @@ use super::locks::Locks;
 use super::tasks::Tasks;
 use super::{Deadline, Reply, Tx};
 use crate::clock::{seconds_left, Millis};
+use crate::core::history::Why;
 use crate::core::types::*;
 use crate::store::AgentRow;
 
@@ -44,20 +45,23 @@ pub(super) fn unregister_agent(
     agent_id: &str,
     reply: Reply<Unregistered>,
 ) {
-    let r = release_agent(tx, locks, tasks, agent_id).map(|_| Unregistered { unregistered: true });
+    let r = release_agent(tx, locks, tasks, agent_id, Why::Shutdown)
+        .map(|_| Unregistered { unregistered: true });
     tx.respond(reply, r)
 }
 
-/// The agent is gone: forget it, release its locks, return its leased tasks to pending.
+/// The agent is gone (`why`: it unregistered, or its presence lapsed): forget it, release its
+/// locks, return its leased tasks to pending.
 fn release_agent(
     tx: &mut Tx,
     locks: &mut Locks,
     tasks: &mut Tasks,
     agent_id: &str,
+    why: Why,
 ) -> CoreResult<()> {
     tx.db(|s| s.agent_delete(agent_id))?;
-    locks.release_agent(tx, agent_id)?;
-    tasks.requeue_leased_by(tx, agent_id)?;
+    locks.release_agent(tx, agent_id, why)?;
+    tasks.requeue_leased_by(tx, agent_id, why)?;
     locks.drop_kept_places(agent_id);
     Ok(())
 }
@@ -73,7 +77,7 @@ pub(super) fn lapse(
     if let Some(a) = tx.db(|s| s.agent_get(&agent))? {
         if a.expires_at <= now {
             tracing::info!(agent = %agent, "presence lapsed");
-            release_agent(tx, locks, tasks, &agent)?;
+            release_agent(tx, locks, tasks, &agent, Why::PresenceLapse)?;
         } else {
             tx.schedule(a.expires_at, Deadline::AgentLapse(agent));
         }

@@ -9,8 +9,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+use super::history::Said;
 use super::{new_token, tokens_equal, Deadline, Orphan, Reply, Tx};
 use crate::clock::{seconds_left, Millis};
+use crate::core::history::{HistoryKind, Why};
 use crate::core::request::PushTask;
 use crate::core::types::*;
 use crate::store::{NewTask, TaskRow, TaskState};
@@ -50,6 +52,7 @@ fn lease(
     task.lease_token = Some(token.clone());
     task.lease_expires_at = Some(expires_at);
     tx.db(|s| s.task_update(&task))?;
+    tx.record(HistoryKind::Claim, &task.queue, Said::by(agent_id, task.id))?;
     tx.schedule(expires_at, Deadline::LeaseExpiry(task.id));
     Ok((
         ClaimOutcome::Claimed {
@@ -111,6 +114,7 @@ fn extend(tx: &mut Tx, id: i64, lease_token: &str, lease_ms: Millis) -> CoreResu
     let at = now + lease_ms;
     t.lease_expires_at = Some(at);
     tx.db(|s| s.task_update(&t))?;
+    record_task(tx, HistoryKind::Extend, &t, Said::default())?;
     tx.schedule(at, Deadline::LeaseExpiry(id));
     Ok(Extended {
         extended: true,
@@ -264,6 +268,12 @@ impl Tasks {
                 unique_key: r.unique_key.as_deref(),
             })
         })?;
+        let by = Said {
+            agent: r.author.as_deref(),
+            number: Some(id),
+            ..Said::default()
+        };
+        tx.record(HistoryKind::Push, &r.queue, by)?;
         match ready_at {
             Some(at) => tx.schedule(at, Deadline::TaskReady(id)),
             None => {
@@ -325,6 +335,7 @@ impl Tasks {
         t.finished_at = None;
         t.ready_at = None;
         tracing::info!(task = id, queue = %t.queue, "retried");
+        record_task(tx, HistoryKind::Retry, &t, Said::default())?;
         self.requeue(tx, t)?;
         Ok(None)
     }
@@ -440,12 +451,29 @@ impl Tasks {
         Ok(())
     }
 
-    /// An attempt at `task` failed (`fail_task` with requeue, a lapsed lease, a claimant gone):
-    /// `error` is kept as its last error, and it goes back to pending, or to `dead` if it has
-    /// used up its `max_attempts`.
-    fn attempt_failed(&mut self, tx: &mut Tx, mut task: TaskRow, error: String) -> CoreResult<()> {
+    /// An attempt at `task` failed (`why`: `fail_task` with requeue, a lapsed lease, a claimant
+    /// gone): `error` is kept as its last error, and it goes back to pending, or to `dead` if it
+    /// has used up its `max_attempts`.
+    fn attempt_failed(
+        &mut self,
+        tx: &mut Tx,
+        mut task: TaskRow,
+        why: Why,
+        error: String,
+    ) -> CoreResult<()> {
+        // Only a failure says something of its own: a lapse's error repeats its reason.
+        let said = Said::default()
+            .because(why)
+            .saying((why == Why::Failed).then_some(error.as_str()));
+        let dead = task.max_attempts.is_some_and(|max| task.attempts >= max);
+        let kind = if dead {
+            HistoryKind::Dead
+        } else {
+            HistoryKind::Requeue
+        };
+        record_task(tx, kind, &task, said)?;
         task.last_error = Some(error);
-        if task.max_attempts.is_some_and(|max| task.attempts >= max) {
+        if dead {
             tracing::info!(task = task.id, queue = %task.queue, attempts = task.attempts, "dead: attempts used up");
             task.state = TaskState::Dead;
             task.lease_agent = None;
@@ -466,17 +494,28 @@ impl Tasks {
     ) -> CoreResult<()> {
         if let Some(t) = tx.db(|s| s.task_get(id))? {
             if t.state == TaskState::Claimed && t.lease_token.as_deref() == Some(lease_token) {
+                record_task(
+                    tx,
+                    HistoryKind::Requeue,
+                    &t,
+                    Said::default().because(Why::Orphan),
+                )?;
                 self.requeue(tx, t)?;
             }
         }
         Ok(())
     }
 
-    /// `agent_id` is gone: every task it leased goes back to pending.
-    pub(super) fn requeue_leased_by(&mut self, tx: &mut Tx, agent_id: &str) -> CoreResult<()> {
+    /// `agent_id` is gone (`why`): every task it leased goes back to pending.
+    pub(super) fn requeue_leased_by(
+        &mut self,
+        tx: &mut Tx,
+        agent_id: &str,
+        why: Why,
+    ) -> CoreResult<()> {
         for t in tx.db(|s| s.tasks_leased_by(agent_id))? {
             tracing::info!(task = t.id, agent = %agent_id, "requeued: its claimant is gone");
-            self.attempt_failed(tx, t, format!("its claimant {agent_id} went away"))?;
+            self.attempt_failed(tx, t, why, format!("its claimant {agent_id} went away"))?;
         }
         Ok(())
     }
@@ -487,7 +526,7 @@ impl Tasks {
             match (t.state, t.lease_expires_at) {
                 (TaskState::Claimed, Some(at)) if at <= now => {
                     tracing::info!(task = id, "lease expired; requeued");
-                    self.attempt_failed(tx, t, "the lease expired".into())?;
+                    self.attempt_failed(tx, t, Why::Ttl, "the lease expired".into())?;
                 }
                 (TaskState::Claimed, Some(at)) => {
                     tx.schedule(at, Deadline::LeaseExpiry(id));
@@ -515,11 +554,22 @@ impl Tasks {
         match to {
             TaskState::Pending => {
                 let error = note.unwrap_or_else(|| "failed (no error given)".into());
-                self.attempt_failed(tx, t, error)?;
+                self.attempt_failed(tx, t, Why::Failed, error)?;
                 return Ok(None);
             }
-            TaskState::Completed => t.result = note,
-            _ => t.last_error = note,
+            TaskState::Completed => {
+                record_task(tx, HistoryKind::Complete, &t, Said::default())?;
+                t.result = note;
+            }
+            _ => {
+                record_task(
+                    tx,
+                    HistoryKind::Fail,
+                    &t,
+                    Said::default().saying(note.as_deref()),
+                )?;
+                t.last_error = note;
+            }
         }
         t.state = to;
         t.lease_token = None;
@@ -642,4 +692,14 @@ impl Tasks {
     pub(super) fn waiting_claimers(&self) -> impl Iterator<Item = (&String, usize)> {
         self.claim_waiters.iter().map(|(q, w)| (q, w.len()))
     }
+}
+
+/// Records what happened to `task`, by the agent that leases it (if any).
+fn record_task(tx: &mut Tx, kind: HistoryKind, task: &TaskRow, said: Said) -> CoreResult<()> {
+    let said = Said {
+        agent: task.lease_agent.as_deref(),
+        number: Some(task.id),
+        ..said
+    };
+    tx.record(kind, &task.queue, said)
 }

@@ -2,8 +2,10 @@
 //!
 //! Capabilities never see the engine: they see a `Tx`, which lends them the store (inside the
 //! batch's transaction), the outbox, the deadline schedule and the clock, and which records the
-//! step's first storage error so the engine can roll the step back to its savepoint.
+//! step's first storage error so the engine can roll the step back to its savepoint. What a step
+//! does is written to the audit history through it too ([`Tx::record`], in `history`).
 
+use super::history::HistoryLog;
 use super::{Deadline, Deadlines, Orphan, Reply};
 use crate::clock::{Clock, Millis};
 use crate::core::types::*;
@@ -114,6 +116,8 @@ pub(super) struct Tx<'a> {
     pub(super) failed: &'a mut Option<CoreError>,
     /// The step's savepoint, opened by the first store call ([`Tx::db`]).
     pub(super) savepoint: &'a mut StepSavepoint,
+    /// The audit history's retention and its prune count (see [`Tx::record`]).
+    pub(super) history: &'a mut HistoryLog,
 }
 
 impl Tx<'_> {

@@ -1,6 +1,7 @@
 //! [`Request::check`]: every argument rule and default, in one place.
 
 use super::*;
+use crate::core::history::{parse_since, HistoryKind, DEFAULT_HISTORY_ITEMS, MAX_HISTORY_ITEMS};
 
 impl Request {
     /// Checks every argument (a bad one is refused with the field and the rule, and nothing
@@ -243,6 +244,46 @@ impl Request {
             Request::RetryTask(r) => Request::RetryTask(r),
             Request::ListQueues => Request::ListQueues,
             Request::ListEvents => Request::ListEvents,
+            Request::GetHistory(mut r) => {
+                for (field, v) in [("name", &r.name), ("agent_id", &r.agent_id)] {
+                    if let Some(v) = v {
+                        check_name(field, v)?;
+                    }
+                }
+                if let Some(k) = &r.kind {
+                    if HistoryKind::parse(k).is_none() {
+                        return Err(CoreError::invalid(
+                            "kind",
+                            format!(
+                                "must be one of {}; got {k:?}",
+                                HistoryKind::NAMES.join(", ")
+                            ),
+                        ));
+                    }
+                }
+                if let Some(s) = &r.since {
+                    // Checked here; read against the engine's clock when it runs.
+                    parse_since("since", s, 0)?;
+                }
+                let limit = r.limit.unwrap_or(DEFAULT_HISTORY_ITEMS as i64);
+                if !(1..=MAX_HISTORY_ITEMS as i64).contains(&limit) {
+                    return Err(CoreError::invalid(
+                        "limit",
+                        format!("must be between 1 and {MAX_HISTORY_ITEMS}, got {limit}"),
+                    ));
+                }
+                r.limit = Some(limit);
+                if r.cursor
+                    .as_deref()
+                    .is_some_and(|c| !c.parse::<i64>().is_ok_and(|id| id > 0))
+                {
+                    return Err(CoreError::invalid(
+                        "cursor",
+                        "must be the next_cursor of a previous get_history answer",
+                    ));
+                }
+                Request::GetHistory(r)
+            }
             Request::Status(r) => {
                 StatusCursor::page(&r)?;
                 Request::Status(r)

@@ -13,6 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::history::HistoryPage;
 use super::types::*;
 use super::Orphan;
 use crate::store::TaskState;
@@ -70,6 +71,7 @@ tools! {
     RetryTask => "retry_task",
     ListQueues => "list_queues",
     ListEvents => "list_events",
+    GetHistory => "get_history",
     Status => "status",
 }
 
@@ -89,7 +91,7 @@ impl Tool {
         use Tool::*;
         match self {
             ListLocks | GetNote | ListNotes | ListAgents | WaitForEvent | ListTasks | GetTask
-            | ListQueues | ListEvents | Status => true,
+            | ListQueues | ListEvents | GetHistory | Status => true,
             LockResource | UnlockResource | RenewLock | LockResources | LeaveLine | SetNote
             | DeleteNote | SetNoteIf | IncrementCounter | RegisterAgent | UnregisterAgent
             | SignalEvent | ClearEvent | PushTask | ClaimNextTask | CompleteTask | FailTask
@@ -106,7 +108,9 @@ impl Tool {
             // A second retry_task finds the task pending already and changes nothing.
             RenewLock | ListLocks | SetNote | GetNote | ListNotes | DeleteNote | RegisterAgent
             | UnregisterAgent | ListAgents | WaitForEvent | ClearEvent | ExtendLease
-            | ListTasks | GetTask | RetryTask | ListQueues | ListEvents | Status => true,
+            | ListTasks | GetTask | RetryTask | ListQueues | ListEvents | GetHistory | Status => {
+                true
+            }
             // A place left is gone; leaving it again finds nothing to leave.
             LeaveLine => true,
             // A second lock call by another agent queues; a second push adds a task; a counter
@@ -129,7 +133,7 @@ impl Tool {
         match self {
             // Reads and waits.
             GetNote | ListNotes | ListLocks | ListAgents | WaitForEvent | ListTasks | GetTask
-            | ListQueues | ListEvents | Status => true,
+            | ListQueues | ListEvents | GetHistory | Status => true,
             // A lock its agent already holds is granted again with the same token.
             LockResource | LockResources | RenewLock | RegisterAgent | ExtendLease => true,
             // A claim the old coordinator committed but never answered stays leased to the agent
@@ -153,9 +157,8 @@ impl Tool {
             UnlockResource | RenewLock | ListLocks | LeaveLine | SetNote | GetNote | ListNotes
             | DeleteNote | SetNoteIf | IncrementCounter | RegisterAgent | UnregisterAgent
             | ListAgents | SignalEvent | ClearEvent | PushTask | CompleteTask | FailTask
-            | ExtendLease | ListTasks | GetTask | RetryTask | ListQueues | ListEvents | Status => {
-                false
-            }
+            | ExtendLease | ListTasks | GetTask | RetryTask | ListQueues | ListEvents
+            | GetHistory | Status => false,
         }
     }
 }
@@ -200,6 +203,7 @@ pub enum Request {
     RetryTask(TaskId),
     ListQueues,
     ListEvents,
+    GetHistory(GetHistory),
     /// `GET /status`: a page of every section (its cursor is a [`StatusCursor`]).
     Status(ListPage),
 }
@@ -236,6 +240,7 @@ pub enum Response {
     RetryTask(Retried),
     ListQueues(Vec<QueueView>),
     ListEvents(Vec<EventView>),
+    GetHistory(HistoryPage),
     Status(StatusView),
 }
 
@@ -270,6 +275,7 @@ impl Request {
             Request::RetryTask(_) => Tool::RetryTask,
             Request::ListQueues => Tool::ListQueues,
             Request::ListEvents => Tool::ListEvents,
+            Request::GetHistory(_) => Tool::GetHistory,
             Request::Status(_) => Tool::Status,
         }
     }
@@ -380,6 +386,7 @@ impl Request {
                 | Request::RetryTask(_)
                 | Request::ListQueues
                 | Request::ListEvents
+                | Request::GetHistory(_)
                 | Request::Status(_),
                 _,
             ) => None,
@@ -419,6 +426,7 @@ impl Response {
             Response::RetryTask(v) => serde_json::to_value(v),
             Response::ListQueues(v) => serde_json::to_value(v),
             Response::ListEvents(v) => serde_json::to_value(v),
+            Response::GetHistory(v) => serde_json::to_value(v),
             Response::Status(v) => serde_json::to_value(v),
         };
         encoded.map_err(|e| CoreError::Storage(format!("encoding the result: {e}")))

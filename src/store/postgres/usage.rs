@@ -28,10 +28,24 @@ pub(super) fn gauge(bytes: u64) -> Arc<AtomicU64> {
 
 impl PgStore {
     /// COMMIT, reading the gauge just before it in the same round trip (the transaction sees its
-    /// own writes, so the figure is the one this commit makes true).
-    pub(super) fn commit_measured(&self) -> StoreResult<()> {
-        let answer =
-            self.run(async { Ok(self.client.simple_query(&format!("{READ}; COMMIT")).await?) })?;
+    /// own writes, so the figure is the one this commit makes true), and writing the history
+    /// entries the transaction made just before that, in the same round trip too.
+    pub(super) fn commit_measured(&self, history: &super::history::Pending) -> StoreResult<()> {
+        let sql = format!("{READ}; COMMIT");
+        let answer = self.run(async {
+            let commit = self.client.simple_query(&sql);
+            match self.history_write(history) {
+                // Both are sent on the first poll, the INSERT first (a prepared statement goes
+                // out at once); if it fails, the transaction is aborted and the COMMIT's READ
+                // fails with it, so nothing commits.
+                Some(insert) => {
+                    let (inserted, answer) = futures::join!(insert, commit);
+                    inserted?;
+                    Ok(answer?)
+                }
+                None => Ok(commit.await?),
+            }
+        })?;
         let bytes = answer.iter().find_map(|m| match m {
             SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse::<i64>().ok()),
             _ => None,
