@@ -1771,3 +1771,88 @@ fn summaries_read_counts_not_rows() {
         "{value}"
     );
 }
+
+/// The audit history holds what committed and nothing else: a step rolled back to its savepoint
+/// (its release and its entry with it) and a batch whose commit failed leave no entry, and the
+/// lock is still held by the one the history says holds it.
+#[test]
+fn the_history_records_only_what_committed() {
+    let (store, faults) = FaultyStore::new(Box::new(SqliteStore::open_in_memory().unwrap()));
+    let clock = ManualClock::new(1_000_000);
+    let mut e = Engine::new(Box::new(store), Arc::new(clock)).unwrap();
+    e.process(vec![]);
+    let call = |e: &mut Engine, request: Request| {
+        let (tx, mut rx) = oneshot::channel();
+        e.process(vec![Command::Call {
+            call: 0,
+            request,
+            reply: tx.into(),
+        }]);
+        rx.try_recv().unwrap()
+    };
+    let lock = Request::LockResource(LockResource {
+        name: "x".into(),
+        agent_id: "a".into(),
+        ttl_seconds: Some(60),
+        wait_seconds: Some(0),
+        wake_token: None,
+        shared: None,
+        limit: None,
+    });
+    let Ok(Response::LockResource(LockOutcome::Granted { lock_token, .. })) = call(&mut e, lock)
+    else {
+        panic!("not granted")
+    };
+    let unlock = Request::UnlockResource(UnlockResource {
+        name: "x".into(),
+        holder: Holder {
+            lock_token: Some(lock_token),
+            agent_id: None,
+        },
+    });
+    let kinds = |e: &mut Engine| {
+        let all = Request::GetHistory(GetHistory {
+            limit: Some(1000),
+            ..GetHistory::default()
+        });
+        match call(e, all) {
+            Ok(Response::GetHistory(page)) => page
+                .items
+                .iter()
+                .map(|h| h.kind.as_str())
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        }
+    };
+    // The unlock's statements: read the holders, delete the holder, append the entry. The append
+    // runs and reports a failure: the step is rolled back, release and entry alike.
+    faults.take_log();
+    faults.arm(Fault::Statement {
+        nth: 2,
+        after: true,
+    });
+    assert!(matches!(
+        call(&mut e, unlock.clone()),
+        Err(CoreError::Storage(_))
+    ));
+    assert!(faults.disarm());
+    assert!(faults.take_log().contains(&"history_append"));
+    assert_eq!(kinds(&mut e), ["grant"]);
+    // The commit fails: nothing of the batch stands.
+    faults.arm(Fault::Commit);
+    assert!(matches!(
+        call(&mut e, unlock.clone()),
+        Err(CoreError::Storage(_))
+    ));
+    assert!(faults.disarm());
+    assert_eq!(kinds(&mut e), ["grant"]);
+    // Then it goes through, and the history says so.
+    assert!(matches!(
+        call(&mut e, unlock),
+        Ok(Response::UnlockResource(airlock::core::Released {
+            released: true,
+            ..
+        }))
+    ));
+    assert_eq!(kinds(&mut e), ["release", "grant"]);
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 use airlock::store::postgres::{self, PgStore, SCHEMA_VERSION};
 use airlock::store::sqlite::SqliteStore;
 use airlock::store::{
-    AgentRow, EventRow, LockRow, NewTask, NoteRow, QueueCount, Store, StoreError, TaskRow,
+    AgentRow, EventRow, HistoryQuery, HistoryRow, LockRow, NewTask, NoteRow, QueueCount, Store, StoreError, TaskRow,
     TaskState,
 };
 use airlock::testkit::postgres::{self as testing, TestDb};
@@ -77,6 +77,10 @@ const CHECKS: &[(&str, Check)] = &[
     ("commit keeps, rollback discards", transactions),
     ("savepoints undo one operation only", savepoints),
     ("rollback without a transaction is harmless", stray_rollback),
+    (
+        "history: kept with its transaction and savepoint, read newest first, filtered, paged, pruned",
+        history,
+    ),
     (
         "summaries: live locks and leases per agent, tasks per queue and state, cut notes",
         summaries,
@@ -336,6 +340,104 @@ fn agents(s: &mut dyn Store) {
     s.agent_delete("x").unwrap();
     assert_eq!(s.agent_get("x").unwrap(), None);
     assert_eq!(s.agent_list().unwrap().len(), 3);
+    s.commit().unwrap();
+}
+
+fn entry(at: i64, kind: &str, name: &str, agent: Option<&str>) -> HistoryRow {
+    HistoryRow {
+        id: 0,
+        at,
+        kind: kind.into(),
+        name: name.into(),
+        agent_id: agent.map(Into::into),
+        number: Some(at),
+        reason: (kind == "release").then(|| "ttl".into()),
+        error: None,
+    }
+}
+
+/// (at, kind) of the rows `q` reads, and whether more follow.
+fn read(s: &mut dyn Store, q: &HistoryQuery) -> (Vec<(i64, String)>, bool) {
+    let (rows, more) = s.history_page(q).unwrap();
+    (rows.into_iter().map(|h| (h.at, h.kind)).collect(), more)
+}
+
+fn history(s: &mut dyn Store) {
+    let all = HistoryQuery {
+        limit: 100,
+        ..HistoryQuery::default()
+    };
+    // A transaction rolled back, and a step rolled back to its savepoint, leave no entry (a
+    // backend that holds entries until COMMIT drops them as the database would).
+    s.begin().unwrap();
+    s.history_append(&entry(1, "grant", "l", Some("a"))).unwrap();
+    s.rollback();
+    s.begin().unwrap();
+    s.savepoint().unwrap();
+    s.history_append(&entry(2, "grant", "l", Some("a"))).unwrap();
+    s.release_savepoint().unwrap();
+    s.savepoint().unwrap();
+    s.history_append(&entry(3, "release", "l", Some("a"))).unwrap();
+    s.rollback_to_savepoint();
+    s.savepoint().unwrap();
+    s.history_append(&entry(4, "release", "l", Some("a"))).unwrap();
+    s.history_append(&entry(5, "push", "q", Some("b"))).unwrap();
+    s.release_savepoint().unwrap();
+    s.commit().unwrap();
+    s.begin().unwrap();
+    assert_eq!(
+        read(s, &all),
+        (vec![(5, "push".into()), (4, "release".into()), (2, "grant".into())], false)
+    );
+    let first = s.history_page(&all).unwrap().0;
+    assert_eq!(first[1].reason.as_deref(), Some("ttl"));
+    assert_eq!(first[1].agent_id.as_deref(), Some("a"));
+    assert!(first[0].id > first[1].id && first[1].id > first[2].id, "ids grow");
+    for at in 6..=12 {
+        s.history_append(&entry(at, "grant", if at % 2 == 0 { "l" } else { "m" }, Some("c")))
+            .unwrap();
+    }
+    s.commit().unwrap();
+    s.begin().unwrap();
+    // Filters, each alone and together.
+    let q = |f: fn(&mut HistoryQuery)| {
+        let mut q = all.clone();
+        f(&mut q);
+        q
+    };
+    let ats = |r: (Vec<(i64, String)>, bool)| r.0.into_iter().map(|(at, _)| at).collect::<Vec<_>>();
+    assert_eq!(ats(read(s, &q(|q| q.name = Some("m".into())))), [11, 9, 7]);
+    assert_eq!(ats(read(s, &q(|q| q.agent_id = Some("a".into())))), [4, 2]);
+    assert_eq!(ats(read(s, &q(|q| q.kind = Some("push".into())))), [5]);
+    assert_eq!(ats(read(s, &q(|q| q.since = Some(10)))), [12, 11, 10]);
+    assert_eq!(
+        ats(read(s, &q(|q| {
+            q.name = Some("l".into());
+            q.agent_id = Some("c".into());
+            q.since = Some(8);
+        }))),
+        [12, 10, 8]
+    );
+    assert_eq!(ats(read(s, &q(|q| q.agent_id = Some("nobody".into())))), [] as [i64; 0]);
+    // Pages: newest first, `before` an id, `more` says whether older ones match.
+    let mut page = q(|q| q.limit = 4);
+    let (rows, more) = s.history_page(&page).unwrap();
+    assert!(more);
+    assert_eq!(rows.iter().map(|h| h.at).collect::<Vec<_>>(), [12, 11, 10, 9]);
+    page.before = Some(rows[3].id);
+    let (rows, more) = s.history_page(&page).unwrap();
+    assert!(more);
+    assert_eq!(rows.iter().map(|h| h.at).collect::<Vec<_>>(), [8, 7, 6, 5]);
+    page.before = Some(rows[3].id);
+    let (rows, more) = s.history_page(&page).unwrap();
+    assert!(!more);
+    assert_eq!(rows.iter().map(|h| h.at).collect::<Vec<_>>(), [4, 2]);
+    // Pruning: by count (the newest `keep`), then by age.
+    assert_eq!(s.history_prune(0, 6).unwrap(), 4);
+    assert_eq!(ats(read(s, &all)), [12, 11, 10, 9, 8, 7]);
+    assert_eq!(s.history_prune(10, 100).unwrap(), 3);
+    assert_eq!(ats(read(s, &all)), [12, 11, 10]);
+    assert_eq!(s.history_prune(0, 100).unwrap(), 0);
     s.commit().unwrap();
 }
 
@@ -1503,7 +1605,8 @@ fn sqlite_a_version_2_database_upgrades_to_lock_holders_in_place() {
     let version: i64 = c
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    // Every later migration ran too (4: the history).
+    assert_eq!(version, 4);
     let index: i64 = c
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'locks_agent'",

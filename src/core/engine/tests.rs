@@ -317,3 +317,60 @@ fn unregistering_drops_the_places_an_agent_kept() {
     assert!(unlock(&mut e, "x", &t).released);
     token_of(c.try_recv().unwrap().unwrap());
 }
+
+/// The kinds, agents and reasons of the whole history, oldest first.
+fn history(e: &mut Engine) -> Vec<(String, Option<String>, Option<String>)> {
+    let all = Request::GetHistory(request::GetHistory {
+        limit: Some(1000),
+        ..Default::default()
+    });
+    let page = send(e, 0, all, answer_of!(GetHistory))
+        .try_recv()
+        .unwrap()
+        .unwrap();
+    page.items
+        .into_iter()
+        .rev()
+        .map(|h| (h.kind.as_str().to_string(), h.agent_id, h.reason))
+        .collect()
+}
+
+#[test]
+fn a_grant_nobody_read_is_released_as_an_orphan() {
+    let (mut e, _clock) = engine();
+    let t = take(&mut e, 1, "x", "a");
+    let mut b = lock(&mut e, 2, "x", "b", 10_000, None);
+    assert!(unlock(&mut e, "x", &t).released);
+    // The answer reached b's channel, but its caller went away before reading it.
+    let tb = token_of(b.try_recv().unwrap().unwrap());
+    e.process(vec![Command::Orphaned(Orphan::Locks(vec![("x".into(), tb)]))]);
+    let s = |k: &str, a: &str, r: Option<&str>| (k.to_string(), Some(a.to_string()), r.map(String::from));
+    assert_eq!(
+        history(&mut e),
+        [
+            s("grant", "a", None),
+            s("release", "a", Some("unlock")),
+            s("grant", "b", None),
+            s("release", "b", Some("orphan")),
+        ]
+    );
+}
+
+#[test]
+fn history_older_than_its_retention_is_pruned_at_housekeeping() {
+    let (mut e, clock) = engine();
+    e.set_history_retention(crate::core::history::Retention {
+        max_age_ms: 5_000,
+        max_entries: 1_000,
+    });
+    take(&mut e, 1, "x", "a");
+    assert_eq!(history(&mut e).len(), 1);
+    // Housekeeping runs every minute; by then the grant is older than 5 s (and the lock's own
+    // 60 s TTL has run out: its release is new, and stays).
+    clock.advance_ms(HOUSEKEEPING_MS + 1);
+    e.process(vec![]);
+    assert_eq!(
+        history(&mut e),
+        [("release".to_string(), Some("a".to_string()), Some("ttl".to_string()))]
+    );
+}

@@ -107,6 +107,8 @@ impl PgStore {
     }
 
     pub(super) fn prune_history(&self, before: Millis, keep: u64) -> StoreResult<usize> {
+        // The entries held for this COMMIT will be the newest: they count against `keep`.
+        let keep = keep.saturating_sub(self.history.rows.len() as u64);
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         let sql = "WITH newest AS (SELECT max(id) AS id FROM airlock.history) \
              DELETE FROM airlock.history WHERE id <= (SELECT id FROM newest) - $1 OR at < $2";
