@@ -61,27 +61,37 @@ async fn until_entries(d: &Daemon, filter: Value, n: usize) -> Vec<Value> {
 #[tokio::test]
 async fn every_grant_renewal_and_release_is_recorded_with_its_reason() {
     let d = Daemon::start().await;
-    let lock = |name: &str, agent: &str, ttl: i64| {
-        json!({"name": name, "agent_id": agent, "ttl_seconds": ttl})
-    };
+    let lock = |name: &str, agent: &str, ttl: i64| json!({"name": name, "agent_id": agent, "ttl_seconds": ttl});
     // unlock
     let a = d.call("lock_resource", lock("l1", "alpha", 60)).await;
     d.call("lock_resource", lock("l1", "alpha", 60)).await; // taken again: a renewal
-    d.call("renew_lock", json!({"name": "l1", "lock_token": a["lock_token"]}))
-        .await;
-    d.call("unlock_resource", json!({"name": "l1", "lock_token": a["lock_token"]}))
-        .await;
+    d.call(
+        "renew_lock",
+        json!({"name": "l1", "lock_token": a["lock_token"]}),
+    )
+    .await;
+    d.call(
+        "unlock_resource",
+        json!({"name": "l1", "lock_token": a["lock_token"]}),
+    )
+    .await;
     // ttl
     d.call("lock_resource", lock("l2", "beta", 1)).await;
     until_entries(&d, json!({"name": "l2", "kind": "release"}), 1).await;
     // presence lapse
-    d.call("register_agent", json!({"agent_id": "gamma", "ttl_seconds": 1}))
-        .await;
+    d.call(
+        "register_agent",
+        json!({"agent_id": "gamma", "ttl_seconds": 1}),
+    )
+    .await;
     d.call("lock_resource", lock("l3", "gamma", 600)).await;
     until_entries(&d, json!({"name": "l3", "kind": "release"}), 1).await;
     // shutdown: the agent unregisters
-    d.call("register_agent", json!({"agent_id": "delta", "ttl_seconds": 600}))
-        .await;
+    d.call(
+        "register_agent",
+        json!({"agent_id": "delta", "ttl_seconds": 600}),
+    )
+    .await;
     d.call("lock_resource", lock("l4", "delta", 600)).await;
     d.call("unregister_agent", json!({"agent_id": "delta"}))
         .await;
@@ -122,8 +132,11 @@ async fn a_handoff_records_the_release_and_the_waiters_grant() {
         .await;
     let waiter = common::spawn_lock(&d, "x", "b", json!({"wait_seconds": 30}));
     common::until_waiters(&d, "x", 1).await;
-    d.call("unlock_resource", json!({"name": "x", "lock_token": a["lock_token"]}))
-        .await;
+    d.call(
+        "unlock_resource",
+        json!({"name": "x", "lock_token": a["lock_token"]}),
+    )
+    .await;
     let got = common::within(30, waiter).await.unwrap();
     let entries = all(&d, json!({"name": "x"})).await;
     assert_eq!(
@@ -152,10 +165,16 @@ async fn task_changes_and_signals_are_recorded() {
     // complete, with an extension
     let t1 = d.call("push_task", push("one", json!({}))).await["id"].clone();
     let c = d.call("claim_next_task", claim.clone()).await;
-    d.call("extend_lease", json!({"id": t1, "lease_token": c["lease_token"]}))
-        .await;
-    d.call("complete_task", json!({"id": t1, "lease_token": c["lease_token"]}))
-        .await;
+    d.call(
+        "extend_lease",
+        json!({"id": t1, "lease_token": c["lease_token"]}),
+    )
+    .await;
+    d.call(
+        "complete_task",
+        json!({"id": t1, "lease_token": c["lease_token"]}),
+    )
+    .await;
     // fail and requeue, then fail for good
     let t2 = d.call("push_task", push("two", json!({}))).await["id"].clone();
     let c = d.call("claim_next_task", claim.clone()).await;
@@ -171,10 +190,16 @@ async fn task_changes_and_signals_are_recorded() {
     )
     .await;
     // one attempt only: dead, then retried
-    let t3 = d.call("push_task", push("three", json!({"max_attempts": 1}))).await["id"].clone();
+    let t3 = d
+        .call("push_task", push("three", json!({"max_attempts": 1})))
+        .await["id"]
+        .clone();
     let c = d.call("claim_next_task", claim.clone()).await;
-    d.call("fail_task", json!({"id": t3, "lease_token": c["lease_token"]}))
-        .await;
+    d.call(
+        "fail_task",
+        json!({"id": t3, "lease_token": c["lease_token"]}),
+    )
+    .await;
     d.call("retry_task", json!({"id": t3})).await;
     // a lease that runs out: its one attempt used, the task is dead again
     let c = d
@@ -221,9 +246,15 @@ async fn task_changes_and_signals_are_recorded() {
     assert_eq!(oldest_first[6]["error"], json!("flaky"));
     assert_eq!(oldest_first[8]["error"], json!("broken"));
     assert_eq!(oldest_first[11]["task_id"], t3);
-    assert!(oldest_first[14].get("error").is_none(), "a lapse says only its reason");
+    assert!(
+        oldest_first[14].get("error").is_none(),
+        "a lapse says only its reason"
+    );
     // Events carry their generation.
-    let gens: Vec<&Value> = oldest_first[15..].iter().map(|e| &e["generation"]).collect();
+    let gens: Vec<&Value> = oldest_first[15..]
+        .iter()
+        .map(|e| &e["generation"])
+        .collect();
     assert_eq!(gens, [&json!(1), &json!(2), &json!(2)]);
 }
 
@@ -235,8 +266,11 @@ async fn filters_pages_and_bad_arguments() {
             let l = d
                 .call("lock_resource", json!({"name": name, "agent_id": agent}))
                 .await;
-            d.call("unlock_resource", json!({"name": name, "lock_token": l["lock_token"]}))
-                .await;
+            d.call(
+                "unlock_resource",
+                json!({"name": name, "lock_token": l["lock_token"]}),
+            )
+            .await;
         }
         assert!(i < 5);
     }
@@ -250,8 +284,15 @@ async fn filters_pages_and_bad_arguments() {
         5
     );
     assert_eq!(all(&d, json!({"since": "1h"})).await.len(), 20);
-    assert!(all(&d, json!({"since": "2999-01-01T00:00:00Z"})).await.is_empty());
-    assert_eq!(all(&d, json!({"since": "2000-01-01T00:00:00Z"})).await.len(), 20);
+    assert!(all(&d, json!({"since": "2999-01-01T00:00:00Z"}))
+        .await
+        .is_empty());
+    assert_eq!(
+        all(&d, json!({"since": "2000-01-01T00:00:00Z"}))
+            .await
+            .len(),
+        20
+    );
     // `since` an entry's own time includes it.
     let newest = all(&d, json!({})).await[0].clone();
     let from = all(&d, json!({"since": newest["at"]})).await;
@@ -307,7 +348,10 @@ async fn retention_keeps_the_newest_entries_and_drops_old_ones() {
         .await;
     for i in 0..15 {
         let l = d
-            .call("lock_resource", json!({"name": format!("n{i}"), "agent_id": "a"}))
+            .call(
+                "lock_resource",
+                json!({"name": format!("n{i}"), "agent_id": "a"}),
+            )
             .await;
         d.call(
             "unlock_resource",
@@ -356,10 +400,16 @@ async fn bad_retention_settings_stop_the_start() {
 async fn airlock_history_prints_one_line_per_entry() {
     let d = Daemon::start().await;
     let l = d
-        .call("lock_resource", json!({"name": "build", "agent_id": "alpha"}))
+        .call(
+            "lock_resource",
+            json!({"name": "build", "agent_id": "alpha"}),
+        )
         .await;
-    d.call("unlock_resource", json!({"name": "build", "lock_token": l["lock_token"]}))
-        .await;
+    d.call(
+        "unlock_resource",
+        json!({"name": "build", "lock_token": l["lock_token"]}),
+    )
+    .await;
     d.call("signal_event", json!({"name": "go"})).await;
     let run = |args: &[&str]| {
         let out = std::process::Command::new(airlock_bin())
@@ -385,7 +435,9 @@ async fn airlock_history_prints_one_line_per_entry() {
     assert!(lines[1].contains("grant"), "{out}");
     let (_, out, _) = run(&["--limit", "1"]);
     assert!(out.contains("signal") && out.contains("--cursor"), "{out}");
-    let (code, out, _) = run(&["--agent", "alpha", "--kind", "grant", "--since", "5m", "--json"]);
+    let (code, out, _) = run(&[
+        "--agent", "alpha", "--kind", "grant", "--since", "5m", "--json",
+    ]);
     assert_eq!(code, Some(0));
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["items"].as_array().unwrap().len(), 1);

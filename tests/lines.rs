@@ -210,7 +210,7 @@ async fn grants_and_releases_are_logged_without_tokens() {
         .await;
     assert_eq!(r["released"], true, "{r}");
     within(30, async {
-        while !d.process.logged("released: unlocked") {
+        while !d.process.logged("reason=unlock") {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -224,8 +224,8 @@ async fn grants_and_releases_are_logged_without_tokens() {
     );
     assert!(d
         .process
-        .log_lines("released: unlocked")
+        .log_lines("reason=unlock")
         .iter()
-        .any(|l| l.contains("alpha")));
+        .any(|l| l.contains("released") && l.contains("alpha") && l.contains("fence")));
     assert!(!d.process.logged(&token), "a lock token reached the log");
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use airlock::store::postgres::{self, PgStore, SCHEMA_VERSION};
 use airlock::store::sqlite::SqliteStore;
 use airlock::store::{
-    AgentRow, EventRow, HistoryQuery, HistoryRow, LockRow, NewTask, NoteRow, QueueCount, Store, StoreError, TaskRow,
-    TaskState,
+    AgentRow, EventRow, HistoryQuery, HistoryRow, LockRow, NewTask, NoteRow, QueueCount, Store,
+    StoreError, TaskRow, TaskState,
 };
 use airlock::testkit::postgres::{self as testing, TestDb};
 
@@ -370,32 +370,51 @@ fn history(s: &mut dyn Store) {
     // A transaction rolled back, and a step rolled back to its savepoint, leave no entry (a
     // backend that holds entries until COMMIT drops them as the database would).
     s.begin().unwrap();
-    s.history_append(&entry(1, "grant", "l", Some("a"))).unwrap();
+    s.history_append(&entry(1, "grant", "l", Some("a")))
+        .unwrap();
     s.rollback();
     s.begin().unwrap();
     s.savepoint().unwrap();
-    s.history_append(&entry(2, "grant", "l", Some("a"))).unwrap();
+    s.history_append(&entry(2, "grant", "l", Some("a")))
+        .unwrap();
     s.release_savepoint().unwrap();
     s.savepoint().unwrap();
-    s.history_append(&entry(3, "release", "l", Some("a"))).unwrap();
+    s.history_append(&entry(3, "release", "l", Some("a")))
+        .unwrap();
     s.rollback_to_savepoint();
     s.savepoint().unwrap();
-    s.history_append(&entry(4, "release", "l", Some("a"))).unwrap();
+    s.history_append(&entry(4, "release", "l", Some("a")))
+        .unwrap();
     s.history_append(&entry(5, "push", "q", Some("b"))).unwrap();
     s.release_savepoint().unwrap();
     s.commit().unwrap();
     s.begin().unwrap();
     assert_eq!(
         read(s, &all),
-        (vec![(5, "push".into()), (4, "release".into()), (2, "grant".into())], false)
+        (
+            vec![
+                (5, "push".into()),
+                (4, "release".into()),
+                (2, "grant".into())
+            ],
+            false
+        )
     );
     let first = s.history_page(&all).unwrap().0;
     assert_eq!(first[1].reason.as_deref(), Some("ttl"));
     assert_eq!(first[1].agent_id.as_deref(), Some("a"));
-    assert!(first[0].id > first[1].id && first[1].id > first[2].id, "ids grow");
+    assert!(
+        first[0].id > first[1].id && first[1].id > first[2].id,
+        "ids grow"
+    );
     for at in 6..=12 {
-        s.history_append(&entry(at, "grant", if at % 2 == 0 { "l" } else { "m" }, Some("c")))
-            .unwrap();
+        s.history_append(&entry(
+            at,
+            "grant",
+            if at % 2 == 0 { "l" } else { "m" },
+            Some("c"),
+        ))
+        .unwrap();
     }
     s.commit().unwrap();
     s.begin().unwrap();
@@ -411,19 +430,28 @@ fn history(s: &mut dyn Store) {
     assert_eq!(ats(read(s, &q(|q| q.kind = Some("push".into())))), [5]);
     assert_eq!(ats(read(s, &q(|q| q.since = Some(10)))), [12, 11, 10]);
     assert_eq!(
-        ats(read(s, &q(|q| {
-            q.name = Some("l".into());
-            q.agent_id = Some("c".into());
-            q.since = Some(8);
-        }))),
+        ats(read(
+            s,
+            &q(|q| {
+                q.name = Some("l".into());
+                q.agent_id = Some("c".into());
+                q.since = Some(8);
+            })
+        )),
         [12, 10, 8]
     );
-    assert_eq!(ats(read(s, &q(|q| q.agent_id = Some("nobody".into())))), [] as [i64; 0]);
+    assert_eq!(
+        ats(read(s, &q(|q| q.agent_id = Some("nobody".into())))),
+        [] as [i64; 0]
+    );
     // Pages: newest first, `before` an id, `more` says whether older ones match.
     let mut page = q(|q| q.limit = 4);
     let (rows, more) = s.history_page(&page).unwrap();
     assert!(more);
-    assert_eq!(rows.iter().map(|h| h.at).collect::<Vec<_>>(), [12, 11, 10, 9]);
+    assert_eq!(
+        rows.iter().map(|h| h.at).collect::<Vec<_>>(),
+        [12, 11, 10, 9]
+    );
     page.before = Some(rows[3].id);
     let (rows, more) = s.history_page(&page).unwrap();
     assert!(more);

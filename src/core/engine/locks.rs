@@ -666,7 +666,7 @@ impl Locks {
 
 /// Records (and logs at `info`) the end of `row`'s hold, `why`.
 fn released(tx: &mut Tx, row: &LockRow, why: Why) -> CoreResult<()> {
-    tracing::info!(lock = %row.name, agent = %row.agent_id, fence = row.fence, reason = why.as_str(), "released");
+    tracing::info!(lock = %row.name, agent = %row.agent_id, fence = row.fence, reason = %why.as_str(), "released");
     tx.record(
         HistoryKind::Release,
         &row.name,

@@ -343,8 +343,13 @@ fn a_grant_nobody_read_is_released_as_an_orphan() {
     assert!(unlock(&mut e, "x", &t).released);
     // The answer reached b's channel, but its caller went away before reading it.
     let tb = token_of(b.try_recv().unwrap().unwrap());
-    e.process(vec![Command::Orphaned(Orphan::Locks(vec![("x".into(), tb)]))]);
-    let s = |k: &str, a: &str, r: Option<&str>| (k.to_string(), Some(a.to_string()), r.map(String::from));
+    e.process(vec![Command::Orphaned(Orphan::Locks(vec![(
+        "x".into(),
+        tb,
+    )]))]);
+    let s = |k: &str, a: &str, r: Option<&str>| {
+        (k.to_string(), Some(a.to_string()), r.map(String::from))
+    };
     assert_eq!(
         history(&mut e),
         [
@@ -371,6 +376,10 @@ fn history_older_than_its_retention_is_pruned_at_housekeeping() {
     e.process(vec![]);
     assert_eq!(
         history(&mut e),
-        [("release".to_string(), Some("a".to_string()), Some("ttl".to_string()))]
+        [(
+            "release".to_string(),
+            Some("a".to_string()),
+            Some("ttl".to_string())
+        )]
     );
 }
