@@ -1,8 +1,9 @@
 //! Fault injection with a history checker.
 //!
 //! Several client tasks hammer one real daemon with locks (carrying their fences into a fenced
-//! resource), compare-and-swap on a note, plain note writes, counter increments, and a leased task
-//! queue, while the suite SIGKILLs the daemon at random moments (some of them right after an
+//! resource), shared locks and a semaphore, compare-and-swap on a note, plain note writes, counter
+//! increments, and a leased task queue (delayed pushes, single-attempt tasks that die and are
+//! redriven, failed attempts, unique keys), while the suite SIGKILLs the daemon at random moments (some of them right after an
 //! acknowledgement) and restarts it on the same `AIRLOCK_HOME` and port. Some lock and lease
 //! holders stall past their TTL, as a paused process would. Every call is recorded with its start
 //! and answer times; after each restart the acknowledged state is checked, and at the end the whole
@@ -44,6 +45,9 @@ const LEASE_MS: i64 = 2_000;
 /// rounding in the daemon's clock; a real client would keep a wider margin.
 const SAFETY_MARGIN_MS: i64 = 100;
 const QUEUE: &str = "fault-queue";
+/// `delay_seconds` of a delayed push.
+const DELAY_MS: i64 = 1_000;
+
 const CAS_KEY: &str = "fault-cas";
 const COUNTER: &str = "fault-counter";
 
@@ -227,6 +231,8 @@ async fn client(world: Arc<World>, id: usize, seed: u64) {
         .build()
         .unwrap();
     let mut seq = 0u64;
+    // Tasks this client pushed with `max_attempts: 1`: what it redrives.
+    let mut single_attempt: Vec<i64> = Vec::new();
     while !world.stop.load(Ordering::Relaxed) {
         seq += 1;
         let roll: u32 = rng.random_range(0..100);
@@ -332,7 +338,28 @@ async fn client(world: Arc<World>, id: usize, seed: u64) {
             if rng.random_range(0..3) == 0 {
                 args["unique_key"] = json!(format!("fault-key-{}", rng.random_range(0..3)));
             }
-            world.call(&http, &me, "push_task", args).await;
+            // One in four is delayed (never claimed before then, kills or not); one in five has
+            // a single attempt (a lapsed lease makes it dead, never claimed again unless retried).
+            if rng.random_range(0..4) == 0 {
+                args["delay_seconds"] = json!(DELAY_MS / 1000);
+            }
+            let single = rng.random_range(0..5) == 0;
+            if single {
+                args["max_attempts"] = json!(1);
+            }
+            let c = world.call(&http, &me, "push_task", args).await;
+            if let (true, Some(id)) = (single, c.answer().and_then(|a| a["id"].as_i64())) {
+                single_attempt.push(id);
+            }
+        } else if roll < 92 {
+            // Redrive one of its single-attempt tasks: back to pending if it died, else refused.
+            if single_attempt.is_empty() {
+                continue;
+            }
+            let id = single_attempt[rng.random_range(0..single_attempt.len())];
+            world
+                .call(&http, &me, "retry_task", json!({"id": id}))
+                .await;
         } else {
             let c = world
                 .call(
@@ -354,14 +381,14 @@ async fn client(world: Arc<World>, id: usize, seed: u64) {
             } else {
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..20))).await;
             }
-            world
-                .call(
-                    &http,
-                    &me,
-                    "complete_task",
-                    json!({"id": id, "lease_token": lease}),
-                )
-                .await;
+            // One attempt in five fails (back to pending, or dead at its limit).
+            let (tool, args) = if rng.random_range(0..5) == 0 {
+                let args = json!({"id": id, "lease_token": lease, "error": "fault"});
+                ("fail_task", args)
+            } else {
+                ("complete_task", json!({"id": id, "lease_token": lease}))
+            };
+            world.call(&http, &me, tool, args).await;
         }
     }
 }
@@ -614,6 +641,8 @@ fn check_cas(calls: &[Call], r: &mut Report) {
 
 fn check_tasks(calls: &[Call], final_tasks: &[Value], r: &mut Report) {
     let mut pushed: BTreeMap<i64, String> = BTreeMap::new();
+    // Acknowledged pushes' options: id → (push started, delay, max_attempts).
+    let mut options: HashMap<i64, (i64, i64, Option<i64>)> = HashMap::new();
     let mut maybe_payloads: HashSet<String> = HashSet::new();
     // Pushes answered `duplicate: true`: (the id they were given, the key they asked for).
     let mut duplicates: Vec<(i64, String)> = Vec::new();
@@ -632,6 +661,8 @@ fn check_tasks(calls: &[Call], final_tasks: &[Value], r: &mut Report) {
             r.check(pushed.insert(id, payload.clone()).is_none(), || {
                 format!("task id {id} returned by two pushes")
             });
+            let delay = c.args["delay_seconds"].as_i64().unwrap_or(0) * 1000;
+            options.insert(id, (c.start, delay, c.args["max_attempts"].as_i64()));
         }
         if !matches!(c.outcome, Outcome::NotSent) {
             maybe_payloads.insert(payload);
@@ -679,9 +710,57 @@ fn check_tasks(calls: &[Call], final_tasks: &[Value], r: &mut Report) {
             }
         }
     }
+    // Redrives that may have happened, per task.
+    let mut retries: HashMap<i64, i64> = HashMap::new();
+    for c in calls.iter().filter(|c| c.tool == "retry_task") {
+        if c.maybe() || c.answer().is_some_and(|a| a["retried"] == json!(true)) {
+            *retries.entry(c.args["id"].as_i64().unwrap()).or_default() += 1;
+        }
+    }
+    for (id, cs) in &claims {
+        let Some(&(pushed_at, delay, max_attempts)) = options.get(id) else {
+            continue;
+        };
+        // A delayed task is never claimed before its delay (the push began no later than the
+        // daemon's clock read it; 5 ms for the clocks' rounding).
+        for c in cs {
+            r.check(c.2 >= pushed_at + delay - 5, || {
+                format!(
+                    "task {id}, delayed {delay} ms, was claimed {} ms after its push began",
+                    c.2 - pushed_at
+                )
+            });
+        }
+        // A task of `max_attempts` is claimed at most that often per life (a redrive starts
+        // another): a dead task is never claimed.
+        if let Some(max) = max_attempts {
+            let lives = 1 + retries.get(id).copied().unwrap_or(0);
+            r.check(cs.len() as i64 <= max * lives, || {
+                format!(
+                    "task {id} (max_attempts {max}, {} redrives) was claimed {} times",
+                    lives - 1,
+                    cs.len()
+                )
+            });
+        }
+    }
+    // A lease given back by `fail_task` ends when that call began at the earliest.
+    let mut given_back: HashMap<String, i64> = HashMap::new();
+    for c in calls.iter().filter(|c| c.tool == "fail_task") {
+        if c.maybe() || c.answer().is_some_and(|a| a["failed"] == json!(true)) {
+            let lease = c.args["lease_token"].as_str().unwrap().to_string();
+            let at = given_back.entry(lease).or_insert(c.start);
+            *at = (*at).min(c.start);
+        }
+    }
     for (id, cs) in &claims {
         let mut cs = cs.clone();
         cs.sort_by_key(|c| c.2);
+        for c in &mut cs {
+            if let Some(&at) = given_back.get(&c.0) {
+                c.3 = c.3.min(at);
+            }
+        }
         for w in cs.windows(2) {
             r.check(w[1].2 >= w[0].3 || w[0].2 >= w[0].3, || {
                 format!("task {id} was leased to two claimants at once")
@@ -699,9 +778,12 @@ fn check_tasks(calls: &[Call], final_tasks: &[Value], r: &mut Report) {
         if let Some(t) = t {
             let state = t["state"].as_str().unwrap_or("");
             r.check(
-                ["pending", "claimed", "completed", "failed"].contains(&state),
+                ["pending", "claimed", "completed", "failed", "dead"].contains(&state),
                 || format!("task {id} is in an unknown state {state}"),
             );
+            r.check(state != "dead" || t["max_attempts"].is_i64(), || {
+                format!("task {id} is dead without an attempt limit")
+            });
             if completed.contains_key(id) {
                 r.check(state == "completed", || {
                     format!("task {id} was acknowledged completed but is {state}")
@@ -985,13 +1067,19 @@ async fn sigkill_and_pauses_lose_nothing_and_break_no_promise() {
     let completed = count(&|c| {
         c.tool == "complete_task" && c.answer().is_some_and(|a| a["completed"] == json!(true))
     });
+    let retried = count(&|c| {
+        c.tool == "retry_task" && c.answer().is_some_and(|a| a["retried"] == json!(true))
+    });
+    let delayed = count(&|c| c.tool == "push_task" && c.args.get("delay_seconds").is_some());
+    let dead = final_tasks.iter().filter(|t| t["state"] == "dead").count();
     eprintln!(
         "fault run summary: seed={seed} seconds={seconds} cycles={cycles} \
          kills_right_after_an_ack={kills_after_ack} calls={} acknowledged={acked} \
          indeterminate={indeterminate} tool_errors={tool_errors} not_sent={not_sent} \
          lock_grants={granted} fenced_writes={} paused_holders={} stale_writes_refused={stale_refused} \
          stale_writes_accepted_no_newer_holder={stale_accepted} paused_claimers={} \
-         tasks_completed={completed} tasks_final={} checks={} violations={}",
+         tasks_completed={completed} tasks_final={} delayed_pushes={delayed} \
+         redrives={retried} dead_at_end={dead} checks={} violations={}",
         calls.len(),
         writes.len(),
         world.paused_holders.load(Ordering::Relaxed),
@@ -1218,6 +1306,73 @@ fn the_checker_catches_repeated_counters_lost_tasks_and_double_completion() {
     check_tasks(
         &[push, claim("l1", 10, 11), done("l1", 100)],
         &final_state,
+        &mut r,
+    );
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+}
+
+#[test]
+fn the_checker_catches_an_early_claim_and_a_dead_task_claimed_again() {
+    let push = |args: Value| rec("push_task", args, 100, 110, Some(json!({"id": 1})));
+    let claim = |start: i64, end: i64, lease: &str| {
+        rec(
+            "claim_next_task",
+            json!({"queue": QUEUE, "agent_id": "w", "lease_seconds": 2}),
+            start,
+            end,
+            Some(json!({"claimed": true, "id": 1, "lease_token": lease})),
+        )
+    };
+    let task = |state: &str| json!({"id": 1, "payload": "p", "state": state, "max_attempts": 1});
+    // Delayed 1 s, claimed 500 ms after its push.
+    let mut r = Report::default();
+    check_tasks(
+        &[
+            push(json!({"queue": QUEUE, "payload": "p", "delay_seconds": 1})),
+            claim(550, 600, "l1"),
+        ],
+        &[task("claimed")],
+        &mut r,
+    );
+    assert!(
+        r.violations.iter().any(|v| v.contains("delayed")),
+        "{:?}",
+        r.violations
+    );
+    // One attempt, claimed twice (the second after its lease lapsed: it was dead).
+    let pushed = push(json!({"queue": QUEUE, "payload": "p", "max_attempts": 1}));
+    let mut r = Report::default();
+    check_tasks(
+        &[
+            pushed.clone(),
+            claim(200, 210, "l1"),
+            claim(5000, 5010, "l2"),
+        ],
+        &[task("claimed")],
+        &mut r,
+    );
+    assert!(
+        r.violations.iter().any(|v| v.contains("claimed 2 times")),
+        "{:?}",
+        r.violations
+    );
+    // The same with a redrive between the two claims: fine.
+    let retried = rec(
+        "retry_task",
+        json!({"id": 1}),
+        3000,
+        3010,
+        Some(json!({"retried": true})),
+    );
+    let mut r = Report::default();
+    check_tasks(
+        &[
+            pushed,
+            claim(200, 210, "l1"),
+            retried,
+            claim(5000, 5010, "l2"),
+        ],
+        &[task("claimed")],
         &mut r,
     );
     assert!(r.violations.is_empty(), "{:?}", r.violations);
