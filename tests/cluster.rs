@@ -994,6 +994,30 @@ async fn when_the_coordinator_dies_the_other_daemon_takes_over_with_all_state() 
     let probe = lock(&b.d, "dying", "probe", json!({})).await;
     assert_eq!(probe["locked"], json!(false));
     assert_eq!(probe["held_by"], "w");
+    // The history outlived its coordinator: the grant the dead one recorded, the expiry and the
+    // handoff the survivor made (refused probes record nothing).
+    let h = b.d.call("get_history", json!({"name": "dying"})).await;
+    let said: Vec<(&str, &str, &str)> = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap(),
+                e["agent_id"].as_str().unwrap(),
+                e["reason"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        said,
+        [
+            ("grant", "x", ""),
+            ("release", "x", "ttl"),
+            ("grant", "w", "")
+        ]
+    );
 
     // The killed daemon comes back on its home: it forwards, and everything works through it.
     let a2 = c.start_in(&home_a).await;
