@@ -1734,7 +1734,19 @@ fn a_lazy_savepoint_keeps_failures_to_their_step() {
 /// every task (payloads included) or a whole value; `GET /metrics` reads no value at all.
 #[test]
 fn summaries_read_counts_not_rows() {
-    let (store, faults) = FaultyStore::new(Box::new(SqliteStore::open_in_memory().unwrap()));
+    summaries_read(Box::new(SqliteStore::open_in_memory().unwrap()));
+}
+
+#[test]
+fn summaries_read_counts_not_rows_on_postgres() {
+    let Some(pg) = PgCases::start("summaries_read_counts_not_rows_on_postgres") else {
+        return;
+    };
+    summaries_read(Box::new(pg.db.store(&pg.rt).unwrap()));
+}
+
+fn summaries_read(store: Box<dyn Store>) {
+    let (store, faults) = FaultyStore::new(store);
     let clock = ManualClock::new(1_000_000);
     let mut e = Engine::new(Box::new(store), Arc::new(clock)).unwrap();
     e.process(vec![]);
