@@ -2,8 +2,12 @@
 //!
 //! Map of the crate (see ARCHITECTURE.md for the invariants), in the order a request meets it:
 //! - [`listener`]: the TCP listener, with a cap on open connections.
+//! - [`conn`]: serving each accepted connection (hyper), with a deadline per phase (request
+//!   head, idle keep-alive) so a slow or silent socket is closed.
 //! - [`http`]: the HTTP edge (axum): Host/Origin checks, bearer token, body limit, `/healthz`,
 //!   `/status`, the fast path for a plain `tools/call`.
+//! - [`strict_json`]: the JSON parser the edge reads every body with, which refuses an object
+//!   naming a key twice.
 //! - [`ui`]: the web dashboard at `/ui` (static files compiled in) and its live stream
 //!   (`/events/stream`, Server-Sent Events behind the token).
 //! - [`metrics`]: `GET /metrics` in Prometheus' text format (calls by tool and outcome, latency,
@@ -41,3 +45,28 @@ pub mod strict_json;
 #[doc(hidden)]
 pub mod testkit;
 pub mod ui;
+
+#[cfg(test)]
+mod tests {
+    /// The `//!` map above names every module this file declares.
+    #[test]
+    fn the_module_map_names_every_module() {
+        let src = include_str!("lib.rs");
+        let map: String = src
+            .lines()
+            .filter_map(|l| l.strip_prefix("//!"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let modules: Vec<&str> = src
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub mod ")?.strip_suffix(';'))
+            .collect();
+        assert!(modules.len() > 10, "{modules:?}");
+        for m in modules {
+            assert!(
+                map.contains(&format!("[`{m}`]")) || map.contains(&format!("`{m}`")),
+                "the module map in lib.rs does not name `{m}`"
+            );
+        }
+    }
+}

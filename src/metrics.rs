@@ -25,7 +25,7 @@ use futures::future::BoxFuture;
 pub use crate::core::metrics::{EngineMetrics, Histogram};
 use crate::core::{
     request::ListPage, CoreApi, CoreError, CoreResult, ProgressFn, Request,
-    Response as CoreResponse, StatusView, Tool, MAX_PAGE_ITEMS,
+    Response as CoreResponse, StatusCursor, StatusView, Tool, MAX_PAGE_ITEMS,
 };
 
 /// Bucket bounds of the call-latency histogram, in seconds (parked calls reach the high ones).
@@ -163,10 +163,11 @@ pub async fn handler(State(state): State<MetricsState>) -> Response {
 }
 
 /// Every page of the status snapshot, one after another, as one view (the gauges count all
-/// locks, agents and queues, not only the first page's).
-async fn whole_status(core: &dyn CoreApi) -> Result<StatusView, String> {
+/// locks, agents and queues, not only the first page's); without notes or open tasks, which no
+/// gauge counts (each scrape would read every note value).
+pub async fn whole_status(core: &dyn CoreApi) -> Result<StatusView, String> {
     let mut whole: Option<StatusView> = None;
-    let mut cursor = None;
+    let mut cursor = Some(StatusCursor::counts_only().encode());
     loop {
         let page = ListPage {
             limit: Some(MAX_PAGE_ITEMS as i64),
@@ -183,7 +184,6 @@ async fn whole_status(core: &dyn CoreApi) -> Result<StatusView, String> {
             Some(w) => {
                 w.locks.extend(v.locks);
                 w.agents.extend(v.agents);
-                w.notes.extend(v.notes);
                 w.events.extend(v.events);
                 w.queues.extend(v.queues);
             }

@@ -18,11 +18,11 @@ use airlock::clock::{seconds_left, ManualClock};
 use airlock::core::engine::{Command, Engine};
 use airlock::core::request::*;
 use airlock::core::{
-    ClaimOutcome, CoreError, CoreResult, GetNoteResult, GetTaskResult, LockOutcome, Renewed,
-    WAKE_GRACE_SECONDS,
+    ClaimOutcome, CoreApi, CoreError, CoreResult, GetNoteResult, GetTaskResult, LockOutcome,
+    Renewed, WAKE_GRACE_SECONDS,
 };
 use airlock::store::sqlite::SqliteStore;
-use airlock::store::Store;
+use airlock::store::{Store, Values};
 use airlock::testkit::postgres::{self as testing, TestDb};
 use proptest::prelude::*;
 use tokio::sync::oneshot;
@@ -1730,10 +1730,23 @@ fn a_lazy_savepoint_keeps_failures_to_their_step() {
 }
 
 /// `list_agents` and the status snapshot run on the engine thread: they read counts grouped by
-/// the store and note values cut short, never every task (payloads included) or note value.
+/// the store and previews of note values and task payloads cut by the store's query, never
+/// every task (payloads included) or a whole value; `GET /metrics` reads no value at all.
 #[test]
 fn summaries_read_counts_not_rows() {
-    let (store, faults) = FaultyStore::new(Box::new(SqliteStore::open_in_memory().unwrap()));
+    summaries_read(Box::new(SqliteStore::open_in_memory().unwrap()));
+}
+
+#[test]
+fn summaries_read_counts_not_rows_on_postgres() {
+    let Some(pg) = PgCases::start("summaries_read_counts_not_rows_on_postgres") else {
+        return;
+    };
+    summaries_read(Box::new(pg.db.store(&pg.rt).unwrap()));
+}
+
+fn summaries_read(store: Box<dyn Store>) {
+    let (store, faults) = FaultyStore::new(store);
     let clock = ManualClock::new(1_000_000);
     let mut e = Engine::new(Box::new(store), Arc::new(clock)).unwrap();
     e.process(vec![]);
@@ -1756,7 +1769,21 @@ fn summaries_read_counts_not_rows() {
         }),
     )
     .unwrap();
+    send(
+        &mut e,
+        Request::PushTask(PushTask {
+            queue: "q".into(),
+            payload: "ü".repeat(10_000),
+            author: None,
+            priority: None,
+            delay_seconds: None,
+            max_attempts: None,
+            unique_key: None,
+        }),
+    )
+    .unwrap();
     faults.take_log();
+    faults.take_page_reads();
     assert!(send(&mut e, Request::ListAgents(ListPage::default())).is_ok());
     let Ok(Response::Status(status)) = send(&mut e, Request::Status(Default::default())) else {
         panic!("status answered otherwise")
@@ -1765,11 +1792,61 @@ fn summaries_read_counts_not_rows() {
     for rows in ["task_list", "note_list"] {
         assert!(!log.contains(&rows), "{rows} was read: {log:?}");
     }
+    // Each page asked the store for a preview, not the whole values.
+    let reads = faults.take_page_reads();
+    for page in ["note_page", "task_page"] {
+        assert!(reads.iter().any(|(p, _)| *p == page), "{reads:?}");
+    }
+    for (page, values) in &reads {
+        assert!(
+            matches!(values, Values::Preview(n) if *n <= 1_000),
+            "{page} read {values:?}"
+        );
+    }
     let value = &status.notes[0].value;
     assert!(
         value.chars().count() < 200 && value.ends_with('…'),
         "{value}"
     );
+    let payload = &status.tasks[0].payload;
+    assert!(
+        payload.chars().count() < 300 && payload.ends_with('…'),
+        "{payload}"
+    );
+    // The metrics scrape pages through the snapshot without the notes and the open tasks.
+    let core = EngineCore(std::sync::Mutex::new(e));
+    let view = futures::executor::block_on(airlock::metrics::whole_status(&core)).unwrap();
+    assert_eq!(view.queues.len(), 1);
+    let reads = faults.take_page_reads();
+    assert!(reads.is_empty(), "the metrics read values: {reads:?}");
+    for rows in ["task_list", "note_list"] {
+        assert!(!faults.take_log().contains(&rows), "{rows} was read");
+    }
+}
+
+/// The engine as a [`CoreApi`], one call per batch (for code that takes a core, such as the
+/// metrics scrape).
+struct EngineCore(std::sync::Mutex<Engine>);
+
+impl CoreApi for EngineCore {
+    fn call(
+        &self,
+        request: Request,
+        _progress: Option<airlock::core::ProgressFn>,
+    ) -> futures::future::BoxFuture<'_, CoreResult<Response>> {
+        let (tx, mut rx) = oneshot::channel();
+        self.0.lock().unwrap().process(vec![Command::Call {
+            call: 0,
+            request,
+            reply: tx.into(),
+        }]);
+        let answer = rx.try_recv().unwrap();
+        Box::pin(async move { answer })
+    }
+
+    fn drain(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The audit history holds what committed and nothing else: a step rolled back to its savepoint

@@ -13,7 +13,7 @@ use airlock::store::postgres::{self, PgStore, SCHEMA_VERSION};
 use airlock::store::sqlite::SqliteStore;
 use airlock::store::{
     AgentRow, EventRow, HistoryQuery, HistoryRow, LockRow, NewTask, NoteRow, QueueCount, Store,
-    StoreError, TaskRow, TaskState,
+    StoreError, TaskRow, TaskState, Values,
 };
 use airlock::testkit::postgres::{self as testing, TestDb};
 
@@ -501,20 +501,40 @@ fn pages(s: &mut dyn Store) {
     s.begin().unwrap();
     put_sample_notes(s);
     // Live at 100: B, a, c (byte order); pages of two, then from the cursor.
-    let (p, more) = s.note_page(100, None, 2, true, usize::MAX).unwrap();
+    let (p, more) = s
+        .note_page(100, None, 2, Values::Whole, usize::MAX)
+        .unwrap();
     assert_eq!((keys(&p), more), (vec!["B", "a"], true));
     assert_eq!(p[0], note("B", "3", Some("x"), Some(101)));
-    let (p, more) = s.note_page(100, Some("a"), 2, true, usize::MAX).unwrap();
+    let (p, more) = s
+        .note_page(100, Some("a"), 2, Values::Whole, usize::MAX)
+        .unwrap();
     assert_eq!((keys(&p), more), (vec!["c"], false));
     // The byte budget: a row is in the page if it starts within it (the first always is).
-    let (p, more) = s.note_page(49, None, 10, true, 2).unwrap();
+    let (p, more) = s.note_page(49, None, 10, Values::Whole, 2).unwrap();
     assert_eq!((keys(&p), more), (vec!["B", "a"], true));
-    let (p, more) = s.note_page(49, None, 10, true, 1).unwrap();
+    let (p, more) = s.note_page(49, None, 10, Values::Whole, 1).unwrap();
     assert_eq!((keys(&p), more), (vec!["B"], true));
-    let (p, more) = s.note_page(49, None, 10, false, 1).unwrap();
+    let (p, more) = s.note_page(49, None, 10, Values::Omit, 1).unwrap();
     assert_eq!(keys(&p), ["B", "a", "b", "c", "é"]);
     assert!(!more && p.iter().all(|n| n.value.is_empty() && !n.key.is_empty()));
     assert_eq!(p[0].author.as_deref(), Some("x"));
+    // Previews: each value cut by characters (not bytes) to at most the count asked, and the
+    // byte budget counts what was read.
+    s.note_put(&note("d", &"é✓x".repeat(1000), None, None))
+        .unwrap();
+    let (p, more) = s
+        .note_page(100, Some("c"), 10, Values::Preview(4), usize::MAX)
+        .unwrap();
+    assert_eq!((keys(&p), more), (vec!["d"], false));
+    assert_eq!(p[0].value, "é✓xé");
+    let (p, _) = s.note_page(100, None, 10, Values::Preview(1), 3).unwrap();
+    assert_eq!(keys(&p), ["B", "a", "c"]);
+    assert_eq!(
+        p.iter().map(|n| n.value.as_str()).collect::<Vec<_>>(),
+        ["3", "2", "5"]
+    );
+    s.note_delete("d").unwrap();
     // Locks and agents: live ones only, by name.
     for (name, at) in [("l1", 10), ("l2", 300), ("l3", 400)] {
         s.lock_put(&lock(name, "ag", 1, at)).unwrap();
@@ -537,15 +557,38 @@ fn pages(s: &mut dyn Store) {
     let b = s.task_insert("r", "bb", None, 0, 2).unwrap();
     let c = s.task_insert("q", "cc", None, 0, 3).unwrap();
     set_state(s, c, TaskState::Completed);
-    let (p, more) = s.task_page(Some("q"), None, None, 10, usize::MAX).unwrap();
+    let (p, more) = s
+        .task_page(Some("q"), None, None, 10, Values::Whole, usize::MAX)
+        .unwrap();
     assert_eq!((ids(&p), more), (vec![a, c], false));
-    let (p, more) = s.task_page(None, None, Some(a), 1, usize::MAX).unwrap();
+    let (p, more) = s
+        .task_page(None, None, Some(a), 1, Values::Whole, usize::MAX)
+        .unwrap();
     assert_eq!((ids(&p), more), (vec![b], true));
-    let (p, more) = s.task_page(None, None, None, 10, 5).unwrap();
+    let (p, more) = s.task_page(None, None, None, 10, Values::Whole, 5).unwrap();
     assert_eq!((ids(&p), more), (vec![a, b], true));
+    // Previews of payloads, by characters.
+    let d = s.task_insert("p", &"ü".repeat(5000), None, 0, 4).unwrap();
+    let (p, more) = s
+        .task_page(Some("p"), None, None, 10, Values::Preview(3), 1)
+        .unwrap();
+    assert_eq!((ids(&p), more), (vec![d], false));
+    assert_eq!(p[0].payload, "üüü");
+    assert_eq!(p[0].queue, "p");
+    let (p, _) = s
+        .task_page(Some("p"), None, None, 10, Values::Whole, usize::MAX)
+        .unwrap();
+    assert_eq!(p[0].payload.chars().count(), 5000);
     // A state filter pages within that state.
     let (p, more) = s
-        .task_page(None, Some(TaskState::Completed), None, 10, usize::MAX)
+        .task_page(
+            None,
+            Some(TaskState::Completed),
+            None,
+            10,
+            Values::Whole,
+            usize::MAX,
+        )
         .unwrap();
     assert_eq!((ids(&p), more), (vec![c], false));
     let mut counts: Vec<(String, &str, usize)> = s
@@ -558,6 +601,7 @@ fn pages(s: &mut dyn Store) {
     assert_eq!(
         counts,
         [
+            ("p".to_string(), "pending", 1),
             ("q".to_string(), "completed", 1),
             ("q".to_string(), "pending", 1),
             ("r".to_string(), "pending", 1),

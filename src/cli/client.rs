@@ -201,7 +201,8 @@ impl Client {
                     self.url
                 )));
             };
-            for data in events.push(&chunk) {
+            for event in events.push(&chunk) {
+                let data = event.data;
                 let Ok(msg) = serde_json::from_str::<Value>(&data) else {
                     continue;
                 };
@@ -376,31 +377,56 @@ pub fn authority_of(url: &str) -> String {
     }
 }
 
-/// Splits a server-sent event stream into the `data` of each event. Bytes are kept until an
-/// event is complete (a blank line) and only then decoded: a chunk may end inside a UTF-8
-/// character, and decoding chunk by chunk would turn its halves into U+FFFD.
+/// One server-sent event: its name (`message` when it names none) and its data lines, joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SseEvent {
+    pub name: String,
+    pub data: String,
+}
+
+/// Splits a server-sent event stream into events; the one reader of both SSE streams the CLI
+/// follows (an MCP answer's, and `status --watch`'s). Bytes are kept until an event is complete
+/// (a blank line) and only then decoded: a chunk may end inside a UTF-8 character, and decoding
+/// chunk by chunk would turn its halves into U+FFFD. Events without data (heartbeat comments)
+/// are dropped.
 #[derive(Default)]
-struct SseEvents {
+pub(super) struct SseEvents {
     buf: Vec<u8>,
+    /// How far `buf` is known to hold no blank line (a big event arriving in many chunks is
+    /// not searched again from its start at each one).
+    searched: usize,
 }
 
 impl SseEvents {
-    /// Adds `chunk`; returns the data of every event it completed.
-    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+    /// Adds `chunk`; returns every event it completed.
+    pub(super) fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
-        while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
-            let event: Vec<u8> = self.buf.drain(..end + 2).collect();
+        loop {
+            let from = self.searched.saturating_sub(1);
+            let Some(at) = self.buf[from..].windows(2).position(|w| w == b"\n\n") else {
+                self.searched = self.buf.len();
+                return out;
+            };
+            let event: Vec<u8> = self.buf.drain(..from + at + 2).collect();
+            self.searched = 0;
             let event = String::from_utf8_lossy(&event);
-            let data = event
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(|l| l.trim_start())
-                .collect::<Vec<_>>()
-                .join("\n");
-            out.push(data);
+            let mut name = String::from("message");
+            let mut data = Vec::new();
+            for line in event.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push(v.strip_prefix(' ').unwrap_or(v));
+                }
+            }
+            if !data.is_empty() {
+                out.push(SseEvent {
+                    name,
+                    data: data.join("\n"),
+                });
+            }
         }
-        out
     }
 }
 
@@ -410,17 +436,47 @@ mod tests {
 
     #[test]
     fn a_character_split_across_chunks_survives() {
-        let stream = "data: {\"note\":\"caf\u{e9} \u{1f512}\"}\n\ndata: {\"n\":2}\n\n".as_bytes();
+        let stream =
+            "data: {\"note\":\"caf\u{e9} \u{1f512}\"}\n\nevent: status\ndata: {\"n\":2}\n\n"
+                .as_bytes();
         for cut in 0..=stream.len() {
             let mut events = SseEvents::default();
             let mut got = events.push(&stream[..cut]);
             got.extend(events.push(&stream[cut..]));
+            let got: Vec<(&str, &str)> = got
+                .iter()
+                .map(|e| (e.name.as_str(), e.data.as_str()))
+                .collect();
             assert_eq!(
                 got,
-                ["{\"note\":\"caf\u{e9} \u{1f512}\"}", "{\"n\":2}"],
+                [
+                    ("message", "{\"note\":\"caf\u{e9} \u{1f512}\"}"),
+                    ("status", "{\"n\":2}")
+                ],
                 "cut at byte {cut}"
             );
         }
+    }
+
+    #[test]
+    fn events_are_cut_out_whole_and_heartbeats_dropped() {
+        let mut events = SseEvents::default();
+        let got = events.push(b": heartbeat\n\nevent: status\ndata: {\"a\":1}\n\nevent: st");
+        let want = SseEvent {
+            name: "status".into(),
+            data: "{\"a\":1}".into(),
+        };
+        assert_eq!(got, [want]);
+        // The rest of an event cut in the middle, one byte at a time.
+        let mut got = Vec::new();
+        for b in b"atus\ndata: x\ndata:  y\n\n" {
+            got.extend(events.push(&[*b]));
+        }
+        let want = SseEvent {
+            name: "status".into(),
+            data: "x\n y".into(),
+        };
+        assert_eq!(got, [want]);
     }
 
     #[test]

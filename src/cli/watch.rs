@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use super::client::{Client, ClientError};
+use super::client::{Client, ClientError, SseEvents};
 use super::{exit, status};
 
 /// Clears the screen and puts the cursor at the top left: each frame replaces the last.
@@ -50,26 +50,52 @@ pub async fn run(client: &Client) -> i32 {
     }
 }
 
+/// What one chunk of the stream asks of the view.
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// A new snapshot to show.
+    Show(Value),
+    /// The stream is over (reconnect).
+    End,
+}
+
+/// Reads one chunk of the stream into the snapshots it completed, through the CLI's one SSE
+/// reader (a character split across two chunks survives).
+fn steps(events: &mut SseEvents, chunk: &[u8]) -> Vec<Step> {
+    let mut out = Vec::new();
+    for event in events.push(chunk) {
+        match event.name.as_str() {
+            "status" => {
+                if let Ok(v) = serde_json::from_str::<Value>(&event.data) {
+                    out.push(Step::Show(v));
+                }
+            }
+            "end" => {
+                out.push(Step::End);
+                break;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Draws from one stream until it ends (false: reconnect) or Ctrl-C (true: stop).
 async fn follow(client: &Client, mut resp: reqwest::Response, sigint: &mut Signal) -> bool {
-    let mut buf = String::new();
+    let mut events = SseEvents::default();
     let mut shown: Option<(Value, Instant)> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             chunk = resp.chunk() => {
                 let Ok(Some(bytes)) = chunk else { return false };
-                buf.push_str(&String::from_utf8_lossy(&bytes));
-                while let Some((name, data)) = next_event(&mut buf) {
-                    match name.as_str() {
-                        "status" => {
-                            if let Ok(v) = serde_json::from_str::<Value>(&data) {
-                                draw(client, &v, 0);
-                                shown = Some((v, Instant::now()));
-                            }
+                for step in steps(&mut events, &bytes) {
+                    match step {
+                        Step::Show(v) => {
+                            draw(client, &v, 0);
+                            shown = Some((v, Instant::now()));
                         }
-                        "end" => return false,
-                        _ => {}
+                        Step::End => return false,
                     }
                 }
             }
@@ -90,27 +116,6 @@ fn draw(client: &Client, v: &Value, elapsed: i64) {
         "{REDRAW}{}\n(live; Ctrl-C to stop)",
         status::render(&client.authority(), &v)
     );
-}
-
-/// Takes the next whole Server-Sent Event out of `buf`: (event name, data); heartbeat comments
-/// are dropped.
-fn next_event(buf: &mut String) -> Option<(String, String)> {
-    loop {
-        let cut = buf.find("\n\n")?;
-        let block: String = buf.drain(..cut + 2).collect();
-        let mut name = String::from("message");
-        let mut data = Vec::new();
-        for line in block.lines() {
-            if let Some(v) = line.strip_prefix("event:") {
-                name = v.trim().to_string();
-            } else if let Some(v) = line.strip_prefix("data:") {
-                data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
-            }
-        }
-        if !data.is_empty() {
-            return Some((name, data.join("\n")));
-        }
-    }
 }
 
 /// Moves a snapshot's clocks `secs` seconds on: what counts down counts down (not below 0),
@@ -154,14 +159,20 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn events_are_cut_out_whole_and_heartbeats_dropped() {
-        let mut buf = String::from(": heartbeat\n\nevent: status\ndata: {\"a\":1}\n\nevent: st");
-        assert_eq!(
-            next_event(&mut buf),
-            Some(("status".to_string(), "{\"a\":1}".to_string()))
-        );
-        assert_eq!(next_event(&mut buf), None);
-        assert_eq!(buf, "event: st");
+    fn a_snapshot_with_a_character_split_across_chunks_is_shown_whole() {
+        let stream = "event: status\ndata: {\"notes\":[{\"value\":\"caf\u{e9} \u{1f512}\"}]}\n\n\
+                      event: end\ndata: {}\n\n"
+            .as_bytes();
+        let want = [
+            Step::Show(json!({"notes": [{"value": "caf\u{e9} \u{1f512}"}]})),
+            Step::End,
+        ];
+        for cut in 0..=stream.len() {
+            let mut events = SseEvents::default();
+            let mut got = steps(&mut events, &stream[..cut]);
+            got.extend(steps(&mut events, &stream[cut..]));
+            assert_eq!(got, want, "cut at byte {cut}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::AsyncMessage;
 
-use super::{db_error, pooled, Answer, Node, RECONNECT_AFTER, SAFETY_NET};
+use super::{db_error, pooled, Answer, Node, Waiting, RECONNECT_AFTER, SAFETY_NET};
 use crate::core::{
     CoreError, CoreResult, ProgressFn, Request, Response, WaitReport, MAX_WAIT_SECONDS,
     PROGRESS_EVERY,
@@ -231,6 +231,22 @@ async fn deliver(node: &Node, answers: Vec<(i64, String)>) {
 /// Most answer announcements kept for callers still to learn their ids (see `Waiting::early`).
 const EARLY_LIMIT: usize = 100_000;
 
+impl Waiting {
+    /// Takes a burst of answered ids: returns those whose callers wait, and keeps the others as
+    /// early (their callers are still to learn their ids), the oldest dropped past
+    /// [`EARLY_LIMIT`].
+    fn announced(&mut self, burst: Vec<i64>) -> Vec<i64> {
+        let (known, early): (Vec<i64>, Vec<i64>) = burst
+            .into_iter()
+            .partition(|id| self.calls.contains_key(id));
+        self.early.extend(early);
+        while self.early.len() > EARLY_LIMIT {
+            self.early.pop_first();
+        }
+        known
+    }
+}
+
 /// The next id `recv` gives, or `None` once the daemon stops. The task holds the `Node` that
 /// owns the sending half, so the channel never closes by itself.
 async fn next_id(node: &Node, recv: impl std::future::Future<Output = Option<i64>>) -> Option<i64> {
@@ -247,16 +263,7 @@ pub(super) async fn fetch_answers(node: Arc<Node>, mut ids: mpsc::Receiver<i64>)
         while let Ok(id) = ids.try_recv() {
             burst.push(id);
         }
-        let known: Vec<i64> = {
-            let mut w = node.waiting.lock().expect("waiting");
-            let (known, early): (Vec<i64>, Vec<i64>) =
-                burst.into_iter().partition(|id| w.calls.contains_key(id));
-            w.early.extend(early);
-            while w.early.len() > EARLY_LIMIT {
-                w.early.pop_first();
-            }
-            known
-        };
+        let known = node.waiting.lock().expect("waiting").announced(burst);
         if known.is_empty() {
             continue;
         }
@@ -486,6 +493,104 @@ pub(super) async fn drain(node: &Arc<Node>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::HINTS;
+
+    /// A node that never connects (its pool is lazy, and nothing here asks it for a
+    /// connection), with the receivers its answer tasks would read.
+    fn idle_node() -> (Arc<Node>, mpsc::Receiver<i64>, mpsc::UnboundedReceiver<i64>) {
+        let target = crate::store::postgres::tls::parse("postgres://airlock@127.0.0.1:1/none")
+            .expect("a plain URL");
+        let manager = deadpool_postgres::Manager::from_config(
+            target.config.clone(),
+            target.tls.clone(),
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(1)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .expect("a pool");
+        Node::new("test".into(), target.config, target.tls, pool, u64::MAX)
+    }
+
+    /// Answer notifications wait in a bounded channel: past [`HINTS`] a flood is dropped (the
+    /// safety net finds those answers), not queued without bound.
+    #[tokio::test]
+    async fn a_flood_of_answer_notifications_is_bounded() {
+        let (node, mut answers, _read) = idle_node();
+        let channel = calls::answer_channel(&node.id);
+        for id in 0..HINTS as i64 + 10 {
+            route(&node, &channel, &id.to_string());
+        }
+        let mut queued = 0;
+        while answers.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, HINTS);
+        // Room again once read.
+        route(&node, &channel, "1");
+        assert_eq!(answers.try_recv().ok(), Some(1));
+    }
+
+    /// Answers announced before their callers know their ids are kept up to [`EARLY_LIMIT`],
+    /// the oldest dropped first: the newest (whose callers may still come) always stay.
+    #[test]
+    fn early_announcements_drop_their_oldest_past_the_bound() {
+        let mut w = Waiting::default();
+        let (tx, _rx) = oneshot::channel();
+        w.calls.insert(3, tx);
+        let last = EARLY_LIMIT as i64 + 5;
+        assert_eq!(w.announced((1..=last).collect()), [3]);
+        assert_eq!(w.early.len(), EARLY_LIMIT);
+        // 1, 2, 4 and 5 went (3 had its caller).
+        assert_eq!(w.early.first(), Some(&6));
+        assert_eq!(w.early.last(), Some(&last));
+        assert!(w.announced(vec![last + 1]).is_empty());
+        assert_eq!(w.early.len(), EARLY_LIMIT);
+        assert_eq!(
+            (w.early.first(), w.early.last()),
+            (Some(&7), Some(&(last + 1)))
+        );
+    }
+
+    /// The answer fetcher and the answer forgetter hold the node that owns their channels'
+    /// senders, so their channels never close: they stop with the daemon, and let go of it.
+    #[tokio::test]
+    async fn the_answer_tasks_stop_with_the_daemon() {
+        let (node, answers, read) = idle_node();
+        let fetch = tokio::spawn(fetch_answers(node.clone(), answers));
+        let forget = tokio::spawn(forget_read(node.clone(), read));
+        // An answer nobody waits for yet is kept as early (no database needed).
+        node.answers_tx.send(7).await.unwrap();
+        for _ in 0..1_000 {
+            if node.waiting.lock().unwrap().early.contains(&7) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(node.waiting.lock().unwrap().early.contains(&7));
+        assert!(!fetch.is_finished() && !forget.is_finished());
+        node.stop.cancel();
+        for _ in 0..1_000 {
+            if fetch.is_finished() && forget.is_finished() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            fetch.is_finished(),
+            "the answer fetcher outlived the daemon"
+        );
+        assert!(
+            forget.is_finished(),
+            "the answer forgetter outlived the daemon"
+        );
+        fetch.await.unwrap();
+        forget.await.unwrap();
+        assert_eq!(Arc::strong_count(&node), 1, "a task still holds the node");
+    }
 
     #[test]
     fn answers_survive_the_trip_through_the_table() {

@@ -246,28 +246,7 @@ pub async fn join(url: &str, pool_size: usize, state_quota: u64) -> anyhow::Resu
         .build()
         .context("cannot build the PostgreSQL connection pool")?;
 
-    let (to_coordinator, coordinator_rx) = mpsc::channel(HINTS);
-    let (answers_tx, answers_rx) = mpsc::channel(HINTS);
-    let (forget_tx, forget_rx) = mpsc::unbounded_channel();
-    let node = Arc::new(Node {
-        id,
-        pg,
-        tls,
-        pool,
-        engine: RwLock::new(None),
-        waiting: Mutex::new(Waiting::default()),
-        to_withdraw: Mutex::new(Vec::new()),
-        listener: tokio::sync::Mutex::new(None),
-        listening: AtomicBool::new(false),
-        stop: CancellationToken::new(),
-        coordinating: tokio::sync::Mutex::new(()),
-        to_coordinator,
-        coordinator_rx: tokio::sync::Mutex::new(coordinator_rx),
-        answers_tx,
-        forget_tx,
-        running: Mutex::new(HashMap::new()),
-        state_quota,
-    });
+    let (node, answers_rx, forget_rx) = Node::new(id, pg, tls, pool, state_quota);
     let (up_tx, up_rx) = oneshot::channel();
     tokio::spawn(forward::listen(node.clone(), Some(up_tx)));
     tokio::spawn(forward::fetch_answers(node.clone(), answers_rx));
@@ -280,6 +259,40 @@ pub async fn join(url: &str, pool_size: usize, state_quota: u64) -> anyhow::Resu
 }
 
 impl Node {
+    /// A node that has started nothing yet (no connection is made here), and what its
+    /// background tasks read: answered ids for `fetch_answers`, read ones for `forget_read`.
+    fn new(
+        id: String,
+        pg: tokio_postgres::Config,
+        tls: crate::store::postgres::tls::Connector,
+        pool: deadpool_postgres::Pool,
+        state_quota: u64,
+    ) -> (Arc<Node>, mpsc::Receiver<i64>, mpsc::UnboundedReceiver<i64>) {
+        let (to_coordinator, coordinator_rx) = mpsc::channel(HINTS);
+        let (answers_tx, answers_rx) = mpsc::channel(HINTS);
+        let (forget_tx, forget_rx) = mpsc::unbounded_channel();
+        let node = Arc::new(Node {
+            id,
+            pg,
+            tls,
+            pool,
+            engine: RwLock::new(None),
+            waiting: Mutex::new(Waiting::default()),
+            to_withdraw: Mutex::new(Vec::new()),
+            listener: tokio::sync::Mutex::new(None),
+            listening: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+            coordinating: tokio::sync::Mutex::new(()),
+            to_coordinator,
+            coordinator_rx: tokio::sync::Mutex::new(coordinator_rx),
+            answers_tx,
+            forget_tx,
+            running: Mutex::new(HashMap::new()),
+            state_quota,
+        });
+        (node, answers_rx, forget_rx)
+    }
+
     fn coordinator(&self) -> Option<Coordinator> {
         self.engine.read().expect("engine lock").clone()
     }

@@ -746,6 +746,10 @@ pub struct StatusCursor {
     pub events: SectionAt,
     #[serde(default)]
     pub queues: SectionAt,
+    /// The open tasks, shown whole on the first page: `Start` to show them, else `Done` (a
+    /// cursor that does not name them comes after the first page).
+    #[serde(default = "SectionAt::done")]
+    pub tasks: SectionAt,
 }
 
 /// Where one section of `/status` stands between pages.
@@ -761,12 +765,28 @@ pub enum SectionAt {
     Done,
 }
 
+impl SectionAt {
+    fn done() -> SectionAt {
+        SectionAt::Done
+    }
+}
+
 /// The longest `/status` cursor accepted: five positions, each at most a name long, in hex.
 pub const MAX_STATUS_CURSOR_BYTES: usize = 16 * 1024;
 
 impl StatusCursor {
     pub fn encode(&self) -> String {
         hex::encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    /// Where a snapshot of what can be counted starts (`GET /metrics`): every section but the
+    /// notes and the open tasks, so that no note value or task payload is read.
+    pub fn counts_only() -> StatusCursor {
+        StatusCursor {
+            notes: SectionAt::Done,
+            tasks: SectionAt::Done,
+            ..StatusCursor::default()
+        }
     }
 
     /// Checks a `/status` page: `limit` as for the list tools, `cursor` one this daemon made.

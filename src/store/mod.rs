@@ -319,27 +319,25 @@ pub trait Store: Send {
     // cursor, at most `limit`, and whether more follow. These defaults cut the full list (so
     // memory is not bounded by the page); SQLite overrides them with bounded queries.
 
-    /// Live notes with keys after `after`; values left empty unless `values`, and the page
-    /// stops once its values pass `max_bytes` (always at least one row).
+    /// Live notes with keys after `after`, each value read as `values` says; the page stops
+    /// once the values read pass `max_bytes` (always at least one row).
     fn note_page(
         &mut self,
         now: Millis,
         after: Option<&str>,
         limit: usize,
-        values: bool,
+        values: Values,
         max_bytes: usize,
     ) -> StoreResult<(Vec<NoteRow>, bool)> {
         let rows = self
             .note_list(now)?
             .into_iter()
-            .filter(|n| after.is_none_or(|a| n.key.as_str() > a));
-        // Values left out do not count against the budget.
-        let size = |n: &NoteRow| if values { n.value.len() } else { 0 };
-        let (mut rows, more) = take_page(rows.map(Ok::<_, StoreError>), limit, max_bytes, size)?;
-        if !values {
-            rows.iter_mut().for_each(|n| n.value.clear());
-        }
-        Ok((rows, more))
+            .filter(|n| after.is_none_or(|a| n.key.as_str() > a))
+            .map(|mut n| {
+                values.cut(&mut n.value);
+                Ok::<_, StoreError>(n)
+            });
+        take_page(rows, limit, max_bytes, |n| n.value.len())
     }
 
     /// Live holders (expiring after `now`) of the first `limit` lock names after `after`: a page
@@ -372,23 +370,26 @@ pub trait Store: Send {
         take_page(rows.map(Ok::<_, StoreError>), limit, usize::MAX, |_| 0)
     }
 
-    /// Tasks of one queue (or all), in one state (or all), with ids after `after`; stops once
-    /// payloads pass `max_bytes`.
+    /// Tasks of one queue (or all), in one state (or all), with ids after `after`, each payload
+    /// read as `payloads` says; stops once the payloads read pass `max_bytes`.
     fn task_page(
         &mut self,
         queue: Option<&str>,
         state: Option<TaskState>,
         after: Option<i64>,
         limit: usize,
+        payloads: Values,
         max_bytes: usize,
     ) -> StoreResult<(Vec<TaskRow>, bool)> {
         let rows = self
             .task_list_in(queue, state)?
             .into_iter()
-            .filter(|t| after.is_none_or(|a| t.id > a));
-        take_page(rows.map(Ok::<_, StoreError>), limit, max_bytes, |t| {
-            t.payload.len()
-        })
+            .filter(|t| after.is_none_or(|a| t.id > a))
+            .map(|mut t| {
+                payloads.cut(&mut t.payload);
+                Ok::<_, StoreError>(t)
+            });
+        take_page(rows, limit, max_bytes, |t| t.payload.len())
     }
 
     /// For each of `agents`: how many live locks it holds and how many live leases
@@ -437,6 +438,43 @@ pub trait Store: Send {
     /// quota from outside the engine thread; `None` where the backend has none (PostgreSQL).
     fn usage_meter(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicU64>> {
         None
+    }
+}
+
+/// How much of each value (a note's value, a task's payload) a page reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Values {
+    /// None: each is left empty.
+    Omit,
+    /// The first this many characters of each, cut by the backend's query so that no more of a
+    /// value is fetched (the `/status` glance: a value may be hundreds of KiB).
+    Preview(usize),
+    /// Every value whole.
+    Whole,
+}
+
+impl Values {
+    /// Cuts `value` as asked, in memory (for stores without a bounded query).
+    pub fn cut(self, value: &mut String) {
+        match self {
+            Values::Omit => value.clear(),
+            Values::Preview(chars) => {
+                if let Some((at, _)) = value.char_indices().nth(chars) {
+                    value.truncate(at);
+                }
+            }
+            Values::Whole => {}
+        }
+    }
+
+    /// As one SQL parameter: -1 whole, 0 none, else the characters to keep (both backends'
+    /// page queries read it with `CASE`, so a value is fetched only as far as asked).
+    pub fn sql_chars(self) -> i64 {
+        match self {
+            Values::Omit => 0,
+            Values::Preview(chars) => i64::try_from(chars).unwrap_or(i64::MAX),
+            Values::Whole => -1,
+        }
     }
 }
 

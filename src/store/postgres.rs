@@ -27,7 +27,7 @@ use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::{
     AgentRow, EventRow, Expiries, HistoryQuery, HistoryRow, LockRow, NewTask, NoteRow, QueueCount,
-    Store, StoreError, StoreResult, TaskRow, TaskState,
+    Store, StoreError, StoreResult, TaskRow, TaskState, Values,
 };
 use crate::clock::Millis;
 
@@ -812,7 +812,7 @@ impl Store for PgStore {
         now: Millis,
         after: Option<&str>,
         limit: usize,
-        values: bool,
+        values: Values,
         max_bytes: usize,
     ) -> StoreResult<(Vec<NoteRow>, bool)> {
         self.pg_note_page(now, after, limit, values, max_bytes)
@@ -842,9 +842,10 @@ impl Store for PgStore {
         state: Option<TaskState>,
         after: Option<i64>,
         limit: usize,
+        payloads: Values,
         max_bytes: usize,
     ) -> StoreResult<(Vec<TaskRow>, bool)> {
-        self.pg_task_page(queue, state, after, limit, max_bytes)
+        self.pg_task_page(queue, state, after, limit, payloads, max_bytes)
     }
 
     fn holdings(

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
     AgentRow, EventRow, Expiries, HistoryQuery, HistoryRow, LockRow, NewTask, NoteRow, QueueCount,
-    Store, StoreError, StoreResult, TaskRow, TaskState,
+    Store, StoreError, StoreResult, TaskRow, TaskState, Values,
 };
 use crate::clock::Millis;
 
@@ -657,19 +657,23 @@ impl Store for SqliteStore {
         now: Millis,
         after: Option<&str>,
         limit: usize,
-        values: bool,
+        values: Values,
         max_bytes: usize,
     ) -> StoreResult<(Vec<NoteRow>, bool)> {
-        let sql = if values {
-            "SELECT key, value, author, expires_at FROM notes
-             WHERE (expires_at IS NULL OR expires_at > ?1) AND key > ?2 ORDER BY key LIMIT ?3"
-        } else {
-            "SELECT key, '', author, expires_at FROM notes
-             WHERE (expires_at IS NULL OR expires_at > ?1) AND key > ?2 ORDER BY key LIMIT ?3"
-        };
-        let mut st = self.conn.prepare_cached(sql)?;
+        // SQLite reads a column only when the `CASE` arm that names it runs.
+        let mut st = self.conn.prepare_cached(
+            "SELECT key, CASE WHEN ?4 < 0 THEN value WHEN ?4 = 0 THEN ''
+                              ELSE substr(value, 1, ?4) END,
+                    author, expires_at FROM notes
+             WHERE (expires_at IS NULL OR expires_at > ?1) AND key > ?2 ORDER BY key LIMIT ?3",
+        )?;
         let rows = st.query_map(
-            params![now, after.unwrap_or(""), page_limit(limit)],
+            params![
+                now,
+                after.unwrap_or(""),
+                page_limit(limit),
+                values.sql_chars()
+            ],
             note_from,
         )?;
         Ok(super::take_page(rows, limit, max_bytes, |n| n.value.len())?)
@@ -722,19 +726,26 @@ impl Store for SqliteStore {
         state: Option<TaskState>,
         after: Option<i64>,
         limit: usize,
+        payloads: Values,
         max_bytes: usize,
     ) -> StoreResult<(Vec<TaskRow>, bool)> {
-        let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR queue = ?1) AND id > ?2
-             AND (?4 IS NULL OR state = ?4) ORDER BY id LIMIT ?3"
-        );
-        let mut st = self.conn.prepare_cached(&sql)?;
+        // [`TASK_COLUMNS`] with the payload read only as far as asked.
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, queue, CASE WHEN ?5 < 0 THEN payload WHEN ?5 = 0 THEN ''
+                                    ELSE substr(payload, 1, ?5) END,
+                    author, priority, state, attempts, lease_agent, lease_token,
+                    lease_expires_at, finished_at, ready_at, max_attempts, unique_key,
+                    last_error, result
+             FROM tasks WHERE (?1 IS NULL OR queue = ?1) AND id > ?2
+             AND (?4 IS NULL OR state = ?4) ORDER BY id LIMIT ?3",
+        )?;
         let rows = st.query_map(
             params![
                 queue,
                 after.unwrap_or(i64::MIN),
                 page_limit(limit),
-                state.map(|s| s.as_str())
+                state.map(|s| s.as_str()),
+                payloads.sql_chars()
             ],
             task_from,
         )?;

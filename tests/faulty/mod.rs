@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use airlock::clock::Millis;
 use airlock::store::{
     AgentRow, EventRow, Expiries, HistoryQuery, HistoryRow, LockRow, NewTask, NoteRow, QueueCount,
-    Store, StoreError, StoreResult, TaskRow, TaskState,
+    Store, StoreError, StoreResult, TaskRow, TaskState, Values,
 };
 
 /// Where the next fault strikes.
@@ -34,6 +34,9 @@ pub struct Plan {
     /// The store methods called (the transaction's own included), by name, since the last
     /// `take_log`.
     log: Vec<&'static str>,
+    /// What each `note_page` and `task_page` call asked to read of the values, since the last
+    /// `take_page_reads`.
+    page_reads: Vec<(&'static str, Values)>,
 }
 
 /// The test's handle on a [`FaultyStore`]'s plan.
@@ -52,6 +55,12 @@ impl Faults {
     /// The store methods called since the last call, by name.
     pub fn take_log(&self) -> Vec<&'static str> {
         std::mem::take(&mut self.0.lock().unwrap().log)
+    }
+
+    /// What each `note_page` and `task_page` call since the last call asked to read of the
+    /// values (whole, a preview, none).
+    pub fn take_page_reads(&self) -> Vec<(&'static str, Values)> {
+        std::mem::take(&mut self.0.lock().unwrap().page_reads)
     }
 
     /// Disarms; true if the fault struck.
@@ -77,6 +86,11 @@ impl FaultyStore {
             },
             faults,
         )
+    }
+
+    fn read_values(&self, page: &'static str, values: Values) {
+        let mut p = self.faults.0.lock().unwrap();
+        p.page_reads.push((page, values));
     }
 
     fn injected() -> StoreError {
@@ -274,9 +288,10 @@ impl Store for FaultyStore {
         now: Millis,
         after: Option<&str>,
         limit: usize,
-        values: bool,
+        values: Values,
         max_bytes: usize,
     ) -> StoreResult<(Vec<NoteRow>, bool)> {
+        self.read_values("note_page", values);
         self.stmt("note_page", |s| {
             s.note_page(now, after, limit, values, max_bytes)
         })
@@ -303,10 +318,12 @@ impl Store for FaultyStore {
         state: Option<TaskState>,
         after: Option<i64>,
         limit: usize,
+        payloads: Values,
         max_bytes: usize,
     ) -> StoreResult<(Vec<TaskRow>, bool)> {
+        self.read_values("task_page", payloads);
         self.stmt("task_page", |s| {
-            s.task_page(queue, state, after, limit, max_bytes)
+            s.task_page(queue, state, after, limit, payloads, max_bytes)
         })
     }
     fn holdings(

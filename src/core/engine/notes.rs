@@ -5,7 +5,7 @@
 use super::{Reply, Tx};
 use crate::clock::{seconds_left, Millis};
 use crate::core::types::*;
-use crate::store::NoteRow;
+use crate::store::{NoteRow, Values};
 
 /// The note if it is live now; an expired row counts as absent.
 fn live_note(tx: &mut Tx, key: &str) -> CoreResult<Option<NoteRow>> {
@@ -64,17 +64,24 @@ pub(super) fn get_note(tx: &mut Tx, key: &str, reply: Reply<GetNoteResult>) {
     tx.respond(reply, r)
 }
 
-/// Every live note, values included.
 /// How much of each note's value the status snapshot shows: it is a glance, not a dump (a
 /// value may be hundreds of KiB, and the snapshot is built on the engine thread).
-pub(super) const STATUS_VALUE_CHARS: i64 = 120;
+pub(super) const STATUS_VALUE_CHARS: usize = 120;
 
-/// Every live note for the status snapshot: values cut to [`STATUS_VALUE_CHARS`] characters
-/// by the store (a cut value ends in `…`).
-/// Cuts a note's value to [`STATUS_VALUE_CHARS`] characters for the status snapshot, marking
-/// the cut with `…`.
-pub(super) fn clip_for_status(value: &mut String) {
-    if let Some((at, _)) = value.char_indices().nth(STATUS_VALUE_CHARS as usize) {
+/// One page of live notes for the status snapshot: each value read by the store only as far
+/// as [`STATUS_VALUE_CHARS`] characters and one more (so a longer one is known), then cut to
+/// [`STATUS_VALUE_CHARS`] marked with `…`.
+pub(super) fn status_page(tx: &mut Tx, page: &Page) -> CoreResult<Paged<NoteView>> {
+    let mut notes = note_page(tx, page, Values::Preview(STATUS_VALUE_CHARS + 1))?;
+    for n in &mut notes.items {
+        clip(&mut n.value, STATUS_VALUE_CHARS);
+    }
+    Ok(notes)
+}
+
+/// Cuts `value` to `chars` characters, marking the cut with `…`.
+pub(super) fn clip(value: &mut String, chars: usize) {
+    if let Some((at, _)) = value.char_indices().nth(chars) {
         value.truncate(at);
         value.push('…');
     }
@@ -83,18 +90,23 @@ pub(super) fn clip_for_status(value: &mut String) {
 /// One page of live notes, in key order (values left empty without `page.values`; the page
 /// stops once its values pass [`MAX_PAGE_VALUE_BYTES`]).
 pub(super) fn list_notes(tx: &mut Tx, page: &Page, reply: Reply<Paged<NoteView>>) {
-    let r = note_page(tx, page);
+    let values = if page.values {
+        Values::Whole
+    } else {
+        Values::Omit
+    };
+    let r = note_page(tx, page, values);
     tx.respond(reply, r)
 }
 
-pub(super) fn note_page(tx: &mut Tx, page: &Page) -> CoreResult<Paged<NoteView>> {
+fn note_page(tx: &mut Tx, page: &Page, values: Values) -> CoreResult<Paged<NoteView>> {
     let now = tx.now();
     tx.db(|s| {
         s.note_page(
             now,
             page.after.as_deref(),
             page.limit,
-            page.values,
+            values,
             MAX_PAGE_VALUE_BYTES,
         )
     })

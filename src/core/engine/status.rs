@@ -2,8 +2,8 @@
 //! parked call stands (for its progress notifications).
 //!
 //! The snapshot is built on the engine thread, so it reads summaries, not rows: counts grouped
-//! by the store (tasks per queue and state, locks and leases per agent) and note values cut
-//! short, never every task payload or whole note value.
+//! by the store (tasks per queue and state, locks and leases per agent), and note values and
+//! open tasks' payloads cut short by the store's query, never a whole value or payload.
 
 use super::events::Events;
 use super::locks::Locks;
@@ -11,7 +11,7 @@ use super::tasks::{task_view, Tasks};
 use super::{notes, presence, ProgressReply, Reply, Tx, WaitProgress};
 use crate::core::request::ListPage;
 use crate::core::types::*;
-use crate::store::TaskState;
+use crate::store::{TaskState, Values};
 
 pub(super) fn status(
     tx: &mut Tx,
@@ -74,15 +74,12 @@ fn snapshot(
     // named in `truncated`, and `next_cursor` carries where each one stands.
     let (lock_views, locks_at) = section(&at.locks, limit, |p| locks.lock_page(tx, p))?;
     let (agents, agents_at) = section(&at.agents, limit, |p| presence::agent_page(tx, p))?;
-    let (mut notes, notes_at) = section(&at.notes, limit, |p| notes::note_page(tx, p))?;
-    for n in &mut notes {
-        notes::clip_for_status(&mut n.value);
-    }
+    let (notes, notes_at) = section(&at.notes, limit, |p| notes::status_page(tx, p))?;
     let (event_views, events_at) = section(&at.events, limit, |p| {
         in_memory(events.event_views(tx)?, p, |e| &e.name)
     })?;
-    // The open tasks come with the first page of queues (the dashboard's glance).
-    let open = match at.queues {
+    // The open tasks come with the first page (the dashboard's glance).
+    let open = match at.tasks {
         SectionAt::Start => open_tasks(tx)?,
         _ => Vec::new(),
     };
@@ -95,6 +92,7 @@ fn snapshot(
         notes: notes_at,
         events: events_at,
         queues: queues_at,
+        tasks: SectionAt::Done,
     };
     let truncated: Vec<String> = [
         ("locks", &next.locks),
@@ -122,9 +120,11 @@ fn snapshot(
 }
 
 /// Open tasks, claimed ones first, then pending, oldest first in each: at most
-/// [`STATUS_MAX_TASKS`] in all, payloads cut to [`STATUS_PAYLOAD_CHARS`].
+/// [`STATUS_MAX_TASKS`] in all, payloads read by the store only as far as
+/// [`STATUS_PAYLOAD_CHARS`] characters and one more, then cut to [`STATUS_PAYLOAD_CHARS`].
 fn open_tasks(tx: &mut Tx) -> CoreResult<Vec<TaskView>> {
     let now = tx.now();
+    let preview = Values::Preview(STATUS_PAYLOAD_CHARS + 1);
     let mut rows = Vec::new();
     for state in [TaskState::Claimed, TaskState::Pending] {
         let room = STATUS_MAX_TASKS - rows.len();
@@ -132,21 +132,14 @@ fn open_tasks(tx: &mut Tx) -> CoreResult<Vec<TaskView>> {
             break;
         }
         let (page, _) =
-            tx.db(|s| s.task_page(None, Some(state), None, room, MAX_PAGE_VALUE_BYTES))?;
+            tx.db(|s| s.task_page(None, Some(state), None, room, preview, MAX_PAGE_VALUE_BYTES))?;
         rows.extend(page);
     }
     Ok(rows
         .into_iter()
         .map(|t| {
             let mut v = task_view(t, now);
-            if v.payload.chars().count() > STATUS_PAYLOAD_CHARS {
-                v.payload = v
-                    .payload
-                    .chars()
-                    .take(STATUS_PAYLOAD_CHARS)
-                    .collect::<String>()
-                    + "…";
-            }
+            notes::clip(&mut v.payload, STATUS_PAYLOAD_CHARS);
             v
         })
         .collect())

@@ -15,7 +15,7 @@ use crate::clock::{seconds_left, Millis};
 use crate::core::history::{HistoryKind, Why};
 use crate::core::request::PushTask;
 use crate::core::types::*;
-use crate::store::{NewTask, TaskRow, TaskState};
+use crate::store::{NewTask, TaskRow, TaskState, Values};
 
 struct ClaimWaiter {
     call: u64,
@@ -164,7 +164,16 @@ pub(super) fn list_tasks(
     // `Request::check` made sure a task cursor is an id.
     let after = page.after.as_deref().and_then(|c| c.parse::<i64>().ok());
     let r = tx
-        .db(|s| s.task_page(queue, state, after, page.limit, MAX_PAGE_VALUE_BYTES))
+        .db(|s| {
+            s.task_page(
+                queue,
+                state,
+                after,
+                page.limit,
+                Values::Whole,
+                MAX_PAGE_VALUE_BYTES,
+            )
+        })
         .map(|(rows, more)| {
             let next_cursor = more
                 .then(|| rows.last().map(|t| t.id.to_string()))

@@ -11,7 +11,7 @@ use super::{
     agent_from, lock_from, note_from, rows, task_from, PgStore, LOCK_COLUMNS, TASK_COLUMNS,
 };
 use crate::clock::Millis;
-use crate::store::{AgentRow, LockRow, NoteRow, StoreResult, TaskRow, TaskState};
+use crate::store::{AgentRow, LockRow, NoteRow, StoreResult, TaskRow, TaskState, Values};
 
 fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
@@ -19,6 +19,11 @@ fn sql_limit(limit: usize) -> i64 {
 
 fn sql_bytes(max_bytes: usize) -> i64 {
     i64::try_from(max_bytes).unwrap_or(i64::MAX)
+}
+
+/// [`Values::sql_chars`] as PostgreSQL's `substr` takes it (an `int`).
+fn pg_chars(values: Values) -> i32 {
+    i32::try_from(values.sql_chars()).unwrap_or(i32::MAX)
 }
 
 impl PgStore {
@@ -40,19 +45,23 @@ impl PgStore {
         now: Millis,
         after: Option<&str>,
         limit: usize,
-        values: bool,
+        values: Values,
         max_bytes: usize,
     ) -> StoreResult<(Vec<NoteRow>, bool)> {
-        // `before`: the bytes of the values ahead of a row in the page; a row is in the page if
+        // `shown`: the value as far as asked (`substr` of a stored value fetches only the slice
+        // it needs); `before`: the bytes shown ahead of a row in the page; a row is in the page if
         // it starts within the budget (so the first row always is).
-        let sql = "SELECT key, CASE WHEN $5 THEN value ELSE '' END, author, expires_at FROM (
-                SELECT key, value, author, expires_at,
-                       coalesce(sum(CASE WHEN $5 THEN octet_length(value) ELSE 0 END) OVER (
+        let sql = "SELECT key, shown, author, expires_at FROM (
+                SELECT key, shown, author, expires_at,
+                       coalesce(sum(octet_length(shown)) OVER (
                            ORDER BY key ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
                            AS before
-                FROM airlock.notes
-                WHERE (expires_at IS NULL OR expires_at > $1) AND key > $2
-                ORDER BY key LIMIT $3) page
+                FROM (SELECT key, author, expires_at,
+                             CASE WHEN $5 < 0 THEN value WHEN $5 = 0 THEN ''
+                                  ELSE substr(value, 1, $5::int) END AS shown
+                      FROM airlock.notes
+                      WHERE (expires_at IS NULL OR expires_at > $1) AND key > $2
+                      ORDER BY key LIMIT $3) live) page
             WHERE before < $4 ORDER BY key";
         let after = after.unwrap_or("");
         let r = self.query_rows(
@@ -62,7 +71,7 @@ impl PgStore {
                 &after,
                 &sql_limit(limit),
                 &sql_bytes(max_bytes),
-                &values,
+                &pg_chars(values),
             ],
         )?;
         let page = rows(r, note_from)?;
@@ -126,17 +135,25 @@ impl PgStore {
         state: Option<TaskState>,
         after: Option<i64>,
         limit: usize,
+        payloads: Values,
         max_bytes: usize,
     ) -> StoreResult<(Vec<TaskRow>, bool)> {
+        // As for notes: `payload` is the payload as far as asked (the inner query renames it,
+        // so [`TASK_COLUMNS`] reads the cut one).
         let sql = format!(
             "SELECT {TASK_COLUMNS} FROM (
                 SELECT *, coalesce(sum(octet_length(payload)) OVER (
                            ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
                            AS before
-                FROM airlock.tasks
-                WHERE ($1::text IS NULL OR queue = $1) AND id > $2
-                  AND ($5::text IS NULL OR state = $5)
-                ORDER BY id LIMIT $3) page
+                FROM (SELECT id, queue, author, priority, state, attempts, lease_agent,
+                             lease_token, lease_expires_at, finished_at, ready_at, max_attempts,
+                             unique_key, last_error, result,
+                             CASE WHEN $6 < 0 THEN payload WHEN $6 = 0 THEN ''
+                                  ELSE substr(payload, 1, $6::int) END AS payload
+                      FROM airlock.tasks
+                      WHERE ($1::text IS NULL OR queue = $1) AND id > $2
+                        AND ($5::text IS NULL OR state = $5)
+                      ORDER BY id LIMIT $3) live) page
              WHERE before < $4 ORDER BY id"
         );
         let after = after.unwrap_or(i64::MIN);
@@ -149,6 +166,7 @@ impl PgStore {
                 &sql_limit(limit),
                 &sql_bytes(max_bytes),
                 &state,
+                &pg_chars(payloads),
             ],
         )?;
         let page = rows(r, task_from)?;

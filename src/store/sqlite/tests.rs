@@ -86,15 +86,15 @@ fn pages_stop_at_the_limit_or_the_byte_budget() {
         .unwrap();
     }
     s.commit().unwrap();
-    let (rows, more) = s.note_page(0, None, 4, true, usize::MAX).unwrap();
+    let (rows, more) = s.note_page(0, None, 4, Values::Whole, usize::MAX).unwrap();
     assert_eq!((rows.len(), more), (4, true));
-    let (rows, more) = s.note_page(0, Some("k3"), 100, true, 250).unwrap();
+    let (rows, more) = s.note_page(0, Some("k3"), 100, Values::Whole, 250).unwrap();
     assert_eq!(
         rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
         ["k4", "k5", "k6"]
     );
     assert!(more);
-    let (rows, more) = s.note_page(0, Some("k7"), 100, false, 1).unwrap();
+    let (rows, more) = s.note_page(0, Some("k7"), 100, Values::Omit, 1).unwrap();
     assert_eq!(
         rows.len(),
         2,
