@@ -16,16 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// `airlock ARGS…` aimed at `d` (address and token through the environment, like a user's shell).
 fn cmd(d: &Daemon, args: &[&str]) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(airlock_bin());
-    c.args(args)
-        .env("AIRLOCK_URL", &d.url)
-        .env("AIRLOCK_HOME", &d.home)
-        .env_remove("AIRLOCK_TOKEN")
-        .env_remove("AIRLOCK_AGENT")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    c
+    d.cli(args)
 }
 
 struct Ran {

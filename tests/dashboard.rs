@@ -277,15 +277,9 @@ async fn read_until(out: &mut tokio::process::ChildStdout, seen: &mut String, wa
 #[tokio::test]
 async fn status_watch_redraws_in_place() {
     let d = Daemon::start().await;
-    let mut child = tokio::process::Command::new(airlock_bin())
-        .args(["status", "--watch"])
-        .env("AIRLOCK_URL", &d.url)
-        .env("AIRLOCK_HOME", &d.home)
-        .env_remove("AIRLOCK_TOKEN")
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
+    let mut child = d
+        .cli(["status", "--watch"])
         .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut out = child.stdout.take().unwrap();

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{airlock_bin, Daemon};
+use common::Daemon;
 use serde_json::{json, Value};
 
 /// The whole history, newest first (every page).
@@ -412,36 +412,34 @@ async fn airlock_history_prints_one_line_per_entry() {
     .await;
     d.call("signal_event", json!({"name": "go"})).await;
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(airlock_bin())
-            .arg("history")
-            .args(args)
-            .env("AIRLOCK_URL", &d.url)
-            .env("AIRLOCK_HOME", &d.home)
-            .env_remove("AIRLOCK_TOKEN")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
+        let mut c = d.cli(["history"]);
+        c.args(args);
+        async move {
+            let out = c.output().await.unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        }
     };
-    let (code, out, _) = run(&["--name", "build"]);
+    let (code, out, _) = run(&["--name", "build"]).await;
     assert_eq!(code, Some(0));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert!(lines[0].contains("release") && lines[0].contains("alpha"));
     assert!(lines[0].ends_with("fence 1  reason unlock"), "{out}");
     assert!(lines[1].contains("grant"), "{out}");
-    let (_, out, _) = run(&["--limit", "1"]);
+    let (_, out, _) = run(&["--limit", "1"]).await;
     assert!(out.contains("signal") && out.contains("--cursor"), "{out}");
     let (code, out, _) = run(&[
         "--agent", "alpha", "--kind", "grant", "--since", "5m", "--json",
-    ]);
+    ])
+    .await;
     assert_eq!(code, Some(0));
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["items"].as_array().unwrap().len(), 1);
-    let (code, _, err) = run(&["--since", "soon"]);
+    let (code, _, err) = run(&["--since", "soon"]).await;
     assert_eq!(code, Some(2), "a bad argument is a usage error");
     assert!(err.contains("since"), "{err}");
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{airlock_bin, serve_refused_sqlite, within, Daemon};
@@ -522,17 +522,7 @@ async fn the_cli_prints_one_record_per_line_with_control_characters_escaped() {
         .await;
     d.call("set_note", json!({"key": "k3", "value": "plain"}))
         .await;
-    let out = within(
-        30,
-        tokio::process::Command::new(airlock_bin())
-            .args(["note", "list"])
-            .env("AIRLOCK_URL", &d.url)
-            .env("AIRLOCK_HOME", &d.home)
-            .env_remove("AIRLOCK_TOKEN")
-            .output(),
-    )
-    .await
-    .unwrap();
+    let out = within(30, d.cli(["note", "list"]).output()).await.unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success());
     let lines: Vec<&str> = stdout.lines().collect();
@@ -547,13 +537,7 @@ async fn the_cli_prints_one_record_per_line_with_control_characters_escaped() {
     );
     assert_eq!(lines[1], "k3\tplain");
     // One value alone, into a pipe, is printed byte for byte (scripts read it back exactly).
-    let out = Command::new(airlock_bin())
-        .args(["note", "get", "k1"])
-        .env("AIRLOCK_URL", &d.url)
-        .env("AIRLOCK_HOME", &d.home)
-        .env_remove("AIRLOCK_TOKEN")
-        .output()
-        .unwrap();
+    let out = d.cli(["note", "get", "k1"]).output().await.unwrap();
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
         format!("{forged}\n")
@@ -700,17 +684,7 @@ async fn big_lists_are_cut_into_pages_even_unasked_and_status_shows_previews() {
         .await;
     assert_eq!(keys["items"].as_array().unwrap().len(), 70);
     // The CLI pages through the whole list.
-    let out = within(
-        60,
-        tokio::process::Command::new(airlock_bin())
-            .args(["note", "list"])
-            .env("AIRLOCK_URL", &d.url)
-            .env("AIRLOCK_HOME", &d.home)
-            .env_remove("AIRLOCK_TOKEN")
-            .output(),
-    )
-    .await
-    .unwrap();
+    let out = within(60, d.cli(["note", "list"]).output()).await.unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 70);
     let status: Value = d
@@ -891,18 +865,15 @@ async fn status_pages_through_every_section() {
 
     // The CLI says how to get the next page, and gets it.
     let cli = |args: &[&str]| {
-        let out = Command::new(airlock_bin())
-            .arg("status")
-            .args(args)
-            .env("AIRLOCK_URL", &d.url)
-            .env("AIRLOCK_HOME", &d.home)
-            .env_remove("AIRLOCK_TOKEN")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap()
+        let mut c = d.cli(["status"]);
+        c.args(args);
+        async move {
+            let out = c.output().await.unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        }
     };
-    let first = cli(&["--limit", "2"]);
+    let first = cli(&["--limit", "2"]).await;
     let hint = "the next page: airlock status --cursor ";
     let at = first.find(hint).unwrap_or_else(|| panic!("{first}"));
     let cursor = first[at + hint.len()..]
@@ -914,7 +885,7 @@ async fn status_pages_through_every_section() {
         first.contains("lock1") && !first.contains("lock2"),
         "{first}"
     );
-    let second = cli(&["--limit", "2", "--cursor", &cursor]);
+    let second = cli(&["--limit", "2", "--cursor", &cursor]).await;
     assert!(
         second.contains("lock2") && second.contains("lock3"),
         "{second}"

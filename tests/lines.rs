@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,21 +12,7 @@ use serde_json::{json, Value};
 
 /// `airlock ARGS…` aimed at `d`; (exit code, stdout).
 async fn airlock(d: &Daemon, args: &[&str]) -> (i32, String) {
-    let out = within(
-        60,
-        tokio::process::Command::new(airlock_bin())
-            .args(args)
-            .env("AIRLOCK_URL", &d.url)
-            .env("AIRLOCK_HOME", &d.home)
-            .env_remove("AIRLOCK_TOKEN")
-            .env_remove("AIRLOCK_AGENT")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("run airlock");
+    let out = within(60, d.cli(args).output()).await.expect("run airlock");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

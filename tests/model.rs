@@ -1585,10 +1585,7 @@ fn regressions_on_postgres() {
 /// transaction, one savepoint each) are committed and answered as if it had not happened.
 #[test]
 fn a_failed_operation_does_not_fail_its_batch() {
-    let (store, faults) = FaultyStore::new(Box::new(SqliteStore::open_in_memory().unwrap()));
-    let clock = ManualClock::new(1_000_000);
-    let mut e = Engine::new(Box::new(store), Arc::new(clock)).unwrap();
-    e.process(vec![]);
+    let (mut e, faults) = faulty_engine(Box::new(SqliteStore::open_in_memory().unwrap()));
     let set = |key: &str| {
         let (tx, rx) = oneshot::channel();
         let request = Request::SetNote(SetNote {
@@ -1640,10 +1637,7 @@ fn a_failed_operation_does_not_fail_its_batch() {
 /// `RELEASE`, and a step that does is covered from its first statement to its last.
 #[test]
 fn a_savepoint_only_around_a_step_that_reaches_the_store() {
-    let (store, faults) = FaultyStore::new(Box::new(SqliteStore::open_in_memory().unwrap()));
-    let clock = ManualClock::new(1_000_000);
-    let mut e = Engine::new(Box::new(store), Arc::new(clock)).unwrap();
-    e.process(vec![]);
+    let (mut e, faults) = faulty_engine(Box::new(SqliteStore::open_in_memory().unwrap()));
     faults.take_log();
     e.process(vec![Command::Cancel(42), Command::Cancel(43)]);
     assert_eq!(faults.take_log(), ["begin", "commit"]);
@@ -1685,10 +1679,7 @@ fn a_savepoint_only_around_a_step_that_reaches_the_store() {
 /// (A failed statement failing its own step alone: `a_failed_operation_does_not_fail_its_batch`.)
 #[test]
 fn a_lazy_savepoint_keeps_failures_to_their_step() {
-    let (store, faults) = FaultyStore::new(Box::new(SqliteStore::open_in_memory().unwrap()));
-    let clock = ManualClock::new(1_000_000);
-    let mut e = Engine::new(Box::new(store), Arc::new(clock)).unwrap();
-    e.process(vec![]);
+    let (mut e, faults) = faulty_engine(Box::new(SqliteStore::open_in_memory().unwrap()));
     let set = |key: &str| {
         let (tx, rx) = oneshot::channel();
         let request = Request::SetNote(SetNote {
@@ -1746,19 +1737,8 @@ fn summaries_read_counts_not_rows_on_postgres() {
 }
 
 fn summaries_read(store: Box<dyn Store>) {
-    let (store, faults) = FaultyStore::new(store);
-    let clock = ManualClock::new(1_000_000);
-    let mut e = Engine::new(Box::new(store), Arc::new(clock)).unwrap();
-    e.process(vec![]);
-    let send = |e: &mut Engine, request: Request| {
-        let (tx, mut rx) = oneshot::channel();
-        e.process(vec![Command::Call {
-            call: 0,
-            request,
-            reply: tx.into(),
-        }]);
-        rx.try_recv().unwrap()
-    };
+    let (mut e, faults) = faulty_engine(store);
+    let send = one_call;
     send(
         &mut e,
         Request::SetNote(SetNote {
@@ -1854,19 +1834,8 @@ impl CoreApi for EngineCore {
 /// lock is still held by the one the history says holds it.
 #[test]
 fn the_history_records_only_what_committed() {
-    let (store, faults) = FaultyStore::new(Box::new(SqliteStore::open_in_memory().unwrap()));
-    let clock = ManualClock::new(1_000_000);
-    let mut e = Engine::new(Box::new(store), Arc::new(clock)).unwrap();
-    e.process(vec![]);
-    let call = |e: &mut Engine, request: Request| {
-        let (tx, mut rx) = oneshot::channel();
-        e.process(vec![Command::Call {
-            call: 0,
-            request,
-            reply: tx.into(),
-        }]);
-        rx.try_recv().unwrap()
-    };
+    let (mut e, faults) = faulty_engine(Box::new(SqliteStore::open_in_memory().unwrap()));
+    let call = one_call;
     let lock = Request::LockResource(LockResource {
         name: "x".into(),
         agent_id: "a".into(),
@@ -1932,4 +1901,24 @@ fn the_history_records_only_what_committed() {
         }))
     ));
     assert_eq!(kinds(&mut e), ["release", "grant"]);
+}
+
+/// An engine over `store` behind the fault store, past its first (empty) batch.
+fn faulty_engine(store: Box<dyn Store>) -> (Engine, Faults) {
+    let (store, faults) = FaultyStore::new(store);
+    let clock = ManualClock::new(1_000_000);
+    let mut e = Engine::new(Box::new(store), Arc::new(clock)).unwrap();
+    e.process(vec![]);
+    (e, faults)
+}
+
+/// `request` as one call in a batch of its own, and its answer.
+fn one_call(e: &mut Engine, request: Request) -> CoreResult<Response> {
+    let (tx, mut rx) = oneshot::channel();
+    e.process(vec![Command::Call {
+        call: 0,
+        request,
+        reply: tx.into(),
+    }]);
+    rx.try_recv().unwrap()
 }

@@ -451,17 +451,11 @@ async fn lock_resources_takes_each_name_in_its_own_mode() {
 async fn airlock_run_shared_and_limit() {
     let d = Daemon::start().await;
     let run = |args: &[&str]| {
-        let mut c = tokio::process::Command::new(airlock_bin());
-        c.args(args)
-            .env("AIRLOCK_URL", &d.url)
-            .env("AIRLOCK_HOME", &d.home)
-            .env_remove("AIRLOCK_TOKEN")
-            .env_remove("AIRLOCK_AGENT")
-            .env("RUST_LOG", "warn")
+        d.cli(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .kill_on_drop(true);
-        c.spawn().unwrap()
+            .spawn()
+            .unwrap()
     };
     let script = "echo started; read _";
     let mut first = run(&["run", "--lock", "db", "--shared", "--", "sh", "-c", script]);

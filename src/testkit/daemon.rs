@@ -532,6 +532,25 @@ impl Daemon {
         self.tmp.take()
     }
 
+    /// `airlock ARGS…` aimed at this daemon as a user's shell would aim it: its address and home
+    /// through the environment (the token read from the home), no `AIRLOCK_TOKEN` or
+    /// `AIRLOCK_AGENT` from the test's own environment, stdin empty, killed if dropped.
+    pub fn cli<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        args: impl IntoIterator<Item = S>,
+    ) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(super::airlock_bin());
+        c.args(args)
+            .env("AIRLOCK_URL", &self.url)
+            .env("AIRLOCK_HOME", &self.home)
+            .env_remove("AIRLOCK_TOKEN")
+            .env_remove("AIRLOCK_AGENT")
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        c
+    }
+
     /// A keep-alive client for many concurrent calls.
     pub fn rpc_client(&self) -> Rpc {
         Rpc::new(&self.url, &self.token)
