@@ -135,6 +135,30 @@ pub struct NewTask<'a> {
     pub unique_key: Option<&'a str>,
 }
 
+/// A lease to give a task ([`Store::task_claim_next`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Lease<'a> {
+    pub agent_id: &'a str,
+    pub token: &'a str,
+    pub expires_at: Millis,
+}
+
+/// How [`Store::task_finish`] ends a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    Completed,
+    Failed,
+}
+
+impl Finish {
+    pub fn state(self) -> TaskState {
+        match self {
+            Finish::Completed => TaskState::Completed,
+            Finish::Failed => TaskState::Failed,
+        }
+    }
+}
+
 /// How many tasks of one queue are in one state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueCount {
@@ -231,6 +255,58 @@ pub trait Store: Send {
     /// The pending task of `queue` to claim next at `now`: ready (no `ready_at`, or one at or
     /// before `now`), highest priority, then oldest.
     fn task_next_ready(&mut self, queue: &str, now: Millis) -> StoreResult<Option<TaskRow>>;
+    /// Leases the task [`Store::task_next_ready`] would pick: `claimed`, one more attempt, the
+    /// lease's agent, token and end. Returns the task as it now is; `None` if none is ready.
+    /// One statement on both backends.
+    fn task_claim_next(
+        &mut self,
+        queue: &str,
+        now: Millis,
+        lease: &Lease<'_>,
+    ) -> StoreResult<Option<TaskRow>> {
+        let Some(mut t) = self.task_next_ready(queue, now)? else {
+            return Ok(None);
+        };
+        t.state = TaskState::Claimed;
+        t.attempts += 1;
+        t.lease_agent = Some(lease.agent_id.to_string());
+        t.lease_token = Some(lease.token.to_string());
+        t.lease_expires_at = Some(lease.expires_at);
+        self.task_update(&t)?;
+        Ok(Some(t))
+    }
+    /// Finishes task `id` if it is `claimed` under `lease_token` with the lease unexpired at
+    /// `now`: to `completed` (keeping `note` as its result) or `failed` (as its last error),
+    /// without lease token or end, finished at `now`. False, and nothing changed, otherwise.
+    /// One statement on both backends.
+    fn task_finish(
+        &mut self,
+        id: i64,
+        lease_token: &str,
+        now: Millis,
+        to: Finish,
+        note: Option<&str>,
+    ) -> StoreResult<bool> {
+        let Some(mut t) = self.task_get(id)? else {
+            return Ok(false);
+        };
+        let leased = t.state == TaskState::Claimed
+            && t.lease_token.as_deref() == Some(lease_token)
+            && t.lease_expires_at.is_some_and(|at| at > now);
+        if !leased {
+            return Ok(false);
+        }
+        match to {
+            Finish::Completed => t.result = note.map(str::to_string),
+            Finish::Failed => t.last_error = note.map(str::to_string),
+        }
+        t.state = to.state();
+        t.lease_token = None;
+        t.lease_expires_at = None;
+        t.finished_at = Some(now);
+        self.task_update(&t)?;
+        Ok(true)
+    }
     /// [`Store::task_next_ready`], whatever the tasks' `ready_at`.
     fn task_next_pending(&mut self, queue: &str) -> StoreResult<Option<TaskRow>> {
         self.task_next_ready(queue, Millis::MAX)

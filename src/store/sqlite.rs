@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    AgentRow, EventRow, Expiries, LockRow, NewTask, NoteRow, QueueCount, Store, StoreError,
-    StoreResult, TaskRow, TaskState,
+    AgentRow, EventRow, Expiries, Finish, Lease, LockRow, NewTask, NoteRow, QueueCount, Store,
+    StoreError, StoreResult, TaskRow, TaskState,
 };
 use crate::clock::Millis;
 
@@ -184,6 +184,23 @@ const TASK_NEXT_READY: &str = concat!(
      AND (ready_at IS NULL OR ready_at <= ?2)
      ORDER BY priority DESC, id LIMIT 1"
 );
+/// `TASK_NEXT_READY`'s task, leased, in one statement.
+const TASK_CLAIM_NEXT: &str = concat!(
+    "UPDATE tasks SET state = 'claimed', attempts = attempts + 1, lease_agent = ?3,
+     lease_token = ?4, lease_expires_at = ?5
+     WHERE id = (SELECT id FROM tasks WHERE queue = ?1 AND state = 'pending'
+     AND (ready_at IS NULL OR ready_at <= ?2) ORDER BY priority DESC, id LIMIT 1)
+     RETURNING ",
+    task_columns!()
+);
+/// Ends a live lease (?2 its token, unexpired at ?3): completed with ?4 as the result, or failed
+/// with it as the last error.
+const TASK_COMPLETE: &str = "UPDATE tasks SET state = 'completed', result = ?4, lease_token = NULL,
+     lease_expires_at = NULL, finished_at = ?3
+     WHERE id = ?1 AND state = 'claimed' AND lease_token = ?2 AND lease_expires_at > ?3";
+const TASK_FAIL: &str = "UPDATE tasks SET state = 'failed', last_error = ?4, lease_token = NULL,
+     lease_expires_at = NULL, finished_at = ?3
+     WHERE id = ?1 AND state = 'claimed' AND lease_token = ?2 AND lease_expires_at > ?3";
 
 fn task_from(r: &Row) -> rusqlite::Result<TaskRow> {
     let state: String = r.get(5)?;
@@ -577,6 +594,32 @@ impl Store for SqliteStore {
         Ok(self
             .query_tasks(TASK_NEXT_READY, params![queue, now])?
             .pop())
+    }
+
+    fn task_claim_next(
+        &mut self,
+        queue: &str,
+        now: Millis,
+        lease: &Lease<'_>,
+    ) -> StoreResult<Option<TaskRow>> {
+        let args = params![queue, now, lease.agent_id, lease.token, lease.expires_at];
+        Ok(self.query_tasks(TASK_CLAIM_NEXT, args)?.pop())
+    }
+
+    fn task_finish(
+        &mut self,
+        id: i64,
+        lease_token: &str,
+        now: Millis,
+        to: Finish,
+        note: Option<&str>,
+    ) -> StoreResult<bool> {
+        let sql = match to {
+            Finish::Completed => TASK_COMPLETE,
+            Finish::Failed => TASK_FAIL,
+        };
+        let mut st = self.conn.prepare_cached(sql)?;
+        Ok(st.execute(params![id, lease_token, now, note])? == 1)
     }
 
     fn task_live_with_key(&mut self, queue: &str, key: &str) -> StoreResult<Option<TaskRow>> {
