@@ -159,6 +159,12 @@ impl Finish {
     }
 }
 
+/// Makes durable, from a thread of its own, every commit a pipelined store wrote before the
+/// call ([`Store::pipeline`]). An error means some of them may never reach the disk.
+pub trait Syncer: Send {
+    fn sync(&mut self) -> std::io::Result<()>;
+}
+
 /// How many tasks of one queue are in one state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueCount {
@@ -180,8 +186,17 @@ pub struct Expiries {
 /// The storage backend. Called only from the engine thread, inside `begin`/`commit`.
 pub trait Store: Send {
     fn begin(&mut self) -> StoreResult<()>;
-    /// Makes the transaction durable (fsynced) before returning.
+    /// Makes the transaction durable (fsynced) before returning, unless [`Store::pipeline`]
+    /// switched the store to pipelined commits: then it only writes it, and the [`Syncer`]
+    /// makes it durable.
     fn commit(&mut self) -> StoreResult<()>;
+    /// Switches to pipelined commits, if this store can: from now on [`Store::commit`] writes
+    /// the transaction without waiting for the disk, and the returned [`Syncer`], called from
+    /// another thread, makes every commit written before the call durable. `None` (the default):
+    /// every commit stays durable when it returns.
+    fn pipeline(&mut self) -> StoreResult<Option<Box<dyn Syncer>>> {
+        Ok(None)
+    }
     fn rollback(&mut self);
     fn savepoint(&mut self) -> StoreResult<()>;
     fn release_savepoint(&mut self) -> StoreResult<()>;

@@ -10,9 +10,11 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
     AgentRow, EventRow, Expiries, Finish, Lease, LockRow, NewTask, NoteRow, QueueCount, Store,
-    StoreError, StoreResult, TaskRow, TaskState,
+    StoreError, StoreResult, Syncer, TaskRow, TaskState,
 };
 use crate::clock::Millis;
+
+mod wal;
 
 /// Schema migrations (`src/store/sql/sqlite/`), applied in order; `PRAGMA user_version` records
 /// how many ran. Append only: a released migration is never edited.
@@ -29,6 +31,9 @@ pub struct SqliteStore {
     usage: Arc<AtomicU64>,
     /// When free pages were last given back to the file system.
     last_vacuum: Instant,
+    /// Set once commits are pipelined ([`Store::pipeline`]): the WAL's frames, and whether a
+    /// checkpoint failed (then no later sync may report success).
+    wal: Option<wal::Pipelined>,
 }
 
 /// Free pages given back per incremental vacuum (64 MiB of 4 KiB pages).
@@ -111,6 +116,7 @@ impl SqliteStore {
             conn,
             usage: Arc::new(AtomicU64::new(0)),
             last_vacuum: Instant::now(),
+            wal: None,
         };
         store.migrate()?;
         store.refresh_usage()?;
@@ -297,11 +303,25 @@ impl Store for SqliteStore {
 
     fn commit(&mut self) -> StoreResult<()> {
         self.conn.prepare_cached("COMMIT")?.execute([])?;
+        if let Some(wal) = &self.wal {
+            wal.checkpoint_if_due(&self.conn);
+        }
         self.vacuum_some();
         if let Err(e) = self.refresh_usage() {
             tracing::warn!(error = %e, "could not measure the database");
         }
         Ok(())
+    }
+
+    fn pipeline(&mut self) -> StoreResult<Option<Box<dyn Syncer>>> {
+        if self.wal.is_some() {
+            return Err(StoreError::Other("commits are already pipelined".into()));
+        }
+        let Some((pipelined, syncer)) = wal::Pipelined::start(&mut self.conn)? else {
+            return Ok(None);
+        };
+        self.wal = Some(pipelined);
+        Ok(Some(syncer))
     }
 
     fn rollback(&mut self) {
@@ -810,6 +830,17 @@ impl Store for SqliteStore {
             out.delayed = rows.collect::<Result<_, _>>()?;
         }
         Ok(out)
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing checkpoints the WAL into the database and deletes it: with `synchronous=OFF`
+        // that checkpoint would sync nothing, and a crash right after could lose what the
+        // deleted WAL held. FULL makes it sync the WAL first and the database before the delete.
+        if self.wal.is_some() {
+            let _ = self.conn.execute_batch("PRAGMA synchronous=FULL");
+        }
     }
 }
 

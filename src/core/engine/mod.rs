@@ -42,6 +42,7 @@ mod events;
 mod lock_rows;
 mod locks;
 mod notes;
+mod pipeline;
 mod presence;
 mod status;
 mod tasks;
@@ -62,6 +63,8 @@ use crate::store::{Store, TaskState};
 use deadlines::{Deadline, Deadlines};
 use events::Events;
 use locks::Locks;
+pub use pipeline::{exit_on_sync_failure, OnSyncFailure, EXIT_SYNC_FAILED};
+use pipeline::{Pipeline, Settling};
 use tasks::Tasks;
 use tx::{storage, Outbox, StepSavepoint, Tx};
 
@@ -225,6 +228,10 @@ pub struct Engine {
     metrics: Arc<crate::core::metrics::EngineMetrics>,
     /// `operations` at the last commit, so each commit knows how many it carried.
     operations_at_commit: u64,
+    /// Pipelined commit ([`Engine::pipeline`]): answers leave from the syncing thread, after
+    /// the fsync that covers their batch. `None`: each commit is durable when it returns, and
+    /// the engine answers right after it.
+    pipeline: Option<Pipeline>,
 }
 
 /// A [`Tx`] and the capabilities, borrowed apart from one engine.
@@ -274,6 +281,7 @@ impl Engine {
             changes: tokio::sync::watch::Sender::new(0),
             metrics: Default::default(),
             operations_at_commit: 0,
+            pipeline: None,
         })
     }
 
@@ -331,6 +339,7 @@ impl Engine {
         // `max_batch` commands' worth of memory per batch.
         let mut batch = Vec::new();
         loop {
+            self.collect_orphans();
             let first = match self.next_wake_in() {
                 Some(d) => match rx.recv_timeout(d) {
                     Ok(c) => Some(c),
@@ -351,6 +360,7 @@ impl Engine {
             }
             self.process(batch.drain(..));
         }
+        self.flush();
         tracing::info!(
             commits = self.commits,
             operations = self.operations,
@@ -370,6 +380,11 @@ impl Engine {
         }
         if let Some(retry) = self.retry_at {
             wake = wake.map(|w| w.max(retry));
+        }
+        // Answers in flight may come back as grants to release: look again soon.
+        if self.pipeline.as_ref().is_some_and(Pipeline::busy) {
+            let soon = now + pipeline::POLL.as_millis() as Millis;
+            wake = Some(wake.map_or(soon, |w| w.min(soon)));
         }
         wake.map(|at| Duration::from_millis((at - now).max(0) as u64))
     }
@@ -391,6 +406,7 @@ impl Engine {
             self.batch_error = Some(storage(e));
         }
         let mut drained = Vec::new();
+        self.collect_orphans();
         let orphans = if self.batch_error.is_none() {
             std::mem::take(&mut self.orphans)
         } else {
@@ -464,19 +480,29 @@ impl Engine {
         }
         retry |= !kept.is_empty() || self.locks.has_work() || self.tasks.has_work();
         self.orphans.append(&mut kept);
+        self.retry_at = retry.then(|| self.now() + RETRY_MS);
+        if let Some(p) = &mut self.pipeline {
+            // Answered from the syncing thread once the fsync that covers this batch returns:
+            // its own commit's, or for a batch that did not commit, the last one's (the state
+            // it answered from).
+            let commit = if failed.is_none() {
+                p.committed()
+            } else {
+                p.last_commit()
+            };
+            let capacity = self.outbox.answers.capacity();
+            p.hand_over(Settling {
+                commit,
+                answers: std::mem::replace(&mut self.outbox.answers, Vec::with_capacity(capacity)),
+                failed,
+                drained,
+            });
+            return;
+        }
         // The outbox keeps its buffer for the next batch (delivering adds nothing to it).
         let mut answers = std::mem::take(&mut self.outbox.answers);
-        for out in answers.drain(..) {
-            let error = failed.as_ref().or(out.failed.as_ref());
-            let delivered = (out.deliver)(error);
-            if !delivered && error.is_none() {
-                if let Some(orphan) = out.orphan {
-                    self.orphans.push(orphan);
-                }
-            }
-        }
+        pipeline::deliver(answers.drain(..), failed.as_ref(), &mut self.orphans);
         self.outbox.answers = answers;
-        self.retry_at = retry.then(|| self.now() + RETRY_MS);
         for done in drained {
             let _ = done.send(());
         }
