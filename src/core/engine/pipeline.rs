@@ -79,8 +79,44 @@ impl Engine {
         }
     }
 
-    /// Delivers every answer handed to the syncing thread, after its fsync.
+    /// Keeps the batch's answers for [`Engine::settle_batch`]. They depend on the batch's own
+    /// commit or, for a batch that did not commit, on the last one (the state it answered from).
+    pub(super) fn hold_answers(
+        &mut self,
+        failed: Option<CoreError>,
+        drained: Vec<oneshot::Sender<()>>,
+    ) {
+        let Some(p) = &mut self.pipeline else {
+            return;
+        };
+        if let Some(older) = self.settling.take() {
+            p.hand_over(older);
+        }
+        let commit = if failed.is_none() {
+            p.committed()
+        } else {
+            p.last_commit()
+        };
+        let capacity = self.outbox.answers.capacity();
+        self.settling = Some(Settling {
+            commit,
+            answers: std::mem::replace(&mut self.outbox.answers, Vec::with_capacity(capacity)),
+            failed,
+            drained,
+        });
+    }
+
+    /// Sends the last batch's answers after its fsync: from the syncing thread if `more`
+    /// commands wait (see [`Pipeline::settle`]).
+    pub(super) fn settle_batch(&mut self, more: bool) {
+        if let (Some(p), Some(batch)) = (&self.pipeline, self.settling.take()) {
+            p.settle(batch, more, &mut self.orphans);
+        }
+    }
+
+    /// Delivers every answer held or handed to the syncing thread, after its fsync.
     pub fn flush(&mut self) {
+        self.settle_batch(true);
         if let Some(mut p) = self.pipeline.take() {
             p.finish();
             self.orphans.append(&mut p.take_orphans());
@@ -105,17 +141,59 @@ struct Queue {
     /// Batches handed over and not yet delivered (the thread's current group included).
     in_flight: usize,
     orphans: Vec<Orphan>,
+    /// The last commit an fsync covered.
+    synced: u64,
+    /// An fsync failed: nothing is delivered any more.
+    failed: bool,
     stop: bool,
 }
 
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// Used by the syncing thread, or by the engine when nothing is in flight.
+    syncer: Mutex<Box<dyn Syncer>>,
+    on_failure: Mutex<Option<OnSyncFailure>>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes commit `needed` (and every one before it) durable, unless an fsync already did.
+    /// False if the fsync failed (the failure hook has run).
+    fn sync_through(&self, needed: u64) -> bool {
+        {
+            let q = self.lock();
+            if q.failed {
+                return false;
+            }
+            if q.synced >= needed {
+                return true;
+            }
+        }
+        let done = self.syncer.lock().unwrap_or_else(|e| e.into_inner()).sync();
+        let mut q = self.lock();
+        match done {
+            Ok(()) => {
+                q.synced = q.synced.max(needed);
+                true
+            }
+            Err(e) => {
+                q.failed = true;
+                drop(q);
+                let hook = self
+                    .on_failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                if let Some(hook) = hook {
+                    hook(&e);
+                }
+                false
+            }
+        }
     }
 }
 
@@ -135,12 +213,14 @@ impl Pipeline {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
+            syncer: Mutex::new(syncer),
+            on_failure: Mutex::new(Some(on_failure)),
         });
         let thread = std::thread::Builder::new()
             .name("airlock-sync".into())
             .spawn({
                 let shared = shared.clone();
-                move || sync_loop(&shared, syncer, on_failure)
+                move || sync_loop(&shared)
             })?;
         Ok(Pipeline {
             shared,
@@ -160,7 +240,27 @@ impl Pipeline {
         self.commits
     }
 
-    /// Hands a batch's answers over; they leave once its commit is durable.
+    /// Answers a batch once its commit is durable. With `more` (commands are waiting), or while
+    /// earlier batches are in flight, the syncing thread does it and the engine goes on. Else
+    /// the engine would only wait: it syncs and answers here, sparing a thread hop, exactly as
+    /// without a pipeline. Undelivered grants of an answer sent here go to `orphans`.
+    pub(super) fn settle(&self, batch: Settling, more: bool, orphans: &mut Vec<Orphan>) {
+        {
+            let q = self.shared.lock();
+            if q.failed {
+                return;
+            }
+            if more || q.in_flight > 0 {
+                drop(q);
+                return self.hand_over(batch);
+            }
+        }
+        if self.shared.sync_through(batch.commit) {
+            send(batch, orphans);
+        }
+    }
+
+    /// Hands a batch's answers to the syncing thread; they leave once its commit is durable.
     pub(super) fn hand_over(&self, batch: Settling) {
         let mut q = self.shared.lock();
         q.waiting.push_back(batch);
@@ -197,8 +297,7 @@ impl Drop for Pipeline {
     }
 }
 
-fn sync_loop(shared: &Shared, mut syncer: Box<dyn Syncer>, on_failure: OnSyncFailure) {
-    let mut synced = 0u64;
+fn sync_loop(shared: &Shared) {
     let mut group = VecDeque::new();
     let mut orphans = Vec::new();
     loop {
@@ -207,32 +306,33 @@ fn sync_loop(shared: &Shared, mut syncer: Box<dyn Syncer>, on_failure: OnSyncFai
             while q.waiting.is_empty() && !q.stop {
                 q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
             }
-            if q.waiting.is_empty() {
+            if q.waiting.is_empty() || q.failed {
                 return;
             }
             std::mem::swap(&mut group, &mut q.waiting);
         }
         // Every commit in the group was written before it was handed over, so before this fsync.
         let needed = group.iter().map(|b| b.commit).max().unwrap_or(0);
-        if needed > synced {
-            if let Err(e) = syncer.sync() {
-                // Nothing more is delivered: the group's answers are dropped unsent (the process
-                // is meant to end in `on_failure`).
-                on_failure(&e);
-                return;
-            }
-            synced = needed;
+        if !shared.sync_through(needed) {
+            // Nothing more is delivered: the group's answers are dropped unsent (in the daemon
+            // the process has ended in the failure hook).
+            return;
         }
         let delivered = group.len();
         for batch in group.drain(..) {
-            deliver(batch.answers, batch.failed.as_ref(), &mut orphans);
-            for done in batch.drained {
-                let _ = done.send(());
-            }
+            send(batch, &mut orphans);
         }
         let mut q = shared.lock();
         q.orphans.append(&mut orphans);
         q.in_flight -= delivered;
+    }
+}
+
+/// Sends a durable batch's answers, then tells its `Drain` callers.
+fn send(batch: Settling, orphans: &mut Vec<Orphan>) {
+    deliver(batch.answers, batch.failed.as_ref(), orphans);
+    for done in batch.drained {
+        let _ = done.send(());
     }
 }
 
@@ -346,6 +446,58 @@ mod tests {
         assert_eq!(third.blocking_recv().unwrap().unwrap(), 3);
         h.pipeline.finish();
         assert!(h.began.try_recv().is_err(), "an fsync nothing needed");
+    }
+
+    /// One answer (`value`) in a batch that committed.
+    fn settling(p: &mut Pipeline, value: u32) -> (Settling, oneshot::Receiver<CoreResult<u32>>) {
+        let mut outbox = Outbox::default();
+        let (tx, rx) = oneshot::channel();
+        outbox.push(Reply::<u32, u32>::new(tx, |v| v), Ok(value), None);
+        let batch = Settling {
+            commit: p.committed(),
+            answers: outbox.answers,
+            failed: None,
+            drained: Vec::new(),
+        };
+        (batch, rx)
+    }
+
+    #[test]
+    fn with_nothing_waiting_the_engine_syncs_and_answers_itself() {
+        let mut h = harness();
+        let (b, mut rx) = settling(&mut h.pipeline, 1);
+        h.outcome.send(Ok(())).unwrap();
+        let mut orphans = Vec::new();
+        h.pipeline.settle(b, false, &mut orphans);
+        // Synced (the gate was passed) and answered before `settle` returned.
+        h.began.try_recv().unwrap();
+        assert_eq!(rx.try_recv().unwrap().unwrap(), 1);
+        // With a command waiting, the syncing thread does it.
+        let (b, mut rx) = settling(&mut h.pipeline, 2);
+        h.pipeline.settle(b, true, &mut orphans);
+        h.began.recv().unwrap();
+        assert!(rx.try_recv().is_err());
+        // And while it is in flight, a batch with nothing after it still goes behind it.
+        let (b, mut later) = settling(&mut h.pipeline, 3);
+        h.pipeline.settle(b, false, &mut orphans);
+        assert!(later.try_recv().is_err());
+        h.outcome.send(Ok(())).unwrap();
+        assert_eq!(rx.blocking_recv().unwrap().unwrap(), 2);
+        h.began.recv().unwrap();
+        h.outcome.send(Ok(())).unwrap();
+        assert_eq!(later.blocking_recv().unwrap().unwrap(), 3);
+        // A failed fsync on the engine's side: the hook runs, the answer is dropped unsent.
+        let (b, rx) = settling(&mut h.pipeline, 4);
+        h.outcome
+            .send(Err(std::io::Error::other("disk gone")))
+            .unwrap();
+        h.pipeline.settle(b, false, &mut orphans);
+        assert!(h.failed.try_recv().unwrap().contains("disk gone"));
+        assert!(rx.blocking_recv().is_err());
+        let (b, rx) = settling(&mut h.pipeline, 5);
+        h.pipeline.settle(b, false, &mut orphans);
+        drop(h.pipeline);
+        assert!(rx.blocking_recv().is_err(), "nothing after a failed fsync");
     }
 
     #[test]

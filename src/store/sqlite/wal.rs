@@ -17,6 +17,7 @@
 //! checkpoints too: `SqliteStore`'s `Drop` sets FULL first. A checkpoint that fails poisons
 //! the syncer: no later sync reports success, and the daemon stops.
 
+use std::cell::Cell;
 use std::ffi::c_int;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,9 @@ pub const FAIL_SYNC_IF_ENV: &str = "AIRLOCK_TEST_FSYNC_FAIL_IF";
 pub(super) struct Pipelined {
     /// Frames in the WAL after the last commit, as the WAL hook reports them.
     frames: Arc<AtomicI64>,
+    /// Frames at which the next checkpoint is due: [`CHECKPOINT_FRAMES`], or that many more
+    /// than a checkpoint that could not finish left (a reader held frames back).
+    due_at: Cell<i64>,
     /// A checkpoint failed: the syncer fails from now on.
     poisoned: Arc<AtomicBool>,
 }
@@ -121,15 +125,28 @@ impl Pipelined {
             #[cfg(debug_assertions)]
             fail_if: std::env::var_os(FAIL_SYNC_IF_ENV).map(PathBuf::from),
         };
-        Ok(Some((Pipelined { frames, poisoned }, Box::new(syncer))))
+        let pipelined = Pipelined {
+            frames,
+            due_at: Cell::new(CHECKPOINT_FRAMES),
+            poisoned,
+        };
+        Ok(Some((pipelined, Box::new(syncer))))
+    }
+
+    /// Frames in the WAL after the last commit (0 after a checkpoint that finished).
+    #[cfg(test)]
+    pub(super) fn frames(&self) -> i64 {
+        self.frames.load(Ordering::Relaxed)
     }
 
     /// After a commit: once the WAL holds [`CHECKPOINT_FRAMES`], copies it into the database,
     /// with the syncs of `synchronous=FULL` (see the module's doc).
     pub(super) fn checkpoint_if_due(&self, conn: &Connection) {
-        if self.frames.load(Ordering::Relaxed) < CHECKPOINT_FRAMES {
+        let frames = self.frames.load(Ordering::Relaxed);
+        if frames < self.due_at.get() {
             return;
         }
+        self.due_at.set(frames + CHECKPOINT_FRAMES);
         let pragma = |sql: &str| conn.prepare_cached(sql).and_then(|mut st| st.execute([]));
         if let Err(e) = pragma("PRAGMA synchronous=FULL") {
             // No checkpoint then: the WAL grows until a later one succeeds.
@@ -144,7 +161,10 @@ impl Pipelined {
             ))
         });
         match done {
-            Ok((0, log, copied)) if log == copied => self.frames.store(0, Ordering::Relaxed),
+            Ok((0, log, copied)) if log == copied => {
+                self.frames.store(0, Ordering::Relaxed);
+                self.due_at.set(CHECKPOINT_FRAMES);
+            }
             Ok(partial) => tracing::warn!(?partial, "a checkpoint did not finish"),
             Err(e) => {
                 tracing::error!(error = %e, "a checkpoint failed: the daemon stops at its next sync");
