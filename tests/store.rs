@@ -12,8 +12,8 @@ use std::time::Duration;
 use airlock::store::postgres::{self, PgStore, SCHEMA_VERSION};
 use airlock::store::sqlite::SqliteStore;
 use airlock::store::{
-    AgentRow, EventRow, HistoryQuery, HistoryRow, LockRow, NewTask, NoteRow, QueueCount, Store,
-    StoreError, TaskRow, TaskState, Values,
+    AgentRow, EventRow, Finish, HistoryQuery, HistoryRow, Lease, LockRow, NewTask, NoteRow,
+    QueueCount, Store, StoreError, TaskRow, TaskState, Values,
 };
 use airlock::testkit::postgres::{self as testing, TestDb};
 
@@ -51,6 +51,10 @@ const CHECKS: &[(&str, Check)] = &[
     (
         "task_next_pending: pending only, by priority then age",
         task_next_pending,
+    ),
+    (
+        "task_claim_next leases the next ready task; task_finish needs the live lease",
+        task_claim_and_finish,
     ),
     ("task_list by queue and in all, in id order", task_list),
     (
@@ -757,6 +761,87 @@ fn task_next_pending(s: &mut dyn Store) {
     // Back to pending: first again by priority.
     set_state(s, high, TaskState::Pending);
     assert_eq!(next(s, "q"), Some(high));
+    s.commit().unwrap();
+}
+
+fn task_claim_and_finish(s: &mut dyn Store) {
+    let lease = |token: &'static str, expires_at: i64| Lease {
+        agent_id: "a",
+        token,
+        expires_at,
+    };
+    s.begin().unwrap();
+    assert_eq!(s.task_claim_next("q", 10, &lease("t0", 100)).unwrap(), None);
+    let low = s.task_insert("q", "low", None, 0, 1).unwrap();
+    let high = s.task_insert("q", "high", None, 5, 2).unwrap();
+    let high2 = s.task_insert("q", "high2", None, 5, 3).unwrap();
+    let later = s.task_insert_new(&new_task("q", None, Some(500))).unwrap();
+    let other = s.task_insert("r", "other", None, 9, 4).unwrap();
+    // Highest priority, then oldest; the task comes back as it now is.
+    let t = s
+        .task_claim_next("q", 10, &lease("t1", 100))
+        .unwrap()
+        .unwrap();
+    let mut want = pending(high, "q", "high", None, 5);
+    want.state = TaskState::Claimed;
+    want.attempts = 1;
+    want.lease_agent = Some("a".into());
+    want.lease_token = Some("t1".into());
+    want.lease_expires_at = Some(100);
+    assert_eq!(t, want);
+    assert_eq!(s.task_get(high).unwrap(), Some(want.clone()));
+    let claim = |s: &mut dyn Store, now: i64, token: &'static str| {
+        s.task_claim_next("q", now, &lease(token, now + 90))
+            .unwrap()
+            .map(|t| t.id)
+    };
+    assert_eq!(claim(s, 10, "t2"), Some(high2));
+    assert_eq!(claim(s, 10, "t3"), Some(low));
+    // The delayed task only from its instant on; other queues never.
+    assert_eq!(claim(s, 499, "t4"), None);
+    assert_eq!(claim(s, 500, "t5"), Some(later));
+    assert_eq!(claim(s, 500, "t6"), None);
+    assert_eq!(
+        s.task_get(other).unwrap().unwrap().state,
+        TaskState::Pending
+    );
+
+    // A wrong token, a lease expired at its instant, an unknown task: refused, nothing changes.
+    // A finish answers the task's queue and the agent it was leased to (for the history).
+    let finish = |s: &mut dyn Store, id, token, now, to, note| {
+        let done = s.task_finish(id, token, now, to, note).unwrap();
+        if let Some(d) = &done {
+            assert_eq!(d.queue, "q");
+            assert!(d.agent_id.is_some());
+        }
+        done.is_some()
+    };
+    assert!(!finish(s, high, "t2", 20, Finish::Completed, Some("r")));
+    assert!(!finish(s, high, "t1", 100, Finish::Completed, Some("r")));
+    assert!(!finish(s, 9_999, "t1", 20, Finish::Completed, None));
+    assert_eq!(s.task_get(high).unwrap(), Some(want.clone()));
+    // Completed: the result kept, the lease's token and end gone (its agent stays), finished now.
+    assert!(finish(s, high, "t1", 99, Finish::Completed, Some("r")));
+    let mut done = want;
+    done.state = TaskState::Completed;
+    done.result = Some("r".into());
+    done.lease_token = None;
+    done.lease_expires_at = None;
+    done.finished_at = Some(99);
+    assert_eq!(s.task_get(high).unwrap(), Some(done));
+    assert!(!finish(s, high, "t1", 50, Finish::Failed, None));
+    // Failed for good: the error kept as the last error.
+    assert!(finish(s, high2, "t2", 50, Finish::Failed, Some("boom")));
+    let failed = s.task_get(high2).unwrap().unwrap();
+    assert_eq!(
+        (
+            failed.state,
+            failed.last_error.as_deref(),
+            failed.result.as_deref()
+        ),
+        (TaskState::Failed, Some("boom"), None)
+    );
+    assert_eq!(failed.finished_at, Some(50));
     s.commit().unwrap();
 }
 

@@ -127,7 +127,9 @@ impl Coordinator {
         clock: Arc<dyn Clock>,
     ) -> CoreResult<(Coordinator, EngineThread)> {
         let meter = store.usage_meter();
-        let engine = Engine::new(store, clock)?;
+        let mut engine = Engine::new(store, clock)?;
+        // On SQLite: commits pipelined, a failed fsync ends the process (see `engine::pipeline`).
+        engine.pipeline(engine::exit_on_sync_failure())?;
         let changes = Some(engine.changes());
         let metrics = Some(engine.metrics());
         let (tx, rx) = mpsc::channel();

@@ -135,6 +135,44 @@ pub struct NewTask<'a> {
     pub unique_key: Option<&'a str>,
 }
 
+/// A lease to give a task ([`Store::task_claim_next`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Lease<'a> {
+    pub agent_id: &'a str,
+    pub token: &'a str,
+    pub expires_at: Millis,
+}
+
+/// A task [`Store::task_finish`] finished: what the history says of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub queue: String,
+    /// The agent whose lease it finished under.
+    pub agent_id: Option<String>,
+}
+
+/// How [`Store::task_finish`] ends a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    Completed,
+    Failed,
+}
+
+impl Finish {
+    pub fn state(self) -> TaskState {
+        match self {
+            Finish::Completed => TaskState::Completed,
+            Finish::Failed => TaskState::Failed,
+        }
+    }
+}
+
+/// Makes durable, from a thread of its own, every commit a pipelined store wrote before the
+/// call ([`Store::pipeline`]). An error means some of them may never reach the disk.
+pub trait Syncer: Send {
+    fn sync(&mut self) -> std::io::Result<()>;
+}
+
 /// How many tasks of one queue are in one state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueCount {
@@ -203,8 +241,17 @@ pub struct Expiries {
 /// The storage backend. Called only from the engine thread, inside `begin`/`commit`.
 pub trait Store: Send {
     fn begin(&mut self) -> StoreResult<()>;
-    /// Makes the transaction durable (fsynced) before returning.
+    /// Makes the transaction durable (fsynced) before returning, unless [`Store::pipeline`]
+    /// switched the store to pipelined commits: then it only writes it, and the [`Syncer`]
+    /// makes it durable.
     fn commit(&mut self) -> StoreResult<()>;
+    /// Switches to pipelined commits, if this store can: from now on [`Store::commit`] writes
+    /// the transaction without waiting for the disk, and the returned [`Syncer`], called from
+    /// another thread, makes every commit written before the call durable. `None` (the default):
+    /// every commit stays durable when it returns.
+    fn pipeline(&mut self) -> StoreResult<Option<Box<dyn Syncer>>> {
+        Ok(None)
+    }
     fn rollback(&mut self);
     fn savepoint(&mut self) -> StoreResult<()>;
     fn release_savepoint(&mut self) -> StoreResult<()>;
@@ -278,6 +325,63 @@ pub trait Store: Send {
     /// The pending task of `queue` to claim next at `now`: ready (no `ready_at`, or one at or
     /// before `now`), highest priority, then oldest.
     fn task_next_ready(&mut self, queue: &str, now: Millis) -> StoreResult<Option<TaskRow>>;
+    /// Leases the task [`Store::task_next_ready`] would pick: `claimed`, one more attempt, the
+    /// lease's agent, token and end. Returns the task as it now is; `None` if none is ready.
+    /// One statement on both backends.
+    fn task_claim_next(
+        &mut self,
+        queue: &str,
+        now: Millis,
+        lease: &Lease<'_>,
+    ) -> StoreResult<Option<TaskRow>> {
+        let Some(mut t) = self.task_next_ready(queue, now)? else {
+            return Ok(None);
+        };
+        t.state = TaskState::Claimed;
+        t.attempts += 1;
+        t.lease_agent = Some(lease.agent_id.to_string());
+        t.lease_token = Some(lease.token.to_string());
+        t.lease_expires_at = Some(lease.expires_at);
+        self.task_update(&t)?;
+        Ok(Some(t))
+    }
+    /// Finishes task `id` if it is `claimed` under `lease_token` with the lease unexpired at
+    /// `now`: to `completed` (keeping `note` as its result) or `failed` (as its last error),
+    /// without lease token or end, finished at `now`: its queue and lessee. `None`, and nothing
+    /// changed, otherwise.
+    /// One statement on both backends.
+    fn task_finish(
+        &mut self,
+        id: i64,
+        lease_token: &str,
+        now: Millis,
+        to: Finish,
+        note: Option<&str>,
+    ) -> StoreResult<Option<Finished>> {
+        let Some(mut t) = self.task_get(id)? else {
+            return Ok(None);
+        };
+        let leased = t.state == TaskState::Claimed
+            && t.lease_token.as_deref() == Some(lease_token)
+            && t.lease_expires_at.is_some_and(|at| at > now);
+        if !leased {
+            return Ok(None);
+        }
+        match to {
+            Finish::Completed => t.result = note.map(str::to_string),
+            Finish::Failed => t.last_error = note.map(str::to_string),
+        }
+        t.state = to.state();
+        t.lease_token = None;
+        t.lease_expires_at = None;
+        t.finished_at = Some(now);
+        self.task_update(&t)?;
+        Ok(Some(Finished {
+            queue: t.queue,
+            agent_id: t.lease_agent,
+        }))
+    }
+
     /// [`Store::task_next_ready`], whatever the tasks' `ready_at`.
     fn task_next_pending(&mut self, queue: &str) -> StoreResult<Option<TaskRow>> {
         self.task_next_ready(queue, Millis::MAX)

@@ -26,8 +26,8 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::{
-    AgentRow, EventRow, Expiries, HistoryQuery, HistoryRow, LockRow, NewTask, NoteRow, QueueCount,
-    Store, StoreError, StoreResult, TaskRow, TaskState, Values,
+    AgentRow, EventRow, Expiries, Finish, Finished, HistoryQuery, HistoryRow, Lease, LockRow,
+    NewTask, NoteRow, QueueCount, Store, StoreError, StoreResult, TaskRow, TaskState, Values,
 };
 use crate::clock::Millis;
 
@@ -35,6 +35,7 @@ mod decode;
 mod history;
 mod locks;
 mod pages;
+mod tasks;
 pub mod tls;
 mod usage;
 
@@ -270,6 +271,19 @@ statements! {
          AND (ready_at IS NULL OR ready_at <= $2)
          ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED"
     );
+    task_claim_next = &format!(
+        "UPDATE airlock.tasks SET state = 'claimed', attempts = attempts + 1, lease_agent = $3,
+         lease_token = $4, lease_expires_at = $5
+         WHERE id = (SELECT id FROM airlock.tasks WHERE queue = $1 AND state = 'pending'
+         AND (ready_at IS NULL OR ready_at <= $2)
+         ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING {TASK_COLUMNS}"
+    );
+    task_complete = "UPDATE airlock.tasks SET state = 'completed', result = $4, lease_token = NULL,
+                     lease_expires_at = NULL, finished_at = $3 WHERE id = $1 AND state = 'claimed'
+                     AND lease_token = $2 AND lease_expires_at > $3 RETURNING queue, lease_agent";
+    task_fail = "UPDATE airlock.tasks SET state = 'failed', last_error = $4, lease_token = NULL,
+                 lease_expires_at = NULL, finished_at = $3 WHERE id = $1 AND state = 'claimed'
+                 AND lease_token = $2 AND lease_expires_at > $3 RETURNING queue, lease_agent";
     task_live_with_key = &format!(
         "SELECT {TASK_COLUMNS} FROM airlock.tasks WHERE queue = $1 AND unique_key = $2
          AND state IN ('pending', 'claimed')"
@@ -724,32 +738,27 @@ impl Store for PgStore {
     }
 
     fn task_update(&mut self, t: &TaskRow) -> StoreResult<()> {
-        if let Some(e) = &t.last_error {
-            check_text("the task's error", e)?;
-        }
-        if let Some(r) = &t.result {
-            check_text("the task's result", r)?;
-        }
-        self.run(async {
-            self.client
-                .execute(
-                    &self.st.task_update,
-                    &[
-                        &t.id,
-                        &t.state.as_str(),
-                        &t.attempts,
-                        &t.lease_agent,
-                        &t.lease_token,
-                        &t.lease_expires_at,
-                        &t.finished_at,
-                        &t.ready_at,
-                        &t.last_error,
-                        &t.result,
-                    ],
-                )
-                .await?;
-            Ok(())
-        })
+        self.pg_task_update(t)
+    }
+
+    fn task_claim_next(
+        &mut self,
+        queue: &str,
+        now: Millis,
+        lease: &Lease<'_>,
+    ) -> StoreResult<Option<TaskRow>> {
+        self.pg_task_claim_next(queue, now, lease)
+    }
+
+    fn task_finish(
+        &mut self,
+        id: i64,
+        token: &str,
+        now: Millis,
+        to: Finish,
+        note: Option<&str>,
+    ) -> StoreResult<Option<Finished>> {
+        self.pg_task_finish(id, token, now, to, note)
     }
 
     fn task_next_ready(&mut self, queue: &str, now: Millis) -> StoreResult<Option<TaskRow>> {

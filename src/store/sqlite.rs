@@ -6,13 +6,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    AgentRow, EventRow, Expiries, HistoryQuery, HistoryRow, LockRow, NewTask, NoteRow, QueueCount,
-    Store, StoreError, StoreResult, TaskRow, TaskState, Values,
+    AgentRow, EventRow, Expiries, Finish, Finished, HistoryQuery, HistoryRow, Lease, LockRow,
+    NewTask, NoteRow, QueueCount, Store, StoreError, StoreResult, Syncer, TaskRow, TaskState,
+    Values,
 };
 use crate::clock::Millis;
+
+mod wal;
 
 /// Schema migrations (`src/store/sql/sqlite/`), applied in order; `PRAGMA user_version` records
 /// how many ran. Append only: a released migration is never edited.
@@ -30,6 +34,9 @@ pub struct SqliteStore {
     usage: Arc<AtomicU64>,
     /// When free pages were last given back to the file system.
     last_vacuum: Instant,
+    /// Set once commits are pipelined ([`Store::pipeline`]): the WAL's frames, and whether a
+    /// checkpoint failed (then no later sync may report success).
+    wal: Option<wal::Pipelined>,
 }
 
 /// Free pages given back per incremental vacuum (64 MiB of 4 KiB pages).
@@ -112,6 +119,7 @@ impl SqliteStore {
             conn,
             usage: Arc::new(AtomicU64::new(0)),
             last_vacuum: Instant::now(),
+            wal: None,
         };
         store.migrate()?;
         store.refresh_usage()?;
@@ -185,6 +193,25 @@ const TASK_NEXT_READY: &str = concat!(
      AND (ready_at IS NULL OR ready_at <= ?2)
      ORDER BY priority DESC, id LIMIT 1"
 );
+/// `TASK_NEXT_READY`'s task, leased, in one statement.
+const TASK_CLAIM_NEXT: &str = concat!(
+    "UPDATE tasks SET state = 'claimed', attempts = attempts + 1, lease_agent = ?3,
+     lease_token = ?4, lease_expires_at = ?5
+     WHERE id = (SELECT id FROM tasks WHERE queue = ?1 AND state = 'pending'
+     AND (ready_at IS NULL OR ready_at <= ?2) ORDER BY priority DESC, id LIMIT 1)
+     RETURNING ",
+    task_columns!()
+);
+/// Ends a live lease (?2 its token, unexpired at ?3): completed with ?4 as the result, or failed
+/// with it as the last error.
+const TASK_COMPLETE: &str = "UPDATE tasks SET state = 'completed', result = ?4, lease_token = NULL,
+     lease_expires_at = NULL, finished_at = ?3
+     WHERE id = ?1 AND state = 'claimed' AND lease_token = ?2 AND lease_expires_at > ?3
+     RETURNING queue, lease_agent";
+const TASK_FAIL: &str = "UPDATE tasks SET state = 'failed', last_error = ?4, lease_token = NULL,
+     lease_expires_at = NULL, finished_at = ?3
+     WHERE id = ?1 AND state = 'claimed' AND lease_token = ?2 AND lease_expires_at > ?3
+     RETURNING queue, lease_agent";
 
 fn task_from(r: &Row) -> rusqlite::Result<TaskRow> {
     let state: String = r.get(5)?;
@@ -281,11 +308,25 @@ impl Store for SqliteStore {
 
     fn commit(&mut self) -> StoreResult<()> {
         self.conn.prepare_cached("COMMIT")?.execute([])?;
+        if let Some(wal) = &self.wal {
+            wal.checkpoint_if_due(&self.conn);
+        }
         self.vacuum_some();
         if let Err(e) = self.refresh_usage() {
             tracing::warn!(error = %e, "could not measure the database");
         }
         Ok(())
+    }
+
+    fn pipeline(&mut self) -> StoreResult<Option<Box<dyn Syncer>>> {
+        if self.wal.is_some() {
+            return Err(StoreError::Other("commits are already pipelined".into()));
+        }
+        let Some((pipelined, syncer)) = wal::Pipelined::start(&mut self.conn)? else {
+            return Ok(None);
+        };
+        self.wal = Some(pipelined);
+        Ok(Some(syncer))
     }
 
     fn rollback(&mut self) {
@@ -592,6 +633,39 @@ impl Store for SqliteStore {
             .pop())
     }
 
+    fn task_claim_next(
+        &mut self,
+        queue: &str,
+        now: Millis,
+        lease: &Lease<'_>,
+    ) -> StoreResult<Option<TaskRow>> {
+        let args = params![queue, now, lease.agent_id, lease.token, lease.expires_at];
+        Ok(self.query_tasks(TASK_CLAIM_NEXT, args)?.pop())
+    }
+
+    fn task_finish(
+        &mut self,
+        id: i64,
+        lease_token: &str,
+        now: Millis,
+        to: Finish,
+        note: Option<&str>,
+    ) -> StoreResult<Option<Finished>> {
+        let sql = match to {
+            Finish::Completed => TASK_COMPLETE,
+            Finish::Failed => TASK_FAIL,
+        };
+        let mut st = self.conn.prepare_cached(sql)?;
+        Ok(st
+            .query_row(params![id, lease_token, now, note], |r| {
+                Ok(Finished {
+                    queue: r.get(0)?,
+                    agent_id: r.get(1)?,
+                })
+            })
+            .optional()?)
+    }
+
     fn task_live_with_key(&mut self, queue: &str, key: &str) -> StoreResult<Option<TaskRow>> {
         let sql = concat!(
             "SELECT ",
@@ -791,6 +865,28 @@ impl Store for SqliteStore {
             out.delayed = rows.collect::<Result<_, _>>()?;
         }
         Ok(out)
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing checkpoints the WAL into the database and deletes it: with `synchronous=OFF`
+        // that checkpoint would sync nothing, and a crash right after could lose what the
+        // deleted WAL held. FULL makes it sync the WAL first and the database before the delete.
+        // SQLite refuses to change it inside a transaction (an engine unwinding from a panic
+        // mid-batch drops the store with one open), so that one is rolled back first; and if
+        // FULL still cannot be set, the close does not checkpoint at all: the WAL stays on disk
+        // and the next open recovers from it.
+        if self.wal.is_some() {
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            if self.conn.execute_batch("PRAGMA synchronous=FULL").is_err() {
+                let _ = self
+                    .conn
+                    .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);
+            }
+        }
     }
 }
 

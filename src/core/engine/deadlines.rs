@@ -8,7 +8,13 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
+use super::{notes, presence, tasks, Engine, Parts, Tx};
 use crate::clock::Millis;
+use crate::core::types::CoreResult;
+
+/// How often expired notes, old finished tasks and history past its retention are deleted from
+/// disk. Readers already treat them as gone; this only reclaims space.
+pub(super) const HOUSEKEEPING_MS: Millis = 60_000;
 
 /// Something to run at a moment. Stale entries are harmless: each is re-checked when it fires.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -81,4 +87,80 @@ impl Deadlines {
     pub(super) fn len(&self) -> usize {
         self.heap.len()
     }
+}
+
+// ------------------------------------------------------------ firing them
+
+impl Engine {
+    /// Handles every deadline that is due, each in its own step. One that fails is armed
+    /// again at its instant, to be retried in a later batch. False if any failed.
+    pub(super) fn fire_due(&mut self) -> bool {
+        let mut failed = Vec::new();
+        loop {
+            let now = self.now();
+            let Some((at, what)) = self.deadlines.pop_due(now) else {
+                break;
+            };
+            self.fired.push((at, what.clone()));
+            let handled = {
+                let what = what.clone();
+                self.step(move |e| e.fire(what, now))
+            };
+            if !handled {
+                tracing::error!(deadline = ?what, "a deadline could not be handled; will retry");
+                failed.push((at, what));
+            }
+        }
+        let all_handled = failed.is_empty();
+        for (at, what) in failed {
+            self.deadlines.schedule(at, what);
+        }
+        all_handled
+    }
+
+    fn fire(&mut self, what: Deadline, now: Millis) {
+        self.note_change();
+        let Parts {
+            mut tx,
+            locks,
+            events,
+            tasks,
+        } = self.parts();
+        let tx = &mut tx;
+        // An error is already recorded in the step (`Tx::db`), which rolls it back.
+        let _ = match what {
+            Deadline::LockExpiry(name) => locks.expire(tx, name, now),
+            Deadline::AgentLapse(agent) => presence::lapse(tx, locks, tasks, agent, now),
+            Deadline::LeaseExpiry(id) => tasks.expire_lease(tx, id, now),
+            Deadline::TaskReady(id) => tasks.task_ready(tx, id, now),
+            Deadline::TicketWindow(id) => {
+                locks.end_ticket_window(tx, id, now);
+                Ok(())
+            }
+            Deadline::TicketGrace(id) => {
+                locks.end_grace(id, now);
+                Ok(())
+            }
+            Deadline::EventWindow(call) => {
+                events.end_event_window(tx, call, false);
+                Ok(())
+            }
+            Deadline::ClaimWindow(call) => {
+                tasks.end_claim_window(tx, call, false);
+                Ok(())
+            }
+            Deadline::Housekeeping => housekeeping(tx, now),
+        };
+    }
+}
+
+/// Deletes what readers already treat as gone (expired notes, old finished tasks) and history
+/// past its retention, every
+/// [`HOUSEKEEPING_MS`].
+fn housekeeping(tx: &mut Tx, now: Millis) -> CoreResult<()> {
+    notes::purge_expired(tx, now)?;
+    tasks::purge_finished(tx, now)?;
+    super::history::prune(tx, now)?;
+    tx.schedule(now + HOUSEKEEPING_MS, Deadline::Housekeeping);
+    Ok(())
 }

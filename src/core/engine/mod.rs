@@ -25,9 +25,11 @@
 //! dispatch of each [`Request`] to its capability.
 //!
 //! Invariants:
-//! - Nothing is answered before the commit that made it true. If the commit fails, every answer
-//!   of the batch becomes a storage error and nothing is acknowledged; what the batch handled
-//!   (due deadlines, undelivered grants) is handled again by a later one.
+//! - Nothing is answered before the commit that made it true is durable: right after the commit,
+//!   or, with pipelined commits ([`pipeline`]), from the syncing thread after the fsync that
+//!   covers the batch, while the engine goes on with the next one. If the commit fails, every
+//!   answer of the batch becomes a storage error and nothing is acknowledged; what the batch
+//!   handled (due deadlines, undelivered grants) is handled again by a later one.
 //! - Each step of a batch (a command, a grant to release, a due deadline) runs in a savepoint of
 //!   its own, opened by the step's first store call: a storage error rolls back that step alone,
 //!   and the answers it made become the error. A step that never reaches the store opens none.
@@ -43,6 +45,7 @@ mod history;
 mod lock_rows;
 mod locks;
 mod notes;
+mod pipeline;
 mod presence;
 mod status;
 mod tasks;
@@ -64,6 +67,8 @@ use crate::store::{Store, TaskState};
 use deadlines::{Deadline, Deadlines};
 use events::Events;
 use locks::Locks;
+pub use pipeline::{exit_on_sync_failure, OnSyncFailure, EXIT_SYNC_FAILED};
+use pipeline::{Pipeline, Settling};
 use tasks::Tasks;
 use tx::{storage, Outbox, StepSavepoint, Tx};
 
@@ -80,9 +85,6 @@ fn max_batch_from_env() -> usize {
         .and_then(|v| v.trim().parse::<usize>().ok())
         .map_or(MAX_BATCH, |n| n.clamp(1, MAX_BATCH))
 }
-/// How often expired notes and old finished tasks are deleted from disk. Readers already treat
-/// them as gone; this only reclaims space.
-const HOUSEKEEPING_MS: Millis = 60_000;
 
 /// Where one call's answer goes, typed by what its handler answers: the answer travels to the
 /// caller as its [`Response`] variant (`wrap`). Status probes of parked calls, which are no
@@ -229,6 +231,12 @@ pub struct Engine {
     operations_at_commit: u64,
     /// The audit history's retention (see [`history`]).
     history: history::HistoryLog,
+    /// Pipelined commit ([`Engine::pipeline`]): answers leave from the syncing thread, after
+    /// the fsync that covers their batch. `None`: each commit is durable when it returns, and
+    /// the engine answers right after it.
+    pipeline: Option<Pipeline>,
+    /// The last batch's answers, until [`Engine::settle_batch`] sends or hands them over.
+    settling: Option<Settling>,
 }
 
 /// A [`Tx`] and the capabilities, borrowed apart from one engine.
@@ -280,6 +288,8 @@ impl Engine {
             operations_at_commit: 0,
             // The daemon refuses a bad setting before it starts (see `daemon`).
             history: history::HistoryLog::new(Retention::from_env().unwrap_or_default()),
+            pipeline: None,
+            settling: None,
         })
     }
 
@@ -342,10 +352,23 @@ impl Engine {
         // the engine thread does not ask the allocator for (and give back) up to
         // `max_batch` commands' worth of memory per batch.
         let mut batch = Vec::new();
+        // A command taken to see whether one was waiting (pipelined commits only).
+        let mut carried = None;
         loop {
-            let first = match self.next_wake_in() {
+            self.collect_orphans();
+            // While answers are in flight on the syncing thread, look again within `POLL`: they
+            // may come back as grants to release. A wake for that alone is no batch.
+            let mut wake = self.next_wake_in();
+            let polling = self.pipeline.as_ref().is_some_and(Pipeline::busy)
+                && wake.is_none_or(|d| d > pipeline::POLL);
+            if polling {
+                wake = Some(pipeline::POLL);
+            }
+            let first = match wake {
+                _ if carried.is_some() => carried.take(),
                 Some(d) => match rx.recv_timeout(d) {
                     Ok(c) => Some(c),
+                    Err(RecvTimeoutError::Timeout) if polling && !self.work_due() => continue,
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => break,
                 },
@@ -362,7 +385,15 @@ impl Engine {
                 }
             }
             self.process(batch.drain(..));
+            if self.pipeline.is_some() {
+                // With a command waiting, the syncing thread answers this batch after its fsync
+                // while the engine takes the next; without, the engine syncs and answers it.
+                let next = rx.try_recv();
+                self.settle_batch(next.is_ok());
+                carried = next.ok();
+            }
         }
+        self.flush();
         tracing::info!(
             commits = self.commits,
             operations = self.operations,
@@ -375,15 +406,26 @@ impl Engine {
     /// deadline, or at once for grants to release and lines to move; never before `retry_at`.
     fn next_wake_in(&self) -> Option<Duration> {
         let now = self.now();
-        let pending = !self.orphans.is_empty() || self.locks.has_work() || self.tasks.has_work();
-        let mut wake = self.deadlines.next_at();
-        if pending {
-            wake = Some(now);
-        }
+        let mut wake = self.work_due_at();
         if let Some(retry) = self.retry_at {
             wake = wake.map(|w| w.max(retry));
         }
         wake.map(|at| Duration::from_millis((at - now).max(0) as u64))
+    }
+
+    /// When the engine has work of its own, `retry_at` aside.
+    fn work_due_at(&self) -> Option<Millis> {
+        let pending = !self.orphans.is_empty() || self.locks.has_work() || self.tasks.has_work();
+        if pending {
+            return Some(self.now());
+        }
+        self.deadlines.next_at()
+    }
+
+    /// Whether a wake without a command has work to do now.
+    fn work_due(&mut self) -> bool {
+        self.collect_orphans();
+        self.next_wake_in() == Some(Duration::ZERO)
     }
 
     /// Applies one batch in one transaction and answers its callers after the commit.
@@ -403,6 +445,7 @@ impl Engine {
             self.batch_error = Some(storage(e));
         }
         let mut drained = Vec::new();
+        self.collect_orphans();
         let orphans = if self.batch_error.is_none() {
             std::mem::take(&mut self.orphans)
         } else {
@@ -476,19 +519,14 @@ impl Engine {
         }
         retry |= !kept.is_empty() || self.locks.has_work() || self.tasks.has_work();
         self.orphans.append(&mut kept);
+        self.retry_at = retry.then(|| self.now() + RETRY_MS);
+        if self.pipeline.is_some() {
+            return self.hold_answers(failed, drained);
+        }
         // The outbox keeps its buffer for the next batch (delivering adds nothing to it).
         let mut answers = std::mem::take(&mut self.outbox.answers);
-        for out in answers.drain(..) {
-            let error = failed.as_ref().or(out.failed.as_ref());
-            let delivered = (out.deliver)(error);
-            if !delivered && error.is_none() {
-                if let Some(orphan) = out.orphan {
-                    self.orphans.push(orphan);
-                }
-            }
-        }
+        pipeline::deliver(answers.drain(..), failed.as_ref(), &mut self.orphans);
         self.outbox.answers = answers;
-        self.retry_at = retry.then(|| self.now() + RETRY_MS);
         for done in drained {
             let _ = done.send(());
         }
@@ -825,75 +863,4 @@ impl Engine {
         events.end_all_windows(&mut tx);
         tasks.end_all_windows(&mut tx);
     }
-
-    /// Handles every deadline that is due, each in its own step. One that fails is armed
-    /// again at its instant, to be retried in a later batch. False if any failed.
-    fn fire_due(&mut self) -> bool {
-        let mut failed = Vec::new();
-        loop {
-            let now = self.now();
-            let Some((at, what)) = self.deadlines.pop_due(now) else {
-                break;
-            };
-            self.fired.push((at, what.clone()));
-            let handled = {
-                let what = what.clone();
-                self.step(move |e| e.fire(what, now))
-            };
-            if !handled {
-                tracing::error!(deadline = ?what, "a deadline could not be handled; will retry");
-                failed.push((at, what));
-            }
-        }
-        let all_handled = failed.is_empty();
-        for (at, what) in failed {
-            self.deadlines.schedule(at, what);
-        }
-        all_handled
-    }
-
-    fn fire(&mut self, what: Deadline, now: Millis) {
-        self.note_change();
-        let Parts {
-            mut tx,
-            locks,
-            events,
-            tasks,
-        } = self.parts();
-        let tx = &mut tx;
-        // An error is already recorded in the step (`Tx::db`), which rolls it back.
-        let _ = match what {
-            Deadline::LockExpiry(name) => locks.expire(tx, name, now),
-            Deadline::AgentLapse(agent) => presence::lapse(tx, locks, tasks, agent, now),
-            Deadline::LeaseExpiry(id) => tasks.expire_lease(tx, id, now),
-            Deadline::TaskReady(id) => tasks.task_ready(tx, id, now),
-            Deadline::TicketWindow(id) => {
-                locks.end_ticket_window(tx, id, now);
-                Ok(())
-            }
-            Deadline::TicketGrace(id) => {
-                locks.end_grace(id, now);
-                Ok(())
-            }
-            Deadline::EventWindow(call) => {
-                events.end_event_window(tx, call, false);
-                Ok(())
-            }
-            Deadline::ClaimWindow(call) => {
-                tasks.end_claim_window(tx, call, false);
-                Ok(())
-            }
-            Deadline::Housekeeping => housekeeping(tx, now),
-        };
-    }
-}
-
-/// Deletes what readers already treat as gone (expired notes, old finished tasks) and history
-/// past its retention, every [`HOUSEKEEPING_MS`].
-fn housekeeping(tx: &mut Tx, now: Millis) -> CoreResult<()> {
-    notes::purge_expired(tx, now)?;
-    tasks::purge_finished(tx, now)?;
-    history::prune(tx, now)?;
-    tx.schedule(now + HOUSEKEEPING_MS, Deadline::Housekeeping);
-    Ok(())
 }

@@ -15,7 +15,7 @@ use crate::clock::{seconds_left, Millis};
 use crate::core::history::{HistoryKind, Why};
 use crate::core::request::PushTask;
 use crate::core::types::*;
-use crate::store::{NewTask, TaskRow, TaskState, Values};
+use crate::store::{Finish, Lease, NewTask, TaskRow, TaskState, Values};
 
 struct ClaimWaiter {
     call: u64,
@@ -36,25 +36,28 @@ pub(super) struct Tasks {
     to_feed: BTreeSet<String>,
 }
 
-/// Leases `task` to `agent_id` and returns the claim answer.
-fn lease(
+/// Leases the next ready task of `queue` to `agent_id` (one statement) and returns the claim
+/// answer; `None` if no task is ready.
+fn claim(
     tx: &mut Tx,
-    mut task: TaskRow,
+    queue: &str,
     agent_id: &str,
     lease_ms: Millis,
-) -> CoreResult<(ClaimOutcome, Orphan)> {
+) -> CoreResult<Option<(ClaimOutcome, Orphan)>> {
     let now = tx.now();
     let token = new_token("ls");
     let expires_at = now + lease_ms;
-    task.state = TaskState::Claimed;
-    task.attempts += 1;
-    task.lease_agent = Some(agent_id.to_string());
-    task.lease_token = Some(token.clone());
-    task.lease_expires_at = Some(expires_at);
-    tx.db(|s| s.task_update(&task))?;
+    let lease = Lease {
+        agent_id,
+        token: &token,
+        expires_at,
+    };
+    let Some(task) = tx.db(|s| s.task_claim_next(queue, now, &lease))? else {
+        return Ok(None);
+    };
     tx.record(HistoryKind::Claim, &task.queue, Said::by(agent_id, task.id))?;
     tx.schedule(expires_at, Deadline::LeaseExpiry(task.id));
-    Ok((
+    Ok(Some((
         ClaimOutcome::Claimed {
             claimed: true,
             id: task.id,
@@ -67,7 +70,7 @@ fn lease(
             id: task.id,
             lease_token: token,
         },
-    ))
+    )))
 }
 
 /// The task, if `lease_token` is its current, unexpired lease; else why not.
@@ -360,20 +363,13 @@ impl Tasks {
         wait_ms: Millis,
         reply: Reply<ClaimOutcome>,
     ) {
-        let now = tx.now();
-        let next = match tx.db(|s| s.task_next_ready(&queue, now)) {
-            Ok(n) => n,
-            Err(e) => return tx.respond(reply, Err(e)),
-        };
-        match next {
-            Some(task) => match lease(tx, task, &agent_id, lease_ms) {
-                Ok((out, orphan)) => tx.respond_grant(reply, out, orphan),
-                Err(e) => tx.respond(reply, Err(e)),
-            },
-            None if wait_ms == 0 || tx.draining => {
+        match claim(tx, &queue, &agent_id, lease_ms) {
+            Err(e) => tx.respond(reply, Err(e)),
+            Ok(Some((out, orphan))) => tx.respond_grant(reply, out, orphan),
+            Ok(None) if wait_ms == 0 || tx.draining => {
                 tx.respond(reply, Ok(ClaimOutcome::Empty { claimed: false }))
             }
-            None => {
+            Ok(None) => {
                 let window_end = tx.now() + wait_ms;
                 self.claim_calls.insert(call, queue.clone());
                 self.claim_waiters
@@ -405,10 +401,11 @@ impl Tasks {
                 self.claim_waiters.remove(queue);
                 return Ok(());
             }
-            let now = tx.now();
-            let Some(task) = tx.db(|s| s.task_next_ready(queue, now))? else {
+            let head = waiters.front().expect("checked non-empty");
+            let claimed = claim(tx, queue, &head.agent_id, head.lease_ms);
+            if let Ok(None) = claimed {
                 return Ok(());
-            };
+            }
             let w = self
                 .claim_waiters
                 .get_mut(queue)
@@ -416,8 +413,9 @@ impl Tasks {
                 .expect("checked non-empty");
             self.claim_calls.remove(&w.call);
             // Out of its queue now: answered whatever happens (the error rolls the step back).
-            match lease(tx, task, &w.agent_id, w.lease_ms) {
-                Ok((out, orphan)) => tx.respond_grant(w.reply, out, orphan),
+            match claimed {
+                Ok(Some((out, orphan))) => tx.respond_grant(w.reply, out, orphan),
+                Ok(None) => unreachable!("returned above"),
                 Err(e) => {
                     tx.respond(w.reply, Err(e.clone()));
                     return Err(e);
@@ -556,36 +554,43 @@ impl Tasks {
         to: TaskState,
         note: Option<String>,
     ) -> CoreResult<Option<String>> {
-        let mut t = match leased_task(tx, id, lease_token)? {
-            Ok(t) => t,
-            Err(reason) => return Ok(Some(reason)),
-        };
-        match to {
+        let finish = match to {
             TaskState::Pending => {
+                let t = match leased_task(tx, id, lease_token)? {
+                    Ok(t) => t,
+                    Err(reason) => return Ok(Some(reason)),
+                };
                 let error = note.unwrap_or_else(|| "failed (no error given)".into());
                 self.attempt_failed(tx, t, Why::Failed, error)?;
                 return Ok(None);
             }
-            TaskState::Completed => {
-                record_task(tx, HistoryKind::Complete, &t, Said::default())?;
-                t.result = note;
+            TaskState::Completed => Finish::Completed,
+            _ => Finish::Failed,
+        };
+        // One statement when the lease is good; when it is not, nothing changed and the task
+        // is read to say why.
+        let now = tx.now();
+        if let Some(done) =
+            tx.db(|s| s.task_finish(id, lease_token, now, finish, note.as_deref()))?
+        {
+            let said = Said {
+                agent: done.agent_id.as_deref(),
+                number: Some(id),
+                ..Said::default()
+            };
+            match finish {
+                Finish::Completed => tx.record(HistoryKind::Complete, &done.queue, said)?,
+                Finish::Failed => {
+                    let said = said.saying(note.as_deref());
+                    tx.record(HistoryKind::Fail, &done.queue, said)?
+                }
             }
-            _ => {
-                record_task(
-                    tx,
-                    HistoryKind::Fail,
-                    &t,
-                    Said::default().saying(note.as_deref()),
-                )?;
-                t.last_error = note;
-            }
+            return Ok(None);
         }
-        t.state = to;
-        t.lease_token = None;
-        t.lease_expires_at = None;
-        t.finished_at = Some(tx.now());
-        tx.db(|s| s.task_update(&t))?;
-        Ok(None)
+        Ok(Some(match leased_task(tx, id, lease_token)? {
+            Err(reason) => reason,
+            Ok(_) => "lease_token is not the current lease of this task".into(),
+        }))
     }
 
     pub(super) fn complete_task(

@@ -372,7 +372,7 @@ fn history_older_than_its_retention_is_pruned_at_housekeeping() {
     assert_eq!(history(&mut e).len(), 1);
     // Housekeeping runs every minute; by then the grant is older than 5 s (and the lock's own
     // 60 s TTL has run out: its release is new, and stays).
-    clock.advance_ms(HOUSEKEEPING_MS + 1);
+    clock.advance_ms(deadlines::HOUSEKEEPING_MS + 1);
     e.process(vec![]);
     assert_eq!(
         history(&mut e),

@@ -182,3 +182,43 @@ fn counter_overflow_is_reported_not_wrapped() {
     assert_eq!(s.counter_add("c", 1).unwrap(), None);
     s.commit().unwrap();
 }
+
+/// Pipelined: commits no longer sync (`synchronous=OFF`), SQLite's own checkpoint is off, ours
+/// runs once the WAL passes its mark (with FULL for the call, then OFF again), and what was
+/// committed is there after the store is closed and reopened.
+#[test]
+fn pipelined_commits_checkpoint_on_their_own_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let value = "v".repeat(4096);
+    {
+        let mut s = SqliteStore::open(&path).unwrap();
+        assert_eq!(pragma(&s, "synchronous"), 2, "FULL until pipelined");
+        let mut syncer = s.pipeline().unwrap().expect("a file database pipelines");
+        assert_eq!(pragma(&s, "synchronous"), 0, "OFF");
+        for round in 0..6 {
+            s.begin().unwrap();
+            for i in 0..200 {
+                s.note_put(&NoteRow {
+                    key: format!("k{round}-{i:03}"),
+                    value: value.clone(),
+                    author: None,
+                    expires_at: None,
+                })
+                .unwrap();
+            }
+            s.commit().unwrap();
+            syncer.sync().unwrap();
+        }
+        // 1,200 pages written: our checkpoint ran (SQLite's would have at 1,000 too, but it is
+        // off), and left the store at OFF.
+        assert!(s.wal.as_ref().unwrap().frames() < 1000);
+        assert_eq!(pragma(&s, "synchronous"), 0);
+        assert!(s.pipeline().is_err(), "pipelined once only");
+    }
+    let mut s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.note_list(0).unwrap().len(), 1200);
+    // An in-memory store has no WAL to sync: it stays as it is.
+    let mut m = SqliteStore::open_in_memory().unwrap();
+    assert!(m.pipeline().unwrap().is_none());
+}

@@ -1,0 +1,522 @@
+//! Pipelined commit: the engine commits batch N without waiting for its fsync and goes on with
+//! batch N+1, while this module's syncing thread makes N durable and only then answers N's
+//! callers.
+//!
+//! The store's commit writes the batch (on SQLite: its WAL frames, with `synchronous=OFF`) and
+//! returns; the engine hands the batch's answers here, tagged with the number of that commit. The
+//! syncing thread takes every batch handed over so far, calls [`Syncer::sync`] once if any of them
+//! is newer than the last sync (one fsync covers every commit written before it began), and then
+//! delivers their answers, in order. So:
+//! - no answer leaves before the fsync that made its batch durable, nor before the fsyncs of the
+//!   batches before it (a batch is built on their state);
+//! - a batch that wrote nothing or failed is tagged with the commit before it, and waits for that.
+//!
+//! A failed fsync is fatal: later batches were built on state that may never reach the disk, so
+//! nothing more may be acknowledged. The thread delivers nothing more and calls the failure hook,
+//! which in the daemon logs and exits the process (as PostgreSQL does on a failed fsync).
+//!
+//! Grants whose callers went away by the time they were answered come back to the engine as
+//! orphans ([`Pipeline::take_orphans`]); while batches are in flight the engine polls for them
+//! ([`POLL`]).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::tx::{storage, Outgoing};
+use super::{Engine, Orphan};
+use crate::core::types::{CoreError, CoreResult};
+use crate::store::Syncer;
+
+/// While answers are in flight, the engine looks for undelivered grants at least this often.
+pub(super) const POLL: Duration = Duration::from_millis(2);
+
+/// The exit status of a daemon stopped by a failed fsync.
+pub const EXIT_SYNC_FAILED: i32 = 75;
+
+/// What the syncing thread calls when an fsync fails; it delivers nothing afterwards.
+pub type OnSyncFailure = Box<dyn FnOnce(&std::io::Error) + Send>;
+
+/// The daemon's reaction to a failed fsync: say so loudly and stop at once, answering nobody.
+pub fn exit_on_sync_failure() -> OnSyncFailure {
+    Box::new(|e| {
+        tracing::error!(
+            error = %e,
+            "FATAL: an fsync of the database failed; commits after the last good fsync may not \
+             be on disk, so the daemon stops without answering them. Check the disk, then \
+             restart: the database reopens at its last durable state"
+        );
+        eprintln!("airlock: fatal: an fsync of the database failed ({e}); stopping");
+        std::process::exit(EXIT_SYNC_FAILED);
+    })
+}
+
+impl Engine {
+    /// Pipelines the commits if the store can ([`Store::pipeline`]): the engine goes on with the
+    /// next batch while a syncing thread makes the last one durable and then answers it. A
+    /// failed fsync calls `on_failure` (the daemon's exits) and nothing more is answered.
+    /// True if the commits are now pipelined.
+    pub fn pipeline(&mut self, on_failure: OnSyncFailure) -> CoreResult<bool> {
+        if self.pipeline.is_some() {
+            return Ok(true);
+        }
+        let Some(syncer) = self.store.pipeline().map_err(storage)? else {
+            return Ok(false);
+        };
+        let pipeline = Pipeline::start(syncer, on_failure)
+            .map_err(|e| CoreError::Storage(format!("could not start the syncing thread: {e}")))?;
+        self.pipeline = Some(pipeline);
+        Ok(true)
+    }
+
+    /// Takes back the grants the syncing thread could not deliver, to release them.
+    pub(super) fn collect_orphans(&mut self) {
+        if let Some(p) = &self.pipeline {
+            self.orphans.append(&mut p.take_orphans());
+        }
+    }
+
+    /// Keeps the batch's answers for [`Engine::settle_batch`]. They depend on the batch's own
+    /// commit or, for a batch that did not commit, on the last one (the state it answered from).
+    pub(super) fn hold_answers(
+        &mut self,
+        failed: Option<CoreError>,
+        drained: Vec<oneshot::Sender<()>>,
+    ) {
+        let Some(p) = &mut self.pipeline else {
+            return;
+        };
+        if let Some(older) = self.settling.take() {
+            p.hand_over(older);
+        }
+        let commit = if failed.is_none() {
+            p.committed()
+        } else {
+            p.last_commit()
+        };
+        let capacity = self.outbox.answers.capacity();
+        self.settling = Some(Settling {
+            commit,
+            answers: std::mem::replace(&mut self.outbox.answers, Vec::with_capacity(capacity)),
+            failed,
+            drained,
+        });
+    }
+
+    /// Sends the last batch's answers after its fsync: from the syncing thread if `more`
+    /// commands wait (see [`Pipeline::settle`]).
+    pub(super) fn settle_batch(&mut self, more: bool) {
+        if let (Some(p), Some(batch)) = (&self.pipeline, self.settling.take()) {
+            p.settle(batch, more, &mut self.orphans);
+        }
+    }
+
+    /// Delivers every answer held or handed to the syncing thread, after its fsync.
+    pub fn flush(&mut self) {
+        self.settle_batch(true);
+        if let Some(mut p) = self.pipeline.take() {
+            p.finish();
+            self.orphans.append(&mut p.take_orphans());
+        }
+    }
+}
+
+/// One batch's answers, waiting for the fsync that makes their state durable.
+pub(super) struct Settling {
+    /// The commit they depend on: the batch's own, or the last before it.
+    pub(super) commit: u64,
+    pub(super) answers: Vec<Outgoing>,
+    /// The batch was rolled back: every answer is this error.
+    pub(super) failed: Option<CoreError>,
+    /// `Drain` callers, told after the answers.
+    pub(super) drained: Vec<oneshot::Sender<()>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Settling>,
+    /// Batches handed over and not yet delivered (the thread's current group included).
+    in_flight: usize,
+    orphans: Vec<Orphan>,
+    /// The last commit an fsync covered.
+    synced: u64,
+    /// An fsync failed: nothing is delivered any more.
+    failed: bool,
+    stop: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    /// Used by the syncing thread, or by the engine when nothing is in flight.
+    syncer: Mutex<Box<dyn Syncer>>,
+    on_failure: Mutex<Option<OnSyncFailure>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes commit `needed` (and every one before it) durable, unless an fsync already did.
+    /// False if the fsync failed (the failure hook has run).
+    fn sync_through(&self, needed: u64) -> bool {
+        {
+            let q = self.lock();
+            if q.failed {
+                return false;
+            }
+            if q.synced >= needed {
+                return true;
+            }
+        }
+        let done = self.syncer.lock().unwrap_or_else(|e| e.into_inner()).sync();
+        let mut q = self.lock();
+        match done {
+            Ok(()) => {
+                q.synced = q.synced.max(needed);
+                true
+            }
+            Err(e) => {
+                q.failed = true;
+                drop(q);
+                let hook = self
+                    .on_failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                if let Some(hook) = hook {
+                    hook(&e);
+                }
+                false
+            }
+        }
+    }
+}
+
+/// The engine's side of the pipeline.
+pub(super) struct Pipeline {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    /// Commits made since the pipeline started.
+    commits: u64,
+}
+
+impl Pipeline {
+    pub(super) fn start(
+        syncer: Box<dyn Syncer>,
+        on_failure: OnSyncFailure,
+    ) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            syncer: Mutex::new(syncer),
+            on_failure: Mutex::new(Some(on_failure)),
+        });
+        let thread = std::thread::Builder::new()
+            .name("airlock-sync".into())
+            .spawn({
+                let shared = shared.clone();
+                move || sync_loop(&shared)
+            })?;
+        Ok(Pipeline {
+            shared,
+            thread: Some(thread),
+            commits: 0,
+        })
+    }
+
+    /// A commit was written: the number the answers that depend on it carry.
+    pub(super) fn committed(&mut self) -> u64 {
+        self.commits += 1;
+        self.commits
+    }
+
+    /// The last commit written.
+    pub(super) fn last_commit(&self) -> u64 {
+        self.commits
+    }
+
+    /// Answers a batch once its commit is durable. With `more` (commands are waiting), or while
+    /// earlier batches are in flight, the syncing thread does it and the engine goes on. Else
+    /// the engine would only wait: it syncs and answers here, sparing a thread hop, exactly as
+    /// without a pipeline. Undelivered grants of an answer sent here go to `orphans`.
+    pub(super) fn settle(&self, batch: Settling, more: bool, orphans: &mut Vec<Orphan>) {
+        {
+            let q = self.shared.lock();
+            if q.failed {
+                return;
+            }
+            if more || q.in_flight > 0 {
+                drop(q);
+                return self.hand_over(batch);
+            }
+        }
+        if self.shared.sync_through(batch.commit) {
+            send(batch, orphans);
+        }
+    }
+
+    /// Hands a batch's answers to the syncing thread; they leave once its commit is durable.
+    pub(super) fn hand_over(&self, batch: Settling) {
+        let mut q = self.shared.lock();
+        q.waiting.push_back(batch);
+        q.in_flight += 1;
+        drop(q);
+        self.shared.wake.notify_one();
+    }
+
+    /// Grants whose callers were gone when they were answered.
+    pub(super) fn take_orphans(&self) -> Vec<Orphan> {
+        std::mem::take(&mut self.shared.lock().orphans)
+    }
+
+    /// Whether answers are still in flight or orphans wait: the engine should look again soon.
+    pub(super) fn busy(&self) -> bool {
+        let q = self.shared.lock();
+        q.in_flight > 0 || !q.orphans.is_empty()
+    }
+
+    /// Delivers everything handed over (after its fsync) and stops the thread.
+    pub(super) fn finish(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.shared.lock().stop = true;
+        self.shared.wake.notify_one();
+        let _ = thread.join();
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn sync_loop(shared: &Shared) {
+    let mut group = VecDeque::new();
+    let mut orphans = Vec::new();
+    loop {
+        {
+            let mut q = shared.lock();
+            while q.waiting.is_empty() && !q.stop {
+                q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+            if q.waiting.is_empty() || q.failed {
+                return;
+            }
+            std::mem::swap(&mut group, &mut q.waiting);
+        }
+        // Every commit in the group was written before it was handed over, so before this fsync.
+        let needed = group.iter().map(|b| b.commit).max().unwrap_or(0);
+        if !shared.sync_through(needed) {
+            // Nothing more is delivered: the group's answers are dropped unsent (in the daemon
+            // the process has ended in the failure hook).
+            return;
+        }
+        let delivered = group.len();
+        for batch in group.drain(..) {
+            send(batch, &mut orphans);
+        }
+        let mut q = shared.lock();
+        q.orphans.append(&mut orphans);
+        q.in_flight -= delivered;
+    }
+}
+
+/// Sends a durable batch's answers, then tells its `Drain` callers.
+fn send(batch: Settling, orphans: &mut Vec<Orphan>) {
+    deliver(batch.answers, batch.failed.as_ref(), orphans);
+    for done in batch.drained {
+        let _ = done.send(());
+    }
+}
+
+/// Sends a batch's answers (each its own failure, or the batch's); a grant nobody received
+/// becomes an orphan to release.
+pub(super) fn deliver(
+    answers: impl IntoIterator<Item = Outgoing>,
+    failed: Option<&CoreError>,
+    orphans: &mut Vec<Orphan>,
+) {
+    for out in answers {
+        let error = failed.or(out.failed.as_ref());
+        let delivered = (out.deliver)(error);
+        if !delivered && error.is_none() {
+            if let Some(orphan) = out.orphan {
+                orphans.push(orphan);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::core::engine::tx::Outbox;
+    use crate::core::engine::Reply;
+
+    /// A syncer that says when a sync begins and returns what the test tells it to.
+    struct Gate {
+        began: mpsc::Sender<()>,
+        outcome: mpsc::Receiver<std::io::Result<()>>,
+    }
+
+    impl Syncer for Gate {
+        fn sync(&mut self) -> std::io::Result<()> {
+            let _ = self.began.send(());
+            self.outcome
+                .recv()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the test went away")))
+        }
+    }
+
+    struct Harness {
+        pipeline: Pipeline,
+        began: mpsc::Receiver<()>,
+        outcome: mpsc::Sender<std::io::Result<()>>,
+        failed: mpsc::Receiver<String>,
+    }
+
+    fn harness() -> Harness {
+        let (began_tx, began) = mpsc::channel();
+        let (outcome, outcome_rx) = mpsc::channel();
+        let (failed_tx, failed) = mpsc::channel();
+        let gate = Gate {
+            began: began_tx,
+            outcome: outcome_rx,
+        };
+        let pipeline = Pipeline::start(
+            Box::new(gate),
+            Box::new(move |e| {
+                let _ = failed_tx.send(e.to_string());
+            }),
+        )
+        .unwrap();
+        Harness {
+            pipeline,
+            began,
+            outcome,
+            failed,
+        }
+    }
+
+    /// Hands over one batch of one answer (`value`) and returns its receiver.
+    fn batch(p: &mut Pipeline, commits: bool, value: u32) -> oneshot::Receiver<CoreResult<u32>> {
+        let mut outbox = Outbox::default();
+        let (tx, rx) = oneshot::channel();
+        outbox.push(Reply::<u32, u32>::new(tx, |v| v), Ok(value), None);
+        let commit = if commits {
+            p.committed()
+        } else {
+            p.last_commit()
+        };
+        p.hand_over(Settling {
+            commit,
+            answers: outbox.answers,
+            failed: None,
+            drained: Vec::new(),
+        });
+        rx
+    }
+
+    #[test]
+    fn an_answer_leaves_only_after_the_fsync_that_covers_it() {
+        let mut h = harness();
+        let mut first = batch(&mut h.pipeline, true, 1);
+        h.began.recv().unwrap();
+        // Batch 2 is written while batch 1's fsync runs: that fsync began before it.
+        let mut second = batch(&mut h.pipeline, true, 2);
+        assert!(first.try_recv().is_err() && second.try_recv().is_err());
+        h.outcome.send(Ok(())).unwrap();
+        assert_eq!(first.blocking_recv().unwrap().unwrap(), 1);
+        // Batch 2 waits for an fsync of its own.
+        h.began.recv().unwrap();
+        assert!(second.try_recv().is_err());
+        h.outcome.send(Ok(())).unwrap();
+        assert_eq!(second.blocking_recv().unwrap().unwrap(), 2);
+        // A batch that wrote nothing depends on the last commit, already durable: no fsync.
+        let third = batch(&mut h.pipeline, false, 3);
+        assert_eq!(third.blocking_recv().unwrap().unwrap(), 3);
+        h.pipeline.finish();
+        assert!(h.began.try_recv().is_err(), "an fsync nothing needed");
+    }
+
+    /// One answer (`value`) in a batch that committed.
+    fn settling(p: &mut Pipeline, value: u32) -> (Settling, oneshot::Receiver<CoreResult<u32>>) {
+        let mut outbox = Outbox::default();
+        let (tx, rx) = oneshot::channel();
+        outbox.push(Reply::<u32, u32>::new(tx, |v| v), Ok(value), None);
+        let batch = Settling {
+            commit: p.committed(),
+            answers: outbox.answers,
+            failed: None,
+            drained: Vec::new(),
+        };
+        (batch, rx)
+    }
+
+    #[test]
+    fn with_nothing_waiting_the_engine_syncs_and_answers_itself() {
+        let mut h = harness();
+        let (b, mut rx) = settling(&mut h.pipeline, 1);
+        h.outcome.send(Ok(())).unwrap();
+        let mut orphans = Vec::new();
+        h.pipeline.settle(b, false, &mut orphans);
+        // Synced (the gate was passed) and answered before `settle` returned.
+        h.began.try_recv().unwrap();
+        assert_eq!(rx.try_recv().unwrap().unwrap(), 1);
+        // With a command waiting, the syncing thread does it.
+        let (b, mut rx) = settling(&mut h.pipeline, 2);
+        h.pipeline.settle(b, true, &mut orphans);
+        h.began.recv().unwrap();
+        assert!(rx.try_recv().is_err());
+        // And while it is in flight, a batch with nothing after it still goes behind it.
+        let (b, mut later) = settling(&mut h.pipeline, 3);
+        h.pipeline.settle(b, false, &mut orphans);
+        assert!(later.try_recv().is_err());
+        h.outcome.send(Ok(())).unwrap();
+        assert_eq!(rx.blocking_recv().unwrap().unwrap(), 2);
+        h.began.recv().unwrap();
+        h.outcome.send(Ok(())).unwrap();
+        assert_eq!(later.blocking_recv().unwrap().unwrap(), 3);
+        // A failed fsync on the engine's side: the hook runs, the answer is dropped unsent.
+        let (b, rx) = settling(&mut h.pipeline, 4);
+        h.outcome
+            .send(Err(std::io::Error::other("disk gone")))
+            .unwrap();
+        h.pipeline.settle(b, false, &mut orphans);
+        assert!(h.failed.try_recv().unwrap().contains("disk gone"));
+        assert!(rx.blocking_recv().is_err());
+        let (b, rx) = settling(&mut h.pipeline, 5);
+        h.pipeline.settle(b, false, &mut orphans);
+        drop(h.pipeline);
+        assert!(rx.blocking_recv().is_err(), "nothing after a failed fsync");
+    }
+
+    #[test]
+    fn a_failed_fsync_answers_nothing_more() {
+        let mut h = harness();
+        let first = batch(&mut h.pipeline, true, 1);
+        h.began.recv().unwrap();
+        let second = batch(&mut h.pipeline, true, 2);
+        h.outcome
+            .send(Err(std::io::Error::other("disk gone")))
+            .unwrap();
+        assert!(h.failed.recv().unwrap().contains("disk gone"));
+        // The batch of the failed fsync is dropped unanswered...
+        assert!(first.blocking_recv().is_err());
+        // ...and so is every later one, even one that needs no new fsync.
+        let third = batch(&mut h.pipeline, false, 3);
+        drop(h.pipeline);
+        assert!(second.blocking_recv().is_err());
+        assert!(third.blocking_recv().is_err());
+        assert!(h.began.try_recv().is_err(), "no fsync after the failure");
+    }
+}
