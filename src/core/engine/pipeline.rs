@@ -151,6 +151,8 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// Notified when the syncing thread has delivered what it took, or an fsync failed.
+    idle: Condvar,
     /// Used by the syncing thread, or by the engine when nothing is in flight.
     syncer: Mutex<Box<dyn Syncer>>,
     on_failure: Mutex<Option<OnSyncFailure>>,
@@ -183,6 +185,7 @@ impl Shared {
             Err(e) => {
                 q.failed = true;
                 drop(q);
+                self.idle.notify_all();
                 let hook = self
                     .on_failure
                     .lock()
@@ -213,6 +216,7 @@ impl Pipeline {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
+            idle: Condvar::new(),
             syncer: Mutex::new(syncer),
             on_failure: Mutex::new(Some(on_failure)),
         });
@@ -240,17 +244,23 @@ impl Pipeline {
         self.commits
     }
 
-    /// Answers a batch once its commit is durable. With `more` (commands are waiting), or while
-    /// earlier batches are in flight, the syncing thread does it and the engine goes on. Else
-    /// the engine would only wait: it syncs and answers here, sparing a thread hop, exactly as
-    /// without a pipeline. Undelivered grants of an answer sent here go to `orphans`.
+    /// Answers a batch once its commit is durable. One batch at most is in flight: while the
+    /// syncing thread has one, the engine waits for it (its fsync had to come first anyway, and
+    /// the commands arriving meanwhile make the next batch, and the next commit, larger). Then,
+    /// with `more` (commands are waiting), the syncing thread takes this one and the engine goes
+    /// on; else the engine would only wait: it syncs and answers here, sparing a thread hop,
+    /// exactly as without a pipeline. Undelivered grants of an answer sent here go to
+    /// `orphans`.
     pub(super) fn settle(&self, batch: Settling, more: bool, orphans: &mut Vec<Orphan>) {
         {
-            let q = self.shared.lock();
+            let mut q = self.shared.lock();
+            while q.in_flight > 0 && !q.failed {
+                q = self.shared.idle.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
             if q.failed {
                 return;
             }
-            if more || q.in_flight > 0 {
+            if more {
                 drop(q);
                 return self.hand_over(batch);
             }
@@ -325,6 +335,8 @@ fn sync_loop(shared: &Shared) {
         let mut q = shared.lock();
         q.orphans.append(&mut orphans);
         q.in_flight -= delivered;
+        drop(q);
+        shared.idle.notify_all();
     }
 }
 
@@ -477,22 +489,21 @@ mod tests {
         h.pipeline.settle(b, true, &mut orphans);
         h.began.recv().unwrap();
         assert!(rx.try_recv().is_err());
-        // And while it is in flight, a batch with nothing after it still goes behind it.
+        // While it is in flight, the next batch waits for it, then goes on its own.
         let (b, mut later) = settling(&mut h.pipeline, 3);
+        h.outcome.send(Ok(())).unwrap();
+        h.outcome.send(Ok(())).unwrap();
         h.pipeline.settle(b, false, &mut orphans);
-        assert!(later.try_recv().is_err());
-        h.outcome.send(Ok(())).unwrap();
-        assert_eq!(rx.blocking_recv().unwrap().unwrap(), 2);
+        assert_eq!(rx.try_recv().unwrap().unwrap(), 2, "batch 2 first");
+        assert_eq!(later.try_recv().unwrap().unwrap(), 3);
         h.began.recv().unwrap();
-        h.outcome.send(Ok(())).unwrap();
-        assert_eq!(later.blocking_recv().unwrap().unwrap(), 3);
         // A failed fsync on the engine's side: the hook runs, the answer is dropped unsent.
         let (b, rx) = settling(&mut h.pipeline, 4);
         h.outcome
             .send(Err(std::io::Error::other("disk gone")))
             .unwrap();
         h.pipeline.settle(b, false, &mut orphans);
-        assert!(h.failed.try_recv().unwrap().contains("disk gone"));
+        assert!(h.failed.recv().unwrap().contains("disk gone"));
         assert!(rx.blocking_recv().is_err());
         let (b, rx) = settling(&mut h.pipeline, 5);
         h.pipeline.settle(b, false, &mut orphans);
