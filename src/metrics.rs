@@ -336,7 +336,8 @@ pub fn render(calls: &CallMetrics, engine: Option<&EngineMetrics>, view: &Status
             &mut out,
             "airlock_commit_duration_seconds",
             "histogram",
-            "Time of each commit of this daemon's engine, its fsync included.",
+            "Time of each commit of this daemon's engine: on PostgreSQL the whole commit; on \
+             SQLite writing it (its fsync is airlock_fsync_duration_seconds).",
         );
         render_histogram(
             &e.commit_seconds,
@@ -354,6 +355,19 @@ pub fn render(calls: &CallMetrics, engine: Option<&EngineMetrics>, view: &Status
             &e.operations_per_commit,
             &mut out,
             "airlock_operations_per_commit",
+            "",
+        );
+        head(
+            &mut out,
+            "airlock_fsync_duration_seconds",
+            "histogram",
+            "Time of each fsync of the SQLite log by this daemon's syncing thread (one covers \
+             every commit written before it began); none on PostgreSQL, whose commit includes it.",
+        );
+        render_histogram(
+            &e.fsync_seconds,
+            &mut out,
+            "airlock_fsync_duration_seconds",
             "",
         );
     }

@@ -233,6 +233,16 @@ async fn the_counters_and_gauges_move_with_the_work() {
     );
     assert!(during.get("airlock_commit_duration_seconds_count") > 0.0);
     assert!(during.get("airlock_operations_per_commit_sum") >= 5.0);
+    // On SQLite each fsync of the log is timed (one may cover several commits); PostgreSQL's
+    // commit includes its own.
+    let fsyncs = during.get("airlock_fsync_duration_seconds_count");
+    match common::postgres::backend() {
+        common::postgres::Backend::Sqlite => assert!(
+            fsyncs > 0.0 && fsyncs <= during.get("airlock_commit_duration_seconds_count"),
+            "{fsyncs} fsyncs"
+        ),
+        common::postgres::Backend::Postgres => assert_eq!(fsyncs, 0.0),
+    }
 
     unlock(&d, "db", &token(&held)).await;
     within(30, waiter).await.unwrap();

@@ -61,10 +61,12 @@ impl Histogram {
     }
 }
 
-/// What the engine thread records: commit times and operations per commit.
+/// What the engine thread records: commit times and operations per commit; and, where the
+/// commits are pipelined (SQLite), the syncing thread: each fsync's time.
 pub struct EngineMetrics {
     pub commit_seconds: Histogram,
     pub operations_per_commit: Histogram,
+    pub fsync_seconds: Histogram,
 }
 
 impl Default for EngineMetrics {
@@ -72,6 +74,7 @@ impl Default for EngineMetrics {
         EngineMetrics {
             commit_seconds: Histogram::new(COMMIT_BUCKETS),
             operations_per_commit: Histogram::new(BATCH_BUCKETS),
+            fsync_seconds: Histogram::new(COMMIT_BUCKETS),
         }
     }
 }
@@ -81,5 +84,10 @@ impl EngineMetrics {
     pub fn record_commit(&self, seconds: f64, operations: u64) {
         self.commit_seconds.observe(seconds);
         self.operations_per_commit.observe(operations as f64);
+    }
+
+    /// One fsync of the pipelined store's log that took `seconds`.
+    pub fn record_fsync(&self, seconds: f64) {
+        self.fsync_seconds.observe(seconds);
     }
 }

@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 
 use super::tx::{storage, Outgoing};
 use super::{Engine, Orphan};
+use crate::core::metrics::EngineMetrics;
 use crate::core::types::{CoreError, CoreResult};
 use crate::store::Syncer;
 
@@ -66,7 +67,7 @@ impl Engine {
         let Some(syncer) = self.store.pipeline().map_err(storage)? else {
             return Ok(false);
         };
-        let pipeline = Pipeline::start(syncer, on_failure)
+        let pipeline = Pipeline::start(syncer, on_failure, self.metrics.clone())
             .map_err(|e| CoreError::Storage(format!("could not start the syncing thread: {e}")))?;
         self.pipeline = Some(pipeline);
         Ok(true)
@@ -156,6 +157,8 @@ struct Shared {
     /// Used by the syncing thread, or by the engine when nothing is in flight.
     syncer: Mutex<Box<dyn Syncer>>,
     on_failure: Mutex<Option<OnSyncFailure>>,
+    /// Where each fsync's time goes (`GET /metrics`).
+    metrics: Arc<EngineMetrics>,
 }
 
 impl Shared {
@@ -175,7 +178,9 @@ impl Shared {
                 return true;
             }
         }
+        let started = std::time::Instant::now();
         let done = self.syncer.lock().unwrap_or_else(|e| e.into_inner()).sync();
+        self.metrics.record_fsync(started.elapsed().as_secs_f64());
         let mut q = self.lock();
         match done {
             Ok(()) => {
@@ -212,6 +217,7 @@ impl Pipeline {
     pub(super) fn start(
         syncer: Box<dyn Syncer>,
         on_failure: OnSyncFailure,
+        metrics: Arc<EngineMetrics>,
     ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
@@ -219,6 +225,7 @@ impl Pipeline {
             idle: Condvar::new(),
             syncer: Mutex::new(syncer),
             on_failure: Mutex::new(Some(on_failure)),
+            metrics,
         });
         let thread = std::thread::Builder::new()
             .name("airlock-sync".into())
@@ -409,6 +416,7 @@ mod tests {
             Box::new(move |e| {
                 let _ = failed_tx.send(e.to_string());
             }),
+            Default::default(),
         )
         .unwrap();
         Harness {
