@@ -892,3 +892,34 @@ async fn status_pages_through_every_section() {
     );
     assert!(!second.contains("lock1"), "{second}");
 }
+
+// ---- 8. A log that nobody reads ----
+
+/// The daemon logs every grant and release. With stderr a pipe nobody reads (a stopped pager,
+/// a stuck log shipper) the pipe's buffer (64 KiB) fills after about a hundred of these lines;
+/// the daemon must go on answering, dropping lines rather than stopping on a blocked write.
+#[tokio::test]
+async fn a_stderr_that_nobody_reads_does_not_stop_the_daemon() {
+    let d = Daemon::serve().log(common::Log::Unread).start().await;
+    // Lines of about 600 bytes: 400 lock+unlock cycles log about 480 KB, several times the
+    // pipe's buffer.
+    let name = format!("log/{}", "x".repeat(480));
+    for i in 0..400 {
+        let cycle = async {
+            let got = d
+                .call("lock_resource", json!({"name": name, "agent_id": "a"}))
+                .await;
+            assert_eq!(got["locked"], true, "{got}");
+            let freed = d
+                .call("unlock_resource", json!({"name": name, "agent_id": "a"}))
+                .await;
+            assert_eq!(freed["released"], true, "{freed}");
+        };
+        if tokio::time::timeout(Duration::from_secs(20), cycle)
+            .await
+            .is_err()
+        {
+            panic!("cycle {i} got no answer: the daemon stopped on its full stderr pipe");
+        }
+    }
+}

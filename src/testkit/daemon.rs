@@ -32,6 +32,9 @@ pub enum Log {
     /// Read, and the lines containing one of these kept for [`Process::logged`]; the rest
     /// dropped.
     Keep(&'static [&'static str]),
+    /// A pipe that nobody reads, kept open as long as the process is: once its buffer is full,
+    /// a write to it blocks (a stopped pager, a stuck log shipper).
+    Unread,
 }
 
 /// A server process that prints `… listening on URL` on stdout once bound. Killed (SIGKILL)
@@ -46,6 +49,8 @@ pub struct Process {
     pub listening_after: Duration,
     /// The lines kept under [`Log::Keep`]. Not held across anything that blocks.
     kept: Arc<Mutex<Vec<String>>>,
+    /// The read end of its stderr under [`Log::Unread`], never read.
+    _unread: Option<std::process::ChildStderr>,
 }
 
 impl Process {
@@ -54,7 +59,7 @@ impl Process {
         cmd.stdout(Stdio::piped());
         cmd.stderr(match log {
             Log::Inherit => Stdio::inherit(),
-            Log::Labelled(_) | Log::Keep(_) => Stdio::piped(),
+            Log::Labelled(_) | Log::Keep(_) | Log::Unread => Stdio::piped(),
         });
         let spawned_at = Instant::now();
         let child = cmd
@@ -74,10 +79,15 @@ impl Process {
         spawned_at: Instant,
     ) -> Result<Process, StartError> {
         let kept = Arc::new(Mutex::new(Vec::new()));
-        // Under `Inherit` a piped stderr is the caller's to read.
-        if !matches!(log, Log::Inherit) {
-            if let Some(err) = child.stderr.take() {
-                read_stderr(err, log.clone(), kept.clone());
+        let mut unread = None;
+        match log {
+            // A piped stderr is the caller's to read.
+            Log::Inherit => {}
+            Log::Unread => unread = child.stderr.take(),
+            Log::Labelled(_) | Log::Keep(_) => {
+                if let Some(err) = child.stderr.take() {
+                    read_stderr(err, log.clone(), kept.clone());
+                }
             }
         }
         let Some(stdout) = child.stdout.take() else {
@@ -117,6 +127,7 @@ impl Process {
             spawned_at,
             listening_after,
             kept,
+            _unread: unread,
         })
     }
 
@@ -186,7 +197,7 @@ fn read_stderr(err: std::process::ChildStderr, log: Log, kept: Arc<Mutex<Vec<Str
     std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
             match &log {
-                Log::Inherit => return,
+                Log::Inherit | Log::Unread => return,
                 Log::Labelled(label) => {
                     let _ = std::io::stderr()
                         .lock()
