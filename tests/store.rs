@@ -362,8 +362,11 @@ fn entry(at: i64, kind: &str, name: &str, agent: Option<&str>) -> HistoryRow {
 
 /// (at, kind) of the rows `q` reads, and whether more follow.
 fn read(s: &mut dyn Store, q: &HistoryQuery) -> (Vec<(i64, String)>, bool) {
-    let (rows, more) = s.history_page(q).unwrap();
-    (rows.into_iter().map(|h| (h.at, h.kind)).collect(), more)
+    let (rows, next) = s.history_page(q).unwrap();
+    (
+        rows.into_iter().map(|h| (h.at, h.kind)).collect(),
+        next.is_some(),
+    )
 }
 
 fn history(s: &mut dyn Store) {
@@ -448,21 +451,21 @@ fn history(s: &mut dyn Store) {
         ats(read(s, &q(|q| q.agent_id = Some("nobody".into())))),
         [] as [i64; 0]
     );
-    // Pages: newest first, `before` an id, `more` says whether older ones match.
+    // Pages: newest first, each ending with the `before` of the next while older ones match.
     let mut page = q(|q| q.limit = 4);
-    let (rows, more) = s.history_page(&page).unwrap();
-    assert!(more);
+    let (rows, next) = s.history_page(&page).unwrap();
+    assert!(next.is_some());
     assert_eq!(
         rows.iter().map(|h| h.at).collect::<Vec<_>>(),
         [12, 11, 10, 9]
     );
-    page.before = Some(rows[3].id);
-    let (rows, more) = s.history_page(&page).unwrap();
-    assert!(more);
+    page.before = next;
+    let (rows, next) = s.history_page(&page).unwrap();
+    assert!(next.is_some());
     assert_eq!(rows.iter().map(|h| h.at).collect::<Vec<_>>(), [8, 7, 6, 5]);
-    page.before = Some(rows[3].id);
-    let (rows, more) = s.history_page(&page).unwrap();
-    assert!(!more);
+    page.before = next;
+    let (rows, next) = s.history_page(&page).unwrap();
+    assert_eq!(next, None);
     assert_eq!(rows.iter().map(|h| h.at).collect::<Vec<_>>(), [4, 2]);
     // Pruning: by count (the newest `keep`), then by age.
     assert_eq!(s.history_prune(0, 6).unwrap(), 4);
@@ -1762,8 +1765,8 @@ fn sqlite_a_version_2_database_upgrades_to_lock_holders_in_place() {
     let version: i64 = c
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    // Every later migration ran too (4: the history).
-    assert_eq!(version, 4);
+    // Every later migration ran too (4: the history; 5: its indexes dropped).
+    assert_eq!(version, 5);
     let index: i64 = c
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'locks_agent'",

@@ -1,7 +1,7 @@
 //! `airlock history`: the audit history (`get_history`), one entry per line, newest first.
 
 use clap::Args;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::client::{Client, ClientError};
 use super::show::escape;
@@ -31,29 +31,42 @@ pub struct HistoryArgs {
     cursor: Option<String>,
 }
 
-/// The answer as JSON, and its lines for a human.
+/// The answer as JSON, and its lines for a human. A page of the daemon may hold fewer entries
+/// than asked (it looks through a bounded number per page), so this follows its cursor until
+/// `--limit` entries are in or none older match.
 pub async fn answer(c: &Client, a: HistoryArgs) -> Result<(Value, String), ClientError> {
-    let r = c
-        .request(&Request::GetHistory(GetHistory {
-            name: a.name,
-            agent_id: a.agent,
-            kind: a.kind,
-            since: a.since,
-            limit: Some(a.limit),
-            cursor: a.cursor,
-        }))
-        .await?;
-    let items = r["items"].as_array().cloned().unwrap_or_default();
+    let mut items: Vec<Value> = Vec::new();
+    let mut cursor = a.cursor;
+    loop {
+        let r = c
+            .request(&Request::GetHistory(GetHistory {
+                name: a.name.clone(),
+                agent_id: a.agent.clone(),
+                kind: a.kind.clone(),
+                since: a.since.clone(),
+                limit: Some(a.limit - items.len() as i64),
+                cursor: cursor.take(),
+            }))
+            .await?;
+        items.extend(r["items"].as_array().cloned().unwrap_or_default());
+        cursor = r["next_cursor"].as_str().map(str::to_string);
+        if cursor.is_none() || items.len() as i64 >= a.limit {
+            break;
+        }
+    }
     let mut lines: Vec<String> = items.iter().map(line).collect();
     if lines.is_empty() {
         lines.push("(none)".into());
     }
-    if let Some(next) = r["next_cursor"].as_str() {
+    if let Some(next) = &cursor {
         lines.push(format!(
             "(older entries: airlock history --cursor {next} …)"
         ));
     }
-    Ok((r, lines.join("\n")))
+    Ok((
+        json!({"items": items, "next_cursor": cursor}),
+        lines.join("\n"),
+    ))
 }
 
 /// `2026-12-07T02:31:05.123Z  release  build  alpha  fence 7  reason ttl`

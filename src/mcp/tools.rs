@@ -648,7 +648,9 @@ pub static TOOLS: &[ToolSpec] = &[
             reason?, error?}], next_cursor}. Kinds: grant, renew, release (reason: unlock, ttl, \
             presence_lapse, shutdown, orphan) for locks; push, claim, extend, complete, fail, \
             requeue, dead, retry for tasks (name is the queue); signal, clear for events. \
-            Kept 7 days, at most 100,000 entries, unless the daemon is set otherwise.",
+            Kept 7 days, at most 100,000 entries, unless the daemon is set otherwise. A \
+            filtered page may hold fewer than limit entries, even none, with a next_cursor: \
+            follow next_cursor until it is null.",
         params: &[
             opt("name", Str, "Only entries of this lock, queue or event."),
             opt("agent_id", Str, "Only entries of this agent."),

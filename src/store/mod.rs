@@ -410,8 +410,10 @@ pub trait Store: Send {
     // the rows until `commit` and write them there; a savepoint rolled back drops its rows).
 
     fn history_append(&mut self, row: &HistoryRow) -> StoreResult<()>;
-    /// Entries `q` asks for, newest first, and whether older ones match too.
-    fn history_page(&mut self, q: &HistoryQuery) -> StoreResult<(Vec<HistoryRow>, bool)>;
+    /// Entries `q` asks for, newest first, and the `before` of the next page: `None` when no
+    /// older entry matches. A backend that looks through a bounded number of entries per page
+    /// may return fewer than `limit` (even none) with a next page.
+    fn history_page(&mut self, q: &HistoryQuery) -> StoreResult<(Vec<HistoryRow>, Option<i64>)>;
     /// Deletes entries older than `before`, and all but the newest `keep` (ids are dense enough
     /// that "the last `keep` ids" is that); returns how many went.
     fn history_prune(&mut self, before: Millis, keep: u64) -> StoreResult<usize>;

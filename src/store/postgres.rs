@@ -571,7 +571,7 @@ impl Store for PgStore {
         Ok(())
     }
 
-    fn history_page(&mut self, q: &HistoryQuery) -> StoreResult<(Vec<HistoryRow>, bool)> {
+    fn history_page(&mut self, q: &HistoryQuery) -> StoreResult<(Vec<HistoryRow>, Option<i64>)> {
         self.read_history(q)
     }
 

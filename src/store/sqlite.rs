@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sql/sqlite/0002_task_options.sql"),
     include_str!("sql/sqlite/0003_lock_holders.sql"),
     include_str!("sql/sqlite/0004_history.sql"),
+    include_str!("sql/sqlite/0005_history_unindexed.sql"),
 ];
 
 /// The SQLite store. Owned by the engine thread.
@@ -363,7 +364,7 @@ impl Store for SqliteStore {
         self.append_history(row)
     }
 
-    fn history_page(&mut self, q: &HistoryQuery) -> StoreResult<(Vec<HistoryRow>, bool)> {
+    fn history_page(&mut self, q: &HistoryQuery) -> StoreResult<(Vec<HistoryRow>, Option<i64>)> {
         self.read_history(q)
     }
 

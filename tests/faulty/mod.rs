@@ -192,7 +192,7 @@ impl Store for FaultyStore {
     fn history_append(&mut self, row: &HistoryRow) -> StoreResult<()> {
         self.stmt("history_append", |s| s.history_append(row))
     }
-    fn history_page(&mut self, q: &HistoryQuery) -> StoreResult<(Vec<HistoryRow>, bool)> {
+    fn history_page(&mut self, q: &HistoryQuery) -> StoreResult<(Vec<HistoryRow>, Option<i64>)> {
         self.stmt("history_page", |s| s.history_page(q))
     }
     fn history_prune(&mut self, before: Millis, keep: u64) -> StoreResult<usize> {

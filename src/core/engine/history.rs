@@ -114,13 +114,12 @@ fn read(tx: &mut Tx, r: GetHistory) -> CoreResult<HistoryPage> {
         // Checked requests carry their limit.
         limit: r.limit.map_or(1, |n| n.max(1) as usize),
     };
-    let (rows, more) = tx.db(|s| s.history_page(&q))?;
-    let last = rows.last().map(|h| h.id);
+    let (rows, next) = tx.db(|s| s.history_page(&q))?;
     Ok(HistoryPage {
         items: rows
             .into_iter()
             .filter_map(HistoryEntry::from_row)
             .collect(),
-        next_cursor: last.filter(|_| more).map(|id| id.to_string()),
+        next_cursor: next.map(|id| id.to_string()),
     })
 }

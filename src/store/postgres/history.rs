@@ -73,7 +73,10 @@ impl PgStore {
         })
     }
 
-    pub(super) fn read_history(&self, q: &HistoryQuery) -> StoreResult<(Vec<HistoryRow>, bool)> {
+    pub(super) fn read_history(
+        &self,
+        q: &HistoryQuery,
+    ) -> StoreResult<(Vec<HistoryRow>, Option<i64>)> {
         // Newest first; `since` is a plain filter here (the server stops at the LIMIT).
         let sql = format!(
             "SELECT {COLUMNS} FROM airlock.history \
@@ -103,7 +106,8 @@ impl PgStore {
             .collect::<StoreResult<Vec<_>>>()?;
         let more = rows.len() > q.limit;
         rows.truncate(q.limit);
-        Ok((rows, more))
+        let next = rows.last().map(|h| h.id).filter(|_| more);
+        Ok((rows, next))
     }
 
     pub(super) fn prune_history(&self, before: Millis, keep: u64) -> StoreResult<usize> {

@@ -1,11 +1,21 @@
 //! The audit history on SQLite: appended row by row inside the engine's transaction (so a
-//! savepoint rolled back takes its rows with it), read newest first through the indexes on
-//! `(name, id)` and `(agent_id, id)`.
+//! savepoint rolled back takes its rows with it), read newest first by its rowid.
+//!
+//! The table has no index besides its rowid (migration 5 dropped the ones on `(name, id)` and
+//! `(agent_id, id)`): every entry is appended at the end of the table's B-tree, one page per
+//! commit, where each index put the entries of a batch's different names and agents on as many
+//! different pages, each written to the WAL at every commit (BENCHMARKS.md, "What the audit
+//! history costs"). A filtered read looks through the entries instead, newest first, at most
+//! [`HISTORY_SCAN_ROWS`] of them per page (about 2 ms), so a read of a rare name over a long
+//! history is several short pages, never one long stall of the engine.
 
 use rusqlite::{params, Row};
 
 use super::SqliteStore;
 use crate::store::{HistoryQuery, HistoryRow, StoreResult};
+
+/// Entries a page of `get_history` looks through at most before it ends, short, with a cursor.
+pub const HISTORY_SCAN_ROWS: usize = 20_000;
 
 const COLUMNS: &str = "id, at, kind, name, agent_id, number, reason, error";
 
@@ -38,32 +48,42 @@ impl SqliteStore {
     pub(super) fn read_history(
         &mut self,
         q: &HistoryQuery,
-    ) -> StoreResult<(Vec<HistoryRow>, bool)> {
-        // One statement for every combination of filters: an absent filter is NULL and passes.
-        // `since` is applied while reading: rows come newest first, and ids grow with time, so
-        // the first row older than `since` ends the page instead of a scan to the oldest row.
+    ) -> StoreResult<(Vec<HistoryRow>, Option<i64>)> {
+        // Newest first by the rowid, filtered here: the table has no other index (see the
+        // module's doc), and a page looks through at most `HISTORY_SCAN_ROWS` entries, ending
+        // short with a cursor where it stopped. `since` ends the read: ids grow with time, so
+        // the first entry older than `since` has no matching one after it.
         let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM history \
-             WHERE (?1 IS NULL OR name = ?1) AND (?2 IS NULL OR agent_id = ?2) \
-               AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR id < ?4) \
-             ORDER BY id DESC"
+            "SELECT {COLUMNS} FROM history WHERE ?1 IS NULL OR id < ?1 ORDER BY id DESC"
         ))?;
-        let mut found =
-            st.query_map(params![q.name, q.agent_id, q.kind, q.before], history_from)?;
+        let mut found = st.query([q.before])?;
         let mut rows = Vec::with_capacity(q.limit.min(1024));
-        let mut more = false;
-        for row in &mut found {
-            let row = row?;
-            if q.since.is_some_and(|t| row.at < t) {
-                break;
+        let mut looked = 0;
+        while let Some(r) = found.next()? {
+            let id: i64 = r.get(0)?;
+            let at: i64 = r.get(1)?;
+            if q.since.is_some_and(|t| at < t) {
+                return Ok((rows, None));
             }
-            if rows.len() == q.limit {
-                more = true;
-                break;
+            let text = |i| r.get_ref(i).map(|v| v.as_str_or_null().ok().flatten());
+            let wanted = |filter: &Option<String>, got: Option<&str>| {
+                filter.as_deref().is_none_or(|f| Some(f) == got)
+            };
+            if wanted(&q.name, text(3)?)
+                && wanted(&q.agent_id, text(4)?)
+                && wanted(&q.kind, text(2)?)
+            {
+                if rows.len() == q.limit {
+                    return Ok((rows, Some(id + 1)));
+                }
+                rows.push(history_from(r)?);
             }
-            rows.push(row);
+            looked += 1;
+            if looked == HISTORY_SCAN_ROWS {
+                return Ok((rows, Some(id)));
+            }
         }
-        Ok((rows, more))
+        Ok((rows, None))
     }
 
     pub(super) fn prune_history(&mut self, before: i64, keep: u64) -> StoreResult<usize> {

@@ -222,3 +222,90 @@ fn pipelined_commits_checkpoint_on_their_own_and_survive_a_reopen() {
     let mut m = SqliteStore::open_in_memory().unwrap();
     assert!(m.pipeline().unwrap().is_none());
 }
+
+/// A filtered history read looks through at most `HISTORY_SCAN_ROWS` entries per page: a rare
+/// name behind a long history comes in short pages (the first ones empty), each with the cursor
+/// where it stopped, and following them finds every match once, newest first. The history table
+/// has no index but its rowid (one B-tree page per commit, whatever the names).
+#[test]
+fn a_filtered_history_read_looks_through_a_bounded_number_of_entries_per_page() {
+    use super::history::HISTORY_SCAN_ROWS;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+    let indexes: i64 = s
+        .conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'history'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 0, "the history has no index but its rowid");
+    let row = |at: i64, name: &str| HistoryRow {
+        id: 0,
+        at,
+        kind: "grant".into(),
+        name: name.into(),
+        agent_id: Some("a".into()),
+        number: Some(at),
+        reason: None,
+        error: None,
+    };
+    let total = 2 * HISTORY_SCAN_ROWS as i64 + 500;
+    s.begin().unwrap();
+    for at in 0..total {
+        // The rare name at the oldest end and in the middle.
+        let name = if at == 3 || at == total / 2 {
+            "rare"
+        } else {
+            "busy"
+        };
+        s.history_append(&row(at, name)).unwrap();
+    }
+    s.commit().unwrap();
+    let mut q = HistoryQuery {
+        name: Some("rare".into()),
+        limit: 100,
+        ..HistoryQuery::default()
+    };
+    let mut pages = Vec::new();
+    loop {
+        let (rows, next) = s.history_page(&q).unwrap();
+        pages.push(rows.iter().map(|h| h.at).collect::<Vec<_>>());
+        match next {
+            Some(before) => q.before = Some(before),
+            None => break,
+        }
+    }
+    assert_eq!(
+        pages.concat(),
+        [total / 2, 3],
+        "every match once, newest first"
+    );
+    assert_eq!(
+        pages.len(),
+        3,
+        "a page per {HISTORY_SCAN_ROWS} entries: {pages:?}"
+    );
+    assert!(pages[0].is_empty(), "{pages:?}");
+    // Unfiltered pages fill up to their limit whatever the budget.
+    let (rows, next) = s
+        .history_page(&HistoryQuery {
+            limit: 1000,
+            ..HistoryQuery::default()
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 1000);
+    assert!(next.is_some());
+    // `since` ends the read at the first older entry: no cursor past it.
+    let (rows, next) = s
+        .history_page(&HistoryQuery {
+            name: Some("rare".into()),
+            since: Some(total - 10),
+            limit: 100,
+            ..HistoryQuery::default()
+        })
+        .unwrap();
+    assert!(rows.is_empty());
+    assert_eq!(next, None);
+}
