@@ -15,9 +15,17 @@
 //! nothing more may be acknowledged. The thread delivers nothing more and calls the failure hook,
 //! which in the daemon logs and exits the process (as PostgreSQL does on a failed fsync).
 //!
+//! The answers of a durable batch are sent by a task on the runtime (the *deliverer*) when the
+//! pipeline was started inside one: the syncing thread (or the engine) hands it the whole batch
+//! with one wake, and its sends wake the callers' tasks from inside the runtime, where a wake is
+//! a push on a worker's queue, instead of one cross-thread wake (a futex or eventfd write, an IPI
+//! in a VM) per answer from outside it. Without a runtime the batch is sent where it became
+//! durable. Either way a batch's answers leave in order, after its fsync, and batches in the
+//! order of their commits.
+//!
 //! Grants whose callers went away by the time they were answered come back to the engine as
-//! orphans ([`Pipeline::take_orphans`]); while batches are in flight the engine polls for them
-//! ([`POLL`]).
+//! orphans ([`Pipeline::take_orphans`]); while batches are in flight or being delivered the
+//! engine polls for them ([`POLL`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -141,6 +149,8 @@ struct Queue {
     waiting: VecDeque<Settling>,
     /// Batches handed over and not yet delivered (the thread's current group included).
     in_flight: usize,
+    /// Durable batches handed to the deliverer and not yet sent.
+    delivering: usize,
     orphans: Vec<Orphan>,
     /// The last commit an fsync covered.
     synced: u64,
@@ -159,11 +169,33 @@ struct Shared {
     on_failure: Mutex<Option<OnSyncFailure>>,
     /// Where each fsync's time goes (`GET /metrics`).
     metrics: Arc<EngineMetrics>,
+    /// The deliverer's channel, when the pipeline started inside a runtime.
+    deliverer: Option<tokio::sync::mpsc::UnboundedSender<Settling>>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends a durable batch's answers: through the deliverer if there is one, else here
+    /// (undelivered grants then go to `orphans`).
+    fn dispatch(&self, batch: Settling, orphans: &mut Vec<Orphan>) {
+        let batch = match &self.deliverer {
+            Some(deliverer) => {
+                self.lock().delivering += 1;
+                match deliverer.send(batch) {
+                    Ok(()) => return,
+                    // The runtime is gone (the daemon is stopping): send them here.
+                    Err(back) => {
+                        self.lock().delivering -= 1;
+                        back.0
+                    }
+                }
+            }
+            None => batch,
+        };
+        send(batch, orphans);
     }
 
     /// Makes commit `needed` (and every one before it) durable, unless an fsync already did.
@@ -219,6 +251,14 @@ impl Pipeline {
         on_failure: OnSyncFailure,
         metrics: Arc<EngineMetrics>,
     ) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let (deliverer, delivered) = match runtime {
+            Some(_) => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
@@ -226,7 +266,11 @@ impl Pipeline {
             syncer: Mutex::new(syncer),
             on_failure: Mutex::new(Some(on_failure)),
             metrics,
+            deliverer,
         });
+        if let (Some(runtime), Some(rx)) = (runtime, delivered) {
+            runtime.spawn(deliver_loop(Arc::downgrade(&shared), rx));
+        }
         let thread = std::thread::Builder::new()
             .name("airlock-sync".into())
             .spawn({
@@ -273,7 +317,7 @@ impl Pipeline {
             }
         }
         if self.shared.sync_through(batch.commit) {
-            send(batch, orphans);
+            self.shared.dispatch(batch, orphans);
         }
     }
 
@@ -291,10 +335,11 @@ impl Pipeline {
         std::mem::take(&mut self.shared.lock().orphans)
     }
 
-    /// Whether answers are still in flight or orphans wait: the engine should look again soon.
+    /// Whether answers are still in flight or being delivered, or orphans wait: the engine
+    /// should look again soon.
     pub(super) fn busy(&self) -> bool {
         let q = self.shared.lock();
-        q.in_flight > 0 || !q.orphans.is_empty()
+        q.in_flight > 0 || q.delivering > 0 || !q.orphans.is_empty()
     }
 
     /// Delivers everything handed over (after its fsync) and stops the thread.
@@ -337,13 +382,36 @@ fn sync_loop(shared: &Shared) {
         }
         let delivered = group.len();
         for batch in group.drain(..) {
-            send(batch, &mut orphans);
+            shared.dispatch(batch, &mut orphans);
         }
         let mut q = shared.lock();
         q.orphans.append(&mut orphans);
         q.in_flight -= delivered;
         drop(q);
         shared.idle.notify_all();
+    }
+}
+
+/// The deliverer: sends the answers of the durable batches it is handed, in order, from a task
+/// on the runtime; undelivered grants go back to the engine's orphans. Ends when the pipeline
+/// is gone (its channel closes).
+async fn deliver_loop(
+    shared: std::sync::Weak<Shared>,
+    mut batches: tokio::sync::mpsc::UnboundedReceiver<Settling>,
+) {
+    let mut taken = Vec::new();
+    let mut orphans = Vec::new();
+    while batches.recv_many(&mut taken, 64).await > 0 {
+        let sent = taken.len();
+        for batch in taken.drain(..) {
+            send(batch, &mut orphans);
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let mut q = shared.lock();
+        q.orphans.append(&mut orphans);
+        q.delivering -= sent;
     }
 }
 
@@ -537,5 +605,60 @@ mod tests {
         assert!(second.blocking_recv().is_err());
         assert!(third.blocking_recv().is_err());
         assert!(h.began.try_recv().is_err(), "no fsync after the failure");
+    }
+
+    /// Inside a runtime the deliverer sends the answers: after the fsync, in order, from a
+    /// task; a grant whose caller is gone comes back as an orphan, and the engine is told to
+    /// keep looking (`busy`) until it has.
+    #[test]
+    fn inside_a_runtime_a_task_delivers_after_the_fsync_and_returns_orphans() {
+        use crate::core::engine::Orphan;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let _inside = runtime.enter();
+        let mut h = harness();
+        assert!(
+            h.pipeline.shared.deliverer.is_some(),
+            "started with a deliverer"
+        );
+        let mut outbox = Outbox::default();
+        let (tx, mut first) = oneshot::channel();
+        outbox.push(Reply::<u32, u32>::new(tx, |v| v), Ok(1), None);
+        let (tx, gone) = oneshot::channel();
+        drop(gone);
+        let grant = Orphan::Locks(vec![("l".into(), "a".into())]);
+        outbox.push(
+            Reply::<u32, u32>::new(tx, |v| v),
+            Ok(2),
+            Some(grant.clone()),
+        );
+        let (tx, third) = oneshot::channel();
+        outbox.push(Reply::<u32, u32>::new(tx, |v| v), Ok(3), None);
+        let commit = h.pipeline.committed();
+        h.pipeline.hand_over(Settling {
+            commit,
+            answers: outbox.answers,
+            failed: None,
+            drained: Vec::new(),
+        });
+        h.began.recv().unwrap();
+        assert!(h.pipeline.busy());
+        assert!(first.try_recv().is_err(), "nothing before the fsync");
+        h.outcome.send(Ok(())).unwrap();
+        assert_eq!(first.blocking_recv().unwrap().unwrap(), 1);
+        assert_eq!(third.blocking_recv().unwrap().unwrap(), 3);
+        // The orphan is back once the deliverer is done; until then the engine keeps looking.
+        let mut orphans = Vec::new();
+        while orphans.is_empty() {
+            assert!(h.pipeline.busy(), "busy until the orphan is back");
+            orphans = h.pipeline.take_orphans();
+            std::thread::yield_now();
+        }
+        assert_eq!(orphans, [grant]);
+        // The syncing thread counts its group out after handing it over.
+        h.pipeline.finish();
+        assert!(!h.pipeline.busy());
     }
 }
