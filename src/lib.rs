@@ -23,6 +23,8 @@
 //! - [`clock`]: the one injectable, monotonic-within-a-run clock.
 //! - [`config`]: the state directory, the token, the one-daemon lock.
 //! - [`daemon`]: start-up and graceful shutdown of `airlock serve`.
+//! - [`logging`]: the log, written to stderr by a thread of its own so no thread serving calls
+//!   waits on it.
 //! - [`cli`]: the command line; every command but `serve` is an HTTP client of the daemon.
 //! - `testkit` (hidden, **not part of the API**): the harness the integration tests and the
 //!   benchmark tool share (real daemon processes, tool calls, throwaway PostgreSQL databases).
@@ -38,6 +40,7 @@ pub mod daemon;
 pub mod http;
 pub mod identity;
 pub mod listener;
+pub mod logging;
 pub mod mcp;
 pub mod metrics;
 pub mod store;

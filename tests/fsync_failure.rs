@@ -53,3 +53,57 @@ async fn a_failed_fsync_stops_the_daemon_and_answers_nothing_after_it() {
     let got = d.call("get_note", json!({"key": "before"})).await;
     assert_eq!(got["value"], json!("kept"), "{got}");
 }
+
+/// The same with a stderr that nobody reads and that is already full: the daemon still stops
+/// with its status (its last words are queued or dropped, never waited on forever).
+#[tokio::test]
+async fn a_failed_fsync_stops_the_daemon_even_when_nobody_reads_its_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("fail-the-next-fsync");
+    let mut d = Daemon::serve()
+        .home(&dir.path().join("home"))
+        .env("AIRLOCK_TEST_FSYNC_FAIL_IF", &marker)
+        .log(common::Log::Unread)
+        // Every grant and release logged.
+        .rust_log("info")
+        .start()
+        .await;
+    let rpc = d.rpc_client();
+    // Lines of about 600 bytes: enough to fill the pipe's 64 KiB several times.
+    let name = format!("log/{}", "x".repeat(480));
+    for _ in 0..300 {
+        rpc.call("lock_resource", json!({"name": name, "agent_id": "a"}))
+            .await
+            .expect("lock");
+        rpc.call("unlock_resource", json!({"name": name, "agent_id": "a"}))
+            .await
+            .expect("unlock");
+    }
+    std::fs::write(&marker, "").unwrap();
+    let lost = rpc
+        .call("set_note", json!({"key": "after", "value": "not durable"}))
+        .await;
+    assert!(
+        lost.is_err(),
+        "answered although its fsync failed: {lost:?}"
+    );
+    let mut child = d.process.take_child().expect("still ours");
+    let waited = tokio::task::spawn_blocking(move || {
+        for _ in 0..600 {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        None
+    })
+    .await
+    .unwrap();
+    let status = waited.expect("the daemon did not stop within 30 s of the failed fsync");
+    assert_eq!(
+        status.code(),
+        Some(airlock::core::engine::EXIT_SYNC_FAILED),
+        "{status:?}"
+    );
+}

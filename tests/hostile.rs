@@ -900,7 +900,12 @@ async fn status_pages_through_every_section() {
 /// the daemon must go on answering, dropping lines rather than stopping on a blocked write.
 #[tokio::test]
 async fn a_stderr_that_nobody_reads_does_not_stop_the_daemon() {
-    let d = Daemon::serve().log(common::Log::Unread).start().await;
+    // At `info` every grant and release is logged.
+    let d = Daemon::serve()
+        .log(common::Log::Unread)
+        .rust_log("info")
+        .start()
+        .await;
     // Lines of about 600 bytes: 400 lock+unlock cycles log about 480 KB, several times the
     // pipe's buffer.
     let name = format!("log/{}", "x".repeat(480));

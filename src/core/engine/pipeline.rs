@@ -43,6 +43,9 @@ use crate::store::Syncer;
 /// While answers are in flight, the engine looks for undelivered grants at least this often.
 pub(super) const POLL: Duration = Duration::from_millis(2);
 
+/// How long stopping the pipeline waits for the deliverer to send what it was handed.
+const FINISH_WAIT: Duration = Duration::from_secs(5);
+
 /// The exit status of a daemon stopped by a failed fsync.
 pub const EXIT_SYNC_FAILED: i32 = 75;
 
@@ -58,7 +61,13 @@ pub fn exit_on_sync_failure() -> OnSyncFailure {
              be on disk, so the daemon stops without answering them. Check the disk, then \
              restart: the database reopens at its last durable state"
         );
-        eprintln!("airlock: fatal: an fsync of the database failed ({e}); stopping");
+        // The log line above is queued: write it out. Then say it on stderr directly, but never
+        // wait long on a stderr nobody reads: the daemon must stop.
+        crate::logging::flush();
+        crate::logging::say_within(
+            format!("airlock: fatal: an fsync of the database failed ({e}); stopping"),
+            std::time::Duration::from_secs(1),
+        );
         std::process::exit(EXIT_SYNC_FAILED);
     })
 }
@@ -342,14 +351,20 @@ impl Pipeline {
         q.in_flight > 0 || q.delivering > 0 || !q.orphans.is_empty()
     }
 
-    /// Delivers everything handed over (after its fsync) and stops the thread.
+    /// Delivers everything handed over (after its fsync) and stops the thread; then waits
+    /// for the deliverer to send it, [`FINISH_WAIT`] at most (a runtime that is gone sends
+    /// nothing more).
     pub(super) fn finish(&mut self) {
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
-        self.shared.lock().stop = true;
-        self.shared.wake.notify_one();
-        let _ = thread.join();
+        if let Some(thread) = self.thread.take() {
+            self.shared.lock().stop = true;
+            self.shared.wake.notify_one();
+            let _ = thread.join();
+        }
+        let q = self.shared.lock();
+        let _ = self
+            .shared
+            .idle
+            .wait_timeout_while(q, FINISH_WAIT, |q| q.delivering > 0);
     }
 }
 
@@ -412,6 +427,8 @@ async fn deliver_loop(
         let mut q = shared.lock();
         q.orphans.append(&mut orphans);
         q.delivering -= sent;
+        drop(q);
+        shared.idle.notify_all();
     }
 }
 
@@ -660,5 +677,16 @@ mod tests {
         // The syncing thread counts its group out after handing it over.
         h.pipeline.finish();
         assert!(!h.pipeline.busy());
+        // Stopping waits for the deliverer: what was handed over before is sent.
+        let (b, rx) = settling(&mut h.pipeline, 4);
+        h.outcome.send(Ok(())).unwrap();
+        h.pipeline.settle(b, false, &mut orphans);
+        h.pipeline.finish();
+        let mut rx = rx;
+        assert_eq!(
+            rx.try_recv().unwrap().unwrap(),
+            4,
+            "sent before finish returned"
+        );
     }
 }

@@ -17,7 +17,11 @@ use crate::store::{HistoryQuery, HistoryRow, StoreResult};
 /// Entries a page of `get_history` looks through at most before it ends, short, with a cursor.
 pub const HISTORY_SCAN_ROWS: usize = 20_000;
 
-const COLUMNS: &str = "id, at, kind, name, agent_id, number, reason, error";
+/// Entries older than the cursor, newest first. A plain `id < ?1` (not `?1 IS NULL OR id <
+/// ?1`): SQLite then seeks to the cursor in the rowid B-tree instead of walking every newer
+/// entry to reach it.
+pub(super) const READ_PAGE: &str = "SELECT id, at, kind, name, agent_id, number, reason, error \
+     FROM history WHERE id < ?1 ORDER BY id DESC";
 
 fn history_from(r: &Row) -> rusqlite::Result<HistoryRow> {
     Ok(HistoryRow {
@@ -53,10 +57,8 @@ impl SqliteStore {
         // module's doc), and a page looks through at most `HISTORY_SCAN_ROWS` entries, ending
         // short with a cursor where it stopped. `since` ends the read: ids grow with time, so
         // the first entry older than `since` has no matching one after it.
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM history WHERE ?1 IS NULL OR id < ?1 ORDER BY id DESC"
-        ))?;
-        let mut found = st.query([q.before])?;
+        let mut st = self.conn.prepare_cached(READ_PAGE)?;
+        let mut found = st.query([q.before.unwrap_or(i64::MAX)])?;
         let mut rows = Vec::with_capacity(q.limit.min(1024));
         let mut looked = 0;
         while let Some(r) = found.next()? {

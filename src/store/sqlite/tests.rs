@@ -241,6 +241,19 @@ fn a_filtered_history_read_looks_through_a_bounded_number_of_entries_per_page() 
         )
         .unwrap();
     assert_eq!(indexes, 0, "the history has no index but its rowid");
+    // A page starts at its cursor: a seek in the rowid B-tree, not a walk from the newest.
+    let plan: String = s
+        .conn
+        .query_row(
+            &format!("EXPLAIN QUERY PLAN {}", super::history::READ_PAGE),
+            [i64::MAX],
+            |r| r.get(3),
+        )
+        .unwrap();
+    assert!(
+        plan.contains("SEARCH history") && plan.contains("rowid<"),
+        "{plan}"
+    );
     let row = |at: i64, name: &str| HistoryRow {
         id: 0,
         at,
