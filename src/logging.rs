@@ -11,7 +11,7 @@ use std::time::Duration;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 
 /// Log lines queued for stderr at most; more are dropped while stderr does not take them.
-pub const LOG_QUEUE_LINES: usize = 65_536;
+pub const LOG_QUEUE_LINES: usize = 8_192;
 
 /// The log thread's guard: dropping it writes out what is queued and stops the thread.
 static GUARD: Mutex<Option<WorkerGuard>> = Mutex::new(None);

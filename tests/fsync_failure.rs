@@ -12,6 +12,18 @@ mod common;
 use common::Daemon;
 use serde_json::json;
 
+/// Makes every fsync fail from now on, and checks that a write is not answered.
+async fn fail_the_next_fsync(rpc: &common::Rpc, marker: &std::path::Path) {
+    std::fs::write(marker, "").unwrap();
+    let lost = rpc
+        .call("set_note", json!({"key": "after", "value": "not durable"}))
+        .await;
+    assert!(
+        lost.is_err(),
+        "answered although its fsync failed: {lost:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_failed_fsync_stops_the_daemon_and_answers_nothing_after_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -27,14 +39,7 @@ async fn a_failed_fsync_stops_the_daemon_and_answers_nothing_after_it() {
         .await
         .expect("answered while the fsyncs succeed");
 
-    std::fs::write(&marker, "").unwrap();
-    let lost = rpc
-        .call("set_note", json!({"key": "after", "value": "not durable"}))
-        .await;
-    assert!(
-        lost.is_err(),
-        "answered although its fsync failed: {lost:?}"
-    );
+    fail_the_next_fsync(&rpc, &marker).await;
     let status = d
         .process
         .take_child()
@@ -79,14 +84,7 @@ async fn a_failed_fsync_stops_the_daemon_even_when_nobody_reads_its_stderr() {
             .await
             .expect("unlock");
     }
-    std::fs::write(&marker, "").unwrap();
-    let lost = rpc
-        .call("set_note", json!({"key": "after", "value": "not durable"}))
-        .await;
-    assert!(
-        lost.is_err(),
-        "answered although its fsync failed: {lost:?}"
-    );
+    fail_the_next_fsync(&rpc, &marker).await;
     let mut child = d.process.take_child().expect("still ours");
     let waited = tokio::task::spawn_blocking(move || {
         for _ in 0..600 {
