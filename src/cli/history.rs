@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 
 use super::client::{Client, ClientError};
 use super::show::escape;
+use crate::clock::{Clock, MonotonicClock};
 use crate::core::history::{format_time, parse_since};
 use crate::core::request::{GetHistory, Request};
 
@@ -40,9 +41,7 @@ pub async fn answer(c: &Client, a: HistoryArgs) -> Result<(Value, String), Clien
     let mut cursor = a.cursor;
     // A span back from now (`10m`) is fixed once, so every page has the same cutoff; one that
     // does not parse goes as given, for the daemon to refuse naming the field.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = MonotonicClock::new().now_ms();
     let since = a.since.map(|s| match parse_since("since", &s, now) {
         Ok(at) => format_time(at),
         Err(_) => s,

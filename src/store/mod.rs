@@ -215,16 +215,15 @@ pub struct HistoryQuery {
 }
 
 impl HistoryQuery {
-    /// Whether `row` is one the query asks for (what the stores' SQL says, for the tests).
-    pub fn matches(&self, row: &HistoryRow) -> bool {
-        self.name.as_ref().is_none_or(|n| *n == row.name)
-            && self
-                .agent_id
-                .as_ref()
-                .is_none_or(|a| row.agent_id.as_ref() == Some(a))
-            && self.kind.as_ref().is_none_or(|k| *k == row.kind)
-            && self.since.is_none_or(|t| row.at >= t)
-            && self.before.is_none_or(|b| row.id < b)
+    /// Whether an entry of this kind, name and agent passes the query's filters (`since` and
+    /// `before` are the page's bounds, not filters: a store applies them as it walks).
+    pub fn wants(&self, kind: &str, name: &str, agent_id: Option<&str>) -> bool {
+        let passes = |filter: &Option<String>, got: Option<&str>| {
+            filter.as_deref().is_none_or(|f| Some(f) == got)
+        };
+        passes(&self.kind, Some(kind))
+            && passes(&self.name, Some(name))
+            && passes(&self.agent_id, agent_id)
     }
 }
 

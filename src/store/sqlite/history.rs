@@ -68,13 +68,8 @@ impl SqliteStore {
                 return Ok((rows, None));
             }
             let text = |i| r.get_ref(i).map(|v| v.as_str_or_null().ok().flatten());
-            let wanted = |filter: &Option<String>, got: Option<&str>| {
-                filter.as_deref().is_none_or(|f| Some(f) == got)
-            };
-            if wanted(&q.name, text(3)?)
-                && wanted(&q.agent_id, text(4)?)
-                && wanted(&q.kind, text(2)?)
-            {
+            let (kind, name) = (text(2)?.unwrap_or_default(), text(3)?.unwrap_or_default());
+            if q.wants(kind, name, text(4)?) {
                 if rows.len() == q.limit {
                     return Ok((rows, Some(id + 1)));
                 }
