@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use airlock::clock::Millis;
 use airlock::store::{
-    AgentRow, EventRow, Expiries, HistoryQuery, HistoryRow, LockRow, NewTask, NoteRow, QueueCount,
-    Store, StoreError, StoreResult, TaskRow, TaskState, Values,
+    AgentRow, EventRow, Expiries, Finish, Finished, HistoryQuery, HistoryRow, Lease, LockRow,
+    NewTask, NoteRow, QueueCount, Store, StoreError, StoreResult, TaskRow, TaskState, Values,
 };
 
 /// Where the next fault strikes.
@@ -272,6 +272,28 @@ impl Store for FaultyStore {
     }
     fn task_next_ready(&mut self, queue: &str, now: Millis) -> StoreResult<Option<TaskRow>> {
         self.stmt("task_next_pending", |s| s.task_next_ready(queue, now))
+    }
+    // The one-statement claim and finish of the real stores, faulted as one statement each
+    // (the trait's defaults, two statements, are not what the daemon runs).
+    fn task_claim_next(
+        &mut self,
+        queue: &str,
+        now: Millis,
+        lease: &Lease<'_>,
+    ) -> StoreResult<Option<TaskRow>> {
+        self.stmt("task_claim_next", |s| s.task_claim_next(queue, now, lease))
+    }
+    fn task_finish(
+        &mut self,
+        id: i64,
+        lease_token: &str,
+        now: Millis,
+        to: Finish,
+        note: Option<&str>,
+    ) -> StoreResult<Option<Finished>> {
+        self.stmt("task_finish", |s| {
+            s.task_finish(id, lease_token, now, to, note)
+        })
     }
     fn task_live_with_key(&mut self, queue: &str, key: &str) -> StoreResult<Option<TaskRow>> {
         self.stmt("task_live_with_key", |s| s.task_live_with_key(queue, key))
