@@ -1468,6 +1468,61 @@ async fn a_grant_left_by_a_coordinator_that_died_unanswered_is_given_back() {
     assert_eq!(left, 0, "the abandoned call's row is cleared");
 }
 
+/// The same for a grant made by a handoff: the caller, through the forwarding daemon, was parked
+/// behind a holder, and the holder's unlock granted it the lock. That grant, made when the line
+/// moved rather than when the call arrived, is written beside the call's row too, so the next
+/// coordinator gives it back when the caller leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_handoff_grant_left_by_a_coordinator_that_died_unanswered_is_given_back() {
+    let Some(mut c) = Cluster::new("cluster::a_handoff_grant_left_by_a_dead_coordinator").await
+    else {
+        return;
+    };
+    let mut m = c.start_n(2).await;
+    let b = m.pop().unwrap();
+    let a = m.pop().unwrap();
+    b.d.call("list_locks", json!({})).await;
+    let held = lock(&a.d, "handed", "holder", json!({"ttl_seconds": 600})).await;
+    hold_answers(&c, "gone", true).await;
+
+    // The caller, through the forwarding daemon, parks behind the holder.
+    let caller = {
+        let d = b.d.clone();
+        tokio::spawn(async move {
+            d.call_raw(
+                "lock_resource",
+                json!({"name": "handed", "agent_id": "gone", "ttl_seconds": 600,
+                       "wait_seconds": 60}),
+            )
+            .await
+        })
+    };
+    until_waiters(&a.d, "handed", 1).await;
+    // The unlock hands the lock to the caller; the coordinator cannot answer it.
+    unlock(&a.d, "handed", &token(&held)).await;
+    within(20, async {
+        while holder(&a.d, "handed").await.as_deref() != Some("gone") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(!caller.is_finished(), "the answer was held back");
+
+    // The coordinator dies with the answer unwritten; then the caller leaves.
+    let mut dead = a.take();
+    dead.kill();
+    caller.abort();
+    let _ = caller.await;
+
+    // The survivor coordinates and gives the grant back: the next caller gets the lock.
+    let next = lock(&b.d, "handed", "next", json!({"wait_seconds": 30})).await;
+    assert_eq!(
+        next["locked"],
+        json!(true),
+        "the handed-over grant nobody read was held: {next}"
+    );
+}
+
 /// The same, for a claim whose caller is still waiting: the new coordinator re-runs
 /// `claim_next_task`, and gives back the lease the dead coordinator granted first, so the caller
 /// gets that task rather than the next one while the first stays leased to nobody.

@@ -405,7 +405,9 @@ impl Locks {
         match waiter {
             LockWaiter::Single(reply) => {
                 match grant_single(tx, name, modes[0], &agent_id, ttl_ms) {
-                    Ok((out, orphan)) => tx.outbox.push(reply, Ok(out), orphan),
+                    // A new hold is written beside a forwarded call's row, like any grant.
+                    Ok((out, Some(orphan))) => tx.respond_grant(reply, out, orphan),
+                    Ok((out, None)) => tx.outbox.push(reply, Ok(out), None),
                     Err(e) => {
                         tx.respond(reply, Err(e.clone()));
                         return Err(e);
