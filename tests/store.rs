@@ -1265,6 +1265,93 @@ fn postgres_refuses_nul_in_text_without_spoiling_the_transaction() {
     assert_eq!(s.note_get("k").unwrap().unwrap().value, "ok");
 }
 
+/// A write is held and sent in the round trip of the next statement (`src/store/postgres/held.rs`),
+/// so the server's refusal of it is seen later. Seen in the operation that made it, that operation
+/// is rolled back alone, as before; seen in a later operation's call, or at the commit, the
+/// transaction cannot commit and says so, and nothing of it stands. Outside a transaction a write
+/// is sent at once.
+#[test]
+fn postgres_a_held_write_refused_later_fails_its_operation_or_its_whole_transaction() {
+    let Some((rt, db)) =
+        pg("postgres_a_held_write_refused_later_fails_its_operation_or_its_whole_transaction")
+    else {
+        return;
+    };
+    let mut s = db.store(&rt).unwrap();
+    let admin = rt.block_on(db.connect()).unwrap();
+    rt.block_on(admin.batch_execute(
+        "CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.key = 'refused' THEN RAISE EXCEPTION 'refused by the test'; END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON airlock.notes
+           FOR EACH ROW EXECUTE FUNCTION public.refuse();",
+    ))
+    .unwrap();
+    let stored = |key: &str| -> bool {
+        rt.block_on(admin.query_opt("SELECT 1 FROM airlock.notes WHERE key = $1", &[&key]))
+            .unwrap()
+            .is_some()
+    };
+    let refused = note("refused", "v", None, None);
+
+    // Seen by the operation that made it: that operation alone is undone.
+    s.begin().unwrap();
+    s.savepoint().unwrap();
+    s.note_put(&note("first", "v", None, None)).unwrap();
+    s.release_savepoint().unwrap();
+    s.savepoint().unwrap();
+    s.note_put(&refused).unwrap(); // held: nothing sent yet
+    let e = s.note_get("any").unwrap_err();
+    assert!(e.to_string().contains("refused by the test"), "{e}");
+    s.rollback_to_savepoint();
+    assert!(
+        s.transaction_ok(),
+        "the operation's own write: its savepoint undoes it"
+    );
+    s.commit().unwrap();
+    assert!(stored("first") && !stored("refused"));
+
+    // Seen by a later operation: the first was already done, so the transaction cannot commit.
+    s.begin().unwrap();
+    s.savepoint().unwrap();
+    s.note_put(&note("second", "v", None, None)).unwrap();
+    s.note_put(&refused).unwrap();
+    s.release_savepoint().unwrap();
+    s.savepoint().unwrap();
+    assert!(s.note_get("any").is_err());
+    s.rollback_to_savepoint();
+    assert!(
+        !s.transaction_ok(),
+        "an earlier operation's write failed: the transaction must not commit"
+    );
+    assert!(s.commit().is_err());
+    assert!(!stored("second"));
+
+    // Seen at the commit: the commit fails, and nothing stands.
+    s.begin().unwrap();
+    s.savepoint().unwrap();
+    s.note_put(&note("third", "v", None, None)).unwrap();
+    s.note_put(&refused).unwrap();
+    s.release_savepoint().unwrap();
+    let e = s.commit().unwrap_err();
+    assert!(e.to_string().contains("refused by the test"), "{e}");
+    s.rollback();
+    assert!(!stored("third"));
+
+    // Outside a transaction a write is sent (and committed) at once.
+    assert!(s.note_put(&refused).is_err());
+    s.note_put(&note("fourth", "v", None, None)).unwrap();
+    assert!(stored("fourth"), "a write outside a transaction was held");
+
+    // The store is still good for the next transaction.
+    s.begin().unwrap();
+    s.note_put(&note("fifth", "v", None, None)).unwrap();
+    s.commit().unwrap();
+    assert!(stored("fifth"));
+}
+
 #[test]
 fn postgres_errors_carry_the_servers_message_and_detail() {
     let Some((rt, db)) = pg("postgres_errors_carry_the_servers_message_and_detail") else {

@@ -6,7 +6,8 @@
 //! database that stops answering turns into a storage error, never a stuck engine (the statement
 //! is then cancelled on the server; a COMMIT that timed out has an unknown outcome, like any
 //! commit whose answer was lost). Every query is a statement prepared once in [`PgStore::new`];
-//! `BEGIN` is sent with a transaction's first statement, in the same round trip.
+//! `BEGIN` is sent with a transaction's first statement, in the same round trip, and a write whose
+//! answer nobody reads is held and sent in the round trip of the next statement (see `held`).
 //!
 //! The store owns its connection: anything else sent on it would land inside the engine's
 //! transactions.
@@ -32,6 +33,7 @@ use super::{
 use crate::clock::Millis;
 
 mod decode;
+mod held;
 mod history;
 mod locks;
 mod pages;
@@ -226,6 +228,14 @@ pub struct PgStore {
     usage: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// History entries of this transaction, written with its COMMIT (see `history`).
     history: history::Pending,
+    /// Writes (and the deferred BEGIN and savepoint statements before them) waiting for the
+    /// next round trip, in the order they were made (see `held`).
+    held: std::cell::RefCell<Vec<held::Held>>,
+    /// Counts the operations' savepoints: which operation made a held write.
+    step: std::cell::Cell<u64>,
+    /// Between `begin` and `commit` or `rollback`: writes are held. Outside, a write is sent at
+    /// once (it commits by itself), so none is ever left unsent.
+    in_tx: std::cell::Cell<bool>,
 }
 
 /// Where the operation savepoint stands (see [`PgStore::run`]).
@@ -275,6 +285,9 @@ impl PgStore {
             broken: std::cell::Cell::new(false),
             history: history::Pending::default(),
             usage,
+            held: std::cell::RefCell::new(Vec::new()),
+            step: std::cell::Cell::new(0),
+            in_tx: std::cell::Cell::new(false),
         })
     }
 
@@ -299,17 +312,22 @@ impl PgStore {
             ));
         }
         let timeout = self.timeout;
+        // The held writes, then BEGIN and the savepoint statements, go out in the same round
+        // trip as this statement: all are sent on the first poll, in this order, before any
+        // answer is awaited.
+        let mut held = self.held.take();
         let prefix = self.take_prefix();
+        if !prefix.is_empty() {
+            held.push(held::Held::Simple {
+                sql: prefix,
+                step: self.step.get(),
+            });
+        }
         let query = async {
-            if prefix.is_empty() {
+            if held.is_empty() {
                 return query.await;
             }
-            // BEGIN, and the savepoint statements, go out in the same round trip as the
-            // transaction's (or the operation's) first statement: both are sent on the first
-            // poll, in this order, before either answer is awaited.
-            let (began, answer) = futures::join!(self.client.batch_execute(&prefix), query);
-            began?;
-            answer
+            self.after_held(held, query).await
         };
         self.rt.block_on(async {
             match tokio::time::timeout(timeout, query).await {
@@ -355,6 +373,10 @@ impl PgStore {
         prefix.join("; ")
     }
 
+    fn savepoint_open(&self) -> bool {
+        self.savepoint.get() == Savepoint::Open
+    }
+
     fn simple(&self, sql: &str) -> StoreResult<()> {
         self.run(async { Ok(self.client.batch_execute(sql).await?) })
     }
@@ -379,10 +401,13 @@ impl Store for PgStore {
         self.release_pending.set(false);
         self.broken.set(false);
         self.history.clear();
+        self.held.borrow_mut().clear();
+        self.in_tx.set(true);
         Ok(())
     }
 
     fn commit(&mut self) -> StoreResult<()> {
+        self.in_tx.set(false);
         // COMMIT releases every savepoint; one never sent needs nothing.
         self.savepoint.set(Savepoint::None);
         self.release_pending.set(false);
@@ -391,6 +416,7 @@ impl Store for PgStore {
             return Ok(()); // nothing was sent: nothing to commit
         }
         if self.broken.get() {
+            self.held.borrow_mut().clear();
             let _ = self.simple("ROLLBACK");
             return Err(StoreError::Other(
                 "the transaction could not be rolled back to an operation's savepoint".into(),
@@ -403,6 +429,9 @@ impl Store for PgStore {
         self.savepoint.set(Savepoint::None);
         self.release_pending.set(false);
         self.history.clear();
+        // What was never sent needs no undoing.
+        self.held.borrow_mut().clear();
+        self.in_tx.set(false);
         if self.begin_pending.replace(false) {
             return;
         }
@@ -415,6 +444,7 @@ impl Store for PgStore {
         // Deferred to the operation's first statement (see `run`): an operation that sends
         // nothing costs nothing.
         self.savepoint.set(Savepoint::Declared);
+        self.step.set(self.step.get() + 1);
         self.history.savepoint();
         Ok(())
     }
@@ -431,6 +461,9 @@ impl Store for PgStore {
         if self.savepoint.replace(Savepoint::None) != Savepoint::Open {
             return; // nothing was sent since the savepoint: nothing to undo
         }
+        // Its own held writes would be undone at once; earlier operations' still go out (and
+        // their failure, seen here, breaks the transaction).
+        self.drop_held_of_step();
         if self
             .simple("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")
             .is_err()
@@ -463,19 +496,17 @@ impl Store for PgStore {
 
     fn note_put(&mut self, n: &NoteRow) -> StoreResult<()> {
         check_text("the note's value", &n.value)?;
-        self.run(async {
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-                [&n.key, &n.value, &n.author, &n.expires_at];
-            self.client.execute(&self.st.note_put, &params).await?;
-            Ok(())
-        })
+        let params: Vec<held::Param> = vec![
+            Box::new(n.key.clone()),
+            Box::new(n.value.clone()),
+            Box::new(n.author.clone()),
+            Box::new(n.expires_at),
+        ];
+        self.defer(&self.st.note_put, params)
     }
 
     fn note_delete(&mut self, key: &str) -> StoreResult<()> {
-        self.run(async {
-            self.client.execute(&self.st.note_delete, &[&key]).await?;
-            Ok(())
-        })
+        self.defer(&self.st.note_delete, vec![Box::new(key.to_string())])
     }
 
     fn note_list(&mut self, now: Millis) -> StoreResult<Vec<NoteRow>> {
@@ -545,21 +576,12 @@ impl Store for PgStore {
     }
 
     fn agent_put(&mut self, a: &AgentRow) -> StoreResult<()> {
-        self.run(async {
-            self.client
-                .execute(&self.st.agent_put, &[&a.agent_id, &a.expires_at])
-                .await?;
-            Ok(())
-        })
+        let params: Vec<held::Param> = vec![Box::new(a.agent_id.clone()), Box::new(a.expires_at)];
+        self.defer(&self.st.agent_put, params)
     }
 
     fn agent_delete(&mut self, agent_id: &str) -> StoreResult<()> {
-        self.run(async {
-            self.client
-                .execute(&self.st.agent_delete, &[&agent_id])
-                .await?;
-            Ok(())
-        })
+        self.defer(&self.st.agent_delete, vec![Box::new(agent_id.to_string())])
     }
 
     fn agent_list(&mut self) -> StoreResult<Vec<AgentRow>> {
@@ -574,12 +596,12 @@ impl Store for PgStore {
     }
 
     fn event_put(&mut self, e: &EventRow) -> StoreResult<()> {
-        self.run(async {
-            self.client
-                .execute(&self.st.event_put, &[&e.name, &e.generation, &e.cleared_at])
-                .await?;
-            Ok(())
-        })
+        let params: Vec<held::Param> = vec![
+            Box::new(e.name.clone()),
+            Box::new(e.generation),
+            Box::new(e.cleared_at),
+        ];
+        self.defer(&self.st.event_put, params)
     }
 
     fn event_list(&mut self) -> StoreResult<Vec<EventRow>> {
@@ -747,9 +769,8 @@ impl Store for PgStore {
     }
 
     fn record_forwarded_grant(&mut self, call: i64, orphan: &str) -> StoreResult<()> {
-        let st = &self.st.record_forwarded_grant;
-        self.run(async { Ok(self.client.execute(st, &[&call, &orphan]).await?) })?;
-        Ok(())
+        let params: Vec<held::Param> = vec![Box::new(call), Box::new(orphan.to_string())];
+        self.defer(&self.st.record_forwarded_grant, params)
     }
 
     fn expiries(&mut self) -> StoreResult<Expiries> {

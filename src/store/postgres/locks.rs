@@ -1,5 +1,7 @@
-//! Lock holder rows for [`PgStore`]: one row per holder, (name, agent_id) its key.
+//! Lock holder rows for [`PgStore`]: one row per holder, (name, agent_id) its key. The writes are
+//! held for the next round trip (see `held`).
 
+use super::held::Param;
 use super::{lock_from, rows, PgStore};
 use crate::store::{LockRow, StoreResult};
 
@@ -11,39 +13,25 @@ impl PgStore {
     }
 
     pub(super) fn pg_lock_put(&mut self, l: &LockRow) -> StoreResult<()> {
-        self.run(async {
-            self.client
-                .execute(
-                    &self.st.lock_put,
-                    &[
-                        &l.name,
-                        &l.agent_id,
-                        &l.token,
-                        &l.fence,
-                        &l.expires_at,
-                        &l.shared,
-                        &l.limit,
-                    ],
-                )
-                .await?;
-            Ok(())
-        })
+        let params: Vec<Param> = vec![
+            Box::new(l.name.clone()),
+            Box::new(l.agent_id.clone()),
+            Box::new(l.token.clone()),
+            Box::new(l.fence),
+            Box::new(l.expires_at),
+            Box::new(l.shared),
+            Box::new(l.limit),
+        ];
+        self.defer(&self.st.lock_put, params)
     }
 
     pub(super) fn pg_lock_delete_holder(&mut self, name: &str, agent_id: &str) -> StoreResult<()> {
-        self.run(async {
-            self.client
-                .execute(&self.st.lock_delete_holder, &[&name, &agent_id])
-                .await?;
-            Ok(())
-        })
+        let params: Vec<Param> = vec![Box::new(name.to_string()), Box::new(agent_id.to_string())];
+        self.defer(&self.st.lock_delete_holder, params)
     }
 
     pub(super) fn pg_lock_delete(&mut self, name: &str) -> StoreResult<()> {
-        self.run(async {
-            self.client.execute(&self.st.lock_delete, &[&name]).await?;
-            Ok(())
-        })
+        self.defer(&self.st.lock_delete, vec![Box::new(name.to_string())])
     }
 
     pub(super) fn pg_lock_list(&mut self) -> StoreResult<Vec<LockRow>> {

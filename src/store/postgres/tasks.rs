@@ -1,6 +1,7 @@
 //! Task rows for [`PgStore`]: the writes of a task's life, a claim and a finish one statement
 //! each.
 
+use super::held::Param;
 use super::{check_text, rows, task_from, PgStore};
 use crate::clock::Millis;
 use crate::store::{Finish, Finished, Lease, StoreResult, TaskRow};
@@ -13,26 +14,20 @@ impl PgStore {
         if let Some(r) = &t.result {
             check_text("the task's result", r)?;
         }
-        self.run(async {
-            self.client
-                .execute(
-                    &self.st.task_update,
-                    &[
-                        &t.id,
-                        &t.state.as_str(),
-                        &t.attempts,
-                        &t.lease_agent,
-                        &t.lease_token,
-                        &t.lease_expires_at,
-                        &t.finished_at,
-                        &t.ready_at,
-                        &t.last_error,
-                        &t.result,
-                    ],
-                )
-                .await?;
-            Ok(())
-        })
+        // Held for the next round trip (see `held`).
+        let params: Vec<Param> = vec![
+            Box::new(t.id),
+            Box::new(t.state.as_str()),
+            Box::new(t.attempts),
+            Box::new(t.lease_agent.clone()),
+            Box::new(t.lease_token.clone()),
+            Box::new(t.lease_expires_at),
+            Box::new(t.finished_at),
+            Box::new(t.ready_at),
+            Box::new(t.last_error.clone()),
+            Box::new(t.result.clone()),
+        ];
+        self.defer(&self.st.task_update, params)
     }
 
     pub(super) fn pg_task_claim_next(

@@ -121,6 +121,9 @@ async fn start_pair(
     })
 }
 
+/// Clients of the lock+unlock throughput on the shared database (each on its own name).
+const PG_CLIENTS: usize = 16;
+
 /// The quantiles every variant reports.
 const QS: [(f64, &str); 3] = [(0.5, "p50"), (0.99, "p99"), (1.0, "max")];
 
@@ -191,6 +194,22 @@ impl Bench {
                 } else {
                     to_coord.add(&h);
                 }
+            }
+        }
+        // Throughput on the shared database (issue 16): lock+unlock cycles at PG_CLIENTS clients
+        // through the coordinator, through the forwarder (every call forwarded), and on the
+        // SQLite daemon, in interleaved slices so the three see the same load.
+        self.say(&format!(
+            "2: lock+unlock cycles at {PG_CLIENTS} clients on PostgreSQL (coordinator, forwarder) \
+             and SQLite, {} slices each",
+            self.sizes.reps.max(1)
+        ));
+        let (mut on_coord, mut on_fwd, mut on_lite) = (vec![], vec![], vec![]);
+        for _ in 0..self.sizes.reps.max(1) {
+            for (rpc, out) in [(&c, &mut on_coord), (&f, &mut on_fwd), (&s, &mut on_lite)] {
+                let (warm, step) = self.lock_cycle_step()(rpc.clone());
+                let rate = closed_loop(PG_CLIENTS, self.dur(), warm, step).await?;
+                out.push(rate.per_sec());
             }
         }
         // Still the coordinator it was at the start: no take-over happened during the run.
@@ -355,6 +374,21 @@ impl Bench {
                     );
                 }
             }
+        }
+        let med = |v: Vec<f64>| quantile(&sorted(v), 0.5);
+        for (v, what) in [
+            (on_coord, "PG, through the coordinator"),
+            (on_fwd, "PG, through a forwarder (every call forwarded)"),
+            (on_lite, "SQLite daemon (same run)"),
+        ] {
+            self.push(
+                2,
+                &format!("lock+unlock cycles/s, {PG_CLIENTS} clients, {what}"),
+                "cycles/s",
+                med(v),
+                None,
+                None,
+            );
         }
         self.push(
             2,
