@@ -1249,6 +1249,115 @@ fn postgres_store_meets_the_contract() {
     }
 }
 
+/// The coordinator's store is the state's only writer (`PgStore::sole_writer`) and remembers lock
+/// rows and fences between transactions: the same contract, each check on a fresh store.
+#[test]
+fn postgres_sole_writer_store_meets_the_contract() {
+    let Some((rt, db)) = pg("postgres_sole_writer_store_meets_the_contract") else {
+        return;
+    };
+    let admin = rt.block_on(db.connect()).unwrap();
+    for (name, check) in CHECKS {
+        rt.block_on(testing::reset(&admin)).unwrap();
+        let mut store = db.store(&rt).unwrap().sole_writer();
+        run_check("postgres, sole writer", name, *check, &mut store);
+    }
+}
+
+/// What a sole writer remembers follows its writes, and anything undone is forgotten: the next
+/// read goes to the tables.
+#[test]
+fn postgres_sole_writer_forgets_what_was_undone() {
+    let Some((rt, db)) = pg("postgres_sole_writer_forgets_what_was_undone") else {
+        return;
+    };
+    let mut s = db.store(&rt).unwrap().sole_writer();
+    let agents = |rows: Vec<LockRow>| rows.into_iter().map(|l| l.agent_id).collect::<Vec<_>>();
+    s.begin().unwrap();
+    s.savepoint().unwrap();
+    assert!(s.lock_holders("n").unwrap().is_empty());
+    s.lock_put(&lock("n", "a", 1, i64::MAX)).unwrap();
+    assert_eq!(agents(s.lock_holders("n").unwrap()), ["a"]);
+    s.release_savepoint().unwrap();
+    s.commit().unwrap();
+
+    // A step rolled back to its savepoint: its delete is undone, and so is what was remembered.
+    s.begin().unwrap();
+    s.savepoint().unwrap();
+    s.lock_delete_holder("n", "a").unwrap();
+    assert!(s.lock_holders("n").unwrap().is_empty());
+    s.rollback_to_savepoint();
+    assert_eq!(agents(s.lock_holders("n").unwrap()), ["a"]);
+    s.commit().unwrap();
+
+    // A transaction rolled back: likewise.
+    s.begin().unwrap();
+    s.savepoint().unwrap();
+    s.lock_put(&lock("n", "b", 2, i64::MAX)).unwrap();
+    assert_eq!(agents(s.lock_holders("n").unwrap()), ["a", "b"]);
+    s.release_savepoint().unwrap();
+    s.rollback();
+    assert_eq!(agents(s.lock_holders("n").unwrap()), ["a"]);
+    s.begin().unwrap();
+    s.lock_delete("n").unwrap();
+    s.commit().unwrap();
+    assert!(s.lock_holders("n").unwrap().is_empty());
+    let admin = rt.block_on(db.connect()).unwrap();
+    let stored: i64 = rt
+        .block_on(admin.query_one("SELECT count(*) FROM airlock.locks", &[]))
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0);
+}
+
+/// A fence a sole writer takes from memory is written only over the one before it: if the table
+/// moved under it (a hand edit, a second writer), the batch fails instead of issuing a fence
+/// twice, and the next fence is read from the table again.
+#[test]
+fn postgres_sole_writer_never_issues_a_fence_twice_when_the_table_moves_under_it() {
+    let Some((rt, db)) =
+        pg("postgres_sole_writer_never_issues_a_fence_twice_when_the_table_moves_under_it")
+    else {
+        return;
+    };
+    let mut s = db.store(&rt).unwrap().sole_writer();
+    let admin = rt.block_on(db.connect()).unwrap();
+    let stored = || -> i64 {
+        rt.block_on(admin.query_one(
+            "SELECT last_fence FROM airlock.lock_fences WHERE name = 'f'",
+            &[],
+        ))
+        .unwrap()
+        .get(0)
+    };
+    s.begin().unwrap();
+    assert_eq!(s.fence_next("f").unwrap(), 1);
+    s.commit().unwrap();
+    s.begin().unwrap();
+    assert_eq!(s.fence_next("f").unwrap(), 2);
+    assert_eq!(s.fence_next("f").unwrap(), 3);
+    s.commit().unwrap();
+    assert_eq!(stored(), 3);
+
+    rt.block_on(admin.execute(
+        "UPDATE airlock.lock_fences SET last_fence = 10 WHERE name = 'f'",
+        &[],
+    ))
+    .unwrap();
+    s.begin().unwrap();
+    s.savepoint().unwrap();
+    assert_eq!(s.fence_next("f").unwrap(), 4, "from memory");
+    s.release_savepoint().unwrap();
+    let e = s.commit().unwrap_err();
+    assert!(e.to_string().contains("another writer"), "{e}");
+    s.rollback();
+    assert_eq!(stored(), 10);
+    s.begin().unwrap();
+    assert_eq!(s.fence_next("f").unwrap(), 11, "read from the table again");
+    s.commit().unwrap();
+    assert_eq!(stored(), 11);
+}
+
 #[test]
 fn postgres_refuses_nul_in_text_without_spoiling_the_transaction() {
     let Some((rt, db)) = pg("postgres_refuses_nul_in_text_without_spoiling_the_transaction") else {

@@ -90,9 +90,12 @@ async fn coordinate(node: &Arc<Node>) -> anyhow::Result<()> {
         .query_one("SELECT pg_backend_pid()", &[])
         .await?
         .get(0);
+    // This connection holds the coordinator lock until it closes: no other engine writes the
+    // state meanwhile, so the store may remember lock rows and fences between transactions.
     let store = PgStore::new(client, tokio::runtime::Handle::current())
         .await?
-        .with_cancel_tls(node.tls.clone());
+        .with_cancel_tls(node.tls.clone())
+        .sole_writer();
     // The engine calls the store synchronously (it reads its deadlines as it starts), so it
     // must start off the runtime's threads.
     let (core, engine) = tokio::task::spawn_blocking(move || {

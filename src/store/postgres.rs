@@ -32,6 +32,7 @@ use super::{
 };
 use crate::clock::Millis;
 
+mod cache;
 mod decode;
 mod held;
 mod history;
@@ -233,6 +234,9 @@ pub struct PgStore {
     held: std::cell::RefCell<Vec<held::Held>>,
     /// Counts the operations' savepoints: which operation made a held write.
     step: std::cell::Cell<u64>,
+    /// Lock rows and fences remembered across transactions, when this store is the sole
+    /// writer (see `cache`).
+    cache: cache::Cache,
     /// Between `begin` and `commit` or `rollback`: writes are held. Outside, a write is sent at
     /// once (it commits by itself), so none is ever left unsent.
     in_tx: std::cell::Cell<bool>,
@@ -288,7 +292,17 @@ impl PgStore {
             held: std::cell::RefCell::new(Vec::new()),
             step: std::cell::Cell::new(0),
             in_tx: std::cell::Cell::new(false),
+            cache: cache::Cache::default(),
         })
+    }
+
+    /// Declares this store the only writer of the state while its connection lives (the
+    /// coordinator's, which holds the coordinator lock): it then remembers lock rows and fences
+    /// across transactions (see `cache`). Nothing else may write `airlock.locks` or
+    /// `airlock.lock_fences` meanwhile.
+    pub fn sole_writer(mut self) -> Self {
+        self.cache.enable();
+        self
     }
 
     /// Sends the cancel request of a timed-out query over TLS too (the store's connection does).
@@ -417,6 +431,7 @@ impl Store for PgStore {
         }
         if self.broken.get() {
             self.held.borrow_mut().clear();
+            self.cache.forget();
             let _ = self.simple("ROLLBACK");
             return Err(StoreError::Other(
                 "the transaction could not be rolled back to an operation's savepoint".into(),
@@ -432,6 +447,7 @@ impl Store for PgStore {
         // What was never sent needs no undoing.
         self.held.borrow_mut().clear();
         self.in_tx.set(false);
+        self.cache.forget();
         if self.begin_pending.replace(false) {
             return;
         }
@@ -458,6 +474,7 @@ impl Store for PgStore {
 
     fn rollback_to_savepoint(&mut self) {
         self.history.rollback_to_savepoint();
+        self.cache.forget();
         if self.savepoint.replace(Savepoint::None) != Savepoint::Open {
             return; // nothing was sent since the savepoint: nothing to undo
         }
@@ -502,11 +519,11 @@ impl Store for PgStore {
             Box::new(n.author.clone()),
             Box::new(n.expires_at),
         ];
-        self.defer(&self.st.note_put, params)
+        self.defer(&self.st.note_put, params, None)
     }
 
     fn note_delete(&mut self, key: &str) -> StoreResult<()> {
-        self.defer(&self.st.note_delete, vec![Box::new(key.to_string())])
+        self.defer(&self.st.note_delete, vec![Box::new(key.to_string())], None)
     }
 
     fn note_list(&mut self, now: Millis) -> StoreResult<Vec<NoteRow>> {
@@ -559,10 +576,7 @@ impl Store for PgStore {
     }
 
     fn fence_next(&mut self, name: &str) -> StoreResult<i64> {
-        self.run(async {
-            let row = self.client.query_one(&self.st.fence_next, &[&name]).await?;
-            Ok(row.try_get(0)?)
-        })
+        self.pg_fence_next(name)
     }
 
     fn agent_get(&mut self, agent_id: &str) -> StoreResult<Option<AgentRow>> {
@@ -577,11 +591,15 @@ impl Store for PgStore {
 
     fn agent_put(&mut self, a: &AgentRow) -> StoreResult<()> {
         let params: Vec<held::Param> = vec![Box::new(a.agent_id.clone()), Box::new(a.expires_at)];
-        self.defer(&self.st.agent_put, params)
+        self.defer(&self.st.agent_put, params, None)
     }
 
     fn agent_delete(&mut self, agent_id: &str) -> StoreResult<()> {
-        self.defer(&self.st.agent_delete, vec![Box::new(agent_id.to_string())])
+        self.defer(
+            &self.st.agent_delete,
+            vec![Box::new(agent_id.to_string())],
+            None,
+        )
     }
 
     fn agent_list(&mut self) -> StoreResult<Vec<AgentRow>> {
@@ -601,7 +619,7 @@ impl Store for PgStore {
             Box::new(e.generation),
             Box::new(e.cleared_at),
         ];
-        self.defer(&self.st.event_put, params)
+        self.defer(&self.st.event_put, params, None)
     }
 
     fn event_list(&mut self) -> StoreResult<Vec<EventRow>> {
@@ -770,7 +788,7 @@ impl Store for PgStore {
 
     fn record_forwarded_grant(&mut self, call: i64, orphan: &str) -> StoreResult<()> {
         let params: Vec<held::Param> = vec![Box::new(call), Box::new(orphan.to_string())];
-        self.defer(&self.st.record_forwarded_grant, params)
+        self.defer(&self.st.record_forwarded_grant, params, None)
     }
 
     fn expiries(&mut self) -> StoreResult<Expiries> {

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Error, Statement};
+use tokio_postgres::Statement;
 
 use super::PgStore;
 use crate::store::{StoreError, StoreResult};
@@ -29,10 +29,11 @@ pub(super) type Param = Box<dyn ToSql + Sync + Send>;
 pub(super) enum Held {
     /// `BEGIN`, `RELEASE SAVEPOINT`, `SAVEPOINT`, as one simple query.
     Simple { sql: String, step: u64 },
-    /// A prepared write and its parameters.
+    /// A prepared write and its parameters; with `expect`, the rows it must change.
     Write {
         st: Statement,
         params: Vec<Param>,
+        expect: Option<u64>,
         step: u64,
     },
 }
@@ -46,7 +47,7 @@ impl Held {
     }
 }
 
-type Sending<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + 'a>>;
+type Sending<'a> = Pin<Box<dyn Future<Output = StoreResult<()>> + 'a>>;
 
 /// Polls every future of `first`, in order, then `last`, until all are done. tokio-postgres
 /// sends a request when its future is first polled, so the requests go out in this order,
@@ -54,8 +55,8 @@ type Sending<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + 'a>>;
 async fn in_order<T>(
     mut first: Vec<Sending<'_>>,
     last: impl Future<Output = T>,
-) -> (Vec<Result<(), Error>>, T) {
-    let mut done: Vec<Option<Result<(), Error>>> = first.iter().map(|_| None).collect();
+) -> (Vec<StoreResult<()>>, T) {
+    let mut done: Vec<Option<StoreResult<()>>> = first.iter().map(|_| None).collect();
     let mut last = std::pin::pin!(last);
     let mut answer = None;
     std::future::poll_fn(|cx| {
@@ -85,8 +86,14 @@ async fn in_order<T>(
 impl PgStore {
     /// Holds a write for the next round trip (see the module). The deferred `BEGIN` and
     /// savepoint statements are held before it, so they keep their place. Outside a
-    /// transaction the write is sent at once.
-    pub(super) fn defer(&self, st: &Statement, params: Vec<Param>) -> StoreResult<()> {
+    /// transaction the write is sent at once. With `expect`, the write must change exactly that
+    /// many rows, or it fails as if the server had refused it.
+    pub(super) fn defer(
+        &self,
+        st: &Statement,
+        params: Vec<Param>,
+        expect: Option<u64>,
+    ) -> StoreResult<()> {
         let step = self.step.get();
         let prefix = self.take_prefix();
         let mut held = self.held.borrow_mut();
@@ -96,6 +103,7 @@ impl PgStore {
         held.push(Held::Write {
             st: st.clone(),
             params,
+            expect,
             step,
         });
         drop(held);
@@ -136,10 +144,19 @@ impl PgStore {
             .zip(&params)
             .map(|(h, p)| -> Sending<'_> {
                 match h {
-                    Held::Simple { sql, .. } => Box::pin(self.client.batch_execute(sql)),
-                    Held::Write { st, .. } => Box::pin(async move {
-                        self.client.execute(st, p).await?;
+                    Held::Simple { sql, .. } => Box::pin(async move {
+                        self.client.batch_execute(sql).await?;
                         Ok(())
+                    }),
+                    Held::Write { st, expect, .. } => Box::pin(async move {
+                        let changed = self.client.execute(st, p).await?;
+                        match expect {
+                            Some(n) if *n != changed => Err(StoreError::Other(format!(
+                                "a write changed {changed} rows where it had to change {n}: \
+                                 the state changed under this daemon (another writer?)"
+                            ))),
+                            _ => Ok(()),
+                        }
                     }),
                 }
             })
@@ -154,7 +171,7 @@ impl PgStore {
             if !own {
                 self.broken.set(true);
             }
-            return Err(StoreError::from(e));
+            return Err(e);
         }
         answer
     }

@@ -196,20 +196,24 @@ impl Bench {
                 }
             }
         }
-        // Throughput on the shared database (issue 16): lock+unlock cycles at PG_CLIENTS clients
-        // through the coordinator, through the forwarder (every call forwarded), and on the
-        // SQLite daemon, in interleaved slices so the three see the same load.
+        // Throughput on the shared database (issue 16): lock+unlock cycles at 1 and at
+        // PG_CLIENTS clients through the coordinator, through the forwarder (every call
+        // forwarded), and on the SQLite daemon, in interleaved slices so the three see the same
+        // load.
         self.say(&format!(
-            "2: lock+unlock cycles at {PG_CLIENTS} clients on PostgreSQL (coordinator, forwarder) \
-             and SQLite, {} slices each",
+            "2: lock+unlock cycles at 1 and {PG_CLIENTS} clients on PostgreSQL (coordinator, \
+             forwarder) and SQLite, {} slices each",
             self.sizes.reps.max(1)
         ));
-        let (mut on_coord, mut on_fwd, mut on_lite) = (vec![], vec![], vec![]);
+        let mut rates: Vec<(usize, [Vec<f64>; 3])> =
+            vec![(1, Default::default()), (PG_CLIENTS, Default::default())];
         for _ in 0..self.sizes.reps.max(1) {
-            for (rpc, out) in [(&c, &mut on_coord), (&f, &mut on_fwd), (&s, &mut on_lite)] {
-                let (warm, step) = self.lock_cycle_step()(rpc.clone());
-                let rate = closed_loop(PG_CLIENTS, self.dur(), warm, step).await?;
-                out.push(rate.per_sec());
+            for (clients, out) in rates.iter_mut() {
+                for (rpc, out) in [&c, &f, &s].into_iter().zip(out.iter_mut()) {
+                    let (warm, step) = self.lock_cycle_step()(rpc.clone());
+                    let rate = closed_loop(*clients, self.dur(), warm, step).await?;
+                    out.push(rate.per_sec());
+                }
             }
         }
         // Still the coordinator it was at the start: no take-over happened during the run.
@@ -376,19 +380,21 @@ impl Bench {
             }
         }
         let med = |v: Vec<f64>| quantile(&sorted(v), 0.5);
-        for (v, what) in [
-            (on_coord, "PG, through the coordinator"),
-            (on_fwd, "PG, through a forwarder (every call forwarded)"),
-            (on_lite, "SQLite daemon (same run)"),
-        ] {
-            self.push(
-                2,
-                &format!("lock+unlock cycles/s, {PG_CLIENTS} clients, {what}"),
-                "cycles/s",
-                med(v),
-                None,
-                None,
-            );
+        for (clients, [on_coord, on_fwd, on_lite]) in rates {
+            for (v, what) in [
+                (on_coord, "PG, through the coordinator"),
+                (on_fwd, "PG, through a forwarder (every call forwarded)"),
+                (on_lite, "SQLite daemon (same run)"),
+            ] {
+                self.push(
+                    2,
+                    &format!("lock+unlock cycles/s, {clients} clients, {what}"),
+                    "cycles/s",
+                    med(v),
+                    None,
+                    None,
+                );
+            }
         }
         self.push(
             2,
