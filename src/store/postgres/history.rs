@@ -114,9 +114,15 @@ impl PgStore {
         // The entries held for this COMMIT will be the newest: they count against `keep`.
         let keep = keep.saturating_sub(self.history.rows.len() as u64);
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
-        let sql = "WITH newest AS (SELECT max(id) AS id FROM airlock.history) \
-             DELETE FROM airlock.history WHERE id <= (SELECT id FROM newest) - $1 OR at < $2";
-        let n = self.run(async { Ok(self.client.execute(sql, &[&keep, &before]).await?) })?;
-        Ok(n as usize)
+        // Both in one round trip.
+        let (count, age): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
+            ([&keep], [&before]);
+        let (by_count, by_age) = self.run(async {
+            Ok(futures::try_join!(
+                self.client.execute(&self.st.history_prune_count, &count),
+                self.client.execute(&self.st.history_prune_age, &age),
+            )?)
+        })?;
+        Ok((by_count + by_age) as usize)
     }
 }

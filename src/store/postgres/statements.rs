@@ -32,6 +32,14 @@ pub(super) const TASK_COLUMNS: &str =
 
 statements! {
     history_insert = super::history::INSERT;
+    // Pruning, by count and by age, each bounded by what it deletes (as on SQLite): the count
+    // cut seeks the primary key; the age cut walks the oldest entries in id order to the first
+    // young enough (ids grow with time). No scan of the whole table.
+    history_prune_count = "DELETE FROM airlock.history
+                           WHERE id <= (SELECT max(id) FROM airlock.history) - $1";
+    history_prune_age = "DELETE FROM airlock.history WHERE id < coalesce(
+                           (SELECT id FROM airlock.history WHERE at >= $1 ORDER BY id LIMIT 1),
+                           (SELECT max(id) + 1 FROM airlock.history))";
     note_get = &format!("SELECT {NOTE_COLUMNS} FROM airlock.notes WHERE key = $1");
     note_put = "INSERT INTO airlock.notes (key, value, author, expires_at) VALUES ($1, $2, $3, $4)
                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, author = excluded.author,
