@@ -1249,6 +1249,40 @@ fn postgres_store_meets_the_contract() {
     }
 }
 
+/// A round trip cut short by the timeout leaves the held writes it carried in an unknown state.
+/// One made by an earlier operation is not undone by the current operation's savepoint: rolling
+/// back to it would land on the earlier operation's (never released) savepoint and undo that
+/// operation, which its caller was told is done. So the transaction must not commit.
+#[test]
+fn postgres_a_timeout_with_an_earlier_operations_write_in_flight_breaks_the_transaction() {
+    let Some((rt, db)) =
+        pg("postgres_a_timeout_with_an_earlier_operations_write_in_flight_breaks_the_transaction")
+    else {
+        return;
+    };
+    let mut s = db.store(&rt).unwrap();
+    s.set_query_timeout(Duration::from_millis(300));
+    let blocker = rt.block_on(db.connect()).unwrap();
+    s.begin().unwrap();
+    s.savepoint().unwrap();
+    s.note_put(&note("done", "v", None, None)).unwrap(); // held
+    s.release_savepoint().unwrap();
+    rt.block_on(blocker.batch_execute("BEGIN; LOCK TABLE airlock.notes IN ACCESS EXCLUSIVE MODE"))
+        .unwrap();
+    s.savepoint().unwrap();
+    let e = s.agent_list().unwrap_err(); // carries the held write, which waits on the lock
+    assert!(e.to_string().contains("did not answer"), "{e}");
+    s.rollback_to_savepoint();
+    assert!(
+        !s.transaction_ok(),
+        "the earlier operation's write may have been undone: the transaction must not commit"
+    );
+    rt.block_on(blocker.batch_execute("COMMIT")).unwrap();
+    assert!(s.commit().is_err());
+    s.rollback();
+    assert_eq!(s.note_get("done").unwrap(), None);
+}
+
 /// The coordinator's store is the state's only writer (`PgStore::sole_writer`) and remembers lock
 /// rows and fences between transactions: the same contract, each check on a fresh store.
 #[test]
@@ -1344,14 +1378,28 @@ fn postgres_sole_writer_never_issues_a_fence_twice_when_the_table_moves_under_it
         &[],
     ))
     .unwrap();
+    // The grant that takes the remembered fence goes out with the COMMIT, in one round trip,
+    // beside another write of the same batch: none of it may commit.
     s.begin().unwrap();
     s.savepoint().unwrap();
     assert_eq!(s.fence_next("f").unwrap(), 4, "from memory");
+    s.lock_put(&lock("f", "a", 4, i64::MAX)).unwrap();
+    s.release_savepoint().unwrap();
+    s.savepoint().unwrap();
+    s.note_put(&note("beside", "v", None, None)).unwrap();
     s.release_savepoint().unwrap();
     let e = s.commit().unwrap_err();
     assert!(e.to_string().contains("another writer"), "{e}");
     s.rollback();
     assert_eq!(stored(), 10);
+    let committed: i64 = rt
+        .block_on(admin.query_one(
+            "SELECT (SELECT count(*) FROM airlock.locks) + (SELECT count(*) FROM airlock.notes)",
+            &[],
+        ))
+        .unwrap()
+        .get(0);
+    assert_eq!(committed, 0, "the batch's other writes were committed");
     s.begin().unwrap();
     assert_eq!(s.fence_next("f").unwrap(), 11, "read from the table again");
     s.commit().unwrap();

@@ -337,6 +337,9 @@ impl PgStore {
                 step: self.step.get(),
             });
         }
+        // If the timeout cuts the round trip short, a held statement's fate is unknown: unless
+        // the current operation's savepoint undoes all of them, the transaction must not commit.
+        let unsure = held.iter().any(|h| !self.undone_by_own_savepoint(h));
         let query = async {
             if held.is_empty() {
                 return query.await;
@@ -347,6 +350,9 @@ impl PgStore {
             match tokio::time::timeout(timeout, query).await {
                 Ok(answer) => answer,
                 Err(_) => {
+                    if unsure {
+                        self.broken.set(true);
+                    }
                     // The statement may still be running (waiting on a lock, say), and every
                     // later statement on this connection would queue behind it: ask the server to
                     // cancel it. Best effort; a failure only means the wait goes on.
@@ -519,11 +525,11 @@ impl Store for PgStore {
             Box::new(n.author.clone()),
             Box::new(n.expires_at),
         ];
-        self.defer(&self.st.note_put, params, None)
+        self.defer(&self.st.note_put, params)
     }
 
     fn note_delete(&mut self, key: &str) -> StoreResult<()> {
-        self.defer(&self.st.note_delete, vec![Box::new(key.to_string())], None)
+        self.defer(&self.st.note_delete, vec![Box::new(key.to_string())])
     }
 
     fn note_list(&mut self, now: Millis) -> StoreResult<Vec<NoteRow>> {
@@ -591,15 +597,11 @@ impl Store for PgStore {
 
     fn agent_put(&mut self, a: &AgentRow) -> StoreResult<()> {
         let params: Vec<held::Param> = vec![Box::new(a.agent_id.clone()), Box::new(a.expires_at)];
-        self.defer(&self.st.agent_put, params, None)
+        self.defer(&self.st.agent_put, params)
     }
 
     fn agent_delete(&mut self, agent_id: &str) -> StoreResult<()> {
-        self.defer(
-            &self.st.agent_delete,
-            vec![Box::new(agent_id.to_string())],
-            None,
-        )
+        self.defer(&self.st.agent_delete, vec![Box::new(agent_id.to_string())])
     }
 
     fn agent_list(&mut self) -> StoreResult<Vec<AgentRow>> {
@@ -619,7 +621,7 @@ impl Store for PgStore {
             Box::new(e.generation),
             Box::new(e.cleared_at),
         ];
-        self.defer(&self.st.event_put, params, None)
+        self.defer(&self.st.event_put, params)
     }
 
     fn event_list(&mut self) -> StoreResult<Vec<EventRow>> {
@@ -788,7 +790,7 @@ impl Store for PgStore {
 
     fn record_forwarded_grant(&mut self, call: i64, orphan: &str) -> StoreResult<()> {
         let params: Vec<held::Param> = vec![Box::new(call), Box::new(orphan.to_string())];
-        self.defer(&self.st.record_forwarded_grant, params, None)
+        self.defer(&self.st.record_forwarded_grant, params)
     }
 
     fn expiries(&mut self) -> StoreResult<Expiries> {

@@ -28,20 +28,20 @@ impl PgStore {
             Box::new(l.shared),
             Box::new(l.limit),
         ];
-        self.defer(&self.st.lock_put, params, None)?;
+        self.defer(&self.st.lock_put, params)?;
         self.cache.put(l);
         Ok(())
     }
 
     pub(super) fn pg_lock_delete_holder(&mut self, name: &str, agent_id: &str) -> StoreResult<()> {
         let params: Vec<Param> = vec![Box::new(name.to_string()), Box::new(agent_id.to_string())];
-        self.defer(&self.st.lock_delete_holder, params, None)?;
+        self.defer(&self.st.lock_delete_holder, params)?;
         self.cache.delete_holder(name, agent_id);
         Ok(())
     }
 
     pub(super) fn pg_lock_delete(&mut self, name: &str) -> StoreResult<()> {
-        self.defer(&self.st.lock_delete, vec![Box::new(name.to_string())], None)?;
+        self.defer(&self.st.lock_delete, vec![Box::new(name.to_string())])?;
         self.cache.delete(name);
         Ok(())
     }
@@ -53,7 +53,7 @@ impl PgStore {
         if let Some(last) = self.cache.fence(name) {
             let next = last + 1;
             let params: Vec<Param> = vec![Box::new(name.to_string()), Box::new(next)];
-            self.defer(&self.st.fence_advance, params, Some(1))?;
+            self.defer(&self.st.fence_advance, params)?;
             self.cache.remember_fence(name, next);
             return Ok(next);
         }

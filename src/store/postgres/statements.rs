@@ -77,9 +77,14 @@ statements! {
     fence_next = "INSERT INTO airlock.lock_fences AS f (name, last_fence) VALUES ($1, 1)
                   ON CONFLICT (name) DO UPDATE SET last_fence = f.last_fence + 1
                   RETURNING last_fence";
-    // A fence the store remembered (see `cache`): written only over the one before it.
-    fence_advance = "UPDATE airlock.lock_fences SET last_fence = $2::bigint
-                     WHERE name = $1 AND last_fence = $2::bigint - 1";
+    // A fence the store remembered (see `cache`): written only over the one before it, and
+    // refused by the server otherwise (the cast fails only when no row changed), so the
+    // transaction aborts and the COMMIT sent behind it in the same round trip fails too.
+    fence_advance = "WITH u AS (UPDATE airlock.lock_fences SET last_fence = $2::bigint
+                     WHERE name = $1 AND last_fence = $2::bigint - 1 RETURNING 1)
+                     SELECT CASE WHEN (SELECT count(*) FROM u) = 1 THEN 1
+                     ELSE ('airlock: the stored fence of this lock moved under the coordinator \
+                     (another writer?); rows changed: ' || (SELECT count(*) FROM u))::int END";
     agent_get = "SELECT agent_id, expires_at FROM airlock.agents WHERE agent_id = $1";
     agent_put = "INSERT INTO airlock.agents (agent_id, expires_at) VALUES ($1, $2)
                  ON CONFLICT (agent_id) DO UPDATE SET expires_at = excluded.expires_at";

@@ -27,7 +27,7 @@ impl PgStore {
             Box::new(t.last_error.clone()),
             Box::new(t.result.clone()),
         ];
-        self.defer(&self.st.task_update, params, None)
+        self.defer(&self.st.task_update, params)
     }
 
     pub(super) fn pg_task_claim_next(
