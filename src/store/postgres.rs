@@ -331,15 +331,18 @@ impl PgStore {
         // answer is awaited.
         let mut held = self.held.take();
         let prefix = self.take_prefix();
+        // If the timeout cuts the round trip short, a held statement's fate is unknown: unless
+        // the current operation's savepoint undoes all of them, the transaction must not commit.
+        // The prefix's RELEASE is the previous operation's: cut short, it leaves that
+        // operation's savepoint where the current one's should be.
+        let unsure =
+            prefix.contains("RELEASE") || held.iter().any(|h| !self.undone_by_own_savepoint(h));
         if !prefix.is_empty() {
             held.push(held::Held::Simple {
                 sql: prefix,
                 step: self.step.get(),
             });
         }
-        // If the timeout cuts the round trip short, a held statement's fate is unknown: unless
-        // the current operation's savepoint undoes all of them, the transaction must not commit.
-        let unsure = held.iter().any(|h| !self.undone_by_own_savepoint(h));
         let query = async {
             if held.is_empty() {
                 return query.await;

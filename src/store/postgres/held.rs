@@ -46,7 +46,7 @@ impl Held {
     }
 }
 
-type Sending<'a> = Pin<Box<dyn Future<Output = StoreResult<()>> + 'a>>;
+pub(super) type Sending<'a> = Pin<Box<dyn Future<Output = StoreResult<()>> + 'a>>;
 
 /// Polls every future of `first`, in order, then `last`, until all are done. tokio-postgres
 /// sends a request when its future is first polled, so the requests go out in this order,
@@ -56,7 +56,7 @@ type Sending<'a> = Pin<Box<dyn Future<Output = StoreResult<()>> + 'a>>;
 /// that does not encode, a closed connection): the server never saw it, so nothing after it is
 /// sent either (`None`), least of all a COMMIT that would make the rest durable without it.
 /// Anything refused by the server aborts the transaction, so what follows it fails there.
-async fn in_order<T>(
+pub(super) async fn in_order<T>(
     mut first: Vec<Sending<'_>>,
     last: impl Future<Output = T>,
 ) -> (Vec<Option<StoreResult<()>>>, Option<T>) {

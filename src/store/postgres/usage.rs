@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use super::PgStore;
+use super::{held, PgStore};
 use crate::store::StoreResult;
 
 const READ: &str = "SELECT bytes FROM airlock.usage";
@@ -36,12 +36,19 @@ impl PgStore {
             let commit = self.client.simple_query(&sql);
             match self.history_write(history) {
                 // Both are sent on the first poll, the INSERT first (a prepared statement goes
-                // out at once); if it fails, the transaction is aborted and the COMMIT's READ
-                // fails with it, so nothing commits.
+                // out at once); if the server refuses it, the transaction is aborted and the
+                // COMMIT's READ fails with it, so nothing commits; if it cannot even be sent, the
+                // COMMIT is not sent either (see `held::in_order`).
                 Some(insert) => {
-                    let (inserted, answer) = futures::join!(insert, commit);
-                    inserted?;
-                    Ok(answer?)
+                    let insert: held::Sending<'_> = Box::pin(async move {
+                        insert.await?;
+                        Ok(())
+                    });
+                    let (inserted, answer) = held::in_order(vec![insert], commit).await;
+                    if let Some(Some(Err(e))) = inserted.into_iter().next() {
+                        return Err(e);
+                    }
+                    Ok(answer.expect("sent once the INSERT was")?)
                 }
                 None => Ok(commit.await?),
             }
