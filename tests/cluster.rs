@@ -1407,6 +1407,38 @@ async fn hold_answers(c: &Cluster, agent: &str, retake_too: bool) {
     .expect("install the trigger");
 }
 
+/// Once coordinator `a` has granted `name` to agent `gone` (whose answer a trigger holds back),
+/// kills it, lets the caller leave, and checks that the survivor `b` gives the grant back: the
+/// next caller gets the lock.
+async fn die_with_the_grant_unanswered(
+    a: Member,
+    b: &Member,
+    name: &str,
+    caller: tokio::task::JoinHandle<Value>,
+) {
+    within(20, async {
+        while holder(&a.d, name).await.as_deref() != Some("gone") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(!caller.is_finished(), "the answer was held back");
+
+    // The coordinator dies with the answer unwritten; then the caller leaves.
+    let mut dead = a.take();
+    dead.kill();
+    caller.abort();
+    let _ = caller.await;
+
+    // The survivor coordinates and gives the grant back: the next caller gets the lock.
+    let next = lock(&b.d, name, "next", json!({"wait_seconds": 30})).await;
+    assert_eq!(
+        next["locked"],
+        json!(true),
+        "the grant nobody read was held: {next}"
+    );
+}
+
 /// Issue 13, item 7: the coordinator grants a forwarded call, then dies before its answer is
 /// written, and the caller leaves. The grant was written beside the call's row in the grant's
 /// own transaction, so the next coordinator gives it back at once; without that record the lock
@@ -1436,27 +1468,7 @@ async fn a_grant_left_by_a_coordinator_that_died_unanswered_is_given_back() {
             .await
         })
     };
-    within(20, async {
-        while holder(&a.d, "held-answer").await.as_deref() != Some("gone") {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(!caller.is_finished(), "the answer was held back");
-
-    // The coordinator dies with the answer unwritten; then the caller leaves.
-    let mut dead = a.take();
-    dead.kill();
-    caller.abort();
-    let _ = caller.await;
-
-    // The survivor coordinates and gives the grant back: the next caller gets the lock.
-    let next = lock(&b.d, "held-answer", "next", json!({"wait_seconds": 30})).await;
-    assert_eq!(
-        next["locked"],
-        json!(true),
-        "the grant nobody read was held: {next}"
-    );
+    die_with_the_grant_unanswered(a, &b, "held-answer", caller).await;
     let left: i64 =
         c.pg.query_one(
             "SELECT count(*) FROM airlock.calls WHERE args LIKE '%\"gone\"%'",
@@ -1500,27 +1512,7 @@ async fn a_handoff_grant_left_by_a_coordinator_that_died_unanswered_is_given_bac
     until_waiters(&a.d, "handed", 1).await;
     // The unlock hands the lock to the caller; the coordinator cannot answer it.
     unlock(&a.d, "handed", &token(&held)).await;
-    within(20, async {
-        while holder(&a.d, "handed").await.as_deref() != Some("gone") {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(!caller.is_finished(), "the answer was held back");
-
-    // The coordinator dies with the answer unwritten; then the caller leaves.
-    let mut dead = a.take();
-    dead.kill();
-    caller.abort();
-    let _ = caller.await;
-
-    // The survivor coordinates and gives the grant back: the next caller gets the lock.
-    let next = lock(&b.d, "handed", "next", json!({"wait_seconds": 30})).await;
-    assert_eq!(
-        next["locked"],
-        json!(true),
-        "the handed-over grant nobody read was held: {next}"
-    );
+    die_with_the_grant_unanswered(a, &b, "handed", caller).await;
 }
 
 /// The same, for a claim whose caller is still waiting: the new coordinator re-runs
