@@ -330,19 +330,10 @@ impl PgStore {
         // trip as this statement: all are sent on the first poll, in this order, before any
         // answer is awaited.
         let mut held = self.held.take();
-        let prefix = self.take_prefix();
+        self.hold_prefix(&mut held);
         // If the timeout cuts the round trip short, a held statement's fate is unknown: unless
         // the current operation's savepoint undoes all of them, the transaction must not commit.
-        // The prefix's RELEASE is the previous operation's: cut short, it leaves that
-        // operation's savepoint where the current one's should be.
-        let unsure =
-            prefix.contains("RELEASE") || held.iter().any(|h| !self.undone_by_own_savepoint(h));
-        if !prefix.is_empty() {
-            held.push(held::Held::Simple {
-                sql: prefix,
-                step: self.step.get(),
-            });
-        }
+        let unsure = held.iter().any(|h| !self.undone_by_own_savepoint(h));
         let query = async {
             if held.is_empty() {
                 return query.await;

@@ -104,22 +104,33 @@ impl PgStore {
     /// nothing has to fail on the server (see `fence_advance`): its answer is read after the
     /// statements sent behind it, the COMMIT among them.
     pub(super) fn defer(&self, st: &Statement, params: Vec<Param>) -> StoreResult<()> {
-        let step = self.step.get();
-        let prefix = self.take_prefix();
         let mut held = self.held.borrow_mut();
-        if !prefix.is_empty() {
-            held.push(Held::Simple { sql: prefix, step });
-        }
+        self.hold_prefix(&mut held);
         held.push(Held::Write {
             st: st.clone(),
             params,
-            step,
+            step: self.step.get(),
         });
         drop(held);
         if self.in_tx.get() {
             return Ok(());
         }
         self.run(async { Ok(()) })
+    }
+
+    /// Holds the deferred `BEGIN` and savepoint statements (`take_prefix`), if any, after
+    /// `held`. A `RELEASE` among them ends the previous operation's savepoint, so the item is
+    /// that operation's: its failure, or a round trip cut short with it in flight, is never
+    /// taken for the current operation's (rolling back to the current savepoint would then land
+    /// on the previous one and undo it).
+    pub(super) fn hold_prefix(&self, held: &mut Vec<Held>) {
+        let releases = self.release_pending.get();
+        let sql = self.take_prefix();
+        if sql.is_empty() {
+            return;
+        }
+        let step = self.step.get() - u64::from(releases);
+        held.push(Held::Simple { sql, step });
     }
 
     /// Drops the held writes of the current operation (it is being rolled back to its
