@@ -260,3 +260,45 @@ async fn the_counters_and_gauges_move_with_the_work() {
         1.0
     );
 }
+
+/// On SQLite a batch that wrote nothing is answered without an fsync of its own: reads, a lock
+/// request refused because the lock is held, one that parks. Each of those is still a commit
+/// (an engine transaction); only the fsync goes. (The hot lock: a parked request per grant,
+/// which cost an fsync of nothing each, BENCHMARKS.md, "Issue 16, fifth pass".)
+#[tokio::test]
+async fn requests_that_write_nothing_cost_no_fsync() {
+    if common::postgres::backend() == common::postgres::Backend::Postgres {
+        eprintln!("SKIP: PostgreSQL's commits are fsynced by the server, not counted here");
+        return;
+    }
+    let d = Arc::new(Daemon::start().await);
+    let held = lock(&d, "db", "alpha", json!({})).await;
+    let fsyncs = "airlock_fsync_duration_seconds_count";
+    let commits = "airlock_engine_commits_total";
+    let before = scrape(&d).await;
+    for _ in 0..10 {
+        d.call("get_note", json!({"key": "k"})).await;
+        let refused = lock(&d, "db", "beta", json!({})).await;
+        assert_eq!(refused["locked"], false, "{refused}");
+        d.call("list_locks", json!({})).await;
+    }
+    let waiter = spawn_lock(&d, "db", "gamma", json!({"wait_seconds": 30}));
+    until_waiters(&d, "db", 1).await;
+    let during = scrape(&d).await;
+    assert!(
+        during.get(commits) >= before.get(commits) + 31.0,
+        "every request was a transaction: {} → {}",
+        before.get(commits),
+        during.get(commits)
+    );
+    assert_eq!(
+        during.get(fsyncs),
+        before.get(fsyncs),
+        "none of them wrote anything"
+    );
+    // A write is fsynced before its answer, and the grant it makes with it.
+    unlock(&d, "db", &token(&held)).await;
+    assert_eq!(within(30, waiter).await.unwrap()["locked"], true);
+    let after = scrape(&d).await;
+    assert!(after.get(fsyncs) > during.get(fsyncs));
+}

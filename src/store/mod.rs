@@ -244,6 +244,12 @@ pub trait Store: Send {
     /// switched the store to pipelined commits: then it only writes it, and the [`Syncer`]
     /// makes it durable.
     fn commit(&mut self) -> StoreResult<()>;
+    /// Whether the last [`Store::commit`] wrote anything, so that answers given from its state
+    /// must wait for a [`Syncer`] call after it. A pipelined store that knows its commit wrote
+    /// nothing says false, and those answers wait only for the commits before it. Default: true.
+    fn last_commit_wrote(&self) -> bool {
+        true
+    }
     /// Switches to pipelined commits, if this store can: from now on [`Store::commit`] writes
     /// the transaction without waiting for the disk, and the returned [`Syncer`], called from
     /// another thread, makes every commit written before the call durable. `None` (the default):

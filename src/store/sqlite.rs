@@ -38,6 +38,8 @@ pub struct SqliteStore {
     /// Set once commits are pipelined ([`Store::pipeline`]): the WAL's frames, and whether a
     /// checkpoint failed (then no later sync may report success).
     wal: Option<wal::Pipelined>,
+    /// Whether the last commit wrote to the WAL ([`Store::last_commit_wrote`]).
+    wrote: bool,
 }
 
 /// Free pages given back per incremental vacuum (64 MiB of 4 KiB pages).
@@ -121,6 +123,7 @@ impl SqliteStore {
             usage: Arc::new(AtomicU64::new(0)),
             last_vacuum: Instant::now(),
             wal: None,
+            wrote: true,
         };
         store.migrate()?;
         store.refresh_usage()?;
@@ -264,10 +267,10 @@ impl SqliteStore {
     }
 
     /// Gives free pages back to the file system, a bounded amount at a time, at most every
-    /// [`VACUUM_EVERY`]. Outside any transaction; a failure is only logged.
-    fn vacuum_some(&mut self) {
+    /// [`VACUUM_EVERY`]. Outside any transaction; a failure is only logged. True if it ran one.
+    fn vacuum_some(&mut self) -> bool {
         if self.last_vacuum.elapsed() < VACUUM_EVERY {
-            return;
+            return false;
         }
         self.last_vacuum = Instant::now();
         let free: i64 = match self
@@ -275,22 +278,24 @@ impl SqliteStore {
             .query_row("PRAGMA freelist_count", [], |r| r.get(0))
         {
             Ok(n) => n,
-            Err(_) => return,
+            Err(_) => return false,
         };
-        if free >= VACUUM_THRESHOLD_PAGES {
-            // It frees a page per step: step it to the end.
-            let run = || -> rusqlite::Result<()> {
-                let mut st = self
-                    .conn
-                    .prepare(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))?;
-                let mut rows = st.query([])?;
-                while rows.next()?.is_some() {}
-                Ok(())
-            };
-            if let Err(e) = run() {
-                tracing::warn!(error = %e, "incremental vacuum failed");
-            }
+        if free < VACUUM_THRESHOLD_PAGES {
+            return false;
         }
+        // It frees a page per step: step it to the end.
+        let run = || -> rusqlite::Result<()> {
+            let mut st = self
+                .conn
+                .prepare(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))?;
+            let mut rows = st.query([])?;
+            while rows.next()?.is_some() {}
+            Ok(())
+        };
+        if let Err(e) = run() {
+            tracing::warn!(error = %e, "incremental vacuum failed");
+        }
+        true
     }
 
     fn query_tasks(&mut self, sql: &str, args: impl rusqlite::Params) -> StoreResult<Vec<TaskRow>> {
@@ -308,15 +313,29 @@ impl Store for SqliteStore {
     }
 
     fn commit(&mut self) -> StoreResult<()> {
+        let writes = self.wal.as_ref().map(wal::Pipelined::writes);
         self.conn.prepare_cached("COMMIT")?.execute([])?;
+        // Known only when pipelined (the WAL hook counts the commits that wrote); otherwise
+        // assumed, which costs nothing there: the commit has synced what it wrote.
+        self.wrote = match (&self.wal, writes) {
+            (Some(wal), Some(before)) => wal.writes() != before,
+            _ => true,
+        };
         if let Some(wal) = &self.wal {
             wal.checkpoint_if_due(&self.conn);
         }
-        self.vacuum_some();
-        if let Err(e) = self.refresh_usage() {
-            tracing::warn!(error = %e, "could not measure the database");
+        // A transaction that wrote nothing changed no page: the usage stands, unless the vacuum
+        // gave pages back.
+        if self.vacuum_some() || self.wrote {
+            if let Err(e) = self.refresh_usage() {
+                tracing::warn!(error = %e, "could not measure the database");
+            }
         }
         Ok(())
+    }
+
+    fn last_commit_wrote(&self) -> bool {
+        self.wrote
     }
 
     fn pipeline(&mut self) -> StoreResult<Option<Box<dyn Syncer>>> {

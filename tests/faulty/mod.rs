@@ -167,6 +167,9 @@ impl Store for FaultyStore {
     fn commit(&mut self) -> StoreResult<()> {
         self.control(Fault::Commit, |s| s.commit())
     }
+    fn last_commit_wrote(&self) -> bool {
+        self.inner.last_commit_wrote()
+    }
     fn rollback(&mut self) {
         self.inner.rollback()
     }

@@ -98,7 +98,9 @@ impl Engine {
     }
 
     /// Keeps the batch's answers for [`Engine::settle_batch`]. They depend on the batch's own
-    /// commit or, for a batch that did not commit, on the last one (the state it answered from).
+    /// commit or, for a batch that did not commit or whose commit wrote nothing (a lock request
+    /// that parked, a read), on the last one (the state it answered from): already durable, or
+    /// in flight, that batch needs no fsync of its own.
     pub(super) fn hold_answers(
         &mut self,
         failed: Option<CoreError>,
@@ -110,7 +112,7 @@ impl Engine {
         if let Some(older) = self.settling.take() {
             p.hand_over(older);
         }
-        let commit = if failed.is_none() {
+        let commit = if failed.is_none() && self.store.last_commit_wrote() {
             p.committed()
         } else {
             p.last_commit()

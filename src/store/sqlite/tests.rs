@@ -223,6 +223,40 @@ fn pipelined_commits_checkpoint_on_their_own_and_survive_a_reopen() {
     assert!(m.pipeline().unwrap().is_none());
 }
 
+/// Pipelined, the store knows which commits wrote to the WAL: a transaction that only read (a
+/// lock request that parked, a `get_note`) says so, and the engine then gives its answers
+/// without an fsync of their own. Before pipelining it cannot tell, and says it wrote.
+#[test]
+fn a_pipelined_commit_says_whether_it_wrote_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+    s.begin().unwrap();
+    s.commit().unwrap();
+    assert!(s.last_commit_wrote(), "unknown before pipelining: assumed");
+    let _syncer = s.pipeline().unwrap().unwrap();
+    let note = |key: &str| NoteRow {
+        key: key.into(),
+        value: "v".into(),
+        author: None,
+        expires_at: None,
+    };
+    s.begin().unwrap();
+    s.note_put(&note("a")).unwrap();
+    s.commit().unwrap();
+    assert!(s.last_commit_wrote());
+    s.begin().unwrap();
+    assert!(s.note_get("a").unwrap().is_some());
+    assert!(s.note_get("b").unwrap().is_none());
+    s.commit().unwrap();
+    assert!(!s.last_commit_wrote(), "a read-only transaction");
+    // (A write undone by its savepoint still counts: SQLite writes the pages it touched back as
+    // they were. An fsync too many is safe.)
+    s.begin().unwrap();
+    s.note_delete("a").unwrap();
+    s.commit().unwrap();
+    assert!(s.last_commit_wrote());
+}
+
 /// A filtered history read looks through at most `HISTORY_SCAN_ROWS` entries per page: a rare
 /// name behind a long history comes in short pages (the first ones empty), each with the cursor
 /// where it stopped, and following them finds every match once, newest first. The history table

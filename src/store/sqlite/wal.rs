@@ -21,7 +21,7 @@ use std::cell::Cell;
 use std::ffi::c_int;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rusqlite::Connection;
@@ -40,6 +40,8 @@ pub const FAIL_SYNC_IF_ENV: &str = "AIRLOCK_TEST_FSYNC_FAIL_IF";
 pub(super) struct Pipelined {
     /// Frames in the WAL after the last commit, as the WAL hook reports them.
     frames: Arc<AtomicI64>,
+    /// Commits that wrote frames: SQLite calls the WAL hook after each of those, and only those.
+    writes: Arc<AtomicU64>,
     /// Frames at which the next checkpoint is due: [`CHECKPOINT_FRAMES`], or that many more
     /// than a checkpoint that could not finish left (a reader held frames back).
     due_at: Cell<i64>,
@@ -109,11 +111,13 @@ impl Pipelined {
                 .map_err(|e| io("cannot sync the directory", dir, e))?;
         }
         let frames = Arc::new(AtomicI64::new(0));
+        let writes = Arc::new(AtomicU64::new(0));
         // Replaces SQLite's automatic checkpoint, which is itself a WAL hook.
         conn.wal_hook(Some({
-            let frames = frames.clone();
+            let (frames, writes) = (frames.clone(), writes.clone());
             move |_: &mut rusqlite::hooks::Wal, n: c_int| {
                 frames.store(i64::from(n), Ordering::Relaxed);
+                writes.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
         }))?;
@@ -127,10 +131,17 @@ impl Pipelined {
         };
         let pipelined = Pipelined {
             frames,
+            writes,
             due_at: Cell::new(CHECKPOINT_FRAMES),
             poisoned,
         };
         Ok(Some((pipelined, Box::new(syncer))))
+    }
+
+    /// How many commits so far wrote frames to the WAL: a commit that leaves it unchanged wrote
+    /// nothing for an fsync to make durable.
+    pub(super) fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 
     /// Frames in the WAL after the last commit (0 after a checkpoint that finished).
