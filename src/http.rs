@@ -609,15 +609,16 @@ fn plain_headers(headers: &HeaderMap) -> bool {
         && version < ProtocolVersion::V_2026_07_28.as_str()
 }
 
-/// Answers a plain `tools/call` without rmcp's per-request machinery, which costs more CPU and
-/// memory than the HTTP stack itself (BENCHMARKS.md). Only a request with nothing for rmcp to
-/// check takes this path: the curl recipe's, or a 2025-era MCP client's ([`plain_headers`]), with
-/// a JSON content type, and a body `mcp::plain_tool_call` accepts. Everything else goes to rmcp.
-async fn plain_call(
+/// A plain `tools/call` the edge answers without rmcp's per-request machinery, which costs
+/// more CPU and memory than the HTTP stack itself (BENCHMARKS.md). Only a request with nothing
+/// for rmcp to check takes this path: the curl recipe's, or a 2025-era MCP client's
+/// ([`plain_headers`]), with a JSON content type, and a body `mcp::plain_tool_call` accepts.
+/// Everything else goes to rmcp.
+fn plain_call(
     mcp: &AirlockMcp,
     headers: &HeaderMap,
     body: &serde_json::Map<String, Value>,
-) -> Option<Response> {
+) -> Option<crate::mcp::PlainCall> {
     if !plain_headers(headers) {
         return None;
     }
@@ -631,20 +632,20 @@ async fn plain_call(
     if !json_type {
         return None;
     }
-    let call = crate::mcp::plain_tool_call(body)?;
-    let mut result = mcp.call_plain(call.name, call.arguments).await;
-    if let Some(w) = mcp.identity_warning(headers, call.arguments) {
-        crate::identity::annotate(&mut result, &w);
-    }
+    mcp.plain_call(headers, body)
+}
+
+/// Runs a [`plain_call`] and answers it.
+async fn answer_plain(mcp: &AirlockMcp, call: crate::mcp::PlainCall) -> Response {
+    let (id, mut result) = mcp.answer_plain(call).await;
     // As rmcp answers a request that negotiated no version: without the 2026-07-28 field.
     result.result_type = None;
     let response = PlainResponse {
         jsonrpc: "2.0",
-        id: call.id,
+        id: &id,
         result,
     };
-    // The tool has run: whatever happens now, this path answers.
-    Some(match serde_json::to_vec(&response) {
+    match serde_json::to_vec(&response) {
         Ok(bytes) => (
             [(
                 header::CONTENT_TYPE,
@@ -658,7 +659,7 @@ async fn plain_call(
             -32603,
             &format!("could not encode the answer: {e}"),
         ),
-    })
+    }
 }
 
 /// Why [`read_body`] gave up.
@@ -814,8 +815,12 @@ async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Resp
         Ok(body) => body,
         Err(r) => return edge_error_for(r.id, r.status, r.code, &r.message),
     };
-    if let Some(r) = plain_call(&state.mcp, &parts.headers, &body).await {
-        return r;
+    if let Some(call) = plain_call(&state.mcp, &parts.headers, &body) {
+        // The call owns what it needs. Nothing else of the request is kept while it runs, which
+        // may park it for 50 s: not its parsed body, its bytes or its headers (about 3 KiB
+        // per parked caller, BENCHMARKS.md, "Issue 16, fifth pass").
+        drop((body, bytes, parts));
+        return answer_plain(&state.mcp, call).await;
     }
     if let Err(r) = check_mcp_message(&body) {
         return edge_error_for(r.id, r.status, r.code, &r.message);

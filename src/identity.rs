@@ -83,10 +83,19 @@ impl Sightings {
         headers: &HeaderMap,
         arguments: Option<&Map<String, Value>>,
     ) -> Option<String> {
-        let agent_id = arguments?.get("agent_id")?.as_str()?;
-        let source = source_of(headers)?;
-        self.note(agent_id, &source, Instant::now())
+        let (agent_id, source) = sighting_of(headers, arguments)?;
+        self.note(&agent_id, &source, Instant::now())
     }
+}
+
+/// The agent a tool call names and the client it comes from, for [`Sightings::note`]: `None`
+/// when it names no agent or the client says nothing of itself.
+pub fn sighting_of(
+    headers: &HeaderMap,
+    arguments: Option<&Map<String, Value>>,
+) -> Option<(String, String)> {
+    let agent_id = arguments?.get("agent_id")?.as_str()?;
+    Some((agent_id.to_string(), source_of(headers)?))
 }
 
 /// Where a call comes from, as the client says: `X-Airlock-Source`, else its MCP session.

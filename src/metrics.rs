@@ -116,10 +116,13 @@ impl CoreApi for Metered {
         request: Request,
         progress: Option<ProgressFn>,
     ) -> BoxFuture<'_, CoreResult<CoreResponse>> {
+        // The inner future is made here, so this one keeps only it (not the request) for as
+        // long as a parked call lasts.
+        let tool = request.tool();
+        let started = Instant::now();
+        let call = self.inner.call(request, progress);
         Box::pin(async move {
-            let tool = request.tool();
-            let started = Instant::now();
-            let r = self.inner.call(request, progress).await;
+            let r = call.await;
             let m = self.calls.of(tool);
             m.outcomes[outcome_index(&r)].fetch_add(1, Ordering::Relaxed);
             m.seconds.observe(started.elapsed().as_secs_f64());

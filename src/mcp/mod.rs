@@ -12,6 +12,7 @@ pub mod tools;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::FutureExt;
 use rmcp::model::{
@@ -23,7 +24,7 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Map, Value};
 
-use crate::core::{CoreApi, CoreError, CoreResult, ProgressFn, WaitReport};
+use crate::core::{CoreApi, CoreError, CoreResult, ProgressFn, Request, WaitReport};
 use args::Args;
 
 pub const INSTRUCTIONS: &str = "airlock coordinates agents working on one repository or machine. \
@@ -75,22 +76,38 @@ impl AirlockMcp {
         arguments: &Map<String, Value>,
         progress: Option<ProgressFn>,
     ) -> Result<CoreResult<Value>, ErrorData> {
-        let Some(spec) = tools::find(name) else {
-            return Err(ErrorData::invalid_params(
-                format!("unknown tool: {}", args::clip(name)),
-                None,
-            ));
-        };
-        let request = match Args::new(arguments, &spec.arg_names()).and_then(|a| (spec.parse)(&a)) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self
-            .core
+        Ok(match parse_tool(name, arguments)? {
+            Ok(request) => self.run_request(request, progress).await,
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Runs a request, read from a tool call, and returns its answer as JSON.
+    async fn run_request(
+        &self,
+        request: Request,
+        progress: Option<ProgressFn>,
+    ) -> CoreResult<Value> {
+        self.core
             .call(request, progress)
             .await
-            .and_then(|r| r.to_json()))
+            .and_then(|r| r.to_json())
     }
+}
+
+/// The request a call of tool `name` makes: an error to report for an unknown tool, the
+/// refusal to answer for arguments the tool refuses.
+fn parse_tool(
+    name: &str,
+    arguments: &Map<String, Value>,
+) -> Result<CoreResult<Request>, ErrorData> {
+    let Some(spec) = tools::find(name) else {
+        return Err(ErrorData::invalid_params(
+            format!("unknown tool: {}", args::clip(name)),
+            None,
+        ));
+    };
+    Ok(Args::new(arguments, &spec.arg_names()).and_then(|a| (spec.parse)(&a)))
 }
 
 /// Turns a tool's outcome into the MCP result: the JSON as text, and as structured content
@@ -171,31 +188,71 @@ pub fn plain_tool_call(body: &Map<String, Value>) -> Option<PlainToolCall<'_>> {
     })
 }
 
+/// A plain `tools/call` ([`plain_tool_call`]), read and checked, owning what it needs: the
+/// request it came in (its bytes, headers and parsed body) can be dropped while it runs, which
+/// may park it for 50 s.
+pub struct PlainCall {
+    pub id: Value,
+    request: CoreResult<Request>,
+    /// The agent and the client it came from, noted once it has run (see `identity`).
+    sighting: Option<(String, String)>,
+}
+
 impl AirlockMcp {
-    /// Runs a tool for [`plain_tool_call`]: what `call_tool` does, minus progress reports.
-    pub async fn call_plain(
+    /// A [`PlainCall`] of `body`, if [`plain_tool_call`] accepts it.
+    pub fn plain_call(
         &self,
-        name: &str,
-        arguments: Option<&Map<String, Value>>,
-    ) -> CallToolResult {
+        headers: &http::HeaderMap,
+        body: &Map<String, Value>,
+    ) -> Option<PlainCall> {
+        let call = plain_tool_call(body)?;
         let empty = Map::new();
-        let run = self.run_tool(name, arguments.unwrap_or(&empty), None);
-        match shielded(run, || Ok(Err(CoreError::Storage("internal error".into())))).await {
-            Ok(outcome) => tool_result(outcome),
-            // Only an unknown tool, which `plain_tool_call` already sent to rmcp.
-            Err(e) => CallToolResult::error(vec![ContentBlock::text(e.message.to_string())]),
-        }
+        let arguments = call.arguments.unwrap_or(&empty);
+        let request = match std::panic::catch_unwind(|| parse_tool(call.name, arguments)) {
+            Ok(Ok(request)) => request,
+            // Only an unknown tool, which `plain_tool_call` sends to rmcp.
+            Ok(Err(_)) => return None,
+            Err(_) => Err(panicked()),
+        };
+        Some(PlainCall {
+            id: call.id.clone(),
+            request,
+            sighting: crate::identity::sighting_of(headers, call.arguments),
+        })
     }
+
+    /// Runs a [`PlainCall`]: what `call_tool` does, minus progress reports. Its id and result.
+    pub async fn answer_plain(&self, call: PlainCall) -> (Value, CallToolResult) {
+        let PlainCall {
+            id,
+            request,
+            sighting,
+        } = call;
+        let outcome = match request {
+            Ok(request) => shielded(self.run_request(request, None), || Err(panicked())).await,
+            Err(e) => Err(e),
+        };
+        let mut result = tool_result(outcome);
+        if let Some((agent_id, source)) = sighting {
+            if let Some(w) = self.sightings.note(&agent_id, &source, Instant::now()) {
+                crate::identity::annotate(&mut result, &w);
+            }
+        }
+        (id, result)
+    }
+}
+
+/// Logs that a tool call panicked; the error it is answered with.
+fn panicked() -> CoreError {
+    tracing::error!("a tool call panicked; answered with an internal error");
+    CoreError::Storage("internal error".into())
 }
 
 /// Runs `fut` so that a panic becomes an error answer instead of a hung request.
 async fn shielded<T>(fut: impl Future<Output = T>, on_panic: impl FnOnce() -> T) -> T {
     match AssertUnwindSafe(fut).catch_unwind().await {
         Ok(v) => v,
-        Err(_) => {
-            tracing::error!("a tool call panicked; answered with an internal error");
-            on_panic()
-        }
+        Err(_) => on_panic(),
     }
 }
 
@@ -232,7 +289,7 @@ impl ServerHandler for AirlockMcp {
         let run = self.run_tool(&name, arguments, progress);
         // A caller that disconnects cancels `ct`; dropping `run` then takes it out of any line.
         let outcome = tokio::select! {
-            r = shielded(run, || Ok(Err(CoreError::Storage("internal error".into())))) => r,
+            r = shielded(run, || Ok(Err(panicked()))) => r,
             _ = context.ct.cancelled() => {
                 tracing::debug!(tool = %name, "caller went away");
                 Ok(Err(CoreError::ShuttingDown))
