@@ -545,8 +545,9 @@ pub trait Store: Send {
         Ok(None)
     }
 
-    /// A gauge of [`Store::used_bytes`] kept current at every commit, read by the storage
-    /// quota from outside the engine thread; `None` where the backend has none (PostgreSQL).
+    /// A gauge of [`Store::used_bytes`] kept current at every commit that wrote, read by the
+    /// storage quota from outside the engine thread; `None` where the backend has none
+    /// (PostgreSQL).
     fn usage_meter(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicU64>> {
         None
     }

@@ -31,7 +31,8 @@ const MIGRATIONS: &[&str] = &[
 /// The SQLite store. Owned by the engine thread.
 pub struct SqliteStore {
     conn: Connection,
-    /// Bytes in use (pages not free), refreshed at every commit: read by the storage quota.
+    /// Bytes in use (pages not free), measured after every commit that wrote (or vacuumed):
+    /// read by the storage quota.
     usage: Arc<AtomicU64>,
     /// When free pages were last given back to the file system.
     last_vacuum: Instant,
@@ -40,6 +41,8 @@ pub struct SqliteStore {
     wal: Option<wal::Pipelined>,
     /// Whether the last commit wrote to the WAL ([`Store::last_commit_wrote`]).
     wrote: bool,
+    /// The connection's count of rows changed, when the transaction began.
+    changes_at_begin: u64,
 }
 
 /// Free pages given back per incremental vacuum (64 MiB of 4 KiB pages).
@@ -124,6 +127,7 @@ impl SqliteStore {
             last_vacuum: Instant::now(),
             wal: None,
             wrote: true,
+            changes_at_begin: 0,
         };
         store.migrate()?;
         store.refresh_usage()?;
@@ -248,9 +252,9 @@ fn task_from(r: &Row) -> rusqlite::Result<TaskRow> {
 impl SqliteStore {
     /// Bytes in pages that are not free.
     fn measure(&self) -> StoreResult<u64> {
-        // After every commit, so each pragma is a statement prepared once: the table-valued
-        // form (`SELECT * FROM pragma_page_count, …`) prepares its pragmas anew at every run,
-        // and the parser showed in the engine thread's profile.
+        // After every commit that wrote, so each pragma is a statement prepared once: the
+        // table-valued form (`SELECT * FROM pragma_page_count, …`) prepares its pragmas anew at
+        // every run, and the parser showed in the engine thread's profile.
         let pragma = |sql: &str| -> rusqlite::Result<i64> {
             self.conn.prepare_cached(sql)?.query_row([], |r| r.get(0))
         };
@@ -309,16 +313,22 @@ impl Store for SqliteStore {
     fn begin(&mut self) -> StoreResult<()> {
         // Once per batch: prepared once, like the statements of the operations.
         self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        self.changes_at_begin = self.conn.total_changes();
         Ok(())
     }
 
     fn commit(&mut self) -> StoreResult<()> {
         let writes = self.wal.as_ref().map(wal::Pipelined::writes);
         self.conn.prepare_cached("COMMIT")?.execute([])?;
-        // Known only when pipelined (the WAL hook counts the commits that wrote); otherwise
-        // assumed, which costs nothing there: the commit has synced what it wrote.
+        // Known only when pipelined; otherwise assumed, which costs nothing there: the commit
+        // has synced what it wrote. Written if the WAL hook reported frames, or if any row
+        // changed since BEGIN (rows undone by a savepoint included): either alone would do, both
+        // together keep the answer "wrote" should one of them miss (an fsync too many is safe,
+        // one too few is not).
         self.wrote = match (&self.wal, writes) {
-            (Some(wal), Some(before)) => wal.writes() != before,
+            (Some(wal), Some(before)) => {
+                wal.writes() != before || self.conn.total_changes() != self.changes_at_begin
+            }
             _ => true,
         };
         if let Some(wal) = &self.wal {

@@ -40,7 +40,9 @@ pub const FAIL_SYNC_IF_ENV: &str = "AIRLOCK_TEST_FSYNC_FAIL_IF";
 pub(super) struct Pipelined {
     /// Frames in the WAL after the last commit, as the WAL hook reports them.
     frames: Arc<AtomicI64>,
-    /// Commits that wrote frames: SQLite calls the WAL hook after each of those, and only those.
+    /// Reports of the WAL hook: SQLite calls it when a statement ends outside a transaction
+    /// (a COMMIT among them) and frames were committed since its last call. A commit that wrote
+    /// nothing leaves it unchanged.
     writes: Arc<AtomicU64>,
     /// Frames at which the next checkpoint is due: [`CHECKPOINT_FRAMES`], or that many more
     /// than a checkpoint that could not finish left (a reader held frames back).
@@ -112,7 +114,10 @@ impl Pipelined {
         }
         let frames = Arc::new(AtomicI64::new(0));
         let writes = Arc::new(AtomicU64::new(0));
-        // Replaces SQLite's automatic checkpoint, which is itself a WAL hook.
+        // Replaces SQLite's automatic checkpoint, which is itself a WAL hook. Nothing may set
+        // another hook on this connection (nor `PRAGMA wal_autocheckpoint`, which does): the
+        // count above is how a commit is known to have written (`SqliteStore::commit` also
+        // checks the rows changed, so a lost hook would cost fsyncs, not durability).
         conn.wal_hook(Some({
             let (frames, writes) = (frames.clone(), writes.clone());
             move |_: &mut rusqlite::hooks::Wal, n: c_int| {
