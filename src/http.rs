@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Token;
 use crate::core::{self as core_api, CoreApi};
@@ -635,9 +635,18 @@ fn plain_call(
     mcp.plain_call(headers, body)
 }
 
-/// Runs a [`plain_call`] and answers it.
-async fn answer_plain(mcp: &AirlockMcp, call: crate::mcp::PlainCall) -> Response {
-    let (id, mut result) = mcp.answer_plain(call).await;
+/// Runs a [`plain_call`] and answers it. (A combinator, not an `async fn`, which would keep
+/// `call` beside the future it goes into while the call waits.)
+fn answer_plain(
+    mcp: &AirlockMcp,
+    call: crate::mcp::PlainCall,
+) -> impl std::future::Future<Output = Response> + Send + '_ {
+    use futures::FutureExt;
+    mcp.answer_plain(call).map(plain_response)
+}
+
+/// A plain call's id and result as the HTTP answer rmcp would give.
+fn plain_response((id, mut result): (Value, rmcp::model::CallToolResult)) -> Response {
     // As rmcp answers a request that negotiated no version: without the 2026-07-28 field.
     result.result_type = None;
     let response = PlainResponse {
@@ -735,21 +744,98 @@ pub(crate) fn refuse_foreign(req: &Request, config: &EdgeConfig) -> Option<Respo
     None
 }
 
-async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Response {
+/// The edge, in front of every route: refuses what may not pass (origin, token, caps, headers, the
+/// body's size and time), answers a plain `tools/call` itself and hands the rest on.
+///
+/// A parked caller keeps this future for as long as it waits (axum boxes it), so it is kept
+/// small: not an `async fn` (which would keep a second copy of the request beside its
+/// argument), the checks and the routing in plain functions that take what they need by value,
+/// and the body's read and the next layer each in a box of its own, held only while they run.
+/// (An `async fn` keeps its arguments apart from the locals they move into, rust-lang/rust#62958.)
+#[allow(clippy::manual_async_fn)]
+fn guard(
+    State(state): State<EdgeState>,
+    req: Request,
+    next: Next,
+) -> impl std::future::Future<Output = Response> + Send {
+    async move {
+        let _permit = match admit(&state, &req) {
+            Ok(permit) => permit,
+            Err(refused) => return *refused,
+        };
+        if req.method() != axum::http::Method::POST {
+            return Box::pin(next.run(req)).await;
+        }
+        let config = &state.config;
+        let too_large = || {
+            edge_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                -32600,
+                &format!("request body is larger than the {MAX_BODY_BYTES}-byte limit"),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > DRAIN_BYTES) {
+            // Too large to be worth reading on: answer now and close.
+            return closing(too_large());
+        }
+        let (parts, body) = req.into_parts();
+        let bytes: Bytes = match Box::pin(read_body(body, config.body_timeout)).await {
+            Ok(b) => b,
+            Err(BodyFailure::TooLarge) => return closing(too_large()),
+            Err(BodyFailure::Broken) => {
+                return closing(edge_error(
+                    StatusCode::BAD_REQUEST,
+                    -32600,
+                    "the request body could not be read",
+                ))
+            }
+            Err(BodyFailure::Late) => {
+                return closing(edge_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    -32600,
+                    &format!(
+                        "the request body did not arrive within {} ms",
+                        config.body_timeout.as_millis()
+                    ),
+                ));
+            }
+        };
+        let call = match route(&state.mcp, parts, bytes) {
+            Routed::Answered(response) => return response,
+            Routed::Next(req) => return Box::pin(next.run(req)).await,
+            Routed::Plain(call) => call,
+        };
+        // The call owns what it needs; nothing else of the request is kept while it runs,
+        // which may park it for 50 s: not its parsed body, its bytes or its headers (`route`
+        // dropped them), nor the rmcp route it will not take (about 3 KiB per parked caller,
+        // BENCHMARKS.md, "Issue 16, fifth pass").
+        drop(next);
+        answer_plain(&state.mcp, call).await
+    }
+}
+
+/// The checks before a request's body is read: origin, token, the cap on requests in flight (its
+/// permit is held until the answer), MCP headers. A refusal is boxed: it is the rare path.
+fn admit(state: &EdgeState, req: &Request) -> Result<OwnedSemaphorePermit, Box<Response>> {
     let config = &state.config;
-    if let Some(refused) = refuse_foreign(&req, config) {
-        return refused;
+    if let Some(refused) = refuse_foreign(req, config) {
+        return Err(Box::new(refused));
     }
     if let Some(token) = &config.token {
         if !token_ok(req.headers(), token) {
-            return edge_error(
+            return Err(Box::new(edge_error(
                 StatusCode::UNAUTHORIZED,
                 -32001,
                 &format!(
                     "missing or wrong bearer token: send 'Authorization: Bearer <contents of {}>'",
                     config.home.join("token").display()
                 ),
-            );
+            )));
         }
     }
     // Authenticated (or no token is required here): this connection keeps its place under the
@@ -757,73 +843,41 @@ async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Resp
     if let Some(conn) = req.extensions().get::<ConnHandle>() {
         conn.trust();
     }
-    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
-        return edge_error(
+    let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
+        return Err(Box::new(edge_error(
             StatusCode::SERVICE_UNAVAILABLE,
             -32003,
             &format!(
                 "too many requests in flight (the cap is {}); retry shortly",
                 config.max_in_flight
             ),
-        );
+        )));
     };
-    if let Err(r) = check_mcp_headers(req.headers()) {
-        return r.into_response();
-    }
-    if req.method() != axum::http::Method::POST {
-        return next.run(req).await;
-    }
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let too_large = || {
-        edge_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            -32600,
-            &format!("request body is larger than the {MAX_BODY_BYTES}-byte limit"),
-        )
-    };
-    if declared.is_some_and(|n| n > DRAIN_BYTES) {
-        // Too large to be worth reading on: answer now and close.
-        return closing(too_large());
-    }
-    let (mut parts, body) = req.into_parts();
-    let bytes: Bytes = match read_body(body, config.body_timeout).await {
-        Ok(b) => b,
-        Err(BodyFailure::TooLarge) => return closing(too_large()),
-        Err(BodyFailure::Broken) => {
-            return closing(edge_error(
-                StatusCode::BAD_REQUEST,
-                -32600,
-                "the request body could not be read",
-            ))
-        }
-        Err(BodyFailure::Late) => {
-            return closing(edge_error(
-                StatusCode::REQUEST_TIMEOUT,
-                -32600,
-                &format!(
-                    "the request body did not arrive within {} ms",
-                    config.body_timeout.as_millis()
-                ),
-            ));
-        }
-    };
+    check_mcp_headers(req.headers()).map_err(|r| Box::new(r.into_response()))?;
+    Ok(permit)
+}
+
+/// Where a POST goes once its body is read ([`route`]).
+enum Routed {
+    /// Refused at the edge.
+    Answered(Response),
+    /// A plain `tools/call`, answered at the edge.
+    Plain(crate::mcp::PlainCall),
+    /// Everything else: to rmcp.
+    Next(Request),
+}
+
+/// Decodes a POST's body and decides who answers it.
+fn route(mcp: &AirlockMcp, mut parts: axum::http::request::Parts, bytes: Bytes) -> Routed {
     let body = match decode_body(&bytes) {
         Ok(body) => body,
-        Err(r) => return edge_error_for(r.id, r.status, r.code, &r.message),
+        Err(r) => return Routed::Answered(edge_error_for(r.id, r.status, r.code, &r.message)),
     };
-    if let Some(call) = plain_call(&state.mcp, &parts.headers, &body) {
-        // The call owns what it needs. Nothing else of the request is kept while it runs, which
-        // may park it for 50 s: not its parsed body, its bytes or its headers (about 3 KiB
-        // per parked caller, BENCHMARKS.md, "Issue 16, fifth pass").
-        drop((body, bytes, parts));
-        return answer_plain(&state.mcp, call).await;
+    if let Some(call) = plain_call(mcp, &parts.headers, &body) {
+        return Routed::Plain(call);
     }
     if let Err(r) = check_mcp_message(&body) {
-        return edge_error_for(r.id, r.status, r.code, &r.message);
+        return Routed::Answered(edge_error_for(r.id, r.status, r.code, &r.message));
     }
     // curl sends `Accept: */*`; rmcp wants both types listed. We answer plain JSON either way.
     if !accepts_both(&parts.headers) {
@@ -838,8 +892,7 @@ async fn guard(State(state): State<EdgeState>, req: Request, next: Next) -> Resp
             HeaderValue::from_static("application/json"),
         );
     }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    Routed::Next(Request::from_parts(parts, Body::from(bytes)))
 }
 
 #[cfg(test)]

@@ -107,6 +107,17 @@ struct ParkedCall {
     request: Request,
 }
 
+/// A call sent to the engine ([`Coordinator::send`]).
+enum Sent {
+    /// One that cannot park: its answer comes here.
+    Answer(oneshot::Receiver<CoreResult<Response>>),
+    /// One that may park: it leaves its line if dropped unanswered.
+    Parked {
+        guard: ParkedCall,
+        window_seconds: u64,
+    },
+}
+
 impl Drop for ParkedCall {
     fn drop(&mut self) {
         let Some(mut rx) = self.rx.take() else {
@@ -202,22 +213,48 @@ impl Coordinator {
         progress: Option<ProgressFn>,
         forwarded: Option<i64>,
     ) -> CoreResult<Response> {
+        // Everything before the answer is done by `send`, a plain function: what this future
+        // keeps while the call waits is what `send` returns, not its locals (the request, and
+        // the copy a parked call keeps, 144 bytes each).
+        let (sent, _room) = self.send(request, forwarded)?;
+        let (mut guard, window_seconds) = match sent {
+            Sent::Answer(rx) => return rx.await.map_err(|_| CoreError::ShuttingDown)?,
+            Sent::Parked {
+                guard,
+                window_seconds,
+            } => (guard, window_seconds),
+        };
+        let call = guard.call;
+        let rx = guard.rx.as_mut().expect("just set");
+        let result = match progress {
+            None => rx.await,
+            // Boxed: its timer and status queries would otherwise make every parked call's
+            // future larger, reported on or not (most callers ask for no progress).
+            Some(report) => Box::pin(self.reporting(rx, call, window_seconds, report)).await,
+        };
+        guard.rx = None;
+        result.map_err(|_| CoreError::ShuttingDown)?
+    }
+
+    /// Checks `request`, reserves room for what it writes (held until it is answered, see
+    /// `quota`) and sends it to the engine.
+    fn send(
+        &self,
+        request: Request,
+        forwarded: Option<i64>,
+    ) -> CoreResult<(Sent, quota::Reservation)> {
         let request = request.check()?;
-        // Room for what it writes, held until it is answered (see `quota`).
-        let _room = match &request {
-            Request::SetNote(r) => Some(
-                self.quota
-                    .reserve("value", row_bytes(&r.key, &r.value, &r.author))?,
-            ),
-            Request::SetNoteIf(r) => Some(
-                self.quota
-                    .reserve("new_value", row_bytes(&r.key, &r.new_value, &r.author))?,
-            ),
-            Request::PushTask(r) => Some(
-                self.quota
-                    .reserve("payload", row_bytes(&r.queue, &r.payload, &r.author))?,
-            ),
-            _ => None,
+        let room = match &request {
+            Request::SetNote(r) => self
+                .quota
+                .reserve("value", row_bytes(&r.key, &r.value, &r.author))?,
+            Request::SetNoteIf(r) => self
+                .quota
+                .reserve("new_value", row_bytes(&r.key, &r.new_value, &r.author))?,
+            Request::PushTask(r) => self
+                .quota
+                .reserve("payload", row_bytes(&r.queue, &r.payload, &r.author))?,
+            _ => quota::Reservation::none(),
         };
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         let window_seconds = request.wait_window_seconds();
@@ -234,24 +271,19 @@ impl Coordinator {
                 },
             })
             .map_err(|_| CoreError::ShuttingDown)?;
-        let Some(kept) = kept else {
-            return rx.await.map_err(|_| CoreError::ShuttingDown)?;
+        let sent = match kept {
+            None => Sent::Answer(rx),
+            Some(kept) => Sent::Parked {
+                guard: ParkedCall {
+                    tx: self.tx.clone(),
+                    call,
+                    rx: Some(rx),
+                    request: kept,
+                },
+                window_seconds,
+            },
         };
-        let mut guard = ParkedCall {
-            tx: self.tx.clone(),
-            call,
-            rx: Some(rx),
-            request: kept,
-        };
-        let rx = guard.rx.as_mut().expect("just set");
-        let result = match progress {
-            None => rx.await,
-            // Boxed: its timer and status queries would otherwise make every parked call's
-            // future larger, reported on or not (most callers ask for no progress).
-            Some(report) => Box::pin(self.reporting(rx, call, window_seconds, report)).await,
-        };
-        guard.rx = None;
-        result.map_err(|_| CoreError::ShuttingDown)?
+        Ok((sent, room))
     }
 
     /// Waits for parked call `call`'s answer on `rx`, telling `report` how it stands every
@@ -406,8 +438,9 @@ mod tests {
 
     /// A parked call keeps its future for as long as it waits (up to 50 s, by the thousand):
     /// the one `call` returns stays small. It was 1,264 bytes with `call` an `async fn` of its
-    /// own around `call_to` and the progress reports' timer inline; the bench's bytes per parked
-    /// waiter (workload 7) is held to the floor + 2 KiB (BENCHMARKS.md, issue 16).
+    /// own around `call_to`, the progress reports' timer inline and the checks' locals kept
+    /// across the wait (608 since); the bench's bytes per parked waiter (workload 7) is held to
+    /// the floor + 2 KiB (BENCHMARKS.md, issue 16).
     #[test]
     fn the_future_of_a_parked_call_stays_small() {
         let core = Coordinator::detached();

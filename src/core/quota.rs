@@ -2,10 +2,11 @@
 //! refused before it reaches the engine, so it changes nothing and the group commit it would
 //! have joined is unaffected.
 //!
-//! The store reports the bytes in use after every commit ([`crate::store::Store::usage_meter`]);
-//! writes on their way to the engine are counted as pending until answered, so many writes at
-//! once cannot all pass on the same reading. Both backends have a meter: SQLite measures its file's
-//! used pages, PostgreSQL the `airlock.usage` row its triggers keep (`store::postgres::usage`).
+//! The store reports the bytes in use after every commit that wrote
+//! ([`crate::store::Store::usage_meter`]); writes on their way to the engine are counted as
+//! pending until answered, so many writes at once cannot all pass on the same reading. Both
+//! backends have a meter: SQLite measures its file's used pages, PostgreSQL the `airlock.usage`
+//! row its triggers keep (`store::postgres::usage`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -64,6 +65,13 @@ impl Quota {
 /// Room taken by a write until it is answered.
 #[derive(Debug)]
 pub struct Reservation(Option<(Arc<Quota>, u64)>);
+
+impl Reservation {
+    /// No room taken (a call that writes nothing the quota counts).
+    pub fn none() -> Reservation {
+        Reservation(None)
+    }
+}
 
 impl Drop for Reservation {
     fn drop(&mut self) {

@@ -222,23 +222,35 @@ impl AirlockMcp {
     }
 
     /// Runs a [`PlainCall`]: what `call_tool` does, minus progress reports. Its id and result.
-    pub async fn answer_plain(&self, call: PlainCall) -> (Value, CallToolResult) {
+    ///
+    /// The call's future is made here and the request goes into it at once, so what waits
+    /// keeps one copy of the request (in the call's own future), not one per layer.
+    pub fn answer_plain(
+        &self,
+        call: PlainCall,
+    ) -> impl Future<Output = (Value, CallToolResult)> + Send + '_ {
         let PlainCall {
             id,
             request,
             sighting,
         } = call;
-        let outcome = match request {
-            Ok(request) => shielded(self.run_request(request, None), || Err(panicked())).await,
-            Err(e) => Err(e),
-        };
-        let mut result = tool_result(outcome);
-        if let Some((agent_id, source)) = sighting {
-            if let Some(w) = self.sightings.note(&agent_id, &source, Instant::now()) {
-                crate::identity::annotate(&mut result, &w);
+        let running = request.map(|request| self.core.call(request, None));
+        async move {
+            let outcome = match running {
+                Ok(running) => {
+                    let run = async move { running.await.and_then(|r| r.to_json()) };
+                    shielded(run, || Err(panicked())).await
+                }
+                Err(e) => Err(e),
+            };
+            let mut result = tool_result(outcome);
+            if let Some((agent_id, source)) = sighting {
+                if let Some(w) = self.sightings.note(&agent_id, &source, Instant::now()) {
+                    crate::identity::annotate(&mut result, &w);
+                }
             }
+            (id, result)
         }
-        (id, result)
     }
 }
 
