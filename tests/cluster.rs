@@ -1372,11 +1372,16 @@ async fn a_caller_gone_during_the_forwarding_insert_leaves_nothing_behind() {
         }
     })
     .await;
-    assert_eq!(
-        holder(a, "x").await,
-        None,
-        "nobody holds a grant nobody read"
-    );
+    // The coordinator deletes the withdrawn row, then releases the grant it carried: in that
+    // order, so the lock may still show held for a moment after the table is empty (seen on a
+    // loaded machine). It must go soon, not at its TTL (an hour).
+    within(30, async {
+        while let Some(h) = holder(a, "x").await {
+            assert_eq!(h, "gone", "only the call that went away could hold it");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
 }
 
 /// Installs a trigger that refuses to mark answered the forwarded calls of `agent` (while
