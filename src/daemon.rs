@@ -67,6 +67,19 @@ pub fn raise_fd_limit() -> usize {
     }
 }
 
+/// The daemon's runtime workers, unless `TOKIO_WORKER_THREADS` says (tokio then reads it): one
+/// fewer than the cores, at least one. The engine thread, which owns the store and runs every
+/// batch, is busy whenever the workers are; a worker on every core as well only makes them
+/// preempt each other. On 2 cores, 1 worker instead of 2 took 9% less CPU for the same work and
+/// gave more throughput on every path measured (BENCHMARKS.md, "Issue 16, fifth pass").
+pub fn worker_threads() -> Option<usize> {
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+        return None;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Some(cores.saturating_sub(1).max(1))
+}
+
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // Every file the daemon creates is private to its user.
     // SAFETY: umask only changes this process's file-creation mask.

@@ -374,6 +374,17 @@ pub fn render(calls: &CallMetrics, engine: Option<&EngineMetrics>, view: &Status
             "",
         );
     }
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        head(
+            &mut out,
+            "airlock_runtime_workers",
+            "gauge",
+            "Worker threads of this daemon's async runtime (one fewer than the cores unless \
+             TOKIO_WORKER_THREADS says).",
+        );
+        let workers = runtime.metrics().num_workers();
+        let _ = writeln!(out, "airlock_runtime_workers {workers}");
+    }
     out
 }
 

@@ -302,3 +302,25 @@ async fn requests_that_write_nothing_cost_no_fsync() {
     let after = scrape(&d).await;
     assert!(after.get(fsyncs) > during.get(fsyncs));
 }
+
+/// The daemon leaves a core to its engine thread: one runtime worker fewer than the cores, at
+/// least one, unless `TOKIO_WORKER_THREADS` says (BENCHMARKS.md, "Issue 16, fifth pass").
+#[tokio::test]
+async fn the_runtime_leaves_a_core_to_the_engine_thread() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let expected = match std::env::var("TOKIO_WORKER_THREADS") {
+        Ok(n) => n.parse().expect("TOKIO_WORKER_THREADS is a number"),
+        Err(_) => cores.saturating_sub(1).max(1),
+    };
+    let d = Daemon::start().await;
+    assert_eq!(
+        scrape(&d).await.get("airlock_runtime_workers"),
+        expected as f64,
+        "{cores} cores"
+    );
+    let three = Daemon::serve()
+        .env("TOKIO_WORKER_THREADS", "3")
+        .start()
+        .await;
+    assert_eq!(scrape(&three).await.get("airlock_runtime_workers"), 3.0);
+}

@@ -139,8 +139,15 @@ pub enum Command {
     Hook(hook::HookCmd),
 }
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Runtime::new() {
+fn runtime(serving: bool) -> Option<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if serving {
+        if let Some(n) = daemon::worker_threads() {
+            builder.worker_threads(n);
+        }
+    }
+    match builder.build() {
         Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("airlock: cannot start the async runtime: {e}");
@@ -151,7 +158,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
-    let Some(rt) = runtime() else {
+    let Some(rt) = runtime(matches!(cli.command, Some(Command::Serve { .. }))) else {
         return exit::UNAVAILABLE;
     };
     let json = cli.json;
