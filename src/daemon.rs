@@ -80,6 +80,17 @@ pub fn worker_threads() -> Option<usize> {
     Some(cores.saturating_sub(1).max(1))
 }
 
+/// The runtime `airlock serve` runs on (and the benchmark's transport floor): multi-thread, with
+/// [`worker_threads`] workers.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = worker_threads() {
+        builder.worker_threads(n);
+    }
+    builder.build()
+}
+
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // Every file the daemon creates is private to its user.
     // SAFETY: umask only changes this process's file-creation mask.

@@ -140,14 +140,12 @@ pub enum Command {
 }
 
 fn runtime(serving: bool) -> Option<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if serving {
-        if let Some(n) = daemon::worker_threads() {
-            builder.worker_threads(n);
-        }
-    }
-    match builder.build() {
+    let built = if serving {
+        daemon::runtime()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    match built {
         Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("airlock: cannot start the async runtime: {e}");

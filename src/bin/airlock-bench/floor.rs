@@ -1,5 +1,6 @@
 //! The transport floor: a trivial JSON-RPC server on the daemon's HTTP stack (axum + hyper on a
-//! default multi-thread tokio runtime, as `airlock serve` builds it), run as its own process.
+//! multi-thread tokio runtime with the daemon's worker count: [`airlock::daemon::runtime`], the
+//! one `airlock serve` runs on), run as its own process.
 //!
 //! Every POST is parsed as JSON and answered with a `tools/call`-shaped result whose text is
 //! `{}`. Three tool names do a little more, so the latency and memory workloads have a floor
@@ -54,7 +55,9 @@ async fn handle(State(f): State<Floor>, body: Bytes) -> Response {
 /// `airlock-bench floor-server`: binds 127.0.0.1:0, prints its address, serves until killed.
 pub fn serve() -> anyhow::Result<()> {
     airlock::daemon::raise_fd_limit();
-    let rt = tokio::runtime::Runtime::new()?;
+    // The daemon's runtime: with a worker per core the floor spent more CPU per request than the
+    // daemon's own edge (BENCHMARKS.md, "Issue 16, fifth pass").
+    let rt = airlock::daemon::runtime()?;
     rt.block_on(async {
         let (tx, _) = watch::channel(0u64);
         let state = Floor {
