@@ -1372,9 +1372,10 @@ async fn a_caller_gone_during_the_forwarding_insert_leaves_nothing_behind() {
         }
     })
     .await;
-    // The coordinator deletes the withdrawn row, then releases the grant it carried: in that
-    // order, so the lock may still show held for a moment after the table is empty (seen on a
-    // loaded machine). It must go soon, not at its TTL (an hour).
+    // The grant is given back by an engine transaction that commits after the row's DELETE is
+    // visible, whichever of the two the coordinator sends first, so the lock may still show held
+    // for a moment after the table is empty (seen on a loaded machine). It must go soon, not at
+    // its TTL (an hour).
     within(30, async {
         while let Some(h) = holder(a, "x").await {
             assert_eq!(h, "gone", "only the call that went away could hold it");

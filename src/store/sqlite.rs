@@ -319,6 +319,10 @@ impl Store for SqliteStore {
 
     fn commit(&mut self) -> StoreResult<()> {
         let writes = self.wal.as_ref().map(wal::Pipelined::writes);
+        // Until the COMMIT is known to have written nothing, it may have: a COMMIT that fails
+        // part way may have written frames that later become visible, and the answers built on
+        // them must wait for an fsync (a review finding).
+        self.wrote = true;
         self.conn.prepare_cached("COMMIT")?.execute([])?;
         // Known only when pipelined; otherwise assumed, which costs nothing there: the commit
         // has synced what it wrote. Written if the WAL hook reported frames, or if any row

@@ -98,9 +98,12 @@ impl Engine {
     }
 
     /// Keeps the batch's answers for [`Engine::settle_batch`]. They depend on the batch's own
-    /// commit or, for a batch that did not commit or whose commit wrote nothing (a lock request
-    /// that parked, a read), on the last one (the state it answered from): already durable, or
-    /// in flight, that batch needs no fsync of its own.
+    /// commit or, for a batch whose commit wrote nothing (a lock request that parked, a read),
+    /// on the last one (the state it answered from): already durable, or in flight, that batch
+    /// needs no fsync of its own. A batch that failed is numbered as a commit of its own if the
+    /// store cannot say its last COMMIT wrote nothing (a COMMIT that failed part way may have
+    /// written frames; the batches after it must not be answered before an fsync covers them),
+    /// else it waits for the last commit.
     pub(super) fn hold_answers(
         &mut self,
         failed: Option<CoreError>,
@@ -112,7 +115,7 @@ impl Engine {
         if let Some(older) = self.settling.take() {
             p.hand_over(older);
         }
-        let commit = if failed.is_none() && self.store.last_commit_wrote() {
+        let commit = if self.store.last_commit_wrote() {
             p.committed()
         } else {
             p.last_commit()

@@ -249,12 +249,26 @@ fn a_pipelined_commit_says_whether_it_wrote_anything() {
     assert!(s.note_get("b").unwrap().is_none());
     s.commit().unwrap();
     assert!(!s.last_commit_wrote(), "a read-only transaction");
-    // (A write undone by its savepoint still counts: SQLite writes the pages it touched back as
-    // they were. An fsync too many is safe.)
     s.begin().unwrap();
     s.note_delete("a").unwrap();
     s.commit().unwrap();
     assert!(s.last_commit_wrote());
+    // A write undone by its savepoint still counts (its pages were touched, and rows changed
+    // since BEGIN): an fsync too many is safe, one too few is not.
+    s.begin().unwrap();
+    s.savepoint().unwrap();
+    s.note_put(&note("c")).unwrap();
+    s.rollback_to_savepoint();
+    s.commit().unwrap();
+    assert!(s.note_get("c").unwrap().is_none(), "undone");
+    assert!(s.last_commit_wrote(), "a write undone by its savepoint");
+    // A COMMIT that fails (here: outside a transaction) says it may have written, even after
+    // one that wrote nothing.
+    s.begin().unwrap();
+    s.commit().unwrap();
+    assert!(!s.last_commit_wrote());
+    assert!(s.commit().is_err());
+    assert!(s.last_commit_wrote(), "a failed COMMIT may have written");
 }
 
 /// A filtered history read looks through at most `HISTORY_SCAN_ROWS` entries per page: a rare
