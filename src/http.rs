@@ -748,10 +748,10 @@ pub(crate) fn refuse_foreign(req: &Request, config: &EdgeConfig) -> Option<Respo
 /// body's size and time), answers a plain `tools/call` itself and hands the rest on.
 ///
 /// A parked caller keeps this future for as long as it waits (axum boxes it), so it is kept
-/// small: not an `async fn` (which would keep a second copy of the request beside its
-/// argument), the checks and the routing in plain functions that take what they need by value,
-/// and the body's read and the next layer each in a box of its own, held only while they run.
-/// (An `async fn` keeps its arguments apart from the locals they move into, rust-lang/rust#62958.)
+/// small: not an `async fn`, which keeps its arguments apart from the locals they move into (a
+/// second copy of the request, rust-lang/rust#62958); the checks and the routing in plain
+/// functions that take what they need by value; the body's read and the next layer each in a
+/// box of its own, held only while they run.
 #[allow(clippy::manual_async_fn)]
 fn guard(
     State(state): State<EdgeState>,

@@ -77,21 +77,13 @@ impl AirlockMcp {
         progress: Option<ProgressFn>,
     ) -> Result<CoreResult<Value>, ErrorData> {
         Ok(match parse_tool(name, arguments)? {
-            Ok(request) => self.run_request(request, progress).await,
+            Ok(request) => self
+                .core
+                .call(request, progress)
+                .await
+                .and_then(|r| r.to_json()),
             Err(e) => Err(e),
         })
-    }
-
-    /// Runs a request, read from a tool call, and returns its answer as JSON.
-    async fn run_request(
-        &self,
-        request: Request,
-        progress: Option<ProgressFn>,
-    ) -> CoreResult<Value> {
-        self.core
-            .call(request, progress)
-            .await
-            .and_then(|r| r.to_json())
     }
 }
 
