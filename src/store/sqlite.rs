@@ -1,10 +1,12 @@
 //! The embedded backend: one SQLite file in WAL mode with `synchronous=FULL`, so every commit is
-//! fsynced before [`Store::commit`] returns. Statements are prepared once and cached.
+//! fsynced before [`Store::commit`] returns; pipelined (the daemon), a commit only writes and
+//! the syncing thread fsyncs (`wal`). Statements are prepared once and cached. The file's used
+//! bytes and its vacuum: `space`; the history: `history`.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -44,12 +46,6 @@ pub struct SqliteStore {
     /// The connection's count of rows changed, when the transaction began.
     changes_at_begin: u64,
 }
-
-/// Free pages given back per incremental vacuum (64 MiB of 4 KiB pages).
-const VACUUM_PAGES: i64 = 16_384;
-/// Free pages worth a vacuum, and the least time between two.
-const VACUUM_THRESHOLD_PAGES: i64 = 256;
-const VACUUM_EVERY: Duration = Duration::from_secs(2);
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, checks its integrity and migrates it.
@@ -250,58 +246,6 @@ fn task_from(r: &Row) -> rusqlite::Result<TaskRow> {
 }
 
 impl SqliteStore {
-    /// Bytes in pages that are not free.
-    fn measure(&self) -> StoreResult<u64> {
-        // After every commit that wrote, so each pragma is a statement prepared once: the
-        // table-valued form (`SELECT * FROM pragma_page_count, …`) prepares its pragmas anew at
-        // every run, and the parser showed in the engine thread's profile.
-        let pragma = |sql: &str| -> rusqlite::Result<i64> {
-            self.conn.prepare_cached(sql)?.query_row([], |r| r.get(0))
-        };
-        let pages = pragma("PRAGMA page_count")?;
-        let free = pragma("PRAGMA freelist_count")?;
-        let size = pragma("PRAGMA page_size")?;
-        Ok(((pages - free).max(0) * size) as u64)
-    }
-
-    fn refresh_usage(&mut self) -> StoreResult<()> {
-        let used = self.measure()?;
-        self.usage.store(used, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Gives free pages back to the file system, a bounded amount at a time, at most every
-    /// [`VACUUM_EVERY`]. Outside any transaction; a failure is only logged. True if it ran one.
-    fn vacuum_some(&mut self) -> bool {
-        if self.last_vacuum.elapsed() < VACUUM_EVERY {
-            return false;
-        }
-        self.last_vacuum = Instant::now();
-        let free: i64 = match self
-            .conn
-            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
-        {
-            Ok(n) => n,
-            Err(_) => return false,
-        };
-        if free < VACUUM_THRESHOLD_PAGES {
-            return false;
-        }
-        // It frees a page per step: step it to the end.
-        let run = || -> rusqlite::Result<()> {
-            let mut st = self
-                .conn
-                .prepare(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))?;
-            let mut rows = st.query([])?;
-            while rows.next()?.is_some() {}
-            Ok(())
-        };
-        if let Err(e) = run() {
-            tracing::warn!(error = %e, "incremental vacuum failed");
-        }
-        true
-    }
-
     fn query_tasks(&mut self, sql: &str, args: impl rusqlite::Params) -> StoreResult<Vec<TaskRow>> {
         let mut st = self.conn.prepare_cached(sql)?;
         let rows = st.query_map(args, task_from)?;
@@ -925,5 +869,6 @@ impl Drop for SqliteStore {
 }
 
 mod history;
+mod space;
 #[cfg(test)]
 mod tests;

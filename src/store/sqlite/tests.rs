@@ -1,4 +1,8 @@
 //! Unit tests of the SQLite store.
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::space::{VACUUM_EVERY, VACUUM_THRESHOLD_PAGES};
 use super::*;
 
 fn pragma(s: &SqliteStore, p: &str) -> i64 {
