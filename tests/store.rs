@@ -1283,6 +1283,90 @@ fn postgres_a_timeout_with_an_earlier_operations_write_in_flight_breaks_the_tran
     assert_eq!(s.note_get("done").unwrap(), None);
 }
 
+/// A proxy to the server at `to` that passes the first connection at once and holds every later
+/// one back for `delay` before connecting it: the store's own connection is quick, its cancel
+/// requests (each on a connection of its own) reach the server late, as on a loaded server.
+async fn slow_cancel_proxy(to: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let hold = if std::mem::take(&mut first) {
+                Duration::ZERO
+            } else {
+                delay
+            };
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    at
+}
+
+/// A timed-out query's cancel request only asks: the server signals the backend when it gets to
+/// it, and the signal cancels whatever runs then. The store must not send its next statement
+/// before the timed-out one has answered, or a late signal cancels that one instead (seen in CI
+/// under load: a read after the timeout failed "canceling statement due to user request").
+#[test]
+fn postgres_a_late_cancel_never_lands_on_a_later_statement() {
+    let Some((rt, db)) = pg("postgres_a_late_cancel_never_lands_on_a_later_statement") else {
+        return;
+    };
+    let config: tokio_postgres::Config = db.url().parse().unwrap();
+    let tokio_postgres::config::Host::Tcp(host) = &config.get_hosts()[0] else {
+        eprintln!(
+            "SKIPPED postgres_a_late_cancel_never_lands_on_a_later_statement: the test server is \
+             not on TCP"
+        );
+        return;
+    };
+    let server = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), config.get_ports()[0]))
+        .unwrap()
+        .next()
+        .unwrap();
+    let mut s = rt.block_on(async {
+        let proxy = slow_cancel_proxy(server, Duration::from_millis(1500)).await;
+        let mut through = tokio_postgres::Config::new();
+        through.host("127.0.0.1").port(proxy.port());
+        if let Some(user) = config.get_user() {
+            through.user(user);
+        }
+        if let Some(password) = config.get_password() {
+            through.password(password);
+        }
+        if let Some(dbname) = config.get_dbname() {
+            through.dbname(dbname);
+        }
+        let (mut client, connection) = through.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        postgres::migrate(&mut client).await.unwrap();
+        PgStore::new(client, rt.handle().clone()).await.unwrap()
+    });
+    s.set_query_timeout(Duration::from_millis(300));
+    let blocker = rt.block_on(db.connect()).unwrap();
+    let lock = "BEGIN; LOCK TABLE airlock.notes IN ACCESS EXCLUSIVE MODE";
+    rt.block_on(blocker.batch_execute(lock)).unwrap();
+    let e = s.note_get("k").unwrap_err(); // waits on the lock, times out; its cancel is late
+    assert!(e.to_string().contains("did not answer"), "{e}");
+    // Had the store answered at once, the cancel would still be on its way: the next read, held
+    // up by the lock for longer than the cancel takes, would be the one it cancels.
+    rt.block_on(blocker.batch_execute(&format!("COMMIT; {lock}")))
+        .unwrap();
+    let release = rt.spawn(async move {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        blocker.batch_execute("COMMIT").await.unwrap();
+        blocker
+    });
+    s.set_query_timeout(Duration::from_secs(30));
+    assert_eq!(s.note_get("k").unwrap(), None);
+    rt.block_on(release).unwrap();
+}
+
 /// The coordinator's store is the state's only writer (`PgStore::sole_writer`) and remembers lock
 /// rows and fences between transactions: the same contract, each check on a fresh store.
 #[test]

@@ -341,7 +341,8 @@ impl PgStore {
             self.after_held(held, query).await
         };
         self.rt.block_on(async {
-            match tokio::time::timeout(timeout, query).await {
+            let mut query = std::pin::pin!(query);
+            match tokio::time::timeout(timeout, query.as_mut()).await {
                 Ok(answer) => answer,
                 Err(_) => {
                     if unsure {
@@ -360,6 +361,18 @@ impl PgStore {
                     .await;
                     if !matches!(cancelled, Ok(Ok(()))) {
                         tracing::warn!("could not cancel a database query that timed out");
+                    }
+                    // The request only asks: the server signals the backend when it gets to it,
+                    // and the signal cancels whatever runs then. Sending the next statement now
+                    // would let a late signal cancel that one instead (seen under load: a read
+                    // after the rollback failed "canceling statement due to user request"). So
+                    // wait, a bounded time, for this round trip's own answer: once it is in,
+                    // the signal has landed on it, or the backend is idle and ignores it.
+                    if tokio::time::timeout(CANCEL_TIMEOUT, query.as_mut())
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!("a database query went on after it was cancelled");
                     }
                     Err(StoreError::Other(format!(
                         "the database did not answer within {}",
