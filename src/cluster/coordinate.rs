@@ -273,7 +273,8 @@ async fn start(node: &Arc<Node>, term: &Term, row: CallRow) {
     if row.state == calls::CallState::Running {
         // The previous coordinator granted this call something and never delivered it (the row
         // is not answered): give it back, unless the re-run finds it again — a lock its agent
-        // holds is granted again with the same token, keeping its turn. A lease is given back
+        // holds is granted again with the same token, keeping its turn (and, refreshed, is the
+        // agent's from then on: a later withdrawal of this call does not give it back). A lease is given back
         // first, so the re-run can claim that task again instead of leaving it leased to nobody
         // until the lease ends.
         let recorded = row
@@ -281,7 +282,7 @@ async fn start(node: &Arc<Node>, term: &Term, row: CallRow) {
             .as_deref()
             .and_then(|o| serde_json::from_str::<Orphan>(o).ok());
         match recorded {
-            Some(Orphan::Locks(_)) if repeatable => {}
+            Some(Orphan::Holds(_) | Orphan::Locks(_)) if repeatable => {}
             Some(o) => term.core.release_orphan(o),
             None => {}
         }

@@ -602,6 +602,7 @@ mod tests {
                 expires_in_seconds: 9,
                 fence: 3,
                 fresh: false,
+                expires_at: 0,
             })),
             Ok(Response::ListLocks(crate::core::Listed {
                 items: vec![],

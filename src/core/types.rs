@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Millis;
+
 /// Names, keys, agent ids, queue names, authors: 1..=512 bytes of UTF-8, no control characters.
 pub const MAX_NAME_BYTES: usize = 512;
 /// Note values and task payloads.
@@ -449,6 +451,10 @@ pub enum LockOutcome {
         /// before reading it, it must be released.
         #[serde(skip)]
         fresh: bool,
+        /// When the hold expires, as this answer wrote it (internal): an undelivered new grant
+        /// is released only while its hold still expires then (see `Orphan::Holds`).
+        #[serde(skip)]
+        expires_at: Millis,
     },
     Contended {
         locked: bool,
@@ -476,6 +482,10 @@ pub enum LockSetOutcome {
         /// The names newly granted by this call (the others were already the agent's).
         #[serde(skip)]
         fresh: Vec<String>,
+        /// When the new holds expire, as this answer wrote them (internal, see
+        /// `Orphan::Holds`).
+        #[serde(skip)]
+        expires_at: Millis,
     },
     Contended {
         locked: bool,

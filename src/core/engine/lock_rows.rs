@@ -40,7 +40,7 @@ pub(super) fn first_to_expire(holders: &[LockRow]) -> Option<&LockRow> {
 
 /// Extends a hold its agent already has: same token, same fence.
 pub(super) fn refresh(tx: &mut Tx, mut row: LockRow, ttl_ms: Millis) -> CoreResult<LockRow> {
-    row.expires_at = tx.now() + ttl_ms;
+    row.expires_at = refreshed_expiry(tx.now() + ttl_ms);
     tx.db(|s| s.lock_put(&row))?;
     tx.record(
         HistoryKind::Renew,
@@ -51,14 +51,34 @@ pub(super) fn refresh(tx: &mut Tx, mut row: LockRow, ttl_ms: Millis) -> CoreResu
     Ok(row)
 }
 
-/// Writes new holds of `names` (each in its mode) for `agent_id`, one token and fence each.
+/// A hold [`grant`] wrote: its name, token and fence.
+pub(super) type NewHold = (String, String, i64);
+
+/// A grant's expiry for a TTL ending at `at`: even, and `at` or the millisecond before.
+///
+/// A refresh's is odd ([`refreshed_expiry`]), so a hold still has the expiry its grant wrote
+/// only if nothing refreshed it since, even within the same millisecond: an undelivered grant
+/// is given back only then (`Locks::release_orphan`), since a refresh (the agent taking the
+/// lock again, or renewing it) means its agent was told it holds it. Either way a hold ends at
+/// most 1 ms before the TTL asked, never after.
+pub(super) fn granted_expiry(at: Millis) -> Millis {
+    at & !1
+}
+
+/// A refresh's expiry for a TTL ending at `at`: odd, and `at` or the millisecond before.
+pub(super) fn refreshed_expiry(at: Millis) -> Millis {
+    (at - 1) | 1
+}
+
+/// Writes new holds of `names` (each in its mode) for `agent_id`, one token and fence each,
+/// all expiring at the instant returned.
 pub(super) fn grant(
     tx: &mut Tx,
     agent_id: &str,
     names: &[(String, LockMode)],
     ttl_ms: Millis,
-) -> CoreResult<Vec<(String, String, i64)>> {
-    let expires_at = tx.now() + ttl_ms;
+) -> CoreResult<(Millis, Vec<NewHold>)> {
+    let expires_at = granted_expiry(tx.now() + ttl_ms);
     let mut out = Vec::with_capacity(names.len());
     for (name, mode) in names {
         let fence = tx.db(|s| s.fence_next(name))?;
@@ -78,7 +98,7 @@ pub(super) fn grant(
         tracing::info!(lock = %name, agent = %agent_id, fence, ttl_ms, "granted");
         out.push((row.name, row.token, fence));
     }
-    Ok(out)
+    Ok((expires_at, out))
 }
 
 /// Grants a whole set (names the agent already holds are refreshed, keeping their tokens).
@@ -104,8 +124,9 @@ pub(super) fn grant_set(
         }
     }
     let mut orphan = Vec::new();
-    for (name, token, fence) in grant(tx, agent_id, &fresh, ttl_ms)? {
-        orphan.push((name.clone(), token.clone()));
+    let (expires_at, granted) = grant(tx, agent_id, &fresh, ttl_ms)?;
+    for (name, token, fence) in granted {
+        orphan.push((name.clone(), token.clone(), expires_at));
         tokens.insert(name.clone(), token);
         fences.insert(name, fence);
     }
@@ -116,8 +137,9 @@ pub(super) fn grant_set(
             fences,
             expires_in_seconds: seconds_left(now + ttl_ms, now),
             fresh: fresh.into_iter().map(|(n, _)| n).collect(),
+            expires_at,
         },
-        Orphan::Locks(orphan),
+        Orphan::Holds(orphan),
     ))
 }
 
@@ -138,18 +160,16 @@ pub(super) fn grant_single(
     ttl_ms: Millis,
 ) -> CoreResult<(LockOutcome, Option<Orphan>)> {
     let now = tx.now();
-    let (out, fresh) = match own_hold(tx, name, agent_id)? {
+    let (out, expires_at, fresh) = match own_hold(tx, name, agent_id)? {
         Some(l) => {
             let l = refresh(tx, l, ttl_ms)?;
-            ((l.name, l.token, l.fence), false)
+            ((l.name, l.token, l.fence), l.expires_at, false)
         }
-        None => (
-            grant(tx, agent_id, &[(name.to_string(), mode)], ttl_ms)?
-                .into_iter()
-                .next()
-                .expect("one name granted"),
-            true,
-        ),
+        None => {
+            let (expires_at, granted) = grant(tx, agent_id, &[(name.to_string(), mode)], ttl_ms)?;
+            let one = granted.into_iter().next().expect("one name granted");
+            (one, expires_at, true)
+        }
     };
     let (n, token, fence) = out;
     let out = LockOutcome::Granted {
@@ -158,9 +178,13 @@ pub(super) fn grant_single(
         expires_in_seconds: seconds_left(now + ttl_ms, now),
         fence,
         fresh,
+        expires_at,
     };
     // A refresh of a lock the agent already held is never undone.
-    Ok((out, fresh.then(|| Orphan::Locks(vec![(n, token)]))))
+    Ok((
+        out,
+        fresh.then(|| Orphan::Holds(vec![(n, token, expires_at)])),
+    ))
 }
 
 /// The holder `proof` names among `holders` (all live, at least one): by token, or (v1) by

@@ -156,6 +156,7 @@ impl Locks {
                 expires_in_seconds: seconds_left(row.expires_at, now),
                 fence: row.fence,
                 fresh: false,
+                expires_at: row.expires_at,
             };
             tx.respond(reply, Ok(out));
             return Ok(());
@@ -208,7 +209,7 @@ impl Locks {
         }
 
         if self.line_head(&name).is_none() && admits(&holders, mode) {
-            let granted = tr!(grant(tx, &agent_id, &[(name.clone(), mode)], ttl_ms));
+            let (expires_at, granted) = tr!(grant(tx, &agent_id, &[(name.clone(), mode)], ttl_ms));
             let (name, token, fence) = granted.into_iter().next().expect("one name granted");
             let out = LockOutcome::Granted {
                 locked: true,
@@ -216,8 +217,9 @@ impl Locks {
                 expires_in_seconds: seconds_left(now + ttl_ms, now),
                 fence,
                 fresh: true,
+                expires_at,
             };
-            tx.respond_grant(reply, out, Orphan::Locks(vec![(name, token)]));
+            tx.respond_grant(reply, out, Orphan::Holds(vec![(name, token, expires_at)]));
             return Ok(());
         }
 
@@ -530,21 +532,29 @@ impl Locks {
         }
     }
 
-    /// Releases undelivered grants that are still held with the token they were granted with.
+    /// Releases undelivered grants that are still held with the token, and the expiry, they were
+    /// granted with.
     pub(super) fn release_orphan(
         &mut self,
         tx: &mut Tx,
-        grants: Vec<(String, String)>,
+        grants: Vec<(String, String, Option<Millis>)>,
     ) -> CoreResult<()> {
-        grants.into_iter().try_for_each(|(name, token)| {
-            let proof = HolderProof::Token(token);
-            if let Ok(row) = find_holder(live_holders(tx, &name)?, &proof) {
-                tx.db(|s| s.lock_delete_holder(&name, &row.agent_id))?;
-                released(tx, &row, Why::Orphan)?;
-                self.to_pump.insert(name);
-            }
-            Ok(())
-        })
+        grants
+            .into_iter()
+            .try_for_each(|(name, token, expires_at)| {
+                let proof = HolderProof::Token(token);
+                if let Ok(row) = find_holder(live_holders(tx, &name)?, &proof) {
+                    // Refreshed since this grant (every refresh moves the expiry, see `refresh`):
+                    // its agent was told again that it holds it, so it is not undelivered any more.
+                    if expires_at.is_some_and(|at| at != row.expires_at) {
+                        return Ok(());
+                    }
+                    tx.db(|s| s.lock_delete_holder(&name, &row.agent_id))?;
+                    released(tx, &row, Why::Orphan)?;
+                    self.to_pump.insert(name);
+                }
+                Ok(())
+            })
     }
 
     /// `agent_id` is gone (`why`: its presence lapsed, or it unregistered): releases every

@@ -169,8 +169,18 @@ pub enum Command {
 /// that ran a call for another daemon keeps it beside the answer until the answer is read.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Orphan {
+    /// New holds, each `(name, lock_token, expires_at)` as its grant wrote it. One is released
+    /// only while it still expires then: a hold refreshed since (its agent took the lock again,
+    /// or renewed it, and was told it holds it, with this same token) is the agent's again, and
+    /// stays.
+    Holds(Vec<(String, String, Millis)>),
+    /// `(name, lock_token)`, released by token alone: what a daemon of an older version wrote
+    /// beside a forwarded call. Never made any more.
     Locks(Vec<(String, String)>),
-    Lease { id: i64, lease_token: String },
+    Lease {
+        id: i64,
+        lease_token: String,
+    },
 }
 
 /// A fresh unguessable token: 128 random bits, hex, with a prefix that says what it is.
@@ -834,7 +844,17 @@ impl Engine {
             ..
         } = self.parts();
         let r = match orphan {
-            Orphan::Locks(grants) => locks.release_orphan(&mut tx, grants),
+            Orphan::Holds(grants) => locks.release_orphan(
+                &mut tx,
+                grants
+                    .into_iter()
+                    .map(|(n, t, e)| (n, t, Some(e)))
+                    .collect(),
+            ),
+            Orphan::Locks(grants) => locks.release_orphan(
+                &mut tx,
+                grants.into_iter().map(|(n, t)| (n, t, None)).collect(),
+            ),
             Orphan::Lease { id, lease_token } => tasks.requeue_if_leased(&mut tx, id, &lease_token),
         };
         if let Err(e) = r {

@@ -361,6 +361,51 @@ fn a_grant_nobody_read_is_released_as_an_orphan() {
     );
 }
 
+/// An undelivered grant is given back only while nothing refreshed its hold since: if its agent
+/// took the lock again (and was told it holds it, with the same token) before the orphan was
+/// handled, the hold is the agent's again and stays, even within the same millisecond. Without
+/// a refresh, the orphan is released.
+#[test]
+fn an_orphaned_grant_is_released_unless_its_agent_took_the_lock_again() {
+    let asked = Request::LockResource(request::LockResource {
+        name: "x".into(),
+        agent_id: "a".into(),
+        ttl_seconds: Some(60),
+        wait_seconds: Some(0),
+        wake_token: None,
+        shared: None,
+        limit: None,
+    });
+    for (again_after_ms, released) in [(None, true), (Some(0), false), (Some(5), false)] {
+        let (mut e, clock) = engine();
+        let first = lock(&mut e, 1, "x", "a", 0, None)
+            .try_recv()
+            .unwrap()
+            .unwrap();
+        let orphan = asked
+            .orphan_of(&Response::LockResource(first.clone()))
+            .expect("a new grant carries what undoes it");
+        if let Some(ms) = again_after_ms {
+            clock.advance_ms(ms);
+            let again = lock(&mut e, 2, "x", "a", 0, None)
+                .try_recv()
+                .unwrap()
+                .unwrap();
+            assert_eq!(token_of(again), token_of(first.clone()), "not idempotent");
+        }
+        e.process(vec![Command::Orphaned(orphan)]);
+        let b = lock(&mut e, 3, "x", "b", 0, None)
+            .try_recv()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            matches!(b, LockOutcome::Granted { .. }),
+            released,
+            "taken again after {again_after_ms:?} ms: {b:?}"
+        );
+    }
+}
+
 #[test]
 fn history_older_than_its_retention_is_pruned_at_housekeeping() {
     let (mut e, clock) = engine();

@@ -333,15 +333,25 @@ impl Request {
                 LockOutcome::Granted {
                     lock_token,
                     fresh: true,
+                    expires_at,
                     ..
-                } => Some(Orphan::Locks(vec![(r.name.clone(), lock_token.clone())])),
+                } => Some(Orphan::Holds(vec![(
+                    r.name.clone(),
+                    lock_token.clone(),
+                    *expires_at,
+                )])),
                 _ => None,
             },
             (Request::LockResources(_), Response::LockResources(o)) => match o {
-                LockSetOutcome::Granted { tokens, fresh, .. } => Some(Orphan::Locks(
+                LockSetOutcome::Granted {
+                    tokens,
+                    fresh,
+                    expires_at,
+                    ..
+                } => Some(Orphan::Holds(
                     fresh
                         .iter()
-                        .filter_map(|n| tokens.get(n).map(|t| (n.clone(), t.clone())))
+                        .filter_map(|n| tokens.get(n).map(|t| (n.clone(), t.clone(), *expires_at)))
                         .collect(),
                 )),
                 _ => None,

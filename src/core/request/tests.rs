@@ -80,6 +80,7 @@ fn responses_round_trip() {
             expires_in_seconds: 9,
             fence: 3,
             fresh: false,
+            expires_at: 0,
         }),
         Response::LockResource(LockOutcome::Contended {
             locked: false,
@@ -103,6 +104,7 @@ fn responses_round_trip() {
             fences: BTreeMap::from([("x".to_string(), 1)]),
             expires_in_seconds: 9,
             fresh: vec![],
+            expires_at: 0,
         }),
         Response::LockResources(LockSetOutcome::Contended {
             locked: false,
