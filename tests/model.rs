@@ -30,6 +30,17 @@ use tokio::sync::oneshot;
 mod faulty;
 use faulty::{Fault, Faults, FaultyStore};
 
+/// The daemon's expiry of a new hold whose TTL ends at `at`: even, `at` or 1 ms before; a
+/// refreshed hold's is odd (README, "Per-holder release"). So an undelivered grant can tell
+/// whether its hold was refreshed since.
+fn granted_expiry(at: i64) -> i64 {
+    at & !1
+}
+
+fn refreshed_expiry(at: i64) -> i64 {
+    (at - 1) | 1
+}
+
 const LOCKS: usize = 2;
 const AGENTS: u8 = 3;
 
@@ -290,7 +301,7 @@ impl Model {
             agent,
             token: String::new(), // filled in from the engine's answer
             fence: self.fences[i],
-            expires: self.now + ttl_ms,
+            expires: granted_expiry(self.now + ttl_ms),
         });
         self.fences[i]
     }
@@ -317,7 +328,7 @@ impl Model {
                 Some(l) if l.agent != agent => continue,
                 Some(_) => {
                     let l = self.locks[i].as_mut().unwrap();
-                    l.expires = self.now + ttl_ms;
+                    l.expires = refreshed_expiry(self.now + ttl_ms);
                     let fence = l.fence;
                     self.lines[i].pop_front();
                     self.answered.insert(
@@ -709,7 +720,7 @@ impl Harness {
                 let expect: Option<(i64, i64)> = match m.live(lock) {
                     Some(l) if l.agent == agent => {
                         let fence = l.fence;
-                        m.locks[lock].as_mut().unwrap().expires = m.now + ttl_ms;
+                        m.locks[lock].as_mut().unwrap().expires = refreshed_expiry(m.now + ttl_ms);
                         Some((fence, ttl_s))
                     }
                     None if m.lines[lock].is_empty() => Some((m.grant(lock, agent, ttl_ms), ttl_s)),
@@ -814,7 +825,7 @@ impl Harness {
                     .filter(|l| l.expires > now && l.token == token)
                 {
                     Some(l) => {
-                        l.expires = now + ttl_s * 1000;
+                        l.expires = refreshed_expiry(now + ttl_s * 1000);
                         let expect = Renewed::Yes {
                             renewed: true,
                             expires_in_seconds: ttl_s,

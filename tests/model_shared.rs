@@ -36,6 +36,17 @@ use airlock::testkit::postgres::{self as testing, TestDb};
 use proptest::prelude::*;
 use tokio::sync::oneshot;
 
+/// The daemon's expiry of a new hold whose TTL ends at `at`: even, `at` or 1 ms before; a
+/// refreshed hold's is odd (README, "Per-holder release"). So an undelivered grant can tell
+/// whether its hold was refreshed since.
+fn granted_expiry(at: i64) -> i64 {
+    at & !1
+}
+
+fn refreshed_expiry(at: i64) -> i64 {
+    (at - 1) | 1
+}
+
 const LOCKS: usize = 2;
 const AGENTS: u8 = 4;
 /// Time advances stop here, before any 50 s wait window could end.
@@ -221,7 +232,7 @@ impl Harness {
             let n = &mut self.names[i];
             while let Some(head) = n.line.front().cloned() {
                 if let Some(h) = n.holders.iter_mut().find(|h| h.agent == head.agent) {
-                    h.expires_at = self.now + head.ttl_ms;
+                    h.expires_at = refreshed_expiry(self.now + head.ttl_ms);
                     self.granted.insert(head.call, (i, head.agent, h.fence));
                 } else if admits(&n.holders, head.mode) {
                     n.last_fence += 1;
@@ -229,7 +240,7 @@ impl Harness {
                         agent: head.agent,
                         mode: head.mode,
                         fence: n.last_fence,
-                        expires_at: self.now + head.ttl_ms,
+                        expires_at: granted_expiry(self.now + head.ttl_ms),
                         token: String::new(),
                     });
                     self.granted
@@ -280,7 +291,7 @@ impl Harness {
         let now = self.now;
         let n = &mut self.names[i];
         if let Some(h) = n.holders.iter_mut().find(|h| h.agent == agent) {
-            h.expires_at = now + ttl_ms;
+            h.expires_at = refreshed_expiry(now + ttl_ms);
             return Ok(Some(h.fence));
         }
         if n.line.is_empty() && admits(&n.holders, mode) {
@@ -289,7 +300,7 @@ impl Harness {
                 agent,
                 mode,
                 fence: n.last_fence,
-                expires_at: now + ttl_ms,
+                expires_at: granted_expiry(now + ttl_ms),
                 token: String::new(),
             });
             return Ok(Some(n.last_fence));
@@ -407,7 +418,7 @@ impl Harness {
                             .iter_mut()
                             .find(|x| x.agent == agent)
                             .unwrap();
-                        m.expires_at = now + ttl_s * 1000;
+                        m.expires_at = refreshed_expiry(now + ttl_s * 1000);
                     }
                     (None, Ok(Response::RenewLock(Renewed::No { .. }))) => {}
                     (h, r) => prop_assert!(false, "renew: held {:?}, got {:?}", h, r),

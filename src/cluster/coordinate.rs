@@ -274,9 +274,9 @@ async fn start(node: &Arc<Node>, term: &Term, row: CallRow) {
         // The previous coordinator granted this call something and never delivered it (the row
         // is not answered): give it back, unless the re-run finds it again — a lock its agent
         // holds is granted again with the same token, keeping its turn (and, refreshed, is the
-        // agent's from then on: a later withdrawal of this call does not give it back). A lease is given back
-        // first, so the re-run can claim that task again instead of leaving it leased to nobody
-        // until the lease ends.
+        // agent's from then on: a later withdrawal of this call does not give it back). A lease
+        // is given back first, so the re-run can claim that task again instead of leaving it
+        // leased to nobody until the lease ends.
         let recorded = row
             .orphan
             .as_deref()
