@@ -45,6 +45,19 @@ macro_rules! answer_of {
     };
 }
 
+/// `lock_resource` of `name` for `agent`, 60 s TTL.
+fn lock_request(name: &str, agent: &str, wait_ms: Millis, wake_token: Option<String>) -> Request {
+    Request::LockResource(request::LockResource {
+        name: name.into(),
+        agent_id: agent.into(),
+        ttl_seconds: Some(60),
+        wait_seconds: Some(wait_ms / 1000),
+        wake_token,
+        shared: None,
+        limit: None,
+    })
+}
+
 fn lock(
     e: &mut Engine,
     call: u64,
@@ -53,15 +66,7 @@ fn lock(
     wait_ms: Millis,
     wake_token: Option<String>,
 ) -> Answer<LockOutcome> {
-    let request = Request::LockResource(request::LockResource {
-        name: name.into(),
-        agent_id: agent.into(),
-        ttl_seconds: Some(60),
-        wait_seconds: Some(wait_ms / 1000),
-        wake_token,
-        shared: None,
-        limit: None,
-    });
+    let request = lock_request(name, agent, wait_ms, wake_token);
     send(e, call, request, answer_of!(LockResource))
 }
 
@@ -367,15 +372,7 @@ fn a_grant_nobody_read_is_released_as_an_orphan() {
 /// a refresh, the orphan is released.
 #[test]
 fn an_orphaned_grant_is_released_unless_its_agent_took_the_lock_again() {
-    let asked = Request::LockResource(request::LockResource {
-        name: "x".into(),
-        agent_id: "a".into(),
-        ttl_seconds: Some(60),
-        wait_seconds: Some(0),
-        wake_token: None,
-        shared: None,
-        limit: None,
-    });
+    let asked = lock_request("x", "a", 0, None);
     for (again_after_ms, released) in [(None, true), (Some(0), false), (Some(5), false)] {
         let (mut e, clock) = engine();
         let first = lock(&mut e, 1, "x", "a", 0, None)
