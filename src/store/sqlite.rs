@@ -38,6 +38,8 @@ pub struct SqliteStore {
     usage: Arc<AtomicU64>,
     /// When free pages were last given back to the file system.
     last_vacuum: Instant,
+    /// The file's page size, read once: a database in WAL mode cannot change it.
+    page_size: i64,
     /// Set once commits are pipelined ([`Store::pipeline`]): the WAL's frames, and whether a
     /// checkpoint failed (then no later sync may report success).
     wal: Option<wal::Pipelined>,
@@ -117,10 +119,12 @@ impl SqliteStore {
                 conn.execute_batch("VACUUM")?;
             }
         }
+        let page_size = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let mut store = SqliteStore {
             conn,
             usage: Arc::new(AtomicU64::new(0)),
             last_vacuum: Instant::now(),
+            page_size,
             wal: None,
             wrote: true,
             changes_at_begin: 0,
